@@ -1,0 +1,64 @@
+"""Bench-only: what ``deploy --mount`` would cost where the kernel has fs-verity.
+
+This host's kernel has none, so ``deploy --verify kernel`` fails closed here (as
+it must).  To estimate the kernel path, this runs the real ``overlay.deploy``
+with ``--verify kernel`` semantics, in a process started like the CLI, through
+the ``verity=`` hook the tests use: for each object it issues the real
+``FS_IOC_MEASURE_VERITY`` ioctl on the open file (so the system call is paid;
+here it fails with ENOTTY instead of copying out 32 bytes), then answers with
+the digest the object's file name carries, as the kernel would for an
+untampered object.  Everything else (pack signatures and parsing, metadata of
+every object, tmpfs unpack, farm, sync, overlay mount, state) is the product's
+code, unchanged.  Nothing here is reachable from the product: it is not a mode
+of sealtree, only a measurement.
+
+    python3 -m bench.kernel_estimate --repo R --keys DIR --mount TARGET REF
+
+prints the deployment id as its last line, like ``sealtree deploy``.  Not
+modelled: on a cold cache a real measure reads each object's verity
+descriptor from disk (one small read per object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.kernel_estimate")
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--keys", required=True)
+    parser.add_argument("--mount", required=True, dest="target")
+    parser.add_argument("--no-default", action="store_true")
+    parser.add_argument("rev")
+    args = parser.parse_args(argv)
+    import sealtree.cli  # noqa: F401 - pay the CLI's imports, as `sealtree deploy` does
+    from overlay.deploy import deploy
+    from overlay.objcheck import Policy, Verity
+    from store import kverity
+    from store.errors import VerityError
+    from store.repo import Repository
+
+    def measure_fd(fd: int, path: str) -> bytes | None:
+        try:
+            kverity.measure_fd(fd, path)  # the system call a real measurement costs
+        except VerityError:
+            pass
+        name = os.path.basename(path)
+        return bytes.fromhex(os.path.basename(os.path.dirname(path)) + name.split(".", 1)[0])
+
+    def enable(path: str) -> bool:
+        raise AssertionError(f"{path}: objects carry fs-verity already on such a system")
+
+    result = deploy(Repository.open(args.repo), args.rev, args.keys, policy=Policy.KERNEL,
+                    make_default=not args.no_default, target=args.target,
+                    verity=Verity(measure_fd, enable))
+    print({k: round(v, 4) for k, v in result.timings.items()}, file=sys.stderr)
+    print(f"deployed {result.deployment.id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

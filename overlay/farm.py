@@ -1,0 +1,238 @@
+"""The hardlink farm: ``deploy/<id>/`` with a hardlink to the right object at each large file's path.
+
+Only the directories that lead to large files exist in the farm, owned by
+root, mode 0755: an overlay directory takes its metadata from the topmost
+layer that has it, which is always the tmpfs (it holds every directory of
+the tree with its exact metadata), so farm directories never show.  A large
+file's metadata is its object's inode's (a hardlink shares it), which is why
+objects that differ in metadata are different inodes.
+
+The farm is built under ``deploy/.tmp-<id>`` and renamed into place once
+complete and synced, so ``deploy/<id>`` is never half built.  ``check_farm``
+walks a farm and refuses anything that is not exactly the expected set of
+directories and regular files (an added, removed or retyped entry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+from collections.abc import Iterable, Sequence
+
+from store.errors import DeployError, ObjectMissing, VerificationError
+from store.transaction import syncfs
+
+from .objcheck import LargeFile, show
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+
+
+def farm_dirs(paths: Iterable[bytes]) -> set[bytes]:
+    """Every directory (``a``, ``a/b``) that leads to one of ``paths``; the root is b""."""
+    dirs: set[bytes] = set()
+    for path in paths:
+        parent = path.rpartition(b"/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition(b"/")[0]
+    return dirs
+
+
+def build_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile], *, sync: bool = True) -> str:
+    """Build ``deploy_root/dep_id`` from ``items`` (each ``obj`` must exist); return its path."""
+    work = start_farm(deploy_root, dep_id, items)
+    try:
+        return publish_farm(work, deploy_root, dep_id, sync=sync)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile],
+               identities: Sequence[tuple[int, int] | None] | None = None) -> str:
+    """Build the farm under its temporary name ``deploy_root/.tmp-<id>``; return that path.
+
+    ``identities`` (from ``objcheck.start_checks``): the (st_dev, st_ino) each
+    object had when it was checked; every link must be that very inode, so an
+    object renamed over between its check and its link is refused.
+    """
+    final = os.path.join(deploy_root, dep_id)
+    if os.path.lexists(final):
+        raise DeployError(f"{final}: already exists", path=final)
+    work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(deploy_root, exist_ok=True)
+    os.mkdir(work, 0o755)
+    try:
+        root = os.fsencode(work) + b"/"
+        # Directories in sorted order, parents first; then every link.
+        for directory in sorted(farm_dirs(i.path for i in items)):
+            os.mkdir(root + directory, 0o755)
+        link = os.link
+        for index, item in enumerate(items):
+            try:
+                link(item.obj, root + item.path)
+            except FileNotFoundError:
+                if not os.path.lexists(item.obj):
+                    raise ObjectMissing(f"{show(item.path)}: object {item.obj} is missing",
+                                        path=show(item.path)) from None
+                raise
+            if identities is not None:
+                st = os.lstat(root + item.path)
+                if (st.st_dev, st.st_ino) != identities[index]:
+                    raise VerificationError(f"{show(item.path)}: object {item.obj} was replaced "
+                                            f"while it was being deployed", path=show(item.path))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work
+
+
+class FarmBuilder:
+    """``start_farm`` in a forked child process, so that the caller can work meanwhile.
+
+    Building a farm is system calls only (mkdir, link), which another process
+    runs on another core while this one unpacks the pack.  ``wait()`` returns
+    the temporary farm (as ``start_farm`` does) or raises what the child
+    raised; ``cancel()`` stops the child and removes what it built.
+    """
+
+    def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile],
+                 identities: Sequence[tuple[int, int] | None] | None = None) -> None:
+        import pickle  # noqa: PLC0415 - here, not in the child: no import after fork
+
+        self._pickle = pickle
+        self.work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the child: build, report, and leave without unwinding the caller
+            status = 1
+            try:
+                os.close(read_fd)
+                try:
+                    start_farm(deploy_root, dep_id, items, identities)
+                    payload = b""
+                except BaseException as err:  # noqa: BLE001 - every failure goes to the parent
+                    try:
+                        payload = pickle.dumps(err)
+                    except Exception:  # noqa: BLE001
+                        payload = pickle.dumps(DeployError(f"{self.work}: {err}", path=self.work))
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(payload)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        self._pid: int | None = pid
+        self._read_fd = read_fd
+
+    def wait(self) -> str:
+        """The temporary farm once the child has built it; or raise its error."""
+        assert self._pid is not None
+        with os.fdopen(self._read_fd, "rb") as handle:
+            payload = handle.read()
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        if status != 0:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise DeployError(f"{self.work}: the process building the farm failed (status {status})",
+                              path=self.work)
+        if payload:
+            error = self._pickle.loads(payload)  # our own child's bytes, not input
+            raise error
+        return self.work
+
+    def cancel(self) -> None:
+        """Stop the child (if still running) and remove the partial farm."""
+        if self._pid is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._read_fd)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
+            self._pid = None
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def publish_farm(work: str, deploy_root: str, dep_id: str, *, sync: bool = True) -> str:
+    """Make a farm built by ``start_farm`` durable and give it its final name."""
+    final = os.path.join(deploy_root, dep_id)
+    if sync:
+        # One filesystem sync instead of an fsync per directory: the farm must be
+        # durable before the state file (written next) names it.
+        syncfs(work)
+    os.rename(work, final)
+    return final
+
+
+def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
+    """Raise VerificationError unless ``farm`` holds exactly the expected dirs and regular files."""
+    want_dirs = farm_dirs(i.path for i in items)
+    want_files = {i.path for i in items}
+    root = os.fsencode(farm)
+    try:
+        top = os.lstat(root)
+    except FileNotFoundError:
+        raise VerificationError(f"{farm}: the deploy directory is missing", path=farm) from None
+    if not stat.S_ISDIR(top.st_mode):
+        raise VerificationError(f"{farm}: the deploy directory is not a directory", path=farm)
+    seen_dirs: set[bytes] = set()
+    seen_files: set[bytes] = set()
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root + b"/" + rel if rel else root) as entries:
+            for entry in entries:
+                path = rel + b"/" + entry.name if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if path not in want_dirs:
+                        _extra(farm, path, "directory")
+                    seen_dirs.add(path)
+                    stack.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    if path not in want_files:
+                        _extra(farm, path, "file")
+                    seen_files.add(path)
+                else:
+                    what = "symlink" if entry.is_symlink() else "special file"
+                    if path in want_files or path in want_dirs:
+                        raise VerificationError(f"{show(path)}: is a {what} in the deploy directory "
+                                                f"{farm}", path=show(path))
+                    _extra(farm, path, what)
+    missing = sorted((want_dirs - seen_dirs) | (want_files - seen_files))
+    if missing:
+        raise VerificationError(f"{show(missing[0])}: missing from the deploy directory {farm}"
+                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                path=show(missing[0]))
+
+
+def _extra(farm: str, path: bytes, what: str) -> None:
+    raise VerificationError(f"{show(path)}: unexpected {what} in the deploy directory {farm} "
+                            f"(not a large file of the signed manifest)", path=show(path))
+
+
+def remove_farm(deploy_root: str, dep_id: str) -> None:
+    """Remove a farm: renamed aside first, so a crash never leaves a half-removed ``<id>``."""
+    final = os.path.join(deploy_root, dep_id)
+    if not os.path.lexists(final):
+        return
+    trash = os.path.join(deploy_root, TRASH_PREFIX + dep_id)
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(final, trash)
+    shutil.rmtree(trash)
+
+
+def clean_leftovers(deploy_root: str) -> None:
+    """Remove farms of interrupted deploys and undeploys (``.tmp-*``, ``.trash-*``)."""
+    try:
+        names = os.listdir(deploy_root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            shutil.rmtree(os.path.join(deploy_root, name), ignore_errors=True)

@@ -1,0 +1,271 @@
+"""Mounting and unmounting: mount(2), umount2(2) and the new mount API through ctypes.
+
+Every wrapper raises ``OSError(errno, strerror, path)``; ``tmpfs()`` and
+``overlay()`` are context managers that unmount on the way out unless the
+caller keeps the mount (``ExitStack.pop_all()``), so a failure part way never
+leaves a mount behind.  ``mounts_under()`` reads /proc/self/mountinfo.
+
+overlayfs layers are passed either as ``lowerdir+`` strings through
+fsopen/fsconfig (Linux 6.7+: paths verbatim, no escaping, no length limit) or,
+on older kernels, in the mount(2) data string with ``\\``, ``,`` and ``:``
+escaped (a page at most).  ``api="auto"`` tries the first and falls back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+StrPath = str | os.PathLike[str]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+# mount(2) flags (linux/mount.h)
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_SILENT = 0x8000
+# umount2 flags
+MNT_DETACH = 0x2
+# The new mount API.  The syscall numbers are the same on every architecture
+# (asm-generic unified table, Linux 5.2+).
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+
+DATA_MAX = 4095  # mount(2) copies at most one page of options, NUL included
+
+
+def _fail(path: StrPath) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err), os.fspath(path))
+
+
+def mount(source: str, target: StrPath, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2); raises OSError naming ``target``."""
+    if len(os.fsencode(data)) > DATA_MAX:
+        raise OSError(errno.E2BIG, f"mount options longer than {DATA_MAX} bytes", os.fspath(target))
+    if _libc.mount(os.fsencode(source), os.fsencode(target), fstype.encode(), flags,
+                   os.fsencode(data) if data else None) != 0:
+        raise _fail(target)
+
+
+def umount(target: StrPath, flags: int = 0) -> None:
+    """umount2(2); raises OSError naming ``target``."""
+    if _libc.umount2(os.fsencode(target), flags) != 0:
+        raise _fail(target)
+
+
+# -- tmpfs ----------------------------------------------------------------------------
+
+class Mounted:
+    """A mount as a context manager: mounted on enter, detached on exit.
+
+    A class, not a generator: a generator context manager left un-exited (the
+    way ``ExitStack.pop_all()`` keeps a mount) would unmount when collected.
+    """
+
+    def __init__(self, target: StrPath, mount_fn: Callable[[], object]) -> None:
+        self.target = os.fspath(target)
+        self._mount = mount_fn
+        self.result: object = None
+
+    def __enter__(self) -> str:
+        self.result = self._mount()
+        return self.target
+
+    def __exit__(self, *exc: object) -> None:
+        # Detached, not plainly unmounted: a failure cleanup must not fail on EBUSY
+        # because some fd (a thread of ours, a scanner) is still open in it.
+        umount(self.target, MNT_DETACH)
+
+
+def tmpfs(target: StrPath, *, size: int | None = None, inodes: int | None = None,
+          mode: int = 0o755) -> Mounted:
+    """A tmpfs on ``target`` (mounted when the block is entered, detached when it is left)."""
+    options = [
+        # The root of the tmpfs shows through as the overlay's root directory until
+        # the tree's own root metadata is applied: start from the usual 0755.
+        f"mode={mode:o}",
+        # uid/gid 0: the tree's root owner is applied explicitly afterwards.
+        "uid=0", "gid=0",
+    ]
+    if size is not None:
+        # Bounded by what the manifest says it needs: a hostile pack cannot fill RAM.
+        options.append(f"size={max(size, 4096)}")
+    if inodes is not None:
+        # Same for inodes (files, directories, symlinks).
+        options.append(f"nr_inodes={max(inodes, 16)}")
+    # No nosuid/nodev: the tmpfs holds a root filesystem whose setuid binaries must work.
+    return Mounted(target, lambda: mount("tmpfs", target, "tmpfs", MS_SILENT, ",".join(options)))
+
+
+# -- overlayfs ------------------------------------------------------------------------
+
+def escape_layer(path: str) -> str:
+    """A layer path for the mount(2) data string: ``\\``, ``,`` and ``:`` backslash-escaped."""
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+# Hardening options, each for the same reason: a deploy directory on the disk
+# can be tampered with, and the overlay must not interpret anything in it.
+_HARDENING = (
+    # Do not follow trusted.overlay.redirect xattrs found in a layer (they could
+    # point a directory at another one), and do not create them.
+    ("redirect_dir", "nofollow"),
+    # Do not honour trusted.overlay.metacopy: a file's data always comes from the
+    # layer the file is found in, never from a lower one a stub points to.
+    ("metacopy", "off"),
+    # No inode index: nothing is ever copied up into a persistent upper layer.
+    ("index", "off"),
+)
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """An overlay: lower layers top first; an upper and work dir make it writable."""
+
+    lowers: Sequence[str]
+    upper: str | None = None
+    work: str | None = None
+
+    def legacy_data(self) -> str:
+        parts = ["lowerdir=" + ":".join(escape_layer(p) for p in self.lowers)]
+        if self.upper is not None and self.work is not None:
+            parts += ["upperdir=" + escape_layer(self.upper), "workdir=" + escape_layer(self.work)]
+        parts += [f"{k}={v}" for k, v in _HARDENING]
+        return ",".join(parts)
+
+
+def _syscall(number: int, *args: object) -> int:
+    result: int = _libc.syscall(number, *args)
+    return result
+
+
+def _fsconfig(fd: int, key: str, value: str | None, path: StrPath) -> None:
+    cmd = FSCONFIG_SET_STRING if value is not None else FSCONFIG_SET_FLAG
+    if _syscall(SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd), ctypes.c_char_p(key.encode()),
+                ctypes.c_char_p(os.fsencode(value) if value is not None else None), ctypes.c_int(0)) != 0:
+        raise _fail(path)
+
+
+def _overlay_new_api(target: StrPath, spec: OverlaySpec) -> None:
+    """fsopen/fsconfig(lowerdir+)/fsmount/move_mount: layer paths go in verbatim."""
+    fs_fd = _syscall(SYS_FSOPEN, ctypes.c_char_p(b"overlay"), ctypes.c_uint(FSOPEN_CLOEXEC))
+    if fs_fd < 0:
+        raise _fail(target)
+    try:
+        for layer in spec.lowers:
+            _fsconfig(fs_fd, "lowerdir+", layer, target)
+        if spec.upper is not None and spec.work is not None:
+            _fsconfig(fs_fd, "upperdir", spec.upper, target)
+            _fsconfig(fs_fd, "workdir", spec.work, target)
+        for key, value in _HARDENING:
+            _fsconfig(fs_fd, key, value, target)
+        _fsconfig_create(fs_fd, target)
+        # Without an upper layer, also make the mount itself read-only.
+        attrs = MOUNT_ATTR_RDONLY if spec.upper is None else 0
+        mnt_fd = _syscall(SYS_FSMOUNT, ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
+                          ctypes.c_uint(attrs))
+        if mnt_fd < 0:
+            raise _fail(target)
+        try:
+            if _syscall(SYS_MOVE_MOUNT, ctypes.c_int(mnt_fd), ctypes.c_char_p(b""), ctypes.c_int(AT_FDCWD),
+                        ctypes.c_char_p(os.fsencode(target)), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)) != 0:
+                raise _fail(target)
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(fs_fd)
+
+
+def _fsconfig_create(fs_fd: int, target: StrPath) -> None:
+    if _syscall(SYS_FSCONFIG, ctypes.c_int(fs_fd), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None,
+                ctypes.c_int(0)) != 0:
+        raise _fail(target)
+
+
+def mount_overlay(target: StrPath, spec: OverlaySpec, api: str = "auto") -> str:
+    """Mount ``spec`` on ``target``; return the API used ("new" or "legacy").
+
+    ``auto`` uses the new API when the kernel has ``lowerdir+`` (6.7+) and
+    falls back to mount(2) when fsopen or ``lowerdir+`` is refused with
+    ENOSYS/EINVAL/EOPNOTSUPP before anything was mounted.
+    """
+    if api in ("auto", "new"):
+        try:
+            _overlay_new_api(target, spec)
+            return "new"
+        except OSError as err:
+            if api == "new" or err.errno not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    flags = MS_SILENT | (MS_RDONLY if spec.upper is None else 0)
+    mount("overlay", target, "overlay", flags, spec.legacy_data())
+    return "legacy"
+
+
+def overlay(target: StrPath, spec: OverlaySpec, api: str = "auto") -> Mounted:
+    """``mount_overlay`` as a ``Mounted`` (its ``result`` is the API used)."""
+    return Mounted(target, lambda: mount_overlay(target, spec, api))
+
+
+# -- /proc/self/mountinfo -----------------------------------------------------------------
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> bytes:
+    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_id: int
+    mount_point: bytes
+    fstype: str
+    source: bytes
+    options: str  # per-mount options (ro, nosuid, ...)
+    super_options: bytes
+
+
+def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    """Every mount of this namespace, mount points decoded from their octal escapes."""
+    out = []
+    with open(path, "rb") as handle:
+        for line in handle.read().splitlines():
+            fields = line.split(b" ")
+            sep = fields.index(b"-", 6)
+            out.append(MountInfo(int(fields[0]), _unescape(fields[4]), fields[sep + 1].decode(),
+                                 _unescape(fields[sep + 2]), fields[5].decode(),
+                                 _unescape(fields[sep + 3]) if len(fields) > sep + 3 else b""))
+    return out
+
+
+def mounts_under(path: StrPath) -> list[MountInfo]:
+    """Mounts whose mount point is ``path`` or below it (``path`` made absolute, not resolved)."""
+    root = os.fsencode(os.path.abspath(path)).rstrip(b"/") or b"/"
+    prefix = root if root == b"/" else root + b"/"
+    return [m for m in mountinfo() if m.mount_point == root or m.mount_point.startswith(prefix)]
+
+
+def is_mount_point(path: StrPath) -> MountInfo | None:
+    """The topmost mount at exactly ``path`` (made absolute, symlinks resolved), or None."""
+    real = os.fsencode(os.path.realpath(path))
+    found = [m for m in mountinfo() if m.mount_point == real]
+    return found[-1] if found else None

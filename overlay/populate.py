@@ -1,0 +1,180 @@
+"""Unpacking a verified pack into the (fresh, empty) tmpfs of a deployment.
+
+Built on ``pack.unpack.TreeWriter`` (which never leaves its root and applies
+exact metadata), with two differences that the merged view needs:
+
+- inline files with the same content and metadata become one inode
+  (hardlinks), like the store's objects, so every hardlink group of the
+  source tree survives in the tmpfs as it does in the farm;
+- a file's owner is set before its xattrs: the kernel drops
+  ``security.capability`` on chown, so xattrs set first would be lost.
+
+``tmpfs_size`` works out how large the tmpfs must be from the manifest, so
+the mount is bounded (a hostile manifest cannot fill memory) yet never short.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pack.manifest import Manifest
+from pack.reader import PackReader
+from pack.unpack import TreeWriter
+from store import xattrs
+from store.errors import DeployError
+from store.model import Kind, Meta
+
+PAGE = 4096
+BOGO_INODE = 1024  # tmpfs charges xattrs against nr_inodes * 1024 bytes (Linux 6.6+)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_DIR_MODE = 0o700  # never setgid while being filled
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class TmpfsSize:
+    bytes: int
+    inodes: int
+
+
+def tmpfs_size(manifest: Manifest) -> TmpfsSize:
+    """Pages for every distinct inline inode and long symlink, inodes for every entry, plus slack."""
+    pages = 0
+    inodes = 1
+    xattr_bytes = 0
+    seen: set[tuple[bytes, Meta]] = set()
+    for row in manifest.entries:
+        entry = row.entry
+        xattr_bytes += sum(len(n) + len(v) + 32 for n, v in entry.meta.xattrs)
+        if entry.kind is Kind.FILE:
+            if not row.inline:
+                continue
+            key = (entry.digest, entry.meta)
+            if key in seen:
+                continue
+            seen.add(key)
+            pages += -(-entry.size // PAGE)
+        elif entry.kind is Kind.SYMLINK and len(entry.target) >= 128:
+            pages += 1  # a long target takes a page; short ones live in the inode
+        inodes += 1
+    data = pages * PAGE
+    # Slack: directory and bookkeeping pages, plus a margin so a correct tree never
+    # meets ENOSPC: 1/8 more and 4 MiB.
+    return TmpfsSize(data + data // 8 + (4 << 20),
+                     inodes + inodes // 8 + xattr_bytes // BOGO_INODE + 1024)
+
+
+class _TmpfsWriter(TreeWriter):
+    """``TreeWriter`` without the system calls that would change nothing.
+
+    A new inode is owned by this process's (fs)uid and gid: its parent is never
+    setgid while being filled (directories are made 0700 and get their mode
+    when finished; the tmpfs root is mounted 0755), so ``chown`` is only called
+    for another owner.  A file is created with its final permission bits when
+    they hold no setuid/setgid/sticky bit and the umask does not clear any of
+    them, so ``chmod`` is only called otherwise (and always after ``chown``,
+    which clears setuid/setgid, and before xattrs: ``chown`` drops
+    ``security.capability``).  Directories and symlinks likewise.
+    """
+
+    def __init__(self, root: str, root_meta: Meta) -> None:
+        super().__init__(root, root_meta)
+        self._owner = (os.geteuid(), os.getegid())
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self._umask = umask
+
+    def _apply(self, fd: int, meta: Meta, mode_now: int | None) -> None:
+        if (meta.uid, meta.gid) != self._owner:
+            os.fchown(fd, meta.uid, meta.gid)
+            mode_now = None  # chown may have cleared setuid/setgid
+        if meta.mode != mode_now:
+            os.fchmod(fd, meta.mode)
+        if meta.xattrs:
+            xattrs.write(fd, meta.xattrs)
+
+    def mkdir(self, path: bytes, meta: Meta) -> None:
+        parent, name = self._place(path)
+        os.mkdir(name, _NEW_DIR_MODE, dir_fd=parent)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        self._stack.append((path, fd, meta))
+
+    def _finish(self) -> None:
+        path, fd, meta = self._stack.pop()
+        try:
+            if meta is not None:  # made _NEW_DIR_MODE; the root as mounted
+                self._apply(fd, meta, _NEW_DIR_MODE & ~self._umask if path else None)
+        finally:
+            os.close(fd)
+
+    def write_file(self, path: bytes, data: bytes, meta: Meta) -> None:
+        parent, name = self._place(path)
+        plain = not meta.mode & 0o7000 and not meta.mode & self._umask
+        mode = meta.mode if plain else 0o600
+        fd = os.open(name, _NEW_FILE, mode, dir_fd=parent)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._apply(fd, meta, mode & ~self._umask)
+        finally:
+            os.close(fd)
+
+    def symlink(self, path: bytes, target: bytes, meta: Meta) -> None:
+        parent, name = self._place(path)
+        os.symlink(target, name, dir_fd=parent)
+        if meta.xattrs:
+            # The xattr calls take no dirfd: name the link through our open
+            # directory (a magic link to it), never following the final name.
+            xattrs.write(f"/proc/self/fd/{parent}/".encode() + name, meta.xattrs)
+        if (meta.uid, meta.gid) != self._owner:
+            os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+
+
+@dataclass
+class PopulateReport:
+    dirs: int = 0
+    files: int = 0
+    links: int = 0  # inline files made hardlinks of an identical earlier one
+    symlinks: int = 0
+    bytes: int = 0
+
+
+def populate(reader: PackReader, root: str) -> PopulateReport:
+    """Write every directory, symlink and inline file of ``reader`` under the empty ``root``.
+
+    ``root`` gets the commit's root metadata.  Large files are left out (the
+    farm has them).  Raises PackError if the pack turns out bad part way
+    (``root`` then holds a partial tree the caller discards with its tmpfs).
+    """
+    report = PopulateReport()
+    first: dict[tuple[bytes, Meta], bytes] = {}
+    root_b = os.fsencode(root) + b"/"
+    try:
+        with _TmpfsWriter(root, reader.commit.root_meta) as tree:
+            for row, data in reader.entries():
+                entry = row.entry
+                if entry.kind is Kind.DIR:
+                    tree.mkdir(row.path, entry.meta)
+                    report.dirs += 1
+                elif entry.kind is Kind.SYMLINK:
+                    tree.symlink(row.path, entry.target, entry.meta)
+                    report.symlinks += 1
+                elif data is not None:
+                    key = (entry.digest, entry.meta)
+                    same = first.get(key)
+                    if same is not None:
+                        tree.link(row.path, os.fsdecode(root_b + same))
+                        report.links += 1
+                    else:
+                        tree.write_file(row.path, data, entry.meta)
+                        first[key] = row.path
+                        report.files += 1
+                        report.bytes += len(data)
+    except OSError as err:
+        if err.errno == 28:  # ENOSPC: the manifest-sized tmpfs was too small (a bug of ours)
+            raise DeployError(f"{root}: the tmpfs sized from the manifest is full: {err}",
+                              path=root) from err
+        raise
+    return report

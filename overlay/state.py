@@ -1,0 +1,299 @@
+"""Deployment state: which deployments exist, the default, the previous one, boot counting.
+
+One small JSON file, ``<repo>/deploy/state.json``, replaced atomically
+(``store.atomic.atomic_write``) under an exclusive flock on
+``<repo>/deploy/state.lock``; the format is in overlay/FORMAT-deploy.md.  A
+file that does not parse is an error, never an empty state (that would lose
+the default and the boot counters).
+
+Boot counting (used by the boot verifier, which imports this module):
+``choose_deployment_for_boot`` picks the default unless its tries are used up,
+in which case the previous one; ``count_try`` spends one try of the chosen
+deployment and remembers it as ``booted``; ``mark_good`` (run once the system
+is up) ends the counting for the booted deployment.  ``tries_left`` is None
+for a deployment that is not being counted (known good).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import cast
+
+from store.atomic import atomic_write
+from store.errors import DeployError, FormatError
+from store.lock import flock
+
+FORMAT = "sealtree-deployments"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_STATE = 4 << 20  # bytes: a few thousand deployments at most
+MAX_TRIES = 1000
+DEFAULT_TRIES = 3
+
+ID_RE = re.compile(r"([0-9a-f]{64})\.([1-9][0-9]{0,17})")
+_KEYS = {"format", "version", "next_serial", "default", "previous", "booted", "deployments"}
+_DEPLOYMENT_KEYS = {"id", "commit", "ref", "version", "created", "pack", "pack_sha256", "keys",
+                    "tries_left", "mounted_at"}
+
+
+@dataclass
+class Deployment:
+    """One deployment: ``deploy/<id>/`` built from ``pack`` (relative to the repository)."""
+
+    id: str
+    commit: str  # hex commit id
+    ref: str
+    version: str
+    created: int  # seconds since the epoch
+    pack: str  # the pack it was verified from, relative to the repository
+    pack_sha256: str  # hex SHA-256 of that pack when it was deployed
+    keys: str  # the keyring directory it was verified with (absolute)
+    tries_left: int | None = None  # None: not counting boots (known good)
+    mounted_at: list[str] = field(default_factory=list)
+
+
+@dataclass
+class State:
+    deployments: list[Deployment] = field(default_factory=list)
+    default: str | None = None
+    previous: str | None = None
+    booted: str | None = None  # the deployment chosen at the last counted boot
+    next_serial: int = 1
+
+    # -- lookups ------------------------------------------------------------------------
+    def get(self, dep_id: str) -> Deployment:
+        for dep in self.deployments:
+            if dep.id == dep_id:
+                return dep
+        raise DeployError(f"no deployment {dep_id!r}")
+
+    def find(self, name: str) -> Deployment:
+        """A deployment by id, ``<commit prefix>[.<serial>]`` if unique, or
+        ``default``/``previous``/``booted``."""
+        if name in ("default", "previous", "booted"):
+            chosen = getattr(self, name)
+            if chosen is None:
+                raise DeployError(f"there is no {name} deployment")
+            return self.get(chosen)
+        exact = [d for d in self.deployments if d.id == name]
+        if exact:
+            return exact[0]
+        prefix, dot, serial = name.partition(".")
+        matches = []
+        if len(prefix) >= 4:
+            matches = [d for d in self.deployments if d.commit.startswith(prefix)
+                       and (not dot or d.id.rsplit(".", 1)[1] == serial)]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(d.id[:12] + "." + d.id.rsplit(".", 1)[1] for d in self.deployments) or "none"
+        reason = "ambiguous" if matches else "no such deployment"
+        raise DeployError(f"{name!r}: {reason} (deployments: {known})")
+
+    # -- changes ------------------------------------------------------------------------
+    def allocate_id(self, commit_hex: str) -> str:
+        dep_id = f"{commit_hex}.{self.next_serial}"
+        self.next_serial += 1
+        return dep_id
+
+    def add(self, dep: Deployment, *, make_default: bool, tries: int | None) -> None:
+        self.deployments.append(dep)
+        if make_default:
+            self.set_default(dep.id, tries)
+
+    def set_default(self, dep_id: str, tries: int | None) -> None:
+        """Make ``dep_id`` the default; the old default becomes the previous one.
+
+        ``tries`` starts boot counting for it (None: not counted)."""
+        dep = self.get(dep_id)
+        _check_tries(tries)
+        if self.default != dep_id:
+            self.previous = self.default
+            self.default = dep_id
+        dep.tries_left = tries
+
+    def rollback(self) -> None:
+        """Make the previous deployment the default (and the default the previous)."""
+        if self.previous is None:
+            raise DeployError("no previous deployment to roll back to")
+        self.default, self.previous = self.previous, self.default
+
+    def remove(self, dep_id: str) -> Deployment:
+        dep = self.get(dep_id)
+        if dep.mounted_at:
+            raise DeployError(f"deployment {dep_id} is mounted at {', '.join(dep.mounted_at)}; "
+                              f"unmount it first")
+        if self.default == dep_id:
+            raise DeployError(f"deployment {dep_id} is the default; make another one the default "
+                              f"(set-default, rollback) before removing it")
+        self.deployments.remove(dep)
+        if self.previous == dep_id:
+            self.previous = None
+        if self.booted == dep_id:
+            self.booted = None
+        return dep
+
+    # -- encoding -----------------------------------------------------------------------
+    def encode(self) -> bytes:
+        doc = {"format": FORMAT, "version": VERSION, "next_serial": self.next_serial,
+               "default": self.default, "previous": self.previous, "booted": self.booted,
+               "deployments": [asdict(d) for d in self.deployments]}
+        return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
+
+
+# -- boot counting ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BootChoice:
+    deployment: Deployment
+    reason: str  # "default", "fallback" (default out of tries), "exhausted" (nothing else to boot)
+
+
+def choose_deployment_for_boot(state: State) -> BootChoice:
+    """The deployment to boot: the default, unless it has no tries left and a previous exists."""
+    if state.default is None:
+        raise DeployError("no default deployment to boot")
+    default = state.get(state.default)
+    if default.tries_left is None or default.tries_left > 0:
+        return BootChoice(default, "default")
+    if state.previous is not None:
+        return BootChoice(state.get(state.previous), "fallback")
+    return BootChoice(default, "exhausted")
+
+
+def count_try(state: State, dep_id: str) -> None:
+    """Spend one boot try of ``dep_id`` (if it is being counted) and remember it as booted."""
+    dep = state.get(dep_id)
+    if dep.tries_left is not None and dep.tries_left > 0:
+        dep.tries_left -= 1
+    state.booted = dep_id
+
+
+def mark_good(state: State, dep_id: str | None = None) -> Deployment:
+    """End boot counting for ``dep_id`` (default: the booted one, else the default)."""
+    chosen = dep_id or state.booted or state.default
+    if chosen is None:
+        raise DeployError("no deployment to mark good")
+    dep = state.get(chosen)
+    dep.tries_left = None
+    return dep
+
+
+# -- the file ---------------------------------------------------------------------------------
+
+class StateFile:
+    """The state file of one repository; ``update()`` is the only way to change it."""
+
+    def __init__(self, deploy_root: str) -> None:
+        self.root = deploy_root
+        self.path = os.path.join(deploy_root, "state.json")
+        self.lock_path = os.path.join(deploy_root, "state.lock")
+
+    def read(self) -> State:
+        """The current state (an empty one when the file does not exist yet)."""
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read(MAX_STATE + 1)
+        except FileNotFoundError:
+            return State()
+        if len(data) > MAX_STATE:
+            raise FormatError(f"{self.path}: larger than {MAX_STATE} bytes", path=self.path)
+        return decode(data, self.path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        os.makedirs(self.root, exist_ok=True)
+        with flock(self.lock_path, exclusive=True):
+            yield
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[State]:
+        """Lock, read, let the block change the state, write it back atomically (if it changed)."""
+        with self.locked():
+            state = self.read()
+            before = state.encode()
+            yield state
+            after = state.encode()
+            if after != before:
+                atomic_write(self.path, after)
+
+
+def boot_select(state_file: StateFile) -> BootChoice:
+    """What the boot verifier calls: choose, spend one try, persist; return the choice."""
+    with state_file.update() as state:
+        choice = choose_deployment_for_boot(state)
+        count_try(state, choice.deployment.id)
+    return choice
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+def _check_tries(tries: int | None) -> None:
+    if tries is not None and not 0 <= tries <= MAX_TRIES:
+        raise DeployError(f"boot tries must be in 0..{MAX_TRIES}, got {tries}")
+
+
+def _fail(where: str, message: str) -> FormatError:
+    return FormatError(f"{where}: {message}", path=where)
+
+
+def _typed(doc: dict[str, object], key: str, kinds: tuple[type, ...], where: str) -> object:
+    value = doc.get(key)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        names = "/".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise _fail(where, f"{key!r} must be {names}, got {value!r}")
+    return value
+
+
+def decode(data: bytes, where: str = "deployment state") -> State:
+    """Parse and check a state file: format, version, fields, ids, references."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(where, f"not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise _fail(where, "not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise _fail(where, f"format must be {FORMAT!r}, got {doc.get('format')!r}")
+    if doc.get("version") not in SUPPORTED_VERSIONS:
+        raise _fail(where, f"unsupported version: expected one of {SUPPORTED_VERSIONS}, "
+                           f"got {doc.get('version')!r}")
+    if set(doc) != _KEYS:
+        raise _fail(where, f"keys must be {sorted(_KEYS)}, got {sorted(doc)}")
+    next_serial = _typed(doc, "next_serial", (int,), where)
+    deployments = _typed(doc, "deployments", (list,), where)
+    state = State(next_serial=cast(int, next_serial))
+    seen: set[str] = set()
+    item: object
+    for i, item in enumerate(cast(list[object], deployments)):
+        at = f"{where}: deployments[{i}]"
+        if not isinstance(item, dict) or set(item) != _DEPLOYMENT_KEYS:
+            raise _fail(at, f"must be an object with keys {sorted(_DEPLOYMENT_KEYS)}")
+        for key in ("id", "commit", "ref", "version", "pack", "pack_sha256", "keys"):
+            _typed(item, key, (str,), at)
+        _typed(item, "created", (int,), at)
+        tries = _typed(item, "tries_left", (int, type(None)), at)
+        mounted = _typed(item, "mounted_at", (list,), at)
+        match = ID_RE.fullmatch(item["id"])
+        if not match or match.group(1) != item["commit"]:
+            raise _fail(at, f"id {item['id']!r} is not <commit>.<serial> of commit {item['commit']!r}")
+        if int(match.group(2)) >= state.next_serial:
+            raise _fail(at, f"serial of {item['id']} is not below next_serial {state.next_serial}")
+        if item["id"] in seen:
+            raise _fail(at, f"duplicate id {item['id']}")
+        if tries is not None and not 0 <= tries <= MAX_TRIES:  # type: ignore[operator]
+            raise _fail(at, f"tries_left {tries} out of 0..{MAX_TRIES}")
+        if not all(isinstance(m, str) for m in mounted):  # type: ignore[attr-defined]
+            raise _fail(at, "mounted_at must be a list of paths")
+        seen.add(item["id"])
+        state.deployments.append(Deployment(**item))
+    for key in ("default", "previous", "booted"):
+        value = _typed(doc, key, (str, type(None)), where)
+        if value is not None and value not in seen:
+            raise _fail(where, f"{key} {value!r} is not a listed deployment")
+        setattr(state, key, value)
+    return state

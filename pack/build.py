@@ -1,0 +1,156 @@
+"""Building a pack from a commit in a repository.
+
+The same commit, ref, ``inline_max`` and ``level`` always give the same bytes
+(with the same zstd library): rows come in ``store.walk`` order, frames are
+cut by fixed rules, the compressor has one fixed configuration, and nothing
+of the build machine or time is recorded.  Inline files are read back from
+their objects and their fs-verity digests checked before they are packed, so
+a pack never carries a corrupt object under a vendor signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from store.atomic import atomic_file
+from store.errors import ObjectCorrupt, ObjectMissing, PackError, UsageError
+from store.fsverity import digest_bytes
+from store.ids import RawId, to_hex
+from store.refs import check_ref_name
+from store.repo import Repository
+from store.walk import walk
+
+from . import format as fmt
+from .manifest import ManifestEntry, encode_row, plan_manifest
+
+# Why 4096 and 19: see pack/FORMAT-pack.md ("Choosing the inline threshold").
+DEFAULT_INLINE_MAX = 4096
+DEFAULT_LEVEL = 19
+MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
+COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What was written: the pack's path, size and SHA-256, and what it holds."""
+
+    path: str
+    commit_id: RawId
+    ref: str
+    size: int
+    sha256: bytes
+    entries: int
+    manifest_size: int
+    inline_files: int
+    inline_bytes: int
+    large_files: int
+    large_bytes: int
+
+
+def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
+    """The content of an inline file's object, checked against its size and digest."""
+    entry = row.entry
+    path = repo.objects.file_path(entry.digest, entry.meta)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ObjectMissing(f"{row.path.decode(errors='replace')}: object {to_hex(entry.digest)} "
+                            f"is missing", object_id=to_hex(entry.digest), path=path) from None
+    try:
+        data = os.read(fd, entry.size + 1)
+        while len(data) <= entry.size and (more := os.read(fd, entry.size + 1 - len(data))):
+            data += more
+    finally:
+        os.close(fd)
+    got = digest_bytes(data)
+    if len(data) != entry.size or not hmac.compare_digest(got, entry.digest):
+        raise ObjectCorrupt(f"{row.path.decode(errors='replace')}: object {to_hex(entry.digest)} is "
+                            f"corrupt ({len(data)} bytes, digest {got.hex()})",
+                            expected=to_hex(entry.digest), got=got.hex(),
+                            object_id=to_hex(entry.digest), path=path)
+    return data
+
+
+class _DataFrames:
+    """Inline files packed greedily into frames of at most FRAME_MAX bytes, spooled to a file."""
+
+    def __init__(self, cctx: zstandard.ZstdCompressor, spool: BinaryIO) -> None:
+        self.cctx = cctx
+        self.spool = spool
+        self.table: list[tuple[int, int]] = []
+        self.pending = bytearray()
+
+    def add(self, data: bytes) -> None:
+        if len(self.pending) + len(data) > fmt.FRAME_MAX:
+            self.flush()
+        self.pending += data
+
+    def flush(self) -> None:
+        if self.pending:
+            frame = self.cctx.compress(bytes(self.pending))
+            self.spool.write(frame)
+            self.table.append((len(frame), len(self.pending)))
+            self.pending = bytearray()
+
+
+def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathLike[str], *,
+               inline_max: int = DEFAULT_INLINE_MAX, level: int = DEFAULT_LEVEL) -> BuildResult:
+    """Write the pack of ``commit_id`` for ``ref`` to ``out`` (atomically); files up to
+    ``inline_max`` bytes go inline.  Raises UsageError on bad options, ObjectMissing or
+    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit."""
+    if not 0 <= inline_max <= fmt.MAX_INLINE_MAX:
+        raise UsageError(f"--inline-max must be in 0..{fmt.MAX_INLINE_MAX}, got {inline_max}")
+    if not 1 <= level <= MAX_LEVEL:
+        raise UsageError(f"--level must be in 1..{MAX_LEVEL}, got {level}")
+    ref_bytes = check_ref_name(ref).encode("ascii")
+    commit_bytes = repo.objects.read_raw("commit", commit_id)
+    commit = repo.objects.read_commit(commit_id)
+    rows = list(plan_manifest(walk(repo.objects, commit.root_tree), inline_max))
+    if len(rows) > fmt.MAX_ENTRIES:
+        raise PackError(f"the tree has {len(rows)} paths, a pack holds at most {fmt.MAX_ENTRIES}")
+    manifest = b"".join(encode_row(row) for row in rows)
+    if len(manifest) > fmt.MAX_MANIFEST:
+        raise PackError(f"the manifest would be {len(manifest)} bytes, a pack allows {fmt.MAX_MANIFEST}")
+    cctx = fmt.compressor(level)
+    manifest_frames = [cctx.compress(manifest[i:i + fmt.FRAME_MAX])
+                       for i in range(0, len(manifest), fmt.FRAME_MAX)]
+    out = os.fspath(out)
+    inline = [row for row in rows if row.inline]
+    with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(out))) as spool:
+        frames = _DataFrames(cctx, spool)
+        for row in inline:
+            frames.add(_read_inline(repo, row))
+        frames.flush()
+        data_size = sum(row.entry.size for row in inline)
+        header = fmt.Header(inline_max, commit.id(), len(commit_bytes), len(ref_bytes), len(rows),
+                            len(manifest), len(manifest_frames), data_size, len(frames.table))
+        sha = hashlib.sha256()
+        size = 0
+        with atomic_file(out, 0o644) as handle:
+            def emit(chunk: bytes) -> None:
+                nonlocal size
+                handle.write(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+
+            emit(header.encode())
+            emit(commit_bytes)
+            emit(ref_bytes)
+            emit(fmt.encode_frame_table([(len(f), min(fmt.FRAME_MAX, len(manifest) - i * fmt.FRAME_MAX))
+                                         for i, f in enumerate(manifest_frames)]))
+            emit(fmt.encode_frame_table(frames.table))
+            for frame in manifest_frames:
+                emit(frame)
+            spool.seek(0)
+            while chunk := spool.read(COPY_CHUNK):
+                emit(chunk)
+    large = [row for row in rows if row.is_large]
+    return BuildResult(out, commit_id, ref, size, sha.digest(), len(rows), len(manifest),
+                       len(inline), data_size, len(large), sum(r.entry.size for r in large))

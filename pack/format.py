@@ -1,0 +1,223 @@
+"""The pack file layout: header, frame tables, zstd frames; parse/serialize pairs and limits.
+
+A pack (version 1) is, in this order and with nothing after it::
+
+    header                 _HEADER below (82 bytes)
+    commit                 the commit object's canonical bytes (store.commits)
+    ref                    the ref the commit is for, ASCII (store.refs rules)
+    manifest frame table   manifest_frames x _FRAME
+    data frame table       data_frames x _FRAME
+    manifest frames        zstd frames; concatenated they are the manifest (pack.manifest)
+    data frames            zstd frames; concatenated they are the inline files' bytes
+
+Every frame is an independent zstd frame that declares its content size and
+decompresses to at most ``FRAME_MAX`` bytes, so reading and unpacking need
+one frame of memory at a time.  Manifest frames are cut every ``FRAME_MAX``
+bytes; data frames hold whole files, filled greedily (a new frame starts only
+when the next file does not fit), so no file straddles two frames.
+
+This module checks everything that can be checked without decompressing:
+length, magic, version, sizes against their limits, and that the sections add
+up to the file's length exactly.  Every failure is a ``PackError`` carrying
+the offset at fault.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import zstandard
+
+from store.errors import PackError
+from store.ids import RawId
+
+MAGIC = b"SEALPACK"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+FRAME_MAX = 1 << 20  # decompressed bytes in one frame: the reader's memory per frame
+MAX_INLINE_MAX = FRAME_MAX  # an inline file must fit one frame
+MAX_COMMIT = 16 << 20  # a commit object; store.commits bounds its fields further
+MAX_REF = 255  # store.refs.check_ref_name's limit
+MAX_ENTRIES = 1 << 24  # paths in one tree
+MAX_MANIFEST = 256 << 20  # decompressed manifest, held in memory while it is checked
+MAX_DATA = 1 << 40  # decompressed inline data; streamed, so only a sanity bound
+# A frame's compressed size: above zstd's worst case for FRAME_MAX input
+# (ZSTD_compressBound is size + size/256 + a few bytes).
+MAX_FRAME_COMPRESSED = FRAME_MAX + (FRAME_MAX >> 7) + 4096
+
+# magic, format version, flags (reserved, zero), inline_max (largest inline file),
+# commit id (SHA-256 of the commit bytes), commit length, ref length, entry count,
+# manifest size (decompressed), manifest frame count,
+# inline data size (decompressed), data frame count
+_HEADER = struct.Struct("<8sHHI32sIHIQIQI")
+# compressed size, decompressed size
+_FRAME = struct.Struct("<II")
+
+HEADER_SIZE = _HEADER.size
+FRAME_ENTRY_SIZE = _FRAME.size
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The fixed header: what the rest of the pack must add up to."""
+
+    inline_max: int
+    commit_id: RawId
+    commit_len: int
+    ref_len: int
+    entry_count: int
+    manifest_size: int
+    manifest_frames: int
+    data_size: int
+    data_frames: int
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(MAGIC, VERSION, 0, self.inline_max, self.commit_id, self.commit_len,
+                            self.ref_len, self.entry_count, self.manifest_size, self.manifest_frames,
+                            self.data_size, self.data_frames)
+
+    @property
+    def tables_offset(self) -> int:
+        return HEADER_SIZE + self.commit_len + self.ref_len
+
+    @property
+    def tables_size(self) -> int:
+        return (self.manifest_frames + self.data_frames) * FRAME_ENTRY_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One zstd frame: where it starts in the file and its two sizes."""
+
+    offset: int
+    compressed: int
+    size: int
+
+
+def _check(condition: bool, message: str, offset: int) -> None:
+    if not condition:
+        raise PackError(f"pack: {message} at offset {offset}", offset=offset)
+
+
+def parse_header(data: bytes, file_size: int) -> Header:
+    """Parse and check the header: length, magic, version, flags, then every size limit.
+
+    ``file_size`` is the pack's length; the sections the header declares must
+    at least fit in it (``check_layout`` later demands exact equality).
+    """
+    _check(len(data) >= HEADER_SIZE and file_size >= HEADER_SIZE,
+           f"truncated header: need {HEADER_SIZE} bytes, got {min(len(data), file_size)}", 0)
+    (magic, version, flags, inline_max, commit_id, commit_len, ref_len, entry_count,
+     manifest_size, manifest_frames, data_size, data_frames) = _HEADER.unpack_from(data)
+    _check(magic == MAGIC, f"bad magic: expected {MAGIC!r}, got {magic!r}", 0)
+    _check(version in SUPPORTED_VERSIONS,
+           f"unsupported pack version: expected one of {SUPPORTED_VERSIONS}, got {version}", 8)
+    _check(flags == 0, f"unknown flags {flags:#x}", 10)
+    _check(inline_max <= MAX_INLINE_MAX, f"inline_max {inline_max} exceeds {MAX_INLINE_MAX}", 12)
+    _check(0 < commit_len <= MAX_COMMIT, f"commit length {commit_len} not in 1..{MAX_COMMIT}", 48)
+    _check(0 < ref_len <= MAX_REF, f"ref length {ref_len} not in 1..{MAX_REF}", 52)
+    _check(entry_count <= MAX_ENTRIES, f"entry count {entry_count} exceeds {MAX_ENTRIES}", 54)
+    _check(manifest_size <= MAX_MANIFEST, f"manifest size {manifest_size} exceeds {MAX_MANIFEST}", 58)
+    _check(manifest_frames == -(-manifest_size // FRAME_MAX),
+           f"manifest of {manifest_size} bytes must have {-(-manifest_size // FRAME_MAX)} frames, "
+           f"header says {manifest_frames}", 66)
+    _check(data_size <= MAX_DATA, f"inline data size {data_size} exceeds {MAX_DATA}", 70)
+    _check(data_frames <= data_size, f"{data_frames} data frames for {data_size} bytes", 78)
+    header = Header(inline_max, RawId(commit_id), commit_len, ref_len, entry_count, manifest_size,
+                    manifest_frames, data_size, data_frames)
+    # Before anything is allocated from these counts, they must fit in the file.
+    needed = header.tables_offset + header.tables_size
+    _check(needed <= file_size, f"truncated: the header declares at least {needed} bytes, "
+                                f"the pack has {file_size}", HEADER_SIZE)
+    return header
+
+
+def encode_frame_table(frames: Sequence[tuple[int, int]]) -> bytes:
+    """The table for ``(compressed size, decompressed size)`` pairs."""
+    return b"".join(_FRAME.pack(c, s) for c, s in frames)
+
+
+def parse_frame_table(data: bytes, count: int, start: int, table_offset: int, what: str
+                      ) -> tuple[list[Frame], int]:
+    """Parse ``count`` frame entries; return the frames (placed from ``start``) and where they end.
+
+    Each frame must decompress to 1..FRAME_MAX bytes and be no larger compressed
+    than zstd's worst case.
+    """
+    frames = []
+    position = start
+    for i in range(count):
+        at = table_offset + i * FRAME_ENTRY_SIZE
+        compressed, size = _FRAME.unpack_from(data, i * FRAME_ENTRY_SIZE)
+        _check(0 < size <= FRAME_MAX, f"{what} frame {i} decompresses to {size} bytes, "
+                                      f"not 1..{FRAME_MAX}", at)
+        _check(0 < compressed <= MAX_FRAME_COMPRESSED,
+               f"{what} frame {i} is {compressed} bytes compressed, not 1..{MAX_FRAME_COMPRESSED}", at)
+        frames.append(Frame(position, compressed, size))
+        position += compressed
+    return frames, position
+
+
+def check_manifest_frames(frames: Sequence[Frame], header: Header, table_offset: int) -> None:
+    """Manifest frames are cut every FRAME_MAX bytes: all full but the last, summing exactly."""
+    for i, frame in enumerate(frames):
+        expected = min(FRAME_MAX, header.manifest_size - i * FRAME_MAX)
+        _check(frame.size == expected, f"manifest frame {i} holds {frame.size} bytes, "
+                                       f"expected {expected}", table_offset + i * FRAME_ENTRY_SIZE)
+
+
+def check_data_frames(frames: Sequence[Frame], header: Header, table_offset: int) -> None:
+    total = sum(f.size for f in frames)
+    _check(total == header.data_size, f"data frames hold {total} bytes, header says "
+                                      f"{header.data_size}", table_offset)
+
+
+def check_layout(end: int, file_size: int) -> None:
+    """The sections end exactly where the file does: no truncation, no trailing bytes."""
+    _check(end == file_size, f"pack is {file_size} bytes, its sections add up to {end}",
+           min(end, file_size))
+
+
+# -- zstd -------------------------------------------------------------------------
+
+def compressor(level: int) -> zstandard.ZstdCompressor:
+    """The one compressor configuration: deterministic for a given zstd and level.
+
+    No checksum (fs-verity digests and the commit id cover the content), the
+    content size always written (the reader checks it before allocating), no
+    dictionary id, single-threaded (multi-threaded output differs).
+    """
+    return zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True,
+                                    write_dict_id=False, threads=0)
+
+
+def decompressor() -> zstandard.ZstdDecompressor:
+    # A frame of at most FRAME_MAX bytes never needs a larger window; refusing
+    # larger ones bounds the decoder's own memory.
+    return zstandard.ZstdDecompressor(max_window_size=FRAME_MAX)
+
+
+def decompress_frame(dctx: zstandard.ZstdDecompressor, data: bytes, frame: Frame, what: str) -> bytes:
+    """Decompress one frame to exactly ``frame.size`` bytes, or raise PackError.
+
+    The frame's declared content size is checked against the table before any
+    allocation; the frame must be one zstd frame and fill ``data`` exactly.
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as err:
+        raise PackError(f"pack: {what}: not a zstd frame ({err}) at offset {frame.offset}",
+                        offset=frame.offset) from err
+    _check(declared == frame.size, f"{what}: zstd frame declares {declared} bytes, "
+                                   f"the table says {frame.size}", frame.offset)
+    try:
+        out = dctx.decompress(data, max_output_size=frame.size, allow_extra_data=False)
+    except zstandard.ZstdError as err:
+        raise PackError(f"pack: {what}: corrupt zstd frame ({err}) at offset {frame.offset}",
+                        offset=frame.offset) from err
+    _check(len(out) == frame.size, f"{what}: decompressed to {len(out)} bytes, "
+                                   f"expected {frame.size}", frame.offset)
+    return out

@@ -1,0 +1,149 @@
+"""Ed25519 keys, key ids, and the keyring a verifier trusts.
+
+Key files are PEM, as ``openssl genpkey -algorithm ed25519`` writes them:
+the private key PKCS#8 unencrypted (mode 0600), the public key
+SubjectPublicKeyInfo.  A key id is the SHA-256 of the raw 32-byte public key.
+
+A keyring is a directory: every ``*.pub`` file in it is a trusted public key,
+and the file ``revoked`` lists key ids (64 hex digits, one a line, ``#``
+comments) that are refused even when their key file is present.  A keyring
+file that cannot be read as an Ed25519 public key is an error, not skipped:
+a verifier fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import NewType
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from store.atomic import atomic_write
+from store.errors import SignatureError, UsageError
+
+KeyId = NewType("KeyId", bytes)  # raw 32 bytes; shown as hex
+
+REVOKED_FILE = "revoked"
+PUBLIC_SUFFIX = ".pub"
+MAX_KEY_FILE = 64 << 10
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def key_id(public: Ed25519PublicKey) -> KeyId:
+    """The SHA-256 of the raw public key."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KeyId(hashlib.sha256(raw).digest())
+
+
+def public_pem(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def generate_key(path: str | os.PathLike[str]) -> KeyId:
+    """Write a new private key to ``path`` (mode 0600) and its public key to ``path.pub``.
+
+    Refuses to overwrite either file.  Returns the key id.
+    """
+    path = os.fspath(path)
+    pub_path = path + PUBLIC_SUFFIX
+    for existing in (path, pub_path):
+        if os.path.lexists(existing):
+            raise UsageError(f"{existing}: already exists; not overwriting a key", path=existing)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    atomic_write(path, pem, 0o600)
+    atomic_write(pub_path, public_pem(private.public_key()), 0o644)
+    return key_id(private.public_key())
+
+
+def _read_key_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as err:
+        raise SignatureError(f"{path}: cannot read key: {err.strerror}", path=path) from err
+    if len(data) > MAX_KEY_FILE:
+        raise SignatureError(f"{path}: too large for a key file", path=path)
+    return data
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM (PKCS#8) file; SignatureError if it is not one."""
+    path = os.fspath(path)
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise SignatureError(f"{path}: not an unencrypted PEM private key ({err})", path=path) from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path}: not an Ed25519 key", path=path)
+    return key
+
+
+def parse_public_key(data: bytes, where: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise SignatureError(f"{where}: not a PEM public key ({err})", path=where) from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{where}: not an Ed25519 public key", path=where)
+    return key
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file; SignatureError if it is not one."""
+    path = os.fspath(path)
+    return parse_public_key(_read_key_file(path), path)
+
+
+def parse_revoked(text: str, where: str) -> frozenset[KeyId]:
+    revoked = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        word = line.split("#", 1)[0].strip().lower()
+        if not word:
+            continue
+        if not _HEX_ID.fullmatch(word):
+            raise SignatureError(f"{where}:{number}: not a key id (64 hex digits): {word!r}", path=where)
+        revoked.add(KeyId(bytes.fromhex(word)))
+    return frozenset(revoked)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Trusted public keys by key id, and the ids refused whatever the keys say."""
+
+    keys: dict[KeyId, Ed25519PublicKey]
+    revoked: frozenset[KeyId] = frozenset()
+    path: str = ""
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Keyring:
+        """Read every ``*.pub`` file and the ``revoked`` list of ``directory``."""
+        directory = os.fspath(directory)
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as err:
+            raise SignatureError(f"{directory}: cannot read keyring: {err.strerror}",
+                                 path=directory) from err
+        keys: dict[KeyId, Ed25519PublicKey] = {}
+        for name in names:
+            if name.endswith(PUBLIC_SUFFIX) and not name.startswith("."):
+                key = load_public_key(os.path.join(directory, name))
+                keys[key_id(key)] = key
+        revoked: frozenset[KeyId] = frozenset()
+        revoked_path = os.path.join(directory, REVOKED_FILE)
+        if os.path.lexists(revoked_path):
+            raw = _read_key_file(revoked_path)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SignatureError(f"{revoked_path}: not UTF-8", path=revoked_path) from err
+            revoked = parse_revoked(text, revoked_path)
+        return cls(keys, revoked, directory)

@@ -1,0 +1,102 @@
+"""The trust policy: is a pack signed by enough trusted, unrevoked keys?  Raises, never a bool.
+
+A signature counts when its key id names a key in the keyring, the key is
+not revoked, and the signature verifies over ``DOMAIN + SHA-256(pack)``.
+Signatures by unknown or revoked keys, and signatures that do not verify,
+do not count (the error says why each one did not); the pack is accepted
+when at least ``min_signatures`` (>= 1) count.
+
+The pack is hashed and its signatures checked *before* a byte of it is
+parsed; the reader then re-hashes what it parses and refuses the pack if the
+file changed in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+
+from store.errors import SignatureError, UsageError
+
+from .keys import KeyId, Keyring
+from .reader import PackReader
+from .signature import Signature, pack_sha256, read_signatures, signature_path, signed_message
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A pack digest and the keys whose signatures over it counted (sorted key ids)."""
+
+    sha256: bytes
+    signers: tuple[KeyId, ...]
+
+
+def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring,
+                min_signatures: int = 1) -> Verification:
+    """Count the good signatures over pack ``digest``; SignatureError below ``min_signatures``."""
+    if min_signatures < 1:
+        raise UsageError(f"--min-signatures must be at least 1, got {min_signatures}")
+    message = signed_message(digest)
+    good: list[KeyId] = []
+    refused: list[str] = []
+    for signature in signatures:
+        shown = signature.key_id.hex()
+        if signature.key_id in keyring.revoked:
+            refused.append(f"{shown}: revoked")
+            continue
+        key = keyring.keys.get(signature.key_id)
+        if key is None:
+            refused.append(f"{shown}: not in the keyring")
+            continue
+        try:
+            key.verify(signature.value, message)
+        except InvalidSignature:
+            refused.append(f"{shown}: does not verify over this pack")
+            continue
+        good.append(signature.key_id)
+    if len(good) < min_signatures:
+        detail = "; ".join(refused) if refused else "no signatures"
+        where = f" {keyring.path}" if keyring.path else ""
+        raise SignatureError(f"pack sha256 {digest.hex()}: {len(good)} good signature(s) by keys "
+                             f"trusted in keyring{where}, {min_signatures} required ({detail})")
+    return Verification(digest, tuple(sorted(good)))
+
+
+def verify_signatures(pack_path: str | os.PathLike[str], keyring: Keyring, *,
+                      min_signatures: int = 1,
+                      sig_path: str | os.PathLike[str] | None = None) -> Verification:
+    """Hash the pack file and check its detached signatures (``PACK.sig`` by default)."""
+    signatures = read_signatures(sig_path if sig_path is not None else signature_path(pack_path))
+    return check_trust(pack_sha256(pack_path), signatures, keyring, min_signatures)
+
+
+@contextlib.contextmanager
+def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_signatures: int = 1,
+                  sig_path: str | os.PathLike[str] | None = None, keep_trees: bool = False
+                  ) -> Iterator[tuple[PackReader, Verification]]:
+    """Check the signatures, then open the pack bound to the verified digest.
+
+    What the reader yields is only final once ``reader.entries()`` is
+    exhausted: that is where a file changed since the signature check is
+    caught (PackError).  Raises SignatureError, PackError.
+    """
+    verification = verify_signatures(pack_path, keyring, min_signatures=min_signatures,
+                                     sig_path=sig_path)
+    with PackReader(pack_path, expected_sha256=verification.sha256, keep_trees=keep_trees) as reader:
+        yield reader, verification
+
+
+def verify_pack(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_signatures: int = 1,
+                sig_path: str | os.PathLike[str] | None = None) -> Verification:
+    """Signatures, then the whole pack: header, commit, manifest, every inline file's digest.
+
+    Returns only when all of it holds; raises SignatureError or PackError.
+    """
+    with open_verified(pack_path, keyring, min_signatures=min_signatures,
+                       sig_path=sig_path) as (reader, verification):
+        reader.check_data()
+    return verification

@@ -1,0 +1,1 @@
+"""sealtree's command-line application."""

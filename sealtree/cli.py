@@ -1,0 +1,70 @@
+"""The ``sealtree`` command: argument parsing and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from collections.abc import Sequence
+
+from store.errors import SealtreeError
+
+from .cli_format import Formatter
+from .commands import COMMAND_MODULES
+
+DESCRIPTION = """\
+sealtree keeps operating-system trees in a content-addressed store, like
+ostree: files are addressed by their fs-verity digest, trees and commits by
+the SHA-256 of canonical encodings.  Signed packs carry a whole tree under one
+vendor signature; deployments join the pack, unpacked into a tmpfs, with
+hardlinked large objects in a read-only overlayfs.
+"""
+
+EPILOG = """\
+environment:
+  SEALTREE_REPO       repository used when --repo is not given
+  SOURCE_DATE_EPOCH   commit timestamp when --timestamp is not given
+
+exit status:
+  0 success; 1 other error; 2 usage; 3 repository; 4 ref; 5 missing object;
+  6 corrupt object; 7 format; 8 source tree; 9-10 fs-verity; 11 pack;
+  12 signature; 13 downgrade; 14 deploy; 15 verification; 16 mount;
+  130 interrupted.  `sealtree COMMAND --help` describes each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sealtree", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=Formatter)
+    parser.add_argument("--repo", metavar="PATH", default=os.environ.get("SEALTREE_REPO"),
+                        help="the repository (default: $SEALTREE_REPO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except SealtreeError as err:
+        print(f"sealtree: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("sealtree: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`sealtree log | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        # An operating-system refusal on a path the user gave us: say which, no traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"sealtree: error: {where}{err.strerror or errno.errorcode.get(err.errno or 0, err)}",
+              file=sys.stderr)
+        return 1

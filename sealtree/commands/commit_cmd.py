@@ -1,0 +1,88 @@
+"""commit: record a directory tree on a branch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from store.errors import UsageError
+from store.history import finish_commit
+from store.ids import to_hex
+from store.refs import check_ref_name
+from store.source_dir import DirSourceOptions, read_directory
+
+from ..output import Progress, human_size, print_json
+from .common import add_parser, open_repo
+
+SOURCE_ADAPTERS: list[Any] = []  # other sources (tar, git) register here: (add_args, applies, read)
+
+
+def register(sub: Any) -> None:
+    p = add_parser(
+        sub, "commit", "record a tree as a new commit on a branch",
+        "Store every file, directory and symlink under DIR (with mode, owner and all\n"
+        "xattrs; mtimes are not part of a tree) and record a commit on BRANCH whose\n"
+        "parent is the branch's current commit.  Files are addressed by their fs-verity\n"
+        "digest.  Device nodes, fifos and sockets are refused unless --skip-special.\n"
+        "The objects are synced to disk before the branch moves: a crash leaves the\n"
+        "branch where it was.",
+        "examples:\n  sealtree --repo R commit -b os/main -s 'nightly' --version 42 rootfs/\n"
+        "  SOURCE_DATE_EPOCH=0 sealtree --repo R commit -b test tree/")
+    p.add_argument("-b", "--branch", required=True, help="the branch (ref) to commit on")
+    p.add_argument("-s", "--subject", default="", help="one-line subject")
+    p.add_argument("--body", default="", help="longer description")
+    p.add_argument("--version", dest="commit_version", default="", metavar="VERSION",
+                   help="a version string recorded in the commit (packs compare these)")
+    p.add_argument("--timestamp", type=int, default=None, metavar="SECONDS",
+                   help="commit time in seconds since the epoch (default: "
+                        "$SOURCE_DATE_EPOCH, else now)")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra commit metadata (repeatable)")
+    p.add_argument("--skip-special", action="store_true",
+                   help="skip device nodes, fifos and sockets instead of refusing them")
+    p.add_argument("--json", action="store_true", help="print {commit, tree, files, bytes} as JSON")
+    p.add_argument("source", metavar="DIR", nargs="?", help="the directory to commit")
+    for add_args, _applies, _read in SOURCE_ADAPTERS:
+        add_args(p)
+    p.set_defaults(func=cmd_commit)
+
+
+def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--metadata wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def cmd_commit(args: argparse.Namespace) -> None:
+    check_ref_name(args.branch)
+    metadata = list(_metadata(args.metadata))
+    repo = open_repo(args)
+    progress = Progress("commit")
+    counts = {"files": 0, "bytes": 0}
+
+    def report(files: int, size: int) -> None:
+        counts.update(files=files, bytes=size)
+        progress.update(f"{files} files, {human_size(size)}")
+
+    with repo.writing() as tx:
+        adapter = next((a for a in SOURCE_ADAPTERS if a[1](args)), None)
+        if adapter is not None:
+            tree, root_meta, extra = adapter[2](args, tx, report)
+            metadata.extend(extra)
+        elif args.source:
+            tree, root_meta = read_directory(tx, args.source, DirSourceOptions(args.skip_special, report))
+        else:
+            raise UsageError("commit needs a source: DIR" + "".join(
+                f", {a[0].__doc__}" for a in SOURCE_ADAPTERS if a[0].__doc__))
+        commit_id = finish_commit(repo, tx, args.branch, tree, root_meta, subject=args.subject,
+                                  body=args.body, version=args.commit_version,
+                                  timestamp=args.timestamp, metadata=tuple(sorted(dict(metadata).items())))
+    progress.done()
+    if args.json:
+        print_json({"commit": to_hex(commit_id), "tree": to_hex(tree), **counts})
+    else:
+        print(to_hex(commit_id))

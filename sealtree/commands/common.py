@@ -1,0 +1,70 @@
+"""What every command shares: opening the repository, parsing numbers, describing commits."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from store.commits import Commit
+from store.errors import UsageError
+from store.ids import RawId, to_hex
+from store.repo import Repository
+
+from ..cli_format import Formatter
+
+
+def add_parser(sub: Any, name: str, summary: str, description: str, epilog: str = ""
+               ) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description, epilog=epilog, formatter_class=Formatter)
+    return parser
+
+
+def open_repo(args: argparse.Namespace) -> Repository:
+    if not args.repo:
+        raise UsageError("no repository: give --repo PATH or set SEALTREE_REPO")
+    return Repository.open(args.repo)
+
+
+def iso_time(timestamp: int) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def commit_json(commit_id: RawId, commit: Commit) -> dict[str, Any]:
+    return {
+        "id": to_hex(commit_id),
+        "parent": to_hex(commit.parent) if commit.parent else None,
+        "root_tree": to_hex(commit.root_tree),
+        "timestamp": commit.timestamp,
+        "date": iso_time(commit.timestamp),
+        "subject": commit.subject,
+        "body": commit.body,
+        "version": commit.version,
+        "metadata": dict(commit.metadata),
+    }
+
+
+def commit_text(commit_id: RawId, commit: Commit) -> str:
+    lines = [f"commit {to_hex(commit_id)}"]
+    if commit.parent:
+        lines.append(f"Parent:  {to_hex(commit.parent)}")
+    lines.append(f"Date:    {iso_time(commit.timestamp)}")
+    if commit.version:
+        lines.append(f"Version: {commit.version}")
+    for key, value in commit.metadata:
+        lines.append(f"{key}: {value}")
+    lines.append("")
+    lines.append(f"    {commit.subject}" if commit.subject else "    (no subject)")
+    if commit.body:
+        lines.append("")
+        lines.extend(f"    {line}" for line in commit.body.splitlines())
+    return "\n".join(lines)
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    try:
+        uid, gid = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--owner wants UID:GID (numbers), got {text!r}") from None
+    return uid, gid

@@ -1,0 +1,263 @@
+"""deploy, mount, umount, status, undeploy, set-default, rollback, mark-good: deployments.
+
+``overlay`` is imported inside each command, so that other commands do not
+pay for loading it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from store.errors import UsageError
+
+from ..output import print_json
+from .common import add_parser, iso_time, open_repo
+
+VERIFY_HELP = ("how object content is verified: 'kernel' (fs-verity measured by the kernel; fails "
+               "where the filesystem has none), 'userspace' (digest every byte here), 'auto' (the "
+               "kernel's where it can, else userspace; the default)")
+
+
+def _tries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be in 1..1000, got {value}")
+    return value
+
+
+def _verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify", choices=("kernel", "userspace", "auto"), default="auto", help=VERIFY_HELP)
+
+
+def _count_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--tries", type=_tries, default=3, metavar="N",
+                   help=f"boot tries {what} gets before boots fall back to the previous one "
+                        f"(default 3)")
+    p.add_argument("--no-count", action="store_true",
+                   help="do not count boots: trust it as known good")
+
+
+def register(sub: Any) -> None:
+    p = add_parser(
+        sub, "deploy", "verify a commit's signed pack and objects, and deploy it",
+        "Verify the kept pack of REF (packs/<commit>.pack: signatures against the keyring\n"
+        "in --keys, the whole pack, and that it is not older than the newest accepted for\n"
+        "its ref) and every large object it names (digest and inode metadata), enabling\n"
+        "fs-verity on objects where the filesystem can.  Then build deploy/<commit>.<serial>/\n"
+        "(hardlinks to the objects at the large files' paths) and make it the default\n"
+        "deployment, with boot counting.  With --mount TARGET, also mount it there as\n"
+        "'mount' does, in the same pass: the pack is unpacked into the tmpfs while the\n"
+        "objects are hashed, nothing is verified twice, and the overlay is mounted only\n"
+        "once every check has passed (on any failure nothing is left mounted).  The\n"
+        "last line printed is the deployment id.",
+        "examples:\n  sealtree --repo R deploy os/main --keys /etc/sealtree/keys\n"
+        "  sealtree --repo R deploy os/main --keys /etc/sealtree/keys --mount /mnt/root")
+    p.add_argument("rev", metavar="REF")
+    p.add_argument("--keys", required=True, metavar="DIR", help="the trusted keyring directory")
+    _verify_arg(p)
+    _count_args(p, "the new default")
+    p.add_argument("--no-default", action="store_true", help="deploy without making it the default")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="accept a pack older than the newest accepted for its ref")
+    p.add_argument("--mount", metavar="TARGET", dest="target",
+                   help="also mount the deployment read-only at TARGET (an empty directory)")
+    p.add_argument("--live", action="store_true",
+                   help="with --mount: writable, with writes in memory only")
+    p.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    p.set_defaults(func=cmd_deploy)
+
+    p = add_parser(
+        sub, "mount", "re-verify a deployment and mount it read-only",
+        "Re-verify DEPLOYMENT as deploy does (pack signatures; every object's digest and\n"
+        "metadata; the deploy directory holds exactly the right hardlinks), then mount a\n"
+        "tmpfs sized from the manifest, unpack the pack into it with exact metadata, and\n"
+        "mount overlayfs at TARGET with the tmpfs above the deploy directory and no upper\n"
+        "layer: TARGET is read-only.  --live adds a tmpfs upper layer (writes live in\n"
+        "memory and vanish on unmount).  Nothing is mounted unless every check passes.\n"
+        "DEPLOYMENT is an id from 'status', a unique prefix, or default/previous/booted.",
+        "example:\n  sealtree --repo R mount default /mnt/root")
+    p.add_argument("deployment", metavar="DEPLOYMENT")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
+    p.add_argument("--keys", metavar="DIR", help="keyring (default: the one the deployment was made with)")
+    _verify_arg(p)
+    p.add_argument("--json", action="store_true", help="print what was mounted as JSON")
+    p.set_defaults(func=cmd_mount)
+
+    p = add_parser(sub, "umount", "unmount a mounted deployment",
+                   "Unmount the deployment's overlay at TARGET, which releases its tmpfs layers,\n"
+                   "and forget the mount in the deployment state (when --repo is known).")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--lazy", action="store_true", help="detach now even if busy (MNT_DETACH)")
+    p.set_defaults(func=cmd_umount)
+
+    p = add_parser(sub, "status", "list deployments",
+                   "List deployments: id, commit, ref, version, whether default or previous, boot\n"
+                   "tries left, and where each is mounted.  --json prints an object whose\n"
+                   "'deployments' list has one object per deployment, with the 'id' that mount,\n"
+                   "undeploy and set-default accept.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = add_parser(sub, "undeploy", "remove a deployment",
+                   "Forget DEPLOYMENT and delete its deploy directory.  Refused while it is mounted\n"
+                   "or is the default.")
+    p.add_argument("deployment", metavar="DEPLOYMENT")
+    p.set_defaults(func=cmd_undeploy)
+
+    p = add_parser(sub, "set-default", "make a deployment the default",
+                   "Make DEPLOYMENT the default (the old default becomes the previous one), with\n"
+                   "boot counting unless --no-count.")
+    p.add_argument("deployment", metavar="DEPLOYMENT")
+    _count_args(p, "it")
+    p.set_defaults(func=cmd_set_default)
+
+    p = add_parser(sub, "rollback", "make the previous deployment the default",
+                   "Swap the default and the previous deployment.")
+    p.set_defaults(func=cmd_rollback)
+
+    p = add_parser(sub, "mark-good", "end boot counting: the booted deployment works",
+                   "Run once the system is up: the deployment booted last (or DEPLOYMENT, or the\n"
+                   "default) stops counting boot tries.")
+    p.add_argument("deployment", metavar="DEPLOYMENT", nargs="?")
+    p.set_defaults(func=cmd_mark_good)
+
+
+def _policy(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from overlay.objcheck import Policy
+    return Policy(args.verify)
+
+
+def _tries_of(args: argparse.Namespace) -> int | None:
+    return None if args.no_count else args.tries
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    if args.live and not args.target:
+        raise UsageError("--live needs --mount TARGET")
+    from overlay.deploy import deploy
+    repo = open_repo(args)
+    result = deploy(repo, args.rev, args.keys, policy=_policy(args), make_default=not args.no_default,
+                    tries=_tries_of(args), allow_downgrade=args.allow_downgrade,
+                    target=args.target, live=args.live)
+    dep, check, mounted = result.deployment, result.check, result.mount
+    if args.json:
+        doc = {"id": dep.id, "commit": dep.commit, "ref": dep.ref, "version": dep.version,
+               "path": result.path, "objects": check.files, "bytes": check.bytes,
+               "kernel_verified": check.kernel, "userspace_verified": check.userspace,
+               "verity_enabled": check.enabled}
+        if mounted is not None:
+            doc.update({"target": mounted.target, "live": args.live, "api": mounted.api,
+                        "files": mounted.populate.files, "links": mounted.populate.links,
+                        "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
+        doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
+        print_json(doc)
+        return
+    print(f"verified {check.files} objects ({check.kernel} by the kernel, {check.userspace} in "
+          f"userspace; fs-verity enabled on {check.enabled}) for {dep.ref} {dep.commit[:12]}")
+    if mounted is not None:
+        mode = "live (writes in memory)" if args.live else "read-only"
+        print(f"mounted at {mounted.target}, {mode}")
+    print(f"deployed {dep.id}")
+
+
+def cmd_mount(args: argparse.Namespace) -> None:
+    from overlay.mount_deployment import mount_deployment
+    repo = open_repo(args)
+    dep, result = mount_deployment(repo, args.deployment, args.target, keys_dir=args.keys,
+                                   policy=_policy(args), live=args.live)
+    if args.json:
+        print_json({"id": dep.id, "target": result.target, "live": args.live, "api": result.api,
+                    "objects": result.check.files, "files": result.populate.files,
+                    "links": result.populate.links, "dirs": result.populate.dirs,
+                    "symlinks": result.populate.symlinks,
+                    "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
+        return
+    mode = "live (writes in memory)" if args.live else "read-only"
+    print(f"mounted {dep.id} at {result.target}, {mode}")
+
+
+def cmd_umount(args: argparse.Namespace) -> None:
+    from overlay.mount_deployment import unmount
+    from store.repo import Repository
+    repo = Repository.open(args.repo) if args.repo else None
+    dep = unmount(repo, args.target, lazy=args.lazy)
+    print(f"unmounted {dep.id + ' from ' if dep else ''}{os.path.abspath(args.target)}")
+
+
+def _status_doc(repo: Any) -> dict[str, Any]:
+    from overlay.deploy import deploy_root, state_file
+    from overlay.mount_deployment import live_mounts
+    state = state_file(repo).read()
+    out = []
+    for dep in state.deployments:
+        out.append({
+            "id": dep.id, "commit": dep.commit, "ref": dep.ref, "version": dep.version,
+            "created": dep.created, "date": iso_time(dep.created),
+            "default": dep.id == state.default, "previous": dep.id == state.previous,
+            "booted": dep.id == state.booted, "tries_left": dep.tries_left,
+            "mounted_at": live_mounts(dep),
+            "path": os.path.join(deploy_root(repo), dep.id),
+            "present": os.path.isdir(os.path.join(deploy_root(repo), dep.id)),
+            "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
+        })
+    return {"default": state.default, "previous": state.previous, "booted": state.booted,
+            "deployments": out}
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    doc = _status_doc(open_repo(args))
+    if args.json:
+        print_json(doc)
+        return
+    if not doc["deployments"]:
+        print("no deployments")
+        return
+    for dep in doc["deployments"]:
+        marks = [m for m in ("default", "previous", "booted") if dep[m]]
+        head = f"{'*' if dep['default'] else ' '} {dep['id']}"
+        print(head + (f" ({', '.join(marks)})" if marks else ""))
+        print(f"    ref {dep['ref']}  version {dep['version'] or '-'}  deployed {dep['date']}")
+        tries = "not counting (good)" if dep["tries_left"] is None else str(dep["tries_left"])
+        print(f"    boot tries left: {tries}")
+        if dep["mounted_at"]:
+            print(f"    mounted at: {', '.join(dep['mounted_at'])}")
+        if not dep["present"]:
+            print(f"    MISSING: {dep['path']} does not exist")
+
+
+def cmd_undeploy(args: argparse.Namespace) -> None:
+    from overlay.deploy import undeploy
+    dep = undeploy(open_repo(args), args.deployment)
+    print(f"removed deployment {dep.id}")
+
+
+def cmd_set_default(args: argparse.Namespace) -> None:
+    from overlay.deploy import state_file
+    with state_file(open_repo(args)).update() as state:
+        dep = state.find(args.deployment)
+        state.set_default(dep.id, _tries_of(args))
+    print(f"default deployment: {dep.id}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from overlay.deploy import state_file
+    with state_file(open_repo(args)).update() as state:
+        state.rollback()
+        default = state.default
+    print(f"default deployment: {default}")
+
+
+def cmd_mark_good(args: argparse.Namespace) -> None:
+    from overlay.deploy import state_file
+    from overlay.state import mark_good
+    with state_file(open_repo(args)).update() as state:
+        chosen = state.find(args.deployment).id if args.deployment else None
+        dep = mark_good(state, chosen)
+    print(f"marked good: {dep.id}")
+

@@ -1,0 +1,68 @@
+"""fsck and prune: checking and cleaning the repository."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from store.errors import ObjectCorrupt, ObjectMissing
+from store.fsck import fsck
+from store.prune import prune
+
+from ..output import Progress, human_size, print_json
+from ..roots import extra_roots
+from .common import add_parser, open_repo
+
+
+def register(sub: Any) -> None:
+    p = add_parser(
+        sub, "fsck", "check every object and what every ref reaches",
+        "Recompute the fs-verity digest of every file object and the SHA-256 of every\n"
+        "tree and commit, check each file object's inode metadata (mode, owner, xattrs),\n"
+        "and check that every ref and deployment reaches only objects that are present.\n"
+        "Each problem is reported with the object id and the path that uses it.\n"
+        "Exit status 6 if anything is corrupt, 5 if only objects are missing.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_fsck)
+
+    p = add_parser(
+        sub, "prune", "delete objects that no ref or deployment reaches",
+        "Delete every object not reachable from a ref (with its history) or a deployment,\n"
+        "and leftovers of interrupted transactions.  Holds the repository exclusively.")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    repo = open_repo(args)
+    progress = Progress("fsck")
+    report = fsck(repo, lambda done, total: progress.update(f"{done}/{total} objects"),
+                  extra_roots(repo))
+    progress.done()
+    if args.json:
+        print_json({"objects": report.objects, "bytes": report.bytes, "roots": report.refs,
+                    "ok": not report.problems,
+                    "problems": [vars(p) for p in report.problems]})
+    else:
+        for problem in report.problems:
+            ident = f" {problem.object_id}" if problem.object_id else ""
+            print(f"{problem.kind}{ident} at {problem.path}: {problem.message}")
+        state = "ok" if not report.problems else f"{len(report.problems)} problems"
+        print(f"checked {report.objects} objects ({human_size(report.bytes)}) and "
+              f"{report.refs} roots: {state}")
+    if any(p.kind in ("corrupt", "stray") for p in report.problems):
+        return ObjectCorrupt.exit_code
+    if report.problems:
+        return ObjectMissing.exit_code
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    repo = open_repo(args)
+    report = prune(repo, [commit for _label, commit in extra_roots(repo)], dry_run=args.dry_run)
+    if args.json:
+        print_json(vars(report) | {"dry_run": args.dry_run})
+        return
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {report.removed} objects ({human_size(report.freed)}), kept {report.kept}")

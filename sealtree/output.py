@@ -1,0 +1,60 @@
+"""Printing: human text, JSON for scripts, a progress line on terminals, paths as bytes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from typing import Any
+
+
+def show_path(path: bytes) -> str:
+    """A path for humans: UTF-8 where it is, backslash escapes where it is not."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def json_path(path: bytes) -> dict[str, str]:
+    """A path for JSON: ``path``, plus ``path_base64`` when it is not valid UTF-8."""
+    try:
+        return {"path": path.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path": show_path(path), "path_base64": base64.b64encode(path).decode()}
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Progress:
+    """A single updating line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, text: str, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self.last > 0.1:
+            sys.stderr.write(f"\r\033[K{self.label}: {text}")
+            sys.stderr.flush()
+            self.last = now
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()

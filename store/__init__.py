@@ -1,0 +1,1 @@
+"""sealtree's repository layer: objects, trees, commits, refs, fs-verity."""

@@ -1,0 +1,264 @@
+"""Exporting a commit as a deterministic tar archive, optionally zstd-compressed.
+
+The same commit gives the same bytes on every run and machine: nothing in the
+archive comes from the exporting system (no names of users, no clock, no
+umask, no directory order, no PIDs in header names).  The header layout is
+written here, not by ``tarfile``, so that it does not depend on the Python
+version either.  The rules (store/FORMAT-export.md has the full list):
+
+- POSIX pax (ustar headers, ``x`` extended headers only where needed).
+- The root directory first as ``./`` (it carries the root's mode, owner and
+  xattrs), then every entry depth first, each directory's entries sorted by
+  name bytes, so parents come before their children.
+- Numeric owners only (uname/gname empty); mtime = the commit's timestamp.
+- One member per path: a file that occurs twice is written twice, never as a
+  hardlink.  Symlinks are ``2`` members, directories ``5`` members named
+  with a trailing ``/``.
+- Xattrs as ``SCHILY.xattr.NAME=VALUE`` records with the raw bytes.
+- Each file's content is checked against its fs-verity digest while it is
+  written: a corrupt object fails the export instead of being shipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from .commits import Commit
+from .errors import ObjectCorrupt, ObjectMissing, SourceError
+from .fsverity import READ_CHUNK, VerityHasher
+from .ids import RawId, to_hex
+from .model import Entry, Kind, Meta
+from .objects import ObjectStore
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # the archive is padded to whole records, as tar(1) writes them
+DEFAULT_ZSTD_LEVEL = 10
+PAX_HEADER_NAME = b"././@PaxHeader"
+MAX_OCTAL_7 = 0o7777777  # largest value of an 8-byte numeric field
+MAX_OCTAL_11 = 0o77777777777  # largest value of a 12-byte numeric field
+NAME_FIELD = 100
+LINK_FIELD = 100
+
+# name, mode, uid, gid, size, mtime, checksum, typeflag, linkname, magic, version,
+# uname, gname, devmajor, devminor, prefix, 12 bytes of padding (POSIX ustar)
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+_CHECKSUM_OFFSET = 148
+_CHECKSUM_SIZE = 8
+
+REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
+
+
+@dataclass
+class ExportStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    content_bytes: int = 0  # file content exported
+    archive_bytes: int = 0  # bytes written to the output (after compression)
+    sha256: str = ""  # of the output
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A ustar numeric field: zero-padded octal digits and a NUL."""
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+           linkname: bytes = b"") -> bytes:
+    header = bytearray(_USTAR.pack(
+        name[:NAME_FIELD], _octal(mode, 8), _octal(uid, 8), _octal(gid, 8), _octal(size, 12),
+        _octal(mtime, 12), b" " * _CHECKSUM_SIZE, typeflag, linkname[:LINK_FIELD], b"ustar\0", b"00",
+        b"", b"", _octal(0, 8), _octal(0, 8), b""))
+    # The checksum is the sum of the header's bytes with the checksum field read as spaces.
+    header[_CHECKSUM_OFFSET:_CHECKSUM_OFFSET + _CHECKSUM_SIZE] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    """``"%d %s=%s\\n"`` where the length counts the whole record, its own digits included."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(body) + len(str(length)) != length:
+        length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def iter_tree(objects: ObjectStore, root: RawId) -> Iterator[tuple[bytes, Entry]]:
+    """``(path, entry)`` depth first, each directory's entries in name order; iterative,
+    so that a deep tree cannot exhaust Python's recursion limit."""
+    stack: list[tuple[bytes, Iterator[Entry]]] = [(b"", iter(objects.read_tree(root)))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = prefix + entry.name
+        yield path, entry
+        if entry.kind is Kind.DIR:
+            stack.append((path + b"/", iter(objects.read_tree(entry.tree))))
+
+
+class _Output:
+    """Counts and hashes what reaches the output."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self.out.write(data)
+        return len(data)
+
+
+class TarWriter:
+    """Writes members in the deterministic layout described above."""
+
+    def __init__(self, out: _Output | zstandard.ZstdCompressionWriter, mtime: int) -> None:
+        self.out = out
+        self.mtime = mtime
+        self.written = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.out.write(data)
+        self.written += len(data)
+
+    def _pad(self) -> None:
+        if self.written % BLOCK:
+            self._write(bytes(BLOCK - self.written % BLOCK))
+
+    def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"") -> None:
+        """Write one member's header, after a PAX header when a field does not fit ustar or
+        there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``."""
+        shown = path.decode("utf-8", "backslashreplace")
+        name = path + b"/" if kind is Kind.DIR else path
+        typeflag = {Kind.FILE: REG, Kind.DIR: DIR, Kind.SYMLINK: SYMLINK}[kind]
+        records: list[tuple[bytes, bytes]] = []
+        if len(name) > NAME_FIELD:
+            records.append((b"path", name))
+        if len(target) > LINK_FIELD:
+            records.append((b"linkpath", target))
+        if size > MAX_OCTAL_11:
+            records.append((b"size", b"%d" % size))
+        if meta.uid > MAX_OCTAL_7:
+            records.append((b"uid", b"%d" % meta.uid))
+        if meta.gid > MAX_OCTAL_7:
+            records.append((b"gid", b"%d" % meta.gid))
+        if not 0 <= self.mtime <= MAX_OCTAL_11:
+            records.append((b"mtime", b"%d" % self.mtime))
+        for xname, value in meta.xattrs:  # already sorted by name in the tree
+            if b"=" in xname:
+                raise SourceError(f"{shown}: xattr {xname!r} cannot be exported: a PAX record "
+                                  f"keyword cannot hold '='", path=shown)
+            records.append((b"SCHILY.xattr." + xname, value))
+        if any(k in (b"path", b"linkpath") and not _is_utf8(v) for k, v in records):
+            records.insert(0, (b"hdrcharset", b"BINARY"))
+        mtime = min(max(self.mtime, 0), MAX_OCTAL_11)
+        if records:
+            data = b"".join(pax_record(k, v) for k, v in records)
+            self._write(_ustar(PAX_HEADER_NAME, 0o644, 0, 0, len(data), mtime, PAX))
+            self._write(data)
+            self._pad()
+        # A value that a PAX record carries is 0 in the ustar field: one rule, no guessing.
+        self._write(_ustar(name, meta.mode, meta.uid if meta.uid <= MAX_OCTAL_7 else 0,
+                           meta.gid if meta.gid <= MAX_OCTAL_7 else 0,
+                           size if size <= MAX_OCTAL_11 else 0, mtime, typeflag, target))
+
+    def data(self, chunk: bytes | memoryview) -> None:
+        self._write(chunk)
+
+    def end_member(self) -> None:
+        self._pad()
+
+    def finish(self) -> None:
+        """Two zero blocks end the archive; zeros then fill the last record."""
+        self._write(bytes(2 * BLOCK))
+        if self.written % RECORD:
+            self._write(bytes(RECORD - self.written % RECORD))
+
+
+def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
+    """Write a file's content, checking its size and fs-verity digest against the tree."""
+    source = objects.file_path(entry.digest, entry.meta)
+    shown = path.decode("utf-8", "backslashreplace")
+    hasher = VerityHasher()
+    left = entry.size
+    try:
+        with open(source, "rb", buffering=0) as handle:
+            while left:
+                chunk = handle.read(min(left, READ_CHUNK))
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                writer.data(chunk)
+                left -= len(chunk)
+            extra = handle.read(1)
+    except FileNotFoundError:
+        raise ObjectMissing(f"{shown}: object {to_hex(entry.digest)} is missing",
+                            object_id=to_hex(entry.digest), path=source) from None
+    if left or extra:
+        raise ObjectCorrupt(f"{shown}: object {to_hex(entry.digest)} is not {entry.size} bytes long",
+                            object_id=to_hex(entry.digest), path=source)
+    got = hasher.digest()
+    if not hmac.compare_digest(got, entry.digest):
+        raise ObjectCorrupt(f"{shown}: object {to_hex(entry.digest)} is corrupt: its content has "
+                            f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
+                            object_id=to_hex(entry.digest), path=source)
+    writer.end_member()
+
+
+def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
+               ) -> ExportStats:
+    """Write ``commit``'s tree to ``out`` as a deterministic tar (zstd-compressed at
+    ``zstd_level`` when given); return counts and the SHA-256 of the bytes written."""
+    stats = ExportStats()
+    output = _Output(out)
+    compressor = None
+    sink: _Output | zstandard.ZstdCompressionWriter = output
+    if zstd_level is not None:
+        # Single-threaded, no content size (a stream), checksum on: a pure function of
+        # the tar bytes and the level, for one libzstd version.
+        params = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True, write_content_size=False,
+                                          write_dict_id=False, threads=0)
+        compressor = sink = params.stream_writer(output, closefd=False)  # type: ignore[arg-type]
+    writer = TarWriter(sink, commit.timestamp)
+    writer.member(b".", Kind.DIR, commit.root_meta)
+    stats.dirs += 1
+    for path, entry in iter_tree(objects, commit.root_tree):
+        if entry.kind is Kind.FILE:
+            writer.member(path, Kind.FILE, entry.meta, size=entry.size)
+            _copy_object(objects, writer, path, entry)
+            stats.files += 1
+            stats.content_bytes += entry.size
+        elif entry.kind is Kind.DIR:
+            writer.member(path, Kind.DIR, entry.meta)
+            stats.dirs += 1
+        else:
+            writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
+            stats.symlinks += 1
+    writer.finish()
+    if compressor is not None:
+        compressor.flush(zstandard.FLUSH_FRAME)
+    out.flush()
+    stats.archive_bytes = output.size
+    stats.sha256 = output.sha256.hexdigest()
+    return stats
+

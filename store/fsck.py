@@ -1,0 +1,172 @@
+"""Checking a repository: every object's bytes and metadata, and every ref's reachability.
+
+Each problem names the object and, where a ref reaches it, the tree path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import xattrs
+from .commits import decode_commit
+from .errors import FormatError, SealtreeError
+from .fsverity import digest_file
+from .ids import RawId, to_hex
+from .model import Kind, Meta
+from .objects import StoredObject
+from .repo import Repository
+from .tree import decode_tree
+
+Progress = Callable[[int, int], None]  # (objects checked, objects in all)
+
+
+@dataclass
+class Problem:
+    kind: str  # "corrupt", "missing" or "stray"
+    object_id: str
+    path: str  # where in a tree ("ref:path"), else the object file
+    message: str
+
+
+@dataclass
+class FsckReport:
+    objects: int = 0
+    bytes: int = 0
+    refs: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _check_file(path: str, hex_id: str, meta_key: str) -> str | None:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        digest = digest_file(path).hex()
+        meta = Meta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, xattrs.read(path.encode()))
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if digest != hex_id:
+        return f"content changed: fs-verity digest is {digest}"
+    if meta.object_key() != meta_key:
+        return (f"inode metadata changed: mode {meta.mode:#o} uid {meta.uid} gid {meta.gid} "
+                f"{len(meta.xattrs)} xattrs do not match the object's key")
+    return None
+
+
+def _check_meta_object(path: str, hex_id: str, kind: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    got = hashlib.sha256(data).hexdigest()
+    if got != hex_id:
+        return f"bytes hash to {got}"
+    try:
+        (decode_tree if kind == "tree" else decode_commit)(data)
+    except FormatError as err:
+        return f"does not parse: {err}"
+    return None
+
+
+WORKERS = 4
+
+
+def _check_object(obj: StoredObject) -> tuple[str | None, int]:
+    """(problem or None, bytes of content checked) for one object on disk."""
+    if not obj.kind:
+        return None, 0
+    if obj.kind == "file":
+        try:
+            size = os.lstat(obj.path).st_size
+        except OSError as err:
+            return f"unreadable: {err.strerror}", 0
+        return _check_file(obj.path, obj.id, obj.meta_key), size
+    return _check_meta_object(obj.path, obj.id, obj.kind), 0
+
+
+def fsck(repo: Repository, progress: Progress | None = None,
+         extra_roots: Iterable[tuple[str, RawId]] = ()) -> FsckReport:
+    """Recompute every object's digest and check what every ref (and extra root) reaches."""
+    report = FsckReport()
+    stored = list(repo.objects.iter_objects())
+    bad: dict[str, str] = {}
+    # Objects are independent: check them on a few threads (reads and hashing release
+    # the GIL); results come back in order, so reports are stable.
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="fsck") as pool:
+        for i, (obj, (problem, size)) in enumerate(zip(stored, pool.map(_check_object, stored),
+                                                        strict=True)):
+            if not obj.kind:
+                report.problems.append(Problem("stray", "", obj.path, "not an object file"))
+                continue
+            report.objects += 1
+            report.bytes += size
+            if problem:
+                bad[obj.path] = problem
+            if progress and (i % 256 == 0 or i == len(stored) - 1):
+                progress(i + 1, len(stored))
+    named: set[str] = set()
+    roots = [(f"ref {name}", commit) for name, commit in repo.refs.list().items()] + list(extra_roots)
+    report.refs = len(roots)
+    seen_trees: set[bytes] = set()
+    for label, commit_id in roots:
+        _check_reachable(repo, label, commit_id, bad, named, seen_trees, report)
+    for path, message in sorted(bad.items()):
+        if path not in named:
+            name = os.path.basename(path)
+            report.problems.append(Problem("corrupt", os.path.basename(os.path.dirname(path))
+                                           + name.split(".")[0], path, message))
+    return report
+
+
+def _check_reachable(repo: Repository, label: str, commit_id: RawId, bad: dict[str, str],
+                     named: set[str], seen_trees: set[bytes], report: FsckReport) -> None:
+    objects = repo.objects
+
+    def note(kind: str, raw: bytes, obj_path: str, where: str, message: str) -> None:
+        report.problems.append(Problem(kind, to_hex(RawId(raw)), where, message))
+        named.add(obj_path)
+
+    commit_path = objects.path("commit", commit_id)
+    if not os.path.exists(commit_path):
+        note("missing", commit_id, commit_path, label, "commit object is missing")
+        return
+    if commit_path in bad:
+        note("corrupt", commit_id, commit_path, label, "commit object " + bad[commit_path])
+        return
+    commit = objects.read_commit(commit_id)
+    stack = [(b"/", commit.root_tree)]
+    while stack:
+        where, tree = stack.pop()
+        if tree in seen_trees:
+            continue
+        seen_trees.add(tree)
+        tree_path = objects.path("tree", tree)
+        shown = f"{label}:{where.decode(errors='replace')}"
+        if not os.path.exists(tree_path):
+            note("missing", tree, tree_path, shown, "tree object is missing")
+            continue
+        if tree_path in bad:
+            note("corrupt", tree, tree_path, shown, "tree object " + bad[tree_path])
+            continue
+        try:
+            entries = objects.read_tree(tree)
+        except SealtreeError as err:
+            note("corrupt", tree, tree_path, shown, str(err))
+            continue
+        for entry in entries:
+            child = where + entry.name
+            if entry.kind is Kind.DIR:
+                stack.append((child + b"/", entry.tree))
+            elif entry.kind is Kind.FILE:
+                obj_path = objects.file_path(entry.digest, entry.meta)
+                shown = f"{label}:{child.decode(errors='replace')}"
+                if obj_path in bad:
+                    note("corrupt", entry.digest, obj_path, shown, bad[obj_path])
+                elif obj_path not in named and not os.path.exists(obj_path):
+                    note("missing", entry.digest, obj_path, shown, "file object is missing")

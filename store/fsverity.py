@@ -1,0 +1,261 @@
+"""fs-verity file digests computed in userspace, bit-exact with ``fsverity digest``.
+
+The algorithm (Linux Documentation/filesystems/fsverity.rst): hash every
+zero-padded data block; the concatenated hashes, cut into zero-padded blocks,
+are hashed again, level after level, until one block remains, whose hash is the
+root.  The file digest is the hash of a 256-byte descriptor holding the root
+hash, the data size and the parameters.  Hashing streams: memory is bounded by
+one read buffer plus one pending block per tree level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .errors import SealtreeError
+
+# Descriptor (little-endian): version, hash_algorithm, log2(block size),
+# salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
+_DESCRIPTOR = struct.Struct("<BBBBIQ64s32s144x")
+# Formatted digest, the form the kernel's built-in signatures cover.
+_FORMATTED_HEADER = struct.Struct("<8sHH")
+
+READ_CHUNK = 4 << 20  # a multiple of every supported block size
+# Data-block hashes are independent, and hashlib releases the GIL for each block, so a
+# hasher created with parallel=True hashes runs of at least this many bytes on all cores.
+# Off by default: callers that already hash many files on several threads (commit,
+# fsck) would only make the threads fight over the GIL.
+PARALLEL_MIN = 1 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
+                                       thread_name_prefix="verity")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's pool threads: a pool that believes it
+    does would wait for them forever, so the child starts afresh."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _hash_blocks(hash_block: Callable[[bytes | memoryview], bytes], view: memoryview,
+                 block_size: int, parallel: bool) -> bytes:
+    """Concatenated hashes of the whole blocks of ``view`` (its length is a multiple)."""
+    if not parallel or len(view) < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+        return b"".join([hash_block(view[o:o + block_size]) for o in range(0, len(view), block_size)])
+    pool = _hash_pool()
+    parts = pool._max_workers  # noqa: SLF001 - the pool's own size is the useful split
+    blocks = len(view) // block_size
+    step = -(-blocks // parts) * block_size
+    slices = [view[o:o + step] for o in range(0, len(view), step)]
+    return b"".join(pool.map(lambda part: b"".join(
+        [hash_block(part[o:o + block_size]) for o in range(0, len(part), block_size)]), slices))
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    number: int  # FS_VERITY_HASH_ALG_*
+    digest_size: int
+    hash_block_size: int  # what a salt is padded to
+
+
+SHA256 = Algorithm("sha256", 1, 32, 64)
+SHA512 = Algorithm("sha512", 2, 64, 128)
+ALGORITHMS = {a.name: a for a in (SHA256, SHA512)}
+BY_NUMBER = {a.number: a for a in (SHA256, SHA512)}
+
+
+@dataclass(frozen=True)
+class VerityParams:
+    """The parameters of a digest; the default is sealtree's (sha256, 4 KiB, no salt)."""
+
+    algorithm: Algorithm = SHA256
+    block_size: int = 4096
+    salt: bytes = b""
+
+    def __post_init__(self) -> None:
+        bs = self.block_size
+        if bs & (bs - 1) or bs < 2 * self.algorithm.digest_size or bs > 65536:
+            raise SealtreeError(f"fs-verity block size must be a power of two in "
+                                f"[{2 * self.algorithm.digest_size}, 65536], got {bs}")
+        if len(self.salt) > 32:
+            raise SealtreeError(f"fs-verity salt is at most 32 bytes, got {len(self.salt)}")
+
+
+DEFAULT_PARAMS = VerityParams()
+
+
+def _block_hasher(params: VerityParams) -> Callable[[bytes | memoryview], bytes]:
+    """Return a function hashing one block, with the salt prepended when there is one."""
+    constructor = getattr(hashlib, params.algorithm.name)
+    if not params.salt:
+        def hash_plain(block: bytes | memoryview) -> bytes:
+            digest: bytes = constructor(block).digest()
+            return digest
+
+        return hash_plain
+    padded = params.salt.ljust(params.algorithm.hash_block_size, b"\0")
+    salted = constructor(padded)
+
+    def hash_salted(block: bytes | memoryview) -> bytes:
+        h = salted.copy()
+        h.update(block)
+        digest: bytes = h.digest()
+        return digest
+
+    return hash_salted
+
+
+class VerityHasher:
+    """Incremental fs-verity digest: ``update()`` with any chunks, then ``digest()``."""
+
+    def __init__(self, params: VerityParams = DEFAULT_PARAMS, *, parallel: bool = False) -> None:
+        self.params = params
+        self.parallel = parallel
+        self.size = 0
+        self._hash_block = _block_hasher(params)
+        self._tail = bytearray()  # data not yet forming a whole block
+        # Per tree level: hashes not yet forming a whole block, and how many were made.
+        self._pending: list[bytearray] = [bytearray()]
+        self._counts: list[int] = [0]
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        bs, ds = self.params.block_size, self.params.algorithm.digest_size
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if self._tail:
+            need = bs - len(self._tail)
+            self._tail += view[:need]
+            view = view[need:]
+            if len(self._tail) < bs:
+                return
+            _push(self._hash_block, bs, ds, self._pending, self._counts,
+                  self._hash_block(bytes(self._tail)), 0)
+            self._tail = bytearray()
+        whole = len(view) - len(view) % bs
+        if whole:
+            hashes = _hash_blocks(self._hash_block, view[:whole], bs, self.parallel)
+            _push(self._hash_block, bs, ds, self._pending, self._counts, hashes, 0)
+        if whole < len(view):
+            self._tail = bytearray(view[whole:])
+
+    def root_hash(self) -> bytes:
+        """The Merkle tree root (all zero for an empty file).  Does not consume the hasher."""
+        bs, ds = self.params.block_size, self.params.algorithm.digest_size
+        pending = [bytearray(p) for p in self._pending]
+        counts = list(self._counts)
+        if self._tail:
+            last = self._hash_block(bytes(self._tail).ljust(bs, b"\0"))
+            _push(self._hash_block, bs, ds, pending, counts, last, 0)
+        if counts[0] == 0:
+            return bytes(self.params.algorithm.digest_size)
+        level = 0
+        while True:
+            above = counts[level + 1] if level + 1 < len(counts) else 0
+            if counts[level] == 1 and above == 0:
+                return bytes(pending[level])
+            if pending[level]:
+                padded = bytes(pending[level]).ljust(bs, b"\0")
+                pending[level] = bytearray()
+                _push(self._hash_block, bs, ds, pending, counts, self._hash_block(padded), level + 1)
+            level += 1
+
+    def descriptor(self) -> bytes:
+        p = self.params
+        return _DESCRIPTOR.pack(1, p.algorithm.number, p.block_size.bit_length() - 1,
+                                len(p.salt), 0, self.size, self.root_hash(), p.salt)
+
+    def digest(self) -> bytes:
+        """The fs-verity file digest: the hash of the descriptor."""
+        digest: bytes = getattr(hashlib, self.params.algorithm.name)(self.descriptor()).digest()
+        return digest
+
+
+def _push(hash_block: Callable[[bytes | memoryview], bytes], block_size: int, digest_size: int,
+          pending: list[bytearray], counts: list[int], hashes: bytes, level: int) -> None:
+    """Add ``hashes`` to tree ``level``; every whole block of them is hashed one level up."""
+    while len(pending) <= level:
+        pending.append(bytearray())
+        counts.append(0)
+    buf = pending[level]
+    counts[level] += len(hashes) // digest_size
+    buf += hashes
+    if len(buf) < block_size:
+        return
+    whole = len(buf) - len(buf) % block_size
+    view = memoryview(buf)
+    upper = b"".join([hash_block(view[o:o + block_size]) for o in range(0, whole, block_size)])
+    view.release()
+    del buf[:whole]
+    _push(hash_block, block_size, digest_size, pending, counts, upper, level + 1)
+
+
+def digest_bytes(data: bytes, params: VerityParams = DEFAULT_PARAMS) -> bytes:
+    """The fs-verity digest of ``data``."""
+    if params is DEFAULT_PARAMS and len(data) <= 4096:
+        # Most files of an OS tree fit in one block: its hash is the root (zeros if empty).
+        root = hashlib.sha256(data.ljust(4096, b"\0")).digest() if data else bytes(32)
+        return hashlib.sha256(_DESCRIPTOR.pack(1, 1, 12, 0, 0, len(data), root, b"")).digest()
+    hasher = VerityHasher(params)
+    hasher.update(data)
+    return hasher.digest()
+
+
+_buffers = threading.local()
+
+
+def _read_buffer() -> bytearray:
+    """This thread's read buffer, allocated once: zeroing 4 MiB per file would cost more
+    than hashing a small file."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(READ_CHUNK)
+    return buf
+
+
+def digest_fd(fd: int, params: VerityParams = DEFAULT_PARAMS, *, parallel: bool = False
+              ) -> tuple[bytes, int]:
+    """Digest an open file from its current offset to EOF; return (digest, size)."""
+    hasher = VerityHasher(params, parallel=parallel)
+    buf = _read_buffer()
+    view = memoryview(buf)
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            break
+        hasher.update(view[:n])
+    return hasher.digest(), hasher.size
+
+
+def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PARAMS, *,
+                parallel: bool = False) -> bytes:
+    """The fs-verity digest of the file at ``path`` (streamed, bounded memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return digest_fd(fd, params, parallel=parallel)[0]
+    finally:
+        os.close(fd)
+
+
+def formatted_digest(digest: bytes, algorithm: Algorithm = SHA256) -> bytes:
+    """The ``fsverity_formatted_digest`` the kernel's built-in signatures sign."""
+    return _FORMATTED_HEADER.pack(b"FSVerity", algorithm.number, len(digest)) + digest

@@ -1,0 +1,35 @@
+"""Typed object ids: a raw 32-byte digest and its hex spelling are different types."""
+
+from __future__ import annotations
+
+import re
+from typing import NewType
+
+from .errors import FormatError
+
+RawId = NewType("RawId", bytes)
+HexId = NewType("HexId", str)
+
+DIGEST_SIZE = 32
+_HEX_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def to_hex(raw: RawId) -> HexId:
+    return HexId(raw.hex())
+
+
+def to_raw(hex_id: HexId) -> RawId:
+    return RawId(bytes.fromhex(hex_id))
+
+
+def parse_hex(text: str) -> HexId:
+    """Return ``text`` as a HexId, or raise FormatError if it is not 64 lowercase hex digits."""
+    if not _HEX_RE.fullmatch(text):
+        raise FormatError(f"not an object id (64 hex digits): {text!r}")
+    return HexId(text)
+
+
+def check_raw(data: bytes) -> RawId:
+    if len(data) != DIGEST_SIZE:
+        raise FormatError(f"object id must be {DIGEST_SIZE} bytes, got {len(data)}")
+    return RawId(data)

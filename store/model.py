@@ -1,0 +1,157 @@
+"""The tree model: entry kinds, inode metadata, entries, and their one canonical encoding.
+
+An entry encodes as (little-endian):
+  kind u8 | name_len u16 | mode u32 | uid u32 | gid u32 | xattr_count u16 | name
+  | xattr_count x (name_len u16 | value_len u32 | name | value), sorted by name
+  | payload: file: size u64 + fs-verity digest[32]; dir: tree id[32];
+             symlink: target_len u16 + target.
+Both tree objects and pack manifests use it, so the signed pack and the
+store agree byte for byte on what an entry is.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import stat
+import struct
+from dataclasses import dataclass
+
+from .codec import Reader
+from .ids import RawId
+
+Xattrs = tuple[tuple[bytes, bytes], ...]
+
+MAX_NAME = 255
+MAX_TARGET = 4095
+MAX_XATTR_NAME = 255
+MAX_XATTR_VALUE = 65536
+MAX_XATTRS = 1024
+PERMISSION_BITS = 0o7777
+
+
+class Kind(enum.IntEnum):
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+
+    @property
+    def type_bits(self) -> int:
+        return {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}[self]
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Inode metadata that a tree records: permission bits, owner, xattrs (sorted)."""
+
+    mode: int
+    uid: int
+    gid: int
+    xattrs: Xattrs = ()
+
+    def encode(self) -> bytes:
+        out = [_META.pack(self.mode, self.uid, self.gid, len(self.xattrs))]
+        for name, value in self.xattrs:
+            out.append(_XATTR.pack(len(name), len(value)) + name + value)
+        return b"".join(out)
+
+    def object_key(self) -> str:
+        """Hex SHA-256 of the encoding: tells inodes apart that share content."""
+        return hashlib.sha256(self.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a directory.  ``digest``/``size`` for files, ``tree`` for
+    directories, ``target`` for symlinks; the others are empty."""
+
+    name: bytes
+    kind: Kind
+    meta: Meta
+    size: int = 0
+    digest: RawId = RawId(b"")
+    tree: RawId = RawId(b"")
+    target: bytes = b""
+
+
+# mode, uid, gid, xattr_count
+_META = struct.Struct("<IIIH")
+# xattr name length, value length
+_XATTR = struct.Struct("<HI")
+# kind, name length
+_HEAD = struct.Struct("<BH")
+# file: size, fs-verity digest
+_FILE = struct.Struct("<Q32s")
+_U16 = struct.Struct("<H")
+
+
+def check_name(name: bytes) -> str | None:
+    """Why ``name`` is not a valid directory entry name, or None when it is."""
+    if not name:
+        return "empty name"
+    if len(name) > MAX_NAME:
+        return f"name longer than {MAX_NAME} bytes"
+    if b"/" in name or b"\0" in name:
+        return "name contains '/' or NUL"
+    if name in (b".", b".."):
+        return f"name {name!r} is reserved"
+    return None
+
+
+def encode_entry(entry: Entry) -> bytes:
+    parts = [_HEAD.pack(entry.kind, len(entry.name)), entry.name, entry.meta.encode()]
+    if entry.kind is Kind.FILE:
+        parts.append(_FILE.pack(entry.size, entry.digest))
+    elif entry.kind is Kind.DIR:
+        parts.append(entry.tree)
+    else:
+        parts.append(_U16.pack(len(entry.target)) + entry.target)
+    return b"".join(parts)
+
+
+def decode_meta(reader: Reader) -> Meta:
+    mode, uid, gid, count = reader.unpack(_META, "metadata")
+    if mode & ~PERMISSION_BITS:
+        raise reader.fail(f"mode {mode:#o} has bits outside {PERMISSION_BITS:#o}")
+    if count > MAX_XATTRS:
+        raise reader.fail(f"{count} xattrs exceed limit {MAX_XATTRS}")
+    xattrs = []
+    previous = None
+    for _ in range(count):
+        name_len, value_len = reader.unpack(_XATTR, "xattr header")
+        if not 0 < name_len <= MAX_XATTR_NAME or value_len > MAX_XATTR_VALUE:
+            raise reader.fail(f"xattr sizes out of range (name {name_len}, value {value_len})")
+        name = reader.take(name_len, "xattr name")
+        if b"\0" in name:
+            raise reader.fail("xattr name contains NUL")
+        if previous is not None and name <= previous:
+            raise reader.fail(f"xattr {name!r} not sorted or duplicated")
+        previous = name
+        xattrs.append((name, reader.take(value_len, "xattr value")))
+    return Meta(mode, uid, gid, tuple(xattrs))
+
+
+def decode_entry(reader: Reader) -> Entry:
+    """Read one entry, checking every field; raise FormatError on anything off."""
+    kind_number, name_len = reader.unpack(_HEAD, "entry header")
+    try:
+        kind = Kind(kind_number)
+    except ValueError:
+        raise reader.fail(f"unknown entry kind {kind_number}") from None
+    name = reader.take(name_len, "entry name")
+    problem = check_name(name)
+    if problem:
+        raise reader.fail(f"bad entry name {name!r}: {problem}")
+    meta = decode_meta(reader)
+    if kind is Kind.FILE:
+        size, digest = reader.unpack(_FILE, "file payload")
+        return Entry(name, kind, meta, size=size, digest=RawId(digest))
+    if kind is Kind.DIR:
+        return Entry(name, kind, meta, tree=RawId(reader.take(32, "tree id")))
+    (target_len,) = reader.unpack(_U16, "symlink target length")
+    if not 0 < target_len <= MAX_TARGET:
+        raise reader.fail(f"symlink target length {target_len} out of range")
+    target = reader.take(target_len, "symlink target")
+    if b"\0" in target:
+        raise reader.fail("symlink target contains NUL")
+    return Entry(name, kind, meta, target=target)

@@ -1,0 +1,106 @@
+"""Where objects live, and reading them back with their ids checked.
+
+Layout under ``objects/``, split by the first two hex digits of the id:
+  ``xx/<62 hex>.<64 hex meta key>.file``  file content; its id is the fs-verity
+      digest; the meta key (model.Meta.object_key) tells apart inodes that share
+      content but differ in mode, owner or xattrs; the inode carries that metadata.
+  ``xx/<62 hex>.tree``    a tree object (store.tree), id = SHA-256 of the bytes
+  ``xx/<62 hex>.commit``  a commit object (store.commits), id = SHA-256 of the bytes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .commits import Commit, decode_commit
+from .errors import FormatError, ObjectCorrupt, ObjectMissing
+from .ids import HexId, RawId, to_hex
+from .model import Entry, Meta
+from .tree import decode_tree
+
+MAX_META_OBJECT = 64 << 20
+_NAME = re.compile(r"([0-9a-f]{62})\.(?:([0-9a-f]{64})\.file|tree|commit)")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object file found on disk by ``iter_objects``."""
+
+    path: str
+    kind: str  # "file", "tree" or "commit"
+    id: HexId
+    meta_key: str = ""
+
+
+def relative_path(kind: str, raw: RawId, meta: Meta | None = None) -> str:
+    h = to_hex(raw)
+    if kind == "file":
+        assert meta is not None
+        return f"{h[:2]}/{h[2:]}.{meta.object_key()}.file"
+    return f"{h[:2]}/{h[2:]}.{kind}"
+
+
+class ObjectStore:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._meta_keys: dict[Meta, str] = {}
+
+    def file_path(self, digest: RawId, meta: Meta) -> str:
+        key = self._meta_keys.get(meta)
+        if key is None:
+            key = self._meta_keys[meta] = meta.object_key()
+        h = digest.hex()
+        return f"{self.root}/{h[:2]}/{h[2:]}.{key}.file"
+
+    def path(self, kind: str, raw: RawId) -> str:
+        return os.path.join(self.root, relative_path(kind, raw))
+
+    def has(self, kind: str, raw: RawId) -> bool:
+        return os.path.exists(self.path(kind, raw))
+
+    def read_raw(self, kind: str, raw: RawId) -> bytes:
+        """The bytes of a tree or commit object, after checking they hash to ``raw``."""
+        path = self.path(kind, raw)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_META_OBJECT + 1)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{kind} {to_hex(raw)} is missing", object_id=to_hex(raw),
+                                path=path) from None
+        got = hashlib.sha256(data).digest()
+        if not hmac.compare_digest(got, raw):
+            raise ObjectCorrupt(f"{kind} {to_hex(raw)} is corrupt: its bytes hash to {got.hex()}",
+                                expected=to_hex(raw), got=got.hex(), object_id=to_hex(raw), path=path)
+        return data
+
+    def read_tree(self, raw: RawId) -> list[Entry]:
+        data = self.read_raw("tree", raw)
+        try:
+            return decode_tree(data, f"tree {to_hex(raw)}")
+        except FormatError as err:
+            raise ObjectCorrupt(str(err), object_id=to_hex(raw), path=self.path("tree", raw)) from err
+
+    def read_commit(self, raw: RawId) -> Commit:
+        data = self.read_raw("commit", raw)
+        try:
+            return decode_commit(data, f"commit {to_hex(raw)}")
+        except FormatError as err:
+            raise ObjectCorrupt(str(err), object_id=to_hex(raw), path=self.path("commit", raw)) from err
+
+    def iter_objects(self) -> Iterator[StoredObject]:
+        """Every object file on disk, in a stable order; stray files are yielded as kind ''."""
+        for prefix in sorted(os.listdir(self.root)):
+            directory = os.path.join(self.root, prefix)
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                match = _NAME.fullmatch(name)
+                if len(prefix) != 2 or not match:
+                    yield StoredObject(path, "", HexId(""))
+                    continue
+                kind = "file" if match.group(2) else name.rsplit(".", 1)[1]
+                yield StoredObject(path, kind, HexId(prefix + match.group(1)), match.group(2) or "")

@@ -1,0 +1,82 @@
+"""Refs: names that point at commits, one small file each under ``refs/heads/``.
+
+A ref changes only by compare-and-swap: under the refs lock, the current value
+is re-read and must equal what the caller expects, then the new value is
+written atomically and durably.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .atomic import atomic_write
+from .errors import FormatError, RefError
+from .ids import HexId, RawId, parse_hex, to_hex, to_raw
+from .lock import flock
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+
+
+def check_ref_name(name: str) -> str:
+    """Return ``name`` if it is a valid ref name (``a/b-1.2``), else raise RefError."""
+    parts = name.split("/")
+    if not name or len(name) > 255 or not all(_COMPONENT.fullmatch(p) for p in parts) \
+            or any(p.endswith(".lock") or ".." in p for p in parts):
+        raise RefError(f"invalid ref name {name!r}: use letters, digits, '._+-', separated by '/'")
+    return name
+
+
+class Refs:
+    def __init__(self, repo_path: str) -> None:
+        self.root = os.path.join(repo_path, "refs", "heads")
+        self.lock_path = os.path.join(repo_path, "refs", "lock")
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, check_ref_name(name))
+
+    def read(self, name: str) -> RawId | None:
+        """The commit ``name`` points at, or None if there is no such ref."""
+        path = self._path(name)
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except UnicodeDecodeError:
+            raise RefError(f"ref {name}: not ASCII", path=path) from None
+        try:
+            return to_raw(parse_hex(text))
+        except FormatError as err:
+            raise RefError(f"ref {name}: corrupt ({err})", path=path) from err
+
+    def list(self) -> dict[str, RawId]:
+        out: dict[str, RawId] = {}
+        for directory, _dirs, files in os.walk(self.root):
+            for file in files:
+                if file.startswith("."):
+                    continue  # a temporary file of an update in progress
+                name = os.path.relpath(os.path.join(directory, file), self.root)
+                value = self.read(name)
+                if value is not None:
+                    out[name] = value
+        return dict(sorted(out.items()))
+
+    def update(self, name: str, new: RawId | None, expected: RawId | None) -> None:
+        """Set ``name`` to ``new`` (None deletes) if it still points at ``expected``."""
+        path = self._path(name)
+        with flock(self.lock_path, exclusive=True):
+            current = self.read(name)
+            if current != expected:
+                raise RefError(f"ref {name} changed: expected "
+                               f"{to_hex(expected) if expected else 'none'}, "
+                               f"found {to_hex(current) if current else 'none'}", path=path)
+            if new is None:
+                os.unlink(path)
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, (to_hex(new) + "\n").encode())
+
+
+def describe(raw: RawId) -> HexId:
+    return to_hex(raw)

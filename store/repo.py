@@ -1,0 +1,123 @@
+"""A repository on disk: its layout, opening and creating it, and resolving revisions.
+
+Layout::
+
+    config          "sealtree-repo <format version>\\n"
+    objects/        content-addressed objects (store.objects)
+    refs/heads/     refs (store.refs); refs/lock serialises ref updates
+    tmp/            staging directories of transactions in progress
+    lock            shared by writers, exclusive for prune
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+
+from .atomic import atomic_write, fsync_dir
+from .commits import Commit
+from .errors import RefError, RepositoryError
+from .ids import RawId, to_hex
+from .lock import flock
+from .objects import ObjectStore
+from .refs import Refs
+from .transaction import Transaction
+
+FORMAT_VERSION = 1
+CONFIG_MAGIC = "sealtree-repo"
+_SUFFIX = re.compile(r"(\^+|~\d+)$")
+
+
+class Repository:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.objects = ObjectStore(os.path.join(self.path, "objects"))
+        self.refs = Refs(self.path)
+
+    @classmethod
+    def init(cls, path: str) -> Repository:
+        """Create an empty repository at ``path`` (which may exist but must be empty)."""
+        if os.path.exists(path) and os.listdir(path):
+            raise RepositoryError(f"{path}: exists and is not empty", path=path)
+        for sub in ("objects", "refs/heads", "tmp"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        atomic_write(os.path.join(path, "config"), f"{CONFIG_MAGIC} {FORMAT_VERSION}\n".encode())
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str) -> Repository:
+        config = os.path.join(path, "config")
+        try:
+            with open(config, encoding="utf-8") as handle:
+                words = handle.read().split()
+        except (FileNotFoundError, NotADirectoryError):
+            raise RepositoryError(f"{path}: not a sealtree repository (no config); "
+                                  f"create one with 'sealtree --repo {path} init'", path=path) from None
+        except UnicodeDecodeError:
+            words = []
+        if len(words) != 2 or words[0] != CONFIG_MAGIC or words[1] != str(FORMAT_VERSION):
+            raise RepositoryError(f"{config}: not a sealtree repository of format {FORMAT_VERSION}",
+                                  path=config)
+        return cls(path)
+
+    # -- locking and writing ----------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Transaction]:
+        """A transaction under the shared writer lock; publish it before moving refs."""
+        with flock(os.path.join(self.path, "lock"), exclusive=False):
+            with Transaction(self.path, self.objects.root) as tx:
+                yield tx
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the repository exclusively (prune): no writer runs meanwhile."""
+        with flock(os.path.join(self.path, "lock"), exclusive=True):
+            yield
+
+    # -- revisions ----------------------------------------------------------------
+    def resolve(self, rev: str) -> RawId:
+        """A ref name, a commit id or a unique id prefix (>= 4 hex), with ``^``/``~N`` suffixes."""
+        base, steps = rev, 0
+        while match := _SUFFIX.search(base):
+            suffix = match.group(1)
+            steps += len(suffix) if suffix.startswith("^") else int(suffix[1:])
+            base = base[:match.start()]
+        commit_id = self._resolve_base(base, rev)
+        for _ in range(steps):
+            parent = self.objects.read_commit(commit_id).parent
+            if parent is None:
+                raise RefError(f"{rev}: commit {to_hex(commit_id)} has no parent")
+            commit_id = parent
+        return commit_id
+
+    def _resolve_base(self, base: str, rev: str) -> RawId:
+        if not base:
+            raise RefError(f"empty revision {rev!r}")
+        if "/" in base or not re.fullmatch(r"[0-9a-f]{4,64}", base):
+            found = self.refs.read(base)
+            if found is None:
+                raise RefError(f"{rev}: no such ref")
+            return found
+        found = self.refs.read(base)
+        if found is not None:
+            return found
+        if len(base) == 64:
+            raw = RawId(bytes.fromhex(base))
+            if self.objects.has("commit", raw):
+                return raw
+            raise RefError(f"{rev}: no such commit")
+        directory = os.path.join(self.objects.root, base[:2])
+        try:
+            names = [n for n in os.listdir(directory) if n.endswith(".commit") and n.startswith(base[2:])]
+        except FileNotFoundError:
+            names = []
+        if len(names) != 1:
+            raise RefError(f"{rev}: {'no such ref or commit' if not names else 'ambiguous commit prefix'}")
+        return RawId(bytes.fromhex(base[:2] + names[0].split(".")[0]))
+
+    def commit_of(self, rev: str) -> tuple[RawId, Commit]:
+        commit_id = self.resolve(rev)
+        return commit_id, self.objects.read_commit(commit_id)

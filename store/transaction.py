@@ -1,0 +1,214 @@
+"""Writing objects crash-safely: stage, sync once, publish, then move refs.
+
+Objects are written under ``tmp/staging-*/`` without per-file fsync.  On
+``commit()`` the filesystem is synced once (syncfs), the staged objects are
+renamed into ``objects/`` and the filesystem is synced again; only then may a
+caller move a ref.  A crash before that leaves only a staging directory, which
+the next transaction removes; a published object is always complete.
+Object writes are idempotent: an object already present is not rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+
+from . import xattrs
+from .commits import Commit
+from .fsverity import VerityHasher, digest_bytes
+from .ids import RawId
+from .lock import flock, try_flock
+from .model import Entry, Meta
+from .tree import encode_tree, tree_id
+
+IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones streamed
+COPY_CHUNK = 1 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: str) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def clean_stale_staging(tmp_root: str) -> None:
+    """Remove staging directories whose transaction is gone (their lock is free)."""
+    for name in os.listdir(tmp_root):
+        path = os.path.join(tmp_root, name)
+        if name.startswith("staging-") and try_flock(os.path.join(path, "lock")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def apply_meta(fd: int, meta: Meta) -> None:
+    """Give an open file the tree's metadata.  Order matters: chown clears the setuid and
+    setgid bits and drops ``security.capability``, so owner first, then mode, then xattrs."""
+    os.fchown(fd, meta.uid, meta.gid)
+    os.fchmod(fd, meta.mode)
+    if meta.xattrs:
+        xattrs.write(fd, meta.xattrs)
+
+
+class Transaction:
+    """Stages objects for one commit; use as a context manager, then ``publish()``."""
+
+    def __init__(self, repo_path: str, objects_root: str) -> None:
+        self.objects_root = objects_root
+        tmp_root = os.path.join(repo_path, "tmp")
+        clean_stale_staging(tmp_root)
+        self.staging = tempfile.mkdtemp(prefix="staging-", dir=tmp_root)
+        self._lock = flock(os.path.join(self.staging, "lock"), exclusive=True)
+        self._lock.__enter__()
+        self._staged: dict[str, str] = {}  # relative object path -> staged path
+        self._made_dirs: set[str] = set()
+        self._meta_keys: dict[Meta, str] = {}
+        self._reserve_lock = threading.Lock()  # add_* may run on several threads
+        self._incoming = 0
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._lock.__exit__(None, None, None)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    # -- object paths -------------------------------------------------------
+    def _file_rel(self, digest: bytes, meta: Meta) -> str:
+        key = self._meta_keys.get(meta)
+        if key is None:
+            key = self._meta_keys[meta] = meta.object_key()
+        h = digest.hex()
+        return f"{h[:2]}/{h[2:]}.{key}.file"
+
+    def _reserve(self, rel: str) -> str | None:
+        """The staging path to write object ``rel`` to, or None if it is present or being
+        written by another thread: claiming it is atomic, so each object is written once."""
+        with self._reserve_lock:
+            if rel in self._staged or os.path.exists(os.path.join(self.objects_root, rel)):
+                return None
+            staged = self._staged[rel] = os.path.join(self.staging, rel)
+            directory = rel[:2]
+            if directory not in self._made_dirs:
+                os.makedirs(os.path.join(self.staging, directory), exist_ok=True)
+                self._made_dirs.add(directory)
+        return staged
+
+    # -- writing ------------------------------------------------------------
+    def add_file_bytes(self, data: bytes, meta: Meta) -> RawId:
+        """Store a file's content with ``meta``; return its fs-verity digest."""
+        digest = RawId(digest_bytes(data))
+        staged = self._reserve(self._file_rel(digest, meta))
+        if staged is not None:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, data)
+                apply_meta(fd, meta)
+            finally:
+                os.close(fd)
+        return digest
+
+    def add_file_stream(self, src_fd: int, meta: Meta) -> tuple[RawId, int]:
+        """Store the rest of an open file, hashing while copying; return (digest, size)."""
+        hasher = VerityHasher()
+        with self._reserve_lock:
+            self._incoming += 1
+            tmp = os.path.join(self.staging, f"incoming-{self._incoming}")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            buf = bytearray(COPY_CHUNK)
+            view = memoryview(buf)
+            while n := os.readv(src_fd, [buf]):
+                hasher.update(view[:n])
+                _write_all(out, view[:n])
+            digest = RawId(hasher.digest())
+            staged = self._reserve(self._file_rel(digest, meta))
+            if staged is None:
+                os.unlink(tmp)
+            else:
+                apply_meta(out, meta)
+                os.rename(tmp, staged)
+        finally:
+            os.close(out)
+        return digest, hasher.size
+
+    def add_file(self, src_fd: int, size: int, meta: Meta) -> tuple[RawId, int]:
+        """Store the content of an open file; small files in one read, large ones streamed.
+
+        ``size`` only chooses the method: what is stored is what the read returns.
+        """
+        if size > IN_MEMORY_MAX:
+            return self.add_file_stream(src_fd, meta)
+        data = _read_all(src_fd, size)
+        return self.add_file_bytes(data, meta), len(data)
+
+    def add_meta_object(self, kind: str, data: bytes, raw: RawId) -> RawId:
+        staged = self._reserve(f"{raw.hex()[:2]}/{raw.hex()[2:]}.{kind}")
+        if staged is not None:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        return raw
+
+    def add_tree(self, entries: Sequence[Entry]) -> RawId:
+        data = encode_tree(entries)
+        return self.add_meta_object("tree", data, tree_id(data))
+
+    def add_commit(self, commit: Commit) -> RawId:
+        return self.add_meta_object("commit", commit.encode(), commit.id())
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self) -> None:
+        """Make every staged object durable and visible under ``objects/``."""
+        if not self._staged:
+            return
+        syncfs(self.staging)
+        dirs = set()
+        for rel, staged in self._staged.items():
+            final = os.path.join(self.objects_root, rel)
+            directory = os.path.dirname(final)
+            if directory not in dirs:
+                os.makedirs(directory, exist_ok=True)
+                dirs.add(directory)
+            if not os.path.exists(final):
+                os.rename(staged, final)
+        syncfs(self.objects_root)
+        self._staged.clear()
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_all(fd: int, expected: int) -> bytes:
+    """Read a regular file to EOF; one read when it has the size stat said."""
+    first = os.read(fd, expected + 1)
+    if len(first) <= expected:  # a short read of a regular file is EOF
+        return first
+    chunks = [first]
+    while chunk := os.read(fd, COPY_CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def transaction(repo_path: str, objects_root: str) -> Iterator[Transaction]:
+    with Transaction(repo_path, objects_root) as tx:
+        yield tx

@@ -1,0 +1,42 @@
+"""Shared fixtures: Hypothesis profiles, a fresh repository, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# "ci" is deterministic (derandomize) so a red CI run reproduces; "dev" explores.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("dev", deadline=None, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+from store.repo import Repository  # noqa: E402
+from tests.helpers import run_cli  # noqa: E402,F401
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return Repository.init(str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: owners, trusted.* xattrs and mounts")
+
+
+@pytest.fixture
+def fsverity_tool():
+    tool = shutil.which("fsverity")
+    if tool is None:
+        pytest.skip("the fsverity tool (Debian package fsverity) is not installed; .ci/run installs it")
+    return tool

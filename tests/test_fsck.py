@@ -1,0 +1,87 @@
+"""fsck finds every kind of damage, names the object and the path, and exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from store.fsck import fsck
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def committed(tmp_path, repo):
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "big").write_bytes(os.urandom(3 * 4096 + 7))
+    (src / "etc" / "small").write_bytes(b"hello")
+    run_cli("commit", "-b", "main", str(src), repo=repo.path)
+    return repo
+
+
+def object_for(repo, name: bytes):
+    from store.walk import require
+    commit = repo.objects.read_commit(repo.refs.read("main"))
+    entry = require(repo.objects, commit.root_tree, b"etc/" + name)
+    return entry, repo.objects.file_path(entry.digest, entry.meta)
+
+
+def test_clean_repository_passes(committed):
+    report = fsck(committed)
+    assert report.problems == [] and report.objects == 5  # 2 files, 2 trees, 1 commit
+    assert "ok" in run_cli("fsck", repo=committed.path).stdout
+
+
+def _problems(repo):
+    proc = run_cli("fsck", "--json", repo=repo.path, check=False)
+    return proc.returncode, json.loads(proc.stdout)["problems"]
+
+
+def test_flipped_byte(committed):
+    entry, path = object_for(committed, b"big")
+    with open(path, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 1]))
+    code, problems = _problems(committed)
+    assert code == 6
+    assert [(p["kind"], p["object_id"], p["path"]) for p in problems] == \
+        [("corrupt", entry.digest.hex(), "ref main:/etc/big")]
+    assert "content changed" in problems[0]["message"]
+
+
+def test_truncated_object(committed):
+    entry, path = object_for(committed, b"big")
+    os.truncate(path, 4096)
+    code, problems = _problems(committed)
+    assert code == 6 and problems[0]["path"] == "ref main:/etc/big"
+
+
+def test_deleted_object(committed):
+    entry, path = object_for(committed, b"small")
+    os.unlink(path)
+    code, problems = _problems(committed)
+    assert code == 5
+    assert [(p["kind"], p["object_id"], p["path"]) for p in problems] == \
+        [("missing", entry.digest.hex(), "ref main:/etc/small")]
+    assert entry.digest.hex() in run_cli("fsck", repo=committed.path, check=False).stdout
+
+
+def test_chmod_object_is_metadata_corruption(committed):
+    _entry, path = object_for(committed, b"small")
+    os.chmod(path, 0o4777)
+    code, problems = _problems(committed)
+    assert code == 6 and "metadata" in problems[0]["message"]
+
+
+def test_corrupt_tree_object(committed):
+    commit = committed.objects.read_commit(committed.refs.read("main"))
+    path = committed.objects.path("tree", commit.root_tree)
+    os.chmod(path, 0o644)
+    with open(path, "ab") as handle:
+        handle.write(b"junk")
+    code, problems = _problems(committed)
+    assert code == 6 and problems[0]["path"] == "ref main:/"
