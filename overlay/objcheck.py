@@ -25,6 +25,7 @@ import contextlib
 import enum
 import errno
 import hmac
+import marshal
 import os
 import signal
 import stat
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from store import fsverity, kverity, xattrs
+from store import kverity, xattrs
 from store.errors import VerificationError, VerityError, VerityUnsupported
 from store.fsverity import VerityHasher
 from store.ids import RawId, to_hex
@@ -366,10 +367,8 @@ def _fork_share(items: Sequence[LargeFile], share: Sequence[tuple[int, tuple[int
     if pid == 0:  # the child: hash, send the results, and leave without unwinding the caller
         status = 1
         try:
-            _reset_after_fork()
             os.close(read_fd)
-            import pickle  # noqa: PLC0415 - only the forked workers need it
-            payload = pickle.dumps(_run_share(items, share))
+            payload = marshal.dumps(_run_share(items, share))
             with os.fdopen(write_fd, "wb") as out:
                 out.write(payload)
             status = 0
@@ -379,21 +378,13 @@ def _fork_share(items: Sequence[LargeFile], share: Sequence[tuple[int, tuple[int
     return pid, read_fd
 
 
-def _reset_after_fork() -> None:
-    """Forget the parent's hashing thread pool: its threads do not exist in a forked child,
-    and a pool that believes they do would wait for them forever."""
-    fsverity._pool = None  # noqa: SLF001 - see store.fsverity._hash_pool
-    fsverity._pool_lock = threading.Lock()  # noqa: SLF001 - it may have been held at fork
-
-
 def _collect(pid: int, read_fd: int) -> dict[int, Result]:
-    import pickle  # noqa: PLC0415 - not at start-up: only when workers were forked
     with os.fdopen(read_fd, "rb") as handle:
         payload = handle.read()
     _, status = os.waitpid(pid, 0)
     if status != 0 or not payload:
         raise VerificationError(f"a digest worker (pid {pid}) failed with status {status}")
-    results: dict[int, Result] = pickle.loads(payload)  # our own child's bytes, not input
+    results: dict[int, Result] = marshal.loads(payload)  # our own child's bytes, not input
     return results
 
 

@@ -15,10 +15,13 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import SealtreeError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
 # salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
@@ -40,6 +43,8 @@ def _hash_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
+            # Imported here: concurrent.futures costs start-up time that most commands never use.
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
             _pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
                                        thread_name_prefix="verity")
         return _pool
