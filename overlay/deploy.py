@@ -54,8 +54,9 @@ from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, show, star
 from .state import Deployment, State, StateFile
 
 if TYPE_CHECKING:
+    from pack.unpack import UnpackReport
+
     from .mount_deployment import MountResult, Staging
-    from .populate import PopulateReport
 
 DEPLOY_DIR = "deploy"
 # overlayfs interprets these xattrs on its layers; a tree carrying them would not
@@ -204,7 +205,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str, *, policy: Policy = Policy
 def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep_id: str,
                       stage: Staging | None, timings: dict[str, float], *, policy: Policy,
                       workers: int | None, verity: Verity
-                      ) -> tuple[CheckReport, PopulateReport | None, str]:
+                      ) -> tuple[CheckReport, UnpackReport | None, str]:
     """Check every object and the pack's data, build the farm; return it published.
 
     Three things at once, each in its own process: worker processes hash the

@@ -15,16 +15,15 @@ directories and regular files (an added, removed or retyped entry).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import stat
 from collections.abc import Iterable, Sequence
 
 from store.errors import DeployError, ObjectMissing, VerificationError
 from store.transaction import syncfs
 
+from .forked import Forked
 from .objcheck import LargeFile, show
 
 TMP_PREFIX = ".tmp-"
@@ -103,59 +102,24 @@ class FarmBuilder:
 
     def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile],
                  identities: Sequence[tuple[int, int] | None] | None = None) -> None:
-        import pickle  # noqa: PLC0415 - here, not in the child: no import after fork
-
-        self._pickle = pickle
         self.work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the child: build, report, and leave without unwinding the caller
-            status = 1
-            try:
-                os.close(read_fd)
-                try:
-                    start_farm(deploy_root, dep_id, items, identities)
-                    payload = b""
-                except BaseException as err:  # noqa: BLE001 - every failure goes to the parent
-                    try:
-                        payload = pickle.dumps(err)
-                    except Exception:  # noqa: BLE001
-                        payload = pickle.dumps(DeployError(f"{self.work}: {err}", path=self.work))
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(payload)
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_fd)
-        self._pid: int | None = pid
-        self._read_fd = read_fd
+        self._child = Forked(start_farm, deploy_root, dep_id, items, identities, failure=self._failed)
+
+    def _failed(self, message: str) -> DeployError:
+        return DeployError(f"{self.work}: building the farm failed: {message}", path=self.work)
 
     def wait(self) -> str:
         """The temporary farm once the child has built it; or raise its error."""
-        assert self._pid is not None
-        with os.fdopen(self._read_fd, "rb") as handle:
-            payload = handle.read()
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        if status != 0:
+        try:
+            work: str = self._child.wait()
+        except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
-            raise DeployError(f"{self.work}: the process building the farm failed (status {status})",
-                              path=self.work)
-        if payload:
-            error = self._pickle.loads(payload)  # our own child's bytes, not input
-            raise error
-        return self.work
+            raise
+        return work
 
     def cancel(self) -> None:
         """Stop the child (if still running) and remove the partial farm."""
-        if self._pid is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._read_fd)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
-            self._pid = None
+        self._child.cancel()
         shutil.rmtree(self.work, ignore_errors=True)
 
 

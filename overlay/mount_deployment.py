@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pack.importer import kept_pack_path
 from pack.keys import Keyring
 from pack.reader import PackReader
+from pack.unpack import UnpackReport
 from store.errors import MountError
 from store.ids import RawId
 from store.repo import Repository
@@ -33,7 +34,7 @@ from store.repo import Repository
 from . import farm, mounts
 from .deploy import deploy_root, large_files, open_deployment_pack, state_file
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
-from .populate import PopulateReport, TmpfsSize, populate, tmpfs_size
+from .populate import TmpfsSize, populate, tmpfs_size
 from .state import Deployment
 
 
@@ -41,7 +42,7 @@ from .state import Deployment
 class MountResult:
     target: str
     check: CheckReport
-    populate: PopulateReport
+    populate: UnpackReport
     api: str  # which mount API mounted the overlay
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -109,7 +110,7 @@ class Staging:
         self._detach.append(path)
         return path
 
-    def unpack(self, reader: PackReader) -> PopulateReport:
+    def unpack(self, reader: PackReader) -> UnpackReport:
         """Mount the lower tmpfs, sized from the manifest, and unpack the pack into it.
 
         This reads the pack's data section: it raises PackError unless the whole

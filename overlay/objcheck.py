@@ -21,13 +21,10 @@ Every failure is a ``VerificationError`` naming the tree path and the object.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import hmac
-import marshal
 import os
-import signal
 import stat
 import threading
 from collections.abc import Callable, Sequence
@@ -38,6 +35,8 @@ from store.errors import VerificationError, VerityError, VerityUnsupported
 from store.fsverity import VerityHasher
 from store.ids import RawId, to_hex
 from store.model import Meta
+
+from .forked import Forked
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
 MAX_WORKERS = 8
@@ -261,7 +260,7 @@ class PendingCheck:
         self.hashing = hashing
         # (st_dev, st_ino) of each object as checked: what a hardlink to it must be.
         self.identities: list[tuple[int, int] | None] = [None] * len(items)
-        self.children: list[tuple[int, int]] = []  # (pid, read end), not yet collected
+        self.children: list[Forked] = []  # digest workers not yet collected
         self.forked = False
 
     def start(self, workers: int | None) -> None:
@@ -272,22 +271,21 @@ class PendingCheck:
             return  # hashed in this process by wait()
         self.forked = True
         for share in _share_out(self.items, self.hashing, n):
-            self.children.append(_fork_share(self.items, share))
+            self.children.append(Forked(_run_share, self.items, share, failure=_worker_failed))
 
     def __enter__(self) -> PendingCheck:
         return self
 
     def __exit__(self, *exc: object) -> None:
         while self.children:
-            _kill(*self.children.pop())
+            self.children.pop().cancel()
 
     def wait(self) -> CheckReport:
         """Collect the digests and raise VerificationError for the first bad object."""
         results: dict[int, Result] = {}
         if self.forked:
             while self.children:
-                pid, read_fd = self.children.pop(0)
-                results.update(_collect(pid, read_fd))
+                results.update(self.children.pop(0).wait())
         elif not self.problems:
             results = _run_share(self.items, self.hashing)
         problems = self.problems
@@ -360,38 +358,5 @@ def _run_share(items: Sequence[LargeFile], share: Sequence[tuple[int, tuple[int,
     return out
 
 
-def _fork_share(items: Sequence[LargeFile], share: Sequence[tuple[int, tuple[int, int]]]
-                ) -> tuple[int, int]:
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: hash, send the results, and leave without unwinding the caller
-        status = 1
-        try:
-            os.close(read_fd)
-            payload = marshal.dumps(_run_share(items, share))
-            with os.fdopen(write_fd, "wb") as out:
-                out.write(payload)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    return pid, read_fd
-
-
-def _collect(pid: int, read_fd: int) -> dict[int, Result]:
-    with os.fdopen(read_fd, "rb") as handle:
-        payload = handle.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not payload:
-        raise VerificationError(f"a digest worker (pid {pid}) failed with status {status}")
-    results: dict[int, Result] = marshal.loads(payload)  # our own child's bytes, not input
-    return results
-
-
-def _kill(pid: int, read_fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(read_fd)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def _worker_failed(message: str) -> VerificationError:
+    return VerificationError(f"a digest worker failed: {message}")

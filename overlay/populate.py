@@ -1,13 +1,13 @@
 """Unpacking a verified pack into the (fresh, empty) tmpfs of a deployment.
 
-Built on ``pack.unpack.TreeWriter`` (which never leaves its root and applies
-exact metadata), with two differences that the merged view needs:
+``pack.unpack.unpack_inline`` (which never leaves its root and applies exact
+metadata) does the work, with two differences that the merged view needs:
 
 - inline files with the same content and metadata become one inode
   (hardlinks), like the store's objects, so every hardlink group of the
   source tree survives in the tmpfs as it does in the farm;
-- a file's owner is set before its xattrs: the kernel drops
-  ``security.capability`` on chown, so xattrs set first would be lost.
+- ``_TmpfsWriter`` leaves out the metadata calls that would change nothing on
+  a fresh tmpfs inode (most of a deploy's system calls otherwise).
 
 ``tmpfs_size`` works out how large the tmpfs must be from the manifest, so
 the mount is bounded (a hostile manifest cannot fill memory) yet never short.
@@ -15,12 +15,13 @@ the mount is bounded (a hostile manifest cannot fill memory) yet never short.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
 from pack.manifest import Manifest
 from pack.reader import PackReader
-from pack.unpack import TreeWriter
+from pack.unpack import TreeWriter, UnpackReport, unpack_inline
 from store import xattrs
 from store.errors import DeployError
 from store.model import Kind, Meta
@@ -132,49 +133,18 @@ class _TmpfsWriter(TreeWriter):
             os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
 
 
-@dataclass
-class PopulateReport:
-    dirs: int = 0
-    files: int = 0
-    links: int = 0  # inline files made hardlinks of an identical earlier one
-    symlinks: int = 0
-    bytes: int = 0
-
-
-def populate(reader: PackReader, root: str) -> PopulateReport:
+def populate(reader: PackReader, root: str) -> UnpackReport:
     """Write every directory, symlink and inline file of ``reader`` under the empty ``root``.
 
-    ``root`` gets the commit's root metadata.  Large files are left out (the
-    farm has them).  Raises PackError if the pack turns out bad part way
-    (``root`` then holds a partial tree the caller discards with its tmpfs).
+    ``root`` gets the commit's root metadata; identical inline files share an
+    inode.  Large files are left out (the farm has them).  Raises PackError if
+    the pack turns out bad part way (``root`` then holds a partial tree the
+    caller discards with its tmpfs).
     """
-    report = PopulateReport()
-    first: dict[tuple[bytes, Meta], bytes] = {}
-    root_b = os.fsencode(root) + b"/"
     try:
-        with _TmpfsWriter(root, reader.commit.root_meta) as tree:
-            for row, data in reader.entries():
-                entry = row.entry
-                if entry.kind is Kind.DIR:
-                    tree.mkdir(row.path, entry.meta)
-                    report.dirs += 1
-                elif entry.kind is Kind.SYMLINK:
-                    tree.symlink(row.path, entry.target, entry.meta)
-                    report.symlinks += 1
-                elif data is not None:
-                    key = (entry.digest, entry.meta)
-                    same = first.get(key)
-                    if same is not None:
-                        tree.link(row.path, os.fsdecode(root_b + same))
-                        report.links += 1
-                    else:
-                        tree.write_file(row.path, data, entry.meta)
-                        first[key] = row.path
-                        report.files += 1
-                        report.bytes += len(data)
+        return unpack_inline(reader, root, writer=_TmpfsWriter, share_identical=True)
     except OSError as err:
-        if err.errno == 28:  # ENOSPC: the manifest-sized tmpfs was too small (a bug of ours)
+        if err.errno == errno.ENOSPC:  # the manifest-sized tmpfs was too small (a bug of ours)
             raise DeployError(f"{root}: the tmpfs sized from the manifest is full: {err}",
                               path=root) from err
         raise
-    return report

@@ -127,22 +127,29 @@ class TreeWriter:
 class UnpackReport:
     dirs: int = 0
     files: int = 0
+    links: int = 0  # inline files made hardlinks of an identical earlier one (share_identical)
     symlinks: int = 0
     bytes: int = 0
     large: list[ManifestEntry] = field(default_factory=list)
 
 
-def unpack_inline(reader: PackReader, target: str | os.PathLike[str]) -> UnpackReport:
+def unpack_inline(reader: PackReader, target: str | os.PathLike[str], *,
+                  writer: type[TreeWriter] = TreeWriter, share_identical: bool = False) -> UnpackReport:
     """Write the pack's directories, symlinks and inline files into the empty directory
     ``target`` with exact metadata (``target`` itself gets the commit's root metadata).
 
     Large files are not written; they are returned in ``report.large`` in
-    manifest order, for the caller to hardlink or fetch.  On any exception
-    ``target`` holds a partial tree the caller must discard: the pack's last
-    checks (digest of the whole file) complete only at the end.
+    manifest order, for the caller to hardlink or fetch.  ``share_identical``:
+    inline files with the same content and metadata become one inode (hardlinks
+    of the first), as the store's objects are.  ``writer``: a ``TreeWriter``
+    subclass.  On any exception ``target`` holds a partial tree the caller must
+    discard: the pack's last checks (digest of the whole file) complete only at
+    the end.
     """
     report = UnpackReport()
-    with TreeWriter(target, reader.commit.root_meta) as tree:
+    first: dict[tuple[bytes, Meta], bytes] = {}
+    root = os.fsencode(target) + b"/"
+    with writer(target, reader.commit.root_meta) as tree:
         for row, data in reader.entries():
             entry = row.entry
             if entry.kind is Kind.DIR:
@@ -154,7 +161,15 @@ def unpack_inline(reader: PackReader, target: str | os.PathLike[str]) -> UnpackR
             elif data is None:
                 report.large.append(row)
             else:
+                key = (entry.digest, entry.meta)
+                same = first.get(key) if share_identical else None
+                if same is not None:
+                    tree.link(row.path, os.fsdecode(root + same))
+                    report.links += 1
+                    continue
                 tree.write_file(row.path, data, entry.meta)
+                if share_identical:
+                    first[key] = row.path
                 report.files += 1
                 report.bytes += len(data)
     return report

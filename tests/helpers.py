@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -36,6 +37,21 @@ class Node:
     xattrs: tuple[tuple[bytes, bytes], ...]
     content: str = ""  # sha256 of a file's bytes
     target: bytes = b""
+
+
+def mount_free_dir(tmp_path, name: str):  # type: ignore[no-untyped-def]
+    """Yield ``tmp_path/name`` (a name that needs escaping in mount options); afterwards,
+    unmount whatever was left below ``tmp_path`` and fail the test if anything was."""
+    from overlay import mounts  # noqa: PLC0415 - only the deployment tests need it
+
+    path = tmp_path / name
+    path.mkdir()
+    yield str(path)
+    left = mounts.mounts_under(str(tmp_path))
+    for info in reversed(left):
+        with contextlib.suppress(OSError):
+            mounts.umount(info.mount_point, mounts.MNT_DETACH)
+    assert not left, f"mounts left behind: {[m.mount_point for m in left]}"
 
 
 def snapshot(root: str | bytes, *, ignore_root_meta: bool = False

@@ -31,6 +31,7 @@ from store.errors import DeployError, FormatError, VerificationError, VerityUnsu
 from store.fsverity import digest_bytes
 from store.ids import RawId
 from store.model import Meta
+from tests.helpers import mount_free_dir
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -40,14 +41,7 @@ ODD = "odd dir, with: colons\\and,commas"
 @pytest.fixture
 def base(tmp_path):
     """A test directory with an awkward name; asserts nothing stays mounted below it."""
-    path = tmp_path / ODD
-    path.mkdir()
-    yield str(path)
-    left = mounts.mounts_under(str(tmp_path))
-    for info in reversed(left):
-        with contextlib.suppress(OSError):
-            mounts.umount(info.mount_point, mounts.MNT_DETACH)
-    assert not left, f"mounts left behind: {[m.mount_point for m in left]}"
+    yield from mount_free_dir(tmp_path, ODD)
 
 
 # -- mounts --------------------------------------------------------------------------------

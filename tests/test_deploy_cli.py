@@ -8,7 +8,6 @@ colons; every test checks /proc/self/mountinfo has nothing left below its direct
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from overlay import mounts
 from overlay.deploy import deploy
 from overlay.mount_deployment import mount_deployment, unmount
 from store.repo import Repository
-from tests.helpers import assert_same_tree, materialise, run_cli, trees
+from tests.helpers import assert_same_tree, materialise, mount_free_dir, run_cli, trees
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -36,14 +35,7 @@ def _leftovers(path: str) -> list[bytes]:
 
 def base_dir(tmp_path):  # type: ignore[no-untyped-def]
     """A directory whose name needs escaping; afterwards, no mount may be left below it."""
-    path = tmp_path / "site a,b:c"
-    path.mkdir()
-    yield str(path)
-    left = mounts.mounts_under(str(tmp_path))
-    for info in reversed(left):
-        with contextlib.suppress(OSError):
-            mounts.umount(info.mount_point, mounts.MNT_DETACH)
-    assert not left, f"mounts left behind: {[m.mount_point for m in left]}"
+    yield from mount_free_dir(tmp_path, "site a,b:c")
 
 
 @pytest.fixture
