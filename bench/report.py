@@ -105,7 +105,7 @@ def chart(path: Path, results: Sequence[Result]) -> None:
                     None if r.target is None else _speedup(r, r.target.value)) for r, ratio in rows])
         ax.set_title("sealtree vs peers (green: target met, red: missed, black tick: target)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # long row labels: keep the title whole
     plt.close(fig)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from store.errors import SealtreeError
 
 from .cli_format import Formatter
-from .commands import COMMAND_MODULES
+from .commands import command_modules
 
 DESCRIPTION = """\
 sealtree keeps operating-system trees in a content-addressed store, like
@@ -34,20 +34,35 @@ exit status:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's (see ``commands.COMMANDS``)."""
     parser = argparse.ArgumentParser(prog="sealtree", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=Formatter)
     parser.add_argument("--repo", metavar="PATH", default=os.environ.get("SEALTREE_REPO"),
                         help="the repository (default: $SEALTREE_REPO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
-    for module in COMMAND_MODULES:
+    for module in command_modules(command):
         module.register(sub)
     return parser
 
 
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (after the global options), or None before a --help."""
+    words = iter(argv)
+    for word in words:
+        if word == "--repo":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif word in ("-h", "--help"):
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_word(argv))
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 import pytest
 
+from sealtree import commands
+from sealtree.cli import command_word
 from tests.helpers import run_cli
 
 
@@ -112,6 +115,29 @@ def test_help_is_complete():
         assert command in top
         sub = run_cli(command, "--help").stdout
         assert "usage: sealtree" in sub and len(sub.splitlines()) > 4
+
+
+def _registered(modules) -> dict[str, str]:
+    """Each command's --help text, as registered by ``modules``."""
+    parser = argparse.ArgumentParser(prog="sealtree")
+    sub = parser.add_subparsers()
+    for module in modules:
+        module.register(sub)
+    return {name: p.format_help() for name, p in sub.choices.items()}
+
+
+def test_command_table_matches_what_the_modules_register():
+    everything = _registered(commands.command_modules())
+    assert set(commands.COMMANDS) == set(everything)
+    for command in commands.COMMANDS:  # its own modules alone give the same parser
+        assert _registered(commands.command_modules(command))[command] == everything[command], command
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["deploy", "x"], "deploy"), (["--repo", "deploy", "ls", "r"], "ls"), (["--repo=r", "log", "x"], "log"),
+    (["--help", "deploy"], None), ([], None), (["--repo", "r"], None)])
+def test_command_word(argv, word):
+    assert command_word(argv) == word
 
 
 def test_demo_runs_the_main_job(tmp_path, needs_root):

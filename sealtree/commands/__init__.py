@@ -1,19 +1,41 @@
-"""One module per command or command group; each has ``register(subparsers)``."""
+"""One module per command or command group; each has ``register(subparsers)``.
 
-from . import (
-    checkout_cmd,
-    commit_cmd,
-    demo_cmd,
-    deploy_cmds,
-    digest_cmd,
-    export_cmd,
-    inspect_cmds,
-    keys_cmd,
-    maintenance,
-    pack_cmds,
-    repo_cmds,
-    source_adapters,
-)
+``COMMANDS`` names the modules each command needs, so that ``sealtree deploy``
+imports and registers ``deploy_cmds`` alone: start-up time counts on every
+deploy and every boot.  ``sealtree --help`` and an unknown command register
+every module.  tests/test_cli.py checks the table against what the modules
+register.
+"""
 
-COMMAND_MODULES = [repo_cmds, commit_cmd, source_adapters, inspect_cmds, checkout_cmd, export_cmd,
-                   maintenance, digest_cmd, keys_cmd, pack_cmds, deploy_cmds, demo_cmd]
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# In --help order.
+MODULE_NAMES = ["repo_cmds", "commit_cmd", "source_adapters", "inspect_cmds", "checkout_cmd",
+                "export_cmd", "maintenance", "digest_cmd", "keys_cmd", "pack_cmds", "deploy_cmds",
+                "demo_cmd"]
+
+_GROUPS = {
+    "repo_cmds": ["init", "refs", "rev-parse"],
+    "commit_cmd source_adapters": ["commit"],  # the adapters add --tar and --git to commit
+    "inspect_cmds": ["cat", "diff", "log", "ls", "show"],
+    "checkout_cmd": ["checkout"],
+    "export_cmd": ["export"],
+    "maintenance": ["fsck", "prune"],
+    "digest_cmd": ["digest"],
+    "keys_cmd": ["keygen"],
+    "pack_cmds": ["pack"],
+    "deploy_cmds": ["deploy", "mark-good", "mount", "rollback", "set-default", "status", "umount",
+                    "undeploy"],
+    "demo_cmd": ["demo"],
+}
+COMMANDS: dict[str, list[str]] = {command: modules.split() for modules, commands in _GROUPS.items()
+                                  for command in commands}
+
+
+def command_modules(command: str | None = None) -> list[ModuleType]:
+    """The modules to register for ``command``: its own, or all of them (None or unknown)."""
+    names = COMMANDS.get(command or "", MODULE_NAMES)
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]

@@ -9,7 +9,6 @@ from store.errors import UsageError
 from store.history import finish_commit
 from store.ids import to_hex
 from store.refs import check_ref_name
-from store.source_dir import DirSourceOptions, read_directory
 
 from ..output import Progress, human_size, print_json
 from .common import add_parser, open_repo
@@ -58,6 +57,9 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
+    # Here, not at start-up: its thread pool's imports would slow every other command.
+    from store.source_dir import DirSourceOptions, read_directory  # noqa: PLC0415
+
     check_ref_name(args.branch)
     metadata = list(_metadata(args.metadata))
     repo = open_repo(args)
