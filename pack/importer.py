@@ -31,7 +31,7 @@ from . import freshness
 from .keys import KeyId, Keyring
 from .manifest import ManifestEntry
 from .reader import PackReader
-from .signature import read_signatures, signature_path, write_signatures
+from .signature import signatures_of, write_signatures
 from .verify import check_trust
 
 PACKS_DIR = "packs"
@@ -112,7 +112,7 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
     large objects are still missing.  Raises SignatureError, DowngradeError, PackError,
     RefError (the ref moved meanwhile), RepositoryError."""
     pack_path = os.fspath(pack_path)
-    signatures = read_signatures(sig_path if sig_path is not None else signature_path(pack_path))
+    signatures = signatures_of(pack_path, sig_path)
     directory = packs_dir(repo)
     os.makedirs(directory, exist_ok=True)
     state = freshness_path(repo)

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store.atomic import atomic_write
-from store.errors import SignatureError
+from store.errors import PackError, SignatureError
 
 from .keys import KeyId, key_id
 
@@ -134,6 +134,17 @@ def read_signatures(path: str | os.PathLike[str], *, missing_ok: bool = False) -
     except OSError as err:
         raise SignatureError(f"{path}: cannot read signatures: {err.strerror}", path=path) from err
     return decode_signatures(data, path)
+
+
+def signatures_of(pack_path: str | os.PathLike[str], sig_path: str | os.PathLike[str] | None = None
+                  ) -> list[Signature]:
+    """The detached signatures of the pack at ``pack_path`` (from ``sig_path``, default
+    ``PACK.sig``).  A missing pack is said to be missing, not unsigned (PackError)."""
+    pack_path = os.fspath(pack_path)
+    if not os.path.isfile(pack_path):
+        what = "is not a regular file" if os.path.lexists(pack_path) else "no such pack file"
+        raise PackError(f"{pack_path}: {what}", path=pack_path)
+    return read_signatures(sig_path if sig_path is not None else signature_path(pack_path))
 
 
 def write_signatures(path: str | os.PathLike[str], signatures: Iterable[Signature]) -> None:

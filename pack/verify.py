@@ -24,7 +24,7 @@ from store.errors import SignatureError, UsageError
 
 from .keys import KeyId, Keyring
 from .reader import PackReader
-from .signature import Signature, pack_sha256, read_signatures, signature_path, signed_message
+from .signature import Signature, pack_sha256, signatures_of, signed_message
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def verify_signatures(pack_path: str | os.PathLike[str], keyring: Keyring, *,
                       min_signatures: int = 1,
                       sig_path: str | os.PathLike[str] | None = None) -> Verification:
     """Hash the pack file and check its detached signatures (``PACK.sig`` by default)."""
-    signatures = read_signatures(sig_path if sig_path is not None else signature_path(pack_path))
+    signatures = signatures_of(pack_path, sig_path)
     return check_trust(pack_sha256(pack_path), signatures, keyring, min_signatures)
 
 

@@ -35,7 +35,10 @@ def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> It
     directory, name = os.path.split(path)
     directory = directory or "."
     tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as err:  # name what the caller knows (the directory), not our temp name
+        raise type(err)(err.errno, err.strerror, directory) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle

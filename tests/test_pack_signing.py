@@ -150,6 +150,22 @@ def test_missing_signature_file(tmp_path):
         verify_pack(built.pack, Keyring.load(keyring_dir(str(tmp_path), "ring", keys["a"])))
 
 
+def test_missing_pack_is_named_missing_not_unsigned(tmp_path):
+    built = build_sample(str(tmp_path))
+    ring = keyring_dir(str(tmp_path), "ring", make_keys(str(tmp_path), "a")["a"])
+    for args in (["pack", "verify"], ["pack", "import"]):
+        done = run_cli(*args, str(tmp_path / "gone.pack"), "--keys", ring, repo=built.repo.path, check=False)
+        assert done.returncode == 11, done.stderr  # PackError
+        assert "gone.pack: no such pack file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keygen_into_a_missing_directory_names_the_directory(tmp_path):
+    done = run_cli("keygen", str(tmp_path / "no-dir" / "k"), check=False)
+    assert done.returncode != 0
+    assert f"{tmp_path / 'no-dir'}: No such file or directory" in done.stderr
+    assert ".tmp" not in done.stderr  # not the atomic writer's temporary name
+
+
 def test_bad_keyring_files_fail_closed(tmp_path, signed):
     built, keys = signed
     ring = keyring_dir(str(tmp_path), "ring", keys["a"])
