@@ -4,6 +4,12 @@ Key files are PEM, as ``openssl genpkey -algorithm ed25519`` writes them:
 the private key PKCS#8 unencrypted (mode 0600), the public key
 SubjectPublicKeyInfo.  A key id is the SHA-256 of the raw 32-byte public key.
 
+Public keys are read here, not by ``cryptography``'s PEM loader: an Ed25519
+SubjectPublicKeyInfo is a fixed 12-byte DER prefix and the 32-byte key
+(RFC 8410), so the verifier checks that exact shape and does not import the
+serialization machinery (some 30 modules, a good part of a deploy's or a
+boot's start-up).  Private keys and writing keys still use it.
+
 A keyring is a directory: every ``*.pub`` file in it is a trusted public key,
 and the file ``revoked`` lists key ids (64 hex digits, one a line, ``#``
 comments) that are refused even when their key file is present.  A keyring
@@ -13,14 +19,14 @@ a verifier fails closed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
 from dataclasses import dataclass
 from typing import NewType
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store.atomic import atomic_write
@@ -32,15 +38,26 @@ REVOKED_FILE = "revoked"
 PUBLIC_SUFFIX = ".pub"
 MAX_KEY_FILE = 64 << 10
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
+# SEQUENCE { SEQUENCE { OID 1.3.101.112 (Ed25519) }, BIT STRING (0 unused bits) of 32 bytes }
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_PEM_PUBLIC = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n([A-Za-z0-9+/=\r\n]*?)-----END PUBLIC KEY-----")
+
+
+def raw_key_id(raw: bytes) -> KeyId:
+    """The key id of a raw 32-byte public key: its SHA-256."""
+    return KeyId(hashlib.sha256(raw).digest())
 
 
 def key_id(public: Ed25519PublicKey) -> KeyId:
     """The SHA-256 of the raw public key."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return KeyId(hashlib.sha256(raw).digest())
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the docstring
+
+    return raw_key_id(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
 def public_pem(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the docstring
+
     return public.public_bytes(serialization.Encoding.PEM,
                                serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -55,6 +72,8 @@ def generate_key(path: str | os.PathLike[str]) -> KeyId:
     for existing in (path, pub_path):
         if os.path.lexists(existing):
             raise UsageError(f"{existing}: already exists; not overwriting a key", path=existing)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the docstring
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -76,6 +95,9 @@ def _read_key_file(path: str) -> bytes:
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """An Ed25519 private key from a PEM (PKCS#8) file; SignatureError if it is not one."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see the docstring
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     path = os.fspath(path)
     data = _read_key_file(path)
     try:
@@ -87,14 +109,30 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return key
 
 
-def parse_public_key(data: bytes, where: str) -> Ed25519PublicKey:
+def parse_public_raw(data: bytes, where: str) -> bytes:
+    """The raw 32-byte key of a PEM Ed25519 public key (one ``PUBLIC KEY`` block)."""
+    blocks = _PEM_PUBLIC.findall(data)
+    if len(blocks) != 1:
+        found = "no" if not blocks else f"{len(blocks)}"
+        raise SignatureError(f"{where}: not a PEM public key ({found} PUBLIC KEY blocks)", path=where)
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as err:
-        raise SignatureError(f"{where}: not a PEM public key ({err})", path=where) from err
-    if not isinstance(key, Ed25519PublicKey):
+        der = base64.b64decode(b"".join(blocks[0].split()), validate=True)
+    except binascii.Error as err:
+        raise SignatureError(f"{where}: not a PEM public key (bad base64: {err})", path=where) from err
+    if len(der) != len(_ED25519_SPKI_PREFIX) + 32 or not der.startswith(_ED25519_SPKI_PREFIX):
         raise SignatureError(f"{where}: not an Ed25519 public key", path=where)
-    return key
+    return der[len(_ED25519_SPKI_PREFIX):]
+
+
+def _key_from_raw(raw: bytes, where: str) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as err:
+        raise SignatureError(f"{where}: not a valid Ed25519 public key ({err})", path=where) from err
+
+
+def parse_public_key(data: bytes, where: str) -> Ed25519PublicKey:
+    return _key_from_raw(parse_public_raw(data, where), where)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
@@ -135,8 +173,9 @@ class Keyring:
         keys: dict[KeyId, Ed25519PublicKey] = {}
         for name in names:
             if name.endswith(PUBLIC_SUFFIX) and not name.startswith("."):
-                key = load_public_key(os.path.join(directory, name))
-                keys[key_id(key)] = key
+                where = os.path.join(directory, name)
+                raw = parse_public_raw(_read_key_file(where), where)
+                keys[raw_key_id(raw)] = _key_from_raw(raw, where)
         revoked: frozenset[KeyId] = frozenset()
         revoked_path = os.path.join(directory, REVOKED_FILE)
         if os.path.lexists(revoked_path):

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pack.keys import Keyring, generate_key, key_id, load_private_key, load_public_key
+from pack.keys import Keyring, generate_key, key_id, load_private_key, load_public_key, parse_public_key
 from pack.signature import (
     DOMAIN,
     Signature,
@@ -178,6 +178,32 @@ def test_bad_keyring_files_fail_closed(tmp_path, signed):
         handle.write("junk")
     with pytest.raises(SignatureError, match="junk.pub"):
         Keyring.load(ring)
+
+
+def _pem(public) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_public_key_parser_agrees_with_cryptography_and_refuses_other_keys():
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, x25519
+
+    for _ in range(20):
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+        pem = _pem(public)
+        assert key_id(parse_public_key(pem, "k")) == key_id(public)
+        assert key_id(parse_public_key(pem.replace(b"\n", b"\r\n"), "k")) == key_id(public)
+    # X25519 has the same length, a different OID; the others differ in shape.
+    for other in (x25519.X25519PrivateKey.generate(), ed448.Ed448PrivateKey.generate(),
+                  ec.generate_private_key(ec.SECP256R1())):
+        with pytest.raises(SignatureError, match="not an Ed25519 public key"):
+            parse_public_key(_pem(other.public_key()), "k")
+    pem = _pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    for bad, why in ((pem + pem, "2 PUBLIC KEY blocks"), (b"", "no PUBLIC KEY blocks"),
+                     (pem.replace(b"MCowBQYDK2Vw", b"MCowBQYDK2V!"), "PUBLIC KEY blocks"),
+                     (pem.replace(b"-----\n", b"-----\n=", 1), "bad base64")):
+        with pytest.raises(SignatureError, match=why):
+            parse_public_key(bad, "k")
 
 
 def test_offline_flow_api(tmp_path):
