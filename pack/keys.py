@@ -7,7 +7,7 @@ SubjectPublicKeyInfo.  A key id is the SHA-256 of the raw 32-byte public key.
 Public keys are read here, not by ``cryptography``'s PEM loader: an Ed25519
 SubjectPublicKeyInfo is a fixed 12-byte DER prefix and the 32-byte key
 (RFC 8410), so the verifier checks that exact shape and does not import the
-serialization machinery (some 30 modules, a good part of a deploy's or a
+serialization machinery (some 20 modules, a good part of a deploy's or a
 boot's start-up).  Private keys and writing keys still use it.
 
 A keyring is a directory: every ``*.pub`` file in it is a trusted public key,
