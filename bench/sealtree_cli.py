@@ -53,8 +53,9 @@ Argv = list[str]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def environment() -> None:
-    """Make ``python3 -m sealtree`` import this checkout (prepend it to PYTHONPATH), compiled.
+    """Once per run: make ``python3 -m sealtree`` import this checkout (prepend it to PYTHONPATH), compiled.
 
     The packages are byte-compiled first, as an installed package is: with
     ``PYTHONDONTWRITEBYTECODE`` set (some environments do), every run would

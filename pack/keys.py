@@ -135,10 +135,14 @@ def parse_public_key(data: bytes, where: str) -> Ed25519PublicKey:
     return _key_from_raw(parse_public_raw(data, where), where)
 
 
+def _load_public(path: str) -> tuple[bytes, Ed25519PublicKey]:
+    raw = parse_public_raw(_read_key_file(path), path)
+    return raw, _key_from_raw(raw, path)
+
+
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file; SignatureError if it is not one."""
-    path = os.fspath(path)
-    return parse_public_key(_read_key_file(path), path)
+    return _load_public(os.fspath(path))[1]
 
 
 def parse_revoked(text: str, where: str) -> frozenset[KeyId]:
@@ -173,9 +177,8 @@ class Keyring:
         keys: dict[KeyId, Ed25519PublicKey] = {}
         for name in names:
             if name.endswith(PUBLIC_SUFFIX) and not name.startswith("."):
-                where = os.path.join(directory, name)
-                raw = parse_public_raw(_read_key_file(where), where)
-                keys[raw_key_id(raw)] = _key_from_raw(raw, where)
+                raw, key = _load_public(os.path.join(directory, name))
+                keys[raw_key_id(raw)] = key
         revoked: frozenset[KeyId] = frozenset()
         revoked_path = os.path.join(directory, REVOKED_FILE)
         if os.path.lexists(revoked_path):

@@ -161,15 +161,13 @@ def unpack_inline(reader: PackReader, target: str | os.PathLike[str], *,
             elif data is None:
                 report.large.append(row)
             else:
-                key = (entry.digest, entry.meta)
-                same = first.get(key) if share_identical else None
-                if same is not None:
-                    tree.link(row.path, os.fsdecode(root + same))
-                    report.links += 1
-                    continue
-                tree.write_file(row.path, data, entry.meta)
                 if share_identical:
-                    first[key] = row.path
+                    same = first.setdefault((entry.digest, entry.meta), row.path)
+                    if same != row.path:
+                        tree.link(row.path, os.fsdecode(root + same))
+                        report.links += 1
+                        continue
+                tree.write_file(row.path, data, entry.meta)
                 report.files += 1
                 report.bytes += len(data)
     return report

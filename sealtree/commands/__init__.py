@@ -12,11 +12,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# In --help order.
-MODULE_NAMES = ["repo_cmds", "commit_cmd", "source_adapters", "inspect_cmds", "checkout_cmd",
-                "export_cmd", "maintenance", "digest_cmd", "keys_cmd", "pack_cmds", "deploy_cmds",
-                "demo_cmd"]
-
+# Modules (space-separated, registered in that order) and their commands, in --help order.
 _GROUPS = {
     "repo_cmds": ["init", "refs", "rev-parse"],
     "commit_cmd source_adapters": ["commit"],  # the adapters add --tar and --git to commit
@@ -33,6 +29,7 @@ _GROUPS = {
 }
 COMMANDS: dict[str, list[str]] = {command: modules.split() for modules, commands in _GROUPS.items()
                                   for command in commands}
+MODULE_NAMES = [name for modules in _GROUPS for name in modules.split()]
 
 
 def command_modules(command: str | None = None) -> list[ModuleType]:
