@@ -208,7 +208,7 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
                       ) -> tuple[CheckReport, UnpackReport | None, str]:
     """Check every object and the pack's data, build the farm; return it published.
 
-    Three things at once, each in its own process: worker processes hash the
+    Three things at once, each in its own process: worker processes check the
     objects; a child builds the farm under its temporary name; this process
     reads the pack's data section (checking every inline file and the file's
     SHA-256), unpacking it into the staging tmpfs when there is one.  The farm
@@ -217,27 +217,27 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
     mark = time.perf_counter()
     with start_checks(items, policy, enable=True, workers=workers, verity=verity) as pending:
         timings["objects"] = time.perf_counter() - mark
-        if pending.problems:
+        if pending.failed():
             pending.wait()  # raises: a bad object is found before anything is built
-        mark = time.perf_counter()
-        building = farm.FarmBuilder(root, dep_id, items, pending.identities)
+        building = farm.FarmBuilder(root, dep_id, items)
         unpacked = None
         try:
+            mark = time.perf_counter()
             if stage is not None:
                 unpacked = stage.unpack(reader)
             else:
                 reader.check_data()
             timings["unpack" if stage is not None else "pack_data"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            work = building.wait()
+            report = pending.wait()  # before the farm's verdict: a bad object explains more
+            timings["digests"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            work = building.wait(pending.identities)
             timings["farm"] = time.perf_counter() - mark
         except BaseException:
             building.cancel()
             raise
         try:
-            mark = time.perf_counter()
-            report = pending.wait()
-            timings["digests"] = time.perf_counter() - mark
             mark = time.perf_counter()
             path = farm.publish_farm(work, root, dep_id)
             timings["publish"] = time.perf_counter() - mark

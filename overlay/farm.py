@@ -21,9 +21,9 @@ import stat
 from collections.abc import Iterable, Sequence
 
 from store.errors import DeployError, ObjectMissing, VerificationError
+from store.forked import Forked
 from store.transaction import syncfs
 
-from .forked import Forked
 from .objcheck import LargeFile, show
 
 TMP_PREFIX = ".tmp-"
@@ -43,7 +43,7 @@ def farm_dirs(paths: Iterable[bytes]) -> set[bytes]:
 
 def build_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile], *, sync: bool = True) -> str:
     """Build ``deploy_root/dep_id`` from ``items`` (each ``obj`` must exist); return its path."""
-    work = start_farm(deploy_root, dep_id, items)
+    work, _linked = start_farm(deploy_root, dep_id, items)
     try:
         return publish_farm(work, deploy_root, dep_id, sync=sync)
     except BaseException:
@@ -51,13 +51,12 @@ def build_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile], *, syn
         raise
 
 
-def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile],
-               identities: Sequence[tuple[int, int] | None] | None = None) -> str:
-    """Build the farm under its temporary name ``deploy_root/.tmp-<id>``; return that path.
+def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile]
+               ) -> tuple[str, list[tuple[int, int]]]:
+    """Build the farm under its temporary name ``deploy_root/.tmp-<id>``.
 
-    ``identities`` (from ``objcheck.start_checks``): the (st_dev, st_ino) each
-    object had when it was checked; every link must be that very inode, so an
-    object renamed over between its check and its link is refused.
+    Returns that path and the (st_dev, st_ino) of each link, in ``items``
+    order: what ``check_links`` compares with the inodes the checks saw.
     """
     final = os.path.join(deploy_root, dep_id)
     if os.path.lexists(final):
@@ -66,13 +65,14 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile],
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(deploy_root, exist_ok=True)
     os.mkdir(work, 0o755)
+    linked = []
     try:
         root = os.fsencode(work) + b"/"
         # Directories in sorted order, parents first; then every link.
         for directory in sorted(farm_dirs(i.path for i in items)):
             os.mkdir(root + directory, 0o755)
-        link = os.link
-        for index, item in enumerate(items):
+        link, lstat = os.link, os.lstat
+        for item in items:
             try:
                 link(item.obj, root + item.path)
             except FileNotFoundError:
@@ -80,15 +80,22 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile],
                     raise ObjectMissing(f"{show(item.path)}: object {item.obj} is missing",
                                         path=show(item.path)) from None
                 raise
-            if identities is not None:
-                st = os.lstat(root + item.path)
-                if (st.st_dev, st.st_ino) != identities[index]:
-                    raise VerificationError(f"{show(item.path)}: object {item.obj} was replaced "
-                                            f"while it was being deployed", path=show(item.path))
+            st = lstat(root + item.path)
+            linked.append((st.st_dev, st.st_ino))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return work
+    return work, linked
+
+
+def check_links(items: Sequence[LargeFile], linked: Sequence[tuple[int, int]],
+                checked: Sequence[tuple[int, int] | None]) -> None:
+    """Every link must be the very inode that was checked (``objcheck``'s identities): an
+    object renamed over between its check and its link is refused."""
+    for item, got, want in zip(items, linked, checked, strict=True):
+        if got != want:
+            raise VerificationError(f"{show(item.path)}: object {item.obj} was replaced "
+                                    f"while it was being deployed", path=show(item.path))
 
 
 class FarmBuilder:
@@ -96,26 +103,29 @@ class FarmBuilder:
 
     Building a farm is system calls only (mkdir, link), which another process
     runs on another core while this one unpacks the pack.  ``wait()`` returns
-    the temporary farm (as ``start_farm`` does) or raises what the child
-    raised; ``cancel()`` stops the child and removes what it built.
+    the temporary farm once its links are checked against the inodes the
+    object checks saw, or raises what the child raised; ``cancel()`` stops the
+    child and removes what it built.
     """
 
-    def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile],
-                 identities: Sequence[tuple[int, int] | None] | None = None) -> None:
+    def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile]) -> None:
         self.work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
-        self._child = Forked(start_farm, deploy_root, dep_id, items, identities, failure=self._failed)
+        self.items = items
+        self._child = Forked(start_farm, deploy_root, dep_id, items, failure=self._failed)
 
     def _failed(self, message: str) -> DeployError:
         return DeployError(f"{self.work}: building the farm failed: {message}", path=self.work)
 
-    def wait(self) -> str:
-        """The temporary farm once the child has built it; or raise its error."""
+    def wait(self, checked: Sequence[tuple[int, int] | None]) -> str:
+        """The temporary farm once the child has built it and every link is the inode in
+        ``checked``; or raise (the child's error, or VerificationError)."""
         try:
-            work: str = self._child.wait()
+            work, linked = self._child.wait()
+            check_links(self.items, linked, checked)
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
             raise
-        return work
+        return str(work)
 
     def cancel(self) -> None:
         """Stop the child (if still running) and remove the partial farm."""

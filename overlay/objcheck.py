@@ -12,10 +12,15 @@ fs-verity covers content only, so each object is checked twice over:
   over the whole file.  Policy ``kernel`` fails closed where the kernel
   cannot measure.
 
-Userspace digests are the slow part (every byte is read and hashed).  Python
-threads do not help (the per-block loop holds the GIL), so the work is split
-by size over forked worker processes, each one asking the kernel to read its
-files ahead (``POSIX_FADV_WILLNEED``) from a helper thread while it hashes.
+Userspace digests are the slow part (every byte is read and hashed), and on
+a cold cache so is opening thousands of inodes.  Python threads do not help
+(the per-block loop holds the GIL), so the objects are split by size over
+forked worker processes.  Each worker checks one object at a time on one open
+file descriptor (identity, metadata, then content, so nothing can swap the
+file in between); once it has a digest to compute, a helper thread asks the
+kernel to read the rest ahead (``POSIX_FADV_WILLNEED``).  Where the kernel
+measures, no content is read at all.
+
 Every failure is a ``VerificationError`` naming the tree path and the object.
 """
 
@@ -32,11 +37,11 @@ from dataclasses import dataclass
 
 from store import kverity, xattrs
 from store.errors import VerificationError, VerityError, VerityUnsupported
+from store.forked import Forked
 from store.fsverity import VerityHasher
 from store.ids import RawId, to_hex
 from store.model import Meta
-
-from .forked import Forked
+from store.readahead import read_ahead
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
 MAX_WORKERS = 8
@@ -175,26 +180,19 @@ def _kernel_digest(fd: int, st: os.stat_result, item: LargeFile, verity: Verity,
     return measured
 
 
-def _digest_file(path: str, dev_ino: tuple[int, int], buf: bytearray) -> bytes:
-    """Userspace fs-verity digest of ``path``, which must still be inode ``dev_ino``.
+def _digest_fd(fd: int, buf: bytearray) -> bytes:
+    """Userspace fs-verity digest of the open object, read into ``buf`` from its start.
 
-    Reads into ``buf``, reused for every file: a fresh multi-MiB buffer per file
-    costs more in page faults than hashing a small file.  ``buf`` is smaller
-    than store.fsverity's threading threshold, so each worker hashes on its own
-    core and the parallelism is the workers'.
+    ``buf`` is reused for every file: a fresh multi-MiB buffer per file costs
+    more in page faults than hashing a small file.  It is smaller than
+    store.fsverity's threading threshold, so each worker hashes on its own core
+    and the parallelism is the workers'.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != dev_ino:
-            raise _Problem("object replaced while it was being checked")
-        hasher = VerityHasher()
-        view = memoryview(buf)
-        while n := os.readv(fd, [buf]):
-            hasher.update(view[:n])
-        return hasher.digest()
-    finally:
-        os.close(fd)
+    hasher = VerityHasher()
+    view = memoryview(buf)
+    while n := os.preadv(fd, [buf], hasher.size):
+        hasher.update(view[:n])
+    return hasher.digest()
 
 
 def check_objects(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, enable: bool = False,
@@ -209,69 +207,56 @@ def check_objects(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, e
 
 def start_checks(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, enable: bool = False,
                  workers: int | None = None, verity: Verity = KERNEL) -> PendingCheck:
-    """``check_objects`` in two halves, so the caller can work while digests are computed.
+    """``check_objects`` in two halves, so the caller can work while the objects are checked.
 
-    Metadata and kernel measurements are checked now; the userspace digests,
-    when there is enough to hash, run in worker processes until ``wait()``.
-    Use the result as a context manager: leaving it stops the workers.
+    With enough to hash, every check (metadata, kernel measurement, userspace
+    digest) runs in worker processes until ``wait()``; otherwise all of it is
+    done here and now.  Use the result as a context manager: leaving it stops
+    the workers.
     """
-    report = CheckReport(files=len(items))
-    problems: dict[int, str] = {}
-    hashing: list[tuple[int, tuple[int, int]]] = []  # (index, (dev, ino)) to digest in userspace
-    unsupported: set[int] = set()  # st_dev of filesystems without fs-verity
-    identities: list[tuple[int, int] | None] = [None] * len(items)
-    for index, item in enumerate(items):
-        report.bytes += item.size
-        try:
-            fd, st = _open_object(item)
-            identities[index] = (st.st_dev, st.st_ino)
-            try:
-                measured = None
-                if policy is not Policy.USERSPACE or enable:
-                    measured = _kernel_digest(fd, st, item, verity, enable, report, unsupported)
-                if measured is not None and policy is not Policy.USERSPACE:
-                    _compare(item, measured, "the kernel-measured")
-                    report.kernel += 1
-                elif policy is Policy.KERNEL:
-                    raise _Problem("the kernel cannot measure its fs-verity digest here "
-                                   "(filesystem without fs-verity, or verity not enabled) and "
-                                   "--verify kernel allows nothing else")
-                else:
-                    hashing.append((index, (st.st_dev, st.st_ino)))
-            finally:
-                os.close(fd)
-        except _Problem as problem:
-            problems[index] = str(problem)
-    pending = PendingCheck(items, report, problems, hashing)
-    pending.identities = identities
-    if not problems:  # a bad object already: fail at wait() without hashing anything
-        pending.start(workers)
+    pending = PendingCheck(items)
+    pending.start(_Job(policy, enable, verity), workers)
     return pending
 
 
+@dataclass(frozen=True)
+class _Job:
+    """How each object is checked (what a worker needs besides the items)."""
+
+    policy: Policy
+    enable: bool
+    verity: Verity
+
+
+@dataclass
+class _ShareResult:
+    """What checking a share of the items found."""
+
+    report: CheckReport
+    problems: dict[int, str]  # index -> what is wrong with that object
+    identities: dict[int, tuple[int, int]]  # index -> (st_dev, st_ino) as checked
+
+
 class PendingCheck:
-    """Userspace digests under way (see ``start_checks``)."""
+    """Object checks under way (see ``start_checks``)."""
 
-    def __init__(self, items: Sequence[LargeFile], report: CheckReport, problems: dict[int, str],
-                 hashing: list[tuple[int, tuple[int, int]]]) -> None:
+    def __init__(self, items: Sequence[LargeFile]) -> None:
         self.items = items
-        self.report = report
-        self.problems = problems
-        self.hashing = hashing
-        # (st_dev, st_ino) of each object as checked: what a hardlink to it must be.
+        self._done: list[_ShareResult] = []
+        self.children: list[Forked] = []  # workers not yet collected
+        # (st_dev, st_ino) of each object as checked, once ``wait()`` has returned: what a
+        # hardlink to it must be.
         self.identities: list[tuple[int, int] | None] = [None] * len(items)
-        self.children: list[Forked] = []  # digest workers not yet collected
-        self.forked = False
 
-    def start(self, workers: int | None) -> None:
-        total = sum(self.items[i].size for i, _ in self.hashing)
+    def start(self, job: _Job, workers: int | None) -> None:
+        total = sum(item.size for item in self.items)
         n = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
-        n = max(1, min(n, len(self.hashing)))
+        n = max(1, min(n, len(self.items)))
         if n == 1 or total < PARALLEL_MIN_BYTES:
-            return  # hashed in this process by wait()
-        self.forked = True
-        for share in _share_out(self.items, self.hashing, n):
-            self.children.append(Forked(_run_share, self.items, share, failure=_worker_failed))
+            self._done.append(_check_share(self.items, range(len(self.items)), job))
+            return
+        for share in _share_out(self.items, n):
+            self.children.append(Forked(_check_share, self.items, share, job, failure=_worker_failed))
 
     def __enter__(self) -> PendingCheck:
         return self
@@ -280,83 +265,103 @@ class PendingCheck:
         while self.children:
             self.children.pop().cancel()
 
+    def failed(self) -> bool:
+        """Whether a bad object is known already (before ``wait()``)."""
+        return any(done.problems for done in self._done)
+
     def wait(self) -> CheckReport:
-        """Collect the digests and raise VerificationError for the first bad object."""
-        results: dict[int, Result] = {}
-        if self.forked:
-            while self.children:
-                results.update(self.children.pop(0).wait())
-        elif not self.problems:
-            results = _run_share(self.items, self.hashing)
-        problems = self.problems
-        for index, result in results.items():
-            if isinstance(result, str):
-                problems[index] = result
-                continue
-            try:
-                _compare(self.items[index], result, "the userspace")
-                self.report.userspace += 1
-            except _Problem as problem:
-                problems[index] = str(problem)
+        """Collect every check; raise VerificationError for the first bad object."""
+        while self.children:
+            self._done.append(self.children.pop(0).wait())
+        report = CheckReport(files=len(self.items), bytes=sum(item.size for item in self.items))
+        problems: dict[int, str] = {}
+        for done in self._done:
+            report.kernel += done.report.kernel
+            report.userspace += done.report.userspace
+            report.enabled += done.report.enabled
+            problems.update(done.problems)
+            for index, identity in done.identities.items():
+                self.identities[index] = identity
         if problems:
             first = min(problems)
             item = self.items[first]
             more = f" (and {len(problems) - 1} more bad objects)" if len(problems) > 1 else ""
             where = f"{show(item.path)}: {problems[first]} (object {item.obj})"
             raise VerificationError(where + more, path=show(item.path), object_id=to_hex(item.digest))
-        return self.report
+        return report
 
 
-# -- userspace digests in parallel ----------------------------------------------------------
+# -- checking a share of the objects (in a worker process, or here) ---------------------------
 
-Result = bytes | str  # a digest, or why there is none
-
-
-def _share_out(items: Sequence[LargeFile], jobs: Sequence[tuple[int, tuple[int, int]]], n: int
-               ) -> list[list[tuple[int, tuple[int, int]]]]:
-    """Split jobs into ``n`` shares of about equal bytes (largest first, to the lightest share)."""
-    shares: list[list[tuple[int, tuple[int, int]]]] = [[] for _ in range(n)]
+def _share_out(items: Sequence[LargeFile], n: int) -> list[list[int]]:
+    """Split the items into ``n`` shares of about equal bytes (largest first, to the lightest)."""
+    shares: list[list[int]] = [[] for _ in range(n)]
     loads = [0] * n
-    for job in sorted(jobs, key=lambda j: items[j[0]].size, reverse=True):
+    for index in sorted(range(len(items)), key=lambda i: items[i].size, reverse=True):
         lightest = loads.index(min(loads))
-        shares[lightest].append(job)
-        loads[lightest] += items[job[0]].size
+        shares[lightest].append(index)
+        loads[lightest] += items[index].size
     return shares
 
 
 def _prefetch(paths: list[str]) -> None:
-    """Ask the kernel to read these files ahead, in the order they will be hashed."""
+    """Ask the kernel to read these files ahead, in the order they will be checked."""
     for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        read_ahead(path)
 
 
-def _run_share(items: Sequence[LargeFile], share: Sequence[tuple[int, tuple[int, int]]]
-               ) -> dict[int, Result]:
-    # Hash small files first: the prefetcher then has a head start on the large ones.
-    ordered = sorted(share, key=lambda j: items[j[0]].size)
-    if len(ordered) > 1:
-        threading.Thread(target=_prefetch, args=([items[i].obj for i, _ in ordered],),
-                         daemon=True).start()
-    out: dict[int, Result] = {}
+def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) -> _ShareResult:
+    """Check the objects at ``share``: identity and metadata, then content, each on one open fd.
+
+    Small files first.  From the first object whose digest is computed here on,
+    a helper thread reads the rest ahead (where the kernel measures, nothing
+    needs the content).
+    """
+    ordered = sorted(share, key=lambda i: items[i].size)
+    result = _ShareResult(CheckReport(), {}, {})
+    unsupported: set[int] = set()  # st_dev of filesystems without fs-verity
     buf = bytearray(READ_CHUNK)
-    for index, dev_ino in ordered:
+    reading_ahead = False
+    for position, index in enumerate(ordered):
+        item = items[index]
         try:
-            out[index] = _digest_file(items[index].obj, dev_ino, buf)
+            fd, st = _open_object(item)
+            try:
+                result.identities[index] = (st.st_dev, st.st_ino)
+                if _measured_by_kernel(fd, st, item, job, result.report, unsupported):
+                    continue
+                if not reading_ahead and position + 1 < len(ordered):
+                    reading_ahead = True
+                    threading.Thread(target=_prefetch, daemon=True,
+                                     args=([items[i].obj for i in ordered[position + 1:]],)).start()
+                _compare(item, _digest_fd(fd, buf), "the userspace")
+                result.report.userspace += 1
+            finally:
+                os.close(fd)
         except _Problem as problem:
-            out[index] = str(problem)
+            result.problems[index] = str(problem)
         except OSError as err:
-            out[index] = f"object unreadable: {err.strerror}"
-    return out
+            result.problems[index] = f"object unreadable: {err.strerror}"
+    return result
+
+
+def _measured_by_kernel(fd: int, st: os.stat_result, item: LargeFile, job: _Job,
+                        report: CheckReport, unsupported: set[int]) -> bool:
+    """Check the kernel-measured digest where the policy wants it and the kernel can;
+    False: the policy allows a userspace digest instead, and one is needed."""
+    measured = None
+    if job.policy is not Policy.USERSPACE or job.enable:
+        measured = _kernel_digest(fd, st, item, job.verity, job.enable, report, unsupported)
+    if measured is not None and job.policy is not Policy.USERSPACE:
+        _compare(item, measured, "the kernel-measured")
+        report.kernel += 1
+        return True
+    if job.policy is Policy.KERNEL:
+        raise _Problem("the kernel cannot measure its fs-verity digest here "
+                       "(filesystem without fs-verity, or verity not enabled) and "
+                       "--verify kernel allows nothing else")
+    return False
 
 
 def _worker_failed(message: str) -> VerificationError:
-    return VerificationError(f"a digest worker failed: {message}")
+    return VerificationError(f"an object-check worker failed: {message}")

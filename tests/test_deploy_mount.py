@@ -111,11 +111,14 @@ def test_tampered_object_is_refused_with_nothing_mounted(site):
                      (os.path.join(d, f) for f in fs) if p.endswith(".file")
                      and os.path.getsize(p) > 10000)
     victim = objects[0]
+    with open(victim, "rb") as handle:
+        original = handle.read()
     _keep_meta_write(victim, b"evil")
     proc = _deploy_mount(site, check=False)
     assert proc.returncode == 15 and "content changed: the userspace fs-verity digest" in proc.stderr
     _nothing_left(site)
-    # Metadata is checked too (before any hashing).
+    # Metadata is checked too (the object's content is right again).
+    _keep_meta_write(victim, original)
     os.chmod(objects[1], 0o4777)
     proc = _deploy_mount(site, check=False)
     assert proc.returncode == 15 and "mode is 0o4777" in proc.stderr, proc.stderr
@@ -155,7 +158,7 @@ def test_failure_part_way_leaves_nothing(site, monkeypatch, where):
         os.mkdir(os.path.join(root, "partial"))
         raise PackError("pack: broken on purpose", offset=0)
 
-    def broken_farm(deploy_root, dep_id, items, identities):  # type: ignore[no-untyped-def]
+    def broken_farm(deploy_root, dep_id, items):  # type: ignore[no-untyped-def]
         os.makedirs(os.path.join(deploy_root, farm.TMP_PREFIX + dep_id, "partial"))
         raise ObjectMissing("usr/bin/tool: object gone", path="usr/bin/tool")
 
@@ -182,7 +185,7 @@ def test_farm_builder_reports_the_childs_error(tmp_path):
     items = [LargeFile(b"a/b", meta, 1, b"\0" * 32, str(tmp_path / "no such object"))]
     builder = farm.FarmBuilder(str(tmp_path / "deploy"), "x.1", items)
     with pytest.raises(ObjectMissing, match="a/b: object .* is missing") as caught:
-        builder.wait()
+        builder.wait([None])
     assert caught.value.path == "a/b"
     builder.cancel()
     assert not os.path.exists(tmp_path / "deploy" / (farm.TMP_PREFIX + "x.1"))
@@ -195,10 +198,10 @@ def test_farm_refuses_an_object_replaced_after_its_check(tmp_path):
     st = os.lstat(obj)
     items = [LargeFile(b"a/b", Meta(0o644, 0, 0, ()), 1, b"\0" * 32, str(obj))]
     root = str(tmp_path / "deploy")
-    assert os.path.isdir(farm.FarmBuilder(root, "x.1", items, [(st.st_dev, st.st_ino)]).wait())
-    builder = farm.FarmBuilder(root, "x.2", items, [(st.st_dev, st.st_ino + 1)])
+    assert os.path.isdir(farm.FarmBuilder(root, "x.1", items).wait([(st.st_dev, st.st_ino)]))
+    builder = farm.FarmBuilder(root, "x.2", items)
     with pytest.raises(VerificationError, match="a/b: object .* was replaced"):
-        builder.wait()
+        builder.wait([(st.st_dev, st.st_ino + 1)])
     builder.cancel()
     assert not os.path.exists(os.path.join(root, farm.TMP_PREFIX + "x.2"))
 

@@ -1,0 +1,94 @@
+"""A function run in a forked child process, so that the caller works meanwhile.
+
+Commit stores files, deploy checks objects, builds the farm and unpacks the
+pack at once.  Python threads would share one core for the hashing loops and
+fight over the GIL at every system call, so each share of the work runs in a
+child made with ``fork`` (the child has everything the parent computed,
+nothing is pickled on the way in).  What the function returns, or the
+exception it raised, comes back pickled through a pipe; ``wait()`` returns the
+one or raises the other, ``done()`` says whether the answer has started to
+come without blocking.
+
+``pickle`` is imported here, at import time, not in the child: a forked child
+importing modules while another of the parent's threads held the import lock
+would hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from .errors import SealtreeError
+
+
+class Forked:
+    """``fn(*args)`` running in a child process; ``wait()`` for its result, ``cancel()`` to stop it.
+
+    ``failure`` makes the error raised when the child dies without an answer
+    (killed, or its result could not be sent).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any,
+                 failure: Callable[[str], SealtreeError]) -> None:
+        self._failure = failure
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the child: run, answer, and leave without unwinding the caller's stack
+            status = 1
+            try:
+                os.close(read_fd)
+                try:
+                    payload = pickle.dumps((True, fn(*args)))
+                except BaseException as err:  # noqa: BLE001 - every failure goes to the parent
+                    try:
+                        payload = pickle.dumps((False, err))
+                    except Exception:  # noqa: BLE001 - an exception that does not pickle
+                        payload = pickle.dumps((False, failure(f"{type(err).__name__}: {err}")))
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(payload)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        self.pid: int | None = pid
+        self._read_fd = read_fd
+
+    def done(self, timeout: float = 0.0) -> bool:
+        """Whether the child has finished (or started to answer) within ``timeout`` seconds."""
+        if self.pid is None:
+            return True
+        ready, _, _ = select.select([self._read_fd], [], [], timeout)
+        return bool(ready)
+
+    def wait(self) -> Any:
+        """The function's result; or raise its exception, or ``failure`` if the child died."""
+        if self.pid is None:
+            raise self._failure("the child process was already collected or cancelled")
+        with os.fdopen(self._read_fd, "rb") as handle:
+            payload = handle.read()
+        _, status = os.waitpid(self.pid, 0)
+        pid, self.pid = self.pid, None
+        if status != 0 or not payload:
+            raise self._failure(f"the child process {pid} failed (wait status {status})")
+        ok, value = pickle.loads(payload)  # noqa: S301 - our own child's bytes, not input
+        if ok:
+            return value
+        raise value
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (SIGKILL) and collect it."""
+        if self.pid is None:
+            return
+        pid, self.pid = self.pid, None
+        with contextlib.suppress(OSError):
+            os.close(self._read_fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
