@@ -17,11 +17,13 @@ would hang.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import select
 import signal
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import SealtreeError
@@ -92,3 +94,40 @@ class Forked:
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+class SharedCounts:
+    """Running totals (done, bytes) of each worker, in an anonymous shared mapping made before
+    the workers are forked: each writes its own slot, the parent sums them for progress."""
+
+    _SLOT = struct.Struct("=QQ")
+
+    def __init__(self, workers: int) -> None:
+        self._map = mmap.mmap(-1, self._SLOT.size * workers)
+        self._slots = workers
+
+    def set(self, slot: int, done: int, size: int) -> None:
+        self._SLOT.pack_into(self._map, slot * self._SLOT.size, done, size)
+
+    def total(self) -> tuple[int, int]:
+        slots = [self._SLOT.unpack_from(self._map, i * self._SLOT.size) for i in range(self._slots)]
+        return sum(done for done, _ in slots), sum(size for _, size in slots)
+
+    def close(self) -> None:
+        self._map.close()
+
+
+def collect(workers: Sequence[Forked], tick: Callable[[], None] | None = None,
+            interval: float = 0.2) -> list[Any]:
+    """Every worker's result, in order, calling ``tick`` every ``interval`` seconds while
+    waiting; on the first failure the others are stopped and the failure raised."""
+    results = []
+    try:
+        for worker in workers:
+            while tick is not None and not worker.done(interval):
+                tick()
+            results.append(worker.wait())
+    finally:
+        for worker in workers:
+            worker.cancel()  # those already collected are left alone
+    return results

@@ -8,17 +8,18 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import xattrs
 from .commits import decode_commit
 from .errors import FormatError, SealtreeError
+from .forked import Forked, SharedCounts, collect
 from .fsverity import digest_file
 from .ids import RawId, to_hex
 from .model import Kind, Meta
 from .objects import StoredObject
+from .readahead import read_ahead
 from .repo import Repository
 from .tree import decode_tree
 
@@ -74,7 +75,10 @@ def _check_meta_object(path: str, hex_id: str, kind: str) -> str | None:
     return None
 
 
-WORKERS = 4
+MAX_WORKERS = 4
+PARALLEL_MIN_OBJECTS = 256  # below this, forking costs more than it saves
+READ_AHEAD = 16  # objects a worker asks the kernel to read ahead of the one it checks
+PROGRESS_SECONDS = 0.2
 
 
 def _check_object(obj: StoredObject) -> tuple[str | None, int]:
@@ -90,26 +94,72 @@ def _check_object(obj: StoredObject) -> tuple[str | None, int]:
     return _check_meta_object(obj.path, obj.id, obj.kind), 0
 
 
+def _check_share(stored: Sequence[StoredObject], share: range, counts: SharedCounts | None = None,
+                 slot: int = 0) -> list[tuple[str | None, int]]:
+    """``_check_object`` of each object at ``share``, reading the next ones ahead meanwhile."""
+    out = []
+    checked = 0
+    for ahead in share[:READ_AHEAD]:
+        read_ahead(stored[ahead].path)
+    for position, index in enumerate(share):
+        if position + READ_AHEAD < len(share):
+            read_ahead(stored[share[position + READ_AHEAD]].path)
+        out.append(_check_object(stored[index]))
+        checked += out[-1][1]
+        if counts is not None:
+            counts.set(slot, position + 1, checked)
+    return out
+
+
+def _check_all(stored: Sequence[StoredObject], progress: Progress | None
+               ) -> list[tuple[str | None, int]]:
+    """Every object's (problem, bytes), in order: objects are independent, so with enough
+    of them each of a few forked workers checks every n-th one (threads would share one core
+    for hashing and fight over the GIL at every read)."""
+    n = min(os.cpu_count() or 1, MAX_WORKERS)
+    if n < 2 or len(stored) < PARALLEL_MIN_OBJECTS:
+        here = []
+        for index in range(len(stored)):
+            here.append(_check_object(stored[index]))
+            if progress and (index % 256 == 0 or index == len(stored) - 1):
+                progress(index + 1, len(stored))
+        return here
+    counts = SharedCounts(n)
+    shares = [range(slot, len(stored), n) for slot in range(n)]
+    try:
+        workers = [Forked(_check_share, stored, share, counts, slot, failure=_worker_failed)
+                   for slot, share in enumerate(shares)]
+        tick = None if progress is None else lambda: progress(counts.total()[0], len(stored))
+        done = collect(workers, tick, PROGRESS_SECONDS)
+    finally:
+        counts.close()
+    out: list[tuple[str | None, int]] = [(None, 0)] * len(stored)
+    for share, results in zip(shares, done, strict=True):
+        for index, result in zip(share, results, strict=True):
+            out[index] = result
+    if progress and stored:
+        progress(len(stored), len(stored))
+    return out
+
+
+def _worker_failed(message: str) -> SealtreeError:
+    return SealtreeError(f"an fsck worker failed: {message}")
+
+
 def fsck(repo: Repository, progress: Progress | None = None,
          extra_roots: Iterable[tuple[str, RawId]] = ()) -> FsckReport:
     """Recompute every object's digest and check what every ref (and extra root) reaches."""
     report = FsckReport()
     stored = list(repo.objects.iter_objects())
     bad: dict[str, str] = {}
-    # Objects are independent: check them on a few threads (reads and hashing release
-    # the GIL); results come back in order, so reports are stable.
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="fsck") as pool:
-        for i, (obj, (problem, size)) in enumerate(zip(stored, pool.map(_check_object, stored),
-                                                        strict=True)):
-            if not obj.kind:
-                report.problems.append(Problem("stray", "", obj.path, "not an object file"))
-                continue
-            report.objects += 1
-            report.bytes += size
-            if problem:
-                bad[obj.path] = problem
-            if progress and (i % 256 == 0 or i == len(stored) - 1):
-                progress(i + 1, len(stored))
+    for obj, (problem, size) in zip(stored, _check_all(stored, progress), strict=True):
+        if not obj.kind:
+            report.problems.append(Problem("stray", "", obj.path, "not an object file"))
+            continue
+        report.objects += 1
+        report.bytes += size
+        if problem:
+            bad[obj.path] = problem
     named: set[str] = set()
     roots = [(f"ref {name}", commit) for name, commit in repo.refs.list().items()] + list(extra_roots)
     report.refs = len(roots)

@@ -1,6 +1,8 @@
 """Writing objects crash-safely: stage, sync once, publish, then move refs.
 
-Objects are written under ``tmp/staging-*/`` without per-file fsync.  On
+Objects are written under ``tmp/staging-*/`` without per-file fsync, by this
+process or by forked workers sharing the staging directory (``staged()`` and
+``adopt()`` carry what a worker staged back to the parent).  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
 renamed into ``objects/`` and the filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
@@ -113,7 +115,10 @@ class Transaction:
         digest = RawId(digest_bytes(data))
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                return digest  # a worker process is staging the same object
             try:
                 _write_all(fd, data)
                 apply_meta(fd, meta)
@@ -126,7 +131,7 @@ class Transaction:
         hasher = VerityHasher()
         with self._reserve_lock:
             self._incoming += 1
-            tmp = os.path.join(self.staging, f"incoming-{self._incoming}")
+            tmp = os.path.join(self.staging, f"incoming-{os.getpid()}-{self._incoming}")
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             buf = bytearray(COPY_CHUNK)
@@ -140,7 +145,7 @@ class Transaction:
                 os.unlink(tmp)
             else:
                 apply_meta(out, meta)
-                os.rename(tmp, staged)
+                os.rename(tmp, staged)  # over the same object if a worker process staged it too
         finally:
             os.close(out)
         return digest, hasher.size
@@ -171,6 +176,17 @@ class Transaction:
 
     def add_commit(self, commit: Commit) -> RawId:
         return self.add_meta_object("commit", commit.encode(), commit.id())
+
+    # -- objects staged by worker processes -------------------------------------
+    def staged(self) -> list[str]:
+        """The objects this process has staged (relative paths), for ``adopt`` in the parent."""
+        return list(self._staged)
+
+    def adopt(self, rels: Sequence[str]) -> None:
+        """Take over objects a forked worker staged in this transaction's staging directory."""
+        with self._reserve_lock:
+            for rel in rels:
+                self._staged.setdefault(rel, os.path.join(self.staging, rel))
 
     # -- publishing -----------------------------------------------------------
     def publish(self) -> None:

@@ -85,3 +85,26 @@ def test_corrupt_tree_object(committed):
         handle.write(b"junk")
     code, problems = _problems(committed)
     assert code == 6 and problems[0]["path"] == "ref main:/"
+
+
+def test_worker_processes_find_the_damaged_object(tmp_path, repo):
+    """Enough objects for fsck's worker processes: the one flipped byte is still found."""
+    from store import fsck as fsck_module
+
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    for i in range(fsck_module.PARALLEL_MIN_OBJECTS + 50):
+        (src / "etc" / f"f{i}").write_bytes(os.urandom(100 + i))
+    (src / "etc" / "big").write_bytes(os.urandom(3 * 4096 + 7))
+    run_cli("commit", "-b", "main", str(src), repo=repo.path)
+    progress: list[tuple[int, int]] = []
+    assert fsck(repo, progress=lambda done, total: progress.append((done, total))).problems == []
+    assert progress[-1][0] == progress[-1][1] > fsck_module.PARALLEL_MIN_OBJECTS
+    entry, path = object_for(repo, b"big")
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff")
+    code, problems = _problems(repo)
+    assert code == 6
+    assert [(p["kind"], p["object_id"], p["path"]) for p in problems] == \
+        [("corrupt", entry.digest.hex(), "ref main:/etc/big")]

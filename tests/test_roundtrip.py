@@ -115,3 +115,74 @@ def test_file_capabilities_and_setuid_survive(tmp_path, repo):
         assert os.getxattr(out / "ping", "security.capability") == cap
         assert os.stat(out / "su").st_mode & 0o7777 == 0o4755
     assert_same_tree(str(src), str(tmp_path / "out-True"))
+
+
+def _many_files(src, count: int = 600) -> None:
+    """A tree big enough for commit's worker processes: unique files, files with equal content
+    and metadata in many directories (the same object, staged by different workers), files
+    with equal content but other modes, and a hardlink group."""
+    shared = os.urandom(40000)
+    for i in range(count):
+        directory = src / f"d{i % 23}" / f"e{i % 7}"
+        directory.mkdir(parents=True, exist_ok=True)
+        if i % 3 == 0:
+            (directory / f"same{i}").write_bytes(shared)
+            os.chmod(directory / f"same{i}", 0o755 if i % 2 else 0o644)
+        else:
+            (directory / f"unique{i}").write_bytes(os.urandom(20000 + i))
+    os.link(src / "d1" / "e1" / "unique1", src / "d0" / "hardlink")
+
+
+def test_commit_in_worker_processes_round_trips(tmp_path, repo, monkeypatch):
+    import store.source_dir as source_dir
+
+    forked: list[object] = []
+
+    class Counting(source_dir.Forked):  # type: ignore[misc, name-defined]
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            forked.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(source_dir, "Forked", Counting)
+    src = tmp_path / "src"
+    src.mkdir()
+    _many_files(src)
+    progress: list[tuple[int, int]] = []
+    with repo.writing() as tx:
+        tree, meta = read_directory(tx, str(src), source_dir.DirSourceOptions(
+            progress=lambda files, size: progress.append((files, size))))
+        commit_id = finish_commit(repo, tx, "main", tree, meta, subject="t", timestamp=0)
+    assert len(forked) == min(os.cpu_count() or 1, source_dir.MAX_WORKERS) >= 2
+    assert progress[-1] == (600, sum(p.stat().st_size for p in src.rglob("*") if p.is_file()
+                                     and p.name != "hardlink"))
+    commit = repo.objects.read_commit(commit_id)
+    checkout(repo.objects, commit.root_tree, commit.root_meta, str(tmp_path / "out"))
+    assert_same_tree(str(src), str(tmp_path / "out"))
+    files = [f for _d, _s, fs in os.walk(repo.objects.root) for f in fs if f.endswith(".file")]
+    assert len(files) == 400 + 2  # unique files, and the shared content under two modes
+    assert os.listdir(os.path.join(repo.path, "tmp")) == []
+    # The same tree committed in one process has the same id.
+    monkeypatch.setattr(source_dir, "PARALLEL_MIN_FILES", 10**9)
+    assert commit_dir(repo, str(src), "again")[1] == tree
+
+
+def test_a_failing_commit_worker_names_the_file(tmp_path, repo, monkeypatch):
+    import store.source_dir as source_dir
+    from store.errors import SourceError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _many_files(src)
+    real = source_dir.store_file
+
+    def failing(tx, path):  # type: ignore[no-untyped-def]
+        if path.endswith(b"/unique301"):
+            raise SourceError(f"{os.fsdecode(path)}: cannot read: Input/output error",
+                              path=os.fsdecode(path))
+        return real(tx, path)
+
+    monkeypatch.setattr(source_dir, "store_file", failing)  # inherited by the forked workers
+    with pytest.raises(SourceError, match="unique301: cannot read: Input/output error"):
+        commit_dir(repo, str(src))
+    assert repo.refs.list() == {}
+    assert os.listdir(os.path.join(repo.path, "tmp")) == []

@@ -57,7 +57,7 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
-    # Here, not at start-up: its thread pool's imports would slow every other command.
+    # Here, not at start-up: what it imports (mmap, the forked workers) no other command needs.
     from store.source_dir import DirSourceOptions, read_directory  # noqa: PLC0415
 
     check_ref_name(args.branch)
