@@ -4,7 +4,8 @@ A :class:`Trial` is one side of a measurement: an untimed ``setup``, a timed
 ``body`` that runs one or more commands through :func:`bench.proc.run` and
 returns what they produced, and an untimed ``teardown``.  A sample's time is
 the sum of the wall times of the body's commands (glue code between them is
-not counted); its memory is the largest peak RSS among them (``os.wait4``).
+not counted); its memory is the largest peak RSS among them, its disk reads
+the sum of theirs (both from GNU time, see ``bench.proc``).
 
 :func:`measure_pair` runs the two sides alternately, sealtree first on even
 runs and the peer first on odd runs, so that drift (thermal, page cache, a
@@ -37,6 +38,7 @@ class Sample:
 
     seconds: float
     maxrss_kib: int
+    read_bytes: int
 
 
 @dataclass
@@ -66,6 +68,11 @@ class SideResult:
         """Largest peak RSS over the runs, in MiB."""
         return max(s.maxrss_kib for s in self.samples) / 1024 if self.samples else None
 
+    @property
+    def read_mib(self) -> float | None:
+        """Median over the runs of what was read from disk, in MiB."""
+        return statistics.median(s.read_bytes for s in self.samples) / (1 << 20) if self.samples else None
+
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
@@ -75,6 +82,8 @@ class SideResult:
             "runs_s": [round(s.seconds, 6) for s in self.samples],
             "peak_rss_mib": self.peak_rss_mib,
             "runs_rss_kib": [s.maxrss_kib for s in self.samples],
+            "read_mib": self.read_mib,
+            "runs_read_bytes": [s.read_bytes for s in self.samples],
         }
 
 
@@ -126,7 +135,8 @@ def sample(trial: Trial, index: int, cache: CachePolicy) -> Sample:
         trial.teardown(index)
     if not done:
         raise ValueError("a trial body ran no command")
-    return Sample(sum(c.seconds for c in done), max(c.maxrss_kib for c in done))
+    return Sample(sum(c.seconds for c in done), max(c.maxrss_kib for c in done),
+                  sum(c.read_bytes for c in done))
 
 
 def measure_pair(ours: Trial | None, peer: Trial | None, repeats: int, cache: CachePolicy,

@@ -2,7 +2,8 @@
 
 Every command the suite runs, measured or not, goes through :func:`run`.  It
 times the child with ``time.perf_counter`` (wall time, including process start)
-and reports the peak resident set size of that one command.
+and reports the peak resident set size of that one command and how much it
+read from disk.
 
 Peak memory: ``getrusage(RUSAGE_CHILDREN)`` accumulates over every child, and
 even ``os.wait4`` on the direct child is wrong here: Linux folds the high-water
@@ -12,6 +13,11 @@ and a child forked (or vforked) from this Python process starts with ours
 ``/usr/bin/time -f %M -o FILE`` (Debian package ``time``), a small C program
 whose own child starts from a ~1 MiB address space and which reads that
 child's ``maxrss`` with ``wait4``.  We still reap ``time`` with ``os.wait4``.
+
+Disk reads: ``time -f %I``, the child's (and its reaped children's) file
+system inputs in 512-byte units, which count every read that went to the
+disk: page-cache misses, readahead, shared libraries paged in.  On a cold
+cache this says where the time goes.
 
 A failing command raises :class:`CommandFailed`, whose message carries the
 shell-quoted command line and the tail of its stderr, and is logged.
@@ -52,6 +58,7 @@ class Completed:
     returncode: int
     seconds: float
     maxrss_kib: int
+    read_bytes: int  # from disk, by the command and the children it reaped
     stdout: str
     stderr: str
 
@@ -71,7 +78,7 @@ def run(argv: Argv, *, check: bool = True, cwd: str | os.PathLike[str] | None = 
     full_env = None if env is None else {**os.environ, **env}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="bench-rss-") as rss:
-        wrapped = [_gnu_time(), "-q", "-f", "%M", "-o", rss.name, *args] if measure else args
+        wrapped = [_gnu_time(), "-q", "-f", "%M %I", "-o", rss.name, *args] if measure else args
         start = time.perf_counter()
         try:
             child = subprocess.Popen(wrapped, cwd=cwd, env=full_env, stdout=out, stderr=err,
@@ -87,8 +94,8 @@ def run(argv: Argv, *, check: bool = True, cwd: str | os.PathLike[str] | None = 
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
-        maxrss = _read_maxrss(rss.name) if measure else 0
-    done = Completed(args, returncode, seconds, maxrss, stdout, stderr)
+        maxrss, read_bytes = _read_usage(rss.name) if measure else (0, 0)
+    done = Completed(args, returncode, seconds, maxrss, read_bytes, stdout, stderr)
     if check and returncode != 0:
         log.error("command failed (exit %d): %s", returncode, shlex.join(args))
         raise CommandFailed(args, returncode, stderr or stdout)
@@ -109,14 +116,16 @@ def _gnu_time() -> str:
     return GNU_TIME
 
 
-def _read_maxrss(path: str) -> int:
-    """The KiB that ``time -f %M`` wrote (its last line; earlier lines say why a child died)."""
+def _read_usage(path: str) -> tuple[int, int]:
+    """Peak RSS in KiB and bytes read from disk, as ``time -f "%M %I"`` wrote them (its last
+    line; earlier lines say why a child died); zeros if it wrote nothing readable."""
     with open(path, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().split()
+        lines = handle.read().splitlines()
     try:
-        return int(lines[-1])
+        maxrss, inblocks = lines[-1].split()
+        return int(maxrss), int(inblocks) * 512
     except (IndexError, ValueError):
-        return 0
+        return 0, 0
 
 
 def succeeds(argv: Argv) -> bool:

@@ -27,7 +27,7 @@ def _fmt_value(result: Result, side_value: float | None, status: str) -> str:
     return f"{side_value:,.0f} {result.work_unit}/s"
 
 
-def _fmt_rss(value: float | None) -> str:
+def _fmt_mib(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
@@ -55,8 +55,9 @@ def markdown(meta: Mapping[str, object], results: Sequence[Result]) -> str:
         ("Ratio = sealtree / peer: of median times for times (lower is better), of rates "
          "for throughputs (higher is better)."),
         "",
-        "| measurement | corpus | sealtree | peer | ratio | target | met? | peak MiB sealtree / peer |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| measurement | corpus | sealtree | peer | ratio | target | met? | peak MiB sealtree / peer "
+         "| read from disk MiB sealtree / peer |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if meta.get("error"):
         lines[2:2] = [f"**FAILED**: `{str(meta['error']).splitlines()[0]}`", ""]
@@ -69,7 +70,8 @@ def markdown(meta: Mapping[str, object], results: Sequence[Result]) -> str:
         lines.append(
             f"| {r.name} | {r.corpus} | {_fmt_value(r, r.value(r.sealtree), r.sealtree.status)} | "
             f"{peer} | {ratio} | {r.target or ''} | {met} | "
-            f"{_fmt_rss(r.sealtree.peak_rss_mib)} / {_fmt_rss(r.peer.peak_rss_mib)} |")
+            f"{_fmt_mib(r.sealtree.peak_rss_mib)} / {_fmt_mib(r.peer.peak_rss_mib)} | "
+            f"{_fmt_mib(r.sealtree.read_mib)} / {_fmt_mib(r.peer.read_mib)} |")
     noted = [(r, note) for r in results for note in r.notes]
     if noted:
         lines += ["", *[f"- {r.name} ({r.corpus}): {note}" for r, note in noted]]
