@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .errors import SealtreeError
-
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
 
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
 # salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
@@ -30,49 +27,17 @@ _DESCRIPTOR = struct.Struct("<BBBBIQ64s32s144x")
 _FORMATTED_HEADER = struct.Struct("<8sHH")
 
 READ_CHUNK = 4 << 20  # a multiple of every supported block size
-# Data-block hashes are independent, and hashlib releases the GIL for each block, so a
-# hasher created with parallel=True hashes runs of at least this many bytes on all cores.
-# Off by default: callers that already hash many files on several threads (commit,
-# fsck) would only make the threads fight over the GIL.
-PARALLEL_MIN = 1 << 20
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            # Imported here: concurrent.futures costs start-up time that most commands never use.
-            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-            _pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
-                                       thread_name_prefix="verity")
-        return _pool
-
-
-def _forget_pool_in_child() -> None:
-    """A forked child has none of the parent's pool threads: a pool that believes it
-    does would wait for them forever, so the child starts afresh."""
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_in_child)
+# A file at least this big is hashed by forked workers when parallel=True (threads would
+# share one core: the per-block loop holds the GIL).  Commit and fsck hash many files in
+# worker processes already, so only ``sealtree digest`` asks.
+PARALLEL_MIN = 32 << 20
+MAX_WORKERS = 4
 
 
 def _hash_blocks(hash_block: Callable[[bytes | memoryview], bytes], view: memoryview,
-                 block_size: int, parallel: bool) -> bytes:
+                 block_size: int) -> bytes:
     """Concatenated hashes of the whole blocks of ``view`` (its length is a multiple)."""
-    if not parallel or len(view) < PARALLEL_MIN or (os.cpu_count() or 1) < 2:
-        return b"".join([hash_block(view[o:o + block_size]) for o in range(0, len(view), block_size)])
-    pool = _hash_pool()
-    parts = pool._max_workers  # noqa: SLF001 - the pool's own size is the useful split
-    blocks = len(view) // block_size
-    step = -(-blocks // parts) * block_size
-    slices = [view[o:o + step] for o in range(0, len(view), step)]
-    return b"".join(pool.map(lambda part: b"".join(
-        [hash_block(part[o:o + block_size]) for o in range(0, len(part), block_size)]), slices))
+    return b"".join([hash_block(view[o:o + block_size]) for o in range(0, len(view), block_size)])
 
 
 @dataclass(frozen=True)
@@ -133,9 +98,8 @@ def _block_hasher(params: VerityParams) -> Callable[[bytes | memoryview], bytes]
 class VerityHasher:
     """Incremental fs-verity digest: ``update()`` with any chunks, then ``digest()``."""
 
-    def __init__(self, params: VerityParams = DEFAULT_PARAMS, *, parallel: bool = False) -> None:
+    def __init__(self, params: VerityParams = DEFAULT_PARAMS) -> None:
         self.params = params
-        self.parallel = parallel
         self.size = 0
         self._hash_block = _block_hasher(params)
         self._tail = bytearray()  # data not yet forming a whole block
@@ -158,10 +122,20 @@ class VerityHasher:
             self._tail = bytearray()
         whole = len(view) - len(view) % bs
         if whole:
-            hashes = _hash_blocks(self._hash_block, view[:whole], bs, self.parallel)
+            hashes = _hash_blocks(self._hash_block, view[:whole], bs)
             _push(self._hash_block, bs, ds, self._pending, self._counts, hashes, 0)
         if whole < len(view):
             self._tail = bytearray(view[whole:])
+
+    def update_block_hashes(self, hashes: bytes, size: int) -> None:
+        """Continue with ``size`` bytes of data hashed elsewhere: the hashes of its blocks, the
+        last one zero-padded if partial (then nothing may follow).  Nothing may be pending
+        from ``update``."""
+        if self._tail:
+            raise ValueError("block hashes after a partial block")
+        self.size += size
+        _push(self._hash_block, self.params.block_size, self.params.algorithm.digest_size,
+              self._pending, self._counts, hashes, 0)
 
     def root_hash(self) -> bytes:
         """The Merkle tree root (all zero for an empty file).  Does not consume the hasher."""
@@ -237,10 +211,9 @@ def _read_buffer() -> bytearray:
     return buf
 
 
-def digest_fd(fd: int, params: VerityParams = DEFAULT_PARAMS, *, parallel: bool = False
-              ) -> tuple[bytes, int]:
+def digest_fd(fd: int, params: VerityParams = DEFAULT_PARAMS) -> tuple[bytes, int]:
     """Digest an open file from its current offset to EOF; return (digest, size)."""
-    hasher = VerityHasher(params, parallel=parallel)
+    hasher = VerityHasher(params)
     buf = _read_buffer()
     view = memoryview(buf)
     while True:
@@ -251,12 +224,65 @@ def digest_fd(fd: int, params: VerityParams = DEFAULT_PARAMS, *, parallel: bool 
     return hasher.digest(), hasher.size
 
 
-def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PARAMS, *,
-                parallel: bool = False) -> bytes:
-    """The fs-verity digest of the file at ``path`` (streamed, bounded memory)."""
+def _block_hashes(path: str | os.PathLike[str], start: int, stop: int, params: VerityParams
+                  ) -> bytes:
+    """The hashes of the data blocks of ``path`` from ``start`` (a block boundary) to ``stop``
+    (a block boundary, or the end of the file, whose last block is zero-padded)."""
+    bs = params.block_size
+    hash_block = _block_hasher(params)
+    out = []
+    view = memoryview(_read_buffer())
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return digest_fd(fd, params, parallel=parallel)[0]
+        offset = start
+        while offset < stop:
+            want = min(len(view), stop - offset)
+            n = os.preadv(fd, [view[:want]], offset)
+            whole = n - n % bs
+            out.append(_hash_blocks(hash_block, view[:whole], bs))
+            if whole < n:
+                out.append(hash_block(bytes(view[whole:n]).ljust(bs, b"\0")))
+            offset += n
+            if n < want:  # the end of the file, earlier than its size said
+                break
+    finally:
+        os.close(fd)
+    return b"".join(out)
+
+
+def _digest_in_workers(path: str | os.PathLike[str], size: int, params: VerityParams,
+                       workers: int) -> bytes:
+    """The digest of a file of ``size`` bytes, its data blocks hashed by forked workers, a
+    contiguous range each; the tree above them is built here."""
+    from .forked import Forked, collect  # noqa: PLC0415 - only big files on several cores
+
+    bs = params.block_size
+    step = -(-size // bs // workers) * bs or bs
+    ranges = [(start, min(start + step, size)) for start in range(0, size, step)]
+    hashes = collect([Forked(_block_hashes, path, start, stop, params,
+                             failure=lambda m: SealtreeError(f"{os.fsdecode(path)}: a digest "
+                                                             f"worker failed: {m}"))
+                      for start, stop in ranges])
+    hasher = VerityHasher(params)
+    hasher.update_block_hashes(b"".join(hashes), size)
+    return hasher.digest()
+
+
+def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PARAMS, *,
+                parallel: bool = False) -> bytes:
+    """The fs-verity digest of the file at ``path`` (streamed, bounded memory).
+
+    ``parallel``: a regular file of at least PARALLEL_MIN bytes is hashed by
+    forked workers on every core.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if parallel:
+            st = os.fstat(fd)
+            workers = min(os.cpu_count() or 1, MAX_WORKERS)
+            if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_MIN and workers > 1:
+                return _digest_in_workers(path, st.st_size, params, workers)
+        return digest_fd(fd, params)[0]
     finally:
         os.close(fd)
 

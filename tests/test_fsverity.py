@@ -105,6 +105,27 @@ def test_digest_cli_prints_like_fsverity(tmp_path, fsverity_tool):
     assert ours == theirs
 
 
+@pytest.mark.parametrize("extra,opts", [
+    (0, ()), (1, ()), (4096 * 3 + 5, ()),
+    (777, ("--hash-alg=sha512", "--block-size=1024", "--salt=c0ffee")),
+])
+def test_parallel_digest_matches_fsverity_tool(tmp_path, fsverity_tool, monkeypatch, extra, opts):
+    """A big file hashed by forked workers, a block range each, odd sizes and parameters."""
+    from store import fsverity
+    monkeypatch.setattr(fsverity, "MAX_WORKERS", 3)  # ranges that do not divide evenly
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(fsverity.PARALLEL_MIN + extra))
+    values = dict(o.lstrip("-").split("=") for o in opts)
+    params = VerityParams(ALGORITHMS[values.get("hash-alg", "sha256")],
+                          int(values.get("block-size", 4096)), bytes.fromhex(values.get("salt", "")))
+    tool = subprocess.run([fsverity_tool, "digest", *opts, str(path)], check=True,
+                          capture_output=True, text=True).stdout.split()[0]
+    ours = digest_file(str(path), params, parallel=True)
+    assert tool == f"{params.algorithm.name}:{ours.hex()}"
+    assert ours == digest_file(str(path), params)  # the one-process path agrees
+
+
 def test_kernel_probe_tells_unsupported(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x")
