@@ -6,6 +6,8 @@ deployments; prune and fsck take them as extra roots.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from store.ids import RawId
 from store.repo import Repository
 
@@ -15,7 +17,7 @@ def _deployments(repo: Repository) -> list[tuple[str, RawId]]:
     return list(deployment_roots(repo))
 
 
-ROOT_PROVIDERS: list = [_deployments]  # callables repo -> iterable of (label, commit id)
+ROOT_PROVIDERS: list[Callable[[Repository], list[tuple[str, RawId]]]] = [_deployments]
 
 
 def extra_roots(repo: Repository) -> list[tuple[str, RawId]]:

@@ -1,4 +1,4 @@
-"""Linters run as tests: ruff everywhere, mypy (strict) on the library layers."""
+"""Linters run as tests: ruff everywhere, mypy (strict) on the library layers and the CLI."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_ruff():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_mypy_store_and_pack():
+def test_mypy_strict_on_every_layer():
     _tool("mypy")
-    proc = subprocess.run([sys.executable, "-m", "mypy", "store", "pack"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "mypy", "store", "pack", "overlay", "sealtree"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from typing import Any
 from store.errors import UsageError
 
 from ..sample import make_sample_tree
+from . import COMMANDS
 from .common import add_parser
 
 
@@ -61,7 +62,7 @@ def _steps(work: str, commands: set[str]) -> list[list[str]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..cli import build_parser, main
+    from ..cli import main
 
     work = args.workdir or tempfile.mkdtemp(prefix="sealtree-demo-", dir="/var/tmp")
     if os.path.exists(f"{work}/tree"):
@@ -70,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.makedirs(f"{work}/root", exist_ok=True)
     make_sample_tree(f"{work}/tree")
     print(f"# sample tree written to {work}/tree")
-    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = set(COMMANDS)
     for step in _steps(work, commands):
         print(f"\n$ sealtree {shlex.join(step)}", flush=True)
         code = main(step)

@@ -10,7 +10,7 @@ from typing import Any
 from store.diff import Change, diff_trees
 from store.errors import SourceError
 from store.history import log
-from store.ids import to_hex
+from store.ids import RawId, to_hex
 from store.model import Entry, Kind
 from store.walk import require, walk
 
@@ -132,7 +132,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
         print(_entry_line(p, e, args))
 
 
-def _children(repo: Any, tree: bytes, prefix: bytes, recursive: bool) -> list[tuple[bytes, Entry]]:
+def _children(repo: Any, tree: RawId, prefix: bytes, recursive: bool) -> list[tuple[bytes, Entry]]:
     if recursive:
         return list(walk(repo.objects, tree, prefix))
     return [(prefix + e.name, e) for e in repo.objects.read_tree(tree)]
