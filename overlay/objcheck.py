@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from store import kverity, xattrs
 from store.errors import VerificationError, VerityError, VerityUnsupported
-from store.forked import Forked
+from store.forked import Forked, worker_count
 from store.fsverity import VerityHasher
 from store.ids import RawId, to_hex
 from store.model import Meta
@@ -184,9 +184,8 @@ def _digest_fd(fd: int, buf: bytearray) -> bytes:
     """Userspace fs-verity digest of the open object, read into ``buf`` from its start.
 
     ``buf`` is reused for every file: a fresh multi-MiB buffer per file costs
-    more in page faults than hashing a small file.  It is smaller than
-    store.fsverity's threading threshold, so each worker hashes on its own core
-    and the parallelism is the workers'.
+    more in page faults than hashing a small file.  The parallelism is the
+    workers': each hashes on its own core.
     """
     hasher = VerityHasher()
     view = memoryview(buf)
@@ -250,7 +249,7 @@ class PendingCheck:
 
     def start(self, job: _Job, workers: int | None) -> None:
         total = sum(item.size for item in self.items)
-        n = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
+        n = workers if workers is not None else worker_count(MAX_WORKERS)
         n = max(1, min(n, len(self.items)))
         if n == 1 or total < PARALLEL_MIN_BYTES:
             self._done.append(_check_share(self.items, range(len(self.items)), job))

@@ -96,6 +96,11 @@ class Forked:
             os.waitpid(pid, 0)
 
 
+def worker_count(limit: int) -> int:
+    """How many workers to fork: one per core, at most ``limit``."""
+    return max(1, min(os.cpu_count() or 1, limit))
+
+
 class SharedCounts:
     """Running totals (done, bytes) of each worker, in an anonymous shared mapping made before
     the workers are forked: each writes its own slot, the parent sums them for progress."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import xattrs
 from .commits import decode_commit
 from .errors import FormatError, SealtreeError
-from .forked import Forked, SharedCounts, collect
+from .forked import Forked, SharedCounts, collect, worker_count
 from .fsverity import digest_file
 from .ids import RawId, to_hex
 from .model import Kind, Meta
@@ -116,7 +116,7 @@ def _check_all(stored: Sequence[StoredObject], progress: Progress | None
     """Every object's (problem, bytes), in order: objects are independent, so with enough
     of them each of a few forked workers checks every n-th one (threads would share one core
     for hashing and fight over the GIL at every read)."""
-    n = min(os.cpu_count() or 1, MAX_WORKERS)
+    n = worker_count(MAX_WORKERS)
     if n < 2 or len(stored) < PARALLEL_MIN_OBJECTS:
         here = []
         for index in range(len(stored)):

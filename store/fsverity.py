@@ -278,8 +278,9 @@ def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PAR
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if parallel:
+            from .forked import worker_count  # noqa: PLC0415 - as in _digest_in_workers
             st = os.fstat(fd)
-            workers = min(os.cpu_count() or 1, MAX_WORKERS)
+            workers = worker_count(MAX_WORKERS)
             if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_MIN and workers > 1:
                 return _digest_in_workers(path, st.st_size, params, workers)
         return digest_fd(fd, params)[0]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import xattrs
 from .errors import SourceError
-from .forked import Forked, SharedCounts, collect
+from .forked import Forked, SharedCounts, collect, worker_count
 from .ids import RawId
 from .model import Entry, Kind, Meta
 from .readahead import read_ahead
@@ -179,6 +179,7 @@ class _FileStore:
         self.shares: list[list[int]] = []  # the jobs each worker was given, in order
         self.loads: list[int] = []
         self.counts: SharedCounts | None = None
+        self.parallel = worker_count(MAX_WORKERS)
 
     def add(self, path: bytes, size: int) -> int:
         """Queue a file; return its job number."""
@@ -190,9 +191,8 @@ class _FileStore:
             self._send(job, path, size)
             return job
         self.jobs.append((path, size))
-        n = min(os.cpu_count() or 1, MAX_WORKERS)
-        if n > 1 and self.count >= PARALLEL_MIN_FILES and self.bytes >= PARALLEL_MIN_BYTES:
-            self._start(n)
+        if self.parallel > 1 and self.count >= PARALLEL_MIN_FILES and self.bytes >= PARALLEL_MIN_BYTES:
+            self._start(self.parallel)
         return job
 
     def _start(self, n: int) -> None:
