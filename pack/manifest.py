@@ -13,9 +13,10 @@ directory's row before its children's rows: the order of ``store.walk.walk``.
 The root directory has no row: its metadata is in the commit.
 
 Decoding is the pack's consistency check: each directory's tree id is
-recomputed from its rows with ``store.tree.encode_tree`` and must equal the id
-its row declares, and the root's must equal the commit's root tree, so a pack
-that passes commits to exactly the ids the store uses.  Anything off raises
+recomputed from its rows (``store.tree.join_tree`` of the entry bytes read,
+which are canonical: what ``encode_tree`` gives) and must equal the id its row
+declares, and the root's must equal the commit's root tree, so a pack that
+passes commits to exactly the ids the store uses.  Anything off raises
 ``PackError``; offsets are into the decompressed manifest, paths name the row.
 """
 
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field
 from store.codec import Reader
 from store.errors import FormatError, PackError
 from store.ids import RawId, to_hex
-from store.model import Entry, Kind, Meta, check_name, decode_entry, encode_entry
-from store.tree import encode_tree
+from store.model import Entry, Kind, Meta, MetaCache, check_name, decode_entry, encode_entry
+from store.tree import join_tree
 
 MAX_PARENT = 4095  # PATH_MAX less the NUL: also bounds the depth to 2048
 XATTR_NAMESPACES = (b"security", b"system", b"trusted", b"user")
@@ -122,7 +123,8 @@ class _OpenDir:
     path: bytes
     entry: Entry | None  # None for the root directory
     offset: int  # of its row, for errors
-    children: list[Entry] = field(default_factory=list)
+    names: list[bytes] = field(default_factory=list)  # its children's, in order
+    encoded: list[bytes] = field(default_factory=list)  # and their entries' encodings
 
 
 def _fail(message: str, offset: int, path: bytes | None = None) -> PackError:
@@ -143,21 +145,29 @@ def _why_not_open(parent: bytes) -> str:
 
 
 class _Decoder:
-    def __init__(self, inline_max: int, keep_trees: bool) -> None:
+    """Decodes rows one at a time; the hot path of opening a pack (one call per path)."""
+
+    def __init__(self, reader: Reader, inline_max: int, keep_trees: bool) -> None:
+        self.reader = reader
         self.inline_max = inline_max
         self.keep_trees = keep_trees
+        self.metas: MetaCache = {}
         self.stack = [_OpenDir(b"", None, 0)]
         self.entries: list[ManifestEntry] = []
         self.trees: list[tuple[RawId, bytes]] = []
         self.data_size = 0
         self.root_tree: RawId | None = None
-        self.counts = {"dirs": 0, "symlinks": 0, "inline_files": 0, "inline_bytes": 0,
-                       "large_files": 0, "large_bytes": 0}
+        self.dirs = self.symlinks = self.inline_files = self.inline_bytes = 0
+        self.large_files = self.large_bytes = 0
 
     def close(self) -> None:
-        """Finish the innermost open directory: its recomputed id must be what its row says."""
+        """Finish the innermost open directory: its recomputed id must be what its row says.
+
+        The tree is hashed from the bytes its entries were decoded from: the
+        encoding is canonical, so they are what ``encode_tree`` would give.
+        """
         done = self.stack.pop()
-        encoded = encode_tree(done.children)
+        encoded = join_tree(done.encoded)
         got = RawId(hashlib.sha256(encoded).digest())
         if self.keep_trees:
             self.trees.append((got, encoded))
@@ -167,67 +177,74 @@ class _Decoder:
             raise _fail(f"tree id mismatch: the row says {to_hex(done.entry.tree)}, "
                         f"its entries encode to {to_hex(got)}", done.offset, done.path)
 
-    def row(self, reader: Reader) -> None:
+    def row(self) -> None:
+        reader = self.reader
         start = reader.offset
         (parent_len,) = reader.unpack(_U16, "parent path length")
         if parent_len > MAX_PARENT:
             raise _fail(f"parent path of {parent_len} bytes exceeds {MAX_PARENT}", start)
         parent = reader.take(parent_len, "parent path")
-        entry = decode_entry(reader)
-        path = parent + b"/" + entry.name if parent else entry.name
-        while self.stack[-1].path != parent:
-            if len(self.stack) == 1:
+        entry_at = reader.pos
+        entry = decode_entry(reader, self.metas)
+        name = entry.name
+        path = parent + b"/" + name if parent else name
+        stack = self.stack
+        while stack[-1].path != parent:
+            if len(stack) == 1:
                 raise _fail(_why_not_open(parent), start, path)
             self.close()
-        top = self.stack[-1]
-        if top.children and entry.name <= top.children[-1].name:
-            raise _fail(f"{'duplicate' if entry.name == top.children[-1].name else 'unsorted'} "
-                        f"name after {top.children[-1].name!r}", start, path)
-        check_meta(entry.meta, path.decode(errors="backslashreplace"), start)
-        top.children.append(entry)
-        if entry.kind is Kind.DIR:
-            self.stack.append(_OpenDir(path, entry, start))
-            self.counts["dirs"] += 1
-            self.entries.append(ManifestEntry(path, entry))
-        elif entry.kind is Kind.SYMLINK:
-            self.counts["symlinks"] += 1
+        top = stack[-1]
+        if top.names and name <= top.names[-1]:
+            raise _fail(f"{'duplicate' if name == top.names[-1] else 'unsorted'} "
+                        f"name after {top.names[-1]!r}", start, path)
+        if entry.meta.xattrs:
+            check_meta(entry.meta, path.decode(errors="backslashreplace"), start)
+        top.names.append(name)
+        top.encoded.append(reader.data[entry_at:reader.pos])
+        kind = entry.kind
+        if kind is Kind.FILE:
+            self.entries.append(self.file(path, entry, start))
+        elif kind is Kind.DIR:
+            stack.append(_OpenDir(path, entry, start))
+            self.dirs += 1
             self.entries.append(ManifestEntry(path, entry))
         else:
-            self.entries.append(self.file(reader, path, entry, start))
+            self.symlinks += 1
+            self.entries.append(ManifestEntry(path, entry))
 
-    def file(self, reader: Reader, path: bytes, entry: Entry, start: int) -> ManifestEntry:
-        inline, offset = reader.unpack(_INLINE, "inline data fields")
-        should = entry.size <= self.inline_max
-        if inline != should:
-            raise _fail(f"inline flag {inline} for a file of {entry.size} bytes with inline_max "
+    def file(self, path: bytes, entry: Entry, start: int) -> ManifestEntry:
+        inline, offset = self.reader.unpack(_INLINE, "inline data fields")
+        size = entry.size
+        if inline != (size <= self.inline_max):
+            raise _fail(f"inline flag {inline} for a file of {size} bytes with inline_max "
                         f"{self.inline_max}", start, path)
         if not inline:
             if offset != 0:
                 raise _fail(f"large file with data offset {offset}, expected 0", start, path)
-            self.counts["large_files"] += 1
-            self.counts["large_bytes"] += entry.size
+            self.large_files += 1
+            self.large_bytes += size
             return ManifestEntry(path, entry)
         if offset != self.data_size:
             raise _fail(f"inline data offset {offset}, expected {self.data_size}", start, path)
-        self.data_size += entry.size
-        self.counts["inline_files"] += 1
-        self.counts["inline_bytes"] += entry.size
+        self.data_size += size
+        self.inline_files += 1
+        self.inline_bytes += size
         return ManifestEntry(path, entry, True, offset)
 
 
-def decode_manifest(data: bytes | memoryview, entry_count: int, inline_max: int, *, keep_trees: bool = False
-                    ) -> Manifest:
+def decode_manifest(data: bytes | bytearray | memoryview, entry_count: int, inline_max: int, *,
+                    keep_trees: bool = False) -> Manifest:
     """Parse and check ``entry_count`` rows filling ``data`` exactly.
 
     Checks every length, name, order, parent, inline flag and offset, and
     recomputes every directory's tree id.  ``keep_trees`` also returns each
     directory's tree object encoding (for storing them).  Raises PackError.
     """
-    decoder = _Decoder(inline_max, keep_trees)
     reader = Reader(data, "manifest")
+    decoder = _Decoder(reader, inline_max, keep_trees)
     try:
         for _ in range(entry_count):
-            decoder.row(reader)
+            decoder.row()
         reader.expect_end()
     except FormatError as err:
         offset = getattr(err, "offset", reader.offset)
@@ -237,4 +254,6 @@ def decode_manifest(data: bytes | memoryview, entry_count: int, inline_max: int,
     if decoder.root_tree is None:  # unreachable: the root is always closed last
         raise PackError("pack: manifest has no root directory", offset=0)
     return Manifest(decoder.entries, decoder.root_tree, decoder.data_size, decoder.trees,
-                    **decoder.counts)
+                    dirs=decoder.dirs, symlinks=decoder.symlinks, inline_files=decoder.inline_files,
+                    inline_bytes=decoder.inline_bytes, large_files=decoder.large_files,
+                    large_bytes=decoder.large_bytes)

@@ -127,7 +127,7 @@ class PackReader:
         for i, frame in enumerate(self._manifest_frames):
             data += fmt.decompress_frame(dctx, self._read(frame.compressed, f"manifest frame {i}"),
                                          frame, f"manifest frame {i}")
-        manifest = decode_manifest(memoryview(data), self.header.entry_count, self.header.inline_max,
+        manifest = decode_manifest(bytes(data), self.header.entry_count, self.header.inline_max,
                                    keep_trees=keep_trees)
         if manifest.root_tree != self.commit.root_tree:
             raise PackError(f"pack: the manifest's root tree is {to_hex(manifest.root_tree)}, the "

@@ -15,8 +15,9 @@ from .errors import FormatError
 class Reader:
     """A cursor over bytes that refuses to read past the end."""
 
-    def __init__(self, data: bytes | memoryview, what: str, base_offset: int = 0) -> None:
-        self.data = memoryview(data)
+    def __init__(self, data: bytes | bytearray | memoryview, what: str, base_offset: int = 0) -> None:
+        # bytes, so that taking a field is one slice (a copy only where the input is not bytes)
+        self.data = data if isinstance(data, bytes) else bytes(data)
         self.what = what
         self.pos = 0
         self.base = base_offset
@@ -34,18 +35,24 @@ class Reader:
         return err
 
     def take(self, n: int, field: str = "bytes") -> bytes:
-        if n < 0 or n > self.remaining():
+        pos = self.pos
+        end = pos + n
+        if n < 0 or end > len(self.data):
             raise self.fail(f"truncated {field}: need {n} bytes, {self.remaining()} left")
-        out = bytes(self.data[self.pos:self.pos + n])
-        self.pos += n
-        return out
+        self.pos = end
+        return self.data[pos:end]
 
     def unpack(self, fmt: struct.Struct, field: str) -> tuple[Any, ...]:
-        if fmt.size > self.remaining():
+        pos = self.pos
+        end = pos + fmt.size
+        if end > len(self.data):
             raise self.fail(f"truncated {field}: need {fmt.size} bytes, {self.remaining()} left")
-        values = fmt.unpack_from(self.data, self.pos)
-        self.pos += fmt.size
-        return values
+        self.pos = end
+        return fmt.unpack_from(self.data, pos)
+
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end), without moving."""
+        return self.data[self.pos:self.pos + n]
 
     def expect_end(self) -> None:
         if self.remaining():

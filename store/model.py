@@ -1,10 +1,13 @@
 """The tree model: entry kinds, inode metadata, entries, and their one canonical encoding.
 
 An entry encodes as (little-endian):
-  kind u8 | name_len u16 | mode u32 | uid u32 | gid u32 | xattr_count u16 | name
+  kind u8 | name_len u16 | name | mode u32 | uid u32 | gid u32 | xattr_count u16
   | xattr_count x (name_len u16 | value_len u32 | name | value), sorted by name
   | payload: file: size u64 + fs-verity digest[32]; dir: tree id[32];
              symlink: target_len u16 + target.
+The encoding is canonical: every field has one fixed width and every byte is
+checked on decoding, so an entry's encoding is exactly the bytes it was decoded
+from (decoders of trees rely on it to hash what they read).
 Both tree objects and pack manifests use it, so the signed pack and the
 store agree byte for byte on what an entry is.
 """
@@ -109,7 +112,18 @@ def encode_entry(entry: Entry) -> bytes:
     return b"".join(parts)
 
 
-def decode_meta(reader: Reader) -> Meta:
+MetaCache = dict[bytes, Meta]
+
+
+def decode_meta(reader: Reader, cache: MetaCache | None = None) -> Meta:
+    """Read inode metadata.  ``cache``: metadata already decoded, by encoding (most entries
+    of a tree share a few), shared across calls; only metadata without xattrs is cached."""
+    if cache is not None:
+        fixed = reader.peek(_META.size)
+        known = cache.get(fixed)
+        if known is not None:
+            reader.pos += _META.size
+            return known
     mode, uid, gid, count = reader.unpack(_META, "metadata")
     if mode & ~PERMISSION_BITS:
         raise reader.fail(f"mode {mode:#o} has bits outside {PERMISSION_BITS:#o}")
@@ -128,24 +142,32 @@ def decode_meta(reader: Reader) -> Meta:
             raise reader.fail(f"xattr {name!r} not sorted or duplicated")
         previous = name
         xattrs.append((name, reader.take(value_len, "xattr value")))
-    return Meta(mode, uid, gid, tuple(xattrs))
+    meta = Meta(mode, uid, gid, tuple(xattrs))
+    if cache is not None and not count:
+        cache[fixed] = meta
+    return meta
 
 
-def decode_entry(reader: Reader) -> Entry:
-    """Read one entry, checking every field; raise FormatError on anything off."""
+_KINDS = {int(kind): kind for kind in Kind}
+
+
+def decode_entry(reader: Reader, metas: MetaCache | None = None) -> Entry:
+    """Read one entry, checking every field; raise FormatError on anything off.
+
+    ``metas``: a ``decode_meta`` cache shared across the calls of one decoding.
+    """
     kind_number, name_len = reader.unpack(_HEAD, "entry header")
-    try:
-        kind = Kind(kind_number)
-    except ValueError:
-        raise reader.fail(f"unknown entry kind {kind_number}") from None
+    kind = _KINDS.get(kind_number)
+    if kind is None:
+        raise reader.fail(f"unknown entry kind {kind_number}")
     name = reader.take(name_len, "entry name")
     problem = check_name(name)
     if problem:
         raise reader.fail(f"bad entry name {name!r}: {problem}")
-    meta = decode_meta(reader)
+    meta = decode_meta(reader, metas)
     if kind is Kind.FILE:
         size, digest = reader.unpack(_FILE, "file payload")
-        return Entry(name, kind, meta, size=size, digest=RawId(digest))
+        return Entry(name, kind, meta, size=size, digest=digest)
     if kind is Kind.DIR:
         return Entry(name, kind, meta, tree=RawId(reader.take(32, "tree id")))
     (target_len,) = reader.unpack(_U16, "symlink target length")

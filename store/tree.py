@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .codec import Reader
 from .ids import RawId
-from .model import Entry, decode_entry, encode_entry
+from .model import Entry, MetaCache, decode_entry, encode_entry
 
 MAGIC = b"STRE"
 VERSION = 1
@@ -32,6 +32,12 @@ def encode_tree_entry(entry: Entry) -> bytes:
     return encode_entry(entry)
 
 
+def join_tree(encoded_entries: Sequence[bytes]) -> bytes:
+    """``encode_tree`` from the entries' encodings, already sorted by name and unique
+    (what a decoder read: an entry's encoding is canonical)."""
+    return _HEADER.pack(MAGIC, VERSION, len(encoded_entries)) + b"".join(encoded_entries)
+
+
 def tree_id(encoded: bytes) -> RawId:
     return RawId(hashlib.sha256(encoded).digest())
 
@@ -47,8 +53,9 @@ def decode_tree(data: bytes, what: str = "tree") -> list[Entry]:
     if count > MAX_ENTRIES:
         raise reader.fail(f"entry count {count} exceeds {MAX_ENTRIES}")
     entries: list[Entry] = []
+    metas: MetaCache = {}
     for _ in range(count):
-        entry = decode_entry(reader)
+        entry = decode_entry(reader, metas)
         if entries and entry.name <= entries[-1].name:
             raise reader.fail(f"entry {entry.name!r} not sorted after {entries[-1].name!r}")
         entries.append(entry)
