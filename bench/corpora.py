@@ -49,7 +49,7 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -69,7 +69,7 @@ def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
     final = cache / name
     if final.is_dir():
         return final
-    with _locked(cache / f".{name}.lock"):
+    with locked(cache / f".{name}.lock"):
         if final.is_dir():
             return final
         for stale in cache.glob(f".{name}.tmp-*"):  # left by a killed build; we hold the lock

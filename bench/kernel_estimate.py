@@ -12,7 +12,10 @@ every object, tmpfs unpack, farm, sync, overlay mount, state) is the product's
 code, unchanged.  Nothing here is reachable from the product: it is not a mode
 of sealtree, only a measurement.
 
-    python3 -m bench.kernel_estimate --repo R --keys DIR --mount TARGET REF
+    PYTHON bench/kernel_estimate.py --repo R --keys DIR --mount TARGET REF
+
+where PYTHON is an interpreter sealtree is installed for (the suite uses its
+virtual environment's; run as a script, this file imports sealtree from there).
 
 prints the deployment id as its last line, like ``sealtree deploy``.  Not
 modelled: on a cold cache a real measure reads each object's verity
@@ -27,7 +30,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m bench.kernel_estimate")
+    parser = argparse.ArgumentParser(prog="kernel_estimate.py")
     parser.add_argument("--repo", required=True)
     parser.add_argument("--keys", required=True)
     parser.add_argument("--mount", required=True, dest="target")

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    st.environment()
+    st.environment(args.cache)
     if not st.cli_works():
         log.error("`%s --help` fails: the sealtree CLI is broken", " ".join(st.base()))
         return 2
@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "sealtree_commands_available": {c: st.available(c) for c in COMMANDS},
         "notes": [("sealtree commit syncs object data before updating the ref; ostree commit runs "
                    "with its default fsync (on), so both pay for durability."),
-                  "Wall time per run includes process start-up (Python interpreter for sealtree).",
+                  ("Wall time per run includes process start-up (Python interpreter for sealtree). "
+                   "sealtree runs as a user installs it: pip-installed from this checkout into a "
+                   "virtual environment of its own (sealtree_command), byte-compiled."),
                   "Peak memory is each command's maxrss as reported by GNU time (wait4).",
                   ("deploy runs with --verify userspace (this kernel has no fs-verity): it reads and "
                    "hashes every large object, which ostree checkout never reads; it also syncs the "

@@ -1,9 +1,9 @@
 """The sealtree side of each measurement: argvs for the sealtree CLI.
 
-sealtree is run as a separate process (``python3 -m sealtree``, from this
-checkout), exactly as a user runs it, so its times include interpreter start-up
-and its peak memory is its own.  ``$SEALTREE_BENCH_CMD`` overrides the command
-(for instance ``sealtree`` for an installed console script).
+sealtree is run as a separate process, as a user runs it: the ``sealtree``
+console script of this checkout pip-installed into a virtual environment of its
+own (``environment``), so its times include interpreter start-up and its peak
+memory is its own.  ``$SEALTREE_BENCH_CMD`` overrides the command.
 
 Commands that have not landed yet are detected with ``sealtree COMMAND --help``
 (exit status 0 means present); measurements that need a missing command are
@@ -40,41 +40,111 @@ file write.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 from bench.proc import CommandFailed, run
 
 Argv = list[str]
+log = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@functools.cache
-def environment() -> None:
-    """Once per run: make ``python3 -m sealtree`` import this checkout (prepend it to PYTHONPATH), compiled.
+PACKAGES = ("store", "pack", "overlay", "sealtree")
+# The command that runs sealtree and the interpreter it is installed for; set by environment().
+_installed: tuple[Argv, str] | None = None
 
-    The packages are byte-compiled first, as an installed package is: with
-    ``PYTHONDONTWRITEBYTECODE`` set (some environments do), every run would
-    otherwise compile every module again, some 40 ms of each start-up.
+
+def environment(cache: Path | None = None) -> None:
+    """Once per run: install this checkout as a user would, and run that.
+
+    ``pip install`` of the checkout into a virtual environment of its own under
+    ``cache`` (the corpus cache), rebuilt when the sources change: the suite then
+    runs its ``sealtree`` console script, byte-compiled by pip, with nothing
+    else on its path.  A development checkout run as ``python3 -m sealtree``
+    also pays for whatever the base interpreter's site-packages load at start-up
+    (an editable install's import hook, other packages' ``.pth`` files: some
+    70 ms on a cold cache here), which is not sealtree's.  Where installing
+    fails (no package index), the checkout itself is run, byte-compiled, with
+    its directory prepended to ``PYTHONPATH``.
     """
+    global _installed  # noqa: PLW0603 - set once per run
+    if _installed is not None or os.environ.get("SEALTREE_BENCH_CMD"):
+        return
+    if cache is not None:
+        venv = _venv(cache)
+        if venv is not None:
+            _installed = ([str(venv / "bin" / "sealtree")], str(venv / "bin" / "python"))
+            return
     import compileall  # noqa: PLC0415 - only the benchmark needs it
 
-    for package in ("store", "pack", "overlay", "sealtree"):
+    for package in PACKAGES:
         compileall.compile_dir(str(REPO_ROOT / package), quiet=1)
     current = os.environ.get("PYTHONPATH", "")
     parts = [p for p in current.split(os.pathsep) if p]
     if str(REPO_ROOT) not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *parts])
+    _installed = ([sys.executable, "-m", "sealtree"], sys.executable)
+
+
+def _source_digest() -> str:
+    """SHA-256 over the checkout's packaged sources (names and bytes) and pyproject.toml."""
+    digest = hashlib.sha256()
+    files = [REPO_ROOT / "pyproject.toml"]
+    for package in PACKAGES:
+        files += sorted((REPO_ROOT / package).rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _venv(cache: Path) -> Path | None:
+    """``cache/venv-<source digest>`` with this checkout installed, built if absent; None if
+    it cannot be built.  Built in place (a venv's scripts name its path) and marked complete
+    last; older ones are removed."""
+    from bench.corpora import locked  # noqa: PLC0415 - corpora imports this module's peers
+
+    venv = cache / f"venv-{_source_digest()}"
+    done = venv / "installed"
+    with locked(cache / ".venv.lock"):
+        if done.exists():
+            return venv
+        for old in cache.glob("venv-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("installing this checkout into %s (pip install)", venv)
+        try:
+            run([sys.executable, "-m", "venv", str(venv)], measure=False)
+            run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                 "--disable-pip-version-check", str(REPO_ROOT)], measure=False)
+        except CommandFailed as err:
+            log.warning("cannot install the checkout into a venv (%s); running it in place", err)
+            shutil.rmtree(venv, ignore_errors=True)
+            return None
+        done.touch()
+    return venv
 
 
 def base() -> Argv:
     """The command that runs sealtree."""
     override = os.environ.get("SEALTREE_BENCH_CMD")
-    return shlex.split(override) if override else [sys.executable, "-m", "sealtree"]
+    if override:
+        return shlex.split(override)
+    environment()
+    assert _installed is not None
+    return list(_installed[0])
+
+
+def product_python() -> str:
+    """The interpreter sealtree is installed for (the venv's, or this one)."""
+    environment()
+    return _installed[1] if _installed is not None else sys.executable
 
 
 @functools.cache
@@ -191,7 +261,8 @@ def undeploy(repo: Path, deployment: str) -> Argv:
 
 def kernel_estimate(repo: Path, ref: str, keydir: Path, target: Path) -> Argv:
     """``deploy --mount`` as it would run with kernel fs-verity (see ``bench.kernel_estimate``)."""
-    return [sys.executable, "-m", "bench.kernel_estimate", "--repo", str(repo), "--keys", str(keydir),
+    script = Path(__file__).with_name("kernel_estimate.py")  # as a script: sealtree from the install
+    return [product_python(), str(script), "--repo", str(repo), "--keys", str(keydir),
             "--mount", str(target), "--no-default", ref]
 
 
