@@ -49,6 +49,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from bench.corpora import locked
 from bench.proc import CommandFailed, run
 
 Argv = list[str]
@@ -109,8 +110,6 @@ def _venv(cache: Path) -> Path | None:
     """``cache/venv-<source digest>`` with this checkout installed, built if absent; None if
     it cannot be built.  Built in place (a venv's scripts name its path) and marked complete
     last; older ones are removed."""
-    from bench.corpora import locked  # noqa: PLC0415 - corpora imports this module's peers
-
     venv = cache / f"venv-{_source_digest()}"
     done = venv / "installed"
     with locked(cache / ".venv.lock"):
