@@ -38,14 +38,13 @@ from dataclasses import dataclass
 from store import kverity, xattrs
 from store.errors import VerificationError, VerityError, VerityUnsupported
 from store.forked import Forked, worker_count
-from store.fsverity import VerityHasher
+from store.fsverity import digest_fd
 from store.ids import RawId, to_hex
 from store.model import Meta
 from store.readahead import read_ahead
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
 MAX_WORKERS = 8
-READ_CHUNK = 256 << 10  # a multiple of the 4 KiB block, below fsverity.PARALLEL_MIN
 
 
 class Policy(enum.Enum):
@@ -180,20 +179,6 @@ def _kernel_digest(fd: int, st: os.stat_result, item: LargeFile, verity: Verity,
     return measured
 
 
-def _digest_fd(fd: int, buf: bytearray) -> bytes:
-    """Userspace fs-verity digest of the open object, read into ``buf`` from its start.
-
-    ``buf`` is reused for every file: a fresh multi-MiB buffer per file costs
-    more in page faults than hashing a small file.  The parallelism is the
-    workers': each hashes on its own core.
-    """
-    hasher = VerityHasher()
-    view = memoryview(buf)
-    while n := os.preadv(fd, [buf], hasher.size):
-        hasher.update(view[:n])
-    return hasher.digest()
-
-
 def check_objects(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, enable: bool = False,
                   workers: int | None = None, verity: Verity = KERNEL) -> CheckReport:
     """Check every item; raise VerificationError for the first bad one (in ``items`` order).
@@ -319,7 +304,6 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
     ordered = sorted(share, key=lambda i: items[i].size)
     result = _ShareResult(CheckReport(), {}, {})
     unsupported: set[int] = set()  # st_dev of filesystems without fs-verity
-    buf = bytearray(READ_CHUNK)
     reading_ahead = False
     for position, index in enumerate(ordered):
         item = items[index]
@@ -333,7 +317,7 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
                     reading_ahead = True
                     threading.Thread(target=_prefetch, daemon=True,
                                      args=([items[i].obj for i in ordered[position + 1:]],)).start()
-                _compare(item, _digest_fd(fd, buf), "the userspace")
+                _compare(item, digest_fd(fd)[0], "the userspace")  # fd at offset 0: only fstat-ed
                 result.report.userspace += 1
             finally:
                 os.close(fd)

@@ -26,7 +26,9 @@ _DESCRIPTOR = struct.Struct("<BBBBIQ64s32s144x")
 # Formatted digest, the form the kernel's built-in signatures cover.
 _FORMATTED_HEADER = struct.Struct("<8sHH")
 
-READ_CHUNK = 4 << 20  # a multiple of every supported block size
+# A multiple of every supported block size; small enough that a chunk is still in the
+# CPU's cache when it is hashed (4 MiB chunks made deploy's object checks ~25% slower).
+READ_CHUNK = 256 << 10
 # A file at least this big is hashed by forked workers when parallel=True (threads would
 # share one core: the per-block loop holds the GIL).  Commit and fsck hash many files in
 # worker processes already, so only ``sealtree digest`` asks.
@@ -203,8 +205,8 @@ _buffers = threading.local()
 
 
 def _read_buffer() -> bytearray:
-    """This thread's read buffer, allocated once: zeroing 4 MiB per file would cost more
-    than hashing a small file."""
+    """This thread's read buffer, allocated once: a fresh buffer per file costs page faults
+    and zeroing, more than hashing a small file."""
     buf: bytearray | None = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = bytearray(READ_CHUNK)
