@@ -408,7 +408,8 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
             os.makedirs(config.target, exist_ok=True)
             os.makedirs(config.scratch, exist_ok=True)
             result = mount_verified(reader, items, farm_dir, config.target, config.scratch,
-                                    policy=config.verify, api=overlay_api())
+                                    policy=config.verify, api=overlay_api(),
+                                    repo_path=config.repo_path)
         except VerificationError as err:  # the deploy directory or a large object
             stage = "deploy directory" if "deploy directory" in str(err) else "large object"
             raise _refused(stage, _tree_path(err, farm_dir), err) from err

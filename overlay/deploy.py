@@ -49,14 +49,15 @@ from store.model import Kind
 from store.objects import ObjectStore
 from store.repo import Repository
 
-from . import farm, mounts
+from . import farm, inuse
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, show, start_checks
+from .staging import Staging, check_target
 from .state import Deployment, State, StateFile
 
 if TYPE_CHECKING:
     from pack.unpack import UnpackReport
 
-    from .mount_deployment import MountResult, Staging
+    from .mount_deployment import MountResult
 
 DEPLOY_DIR = "deploy"
 # overlayfs interprets these xattrs on its layers; a tree carrying them would not
@@ -155,13 +156,14 @@ def deploy(repo: Repository, rev: str, keys_dir: str, *, policy: Policy = Policy
     root = deploy_root(repo)
     mounted = None
     if target is not None:
-        from .mount_deployment import MountResult, Staging, check_target  # noqa: PLC0415 - a cycle
-        check_target(target)  # before any work
+        from .mount_deployment import MountResult  # noqa: PLC0415 - a cycle
+        check_target(target, repo.path)  # before any work
     elif live:
         raise DeployError("a live deployment needs a mount target")
     published: list[str] = []
     try:
         with contextlib.ExitStack() as outer:
+            outer.enter_context(repo.shared())  # prune waits: the objects checked stay
             stage = outer.enter_context(Staging(os.path.join(repo.path, "tmp"))) if target else None
             with open_deployment_pack(pack_path, keyring, commit_id) as (reader, verification), \
                     states.update() as state:
@@ -169,8 +171,11 @@ def deploy(repo: Repository, rev: str, keys_dir: str, *, policy: Policy = Policy
                 freshness.check(fresh, reader.ref, candidate, allow_downgrade=allow_downgrade)
                 items = large_files(repo.objects, reader.manifest)
                 timings["pack"] = time.perf_counter() - started
-                farm.clean_leftovers(root)
+                in_use = inuse.deployment_mounts(root)
+                farm.clean_leftovers(root, keep={d.id for d in state.deployments} | set(in_use))
                 dep_id = state.allocate_id(to_hex(commit_id))
+                while os.path.lexists(os.path.join(root, dep_id)):  # unrecorded, but mounted
+                    dep_id = state.allocate_id(to_hex(commit_id))
                 report, unpacked, path = _verify_and_build(
                     reader, items, root, dep_id, stage, timings,
                     policy=policy, workers=workers, verity=verity)
@@ -257,18 +262,14 @@ def _forget_farm(states: StateFile, root: str, path: str) -> None:
 
 def undeploy(repo: Repository, name: str) -> Deployment:
     """Forget a deployment and remove its farm (refused while it is mounted or the default)."""
+    root = deploy_root(repo)
     with state_file(repo).update() as state:
         dep = state.find(name)
-        # Forget mounts that are gone (unmounted without the repository, or a reboot).
-        dep.mounted_at = [p for p in dep.mounted_at if _is_overlay(p)]
+        # Mounted is what mountinfo says (an overlay over its farm), wherever that is now.
+        dep.mounted_at = inuse.deployment_mounts(root).get(dep.id, [])
         state.remove(dep.id)
-    farm.remove_farm(deploy_root(repo), dep.id)
+    farm.remove_farm(root, dep.id)
     return dep
-
-
-def _is_overlay(path: str) -> bool:
-    info = mounts.is_mount_point(path)
-    return info is not None and info.fstype == "overlay"
 
 
 def deployment_roots(repo: Repository) -> Sequence[tuple[str, RawId]]:

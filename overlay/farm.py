@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from store.errors import DeployError, ObjectMissing, VerificationError
 from store.forked import Forked
 from store.transaction import syncfs
 
 from .objcheck import LargeFile, show
+from .state import ID_RE
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -197,12 +198,19 @@ def remove_farm(deploy_root: str, dep_id: str) -> None:
         return
     trash = os.path.join(deploy_root, TRASH_PREFIX + dep_id)
     shutil.rmtree(trash, ignore_errors=True)
-    os.rename(final, trash)
+    try:
+        os.rename(final, trash)
+    except FileNotFoundError:
+        return  # removed meanwhile (a deploy cleaning leftovers)
     shutil.rmtree(trash)
 
 
-def clean_leftovers(deploy_root: str) -> None:
-    """Remove farms of interrupted deploys and undeploys (``.tmp-*``, ``.trash-*``)."""
+def clean_leftovers(deploy_root: str, keep: Collection[str]) -> None:
+    """Remove what interrupted deploys and undeploys left: farms being built or removed
+    (``.tmp-*``, ``.trash-*``) and published farms that no deployment in ``keep`` names
+    (a deploy killed before it recorded its farm, an undeploy killed before it removed it).
+    Call with the state locked, ``keep`` holding every recorded id and every id in use by
+    a mount."""
     try:
         names = os.listdir(deploy_root)
     except FileNotFoundError:
@@ -210,3 +218,5 @@ def clean_leftovers(deploy_root: str) -> None:
     for name in names:
         if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
             shutil.rmtree(os.path.join(deploy_root, name), ignore_errors=True)
+        elif ID_RE.fullmatch(name) and name not in keep:
+            remove_farm(deploy_root, name)

@@ -241,7 +241,8 @@ class MountInfo:
     fstype: str
     source: bytes
     options: str  # per-mount options (ro, nosuid, ...)
-    super_options: bytes
+    super_options: bytes  # decoded from the octal escapes
+    raw_super_options: bytes = b""  # as mountinfo shows them: a comma inside a value is \054
 
 
 def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
@@ -251,10 +252,46 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
         for line in handle.read().splitlines():
             fields = line.split(b" ")
             sep = fields.index(b"-", 6)
+            raw = fields[sep + 3] if len(fields) > sep + 3 else b""
             out.append(MountInfo(int(fields[0]), _unescape(fields[4]), fields[sep + 1].decode(),
-                                 _unescape(fields[sep + 2]), fields[5].decode(),
-                                 _unescape(fields[sep + 3]) if len(fields) > sep + 3 else b""))
+                                 _unescape(fields[sep + 2]), fields[5].decode(), _unescape(raw), raw))
     return out
+
+
+def overlay_lower_layers(info: MountInfo) -> list[bytes]:
+    """The lower layers of an overlay mount, top first, as they were given when mounting.
+
+    mountinfo shows ``lowerdir+=PATH`` once per layer for the new mount API and
+    ``lowerdir=A:B`` for mount(2), whose layers keep the backslash escapes
+    ``escape_layer`` added; both are octal-escaped on top (a comma is ``\\054``),
+    so splitting the raw options at commas is exact.
+    """
+    layers: list[bytes] = []
+    for option in info.raw_super_options.split(b","):
+        key, _eq, value = option.partition(b"=")
+        if key == b"lowerdir+":
+            layers.append(_unescape(value))
+        elif key == b"lowerdir":
+            layers.extend(_split_escaped_layers(_unescape(value)))
+    return layers
+
+
+def _split_escaped_layers(value: bytes) -> list[bytes]:
+    """``A:B`` with ``\\``-escaped ``:``, ``,`` and ``\\`` (``escape_layer``) -> [A, B]."""
+    layers, current, escaped = [], bytearray(), False
+    for byte in value:
+        if escaped:
+            current.append(byte)
+            escaped = False
+        elif byte == 0x5C:  # backslash
+            escaped = True
+        elif byte == 0x3A:  # colon
+            layers.append(bytes(current))
+            current.clear()
+        else:
+            current.append(byte)
+    layers.append(bytes(current))
+    return layers
 
 
 def mounts_under(path: StrPath) -> list[MountInfo]:

@@ -96,7 +96,12 @@ class ObjectStore:
         """Every object file on disk, in a stable order; stray files are yielded as kind ''."""
         for prefix in sorted(os.listdir(self.root)):
             directory = os.path.join(self.root, prefix)
-            for name in sorted(os.listdir(directory)):
+            try:
+                names = sorted(os.listdir(directory))
+            except NotADirectoryError:
+                yield StoredObject(directory, "", HexId(""))  # a stray file beside the xx/ dirs
+                continue
+            for name in names:
                 path = os.path.join(directory, name)
                 match = _NAME.fullmatch(name)
                 if len(prefix) != 2 or not match:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import shutil
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .ids import RawId
@@ -48,18 +50,28 @@ def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = Tru
     return keep
 
 
-def prune(repo: Repository, extra_roots: Iterable[RawId] = (), *, dry_run: bool = False) -> PruneReport:
-    """Delete every object no ref or extra root reaches.  Holds the repository exclusively."""
+def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, *,
+          dry_run: bool = False) -> PruneReport:
+    """Delete every object no ref or extra root reaches.  Holds the repository exclusively.
+
+    ``extra_roots`` is called once the lock is held: a deploy that held the shared lock
+    until it recorded its deployment has finished, so its commit is among them.
+    """
     report = PruneReport()
     with repo.exclusive():
-        keep = reachable(repo, list(repo.refs.list().values()) + list(extra_roots))
+        keep = reachable(repo, list(repo.refs.list().values()) + list(extra_roots()))
         for obj in repo.objects.iter_objects():
             if obj.path in keep:
                 report.kept += 1
                 continue
             report.removed += 1
-            report.freed += os.lstat(obj.path).st_size
-            if not dry_run:
+            st = os.lstat(obj.path)
+            report.freed += st.st_size
+            if dry_run:
+                continue
+            if stat.S_ISDIR(st.st_mode):  # a stray directory among the objects
+                shutil.rmtree(obj.path)
+            else:
                 os.unlink(obj.path)
         if not dry_run:
             clean_stale_staging(os.path.join(repo.path, "tmp"))

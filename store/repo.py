@@ -6,7 +6,7 @@ Layout::
     objects/        content-addressed objects (store.objects)
     refs/heads/     refs (store.refs); refs/lock serialises ref updates
     tmp/            staging directories of transactions in progress
-    lock            shared by writers, exclusive for prune
+    lock            shared by writers and deploy, exclusive for prune
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ class Repository:
         with flock(os.path.join(self.path, "lock"), exclusive=False):
             with Transaction(self.path, self.objects.root) as tx:
                 yield tx
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the writers' shared lock without a transaction (deploy): prune waits, so
+        every object present now stays for the block."""
+        with flock(os.path.join(self.path, "lock"), exclusive=False):
+            yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

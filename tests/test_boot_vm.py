@@ -185,7 +185,8 @@ def test_run_boot_on_the_host_mounts_or_fails_closed(tmp_path: Path) -> None:
         assert (tmp_path / "scratch" / "booted").read_text().strip() == sysroot.deployments["C"]
     finally:
         subprocess.run(["umount", str(target)], check=True)
-    assert os.listdir(tmp_path / "scratch") == ["booted"]  # no staging mount left behind
+    # no staging directory left behind: only the boot record and the staging lock file
+    assert sorted(os.listdir(tmp_path / "scratch")) == ["booted", "mounts.lock"]
     said.clear()
     kernel = dataclasses.replace(config, verify=Policy.KERNEL)
     assert boot.run_boot(kernel, said.append) == boot.EXIT_REFUSED, said

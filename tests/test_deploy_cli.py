@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from overlay import mounts
 from overlay.deploy import deploy
 from overlay.mount_deployment import mount_deployment, unmount
+from overlay.state import StateFile, count_try
 from store.repo import Repository
 from tests.helpers import assert_same_tree, materialise, mount_free_dir, run_cli, trees
 
@@ -351,6 +352,19 @@ def test_deployment_state_commands(site, base):
     site.cli("undeploy", first)
     assert not os.path.exists(site.farm(first))
     assert [d["id"] for d in json.loads(site.cli("status", "--json").stdout)["deployments"]] == [second]
+
+
+def test_status_says_where_the_next_boot_goes(site):
+    first = site.deploy("--no-count")
+    second = site.deploy("--tries", "1")
+    with StateFile(os.path.join(site.repo, "deploy")).update() as state:
+        count_try(state, second)  # one boot spent: its tries are used up
+    doc = json.loads(site.cli("status", "--json").stdout)
+    assert doc["default"] == second and doc["next_boot"] == first
+    assert [d["next_boot"] for d in doc["deployments"]] == [True, False]
+    assert f"boot tries left: 0 (the next boot falls back to {first})" in site.cli("status").stdout
+    site.cli("mark-good", second)
+    assert json.loads(site.cli("status", "--json").stdout)["next_boot"] == second
 
 
 def test_prune_keeps_what_deployments_need(site):

@@ -108,3 +108,18 @@ def test_worker_processes_find_the_damaged_object(tmp_path, repo):
     assert code == 6
     assert [(p["kind"], p["object_id"], p["path"]) for p in problems] == \
         [("corrupt", entry.digest.hex(), "ref main:/etc/big")]
+
+
+def test_stray_entries_anywhere_in_objects_are_reported_and_pruned(committed):
+    objects = committed.objects.root
+    with open(os.path.join(objects, "zz"), "w") as handle:  # a file where xx/ dirs belong
+        handle.write("x")
+    prefix = sorted(n for n in os.listdir(objects) if len(n) == 2 and n != "zz")[0]
+    os.mkdir(os.path.join(objects, prefix, "junk dir"))  # a directory where objects belong
+    code, problems = _problems(committed)
+    assert code != 0
+    assert {(p["kind"], os.path.relpath(p["path"], objects)) for p in problems} == \
+        {("stray", "zz"), ("stray", os.path.join(prefix, "junk dir"))}
+    out = run_cli("prune", repo=committed.path).stdout
+    assert out.startswith("deleted 2 objects")
+    assert run_cli("fsck", repo=committed.path).returncode == 0

@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
         "a setuid binary, xattrs, a non-UTF-8 name) in a work directory and run the\n"
         "main job on it, printing each command first: init, commit, log, ls, checkout,\n"
         "fsck, and, when they are available, key generation, pack build, sign, verify,\n"
-        "import, deploy, mount, status and umount.",
+        "import, deploy, mount, status and umount.  It makes its own repositories in\n"
+        "the work directory: --repo and $SEALTREE_REPO are not used.  A step that fails\n"
+        "ends the demo (after unmounting what it mounted) with that step's exit status.",
         "example:\n  sealtree demo --workdir /var/tmp/sealtree-demo")
     p.add_argument("--workdir", metavar="DIR", default=None,
                    help="where to put the sample tree and repositories (default: a new temporary dir)")
@@ -72,11 +74,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     make_sample_tree(f"{work}/tree")
     print(f"# sample tree written to {work}/tree")
     commands = set(COMMANDS)
+    mounted = False
     for step in _steps(work, commands):
         print(f"\n$ sealtree {shlex.join(step)}", flush=True)
         code = main(step)
         if code:
             print(f"# step failed with exit status {code}")
+            if mounted:
+                main(["umount", f"{work}/root"])
             return code
+        mounted = (mounted or "mount" in step) and "umount" not in step
     print(f"\n# done: everything is in {work}")
     return 0

@@ -65,7 +65,8 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-downgrade", action="store_true",
                    help="accept a pack older than the newest accepted for its ref")
     p.add_argument("--mount", metavar="TARGET", dest="target",
-                   help="also mount the deployment read-only at TARGET (an empty directory)")
+                   help="also mount the deployment read-only at TARGET (a directory; what it "
+                        "holds is hidden while the deployment is mounted)")
     p.add_argument("--live", action="store_true",
                    help="with --mount: writable, with writes in memory only")
     p.add_argument("--json", action="store_true", help="print the deployment as JSON")
@@ -91,22 +92,27 @@ def register(sub: Any) -> None:
 
     p = add_parser(sub, "umount", "unmount a mounted deployment",
                    "Unmount the deployment's overlay at TARGET, which releases its tmpfs layers,\n"
-                   "and forget the mount in the deployment state (when --repo is known).")
+                   "and forget the mount in the deployment state (when --repo is known).  Only a\n"
+                   "deployment's overlay is unmounted (one whose lowest layer is a deploy\n"
+                   "directory; with --repo, one of that repository's): any other mount at TARGET\n"
+                   "is refused.")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--lazy", action="store_true", help="detach now even if busy (MNT_DETACH)")
     p.set_defaults(func=cmd_umount)
 
     p = add_parser(sub, "status", "list deployments",
                    "List deployments: id, commit, ref, version, whether default or previous, boot\n"
-                   "tries left, and where each is mounted.  --json prints an object whose\n"
-                   "'deployments' list has one object per deployment, with the 'id' that mount,\n"
-                   "undeploy and set-default accept.")
+                   "tries left (and which deployment the next boot picks), and where each is\n"
+                   "mounted now (read from /proc/self/mountinfo: any overlay over its deploy\n"
+                   "directory).  --json prints an object whose 'deployments' list has one object\n"
+                   "per deployment, with the 'id' that mount, undeploy and set-default accept;\n"
+                   "'next_boot' names the deployment the next boot picks.")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_status)
 
     p = add_parser(sub, "undeploy", "remove a deployment",
                    "Forget DEPLOYMENT and delete its deploy directory.  Refused while it is mounted\n"
-                   "or is the default.")
+                   "anywhere (any overlay over its deploy directory) or is the default.")
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.set_defaults(func=cmd_undeploy)
 
@@ -192,8 +198,11 @@ def cmd_umount(args: argparse.Namespace) -> None:
 
 def _status_doc(repo: Any) -> dict[str, Any]:
     from overlay.deploy import deploy_root, state_file
-    from overlay.mount_deployment import live_mounts
+    from overlay.inuse import deployment_mounts
+    from overlay.state import choose_deployment_for_boot
     state = state_file(repo).read()
+    mounted = deployment_mounts(deploy_root(repo))
+    next_boot = choose_deployment_for_boot(state).deployment.id if state.default else None
     out = []
     for dep in state.deployments:
         out.append({
@@ -201,13 +210,13 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "created": dep.created, "date": iso_time(dep.created),
             "default": dep.id == state.default, "previous": dep.id == state.previous,
             "booted": dep.id == state.booted, "tries_left": dep.tries_left,
-            "mounted_at": live_mounts(dep),
+            "next_boot": dep.id == next_boot, "mounted_at": mounted.get(dep.id, []),
             "path": os.path.join(deploy_root(repo), dep.id),
             "present": os.path.isdir(os.path.join(deploy_root(repo), dep.id)),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
         })
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
-            "deployments": out}
+            "next_boot": next_boot, "deployments": out}
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -224,6 +233,8 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(head + (f" ({', '.join(marks)})" if marks else ""))
         print(f"    ref {dep['ref']}  version {dep['version'] or '-'}  deployed {dep['date']}")
         tries = "not counting (good)" if dep["tries_left"] is None else str(dep["tries_left"])
+        if dep["default"] and not dep["next_boot"]:
+            tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
         if dep["mounted_at"]:
             print(f"    mounted at: {', '.join(dep['mounted_at'])}")

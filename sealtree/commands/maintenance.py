@@ -60,7 +60,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     repo = open_repo(args)
-    report = prune(repo, [commit for _label, commit in extra_roots(repo)], dry_run=args.dry_run)
+    report = prune(repo, lambda: [commit for _label, commit in extra_roots(repo)],
+                   dry_run=args.dry_run)
     if args.json:
         print_json(vars(report) | {"dry_run": args.dry_run})
         return
