@@ -15,6 +15,7 @@ against).  Every way a pack can be bad raises ``PackError`` with the offset
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -31,6 +32,90 @@ from store.refs import check_ref_name
 from . import format as fmt
 from .manifest import Manifest, ManifestEntry, check_meta, decode_manifest
 
+HASH_CHUNK = 1 << 20
+
+
+def check_pack_file(path: str) -> None:
+    """PackError unless ``path`` is a regular file (a missing pack is said to be missing)."""
+    if not os.path.isfile(path):
+        what = "not a regular file" if os.path.lexists(path) else "no such pack file"
+        raise PackError(f"{path}: {what}", path=path)
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """The pack at ``path`` opened for reading; PackError if it is missing or not a regular file."""
+    try:
+        # O_NONBLOCK: a FIFO given as a pack must be refused, not waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        check_pack_file(path)
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackError(f"{path}: not a regular file", offset=0, path=path)
+    return os.fdopen(fd, "rb")
+
+
+@contextlib.contextmanager
+def named(path: str) -> Iterator[None]:
+    """Let a PackError raised in the block start with the pack's ``path``, once: the reader's
+    messages name an offset, only the caller knows which file the user gave."""
+    try:
+        yield
+    except PackError as err:
+        message = str(err)
+        if message.startswith(f"{path}: "):
+            raise
+        raise PackError(f"{path}: {message.removeprefix('pack: ')}", offset=err.offset,
+                        path=err.path if err.path is not None else path) from err
+
+
+def _frame_tables(header: fmt.Header, tables: bytes) -> tuple[list[fmt.Frame], list[fmt.Frame], int]:
+    """The manifest and data frames the tables describe, checked, and where the last one ends."""
+    tables_at = header.tables_offset
+    split = header.manifest_frames * fmt.FRAME_ENTRY_SIZE
+    manifest_frames, end = fmt.parse_frame_table(
+        tables[:split], header.manifest_frames, tables_at + header.tables_size, tables_at, "manifest")
+    fmt.check_manifest_frames(manifest_frames, header, tables_at)
+    data_frames, end = fmt.parse_frame_table(
+        tables[split:], header.data_frames, end, tables_at + split, "data")
+    fmt.check_data_frames(data_frames, header, tables_at + split)
+    return manifest_frames, data_frames, end
+
+
+def layout_sha256(path: str | os.PathLike[str]) -> bytes:
+    """The SHA-256 of the pack at ``path``, hashed in the one pass that checks its layout: the
+    header, the frame tables, and that the sections add up to the file's length exactly.
+
+    What signing checks, so that a file that is not a pack is never signed; nothing is
+    decompressed (``PackReader`` checks the rest).  PackError naming ``path`` otherwise.
+    """
+    path = os.fspath(path)
+    with named(path), _open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        sha = hashlib.sha256()
+        at = 0
+
+        def read(n: int, what: str) -> bytes:
+            nonlocal at
+            data = handle.read(n)
+            if len(data) != n:
+                raise PackError(f"pack: truncated {what}: need {n} bytes at offset {at}, got "
+                                f"{len(data)}", offset=at)
+            sha.update(data)
+            at += n
+            return data
+
+        header = fmt.parse_header(read(min(fmt.HEADER_SIZE, size), "header"), size)
+        read(header.commit_len + header.ref_len, "commit and ref")
+        _manifest, _data, end = _frame_tables(header, read(header.tables_size, "frame tables"))
+        fmt.check_layout(end, size)
+        while at < size:
+            read(min(HASH_CHUNK, size - at), "frames")
+        if handle.read(1):
+            raise PackError(f"{path}: grew while it was read", offset=at)
+        return sha.digest()
+
 
 class PackReader:
     """An open pack whose header, commit and manifest have been checked.
@@ -44,14 +129,8 @@ class PackReader:
                  keep_trees: bool = False) -> None:
         self.path = os.fspath(path)
         self.expected_sha256 = expected_sha256
-        # O_NONBLOCK: a FIFO given as a pack must be refused, not waited on.
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise PackError(f"pack: {self.path}: not a regular file", offset=0, path=self.path)
-        self.size = st.st_size
-        self._handle: BinaryIO = os.fdopen(fd, "rb")
+        self._handle: BinaryIO = _open_regular(self.path)
+        self.size = os.fstat(self._handle.fileno()).st_size
         try:
             self._open(keep_trees)
         except BaseException:
@@ -85,16 +164,8 @@ class PackReader:
         self.commit_bytes = self._read(header.commit_len, "commit")
         self.commit_id, self.commit = self._commit(self.commit_bytes)
         self.ref = self._ref(self._read(header.ref_len, "ref"))
-        tables_at = header.tables_offset
         tables = self._read(header.tables_size, "frame tables")
-        split = header.manifest_frames * fmt.FRAME_ENTRY_SIZE
-        frames_at = tables_at + header.tables_size
-        self._manifest_frames, end = fmt.parse_frame_table(
-            tables[:split], header.manifest_frames, frames_at, tables_at, "manifest")
-        fmt.check_manifest_frames(self._manifest_frames, header, tables_at)
-        self._data_frames, end = fmt.parse_frame_table(
-            tables[split:], header.data_frames, end, tables_at + split, "data")
-        fmt.check_data_frames(self._data_frames, header, tables_at + split)
+        self._manifest_frames, self._data_frames, end = _frame_tables(header, tables)
         fmt.check_layout(end, self.size)
         self.manifest = self._manifest(keep_trees)
         self._data_at = self._pos
@@ -194,10 +265,10 @@ class PackReader:
             raise PackError("pack: data frames left unused after the last inline file",
                             offset=self._pos)
         if self._handle.read(1):
-            raise PackError(f"pack: {self.path} grew while it was read", offset=self._pos)
+            raise PackError(f"{self.path}: grew while it was read", offset=self._pos)
         if self.expected_sha256 is not None and not hmac.compare_digest(
                 self._sha.digest(), self.expected_sha256):
-            raise PackError(f"pack: {self.path} changed while it was read: its bytes no longer "
+            raise PackError(f"{self.path}: changed while it was read: its bytes no longer "
                             f"hash to the verified digest {self.expected_sha256.hex()}", offset=0)
 
     def check_data(self) -> None:

@@ -24,9 +24,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store.atomic import atomic_write
-from store.errors import PackError, SignatureError
+from store.errors import SignatureError
 
 from .keys import KeyId, key_id
+from .reader import check_pack_file, layout_sha256
 
 DOMAIN = b"sealtree-pack-v1\0"
 MAGIC = b"SEALSIG\0"
@@ -141,9 +142,7 @@ def signatures_of(pack_path: str | os.PathLike[str], sig_path: str | os.PathLike
     """The detached signatures of the pack at ``pack_path`` (from ``sig_path``, default
     ``PACK.sig``).  A missing pack is said to be missing, not unsigned (PackError)."""
     pack_path = os.fspath(pack_path)
-    if not os.path.isfile(pack_path):
-        what = "is not a regular file" if os.path.lexists(pack_path) else "no such pack file"
-        raise PackError(f"{pack_path}: {what}", path=pack_path)
+    check_pack_file(pack_path)
     return read_signatures(sig_path if sig_path is not None else signature_path(pack_path))
 
 
@@ -155,16 +154,18 @@ def add_signature(pack_path: str | os.PathLike[str], signature: bytes, public: E
                   sig_path: str | os.PathLike[str] | None = None) -> KeyId:
     """Check ``signature`` against the pack and ``public``, then add it to the pack's signature
     file (replacing an older one by the same key).  Returns the key id; SignatureError if the
-    signature does not verify."""
-    digest = pack_sha256(pack_path)
+    signature does not verify, PackError (naming the file) if it is not laid out as a pack."""
+    digest = layout_sha256(pack_path)
     check_one(digest, signature, public)
     return _store(pack_path, sig_path, Signature(key_id(public), signature))
 
 
 def sign_pack(pack_path: str | os.PathLike[str], private: Ed25519PrivateKey, *,
               sig_path: str | os.PathLike[str] | None = None) -> KeyId:
-    """Sign the pack with ``private`` (online signing) and add the signature; return the key id."""
-    made = sign(pack_sha256(pack_path), private)
+    """Sign the pack with ``private`` (online signing) and add the signature; return the key id.
+    A file that is not laid out as a pack is refused (PackError naming it): see
+    ``reader.layout_sha256``, which also computes the digest signed."""
+    made = sign(layout_sha256(pack_path), private)
     return _store(pack_path, sig_path, made)
 
 

@@ -1,15 +1,24 @@
 """The one atomic-write helper: temp file in the target directory, fsync, rename, fsync dir.
 
 A reader never sees a half-written file under the final name, and after
-``atomic_write`` returns the new content survives a power cut.
+``atomic_write`` returns the new content survives a power cut.  Every error
+names the destination the caller gave, never the temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
+import stat
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 StrPath = str | os.PathLike[str]
 
@@ -23,30 +32,91 @@ def fsync_dir(path: StrPath) -> None:
         os.close(fd)
 
 
+def about(err: OSError, path: str, doing: str = "") -> OSError:
+    """``err`` told about ``path`` (the name the user gave) instead of a temporary name of ours;
+    ``doing`` says what failed, e.g. "cannot create it in DIR"."""
+    reason = err.strerror or os.strerror(err.errno or 0)
+    return OSError(err.errno, f"{doing}: {reason}" if doing else reason, path)
+
+
+def _cannot_create(err: OSError, path: str, directory: str) -> OSError:
+    return about(err, path, f"cannot create it in {directory}")
+
+
+def check_destination(path: StrPath, what: str = "the output file") -> str:
+    """Refuse a path that ``atomic_file`` could not write, before any work is done: an empty
+    one (UsageError; ``what`` names the argument), a directory, or one whose directory is
+    missing or not a directory (OSError naming ``path``).  Returns ``path`` as a str."""
+    path = os.fspath(path)
+    if not path:
+        raise UsageError(f"{what} is an empty path; give a file name")
+    if os.path.isdir(path) and not os.path.islink(path):  # a rename would replace a symlink
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.stat(directory)
+    except OSError as err:
+        raise _cannot_create(err, path, directory) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _cannot_create(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), path,
+                             directory)
+    return path
+
+
+class _TempFile(io.FileIO):
+    """The temporary file: a failed write names the destination instead."""
+
+    def __init__(self, fd: int, destination: str) -> None:
+        super().__init__(fd, "wb", closefd=True)
+        self.destination = destination
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as err:
+            raise about(err, self.destination) from None
+
+
+def _finish(handle: BinaryIO, path: str, mode: int, durable: bool) -> None:
+    try:
+        handle.flush()
+        os.fchmod(handle.fileno(), mode)
+        if durable:
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise about(err, path) from None
+
+
+def _rename(tmp: str, path: str) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        raise about(err, path) from None
+
+
 @contextlib.contextmanager
 def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` atomically when the block exits cleanly.
 
     On an exception the temporary file is removed and ``path`` is untouched.
     ``durable=False`` skips the fsyncs, for callers that sync the whole
-    filesystem once at the end of a transaction instead.
+    filesystem once at the end of a transaction instead.  An OSError of our
+    own (creating, writing, renaming) names ``path``; see ``check_destination``
+    for what is refused up front.
     """
-    path = os.fspath(path)
+    path = check_destination(path)
     directory, name = os.path.split(path)
     directory = directory or "."
     tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    except OSError as err:  # name what the caller knows (the directory), not our temp name
-        raise type(err)(err.errno, err.strerror, directory) from None
+    except OSError as err:
+        raise _cannot_create(err, path, directory) from None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with io.BufferedWriter(_TempFile(fd, path)) as handle:
             yield handle
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            _finish(handle, path, mode, durable)
+        _rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

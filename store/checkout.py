@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 
 from . import xattrs
-from .errors import ObjectMissing, RepositoryError, SourceError
+from .atomic import about
+from .errors import ObjectMissing, RepositoryError, SourceError, UsageError
 from .ids import RawId, to_hex
 from .model import Entry, Kind, Meta
 from .objects import ObjectStore
@@ -41,11 +42,16 @@ def apply_meta_path(path: bytes, meta: Meta, *, symlink: bool = False) -> None:
 
 
 class _Checkout:
-    def __init__(self, objects: ObjectStore, copy: bool) -> None:
+    def __init__(self, objects: ObjectStore, copy: bool, work: bytes) -> None:
         self.objects = objects
         self.copy = copy
+        self.work = work  # the temporary directory the tree is built in
         self.first_copy: dict[str, bytes] = {}
         self.stats = CheckoutStats()
+
+    def shown(self, path: bytes) -> str:
+        """A path being written, as a path of the tree (``/etc/motd``), not of our temp directory."""
+        return path[len(self.work):].decode(errors="backslashreplace")
 
     def file(self, path: bytes, entry: Entry) -> None:
         source = self.objects.file_path(entry.digest, entry.meta)
@@ -60,7 +66,7 @@ class _Checkout:
                 self.first_copy[source] = path
         except FileNotFoundError:
             if not os.path.exists(source):
-                raise ObjectMissing(f"{path.decode(errors='replace')}: object "
+                raise ObjectMissing(f"{self.shown(path)}: object "
                                     f"{to_hex(entry.digest)} is missing", object_id=to_hex(entry.digest),
                                     path=source) from None
             raise
@@ -68,7 +74,7 @@ class _Checkout:
             if err.errno == errno.EXDEV:
                 raise RepositoryError("the checkout is on another filesystem than the repository: "
                                       "hardlinks cannot cross filesystems (use --copy)",
-                                      path=path.decode(errors="replace")) from err
+                                      path=self.shown(path)) from err
             raise
         self.stats.files += 1
 
@@ -88,19 +94,44 @@ class _Checkout:
         self.stats.dirs += 1
 
 
+def _in_dest(name: str | bytes | None, work: str, dest: str) -> str | None:
+    """A path below the temporary ``work`` directory as the user will know it: below ``dest``."""
+    if name is None:
+        return None
+    text = os.fsdecode(name)
+    if text == work or text.startswith(work + "/"):
+        return dest + text[len(work):]
+    return text
+
+
+def _told_about_dest(err: OSError, work: str, dest: str) -> OSError:
+    """``err`` with every name below ``work`` shown below ``dest`` instead."""
+    return OSError(err.errno, err.strerror, _in_dest(err.filename, work, dest), None,
+                   _in_dest(err.filename2, work, dest))
+
+
 def checkout(objects: ObjectStore, tree: RawId, root_meta: Meta, dest: str, *,
              copy: bool = False) -> CheckoutStats:
-    """Materialise ``tree`` at ``dest``, which must not exist yet."""
+    """Materialise ``tree`` at ``dest``, which must not exist yet.  Errors name ``dest`` (or a
+    path below it), never the temporary directory the tree is built in."""
+    if not dest:
+        raise UsageError("the destination is an empty path; give a directory name to create")
     if os.path.lexists(dest):
         raise SourceError(f"{dest}: already exists; choose a new destination", path=dest)
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise SourceError(f"{parent}: no such directory", path=parent)
-    work = tempfile.mkdtemp(prefix=".sealtree-checkout-", dir=parent)
     try:
-        job = _Checkout(objects, copy)
-        job.directory(os.fsencode(work), tree, root_meta)
+        work = tempfile.mkdtemp(prefix=".sealtree-checkout-", dir=parent)
+    except OSError as err:
+        raise about(err, dest, f"cannot create it in {parent}") from None
+    try:
+        job = _Checkout(objects, copy, os.fsencode(work))
+        job.directory(job.work, tree, root_meta)
         os.rename(work, dest)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise _told_about_dest(err, work, dest) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -21,6 +21,10 @@ MAGIC = b"STCM"
 VERSION = 1
 MAX_TEXT = 1 << 20
 MAX_METADATA = 256
+# The timestamps a new commit may have: years 1 to 9999 UTC, what every date formatter can show.
+# Readers accept any i64 (older repositories may hold others) and show those as plain numbers.
+MIN_TIMESTAMP = -62135596800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 # magic, format version, root tree id
 _HEADER = struct.Struct("<4sH32s")
 # has_parent, parent id, timestamp

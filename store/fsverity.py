@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import SealtreeError
+from .errors import SealtreeError, UsageError
 
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
 # salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
@@ -58,7 +58,8 @@ BY_NUMBER = {a.number: a for a in (SHA256, SHA512)}
 
 @dataclass(frozen=True)
 class VerityParams:
-    """The parameters of a digest; the default is sealtree's (sha256, 4 KiB, no salt)."""
+    """The parameters of a digest; the default is sealtree's (sha256, 4 KiB, no salt).
+    Parameters the kernel would refuse are a UsageError."""
 
     algorithm: Algorithm = SHA256
     block_size: int = 4096
@@ -67,10 +68,10 @@ class VerityParams:
     def __post_init__(self) -> None:
         bs = self.block_size
         if bs & (bs - 1) or bs < 2 * self.algorithm.digest_size or bs > 65536:
-            raise SealtreeError(f"fs-verity block size must be a power of two in "
+            raise UsageError(f"fs-verity block size must be a power of two in "
                                 f"[{2 * self.algorithm.digest_size}, 65536], got {bs}")
         if len(self.salt) > 32:
-            raise SealtreeError(f"fs-verity salt is at most 32 bytes, got {len(self.salt)}")
+            raise UsageError(f"fs-verity salt is at most 32 bytes, got {len(self.salt)}")
 
 
 DEFAULT_PARAMS = VerityParams()

@@ -7,6 +7,7 @@ written atomically and durably.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -62,6 +63,31 @@ class Refs:
                     out[name] = value
         return dict(sorted(out.items()))
 
+    def conflict(self, name: str) -> str | None:
+        """An existing ref that ``name`` cannot coexist with, as files and directories
+        under ``refs/heads/``: ``a`` and ``a/b`` exclude each other.  None if there is none."""
+        parts = check_ref_name(name).split("/")
+        for end in range(1, len(parts)):
+            prefix = "/".join(parts[:end])
+            path = os.path.join(self.root, prefix)
+            if os.path.lexists(path) and not os.path.isdir(path):
+                return prefix
+        return self._first_below(os.path.join(self.root, name))
+
+    def _first_below(self, directory: str) -> str | None:
+        """The first (sorted) ref in ``directory`` or below; None if none or not a directory."""
+        names = (os.path.relpath(os.path.join(parent, file), self.root)
+                 for parent, _dirs, files in os.walk(directory)
+                 for file in files if not file.startswith("."))
+        return min(names, default=None)
+
+    def check_free(self, name: str) -> None:
+        """Raise RefError if ``name`` conflicts with an existing ref (see ``conflict``)."""
+        other = self.conflict(name)
+        if other is not None:
+            raise RefError(f"ref {name} conflicts with existing ref {other}",
+                           path=os.path.join(self.root, other))
+
     def update(self, name: str, new: RawId | None, expected: RawId | None) -> None:
         """Set ``name`` to ``new`` (None deletes) if it still points at ``expected``."""
         path = self._path(name)
@@ -73,9 +99,33 @@ class Refs:
                                f"found {to_hex(current) if current else 'none'}", path=path)
             if new is None:
                 os.unlink(path)
+                self._remove_empty_parents(path)
                 return
+            self.check_free(name)
+            self._remove_empty_dirs(name, path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, (to_hex(new) + "\n").encode())
+
+    def _remove_empty_parents(self, path: str) -> None:
+        """Remove the directories above a deleted ref that are now empty (``a/`` of ``a/b``),
+        so that the name ``a`` is free again."""
+        directory = os.path.dirname(path)
+        while directory != self.root:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+
+    def _remove_empty_dirs(self, name: str, path: str) -> None:
+        """Remove empty directories at ``path`` (left by refs deleted by hand), which hold
+        no ref (``check_free`` said so); a directory still there after it is a conflict."""
+        for parent, _dirs, _files in os.walk(path, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+        if os.path.isdir(path):
+            raise RefError(f"ref {name}: {path} is a directory holding files that are not refs",
+                           path=path)
 
 
 def describe(raw: RawId) -> HexId:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .errors import ObjectMissing
+from .errors import SealtreeError
 from .ids import RawId
 from .model import Entry, Kind
 from .objects import ObjectStore
@@ -44,9 +44,12 @@ def lookup(objects: ObjectStore, root: RawId, path: bytes) -> Entry | None:
     return entry
 
 
-def require(objects: ObjectStore, root: RawId, path: bytes) -> Entry:
+def require(objects: ObjectStore, root: RawId, path: bytes, shown: str | None = None) -> Entry:
+    """The entry at ``path`` (see ``lookup``).  A path the tree does not have is the caller's
+    mistake, not a damaged repository: a plain SealtreeError naming ``shown`` (the path as the
+    user wrote it; default ``/path``)."""
     entry = lookup(objects, root, path)
     if entry is None:
-        raise ObjectMissing(f"{path.decode(errors='replace')}: no such path in the tree",
-                            path=path.decode(errors="replace"))
+        name = shown if shown is not None else "/" + path.decode(errors="backslashreplace")
+        raise SealtreeError(f"{name}: no such path in the tree", path=name)
     return entry

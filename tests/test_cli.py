@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 import pytest
 
@@ -64,8 +65,8 @@ def test_ls_cat_diff(history):
 
 @pytest.mark.parametrize("args,code,words", [
     (["log", "nope"], 4, "nope: no such ref"),
-    (["cat", "os/main", "/missing"], 5, "missing"),
-    (["cat", "os/main", "/etc"], 8, "is a dir"),
+    (["cat", "os/main", "/missing"], 1, "/missing: no such path"),
+    (["cat", "os/main", "/etc"], 1, "/etc is a directory"),
     (["checkout", "os/main", "/nonexistent-dir/x"], 8, "/nonexistent-dir"),
     (["commit", "-b", "main", "/does/not/exist"], 8, "/does/not/exist"),
     (["commit", "-b", "a..b", "/tmp"], 4, "invalid ref name"),
@@ -148,3 +149,162 @@ def test_demo_runs_the_main_job(tmp_path, needs_root):
     assert "mounted " in out and "unmounted " in out
     with open("/proc/self/mountinfo") as handle:
         assert str(tmp_path) not in handle.read()
+
+
+# -- bad input is refused with its exit code, never a traceback ------------------------------
+
+def _src(tmp_path, name: str = "src", content: str = "x\n"):
+    src = tmp_path / name
+    src.mkdir()
+    (src / "f").write_text(content)
+    return str(src)
+
+
+def _object_files(repo) -> set[str]:
+    return {os.path.join(d, f) for d, _, files in os.walk(os.path.join(repo.path, "objects")) for f in files}
+
+
+@pytest.mark.parametrize("value", ["99999999999999", "99999999999999999999999", "253402300800",
+                                   "-62135596801", str(1 << 63)])
+def test_commit_refuses_a_timestamp_no_date_can_show(tmp_path, repo, value):
+    src = _src(tmp_path)
+    proc = run_cli("commit", "-b", "t", "--timestamp", value, src, repo=repo.path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--timestamp {value} is out of range" in proc.stderr
+    proc = run_cli("commit", "-b", "t", src, repo=repo.path, check=False, env={"SOURCE_DATE_EPOCH": value})
+    assert proc.returncode == 2, proc.stderr
+    assert f"SOURCE_DATE_EPOCH {value} is out of range" in proc.stderr
+    assert json.loads(run_cli("refs", "--json", repo=repo.path).stdout) == {}
+    assert not _object_files(repo)  # refused before the tree was read
+
+
+def test_commit_timestamps_at_the_limits_are_dated(tmp_path, repo):
+    src = _src(tmp_path)
+    for stamp in ("-62135596800", "253402300799"):
+        run_cli("commit", "-b", "t", "--timestamp", stamp, src, repo=repo.path)
+    log = json.loads(run_cli("log", "--json", "t", repo=repo.path).stdout)
+    assert [c["date"] for c in log] == ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"]
+
+
+def test_library_commit_refuses_out_of_range_timestamp_and_bad_text(tmp_path, repo):
+    from store.errors import UsageError  # noqa: PLC0415
+    from store.history import finish_commit  # noqa: PLC0415
+    from store.source_dir import read_directory  # noqa: PLC0415
+
+    src = _src(tmp_path)
+    for kwargs, words in [({"timestamp": 10 ** 14}, "timestamp 100000000000000 is out of range"),
+                          ({"subject": "x\udcff"}, "subject is not valid UTF-8: 'x\\xff'"),
+                          ({"metadata": (("k", "\udcff"),)}, "metadata value of 'k' is not valid UTF-8")]:
+        with repo.writing() as tx:
+            tree, meta = read_directory(tx, src)
+            with pytest.raises(UsageError, match=re.escape(words)):
+                finish_commit(repo, tx, "t", tree, meta, **kwargs)
+    assert repo.refs.read("t") is None
+
+
+@pytest.mark.parametrize("stamp", [10 ** 14, (1 << 63) - 1, -(1 << 63)])
+def test_stored_commit_with_undatable_timestamp_is_shown_as_a_number(tmp_path, repo, stamp):
+    """An older sealtree accepted any timestamp: readers show those instead of crashing."""
+    from store.commits import Commit  # noqa: PLC0415
+    from store.source_dir import read_directory  # noqa: PLC0415
+
+    with repo.writing() as tx:
+        tree, meta = read_directory(tx, _src(tmp_path))
+        commit_id = tx.add_commit(Commit(tree, meta, stamp, subject="old"))
+        tx.publish()
+    repo.refs.update("old", commit_id, None)
+    assert f"Date:    {stamp}\n" in run_cli("log", "old", repo=repo.path).stdout
+    assert f"Date:    {stamp}\n" in run_cli("show", "old", repo=repo.path).stdout
+    shown = json.loads(run_cli("show", "--json", "old", repo=repo.path).stdout)
+    assert shown["timestamp"] == stamp and shown["date"] == str(stamp)
+    pack = str(tmp_path / "old.pack")
+    run_cli("pack", "build", "old", "-o", pack, repo=repo.path)
+    assert f"date      {stamp}\n" in run_cli("pack", "inspect", pack).stdout
+
+
+@pytest.mark.parametrize("stamp, text", [(0, "1970-01-01T00:00:00Z"), (-1, "1969-12-31T23:59:59Z"),
+                                         (10 ** 20, "100000000000000000000"),
+                                         (-(10 ** 20), "-100000000000000000000"),
+                                         (253402300800, "253402300800")])
+def test_iso_time_never_fails(stamp, text):
+    from sealtree.commands.common import iso_time  # noqa: PLC0415
+
+    assert iso_time(stamp) == text
+
+
+def test_status_shows_an_undatable_created_as_a_number(repo):
+    commit = "a" * 64
+    dep = {"id": f"{commit}.1", "commit": commit, "ref": "os/main", "version": "1", "created": 10 ** 20,
+           "pack": f"packs/{commit}.pack", "pack_sha256": commit, "keys": "/keys", "tries_left": None,
+           "mounted_at": []}
+    os.mkdir(os.path.join(repo.path, "deploy"))
+    with open(os.path.join(repo.path, "deploy", "state.json"), "w") as handle:
+        json.dump({"format": "sealtree-deployments", "version": 1, "next_serial": 2,
+                   "default": dep["id"], "previous": None, "booted": None, "deployments": [dep]}, handle)
+    assert str(10 ** 20) in run_cli("status", repo=repo.path).stdout
+    shown = json.loads(run_cli("status", "--json", repo=repo.path).stdout)
+    assert shown["deployments"][0]["date"] == str(10 ** 20)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-s", "x\udcff"], "--subject is not valid UTF-8: 'x\\xff'"),
+    (["--body", "line\n\udcfe"], "--body is not valid UTF-8: 'line\\n\\xfe'"),
+    (["--version", "1.\udcff"], "--version is not valid UTF-8: '1.\\xff'"),
+    (["--metadata", "k=\udcff"], "--metadata value of 'k' is not valid UTF-8: '\\xff'"),
+    (["--metadata", "k\udcff=v"], "--metadata key is not valid UTF-8: 'k\\xff'"),
+])
+def test_commit_refuses_text_that_is_not_utf8(tmp_path, repo, args, words):
+    """Undecodable argument bytes (surrogate escapes in Python) name the option and the bytes."""
+    proc = run_cli("commit", "-b", "t", *args, _src(tmp_path), repo=repo.path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"sealtree: error: {words}\n"
+    assert json.loads(run_cli("refs", "--json", repo=repo.path).stdout) == {}
+
+
+def test_output_in_an_ascii_locale_escapes_what_it_cannot_encode(tmp_path, repo):
+    run_cli("commit", "-b", "u", "-s", "café", "--body", "über", "--version", "ß1",
+            "--metadata", "ключ=значение", _src(tmp_path), repo=repo.path)
+    ascii_env = {"PYTHONIOENCODING": "ascii"}
+    log = run_cli("log", "-n1", "u", repo=repo.path, env=ascii_env).stdout
+    assert "    caf\\xe9" in log and "    \\xfcber" in log and "Version: \\xdf1" in log
+    assert "\\u043a\\u043b\\u044e\\u0447: " in log
+    assert "caf\\xe9" in run_cli("show", "u", repo=repo.path, env=ascii_env).stdout
+    shown = json.loads(run_cli("log", "--json", "u", repo=repo.path, env=ascii_env).stdout)
+    assert shown[0]["subject"] == "café"
+    proc = run_cli("log", "nö", repo=repo.path, env=ascii_env, check=False)
+    assert proc.returncode == 4 and "n\\xf6" in proc.stderr
+
+
+@pytest.mark.parametrize("first, second, words", [
+    ("a/b", "a", "ref a conflicts with existing ref a/b"),
+    ("a/b/c", "a", "ref a conflicts with existing ref a/b/c"),
+    ("main", "main/sub", "ref main/sub conflicts with existing ref main"),
+    ("main", "main/sub/deeper", "ref main/sub/deeper conflicts with existing ref main"),
+])
+def test_commit_refuses_a_ref_that_collides_as_file_and_directory(tmp_path, repo, first, second, words):
+    run_cli("commit", "-b", first, _src(tmp_path, "one"), repo=repo.path)
+    before = _object_files(repo)
+    proc = run_cli("commit", "-b", second, _src(tmp_path, "two", "new content\n"), repo=repo.path,
+                   check=False)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr == f"sealtree: error: {words}\n"
+    assert _object_files(repo) == before  # refused before anything was written
+    assert list(json.loads(run_cli("refs", "--json", repo=repo.path).stdout)) == [first]
+
+
+def test_ref_update_checks_collisions_and_frees_deleted_names(tmp_path, repo):
+    from store.errors import RefError  # noqa: PLC0415
+    from store.ids import RawId  # noqa: PLC0415
+
+    one, two = RawId(bytes(31) + b"\1"), RawId(bytes(31) + b"\2")
+    repo.refs.update("a/b", one, None)
+    with pytest.raises(RefError, match="ref a conflicts with existing ref a/b") as err:
+        repo.refs.update("a", two, None)
+    assert err.value.exit_code == 4
+    with pytest.raises(RefError, match="ref a/b/c conflicts with existing ref a/b"):
+        repo.refs.update("a/b/c", two, None)
+    repo.refs.update("a/b", None, one)  # deleting a/b frees the name a
+    repo.refs.update("a", two, None)
+    os.makedirs(os.path.join(repo.path, "refs", "heads", "c", "d"))  # empty, left by hand
+    repo.refs.update("c", one, None)
+    assert repo.refs.list() == {"a": two, "c": one}

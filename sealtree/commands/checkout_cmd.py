@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from store.checkout import checkout
+from store.errors import UsageError
 
 from .common import add_parser, open_repo
 
@@ -26,6 +27,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_checkout(args: argparse.Namespace) -> None:
+    if not args.dest:
+        raise UsageError("DEST is an empty path; give the name of a directory to create")
     repo = open_repo(args)
     _commit_id, commit = repo.commit_of(args.rev)
     stats = checkout(repo.objects, commit.root_tree, commit.root_meta, args.dest, copy=args.copy)

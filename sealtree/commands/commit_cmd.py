@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from store.errors import UsageError
-from store.history import finish_commit
+from store.history import check_text, finish_commit, requested_timestamp
 from store.ids import to_hex
 from store.refs import check_ref_name
 
@@ -33,8 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("--version", dest="commit_version", default="", metavar="VERSION",
                    help="a version string recorded in the commit (packs compare these)")
     p.add_argument("--timestamp", type=int, default=None, metavar="SECONDS",
-                   help="commit time in seconds since the epoch (default: "
-                        "$SOURCE_DATE_EPOCH, else now)")
+                   help="commit time in seconds since the epoch, years 1 to 9999 "
+                        "(default: $SOURCE_DATE_EPOCH, else now)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                    help="extra commit metadata (repeatable)")
     p.add_argument("--skip-special", action="store_true",
@@ -52,8 +52,16 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--metadata wants KEY=VALUE, got {pair!r}")
-        out[key] = value
+        check_text("--metadata key", key)
+        out[key] = check_text(f"--metadata value of {key!r}", value)
     return tuple(sorted(out.items()))
+
+
+def _check_texts(args: argparse.Namespace) -> None:
+    """Refuse a subject, body or version that is not valid UTF-8 (undecodable argument bytes)."""
+    for option, value in (("--subject", args.subject), ("--body", args.body),
+                          ("--version", args.commit_version)):
+        check_text(option, value)
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
@@ -61,8 +69,11 @@ def cmd_commit(args: argparse.Namespace) -> None:
     from store.source_dir import DirSourceOptions, read_directory  # noqa: PLC0415
 
     check_ref_name(args.branch)
+    _check_texts(args)
     metadata = list(_metadata(args.metadata))
+    timestamp = requested_timestamp(args.timestamp, "--timestamp")
     repo = open_repo(args)
+    repo.refs.check_free(args.branch)
     progress = Progress("commit")
     counts = {"files": 0, "bytes": 0}
 
@@ -82,7 +93,7 @@ def cmd_commit(args: argparse.Namespace) -> None:
                 f", {a[0].__doc__}" for a in SOURCE_ADAPTERS if a[0].__doc__))
         commit_id = finish_commit(repo, tx, args.branch, tree, root_meta, subject=args.subject,
                                   body=args.body, version=args.commit_version,
-                                  timestamp=args.timestamp, metadata=tuple(sorted(dict(metadata).items())))
+                                  timestamp=timestamp, metadata=tuple(sorted(dict(metadata).items())))
     progress.done()
     if args.json:
         print_json({"commit": to_hex(commit_id), "tree": to_hex(tree), **counts})

@@ -28,7 +28,13 @@ def open_repo(args: argparse.Namespace) -> Repository:
 
 
 def iso_time(timestamp: int) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``timestamp`` as ``YYYY-MM-DDTHH:MM:SSZ``; as the plain number when no date can show it
+    (outside years 1 to 9999: old repositories and hand-edited state files may hold such)."""
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (ValueError, OverflowError, OSError):
+        return str(timestamp)
+    return moment.replace(tzinfo=None).isoformat() + "Z"  # strftime's %Y drops year 1's zeros
 
 
 def commit_json(commit_id: RawId, commit: Commit) -> dict[str, Any]:

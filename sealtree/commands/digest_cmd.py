@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from store.errors import SourceError
+from store.errors import SourceError, UsageError
 from store.fsverity import ALGORITHMS, VerityParams, digest_file
 
 from .common import add_parser
@@ -28,7 +28,7 @@ def cmd_digest(args: argparse.Namespace) -> None:
     try:
         salt = bytes.fromhex(args.salt)
     except ValueError:
-        raise SourceError(f"--salt is not hex: {args.salt!r}") from None
+        raise UsageError(f"--salt is not hex: {args.salt!r}") from None
     params = VerityParams(ALGORITHMS[args.hash_alg], args.block_size, salt)
     for name in args.files:
         try:

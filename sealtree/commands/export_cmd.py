@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from store.atomic import atomic_file
+from store.atomic import atomic_file, check_destination
 from store.errors import UsageError
 from store.export_tar import DEFAULT_ZSTD_LEVEL, export_tar
 
@@ -41,6 +41,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not 1 <= args.zstd_level <= 19:
         raise UsageError(f"--zstd-level must be 1 to 19, got {args.zstd_level}")
     level = args.zstd_level if args.zstd else None
+    if args.output != "-":
+        check_destination(args.output, "-o")  # before the tree is read, not after
     repo = open_repo(args)
     _commit_id, commit = repo.commit_of(args.rev)
     if args.output == "-":

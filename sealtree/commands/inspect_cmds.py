@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from store.diff import Change, diff_trees
-from store.errors import SourceError
+from store.errors import ObjectMissing, SealtreeError
 from store.history import log
 from store.ids import RawId, to_hex
 from store.model import Entry, Kind
@@ -119,7 +119,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
     _commit_id, commit = repo.commit_of(args.rev)
     path = _tree_path(args.path)
     if path:
-        entry = require(repo.objects, commit.root_tree, path)
+        entry = require(repo.objects, commit.root_tree, path, args.path)
         listing = [(path, entry)]
         if entry.kind is Kind.DIR:
             listing = _children(repo, entry.tree, path + b"/", args.recursive)
@@ -141,10 +141,22 @@ def _children(repo: Any, tree: RawId, prefix: bytes, recursive: bool) -> list[tu
 def cmd_cat(args: argparse.Namespace) -> None:
     repo = open_repo(args)
     _commit_id, commit = repo.commit_of(args.rev)
-    entry = require(repo.objects, commit.root_tree, _tree_path(args.path))
+    path = _tree_path(args.path)
+    if not path:
+        raise SealtreeError(f"{args.path} is a directory", path=args.path)
+    entry = require(repo.objects, commit.root_tree, path, args.path)
+    if entry.kind is Kind.DIR:
+        raise SealtreeError(f"{args.path} is a directory", path=args.path)
     if entry.kind is not Kind.FILE:
-        raise SourceError(f"{args.path}: is a {entry.kind.name.lower()}, not a regular file", path=args.path)
-    with open(repo.objects.file_path(entry.digest, entry.meta), "rb") as handle:
+        raise SealtreeError(f"{args.path} is a {entry.kind.name.lower()}, not a regular file",
+                            path=args.path)
+    source = repo.objects.file_path(entry.digest, entry.meta)
+    try:
+        handle = open(source, "rb")
+    except FileNotFoundError:
+        raise ObjectMissing(f"{args.path}: object {to_hex(entry.digest)} is missing",
+                            object_id=to_hex(entry.digest), path=source) from None
+    with handle:
         while chunk := handle.read(1 << 20):
             sys.stdout.buffer.write(chunk)
     sys.stdout.buffer.flush()

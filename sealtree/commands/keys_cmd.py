@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from store.errors import UsageError
+
 from ..output import print_json
 from .common import add_parser
 
@@ -25,6 +27,8 @@ def register(sub: Any) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> None:
     from pack.keys import PUBLIC_SUFFIX, generate_key
+    if not args.keyfile:
+        raise UsageError("KEYFILE is an empty path; give a file name")
     kid = generate_key(args.keyfile)
     if args.json:
         print_json({"key_id": kid.hex(), "private": args.keyfile,

@@ -13,7 +13,7 @@ from pack.format import MAX_INLINE_MAX
 if TYPE_CHECKING:
     from pack.importer import ImportResult
     from pack.reader import PackReader
-from store.atomic import atomic_write
+from store.atomic import atomic_write, check_destination
 from store.errors import RefError, SignatureError, UsageError
 from store.ids import to_hex
 from store.objects import relative_path
@@ -150,6 +150,7 @@ def _sig_path(args: argparse.Namespace) -> str:
 # -- vendor side ------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> None:
+    check_destination(args.output, "-o")  # before anything is built beside it
     repo = open_repo(args)
     commit_id = repo.resolve(args.rev)
     ref = args.ref
@@ -187,8 +188,11 @@ def cmd_sign(args: argparse.Namespace) -> None:
 
 
 def cmd_digest(args: argparse.Namespace) -> None:
-    from pack.signature import DOMAIN, pack_sha256, signed_message
-    digest = pack_sha256(args.pack)
+    from pack.reader import layout_sha256
+    from pack.signature import DOMAIN, signed_message
+    if args.output is not None:
+        check_destination(args.output, "-o")
+    digest = layout_sha256(args.pack)  # a file that is not a pack has nothing to sign
     message = signed_message(digest)
     if args.output:
         atomic_write(args.output, message)
@@ -216,10 +220,11 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from pack.keys import Keyring
+    from pack.reader import named
     from pack.verify import open_verified
     keyring = Keyring.load(args.keys)
-    with open_verified(args.pack, keyring, min_signatures=args.min_signatures,
-                       sig_path=_sig_path(args)) as (reader, verification):
+    with named(args.pack), open_verified(args.pack, keyring, min_signatures=args.min_signatures,
+                                         sig_path=_sig_path(args)) as (reader, verification):
         reader.check_data()
         commit_id, ref = reader.commit_id, reader.ref
     if args.json:
@@ -253,8 +258,8 @@ def _describe(reader: PackReader, sig_path: str) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from pack.reader import PackReader
-    with PackReader(args.pack) as reader:
+    from pack.reader import PackReader, named
+    with named(args.pack), PackReader(args.pack) as reader:
         info = _describe(reader, _sig_path(args))
     if args.json:
         print_json(info)
@@ -296,10 +301,12 @@ def _import_json(result: ImportResult) -> dict[str, Any]:
 def cmd_import(args: argparse.Namespace) -> None:
     from pack.importer import import_pack
     from pack.keys import Keyring
+    from pack.reader import named
     repo = open_repo(args)
     keyring = Keyring.load(args.keys)
-    result = import_pack(repo, args.pack, keyring, min_signatures=args.min_signatures,
-                         allow_downgrade=args.allow_downgrade, sig_path=_sig_path(args))
+    with named(args.pack):
+        result = import_pack(repo, args.pack, keyring, min_signatures=args.min_signatures,
+                             allow_downgrade=args.allow_downgrade, sig_path=_sig_path(args))
     if args.json:
         print_json(_import_json(result))
         return

@@ -1,0 +1,322 @@
+"""Error paths a user meets: each names the user's path or object (never a temporary file of
+ours), exits with its class's status, and shows no traceback (``run_cli`` checks that)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pack.keys import load_private_key
+from pack.reader import layout_sha256
+from pack.signature import pack_sha256, sign, sign_pack, signature_path, write_signatures
+from store.errors import PackError
+from store.ids import to_hex
+from store.repo import Repository
+from store.walk import lookup
+from tests.helpers import ROOT, run_cli
+
+BIG = 100_000  # above the default inline threshold: a large object, outside the pack
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A repository with ``main`` committed (/etc/motd, /usr/bin/big), its pack built and signed,
+    a vendor key and a keyring trusting it."""
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "usr" / "bin").mkdir(parents=True)
+    (src / "etc" / "motd").write_text("hello\n")
+    (src / "usr" / "bin" / "big").write_bytes(bytes(range(256)) * (BIG // 256) + b"x" * (BIG % 256))
+    os.symlink("etc/motd", src / "link")
+    repo = str(tmp_path / "repo")
+    run_cli("init", repo=repo)
+    run_cli("commit", "-b", "main", "-s", "msg", "--timestamp", "100", str(src), repo=repo)
+    key = str(tmp_path / "vendor.key")
+    run_cli("keygen", key)
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(key + ".pub", ring / "vendor.key.pub")
+    pack = str(tmp_path / "main.pack")
+    run_cli("pack", "build", "main", "-o", pack, repo=repo)
+    run_cli("pack", "sign", pack, "--key", key)
+    return {"base": tmp_path, "repo": repo, "key": key, "ring": str(ring), "pack": pack}
+
+
+def _error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one error line, checked to be one."""
+    assert proc.stderr.startswith("sealtree: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr.removeprefix("sealtree: error: ").rstrip("\n")
+
+
+def _no_temp_names(base, text: str) -> None:
+    """Nothing of ours leaks: neither a temp file's name in ``text`` nor a left-over file
+    beside the outputs (the repository's own tmp/ is its business)."""
+    assert ".tmp" not in text and "sealtree-checkout" not in text and "/tmp" not in text.replace(
+        str(base), ""), text
+    for name in os.listdir(base):
+        assert ".tmp" not in name and not name.startswith(("tmp", ".sealtree-checkout")), name
+
+
+def _signed_garbage(site, name: str, data: bytes) -> str:
+    """A file that is not a pack, with a good signature by the vendor (as if signed elsewhere)."""
+    path = str(site["base"] / name)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    write_signatures(signature_path(path), [sign(pack_sha256(path), load_private_key(site["key"]))])
+    return path
+
+
+# -- A: errors name the user's destination, never our temp file --------------------------------
+
+@pytest.mark.parametrize("command", [["pack", "build", "main", "-o"], ["export", "main", "-o"]])
+def test_output_that_is_a_directory_is_named(site, command):
+    out = site["base"] / "k"
+    out.mkdir()
+    proc = run_cli(*command, str(out), repo=site["repo"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _error(proc) == f"{out}: is a directory"
+    _no_temp_names(site["base"], proc.stderr)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("command", [["pack", "build", "main", "-o"], ["export", "main", "-o"], ["keygen"],
+                                     ["pack", "digest", "PACK", "-o"]])
+def test_output_in_a_missing_directory_is_named(site, command):
+    directory = site["base"] / "no-dir"
+    out = directory / "out"
+    args = [site["pack"] if word == "PACK" else word for word in command]
+    proc = run_cli(*args, str(out), repo=site["repo"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _error(proc) == f"{out}: cannot create it in {directory}: No such file or directory"
+    _no_temp_names(site["base"], proc.stderr)
+
+
+def test_output_below_a_file_is_named(site):
+    out = site["base"] / "vendor.key" / "x.pack"
+    proc = run_cli("pack", "build", "main", "-o", str(out), repo=site["repo"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _error(proc) == f"{out}: cannot create it in {site['key']}: Not a directory"
+
+
+@pytest.mark.parametrize("command,what", [
+    (["export", "main", "-o", ""], "-o"),
+    (["pack", "build", "main", "-o", ""], "-o"),
+    (["pack", "digest", "PACK", "-o", ""], "-o"),
+    (["keygen", ""], "KEYFILE"),
+    (["checkout", "main", ""], "DEST"),
+])
+def test_empty_output_path_is_a_usage_error(site, command, what):
+    args = [site["pack"] if word == "PACK" else word for word in command]
+    before = sorted(os.listdir(site["base"]))
+    proc = run_cli(*args, repo=site["repo"], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert _error(proc).startswith(f"{what} is an empty path")
+    _no_temp_names(site["base"], proc.stderr)
+    assert sorted(os.listdir(site["base"])) == before
+
+
+def test_a_failed_write_names_the_destination(site):
+    """A write that fails half-way (here: over the file size limit) names the archive being
+    written and leaves neither it nor the temporary file behind."""
+    out = site["base"] / "out.tar"
+    cmd = [sys.executable, "-c", "import resource, sys; "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY)); "
+           "from sealtree.cli import main; sys.exit(main(sys.argv[1:]))",
+           "--repo", site["repo"], "export", "main", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _error(proc) == f"{out}: File too large"
+    assert not out.exists()
+    _no_temp_names(site["base"], proc.stderr)
+
+
+def test_checkout_names_tree_paths_not_its_temp_directory(site):
+    repo = Repository.open(site["repo"])
+    entry = lookup(repo.objects, repo.commit_of("main")[1].root_tree, b"usr/bin/big")
+    assert entry is not None
+    os.unlink(repo.objects.file_path(entry.digest, entry.meta))
+    dest = site["base"] / "co"
+    proc = run_cli("checkout", "main", str(dest), repo=site["repo"], check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert _error(proc) == f"/usr/bin/big: object {to_hex(entry.digest)} is missing"
+    assert not dest.exists()
+    _no_temp_names(site["base"], proc.stderr)
+
+
+# -- B: pack format errors start with the pack's path, once --------------------------------------
+
+GARBAGE = {"empty": (b"", "truncated header: need 82 bytes, got 0 at offset 0"),
+           "garbage": (b"NOTAPACK" + bytes(200),
+                       "bad magic: expected b'SEALPACK', got b'NOTAPACK' at offset 0")}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+@pytest.mark.parametrize("command", [["pack", "verify", "PACK", "--keys", "RING"],
+                                     ["pack", "inspect", "PACK"],
+                                     ["pack", "import", "PACK", "--keys", "RING"]])
+def test_pack_format_errors_name_the_pack_once(site, name, command):
+    data, words = GARBAGE[name]
+    path = _signed_garbage(site, name, data)
+    args = [{"PACK": path, "RING": site["ring"]}.get(word, word) for word in command]
+    proc = run_cli(*args, repo=site["repo"], check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert _error(proc) == f"{path}: {words}"
+    assert proc.stderr.count(path) == 1
+
+
+def test_deploy_names_a_bad_kept_pack_once(site, needs_root):
+    from pack.importer import kept_pack_path  # noqa: PLC0415
+
+    run_cli("pack", "import", site["pack"], "--keys", site["ring"], repo=site["repo"])
+    repo = Repository.open(site["repo"])
+    kept = kept_pack_path(repo, repo.resolve("main"))
+    with open(kept, "wb") as handle:
+        handle.write(GARBAGE["garbage"][0])
+    write_signatures(kept + ".sig", [sign(pack_sha256(kept), load_private_key(site["key"]))])
+    proc = run_cli("deploy", "main", "--keys", site["ring"], repo=site["repo"], check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert _error(proc).startswith(f"{kept}: ") and "bad magic" in proc.stderr
+    assert proc.stderr.count(kept) == 1
+
+
+# -- C: usage errors exit 2; a missing pack is a pack error for inspect as for verify ----------
+
+@pytest.mark.parametrize("option,words", [
+    (["--block-size", "1000"], "block size must be a power of two in [64, 65536], got 1000"),
+    (["--block-size", "131072"], "got 131072"),
+    (["--salt", "zz"], "--salt is not hex: 'zz'"),
+    (["--salt", "abc"], "--salt is not hex: 'abc'"),
+    (["--salt", "aa" * 33], "salt is at most 32 bytes, got 33"),
+])
+def test_digest_bad_parameters_are_usage_errors(site, option, words):
+    proc = run_cli("digest", *option, site["pack"], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert words in _error(proc)
+
+
+def test_digest_good_parameters_still_work(site):
+    proc = run_cli("digest", "--block-size", "1024", "--salt", "aa" * 32, site["pack"])
+    assert proc.stdout.endswith(f" {site['pack']}\n")
+
+
+@pytest.mark.parametrize("command", [["pack", "inspect"], ["pack", "verify", "--keys", "RING"],
+                                     ["pack", "sign", "--key", "KEY"], ["pack", "digest"]])
+def test_missing_pack_is_a_pack_error_everywhere(site, command):
+    missing = str(site["base"] / "nonexist.pack")
+    args = [{"RING": site["ring"], "KEY": site["key"]}.get(word, word) for word in command]
+    proc = run_cli(*args, missing, check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert _error(proc) == f"{missing}: no such pack file"
+
+
+def test_inspect_of_a_directory_is_a_pack_error(site):
+    proc = run_cli("pack", "inspect", str(site["base"]), check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert _error(proc) == f"{site['base']}: not a regular file"
+
+
+# -- D: what is not a pack is neither signed nor digested ---------------------------------------
+
+def _not_a_pack(site) -> dict[str, str]:
+    """Files that are not packs: empty, garbage, a good pack cut short or extended."""
+    good = open(site["pack"], "rb").read()
+    files = {"empty": b"", "garbage": b"NOTAPACK" + bytes(200), "truncated": good[:-1],
+             "extended": good + b"\0"}
+    out = {}
+    for name, data in files.items():
+        path = site["base"] / name
+        path.write_bytes(data)
+        out[name] = str(path)
+    return out
+
+
+def test_sign_refuses_what_is_not_a_pack(site):
+    for name, path in _not_a_pack(site).items():
+        proc = run_cli("pack", "sign", path, "--key", site["key"], check=False)
+        assert proc.returncode == 11, (name, proc.stderr)
+        assert _error(proc).startswith(f"{path}: ") and "signed" not in proc.stdout, name
+        assert not os.path.exists(signature_path(path)), name
+
+
+def test_digest_refuses_what_is_not_a_pack(site):
+    msg = site["base"] / "msg"
+    for name, path in _not_a_pack(site).items():
+        for extra in ([], ["-o", str(msg)], ["--json"]):
+            proc = run_cli("pack", "digest", path, *extra, check=False)
+            assert proc.returncode == 11, (name, extra, proc.stderr)
+            assert _error(proc).startswith(f"{path}: ") and proc.stdout == "", (name, extra)
+            assert not msg.exists()
+
+
+def test_add_signature_refuses_what_is_not_a_pack(site):
+    path = _not_a_pack(site)["garbage"]
+    sig = site["base"] / "sig"
+    sig.write_bytes(load_private_key(site["key"]).sign(b"anything"))
+    proc = run_cli("pack", "add-signature", path, "--pubkey", site["key"] + ".pub", str(sig), check=False)
+    assert proc.returncode == 11, proc.stderr
+    assert _error(proc).startswith(f"{path}: bad magic")
+
+
+def test_library_signing_checks_the_layout_and_signs_the_same_digest(site):
+    assert layout_sha256(site["pack"]) == pack_sha256(site["pack"])
+    truncated = _not_a_pack(site)["truncated"]
+    with pytest.raises(PackError, match=f"^{truncated}: ") as info:
+        sign_pack(truncated, load_private_key(site["key"]))
+    assert info.value.offset is not None
+
+
+# -- E: cat of a missing large object is a missing object, named like export names it -----------
+
+def test_cat_of_a_missing_object_names_the_tree_path_and_object(site):
+    fresh = str(site["base"] / "device")
+    run_cli("init", repo=fresh)
+    run_cli("pack", "import", site["pack"], "--keys", site["ring"], repo=fresh)  # large object left out
+    repo = Repository.open(fresh)
+    entry = lookup(repo.objects, repo.commit_of("main")[1].root_tree, b"usr/bin/big")
+    assert entry is not None
+    proc = run_cli("cat", "main", "/usr/bin/big", repo=fresh, check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert _error(proc) == f"/usr/bin/big: object {to_hex(entry.digest)} is missing"
+    assert proc.stdout == ""
+    export = run_cli("export", "main", "-o", str(site["base"] / "x.tar"), repo=fresh, check=False)
+    assert export.returncode == 5 and to_hex(entry.digest) in export.stderr
+
+
+def test_cat_of_an_object_deleted_by_hand(site):
+    repo = Repository.open(site["repo"])
+    entry = lookup(repo.objects, repo.commit_of("main")[1].root_tree, b"usr/bin/big")
+    assert entry is not None
+    os.unlink(repo.objects.file_path(entry.digest, entry.meta))
+    proc = run_cli("cat", "main", "usr/bin/big", repo=site["repo"], check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert _error(proc) == f"usr/bin/big: object {to_hex(entry.digest)} is missing"
+
+
+# -- F: a path the tree lacks is the user's mistake (exit 1), named as written -------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["ls", "main", "/nonexist"], "/nonexist: no such path in the tree"),
+    (["ls", "-R", "main", "/etc/nope"], "/etc/nope: no such path in the tree"),
+    (["ls", "main", "/etc/motd/below-a-file"], "/etc/motd/below-a-file: no such path in the tree"),
+    (["cat", "main", "/nope"], "/nope: no such path in the tree"),
+    (["cat", "main", "etc/nope"], "etc/nope: no such path in the tree"),
+    (["cat", "main", "/"], "/ is a directory"),
+    (["cat", "main", "/etc"], "/etc is a directory"),
+    (["cat", "main", "/usr/bin/"], "/usr/bin/ is a directory"),
+    (["cat", "main", "/link"], "/link is a symlink, not a regular file"),
+])
+def test_tree_path_errors(site, args, message):
+    proc = run_cli(*args, repo=site["repo"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _error(proc) == message
+
+
+def test_tree_paths_that_exist_still_work(site):
+    assert run_cli("cat", "main", "/etc/motd", repo=site["repo"]).stdout == "hello\n"
+    assert "/etc/motd" in run_cli("ls", "main", "/etc", repo=site["repo"]).stdout
