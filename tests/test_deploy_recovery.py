@@ -24,6 +24,14 @@ from tests.test_deploy_cli import Site, _leftovers, base_dir, published_site
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
+
+@pytest.fixture
+def site(tmp_path):
+    """The sample tree published in a directory whose name needs escaping; no mount may be
+    left below it afterwards."""
+    for base in base_dir(tmp_path):
+        yield published_site(base)
+
 # `sealtree ARGS`, killed (SIGKILL) the moment it would write the deployment state.
 KILLED_AT_STATE_WRITE = """
 import os, signal, sys
@@ -34,16 +42,6 @@ overlay.state.atomic_write = killed
 from sealtree.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 def _killed_deploy(site: Site, *extra: str) -> None:
@@ -144,9 +142,9 @@ def test_umount_refuses_mounts_that_are_not_a_deployments(site):
         assert proc.returncode == 16 and "a tmpfs mount" in proc.stderr
 
 
-def test_umount_refuses_another_repositorys_deployment(site, base):
+def test_umount_refuses_another_repositorys_deployment(site):
     site.cli("deploy", "os/main", "--keys", site.keys, "--mount", site.target)
-    other = os.path.join(base, "other repo")
+    other = os.path.join(site.base, "other repo")
     site_repo = site.repo
     try:
         subprocess.run([sys.executable, "-m", "sealtree", "--repo", other, "init"], check=True,
@@ -187,7 +185,8 @@ def test_prune_waits_for_a_deploy_and_keeps_what_it_recorded(site):
 
 
 @pytest.mark.parametrize("api", ["new", "legacy"])
-def test_overlay_layers_are_read_back_exactly_from_mountinfo(base, api):
+def test_overlay_layers_are_read_back_exactly_from_mountinfo(tmp_path, api):
+    base = str(tmp_path)
     names = ["lo w,e:r\\x=y", "farm\tdir", "m\u00e9 re"]
     layers = [os.path.join(base, n) for n in names[:2]]
     target = os.path.join(base, names[2])
@@ -202,7 +201,7 @@ def test_overlay_layers_are_read_back_exactly_from_mountinfo(base, api):
         mounts.umount(target)
 
 
-def test_the_demo_unmounts_when_a_step_after_mount_fails(base):
+def test_the_demo_unmounts_when_a_step_after_mount_fails(tmp_path):
     """`status` made to fail (exit 14) right after the demo's mount: nothing stays mounted."""
     script = """
 import sys
@@ -214,6 +213,7 @@ deploy_cmds.cmd_status = broken
 from sealtree.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+    base = str(tmp_path)
     work = os.path.join(base, "demo")
     proc = subprocess.run([sys.executable, "-c", script, "demo", "--workdir", work], capture_output=True,
                           text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
