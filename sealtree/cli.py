@@ -13,6 +13,7 @@ from store.errors import SealtreeError
 
 from .cli_format import Formatter
 from .commands import command_modules
+from .output import json_error
 
 DESCRIPTION = """\
 sealtree keeps operating-system trees in a content-addressed store, like
@@ -78,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
         return int(result or 0)
     except SealtreeError as err:
-        print(f"sealtree: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _failed(args, str(err), err.exit_code)
     except KeyboardInterrupt:
         print("sealtree: interrupted", file=sys.stderr)
         return 130
@@ -90,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         # An operating-system refusal on a path the user gave us: say which, no traceback.
         where = f"{err.filename}: " if err.filename else ""
-        print(f"sealtree: error: {where}{err.strerror or errno.errorcode.get(err.errno or 0, err)}",
-              file=sys.stderr)
-        return 1
+        return _failed(args, f"{where}{err.strerror or errno.errorcode.get(err.errno or 0, err)}", 1)
+
+
+def _failed(args: argparse.Namespace, message: str, exit_status: int) -> int:
+    """Report an error: on stderr, and with --json as a JSON document on stdout too."""
+    print(f"sealtree: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        json_error(message, exit_status)
+    return exit_status

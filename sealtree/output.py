@@ -23,8 +23,31 @@ def json_path(path: bytes) -> dict[str, str]:
 
 
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    json.dump(_valid_unicode(value), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` with every string made valid Unicode: a file name's undecodable bytes
+    (surrogate escapes) shown as ``\\xNN``, as ``show_path`` does, never as lone surrogates,
+    which strict JSON readers refuse."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return show_path(value.encode("utf-8", "surrogateescape"))
+        return value
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid_unicode(v) for v in value]
+    return value
+
+
+def json_error(message: str, exit_status: int) -> None:
+    """What a command run with --json prints on stdout when it fails (the message goes to
+    stderr as well), so that a script reading stdout always gets a JSON document."""
+    print_json({"ok": False, "error": message, "exit_status": exit_status})
 
 
 def human_size(n: float) -> str:

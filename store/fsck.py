@@ -161,7 +161,7 @@ def fsck(repo: Repository, progress: Progress | None = None,
         if problem:
             bad[obj.path] = problem
     named: set[str] = set()
-    roots = [(f"ref {name}", commit) for name, commit in repo.refs.list().items()] + list(extra_roots)
+    roots = _ref_roots(repo, report) + list(extra_roots)
     report.refs = len(roots)
     seen_trees: set[bytes] = set()
     for label, commit_id in roots:
@@ -172,6 +172,22 @@ def fsck(repo: Repository, progress: Progress | None = None,
             report.problems.append(Problem("corrupt", os.path.basename(os.path.dirname(path))
                                            + name.split(".")[0], path, message))
     return report
+
+
+def _ref_roots(repo: Repository, report: FsckReport) -> list[tuple[str, RawId]]:
+    """Every readable ref as a root; each bad one (a name or content that is not a ref's)
+    a "corrupt" problem, so that one bad ref does not stop the check of the others."""
+    roots = []
+    for name in repo.refs.names():
+        try:
+            commit = repo.refs.read(name)
+        except SealtreeError as err:  # RefError: bad name or content
+            report.problems.append(Problem("corrupt", "", os.path.join(repo.refs.root, name),
+                                           str(err)))
+            continue
+        if commit is not None:
+            roots.append((f"ref {name}", commit))
+    return roots
 
 
 def _check_reachable(repo: Repository, label: str, commit_id: RawId, bad: dict[str, str],

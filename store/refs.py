@@ -51,17 +51,23 @@ class Refs:
         except FormatError as err:
             raise RefError(f"ref {name}: corrupt ({err})", path=path) from err
 
-    def list(self) -> dict[str, RawId]:
-        out: dict[str, RawId] = {}
+    def names(self) -> list[str]:
+        """Every file under ``refs/heads/`` as a ref name, sorted, unread and unchecked."""
+        out = []
         for directory, _dirs, files in os.walk(self.root):
             for file in files:
-                if file.startswith("."):
-                    continue  # a temporary file of an update in progress
-                name = os.path.relpath(os.path.join(directory, file), self.root)
-                value = self.read(name)
-                if value is not None:
-                    out[name] = value
-        return dict(sorted(out.items()))
+                if not file.startswith("."):  # a temporary file of an update in progress
+                    out.append(os.path.relpath(os.path.join(directory, file), self.root))
+        return sorted(out)
+
+    def list(self) -> dict[str, RawId]:
+        """Every ref and its commit; RefError for the first bad one (``fsck`` reports them all)."""
+        out: dict[str, RawId] = {}
+        for name in self.names():
+            value = self.read(name)
+            if value is not None:
+                out[name] = value
+        return out
 
     def conflict(self, name: str) -> str | None:
         """An existing ref that ``name`` cannot coexist with, as files and directories

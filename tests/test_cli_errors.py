@@ -3,6 +3,7 @@ ours), exits with its class's status, and shows no traceback (``run_cli`` checks
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -250,7 +251,10 @@ def test_digest_refuses_what_is_not_a_pack(site):
         for extra in ([], ["-o", str(msg)], ["--json"]):
             proc = run_cli("pack", "digest", path, *extra, check=False)
             assert proc.returncode == 11, (name, extra, proc.stderr)
-            assert _error(proc).startswith(f"{path}: ") and proc.stdout == "", (name, extra)
+            assert _error(proc).startswith(f"{path}: "), (name, extra)
+            # nothing on stdout but, with --json, the error as a JSON document
+            assert (json.loads(proc.stdout)["exit_status"] == 11) if extra == ["--json"] \
+                else proc.stdout == "", (name, extra)
             assert not msg.exists()
 
 
@@ -320,3 +324,63 @@ def test_tree_path_errors(site, args, message):
 def test_tree_paths_that_exist_still_work(site):
     assert run_cli("cat", "main", "/etc/motd", repo=site["repo"]).stdout == "hello\n"
     assert "/etc/motd" in run_cli("ls", "main", "/etc", repo=site["repo"]).stdout
+
+
+# -- scripting: --repo after the command, ref deletion, JSON documents on failure -------------
+
+def test_repo_may_follow_the_command_as_ostree_takes_it(site):
+    after = run_cli("refs", "--repo", site["repo"]).stdout
+    assert after == run_cli("refs", repo=site["repo"]).stdout and after.endswith(" main\n")
+    nested = run_cli("pack", "build", "main", "-o", str(site["base"] / "again.pack"), "--repo", site["repo"])
+    assert nested.returncode == 0
+
+
+def test_refs_delete_then_prune_reclaims(site):
+    repo = site["repo"]
+    head = run_cli("rev-parse", "main", repo=repo).stdout.strip()
+    proc = run_cli("refs", "--delete", "nope", repo=repo, check=False)
+    assert proc.returncode == 4 and _error(proc) == "nope: no such ref"
+    out = run_cli("refs", "--delete", "main", "--json", repo=repo).stdout
+    assert json.loads(out) == {"deleted": {"main": head}}
+    assert run_cli("refs", repo=repo).stdout == ""
+    assert run_cli("prune", repo=repo).stdout.startswith("deleted 7 objects")  # 3 files, 3 trees, 1 commit
+    run_cli("commit", "-b", "main", str(site["base"] / "src"), repo=repo)  # the name is free again
+
+
+def test_log_counts_must_be_positive(site):
+    proc = run_cli("log", "main", "-n", "-1", repo=site["repo"], check=False)
+    assert proc.returncode == 2 and "must be at least 1, got -1" in proc.stderr
+
+
+@pytest.mark.parametrize("args,code", [
+    (["log", "--json", "nope"], 4),
+    (["pack", "verify", "--json", "missing.pack", "--keys", "ring"], 11),
+    (["pack", "verify", "--json", "main.pack", "--keys", "empty ring"], 12),
+])
+def test_json_commands_print_a_json_document_when_they_fail(site, args, code):
+    (site["base"] / "empty ring").mkdir()
+    args = [str(site["base"] / a) if a.endswith((".pack", "ring")) else a for a in args]
+    proc = run_cli(*args, repo=site["repo"], check=False)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == code and doc["ok"] is False and doc["exit_status"] == code
+    assert doc["error"] == _error(proc)
+
+
+def test_json_output_is_valid_unicode_for_undecodable_names(site):
+    objects = os.path.join(site["repo"], "objects")
+    prefix = sorted(os.listdir(objects))[0]
+    open(os.fsencode(os.path.join(objects, prefix)) + b"/stray\xff", "w").close()
+    proc = run_cli("fsck", "--json", repo=site["repo"], check=False)
+    proc.stdout.encode("utf-8")  # strict: no lone surrogates
+    [problem] = json.loads(proc.stdout)["problems"]
+    assert problem["kind"] == "stray" and problem["path"].endswith("/stray\\xff")
+
+
+def test_fsck_reports_a_bad_ref_and_checks_the_others(site):
+    repo = site["repo"]
+    with open(os.path.join(repo, "refs", "heads", "broken"), "wb") as handle:
+        handle.write(b"\xff\n")
+    proc = run_cli("fsck", "--json", repo=repo, check=False)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode != 0 and doc["roots"] == 1  # main, still checked
+    assert [(p["kind"], p["message"]) for p in doc["problems"]] == [("corrupt", "ref broken: not ASCII")]

@@ -18,7 +18,22 @@ def add_parser(sub: Any, name: str, summary: str, description: str, epilog: str 
                ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=summary, description=description, epilog=epilog, formatter_class=Formatter)
+    # As ostree takes it: `sealtree refs --repo R` as well as `sealtree --repo R refs`.  No
+    # default here, so that a --repo (or $SEALTREE_REPO) before the command is kept.
+    parser.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the repository (the same as --repo before the command)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def open_repo(args: argparse.Namespace) -> Repository:

@@ -15,7 +15,7 @@ from store.model import Entry, Kind
 from store.walk import require, walk
 
 from ..output import json_path, print_json, show_path
-from .common import add_parser, commit_json, commit_text, open_repo
+from .common import add_parser, commit_json, commit_text, open_repo, positive_int
 
 
 def register(sub: Any) -> None:
@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
                    "Show REV's commit and its ancestors, newest first.  History imported\n"
                    "from a pack may stop at a commit whose parent is not in the repository.")
     p.add_argument("rev", metavar="REV")
-    p.add_argument("-n", "--max-count", type=int, default=None, metavar="N", help="show at most N commits")
+    p.add_argument("-n", "--max-count", type=positive_int, default=None, metavar="N",
+                   help="show at most N commits")
     p.add_argument("--json", action="store_true", help="print a JSON list of commits")
     p.set_defaults(func=cmd_log)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from store.errors import UsageError
+from store.errors import RefError, UsageError
 from store.ids import to_hex
 from store.repo import Repository
 
@@ -20,8 +20,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_init)
 
     p = add_parser(sub, "refs", "list refs and the commits they point at",
-                   "List every ref with the commit it points at, sorted by name.")
+                   "List every ref with the commit it points at, sorted by name.  With --delete,\n"
+                   "delete refs instead: their commits and objects stay until 'prune' (which\n"
+                   "keeps whatever another ref or a deployment still needs).",
+                   "examples:\n  sealtree --repo R refs\n  sealtree --repo R refs --delete os/old")
     p.add_argument("--json", action="store_true", help="print a JSON object {ref: commit id}")
+    p.add_argument("--delete", metavar="REF", action="append", default=[],
+                   help="delete REF (repeatable); an unknown ref is an error")
     p.set_defaults(func=cmd_refs)
 
     p = add_parser(sub, "rev-parse", "print the commit id a revision names",
@@ -42,6 +47,9 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_refs(args: argparse.Namespace) -> None:
+    if args.delete:
+        _delete_refs(open_repo(args), args.delete, as_json=args.json)
+        return
     refs = open_repo(args).refs.list()
     if args.json:
         print_json({name: to_hex(commit) for name, commit in refs.items()})
@@ -52,3 +60,18 @@ def cmd_refs(args: argparse.Namespace) -> None:
 
 def cmd_rev_parse(args: argparse.Namespace) -> None:
     print(to_hex(open_repo(args).resolve(args.rev)))
+
+
+def _delete_refs(repo: Repository, names: list[str], *, as_json: bool) -> None:
+    """Delete each ref (compare-and-swap on the value read: a concurrent update wins)."""
+    deleted = {}
+    for name in names:
+        current = repo.refs.read(name)
+        if current is None:
+            raise RefError(f"{name}: no such ref", path=name)
+        repo.refs.update(name, None, current)
+        deleted[name] = to_hex(current)
+        if not as_json:
+            print(f"deleted ref {name} (was {to_hex(current)})")
+    if as_json:
+        print_json({"deleted": deleted})
