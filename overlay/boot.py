@@ -204,11 +204,11 @@ def load_config_file(path: str, base: BootConfig | None = None) -> BootConfig:
     except FileNotFoundError:
         return base or BootConfig()
     except OSError as err:
-        raise BootConfigError(f"{path}: cannot read: {err.strerror}", path=path) from err
+        raise BootConfigError(f"cannot read: {err.strerror}", path=path) from err
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BootConfigError(f"{path}: not UTF-8", path=path) from err
+        raise BootConfigError("not UTF-8", path=path) from err
     return parse_config_text(text, path, base)
 
 
@@ -445,13 +445,13 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
     """Mount the root device at the sysroot (read-write) unless it is mounted there already."""
     if mounts.is_mount_point(config.sysroot) is not None or config.root is None:
         if not os.path.isdir(config.repo_path):
-            raise DeployError(f"{config.repo_path}: no repository (is the sysroot mounted? "
-                              f"give sealtree.root= or mount it first)", path=config.repo_path)
+            raise DeployError("no repository (is the sysroot mounted? "
+                              "give sealtree.root= or mount it first)", path=config.repo_path)
         return
     deadline = time.monotonic() + config.rootwait
     while not os.path.exists(config.root):
         if time.monotonic() >= deadline:
-            raise MountError(f"{config.root}: the root device did not appear within "
+            raise MountError(f"the root device did not appear within "
                              f"{config.rootwait:g} s", path=config.root)
         time.sleep(0.1)
     os.makedirs(config.sysroot, exist_ok=True)
@@ -460,7 +460,7 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
         # the deploy directories on it are layers of the root filesystem.
         mounts.mount(config.root, config.sysroot, config.rootfstype, mounts.MS_SILENT)
     except OSError as err:
-        raise MountError(f"{config.root}: mounting it ({config.rootfstype}) at {config.sysroot} "
+        raise MountError(f"mounting it ({config.rootfstype}) at {config.sysroot} "
                          f"failed: {err.strerror}", path=config.root) from err
     say(f"mounted {config.root} at {config.sysroot}")
 
@@ -471,8 +471,8 @@ def _load_floor(config: BootConfig) -> dict[str, freshness.Accepted]:
     if config.freshness is None:
         return {}
     if not os.path.exists(config.freshness):
-        raise DeployError(f"{config.freshness}: the freshness floor named by the configuration "
-                          f"is missing; refusing to boot without rollback protection",
+        raise DeployError("the freshness floor named by the configuration "
+                          "is missing; refusing to boot without rollback protection",
                           path=config.freshness)
     return freshness.load(config.freshness)
 
@@ -484,7 +484,7 @@ def run_boot(config: BootConfig, say: Say) -> int:
         repo = Repository.open(config.repo_path)
         keyring = Keyring.load(config.keys)
         if not keyring.keys:
-            raise SignatureError(f"{config.keys}: the keyring holds no trusted keys", path=config.keys)
+            raise SignatureError("the keyring holds no trusted keys", path=config.keys)
         floor = _load_floor(config)
         if config.freshness is None:
             say("no freshness floor configured: older signed releases are not refused")

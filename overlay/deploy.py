@@ -81,12 +81,12 @@ def open_deployment_pack(pack_path: str, keyring: Keyring, commit_id: RawId
     What the reader yields is only final once ``reader.entries()`` is exhausted.
     """
     if not os.path.exists(pack_path):
-        raise DeployError(f"{pack_path}: no pack kept for commit {to_hex(commit_id)}; import a signed "
+        raise DeployError(f"no pack kept for commit {to_hex(commit_id)}; import a signed "
                           f"pack of it first (sealtree pack import PACK --keys DIR)", path=pack_path)
     try:
         with open_verified(pack_path, keyring) as (reader, verification):
             if reader.commit_id != commit_id:
-                raise VerificationError(f"{pack_path}: the pack is of commit "
+                raise VerificationError(f"the pack is of commit "
                                         f"{to_hex(reader.commit_id)}, expected {to_hex(commit_id)}",
                                         path=pack_path)
             check_overlay_xattrs(reader)
@@ -94,11 +94,11 @@ def open_deployment_pack(pack_path: str, keyring: Keyring, commit_id: RawId
     except DowngradeError:
         raise
     except SignatureError as err:  # name the pack: the message alone names only its digest
-        raise SignatureError(f"{pack_path}: {err}", path=pack_path) from err
+        raise SignatureError(f"{err}", path=pack_path) from err
     except PackError as err:
         if pack_path in str(err):
             raise
-        raise PackError(f"{pack_path}: {err}", offset=err.offset, path=pack_path) from err
+        raise PackError(f"{err}", offset=err.offset, path=pack_path) from err
 
 
 def check_overlay_xattrs(reader: PackReader) -> None:

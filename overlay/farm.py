@@ -61,7 +61,7 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile]
     """
     final = os.path.join(deploy_root, dep_id)
     if os.path.lexists(final):
-        raise DeployError(f"{final}: already exists", path=final)
+        raise DeployError("already exists", path=final)
     work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(deploy_root, exist_ok=True)
@@ -153,9 +153,9 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
     try:
         top = os.lstat(root)
     except FileNotFoundError:
-        raise VerificationError(f"{farm}: the deploy directory is missing", path=farm) from None
+        raise VerificationError("the deploy directory is missing", path=farm) from None
     if not stat.S_ISDIR(top.st_mode):
-        raise VerificationError(f"{farm}: the deploy directory is not a directory", path=farm)
+        raise VerificationError("the deploy directory is not a directory", path=farm)
     seen_dirs: set[bytes] = set()
     seen_files: set[bytes] = set()
     stack = [b""]

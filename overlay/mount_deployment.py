@@ -114,14 +114,14 @@ def unmount(repo: Repository | None, target: str, *, lazy: bool = False) -> Depl
     if info is None:
         if repo is not None:
             _forget_mount(repo, real, None)  # a record of a mount gone behind our back
-        raise MountError(f"{target}: not mounted", path=target)
+        raise MountError("not mounted", path=target)
     shown = inuse.deployment_mount(info)
     if shown is None:
         what = "an overlay" if info.fstype == "overlay" else f"a {info.fstype} mount"
-        raise MountError(f"{target}: is {what} that is not a sealtree deployment's; "
+        raise MountError(f"is {what} that is not a sealtree deployment's; "
                          f"not unmounting it", path=target)
     if repo is not None and not inuse.same_directory(shown.farm_parent, deploy_root(repo)):
-        raise MountError(f"{target}: shows a deployment of another repository "
+        raise MountError(f"shows a deployment of another repository "
                          f"({os.path.dirname(shown.farm_parent)}), not of {repo.path}", path=target)
     try:
         mounts.umount(real, mounts.MNT_DETACH if lazy else 0)

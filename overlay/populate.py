@@ -145,6 +145,6 @@ def populate(reader: PackReader, root: str) -> UnpackReport:
         return unpack_inline(reader, root, writer=_TmpfsWriter, share_identical=True)
     except OSError as err:
         if err.errno == errno.ENOSPC:  # the manifest-sized tmpfs was too small (a bug of ours)
-            raise DeployError(f"{root}: the tmpfs sized from the manifest is full: {err}",
+            raise DeployError(f"the tmpfs sized from the manifest is full: {err}",
                               path=root) from err
         raise

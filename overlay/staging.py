@@ -45,12 +45,12 @@ def check_target(target: str, repo_path: str | None = None) -> None:
     if repo_path is not None:
         real, repo = os.path.realpath(target), os.path.realpath(repo_path)
         if real == repo or real.startswith(repo.rstrip("/") + "/"):
-            raise MountError(f"{target}: inside the repository {repo_path}; mount deployments "
+            raise MountError(f"inside the repository {repo_path}; mount deployments "
                              f"elsewhere", path=target)
     if not os.path.isdir(target):
-        raise MountError(f"{target}: not a directory", path=target)
+        raise MountError("not a directory", path=target)
     if mounts.is_mount_point(target) is not None:
-        raise MountError(f"{target}: already a mount point; unmount it first", path=target)
+        raise MountError("already a mount point; unmount it first", path=target)
 
 
 def clean_stale(scratch: str) -> None:

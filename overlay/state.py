@@ -201,7 +201,7 @@ class StateFile:
         except FileNotFoundError:
             return State()
         if len(data) > MAX_STATE:
-            raise FormatError(f"{self.path}: larger than {MAX_STATE} bytes", path=self.path)
+            raise FormatError(f"larger than {MAX_STATE} bytes", path=self.path)
         return decode(data, self.path)
 
     @contextlib.contextmanager

@@ -87,7 +87,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Accepted]:
             out[check_ref_name(ref)] = Accepted(parse_hex(item["commit"]), item["version"], timestamp)
         return out
     except (ValueError, TypeError, KeyError, AttributeError, FormatError) as err:
-        raise FormatError(f"{path}: freshness state does not parse ({err}); refusing to guess "
+        raise FormatError(f"freshness state does not parse ({err}); refusing to guess "
                           f"what was accepted", path=path) from err
 
 

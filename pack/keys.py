@@ -71,7 +71,7 @@ def generate_key(path: str | os.PathLike[str]) -> KeyId:
     pub_path = path + PUBLIC_SUFFIX
     for existing in (path, pub_path):
         if os.path.lexists(existing):
-            raise UsageError(f"{existing}: already exists; not overwriting a key", path=existing)
+            raise UsageError("already exists; not overwriting a key", path=existing)
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the docstring
 
     private = Ed25519PrivateKey.generate()
@@ -87,9 +87,9 @@ def _read_key_file(path: str) -> bytes:
         with open(path, "rb") as handle:
             data = handle.read(MAX_KEY_FILE + 1)
     except OSError as err:
-        raise SignatureError(f"{path}: cannot read key: {err.strerror}", path=path) from err
+        raise SignatureError(f"cannot read key: {err.strerror}", path=path) from err
     if len(data) > MAX_KEY_FILE:
-        raise SignatureError(f"{path}: too large for a key file", path=path)
+        raise SignatureError("too large for a key file", path=path)
     return data
 
 
@@ -103,9 +103,9 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise SignatureError(f"{path}: not an unencrypted PEM private key ({err})", path=path) from err
+        raise SignatureError(f"not an unencrypted PEM private key ({err})", path=path) from err
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path}: not an Ed25519 key", path=path)
+        raise SignatureError("not an Ed25519 key", path=path)
     return key
 
 
@@ -114,13 +114,13 @@ def parse_public_raw(data: bytes, where: str) -> bytes:
     blocks = _PEM_PUBLIC.findall(data)
     if len(blocks) != 1:
         found = "no" if not blocks else f"{len(blocks)}"
-        raise SignatureError(f"{where}: not a PEM public key ({found} PUBLIC KEY blocks)", path=where)
+        raise SignatureError(f"not a PEM public key ({found} PUBLIC KEY blocks)", path=where)
     try:
         der = base64.b64decode(b"".join(blocks[0].split()), validate=True)
     except binascii.Error as err:
-        raise SignatureError(f"{where}: not a PEM public key (bad base64: {err})", path=where) from err
+        raise SignatureError(f"not a PEM public key (bad base64: {err})", path=where) from err
     if len(der) != len(_ED25519_SPKI_PREFIX) + 32 or not der.startswith(_ED25519_SPKI_PREFIX):
-        raise SignatureError(f"{where}: not an Ed25519 public key", path=where)
+        raise SignatureError("not an Ed25519 public key", path=where)
     return der[len(_ED25519_SPKI_PREFIX):]
 
 
@@ -128,7 +128,7 @@ def _key_from_raw(raw: bytes, where: str) -> Ed25519PublicKey:
     try:
         return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as err:
-        raise SignatureError(f"{where}: not a valid Ed25519 public key ({err})", path=where) from err
+        raise SignatureError(f"not a valid Ed25519 public key ({err})", path=where) from err
 
 
 def parse_public_key(data: bytes, where: str) -> Ed25519PublicKey:
@@ -172,7 +172,7 @@ class Keyring:
         try:
             names = sorted(os.listdir(directory))
         except OSError as err:
-            raise SignatureError(f"{directory}: cannot read keyring: {err.strerror}",
+            raise SignatureError(f"cannot read keyring: {err.strerror}",
                                  path=directory) from err
         keys: dict[KeyId, Ed25519PublicKey] = {}
         for name in names:
@@ -186,6 +186,6 @@ class Keyring:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise SignatureError(f"{revoked_path}: not UTF-8", path=revoked_path) from err
+                raise SignatureError("not UTF-8", path=revoked_path) from err
             revoked = parse_revoked(text, revoked_path)
         return cls(keys, revoked, directory)

@@ -39,7 +39,7 @@ def check_pack_file(path: str) -> None:
     """PackError unless ``path`` is a regular file (a missing pack is said to be missing)."""
     if not os.path.isfile(path):
         what = "not a regular file" if os.path.lexists(path) else "no such pack file"
-        raise PackError(f"{path}: {what}", path=path)
+        raise PackError(f"{what}", path=path)
 
 
 def _open_regular(path: str) -> BinaryIO:
@@ -52,7 +52,7 @@ def _open_regular(path: str) -> BinaryIO:
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise PackError(f"{path}: not a regular file", offset=0, path=path)
+        raise PackError("not a regular file", offset=0, path=path)
     return os.fdopen(fd, "rb")
 
 

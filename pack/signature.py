@@ -98,24 +98,24 @@ def encode_signatures(signatures: Iterable[Signature]) -> bytes:
 def decode_signatures(data: bytes, where: str) -> list[Signature]:
     """Parse a signature file: length, magic, version, count, size, order."""
     if len(data) < _HEADER.size:
-        raise SignatureError(f"{where}: truncated signature file ({len(data)} bytes)", path=where)
+        raise SignatureError(f"truncated signature file ({len(data)} bytes)", path=where)
     magic, version, count = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise SignatureError(f"{where}: bad magic: expected {MAGIC!r}, got {magic!r}", path=where)
+        raise SignatureError(f"bad magic: expected {MAGIC!r}, got {magic!r}", path=where)
     if version != VERSION:
-        raise SignatureError(f"{where}: unsupported signature file version: expected {VERSION}, "
+        raise SignatureError(f"unsupported signature file version: expected {VERSION}, "
                              f"got {version}", path=where)
     if count > MAX_SIGNATURES:
-        raise SignatureError(f"{where}: {count} signatures exceed {MAX_SIGNATURES}", path=where)
+        raise SignatureError(f"{count} signatures exceed {MAX_SIGNATURES}", path=where)
     expected = _HEADER.size + count * _ENTRY.size
     if len(data) != expected:
-        raise SignatureError(f"{where}: {len(data)} bytes, expected {expected} for {count} "
+        raise SignatureError(f"{len(data)} bytes, expected {expected} for {count} "
                              f"signatures (truncated or extended)", path=where)
     out: list[Signature] = []
     for i in range(count):
         kid, value = _ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)
         if out and kid <= out[-1].key_id:
-            raise SignatureError(f"{where}: signature {i} not sorted by key id or duplicated",
+            raise SignatureError(f"signature {i} not sorted by key id or duplicated",
                                  path=where)
         out.append(Signature(KeyId(kid), value))
     return out
@@ -131,9 +131,9 @@ def read_signatures(path: str | os.PathLike[str], *, missing_ok: bool = False) -
     except FileNotFoundError:
         if missing_ok:
             return []
-        raise SignatureError(f"{path}: no signature file: the pack is not signed", path=path) from None
+        raise SignatureError("no signature file: the pack is not signed", path=path) from None
     except OSError as err:
-        raise SignatureError(f"{path}: cannot read signatures: {err.strerror}", path=path) from err
+        raise SignatureError(f"cannot read signatures: {err.strerror}", path=path) from err
     return decode_signatures(data, path)
 
 
@@ -187,5 +187,5 @@ def parse_signature_blob(data: bytes, where: str) -> bytes:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             pass
-    raise SignatureError(f"{where}: not an Ed25519 signature (64 raw bytes or 128 hex digits; "
+    raise SignatureError(f"not an Ed25519 signature (64 raw bytes or 128 hex digits; "
                          f"got {len(data)} bytes)", path=where)

@@ -46,7 +46,7 @@ class TreeWriter:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if os.listdir(fd):
             os.close(fd)
-            raise UsageError(f"{self.root}: not empty; unpacking needs an empty directory",
+            raise UsageError("not empty; unpacking needs an empty directory",
                              path=self.root)
         self._stack: list[tuple[bytes, int, Meta | None]] = [(b"", fd, root_meta)]
 

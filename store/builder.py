@@ -55,25 +55,25 @@ def show(path: bytes | str) -> str:
 def check_meta(meta: Meta, where: str) -> Meta:
     """``meta`` when the tree format can hold it; SourceError naming ``where`` otherwise."""
     if meta.mode & ~PERMISSION_BITS:
-        raise SourceError(f"{where}: mode {meta.mode:#o} has bits outside {PERMISSION_BITS:#o}",
+        raise SourceError(f"mode {meta.mode:#o} has bits outside {PERMISSION_BITS:#o}",
                           path=where)
     for number, what in ((meta.uid, "uid"), (meta.gid, "gid")):
         if not 0 <= number <= MAX_ID:
-            raise SourceError(f"{where}: {what} {number} is out of range", path=where)
+            raise SourceError(f"{what} {number} is out of range", path=where)
     if len(meta.xattrs) > MAX_XATTRS:
-        raise SourceError(f"{where}: {len(meta.xattrs)} xattrs exceed the limit of {MAX_XATTRS}",
+        raise SourceError(f"{len(meta.xattrs)} xattrs exceed the limit of {MAX_XATTRS}",
                           path=where)
     previous = None
     for name, value in meta.xattrs:
         if not name.startswith(XATTR_NAMESPACES) or b"\0" in name or len(name) > MAX_XATTR_NAME:
-            raise SourceError(f"{where}: xattr name {show(name)!r} is not valid on Linux (it needs a "
+            raise SourceError(f"xattr name {show(name)!r} is not valid on Linux (it needs a "
                               f"namespace such as 'user.', no NUL, at most {MAX_XATTR_NAME} bytes)",
                               path=where)
         if len(value) > MAX_XATTR_VALUE:
-            raise SourceError(f"{where}: xattr {show(name)!r} value of {len(value)} bytes exceeds "
+            raise SourceError(f"xattr {show(name)!r} value of {len(value)} bytes exceeds "
                               f"{MAX_XATTR_VALUE}", path=where)
         if previous is not None and name <= previous:
-            raise SourceError(f"{where}: xattr {show(name)!r} given twice", path=where)
+            raise SourceError(f"xattr {show(name)!r} given twice", path=where)
         previous = name
     return meta
 
@@ -84,7 +84,7 @@ def sorted_xattrs(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, by
 
 def check_target(target: bytes, where: str) -> bytes:
     if not 0 < len(target) <= MAX_TARGET or b"\0" in target:
-        raise SourceError(f"{where}: symlink target must be 1 to {MAX_TARGET} bytes without NUL "
+        raise SourceError(f"symlink target must be 1 to {MAX_TARGET} bytes without NUL "
                           f"(got {len(target)} bytes)", path=where)
     return target
 
@@ -100,7 +100,7 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
     if size <= IN_MEMORY_MAX:
         data = reader.read(size)
         if len(data) != size:
-            raise SourceError(f"{where}: truncated: expected {size} bytes, got {len(data)}", path=where)
+            raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
         return tx.add_file_bytes(data, meta), size
     with tempfile.TemporaryFile(dir=tx.staging) as spool:
         shutil.copyfileobj(reader, spool, COPY_CHUNK)
@@ -108,7 +108,7 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
         spool.seek(0)
         digest, got = tx.add_file_stream(spool.fileno(), meta)
     if got != size:
-        raise SourceError(f"{where}: truncated: expected {size} bytes, got {got}", path=where)
+        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
     return digest, got
 
 
@@ -121,7 +121,7 @@ class TreeBuilder:
 
     def set_root_meta(self, meta: Meta, where: str) -> None:
         if self.root.listed:
-            raise SourceError(f"{where}: the root directory is given twice", path=where)
+            raise SourceError("the root directory is given twice", path=where)
         self.root.meta = check_meta(meta, where)
         self.root.listed = True
 
@@ -134,18 +134,18 @@ class TreeBuilder:
                 child = node.children[name] = DirNode(self.implied_meta, listed=False)
             elif not isinstance(child, DirNode):
                 above = show(b"/".join(parts[:depth + 1]))
-                raise SourceError(f"{where}: its parent {above!r} is a {child.kind.name.lower()}, "
+                raise SourceError(f"its parent {above!r} is a {child.kind.name.lower()}, "
                                   f"not a directory", path=where)
             node = child
         return node
 
     def _check_names(self, parts: Sequence[bytes], where: str) -> None:
         if not parts:
-            raise SourceError(f"{where}: empty path", path=where)
+            raise SourceError("empty path", path=where)
         for name in parts:
             problem = check_name(name)
             if problem:
-                raise SourceError(f"{where}: bad name {show(name)!r}: {problem}", path=where)
+                raise SourceError(f"bad name {show(name)!r}: {problem}", path=where)
 
     def add_leaf(self, parts: Sequence[bytes], entry: Entry, where: str) -> None:
         """Add a file or symlink; ``entry.name`` is replaced by ``parts[-1]``."""
@@ -156,10 +156,10 @@ class TreeBuilder:
         parent = self._parent(parts, where)
         existing = parent.children.get(parts[-1])
         if isinstance(existing, DirNode) and not existing.listed:
-            raise SourceError(f"{where}: is a directory of paths given before it, not a "
+            raise SourceError(f"is a directory of paths given before it, not a "
                               f"{entry.kind.name.lower()}", path=where)
         if existing is not None:
-            raise SourceError(f"{where}: path given twice (refused: a tree holds one entry per path)",
+            raise SourceError("path given twice (refused: a tree holds one entry per path)",
                               path=where)
         parent.children[parts[-1]] = Entry(parts[-1], entry.kind, entry.meta, size=entry.size,
                                            digest=entry.digest, target=entry.target)
@@ -176,7 +176,7 @@ class TreeBuilder:
             existing.meta = meta
             existing.listed = True
         else:
-            raise SourceError(f"{where}: path given twice (refused: a tree holds one entry per path)",
+            raise SourceError("path given twice (refused: a tree holds one entry per path)",
                               path=where)
 
     def add_parents(self, parts: Sequence[bytes], where: str) -> None:

@@ -117,10 +117,10 @@ def checkout(objects: ObjectStore, tree: RawId, root_meta: Meta, dest: str, *,
     if not dest:
         raise UsageError("the destination is an empty path; give a directory name to create")
     if os.path.lexists(dest):
-        raise SourceError(f"{dest}: already exists; choose a new destination", path=dest)
+        raise SourceError("already exists; choose a new destination", path=dest)
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
-        raise SourceError(f"{parent}: no such directory", path=parent)
+        raise SourceError("no such directory", path=parent)
     try:
         work = tempfile.mkdtemp(prefix=".sealtree-checkout-", dir=parent)
     except OSError as err:

@@ -1,26 +1,63 @@
 """The one exception hierarchy of sealtree.
 
 Every error a user can cause (bad input, a corrupt object, a tampered pack, a
-mount that fails) is a ``SealtreeError``.  Each subsystem has its own subclass
-carrying the object id or path it is about; the CLI maps classes to exit codes
-in one place (``exit_code``).  Bugs are not caught as these.
+mount that fails) is a ``SealtreeError``.  Each error holds its data as fields
+(``path``, ``object_id``, ``offset``, ``expected``, ``got``, ...) and renders its
+message in one place, ``__str__``: the subject first (``path``, shown with
+``store.names.show``), then what went wrong.  Callers never parse a message: they
+read the fields or catch a subclass.  An outer layer that knows which file an
+inner error is about names it with ``located``.
+
+The CLI maps classes to exit codes (``exit_code``) and to hints that name its own
+options (library layers never name a command-line flag).  Bugs are not caught as
+these.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TypeVar
+
+from .names import show
+
+Name = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+E = TypeVar("E", bound="SealtreeError")
 
 
 class SealtreeError(Exception):
-    """Root of every sealtree error.  ``exit_code`` is what the CLI exits with."""
+    """Root of every sealtree error.  ``exit_code`` is what the CLI exits with.
+
+    ``message`` says what went wrong, without the subject; ``path`` is the subject
+    (a file, a path of a tree, a ref, a key file) and is shown before it, escaped;
+    ``file`` is the file on disk behind it when that is not the subject (the object
+    file behind a path of the tree), kept as data and not shown.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, path: str | os.PathLike[str] | bytes | None = None,
-                 object_id: str | None = None) -> None:
+    def __init__(self, message: str, *, path: Name | None = None,
+                 object_id: str | None = None, file: Name | None = None) -> None:
+        self.message = message
         self.path = path
         self.object_id = object_id
+        self.file = file
         super().__init__(message)
+
+    def detail(self) -> str:
+        """What went wrong, without the subject.  Subclasses with fields may build it."""
+        return self.message
+
+    def __str__(self) -> str:
+        if self.path is None or self.path == "":
+            return self.detail()
+        return f"{show(self.path)}: {self.detail()}"
+
+    def located(self: E, path: Name) -> E:
+        """This error, about ``path`` when it named no subject yet (an outer layer knows
+        which file the inner one read).  Returns self, to be raised again."""
+        if self.path is None or self.path == "":
+            self.path = path
+        return self
 
 
 class UsageError(SealtreeError):
@@ -53,10 +90,11 @@ class ObjectCorrupt(RepositoryError):
     exit_code = 6
 
     def __init__(self, message: str, *, expected: str | None = None, got: str | None = None,
-                 **kwargs: object) -> None:
+                 path: Name | None = None, object_id: str | None = None,
+                 file: Name | None = None) -> None:
         self.expected = expected
         self.got = got
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        super().__init__(message, path=path, object_id=object_id, file=file)
 
 
 class FormatError(SealtreeError):
@@ -65,10 +103,24 @@ class FormatError(SealtreeError):
     exit_code = 7
 
 
+class NotInTree(SealtreeError):
+    """A path the user named is not in the committed tree (their mistake, not damage)."""
+
+    exit_code = 1
+
+
 class SourceError(SealtreeError):
     """A source tree (directory, tar, git revision) cannot be committed as it is."""
 
     exit_code = 8
+
+
+class SpecialFile(SourceError):
+    """A source holds a device, FIFO or socket, which a tree cannot hold."""
+
+
+class CrossDevice(RepositoryError):
+    """Hardlinks cannot reach from the repository to the destination's filesystem."""
 
 
 class VerityError(SealtreeError):
@@ -88,9 +140,10 @@ class PackError(SealtreeError):
 
     exit_code = 11
 
-    def __init__(self, message: str, *, offset: int | None = None, **kwargs: object) -> None:
+    def __init__(self, message: str, *, offset: int | None = None, path: Name | None = None,
+                 object_id: str | None = None, file: Name | None = None) -> None:
         self.offset = offset
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        super().__init__(message, path=path, object_id=object_id, file=file)
 
 
 class SignatureError(SealtreeError):
@@ -115,6 +168,14 @@ class VerificationError(DeployError):
     """A deployed object or pack does not match what the signed manifest says."""
 
     exit_code = 15
+
+
+class FarmMismatch(VerificationError):
+    """The hardlink farm (a directory or a link in it) differs from the signed manifest."""
+
+
+class ObjectMismatch(VerificationError):
+    """A large object's digest or inode metadata differs from the signed manifest."""
 
 
 class MountError(DeployError):

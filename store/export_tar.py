@@ -166,7 +166,7 @@ class TarWriter:
             records.append((b"mtime", b"%d" % self.mtime))
         for xname, value in meta.xattrs:  # already sorted by name in the tree
             if b"=" in xname:
-                raise SourceError(f"{shown}: xattr {xname!r} cannot be exported: a PAX record "
+                raise SourceError(f"xattr {xname!r} cannot be exported: a PAX record "
                                   f"keyword cannot hold '='", path=shown)
             records.append((b"SCHILY.xattr." + xname, value))
         if any(k in (b"path", b"linkpath") and not _is_utf8(v) for k, v in records):

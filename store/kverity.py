@@ -33,9 +33,9 @@ _UNSUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP)
 
 def _raise(err: OSError, what: str, path: str) -> None:
     if err.errno in _UNSUPPORTED:
-        raise VerityUnsupported(f"{path}: fs-verity not supported here ({os.strerror(err.errno)})",
+        raise VerityUnsupported(f"fs-verity not supported here ({os.strerror(err.errno)})",
                                 path=path) from err
-    raise VerityError(f"{path}: {what} failed: {os.strerror(err.errno or 0)}", path=path) from err
+    raise VerityError(f"{what} failed: {os.strerror(err.errno or 0)}", path=path) from err
 
 
 def enable(path: str, params: VerityParams = DEFAULT_PARAMS, signature: bytes = b"") -> bool:
@@ -76,7 +76,7 @@ def measure_fd(fd: int, path: str = "<fd>") -> bytes | None:
         _raise(err, "FS_IOC_MEASURE_VERITY", path)
     algorithm, size = _MEASURE_HEADER.unpack_from(buf)
     if algorithm != SHA256.number or size != SHA256.digest_size:
-        raise VerityError(f"{path}: verity uses algorithm {algorithm} ({size} bytes), "
+        raise VerityError(f"verity uses algorithm {algorithm} ({size} bytes), "
                           f"expected sha256", path=path)
     return bytes(buf[_MEASURE_HEADER.size:_MEASURE_HEADER.size + size])
 

@@ -21,7 +21,7 @@ def flock(path: str, *, exclusive: bool, wait: bool = True) -> Iterator[None]:
             fcntl.flock(fd, op)
         except OSError as err:
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise RepositoryError(f"{path}: locked by another sealtree process", path=path) from err
+                raise RepositoryError("locked by another sealtree process", path=path) from err
             raise
         yield
     finally:

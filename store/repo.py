@@ -40,7 +40,7 @@ class Repository:
     def init(cls, path: str) -> Repository:
         """Create an empty repository at ``path`` (which may exist but must be empty)."""
         if os.path.exists(path) and os.listdir(path):
-            raise RepositoryError(f"{path}: exists and is not empty", path=path)
+            raise RepositoryError("exists and is not empty", path=path)
         for sub in ("objects", "refs/heads", "tmp"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         atomic_write(os.path.join(path, "config"), f"{CONFIG_MAGIC} {FORMAT_VERSION}\n".encode())
@@ -54,12 +54,12 @@ class Repository:
             with open(config, encoding="utf-8") as handle:
                 words = handle.read().split()
         except (FileNotFoundError, NotADirectoryError):
-            raise RepositoryError(f"{path}: not a sealtree repository (no config); "
+            raise RepositoryError(f"not a sealtree repository (no config); "
                                   f"create one with 'sealtree --repo {path} init'", path=path) from None
         except UnicodeDecodeError:
             words = []
         if len(words) != 2 or words[0] != CONFIG_MAGIC or words[1] != str(FORMAT_VERSION):
-            raise RepositoryError(f"{config}: not a sealtree repository of format {FORMAT_VERSION}",
+            raise RepositoryError(f"not a sealtree repository of format {FORMAT_VERSION}",
                                   path=config)
         return cls(path)
 

@@ -308,9 +308,9 @@ def read_directory(tx: Transaction, root: str, options: DirSourceOptions | None 
     try:
         st = os.stat(path)
     except OSError as err:
-        raise SourceError(f"{root}: {err.strerror}", path=root) from err
+        raise SourceError(f"{err.strerror}", path=root) from err
     if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"{root}: not a directory", path=root)
+        raise SourceError("not a directory", path=root)
     root_meta = meta_of(path, st)
     files = _FileStore(tx, options.progress, options.progress_every)
     try:

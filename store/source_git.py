@@ -59,11 +59,11 @@ def open_repository(path: str) -> pygit2.Repository:
     """The git repository at or above ``path``; SourceError when there is none."""
     found = pygit2.discover_repository(path)
     if found is None:
-        raise SourceError(f"{path}: not a git repository", path=path)
+        raise SourceError("not a git repository", path=path)
     try:
         return pygit2.Repository(found)
     except pygit2.GitError as err:
-        raise SourceError(f"{path}: cannot open git repository: {err}", path=path) from err
+        raise SourceError(f"cannot open git repository: {err}", path=path) from err
 
 
 def resolve(repo: pygit2.Repository, rev: str) -> tuple[pygit2.Tree, str | None]:
@@ -104,10 +104,10 @@ class _GitReader:
         try:
             obj = self.repo[oid]
         except (KeyError, pygit2.GitError) as err:
-            raise SourceError(f"{where}: git object {oid} is missing from the repository "
+            raise SourceError(f"git object {oid} is missing from the repository "
                               f"(shallow or partial clone?)", path=where) from err
         if not isinstance(obj, kind):
-            raise SourceError(f"{where}: git object {oid} is a {obj.type_str}, expected a "
+            raise SourceError(f"git object {oid} is a {obj.type_str}, expected a "
                               f"{kind.__name__.lower()}", path=where)
         return obj
 
@@ -150,7 +150,7 @@ class _GitReader:
 
     def special(self, path: tuple[bytes, ...], where: str, what: str) -> None:
         if not self.options.skip_special:
-            raise SourceError(f"{where}: is {what}; sealtree stores files, directories and "
+            raise SourceError(f"is {what}; sealtree stores files, directories and "
                               f"symlinks only (use --skip-special to leave it out)", path=where)
         self.builder.add_parents(path, where)
         self.skipped.append((b"/".join(path), what))

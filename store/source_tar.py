@@ -137,7 +137,7 @@ class _Decompressed:
         try:
             data = self.source.read(size)
         except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zstandard.ZstdError) as err:
-            raise SourceError(f"{self.label}: corrupt or truncated {self.compression} data: {err}",
+            raise SourceError(f"corrupt or truncated {self.compression} data: {err}",
                               path=self.label) from err
         self.total += len(data)
         self.tail += data
@@ -164,18 +164,18 @@ def _open_decompressed(source: _Input, label: str) -> _Decompressed:
                                                              closefd=False)
         return _Decompressed(reader, "zstd", label)
     if head.startswith(BZIP2_MAGIC):
-        raise SourceError(f"{label}: bzip2-compressed tar is not supported (plain, gzip, xz or zstd; "
-                          f"decompress it with bunzip2 first)", path=label)
+        raise SourceError("bzip2-compressed tar is not supported (plain, gzip, xz or zstd; "
+                          "decompress it with bunzip2 first)", path=label)
     return _Decompressed(source, "none", label)
 
 
 def member_path(raw: bytes, where: str) -> list[bytes]:
     """A member name as path components; [] for the root.  Refuses absolute and ``..``."""
     if raw.startswith(b"/"):
-        raise SourceError(f"{where}: absolute path refused", path=where)
+        raise SourceError("absolute path refused", path=where)
     parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
     if b".." in parts:
-        raise SourceError(f"{where}: path with a '..' component refused", path=where)
+        raise SourceError("path with a '..' component refused", path=where)
     return parts
 
 
@@ -194,12 +194,12 @@ def member_xattrs(info: tarfile.TarInfo, where: str) -> tuple[tuple[bytes, bytes
             try:
                 raw = base64.b64decode(_bytes(value) + b"=" * (-len(value) % 4), validate=True)
             except binascii.Error as err:
-                raise SourceError(f"{where}: PAX record {key!r} is not base64", path=where) from err
+                raise SourceError(f"PAX record {key!r} is not base64", path=where) from err
             fallback[unquote_to_bytes(key[len(LIBARCHIVE_XATTR):])] = raw
         elif key == RHT_SELINUX:
             fallback[b"security.selinux"] = _bytes(value)
         elif key.startswith(SCHILY_ACL):
-            raise SourceError(f"{where}: carries a POSIX ACL record ({key}); ACLs in this form are "
+            raise SourceError(f"carries a POSIX ACL record ({key}); ACLs in this form are "
                               f"not supported (store them as system.posix_acl_* xattrs)", path=where)
     for name, data in fallback.items():
         found.setdefault(name, data)
@@ -233,7 +233,7 @@ class _TarReader:
                 self.builder.set_root_meta(self.meta(info, where), where)
             return
         if not parts:
-            raise SourceError(f"{where}: the root must be a directory", path=where)
+            raise SourceError("the root must be a directory", path=where)
         if info.isreg():
             meta = self.meta(info, where)
             data = archive.extractfile(info)
@@ -245,7 +245,7 @@ class _TarReader:
                 if not meta.xattrs or err.errno not in XATTR_REFUSALS:
                     raise
                 names = ", ".join(show(name) for name, _ in meta.xattrs)
-                raise SourceError(f"{where}: cannot be stored with its metadata (owner {meta.uid}:"
+                raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
                                   f"{meta.gid}, xattrs {names}): {err.strerror}", path=where) from err
             self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), where)
             self.files += 1
@@ -261,18 +261,18 @@ class _TarReader:
         elif info.ischr() or info.isblk() or info.isfifo():
             kind = "character device" if info.ischr() else "block device" if info.isblk() else "fifo"
             if not self.options.skip_special:
-                raise SourceError(f"{where}: is a {kind}; sealtree stores files, directories and "
+                raise SourceError(f"is a {kind}; sealtree stores files, directories and "
                                   f"symlinks only (use --skip-special)", path=where)
             self.builder.add_parents(parts, where)  # tar extracting it would make them too
             self.skipped.append((b"/".join(parts), kind))
         else:
-            raise SourceError(f"{where}: unsupported tar member type {info.type!r}", path=where)
+            raise SourceError(f"unsupported tar member type {info.type!r}", path=where)
 
     def hardlink(self, parts: list[bytes], link: bytes, where: str) -> None:
         target = self.builder.get(member_path(link, f"{where} (hardlink to {show(link)!r})"))
         if not isinstance(target, Entry):
             what = "a directory" if target is not None else "no earlier member"
-            raise SourceError(f"{where}: hardlink to {show(link)!r}, which is {what}; a hardlink must "
+            raise SourceError(f"hardlink to {show(link)!r}, which is {what}; a hardlink must "
                               f"point at an earlier file or symlink", path=where)
         self.builder.add_leaf(parts, target, where)
         if target.kind is Kind.FILE:
@@ -297,9 +297,9 @@ def read_tar(tx: Transaction, stream: BinaryIO, options: TarSourceOptions | None
                 del archive.members[:]  # tarfile keeps every header; we need none of them
             end = tar_bytes.block_at(archive.offset)
     except tarfile.TarError as err:
-        raise SourceError(f"{label}: not a valid tar stream: {err}", path=label) from err
+        raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     if end is None or len(end) < BLOCK or end.count(0) != BLOCK:
-        raise SourceError(f"{label}: truncated or corrupt: no end-of-archive block after the last "
+        raise SourceError(f"truncated or corrupt: no end-of-archive block after the last "
                           f"member (at offset {archive.offset})", path=label)
     source.drain()
     tree = reader.builder.write(tx)

@@ -51,5 +51,5 @@ def require(objects: ObjectStore, root: RawId, path: bytes, shown: str | None = 
     entry = lookup(objects, root, path)
     if entry is None:
         name = shown if shown is not None else "/" + path.decode(errors="backslashreplace")
-        raise SealtreeError(f"{name}: no such path in the tree", path=name)
+        raise SealtreeError("no such path in the tree", path=name)
     return entry

@@ -68,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     work = args.workdir or tempfile.mkdtemp(prefix="sealtree-demo-", dir="/var/tmp")
     if os.path.exists(f"{work}/tree"):
-        raise UsageError(f"{work}: already holds a demo; give a new --workdir", path=work)
+        raise UsageError("already holds a demo; give a new --workdir", path=work)
     os.makedirs(f"{work}/keys", exist_ok=True)
     os.makedirs(f"{work}/root", exist_ok=True)
     make_sample_tree(f"{work}/tree")

@@ -34,7 +34,7 @@ def cmd_digest(args: argparse.Namespace) -> None:
         try:
             digest = digest_file(name, params, parallel=True)
         except IsADirectoryError:
-            raise SourceError(f"{name}: is a directory", path=name) from None
+            raise SourceError("is a directory", path=name) from None
         except OSError as err:
-            raise SourceError(f"{name}: {err.strerror}", path=name) from err
+            raise SourceError(f"{err.strerror}", path=name) from err
         print(f"{args.hash_alg}:{digest.hex()} {name}")

@@ -210,7 +210,7 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
         with open(args.sigfile, "rb") as handle:
             blob = handle.read(4096)
     except OSError as err:
-        raise SignatureError(f"{args.sigfile}: {err.strerror}", path=args.sigfile) from err
+        raise SignatureError(f"{err.strerror}", path=args.sigfile) from err
     signature = parse_signature_blob(blob, args.sigfile)
     kid = add_signature(args.pack, signature, load_public_key(args.pubkey), sig_path=_sig_path(args))
     print(f"added the signature of key {kid.hex()} to {_sig_path(args)}")

@@ -68,7 +68,7 @@ def _delete_refs(repo: Repository, names: list[str], *, as_json: bool) -> None:
     for name in names:
         current = repo.refs.read(name)
         if current is None:
-            raise RefError(f"{name}: no such ref", path=name)
+            raise RefError("no such ref", path=name)
         repo.refs.update(name, None, current)
         deleted[name] = to_hex(current)
         if not as_json:
