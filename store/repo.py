@@ -20,6 +20,7 @@ from .atomic import atomic_write, fsync_dir
 from .commits import Commit
 from .errors import RefError, RepositoryError
 from .ids import RawId, to_hex
+from .layout import RepoLayout
 from .lock import flock
 from .objects import ObjectStore
 from .refs import Refs
@@ -33,6 +34,7 @@ _SUFFIX = re.compile(r"(\^+|~\d+)$")
 class Repository:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
+        self.layout = RepoLayout(self.path)
         self.objects = ObjectStore(os.path.join(self.path, "objects"))
         self.refs = Refs(self.path)
 
