@@ -1,11 +1,18 @@
 """Deployments: hardlink farm, tmpfs unpack, overlay mounts, state, boot verifier.
 
-One module per job: ``mounts`` (mount(2)/new mount API, tmpfs and overlay as
+One module per job: ``layout`` (where the deployments' files are, and the
+system keyring), ``mounts`` (mount(2)/new mount API, tmpfs and overlay as
 context managers, /proc/self/mountinfo), ``state`` (the state file, default,
-rollback, boot counting), ``objcheck`` (each large object against the signed
-manifest: inode metadata and fs-verity digest), ``farm`` (the hardlink farm),
-``populate`` (the pack into the tmpfs), ``deploy`` (verify, farm, record),
-``mount_deployment`` (re-verify, tmpfs, overlay; unmount).  Imports only
-store, pack, overlay, zstandard, cryptography and the standard library, so the
-boot verifier can be copied into an initramfs.  Formats: FORMAT-deploy.md.
+rollback, boot counting), ``deployment_pack`` (the trusted keyring and the
+signed pack a deployment is verified from), ``objcheck`` (each large object
+against the signed manifest: inode metadata and fs-verity digest), ``farm``
+(the hardlink farm), ``unpack_tmpfs`` (the pack into the tmpfs, and its size),
+``staging`` (the tmpfs layers of one mount), ``mounted_farms`` (which
+deployments are mounted, from mountinfo), ``deploy`` (verify, farm, record),
+``mount_deployment`` (re-verify, tmpfs, overlay; unmount), ``boot_config``,
+``boot_floor`` and ``boot`` (the boot verifier: its configuration, its
+freshness floor, its run), ``provision`` (fs-verity on every object).
+Imports only store, pack, overlay, zstandard, cryptography and the standard
+library, so the boot verifier can be copied into an initramfs.  Formats:
+docs/FORMAT.md, sections 9 (deployments) and 10 (boot verifier).
 """

@@ -1,34 +1,38 @@
-"""The hardlink farm: ``deploy/<id>/`` with a hardlink to the right object at each large file's path.
+"""The hardlink farm: ``deploy/<dep_id>/`` with a hardlink to the right object at each large file's path.
 
 Only the directories that lead to large files exist in the farm, owned by
-root, mode 0755: an overlay directory takes its metadata from the topmost
+root, mode 0755, no xattrs: an overlay directory takes its metadata from the topmost
 layer that has it, which is always the tmpfs (it holds every directory of
 the tree with its exact metadata), so farm directories never show.  A large
 file's metadata is its object's inode's (a hardlink shares it), which is why
 objects that differ in metadata are different inodes.
 
-The farm is built under ``deploy/.tmp-<id>`` and renamed into place once
-complete and synced, so ``deploy/<id>`` is never half built.  ``check_farm``
+The farm is built under ``deploy/.tmp-<dep_id>`` and renamed into place once
+complete and synced, so ``deploy/<dep_id>`` is never half built.  ``check_farm``
 walks a farm and refuses anything that is not exactly the expected set of
-directories and regular files (an added, removed or retyped entry).
+directories and regular files (an added, removed or retyped entry), and any
+xattr on a directory (overlayfs reads ``trusted.overlay.*`` on its layers: an
+opaque or redirect mark would change the view).  A link's xattrs are its
+object's inode's, checked against the manifest by ``objcheck``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import stat
 from collections.abc import Collection, Iterable, Sequence
 
-from store.errors import DeployError, ObjectMissing, VerificationError
+from store import xattrs
+from store.errors import DeployError, FarmMismatch, ObjectMissing
 from store.forked import Forked
+from store.names import show
+from store.remove import remove_tree
 from store.transaction import syncfs
 
-from .objcheck import LargeFile, show
+from .layout import TMP_PREFIX, TRASH_PREFIX, DeployLayout
+from .objcheck import LargeFile
 from .state import ID_RE
-
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
 
 
 def farm_dirs(paths: Iterable[bytes]) -> set[bytes]:
@@ -48,7 +52,7 @@ def build_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile], *, syn
     try:
         return publish_farm(work, deploy_root, dep_id, sync=sync)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_quietly(work)
         raise
 
 
@@ -59,11 +63,12 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile]
     Returns that path and the (st_dev, st_ino) of each link, in ``items``
     order: what ``check_links`` compares with the inodes the checks saw.
     """
-    final = os.path.join(deploy_root, dep_id)
+    layout = DeployLayout(deploy_root)
+    final = layout.farm(dep_id)
     if os.path.lexists(final):
         raise DeployError("already exists", path=final)
-    work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
-    shutil.rmtree(work, ignore_errors=True)
+    work = layout.farm_in_progress(dep_id)
+    _remove_quietly(work)
     os.makedirs(deploy_root, exist_ok=True)
     os.mkdir(work, 0o755)
     linked = []
@@ -78,13 +83,13 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile]
                 link(item.obj, root + item.path)
             except FileNotFoundError:
                 if not os.path.lexists(item.obj):
-                    raise ObjectMissing(f"{show(item.path)}: object {item.obj} is missing",
-                                        path=show(item.path)) from None
+                    raise ObjectMissing(f"object {show(item.obj)} is missing",
+                                        path=item.path, file=item.obj) from None
                 raise
             st = lstat(root + item.path)
             linked.append((st.st_dev, st.st_ino))
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_quietly(work)
         raise
     return work, linked
 
@@ -95,8 +100,8 @@ def check_links(items: Sequence[LargeFile], linked: Sequence[tuple[int, int]],
     object renamed over between its check and its link is refused."""
     for item, got, want in zip(items, linked, checked, strict=True):
         if got != want:
-            raise VerificationError(f"{show(item.path)}: object {item.obj} was replaced "
-                                    f"while it was being deployed", path=show(item.path))
+            raise FarmMismatch(f"object {show(item.obj)} was replaced while it was being "
+                               f"deployed", path=item.path, file=item.obj)
 
 
 class FarmBuilder:
@@ -110,33 +115,33 @@ class FarmBuilder:
     """
 
     def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile]) -> None:
-        self.work = os.path.join(deploy_root, TMP_PREFIX + dep_id)
+        self.work = DeployLayout(deploy_root).farm_in_progress(dep_id)
         self.items = items
         self._child = Forked(start_farm, deploy_root, dep_id, items, failure=self._failed)
 
     def _failed(self, message: str) -> DeployError:
-        return DeployError(f"{self.work}: building the farm failed: {message}", path=self.work)
+        return DeployError(f"building the farm failed: {message}", path=self.work)
 
     def wait(self, checked: Sequence[tuple[int, int] | None]) -> str:
         """The temporary farm once the child has built it and every link is the inode in
-        ``checked``; or raise (the child's error, or VerificationError)."""
+        ``checked``; or raise (the child's error, or FarmMismatch)."""
         try:
             work, linked = self._child.wait()
             check_links(self.items, linked, checked)
         except BaseException:
-            shutil.rmtree(self.work, ignore_errors=True)
+            _remove_quietly(self.work)
             raise
         return str(work)
 
     def cancel(self) -> None:
         """Stop the child (if still running) and remove the partial farm."""
         self._child.cancel()
-        shutil.rmtree(self.work, ignore_errors=True)
+        _remove_quietly(self.work)
 
 
 def publish_farm(work: str, deploy_root: str, dep_id: str, *, sync: bool = True) -> str:
     """Make a farm built by ``start_farm`` durable and give it its final name."""
-    final = os.path.join(deploy_root, dep_id)
+    final = DeployLayout(deploy_root).farm(dep_id)
     if sync:
         # One filesystem sync instead of an fsync per directory: the farm must be
         # durable before the state file (written next) names it.
@@ -146,16 +151,18 @@ def publish_farm(work: str, deploy_root: str, dep_id: str, *, sync: bool = True)
 
 
 def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
-    """Raise VerificationError unless ``farm`` holds exactly the expected dirs and regular files."""
+    """Raise FarmMismatch unless ``farm`` holds exactly the expected directories and regular
+    files, and no directory (the farm's own included) carries an xattr."""
     want_dirs = farm_dirs(i.path for i in items)
     want_files = {i.path for i in items}
     root = os.fsencode(farm)
     try:
         top = os.lstat(root)
     except FileNotFoundError:
-        raise VerificationError("the deploy directory is missing", path=farm) from None
+        raise FarmMismatch("the farm is missing", path=farm) from None
     if not stat.S_ISDIR(top.st_mode):
-        raise VerificationError("the deploy directory is not a directory", path=farm)
+        raise FarmMismatch("the farm is not a directory", path=farm)
+    _no_xattrs(root, b"/", farm)
     seen_dirs: set[bytes] = set()
     seen_files: set[bytes] = set()
     stack = [b""]
@@ -167,6 +174,7 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
                 if entry.is_dir(follow_symlinks=False):
                     if path not in want_dirs:
                         _extra(farm, path, "directory")
+                    _no_xattrs(root + b"/" + path, path, farm)
                     seen_dirs.add(path)
                     stack.append(path)
                 elif entry.is_file(follow_symlinks=False):
@@ -176,33 +184,53 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
                 else:
                     what = "symlink" if entry.is_symlink() else "special file"
                     if path in want_files or path in want_dirs:
-                        raise VerificationError(f"{show(path)}: is a {what} in the deploy directory "
-                                                f"{farm}", path=show(path))
+                        raise FarmMismatch(f"is a {what} in the farm {show(farm)}", path=path,
+                                           file=farm)
                     _extra(farm, path, what)
     missing = sorted((want_dirs - seen_dirs) | (want_files - seen_files))
     if missing:
-        raise VerificationError(f"{show(missing[0])}: missing from the deploy directory {farm}"
-                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                                path=show(missing[0]))
+        raise FarmMismatch(f"missing from the farm {show(farm)}"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                           path=missing[0], file=farm)
+
+
+def _no_xattrs(directory: bytes, path: bytes, farm: str) -> None:
+    """A farm directory carries no xattr at all: overlayfs interprets some on its layers
+    (``trusted.overlay.opaque``, ``redirect``, ...), and the farm is built without any."""
+    found = xattrs.read(directory)
+    if found:
+        names = ", ".join(show(name) for name, _value in found)
+        raise FarmMismatch(f"a directory of the farm {show(farm)} carries xattrs ({names}); "
+                           f"farm directories carry none", path=path, file=farm)
 
 
 def _extra(farm: str, path: bytes, what: str) -> None:
-    raise VerificationError(f"{show(path)}: unexpected {what} in the deploy directory {farm} "
-                            f"(not a large file of the signed manifest)", path=show(path))
+    raise FarmMismatch(f"unexpected {what} in the farm {show(farm)} (not a large file of the "
+                       f"signed manifest)", path=path, file=farm)
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove a farm being built or thrown away; what cannot be removed now is removed by
+    the next deploy (``clean_leftovers``), so it never fails the operation at hand."""
+    with contextlib.suppress(OSError):
+        remove_tree(path)
 
 
 def remove_farm(deploy_root: str, dep_id: str) -> None:
-    """Remove a farm: renamed aside first, so a crash never leaves a half-removed ``<id>``."""
-    final = os.path.join(deploy_root, dep_id)
+    """Remove a farm: renamed aside first, so a crash never leaves a half-removed ``<dep_id>``.
+
+    Iterative (``store.remove``): a farm of any depth is removed."""
+    layout = DeployLayout(deploy_root)
+    final = layout.farm(dep_id)
     if not os.path.lexists(final):
         return
-    trash = os.path.join(deploy_root, TRASH_PREFIX + dep_id)
-    shutil.rmtree(trash, ignore_errors=True)
+    trash = layout.trash(dep_id)
+    _remove_quietly(trash)
     try:
         os.rename(final, trash)
     except FileNotFoundError:
         return  # removed meanwhile (a deploy cleaning leftovers)
-    shutil.rmtree(trash)
+    remove_tree(trash)
 
 
 def clean_leftovers(deploy_root: str, keep: Collection[str]) -> None:
@@ -210,13 +238,14 @@ def clean_leftovers(deploy_root: str, keep: Collection[str]) -> None:
     (``.tmp-*``, ``.trash-*``) and published farms that no deployment in ``keep`` names
     (a deploy killed before it recorded its farm, an undeploy killed before it removed it).
     Call with the state locked, ``keep`` holding every recorded id and every id in use by
-    a mount."""
+    a mount.  What cannot be removed is left for the next time: it never fails a deploy."""
     try:
         names = os.listdir(deploy_root)
     except FileNotFoundError:
         return
     for name in names:
         if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-            shutil.rmtree(os.path.join(deploy_root, name), ignore_errors=True)
+            _remove_quietly(os.path.join(deploy_root, name))
         elif ID_RE.fullmatch(name) and name not in keep:
-            remove_farm(deploy_root, name)
+            with contextlib.suppress(OSError):
+                remove_farm(deploy_root, name)

@@ -13,7 +13,10 @@ mount left and unmounting it releases everything.  Until then every mount is
 held by an ExitStack (``Staging``), so a failure part way leaves no mount
 behind.  ``Staging`` (``staging``) is also what ``deploy --mount`` uses, with
 the checks it has just made instead of a second verification.  ``unmount``
-unmounts only a deployment's overlay (``inuse``), never another mount.
+unmounts only a deployment's overlay (``mounted_farms``), never another mount.
+
+The keyring is the caller's (``deployment_pack.trusted_keyring``), never the
+one the state file records: that file is as writable as the packs.
 """
 
 from __future__ import annotations
@@ -23,18 +26,19 @@ import time
 from dataclasses import dataclass, field
 
 from pack.importer import kept_pack_path
-from pack.keys import Keyring
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
 from store.errors import MountError
 from store.ids import RawId
+from store.names import show
 from store.repo import Repository
 
-from . import farm, inuse, mounts
-from .deploy import deploy_root, large_files, open_deployment_pack, state_file
+from . import farm, mounted_farms, mounts
+from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from .layout import deploy_layout, staging_dir
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
 from .staging import Staging, check_target, mount_error
-from .state import Deployment
+from .state import Deployment, state_file
 
 
 @dataclass
@@ -54,7 +58,8 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str, ta
 
     ``scratch`` is a directory on any filesystem where the tmpfs mounts are
     staged (``staging``).  ``target`` must not be inside ``repo_path``.  Raises
-    VerificationError before anything is mounted if a check fails.
+    VerificationError (FarmMismatch, ObjectMismatch) before anything is mounted if a
+    check fails.
     """
     timings: dict[str, float] = {}
     mark = time.perf_counter()
@@ -73,20 +78,25 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str, ta
     return MountResult(os.path.abspath(target), report, unpacked, used, timings)
 
 
-def mount_deployment(repo: Repository, name: str, target: str, *, keys_dir: str | None = None,
+def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: str | None = None,
                      policy: Policy = Policy.AUTO, live: bool = False, workers: int | None = None,
                      api: str = "auto", verity: Verity = KERNEL) -> tuple[Deployment, MountResult]:
-    """Re-verify deployment ``name`` (pack signature, farm, objects) and mount it at ``target``."""
+    """Re-verify deployment ``dep_id`` (pack signature, farm, objects) and mount it at ``target``.
+
+    The pack's signatures are checked against the keyring in ``keys_dir``, else the
+    system keyring (``layout.SYSTEM_KEYRING``; NoKeyring when it does not exist), never
+    against the keyring the state file records.
+    """
+    keyring = trusted_keyring(keys_dir)
     states = state_file(repo)
-    dep = states.read().find(name)
-    keyring = Keyring.load(keys_dir or dep.keys)
+    dep = states.read().find(dep_id)
     commit_id = RawId(bytes.fromhex(dep.commit))
-    farm_dir = os.path.join(deploy_root(repo), dep.id)
+    farm_dir = deploy_layout(repo).farm(dep.id)
     started = time.perf_counter()
     with open_deployment_pack(kept_pack_path(repo, commit_id), keyring, commit_id) as (reader, _v):
         pack_time = time.perf_counter() - started
         items = large_files(repo.objects, reader.manifest, farm_dir)
-        result = mount_verified(reader, items, farm_dir, target, os.path.join(repo.path, "tmp"),
+        result = mount_verified(reader, items, farm_dir, target, staging_dir(repo),
                                 policy=policy, live=live, workers=workers, api=api, verity=verity,
                                 repo_path=repo.path)
     result.timings["pack"] = pack_time
@@ -106,7 +116,7 @@ def unmount(repo: Repository | None, target: str, *, lazy: bool = False) -> Depl
     repository's deployments, and the state forgets the mount.
 
     Only a deployment's overlay is unmounted (its lowest layer a farm,
-    ``inuse.deployment_mount``), never another mount that happens to be there.
+    ``mounted_farms.deployment_mount``), never another mount that happens to be there.
     Returns the deployment, when ``repo`` is given and the state lists it.
     """
     real = os.path.realpath(target)
@@ -115,14 +125,16 @@ def unmount(repo: Repository | None, target: str, *, lazy: bool = False) -> Depl
         if repo is not None:
             _forget_mount(repo, real, None)  # a record of a mount gone behind our back
         raise MountError("not mounted", path=target)
-    shown = inuse.deployment_mount(info)
+    shown = mounted_farms.deployment_mount(info)
     if shown is None:
         what = "an overlay" if info.fstype == "overlay" else f"a {info.fstype} mount"
         raise MountError(f"is {what} that is not a sealtree deployment's; "
                          f"not unmounting it", path=target)
-    if repo is not None and not inuse.same_directory(shown.farm_parent, deploy_root(repo)):
+    if repo is not None and not mounted_farms.same_directory(shown.farm_parent,
+                                                             deploy_layout(repo).root):
         raise MountError(f"shows a deployment of another repository "
-                         f"({os.path.dirname(shown.farm_parent)}), not of {repo.path}", path=target)
+                         f"({show(os.path.dirname(shown.farm_parent))}), not of {show(repo.path)}",
+                         path=target)
     try:
         mounts.umount(real, mounts.MNT_DETACH if lazy else 0)
     except OSError as err:

@@ -123,8 +123,12 @@ def escape_layer(path: str) -> str:
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
-# Hardening options, each for the same reason: a deploy directory on the disk
-# can be tampered with, and the overlay must not interpret anything in it.
+# Hardening options, each for the same reason: a farm on the disk can be tampered
+# with, and the overlay must interpret as little of its layers' xattrs as the kernel
+# allows.  What no option turns off (trusted.overlay.opaque, the xattr whiteouts of
+# Linux 6.7+) is refused before mounting instead: the farm carries no xattr on any
+# directory (``farm.check_farm``), and a tree with overlay xattrs is never unpacked
+# into the tmpfs layer (``deployment_pack.check_overlay_xattrs``).
 _HARDENING = (
     # Do not follow trusted.overlay.redirect xattrs found in a layer (they could
     # point a directory at another one), and do not create them.
@@ -132,8 +136,12 @@ _HARDENING = (
     # Do not honour trusted.overlay.metacopy: a file's data always comes from the
     # layer the file is found in, never from a lower one a stub points to.
     ("metacopy", "off"),
-    # No inode index: nothing is ever copied up into a persistent upper layer.
+    # No inode index: trusted.overlay.origin file handles are never followed, and
+    # nothing is ever copied up into a persistent upper layer.
     ("index", "off"),
+    # No NFS export: never decode a file handle found in a layer (needs the index
+    # anyway; said explicitly so that a kernel default cannot turn it on).
+    ("nfs_export", "off"),
 )
 
 

@@ -3,9 +3,8 @@
 fs-verity covers content only, so each object is checked twice over:
 
 - inode metadata, on the open file: a regular file of the manifest's size,
-  mode, uid, gid and xattrs; and, where a deploy directory is given, its
-  entry is the very inode of the object (a hardlink, not a copy or another
-  object);
+  mode, uid, gid and xattrs; and, where a farm is given, its entry is the
+  very inode of the object (a hardlink, not a copy or another object);
 - content: the kernel-measured fs-verity digest where the filesystem has
   fs-verity on the file (enabling it first where it can and ``enable`` is set),
   otherwise, if the policy allows, the fs-verity digest computed in userspace
@@ -21,7 +20,8 @@ file in between); once it has a digest to compute, a helper thread asks the
 kernel to read the rest ahead (``POSIX_FADV_WILLNEED``).  Where the kernel
 measures, no content is read at all.
 
-Every failure is a ``VerificationError`` naming the tree path and the object.
+Every failure names the tree path (``path``) and the object (``file``): an
+``ObjectMismatch``, or a ``FarmMismatch`` when the farm's entry is what is wrong.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from store import kverity, xattrs
-from store.errors import VerificationError, VerityError, VerityUnsupported
+from store.errors import FarmMismatch, ObjectMismatch, VerificationError, VerityError, VerityUnsupported
 from store.forked import Forked, worker_count
 from store.fsverity import digest_fd
 from store.ids import RawId, to_hex
 from store.model import Meta
+from store.names import show
 from store.readahead import read_ahead
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
@@ -57,14 +58,14 @@ class Policy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LargeFile:
-    """A large file of the tree and where its object (and deploy-dir link) should be."""
+    """A large file of the tree and where its object (and its link in the farm) should be."""
 
     path: bytes  # in the tree, ``a/b``
     meta: Meta
     size: int
     digest: RawId
     obj: str  # the object file in the repository
-    link: str | None = None  # its hardlink in the deploy directory, when checking one
+    link: str | None = None  # its hardlink in the farm, when checking one
 
 
 @dataclass
@@ -76,12 +77,12 @@ class CheckReport:
     enabled: int = 0  # objects fs-verity was enabled on
 
 
-def show(path: bytes) -> str:
-    return path.decode("utf-8", "backslashreplace")
-
-
 class _Problem(Exception):
-    """One object failed; turned into a VerificationError naming it."""
+    """One object failed; turned into an ObjectMismatch (a FarmMismatch with ``farm``) naming it."""
+
+    def __init__(self, message: str, *, farm: bool = False) -> None:
+        super().__init__(message)
+        self.farm = farm
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,9 @@ def _open_object(item: LargeFile) -> tuple[int, os.stat_result]:
         try:
             link_st = os.lstat(item.link)
         except FileNotFoundError:
-            raise _Problem("missing from the deploy directory") from None
+            raise _Problem("missing from the farm", farm=True) from None
         if not stat.S_ISREG(link_st.st_mode):
-            raise _Problem("is not a regular file in the deploy directory")
+            raise _Problem("is not a regular file in the farm", farm=True)
     try:
         fd = os.open(item.obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -117,16 +118,17 @@ def _open_object(item: LargeFile) -> tuple[int, os.stat_result]:
         if not stat.S_ISREG(st.st_mode):
             raise _Problem("object is not a regular file")
         if item.link is not None and (link_st.st_dev, link_st.st_ino) != (st.st_dev, st.st_ino):
-            raise _Problem("the deploy directory entry is not a hardlink to its object "
-                           "(swapped or copied)")
-        _check_meta(fd, st, item)
+            raise _Problem("the farm's entry is not a hardlink to its object "
+                           "(swapped or copied)", farm=True)
+        _check_inode_against_manifest(fd, st, item)
     except BaseException:
         os.close(fd)
         raise
     return fd, st
 
 
-def _check_meta(fd: int, st: os.stat_result, item: LargeFile) -> None:
+def _check_inode_against_manifest(fd: int, st: os.stat_result, item: LargeFile) -> None:
+    """The object's size, mode, owner and xattrs (exactly, none more) are the manifest's."""
     want = item.meta
     if st.st_size != item.size:
         raise _Problem(f"size is {st.st_size}, the manifest says {item.size}")
@@ -137,9 +139,9 @@ def _check_meta(fd: int, st: os.stat_result, item: LargeFile) -> None:
         raise _Problem(f"owner is {st.st_uid}:{st.st_gid}, the manifest says {want.uid}:{want.gid}")
     got = xattrs.read(fd)
     if got != want.xattrs:
-        have = sorted(n.decode(errors="backslashreplace") for n, _ in got)
-        need = sorted(n.decode(errors="backslashreplace") for n, _ in want.xattrs)
-        detail = f"names {have}, the manifest says {need}" if have != need else "values differ"
+        have = ", ".join(show(n) for n, _ in got) or "none"
+        need = ", ".join(show(n) for n, _ in want.xattrs) or "none"
+        detail = f"names [{have}], the manifest says [{need}]" if have != need else "values differ"
         raise _Problem(f"xattrs differ from the manifest: {detail}")
 
 
@@ -217,7 +219,7 @@ class _ShareResult:
     """What checking a share of the items found."""
 
     report: CheckReport
-    problems: dict[int, str]  # index -> what is wrong with that object
+    problems: dict[int, tuple[str, bool]]  # index -> what is wrong with that object, in the farm?
     identities: dict[int, tuple[int, int]]  # index -> (st_dev, st_ino) as checked
 
 
@@ -258,7 +260,7 @@ class PendingCheck:
         while self.children:
             self._done.append(self.children.pop(0).wait())
         report = CheckReport(files=len(self.items), bytes=sum(item.size for item in self.items))
-        problems: dict[int, str] = {}
+        problems: dict[int, tuple[str, bool]] = {}
         for done in self._done:
             report.kernel += done.report.kernel
             report.userspace += done.report.userspace
@@ -269,9 +271,11 @@ class PendingCheck:
         if problems:
             first = min(problems)
             item = self.items[first]
+            message, in_farm = problems[first]
             more = f" (and {len(problems) - 1} more bad objects)" if len(problems) > 1 else ""
-            where = f"{show(item.path)}: {problems[first]} (object {item.obj})"
-            raise VerificationError(where + more, path=show(item.path), object_id=to_hex(item.digest))
+            kind = FarmMismatch if in_farm else ObjectMismatch
+            raise kind(f"{message} (object {show(item.obj)}){more}", path=item.path,
+                       object_id=to_hex(item.digest), file=item.obj)
         return report
 
 
@@ -322,9 +326,9 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
             finally:
                 os.close(fd)
         except _Problem as problem:
-            result.problems[index] = str(problem)
+            result.problems[index] = (str(problem), problem.farm)
         except OSError as err:
-            result.problems[index] = f"object unreadable: {err.strerror}"
+            result.problems[index] = (f"object unreadable: {err.strerror}", False)
     return result
 
 
@@ -342,7 +346,7 @@ def _measured_by_kernel(fd: int, st: os.stat_result, item: LargeFile, job: _Job,
     if job.policy is Policy.KERNEL:
         raise _Problem("the kernel cannot measure its fs-verity digest here "
                        "(filesystem without fs-verity, or verity not enabled) and "
-                       "--verify kernel allows nothing else")
+                       "the kernel policy allows nothing else")
     return False
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from store import kverity
 from store.errors import SealtreeError, VerityError, VerityUnsupported
 from store.ids import to_raw
+from store.names import show as show_name
 from store.repo import Repository
 
 PREFIX = "provision: "
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def show(path: str, measured: bytes) -> None:
         if args.digests:
-            say(f"digest sha256:{measured.hex()} {path}")
+            say(f"digest sha256:{measured.hex()} {show_name(path)}")
 
     try:
         report = provision(Repository.open(args.repo), on_object=show)
@@ -91,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"FAILED: {err}")
         return 1
     for path in report.mismatched:
-        say(f"CORRUPT {path}: the kernel-measured digest is not the object's name")
+        say(f"CORRUPT {show_name(path)}: the kernel-measured digest is not the object's name")
     for path, why in report.failed:
-        say(f"FAILED {path}: {why}")
+        say(f"FAILED {show_name(path)}: {why}")
     say(f"{report.objects} file objects: fs-verity enabled on {report.enabled}, "
         f"{report.already} already sealed, {len(report.mismatched)} corrupt, "
         f"{len(report.failed)} failed")

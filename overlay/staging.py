@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
 from store.errors import MountError
 from store.lock import flock, try_flock
+from store.remove import remove_tree
 
 from . import mounts
-from .populate import TmpfsSize, populate, tmpfs_size
+from .unpack_tmpfs import TmpfsSize, tmpfs_size, unpack_into_tmpfs
 
 STAGING_PREFIX = "mount-"
 STAGING_LOCK = "lock"
@@ -35,8 +35,7 @@ SCRATCH_LOCK = "mounts.lock"
 
 
 def mount_error(what: str, err: OSError) -> MountError:
-    where = err.filename or "?"
-    return MountError(f"{where}: {what} failed: {err.strerror}", path=where)
+    return MountError(f"{what} failed: {err.strerror}", path=err.filename or None)
 
 
 def check_target(target: str, repo_path: str | None = None) -> None:
@@ -68,7 +67,8 @@ def clean_stale(scratch: str) -> None:
             with contextlib.suppress(OSError):
                 mounts.umount(os.fsdecode(info.mount_point), mounts.MNT_DETACH)
         if not mounts.mounts_under(path):  # never remove files below a mount
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(path)
 
 
 class Staging:
@@ -135,8 +135,9 @@ class Staging:
         This reads the pack's data section: it raises PackError unless the whole
         pack checks out (every inline file, and the file's SHA-256 when bound).
         """
-        self.lower = self._tmpfs("lower", "tmpfs", tmpfs_size(reader.manifest))
-        return populate(reader, self.lower)
+        self.lower = self._tmpfs("lower", "tmpfs",
+                                 tmpfs_size(reader.manifest, reader.commit.root_meta))
+        return unpack_into_tmpfs(reader, self.lower)
 
     def mount(self, target: str, farm_dir: str, *, live: bool = False, api: str = "auto") -> str:
         """Mount the overlay of the unpacked tmpfs over ``farm_dir`` at ``target``; return the API."""

@@ -2,9 +2,11 @@
 
 One small JSON file, ``<repo>/deploy/state.json``, replaced atomically
 (``store.atomic.atomic_write``) under an exclusive flock on
-``<repo>/deploy/state.lock``; the format is in overlay/FORMAT-deploy.md.  A
-file that does not parse is an error, never an empty state (that would lose
-the default and the boot counters).
+``<repo>/deploy/state.lock`` (``overlay.layout``); the format is in
+docs/FORMAT.md, section 9 (``deploy/state.json``).  A file that does not parse
+is an error, never an empty state (that would lose the default and the boot
+counters).  Nothing in it is trusted for verification: the keyring a
+deployment was made with is recorded for information only.
 
 Boot counting (used by the boot verifier, which imports this module):
 ``choose_deployment_for_boot`` picks the default unless its tries are used up,
@@ -27,13 +29,19 @@ from typing import cast
 from store.atomic import atomic_write
 from store.errors import DeployError, FormatError
 from store.lock import flock
+from store.repo import Repository
+
+from .layout import DeployLayout, deploy_layout
 
 FORMAT = "sealtree-deployments"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_STATE = 4 << 20  # bytes: a few thousand deployments at most
 MAX_TRIES = 1000
-DEFAULT_TRIES = 3
+DEFAULT_TRIES = 3  # boot tries a new default gets unless the caller says otherwise
+# A serial has at most 18 digits (ID_RE), so the last one is MAX_SERIAL and next_serial
+# never exceeds MAX_SERIAL + 1: a state that says more was not written by sealtree.
+MAX_SERIAL = 10**18 - 1
 
 ID_RE = re.compile(r"([0-9a-f]{64})\.([1-9][0-9]{0,17})")
 _KEYS = {"format", "version", "next_serial", "default", "previous", "booted", "deployments"}
@@ -41,9 +49,15 @@ _DEPLOYMENT_KEYS = {"id", "commit", "ref", "version", "created", "pack", "pack_s
                     "tries_left", "mounted_at"}
 
 
+class NoSuchDeployment(DeployError):
+    """A deployment id (or default/previous/booted) names no deployment of the state."""
+
+
 @dataclass
 class Deployment:
-    """One deployment: ``deploy/<id>/`` built from ``pack`` (relative to the repository)."""
+    """One deployment: ``deploy/<id>/`` built from ``pack`` (relative to the repository).
+
+    ``id`` is what the code calls ``dep_id`` everywhere else."""
 
     id: str
     commit: str  # hex commit id
@@ -52,7 +66,9 @@ class Deployment:
     created: int  # seconds since the epoch
     pack: str  # the pack it was verified from, relative to the repository
     pack_sha256: str  # hex SHA-256 of that pack when it was deployed
-    keys: str  # the keyring directory it was verified with (absolute)
+    # The keyring directory it was verified with (absolute): information only, never used
+    # to verify (the state file is as writable as the packs; see overlay.layout).
+    keys: str
     tries_left: int | None = None  # None: not counting boots (known good)
     mounted_at: list[str] = field(default_factory=list)
 
@@ -70,20 +86,20 @@ class State:
         for dep in self.deployments:
             if dep.id == dep_id:
                 return dep
-        raise DeployError(f"no deployment {dep_id!r}")
+        raise NoSuchDeployment("no such deployment", path=dep_id)
 
-    def find(self, name: str) -> Deployment:
+    def find(self, dep_id: str) -> Deployment:
         """A deployment by id, ``<commit prefix>[.<serial>]`` if unique, or
         ``default``/``previous``/``booted``."""
-        if name in ("default", "previous", "booted"):
-            chosen = getattr(self, name)
-            if chosen is None:
-                raise DeployError(f"there is no {name} deployment")
-            return self.get(chosen)
-        exact = [d for d in self.deployments if d.id == name]
+        if dep_id in ("default", "previous", "booted"):
+            named = getattr(self, dep_id)
+            if named is None:
+                raise NoSuchDeployment(f"there is no {dep_id} deployment")
+            return self.get(named)
+        exact = [d for d in self.deployments if d.id == dep_id]
         if exact:
             return exact[0]
-        prefix, dot, serial = name.partition(".")
+        prefix, dot, serial = dep_id.partition(".")
         matches = []
         if len(prefix) >= 4:
             matches = [d for d in self.deployments if d.commit.startswith(prefix)
@@ -92,10 +108,12 @@ class State:
             return matches[0]
         known = ", ".join(d.id[:12] + "." + d.id.rsplit(".", 1)[1] for d in self.deployments) or "none"
         reason = "ambiguous" if matches else "no such deployment"
-        raise DeployError(f"{name!r}: {reason} (deployments: {known})")
+        raise NoSuchDeployment(f"{reason} (deployments: {known})", path=dep_id)
 
     # -- changes ------------------------------------------------------------------------
     def allocate_id(self, commit_hex: str) -> str:
+        if self.next_serial > MAX_SERIAL:
+            raise DeployError(f"every deployment serial up to {MAX_SERIAL} is used")
         dep_id = f"{commit_hex}.{self.next_serial}"
         self.next_serial += 1
         return dep_id
@@ -175,10 +193,10 @@ def count_try(state: State, dep_id: str) -> None:
 
 def mark_good(state: State, dep_id: str | None = None) -> Deployment:
     """End boot counting for ``dep_id`` (default: the booted one, else the default)."""
-    chosen = dep_id or state.booted or state.default
-    if chosen is None:
+    dep_id = dep_id or state.booted or state.default
+    if dep_id is None:
         raise DeployError("no deployment to mark good")
-    dep = state.get(chosen)
+    dep = state.get(dep_id)
     dep.tries_left = None
     return dep
 
@@ -189,9 +207,10 @@ class StateFile:
     """The state file of one repository; ``update()`` is the only way to change it."""
 
     def __init__(self, deploy_root: str) -> None:
+        layout = DeployLayout(deploy_root)
         self.root = deploy_root
-        self.path = os.path.join(deploy_root, "state.json")
-        self.lock_path = os.path.join(deploy_root, "state.lock")
+        self.path = layout.state
+        self.lock_path = layout.state_lock
 
     def read(self) -> State:
         """The current state (an empty one when the file does not exist yet)."""
@@ -217,14 +236,20 @@ class StateFile:
             state = self.read()
             before = state.encode()
             yield state
+            _check_serial(state.next_serial, self.path)  # never write what read() refuses
             after = state.encode()
             if after != before:
                 atomic_write(self.path, after)
 
 
-def boot_select(state_file: StateFile) -> BootChoice:
+def state_file(repo: Repository) -> StateFile:
+    """The state file of ``repo``'s deployments."""
+    return StateFile(deploy_layout(repo).root)
+
+
+def boot_select(states: StateFile) -> BootChoice:
     """What the boot verifier calls: choose, spend one try, persist; return the choice."""
-    with state_file.update() as state:
+    with states.update() as state:
         choice = choose_deployment_for_boot(state)
         count_try(state, choice.deployment.id)
     return choice
@@ -237,63 +262,91 @@ def _check_tries(tries: int | None) -> None:
         raise DeployError(f"boot tries must be in 0..{MAX_TRIES}, got {tries}")
 
 
-def _fail(where: str, message: str) -> FormatError:
-    return FormatError(f"{where}: {message}", path=where)
+def _check_serial(next_serial: int, where: str) -> None:
+    if not 1 <= next_serial <= MAX_SERIAL + 1:
+        raise FormatError(f"next_serial must be in 1..{MAX_SERIAL + 1}, got "
+                          f"{_short(next_serial)}", path=where)
 
 
-def _typed(doc: dict[str, object], key: str, kinds: tuple[type, ...], where: str) -> object:
+def _short(value: object) -> str:
+    """A value for a message, cut short: a hostile file may hold a huge one."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Huge(str):
+    """A number too long to be any field's value, kept as its text for the message."""
+
+
+def _bounded_int(text: str) -> int | _Huge:
+    """JSON integers of up to 30 digits; a longer one is never a valid field, and Python
+    would refuse to convert one of 4,301 digits or more."""
+    return int(text) if len(text.lstrip("-")) <= 30 else _Huge(text)
+
+
+def _fail(where: str, message: str, item: str = "") -> FormatError:
+    return FormatError(f"{item}: {message}" if item else message, path=where)
+
+
+def _typed(doc: dict[str, object], key: str, kinds: tuple[type, ...], where: str,
+           item: str = "") -> object:
     value = doc.get(key)
     if not isinstance(value, kinds) or isinstance(value, bool):
         names = "/".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise _fail(where, f"{key!r} must be {names}, got {value!r}")
+        raise _fail(where, f"{json.dumps(key)} must be {names}, got {_short(value)}", item)
     return value
 
 
 def decode(data: bytes, where: str = "deployment state") -> State:
-    """Parse and check a state file: format, version, fields, ids, references."""
+    """Parse and check a state file: format, version, fields, ids, references.
+
+    Every error is a FormatError whose ``path`` is ``where`` (the state file)."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        doc = json.loads(data.decode("utf-8"), parse_int=_bounded_int)
+    except ValueError as err:  # not UTF-8, not JSON, or a number past Python's digit limit
         raise _fail(where, f"not JSON: {err}") from err
     if not isinstance(doc, dict):
         raise _fail(where, "not a JSON object")
     if doc.get("format") != FORMAT:
-        raise _fail(where, f"format must be {FORMAT!r}, got {doc.get('format')!r}")
+        raise _fail(where, f"format must be {json.dumps(FORMAT)}, got {_short(doc.get('format'))}")
     if doc.get("version") not in SUPPORTED_VERSIONS:
         raise _fail(where, f"unsupported version: expected one of {SUPPORTED_VERSIONS}, "
-                           f"got {doc.get('version')!r}")
+                           f"got {_short(doc.get('version'))}")
     if set(doc) != _KEYS:
         raise _fail(where, f"keys must be {sorted(_KEYS)}, got {sorted(doc)}")
-    next_serial = _typed(doc, "next_serial", (int,), where)
+    next_serial = cast(int, _typed(doc, "next_serial", (int,), where))
+    _check_serial(next_serial, where)
     deployments = _typed(doc, "deployments", (list,), where)
-    state = State(next_serial=cast(int, next_serial))
+    state = State(next_serial=next_serial)
     seen: set[str] = set()
     item: object
     for i, item in enumerate(cast(list[object], deployments)):
-        at = f"{where}: deployments[{i}]"
+        at = f"deployments[{i}]"
         if not isinstance(item, dict) or set(item) != _DEPLOYMENT_KEYS:
-            raise _fail(at, f"must be an object with keys {sorted(_DEPLOYMENT_KEYS)}")
+            raise _fail(where, f"must be an object with keys {sorted(_DEPLOYMENT_KEYS)}", at)
         for key in ("id", "commit", "ref", "version", "pack", "pack_sha256", "keys"):
-            _typed(item, key, (str,), at)
-        _typed(item, "created", (int,), at)
-        tries = _typed(item, "tries_left", (int, type(None)), at)
-        mounted = _typed(item, "mounted_at", (list,), at)
+            _typed(item, key, (str,), where, at)
+        _typed(item, "created", (int,), where, at)
+        tries = _typed(item, "tries_left", (int, type(None)), where, at)
+        mounted = _typed(item, "mounted_at", (list,), where, at)
         match = ID_RE.fullmatch(item["id"])
         if not match or match.group(1) != item["commit"]:
-            raise _fail(at, f"id {item['id']!r} is not <commit>.<serial> of commit {item['commit']!r}")
+            raise _fail(where, f"id {_short(item['id'])} is not <commit>.<serial> of commit "
+                               f"{_short(item['commit'])}", at)
         if int(match.group(2)) >= state.next_serial:
-            raise _fail(at, f"serial of {item['id']} is not below next_serial {state.next_serial}")
+            raise _fail(where, f"serial of {item['id']} is not below next_serial "
+                               f"{state.next_serial}", at)
         if item["id"] in seen:
-            raise _fail(at, f"duplicate id {item['id']}")
+            raise _fail(where, f"duplicate id {item['id']}", at)
         if tries is not None and not 0 <= tries <= MAX_TRIES:  # type: ignore[operator]
-            raise _fail(at, f"tries_left {tries} out of 0..{MAX_TRIES}")
+            raise _fail(where, f"tries_left {_short(tries)} out of 0..{MAX_TRIES}", at)
         if not all(isinstance(m, str) for m in mounted):  # type: ignore[attr-defined]
-            raise _fail(at, "mounted_at must be a list of paths")
+            raise _fail(where, "mounted_at must be a list of paths", at)
         seen.add(item["id"])
         state.deployments.append(Deployment(**item))
     for key in ("default", "previous", "booted"):
         value = _typed(doc, key, (str, type(None)), where)
         if value is not None and value not in seen:
-            raise _fail(where, f"{key} {value!r} is not a listed deployment")
+            raise _fail(where, f"{key} {_short(value)} is not a listed deployment")
         setattr(state, key, value)
     return state

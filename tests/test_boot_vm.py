@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from overlay import boot
+from overlay import boot, boot_config
 from overlay.objcheck import Policy
 from store.fsverity import digest_file
 from tests.vm import guest, scenario
@@ -52,7 +52,7 @@ def test_config_file_then_cmdline_then_options(tmp_path: Path) -> None:
     cmdline.write_text('quiet sealtree.root=/dev/vdb sealtree.deployment=previous sealtree.keys=/tmp/evil '
                        'sealtree.verify=userspace sealtree.freshness=none root=/dev/sda1\n')
     said: list[str] = []
-    config = boot.config_from_args(["--config", str(conf), "--cmdline", str(cmdline),
+    config = boot_config.config_from_args(["--config", str(conf), "--cmdline", str(cmdline),
                                     "--target", "/root"], said.append)
     assert config.repo == "/ostree/sealtree"
     assert config.root == "/dev/vdb" and config.deployment == "previous" and config.target == "/root"
@@ -62,7 +62,7 @@ def test_config_file_then_cmdline_then_options(tmp_path: Path) -> None:
     assert any("sealtree.keys=" in line for line in said)
     assert any("sealtree.verify=userspace" in line and "cmdline_verify" in line for line in said)
     conf.write_text("cmdline_verify = yes\n")
-    config = boot.config_from_args(["--config", str(conf), "--cmdline", str(cmdline)], said.append)
+    config = boot_config.config_from_args(["--config", str(conf), "--cmdline", str(cmdline)], said.append)
     assert config.verify is Policy.USERSPACE
     assert config.repo_path == "/sysroot/sealtree/repo"
 
@@ -70,8 +70,8 @@ def test_config_file_then_cmdline_then_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["verify = maybe\n", "keyring = /x\n", "repo = relative\n",
                                   "repo = /a/../b\n", "count = perhaps\n", "just words\n"])
 def test_config_errors_are_refused(text: str) -> None:
-    with pytest.raises(boot.BootConfigError):
-        boot.parse_config_text(text, "boot.conf")
+    with pytest.raises(boot_config.BootConfigError):
+        boot_config.parse_config_text(text, "boot.conf")
 
 
 def test_verifier_imports_only_stdlib_cryptography_and_zstandard() -> None:
@@ -171,7 +171,7 @@ def test_run_boot_on_the_host_mounts_or_fails_closed(tmp_path: Path) -> None:
         pytest.skip("needs root: tmpfs and overlay mounts")
     sysroot = scenario.build_sysroot(tmp_path / "vendor")
     target = tmp_path / "newroot"
-    config = boot.BootConfig(sysroot=str(sysroot.root), keys=str(sysroot.keyring),
+    config = boot_config.BootConfig(sysroot=str(sysroot.root), keys=str(sysroot.keyring),
                              freshness=str(sysroot.floor), target=str(target),
                              scratch=str(tmp_path / "scratch"), verify=Policy.USERSPACE)
     said: list[str] = []
@@ -193,6 +193,28 @@ def test_run_boot_on_the_host_mounts_or_fails_closed(tmp_path: Path) -> None:
     refused = [line for line in said if line.startswith("REFUSED")]
     assert len(refused) == 2 and all("the kernel cannot measure" in line for line in refused), said
     assert said[-1] == "FAILED: no deployment could be verified; not booting"
+    assert not os.path.ismount(target)
+
+
+def test_run_boot_refuses_an_xattr_on_a_farm_directory(tmp_path: Path) -> None:
+    """``trusted.overlay.opaque`` on a farm (written by whoever can write the disk) is refused
+    at the farm stage, for every deployment, with nothing mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: tmpfs and overlay mounts")
+    sysroot = scenario.build_sysroot(tmp_path / "vendor")
+    deploy_dir = Path(str(sysroot.root) + scenario.REPO_IN_SYSROOT) / "deploy"
+    for dep_id in sysroot.deployments.values():
+        os.setxattr(deploy_dir / dep_id, "trusted.overlay.opaque", b"y")
+    target = tmp_path / "newroot"
+    config = boot_config.BootConfig(sysroot=str(sysroot.root), keys=str(sysroot.keyring),
+                                    freshness=str(sysroot.floor), target=str(target),
+                                    scratch=str(tmp_path / "scratch"), verify=Policy.USERSPACE)
+    said: list[str] = []
+    assert boot.run_boot(config, said.append) == boot.EXIT_REFUSED, said
+    refused = [line for line in said if line.startswith("REFUSED")]
+    assert len(refused) == 2, said
+    assert all(": farm failed at /: " in line and "trusted.overlay.opaque" in line
+               for line in refused), said
     assert not os.path.ismount(target)
 
 

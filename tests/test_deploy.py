@@ -281,7 +281,7 @@ def test_farm_holds_links_to_the_objects(deployed):
 @pytest.mark.parametrize("damage, message", [
     (lambda p, i: open(os.path.join(p, "extra"), "w").close(), "extra: unexpected file"),
     (lambda p, i: os.mkdir(os.path.join(p, "usr", "new")), "usr/new: unexpected directory"),
-    (lambda p, i: os.unlink(i[0].link), "usr/bin/a: missing from the deploy directory"),
+    (lambda p, i: os.unlink(i[0].link), "usr/bin/a: missing from the farm"),
     (lambda p, i: (os.unlink(i[3].link), os.symlink(i[3].obj, i[3].link)), "top: is a symlink"),
     (lambda p, i: (shutil.rmtree(os.path.join(p, "usr", "lib")),
                    os.symlink("/", os.path.join(p, "usr", "lib"))), "usr/lib: is a symlink"),

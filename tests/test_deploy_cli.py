@@ -157,7 +157,7 @@ def test_deploy_mount_equals_the_tree_and_is_read_only(site):
                             os.lstat(site.obj_of(dep, "usr/bin/tool")))
     assert not os.path.lexists(os.path.join(farm, "etc"))
     assert not os.path.lexists(os.path.join(farm, "bin"))
-    site.cli("mount", dep, site.target)
+    site.cli("mount", dep, site.target, "--keys", site.keys)
     try:
         assert_same_tree(site.src, site.target)
         with pytest.raises(OSError):
@@ -179,7 +179,7 @@ def test_deploy_mount_equals_the_tree_and_is_read_only(site):
 
 def test_live_mode_writes_vanish(site):
     dep = site.deploy()
-    site.cli("mount", "--live", dep, site.target)
+    site.cli("mount", "--live", dep, site.target, "--keys", site.keys)
     try:
         with open(os.path.join(site.target, "etc", "hostname"), "w") as handle:
             handle.write("changed\n")
@@ -190,7 +190,7 @@ def test_live_mode_writes_vanish(site):
         site.cli("umount", site.target)
     assert _leftovers(site.base) == []
     # The object under the farm was not touched, and a fresh mount shows the tree again.
-    site.cli("mount", dep, site.target)
+    site.cli("mount", dep, site.target, "--keys", site.keys)
     try:
         assert_same_tree(site.src, site.target)
     finally:
@@ -198,7 +198,7 @@ def test_live_mode_writes_vanish(site):
 
 
 def _refused(site: Site, dep: str, message: str, *, code: int = 15, keys: str | None = None) -> None:
-    args = ["mount", dep, site.target] + (["--keys", keys] if keys else [])
+    args = ["mount", dep, site.target, "--keys", keys or site.keys]
     proc = site.cli(*args, check=False)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr, proc.stderr
@@ -259,7 +259,7 @@ def test_file_added_to_the_deploy_dir_is_refused(site):
     dep = site.deploy()
     with open(os.path.join(site.farm(dep), "usr", "bin", "backdoor"), "w") as handle:
         handle.write("#!/bin/sh\n")
-    _refused(site, dep, "usr/bin/backdoor: unexpected file in the deploy directory")
+    _refused(site, dep, "usr/bin/backdoor: unexpected file in the farm")
 
 
 def test_pack_byte_flipped_is_refused(site):
@@ -272,7 +272,8 @@ def test_pack_byte_flipped_is_refused(site):
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0x01]))
     _refused(site, dep, f"{pack}: pack sha256", code=12)
-    assert "does not verify over this pack" in site.cli("mount", dep, site.target, check=False).stderr
+    assert "does not verify over this pack" in site.cli("mount", dep, site.target, "--keys", site.keys,
+                                                  check=False).stderr
 
 
 def test_pack_signed_by_an_untrusted_key_is_refused(site):
@@ -290,7 +291,7 @@ def test_pack_signed_by_an_untrusted_key_is_refused(site):
 
 
 def _mount_ok(site: Site, dep: str, keys: str | None = None) -> None:
-    site.cli("mount", dep, site.target, *(["--keys", keys] if keys else []))
+    site.cli("mount", dep, site.target, "--keys", keys or site.keys)
     site.cli("umount", site.target)
     assert _leftovers(site.base) == []
 
@@ -342,7 +343,7 @@ def test_deployment_state_commands(site, base):
     proc = site.cli("undeploy", first, check=False)
     assert proc.returncode == 14 and "is the default" in proc.stderr
     site.cli("set-default", second, "--tries", "1")
-    site.cli("mount", "previous", site.target)
+    site.cli("mount", "previous", site.target, "--keys", site.keys)
     try:
         assert_same_tree(site.src, site.target)
         proc = site.cli("undeploy", first, check=False)
@@ -383,7 +384,7 @@ def _deploy_and_compare(src: str, base: str) -> None:
     site.publish("1", 1_700_000_000)
     repo = Repository.open(site.repo)
     result = deploy(repo, "os/main", site.keys)
-    _dep, mounted = mount_deployment(repo, result.deployment.id, site.target)
+    _dep, mounted = mount_deployment(repo, result.deployment.id, site.target, keys_dir=site.keys)
     try:
         assert_same_tree(src, site.target)
     finally:
@@ -432,7 +433,7 @@ def test_legacy_mount_api_end_to_end(site):
     """The mount(2) path (what a kernel before 6.7 gets): layer paths escaped, same view."""
     repo = Repository.open(site.repo)
     dep = deploy(repo, "os/main", site.keys).deployment
-    _dep, result = mount_deployment(repo, dep.id, site.target, api="legacy")
+    _dep, result = mount_deployment(repo, dep.id, site.target, keys_dir=site.keys, api="legacy")
     try:
         assert result.api == "legacy"
         assert_same_tree(site.src, site.target)
@@ -446,7 +447,7 @@ def test_legacy_mount_api_end_to_end(site):
 def test_umount_without_the_repository(site):
     first = site.deploy()
     site.deploy()
-    site.cli("mount", first, site.target)
+    site.cli("mount", first, site.target, "--keys", site.keys)
     run_cli("umount", site.target)  # no --repo: the state still lists the mount...
     assert _leftovers(site.base) == []
     doc = json.loads(site.cli("status", "--json").stdout)

@@ -80,7 +80,7 @@ def test_deploy_mount_equals_the_tree_and_is_read_only(site):
     assert _leftovers(site.base) == []
     assert not [n for n in os.listdir(os.path.join(site.repo, "tmp")) if n.startswith("mount-")]
     # The deployment is an ordinary one: `mount` re-verifies it and shows the same tree.
-    site.cli("mount", dep, site.target)
+    site.cli("mount", dep, site.target, "--keys", site.keys)
     try:
         assert_same_tree(site.src, site.target)
     finally:
@@ -98,7 +98,7 @@ def test_deploy_mount_json_and_live(site):
             handle.write("changed\n")
     finally:
         site.cli("umount", site.target)
-    site.cli("mount", doc["id"], site.target)
+    site.cli("mount", doc["id"], site.target, "--keys", site.keys)
     try:
         assert_same_tree(site.src, site.target)  # the write lived in memory only
     finally:
@@ -166,7 +166,7 @@ def test_failure_part_way_leaves_nothing(site, monkeypatch, where):
         raise OSError(22, "Invalid argument", target)
 
     if where == "unpack":
-        monkeypatch.setattr(staging, "populate", broken_unpack)
+        monkeypatch.setattr(staging, "unpack_into_tmpfs", broken_unpack)
         expected: type[Exception] = PackError
     elif where == "farm":
         monkeypatch.setattr(farm, "start_farm", broken_farm)
@@ -186,7 +186,7 @@ def test_farm_builder_reports_the_childs_error(tmp_path):
     builder = farm.FarmBuilder(str(tmp_path / "deploy"), "x.1", items)
     with pytest.raises(ObjectMissing, match="a/b: object .* is missing") as caught:
         builder.wait([None])
-    assert caught.value.path == "a/b"
+    assert caught.value.path == b"a/b"
     builder.cancel()
     assert not os.path.exists(tmp_path / "deploy" / (farm.TMP_PREFIX + "x.1"))
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from overlay import mounts
-from overlay.inuse import deployment_mounts
+from overlay.mounted_farms import deployment_mounts
 from store.repo import Repository
 from tests.helpers import ROOT
 from tests.test_deploy_cli import Site, _leftovers, base_dir, published_site
@@ -104,7 +104,7 @@ def test_undeploy_refuses_a_deployment_mounted_anywhere(site):
     second = site.deploy()
     place = os.path.join(site.base, "pp")
     os.makedirs(os.path.join(place, "q"))
-    site.cli("mount", first, os.path.join(place, "q"))
+    site.cli("mount", first, os.path.join(place, "q"), "--keys", site.keys)
     moved = os.path.join(site.base, "pp2")
     os.rename(place, moved)  # the recorded mount point no longer exists
     try:

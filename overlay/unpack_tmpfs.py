@@ -10,7 +10,8 @@ metadata) does the work, with two differences that the merged view needs:
   a fresh tmpfs inode (most of a deploy's system calls otherwise).
 
 ``tmpfs_size`` works out how large the tmpfs must be from the manifest, so
-the mount is bounded (a hostile manifest cannot fill memory) yet never short.
+the mount is bounded (a hostile manifest cannot fill memory) yet never short
+(the bound is in docs/FORMAT.md, section 9, "The mounted view").
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from store.errors import DeployError
 from store.model import Kind, Meta
 
 PAGE = 4096
-BOGO_INODE = 1024  # tmpfs charges xattrs against nr_inodes * 1024 bytes (Linux 6.6+)
+# tmpfs (Linux 6.6+) gives each mount nr_inodes * BOGO_INODE bytes of "inode space": every
+# inode and every extra hardlink of one takes BOGO_INODE of it, every xattr its size plus
+# the kernel's record of it (struct simple_xattr and the name's NUL: under XATTR_OVERHEAD).
+BOGO_INODE = 1024
+XATTR_OVERHEAD = 64
+SHORT_SYMLINK = 128  # a symlink target this long or longer takes a page; shorter ones do not
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_DIR_MODE = 0o700  # never setgid while being filled
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -39,31 +45,38 @@ class TmpfsSize:
     inodes: int
 
 
-def tmpfs_size(manifest: Manifest) -> TmpfsSize:
-    """Pages for every distinct inline inode and long symlink, inodes for every entry, plus slack."""
+def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None) -> TmpfsSize:
+    """What the tmpfs holding the manifest's tree needs, with a margin.
+
+    Bytes: a page per started page of every distinct inline inode (identical
+    inline files share one) and of every long symlink.  Inodes: one for the
+    root and one per directory, symlink and inline file, hardlinks included
+    (tmpfs charges an inode for every link), plus every xattr's inode space.
+    Each is then 1/8 more, and 4 MiB / 1024 inodes more, so a correct tree
+    never meets ENOSPC, while a hostile manifest gets no more than that.
+    """
     pages = 0
-    inodes = 1
-    xattr_bytes = 0
+    links = 1  # the root directory
+    xattr_space = 0
     seen: set[tuple[bytes, Meta]] = set()
     for row in manifest.entries:
         entry = row.entry
-        xattr_bytes += sum(len(n) + len(v) + 32 for n, v in entry.meta.xattrs)
+        if entry.kind is Kind.FILE and not row.inline:
+            continue  # a large file: in the farm, not in the tmpfs
+        links += 1
+        xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
         if entry.kind is Kind.FILE:
-            if not row.inline:
-                continue
             key = (entry.digest, entry.meta)
-            if key in seen:
-                continue
-            seen.add(key)
-            pages += -(-entry.size // PAGE)
-        elif entry.kind is Kind.SYMLINK and len(entry.target) >= 128:
-            pages += 1  # a long target takes a page; short ones live in the inode
-        inodes += 1
+            if key not in seen:  # the first link of an inode: its pages
+                seen.add(key)
+                pages += -(-entry.size // PAGE)
+        elif entry.kind is Kind.SYMLINK and len(entry.target) >= SHORT_SYMLINK:
+            pages += 1
+    root_xattrs = root_meta.xattrs if root_meta is not None else ()
+    xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in root_xattrs)
     data = pages * PAGE
-    # Slack: directory and bookkeeping pages, plus a margin so a correct tree never
-    # meets ENOSPC: 1/8 more and 4 MiB.
-    return TmpfsSize(data + data // 8 + (4 << 20),
-                     inodes + inodes // 8 + xattr_bytes // BOGO_INODE + 1024)
+    inodes = links + -(-xattr_space // BOGO_INODE)
+    return TmpfsSize(data + data // 8 + (4 << 20), inodes + inodes // 8 + 1024)
 
 
 class _TmpfsWriter(TreeWriter):
@@ -133,7 +146,7 @@ class _TmpfsWriter(TreeWriter):
             os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
 
 
-def populate(reader: PackReader, root: str) -> UnpackReport:
+def unpack_into_tmpfs(reader: PackReader, root: str) -> UnpackReport:
     """Write every directory, symlink and inline file of ``reader`` under the empty ``root``.
 
     ``root`` gets the commit's root metadata; identical inline files share an
@@ -145,6 +158,6 @@ def populate(reader: PackReader, root: str) -> UnpackReport:
         return unpack_inline(reader, root, writer=_TmpfsWriter, share_identical=True)
     except OSError as err:
         if err.errno == errno.ENOSPC:  # the manifest-sized tmpfs was too small (a bug of ours)
-            raise DeployError(f"the tmpfs sized from the manifest is full: {err}",
-                              path=root) from err
+            raise DeployError(f"the tmpfs sized from the manifest is full: {err.strerror}",
+                              path=err.filename or root) from err
         raise

@@ -1,0 +1,110 @@
+"""A deployment's signed pack, opened the way deploy, mount and the boot verifier all need it.
+
+``trusted_keyring`` loads the keyring the caller names (never one recorded in
+the repository: whoever can write the disk could point that at their own
+key); ``open_deployment_pack`` checks the kept pack's signatures against it,
+that it is the pack of the deployment's commit, and that its tree carries no
+xattr overlayfs would interpret; ``large_files`` lists what the farm links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from pack.keys import Keyring
+from pack.manifest import Manifest
+from pack.reader import PackReader
+from pack.verify import Verification, open_verified
+from store.errors import DeployError, PackError, SignatureError, VerificationError
+from store.ids import RawId, to_hex
+from store.model import Kind
+from store.names import show
+from store.objects import ObjectStore
+
+from .layout import SYSTEM_KEYRING
+from .objcheck import LargeFile
+
+# overlayfs interprets these xattrs on its layers; a tree carrying them would not
+# show as committed (and could hide or redirect files), so it is refused.
+OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+
+class NoKeyring(SignatureError):
+    """No keyring was named and the system keyring (``SYSTEM_KEYRING``) does not exist."""
+
+
+class PackNotKept(DeployError):
+    """The repository keeps no signed pack of the commit (it was never imported)."""
+
+
+class OverlayXattr(DeployError):
+    """The tree carries an xattr that overlayfs would interpret; it cannot be deployed."""
+
+
+def trusted_keyring(keys_dir: str | None) -> Keyring:
+    """The keyring in ``keys_dir``, else the system keyring ``SYSTEM_KEYRING``.
+
+    Never a path read from the repository.  Raises NoKeyring when no directory
+    is named and the system keyring is missing, SignatureError when it cannot
+    be read or holds no key.
+    """
+    if keys_dir is None:
+        if not os.path.isdir(SYSTEM_KEYRING):
+            raise NoKeyring("no keyring given and the system keyring does not exist",
+                            path=SYSTEM_KEYRING)
+        keys_dir = SYSTEM_KEYRING
+    keyring = Keyring.load(keys_dir)
+    if not keyring.keys:
+        raise SignatureError("the keyring holds no trusted keys", path=keys_dir)
+    return keyring
+
+
+@contextlib.contextmanager
+def open_deployment_pack(pack_path: str, keyring: Keyring, commit_id: RawId
+                         ) -> Iterator[tuple[PackReader, Verification]]:
+    """Open a pack after checking its signatures; it must be the pack of ``commit_id``.
+
+    What the reader yields is only final once ``reader.entries()`` is exhausted.
+    Every PackError and SignatureError names ``pack_path`` unless it names a
+    file already.
+    """
+    if not os.path.exists(pack_path):
+        raise PackNotKept(f"no pack kept for commit {to_hex(commit_id)}", path=pack_path)
+    try:
+        with open_verified(pack_path, keyring) as (reader, verification):
+            if reader.commit_id != commit_id:
+                raise VerificationError(f"the pack is of commit "
+                                        f"{to_hex(reader.commit_id)}, expected {to_hex(commit_id)}",
+                                        path=pack_path)
+            check_overlay_xattrs(reader)
+            yield reader, verification
+    except (SignatureError, PackError) as err:  # DowngradeError too: it is a SignatureError
+        err.located(pack_path)
+        raise
+
+
+def check_overlay_xattrs(reader: PackReader) -> None:
+    """Refuse a tree with an xattr overlayfs would interpret (``OVERLAY_XATTR_PREFIXES``)."""
+    metas = [(b"/", reader.commit.root_meta)]
+    metas += [(row.path, row.entry.meta) for row in reader.manifest.entries if row.entry.meta.xattrs]
+    for path, meta in metas:
+        for name, _value in meta.xattrs:
+            if name.startswith(OVERLAY_XATTR_PREFIXES):
+                raise OverlayXattr(f"xattr {show(name)} would be interpreted by "
+                                   f"overlayfs; such a tree cannot be deployed", path=path)
+
+
+def large_files(objects: ObjectStore, manifest: Manifest, farm_dir: str | None = None) -> list[LargeFile]:
+    """The manifest's large files with their object paths (and farm paths when given)."""
+    base = os.fsencode(farm_dir) + b"/" if farm_dir is not None else None
+    out = []
+    for row in manifest.entries:
+        entry = row.entry
+        if entry.kind is not Kind.FILE or row.inline:
+            continue
+        link = os.fsdecode(base + row.path) if base is not None else None
+        out.append(LargeFile(row.path, entry.meta, entry.size, entry.digest,
+                             objects.file_path(entry.digest, entry.meta), link))
+    return out

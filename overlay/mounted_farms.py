@@ -1,0 +1,61 @@
+"""Which deployments are mounted right now, read from /proc/self/mountinfo.
+
+A deployment's overlay has the deployment's farm, ``<repo>/deploy/<id>``, as its
+lowest layer (``mount_deployment``).  That layer, not a record in the state
+file, tells which deployment a mount shows: it stays right after a crash
+between mounting and recording, after an unmount behind sealtree's back, and
+for a mount point moved or renamed since.  Undeploying, unmounting and
+``status`` go by it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import mounts
+from .state import ID_RE
+
+
+@dataclass(frozen=True)
+class DeploymentMount:
+    mount_point: str
+    farm_parent: str  # the farm's directory, ``<repo>/deploy``, as it was given when mounting
+    dep_id: str
+
+
+def deployment_mount(info: mounts.MountInfo) -> DeploymentMount | None:
+    """The deployment an overlay mount shows, or None if it is not a deployment's overlay."""
+    if info.fstype != "overlay":
+        return None
+    layers = mounts.overlay_lower_layers(info)
+    if len(layers) < 2:  # a deployment's overlay is the unpacked pack over the farm
+        return None
+    parent, name = os.path.split(os.fsdecode(layers[-1]))
+    if not ID_RE.fullmatch(name):
+        return None
+    return DeploymentMount(os.fsdecode(info.mount_point), parent, name)
+
+
+def same_directory(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def deployment_mounts(deploy_root: str) -> dict[str, list[str]]:
+    """Deployment id -> mount points of the overlays showing it, for the deployments under
+    ``deploy_root`` (``<repo>/deploy``); in mount order.
+
+    An overlay counts when its farm is in ``deploy_root``, and also when its
+    farm's directory does not exist here: it was mounted from another view of
+    the filesystem (the boot verifier mounts the root from the initramfs,
+    through ``/sysroot``), so only the id tells.  Erring that way only keeps
+    a deployment that is in use.
+    """
+    found: dict[str, list[str]] = {}
+    for info in mounts.mountinfo():
+        shown = deployment_mount(info)
+        if shown is None:
+            continue
+        if same_directory(shown.farm_parent, deploy_root) or not os.path.isdir(shown.farm_parent):
+            found.setdefault(shown.dep_id, []).append(shown.mount_point)
+    return found

@@ -1,0 +1,202 @@
+"""What the audit broke on the deployment side (issue 14), each case as a test.
+
+- a legal tree the tmpfs "sized from the manifest" could not hold (tmpfs charges an inode
+  per hardlink), and a deployment that cannot be mounted must not be recorded;
+- a farm too deep for a recursive removal: undeploy failed and left ``.trash-<id>``, and
+  every later deploy failed on it;
+- a state file whose ``next_serial`` made deploy write a state it could not read back;
+- a deploy failing after the deployment was recorded as the default (record last).
+
+Real mounts, as root.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from overlay import mounts, staging
+from overlay.deploy import deploy, undeploy
+from overlay.layout import deploy_layout
+from overlay.mount_deployment import unmount
+from overlay.state import MAX_SERIAL, StateFile
+from overlay.unpack_tmpfs import TmpfsSize
+from pack import freshness
+from store.errors import DeployError, FormatError
+from store.remove import remove_tree
+from store.repo import Repository
+from tests.helpers import assert_same_tree
+from tests.test_deploy_cli import BIG, Site, _leftovers, base_dir, published_site
+
+pytestmark = pytest.mark.usefixtures("needs_root")
+
+DEPTH = 1200  # deeper than Python's recursion limit
+
+
+@pytest.fixture
+def base(tmp_path):
+    yield from base_dir(tmp_path)
+
+
+def _site_of(base: str, fill) -> Site:  # type: ignore[no-untyped-def]
+    src = os.path.join(base, "src tree")
+    os.mkdir(src)
+    fill(src)
+    site = Site(base, src)
+    site.publish("1.0", 1_700_000_000)
+    return site
+
+
+def _farms(site: Site) -> list[str]:
+    root = os.path.join(site.repo, "deploy")
+    return sorted(n for n in os.listdir(root) if n not in ("state.json", "state.lock")) \
+        if os.path.isdir(root) else []
+
+
+def _nothing_recorded(site: Site) -> None:
+    state = StateFile(os.path.join(site.repo, "deploy")).read()
+    assert state.deployments == [] and state.default is None
+    assert _farms(site) == []
+    assert _leftovers(site.base) == []
+    assert os.listdir(site.target) == []
+
+
+# -- tmpfs sizing ----------------------------------------------------------------------------
+
+def _many_identical_files(src: str) -> None:
+    os.mkdir(os.path.join(src, "many"))
+    for i in range(2000):
+        open(os.path.join(src, "many", f"empty-{i}"), "wb").close()
+    with open(os.path.join(src, "large"), "wb") as handle:
+        handle.write(b"L" * BIG)
+
+
+def test_identical_empty_files_fit_the_tmpfs(base):
+    """2,000 identical empty files are one inode with 2,000 links: tmpfs charges each link."""
+    site = _site_of(base, _many_identical_files)
+    repo = Repository.open(site.repo)
+    result = deploy(repo, "os/main", site.keys, target=site.target)
+    try:
+        assert result.mount is not None
+        assert_same_tree(site.src, site.target)
+    finally:
+        unmount(repo, site.target)
+    assert _leftovers(site.base) == []
+
+
+def test_a_deployment_that_cannot_mount_is_not_recorded(base, monkeypatch):
+    site = published_site(base)
+    repo = Repository.open(site.repo)
+    monkeypatch.setattr(staging, "tmpfs_size", lambda manifest, root_meta=None: TmpfsSize(4096, 16))
+    with pytest.raises(DeployError, match="the tmpfs sized from the manifest is full"):
+        deploy(repo, "os/main", site.keys, target=site.target)
+    _nothing_recorded(site)
+
+
+# -- record last -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mount", [False, True])
+def test_a_late_failure_records_nothing(base, monkeypatch, mount):
+    """The freshness record fails (a full disk, say) after every check and the mount: the
+    deployment must not be left recorded as the default, nor its farm or mount behind."""
+    site = published_site(base)
+    repo = Repository.open(site.repo)
+
+    def full_disk(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "freshness.json")
+
+    monkeypatch.setattr(freshness, "record", full_disk)
+    with pytest.raises(OSError):
+        deploy(repo, "os/main", site.keys, target=site.target if mount else None)
+    _nothing_recorded(site)
+
+
+# -- deep farms --------------------------------------------------------------------------------
+
+def _deep_dirs(top: str, depth: int) -> str:
+    """``top/d/d/.../d`` ``depth`` levels deep, made one level at a time (os.makedirs recurses)."""
+    os.makedirs(top, exist_ok=True)
+    path = top
+    for _ in range(depth):
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+    return path
+
+
+def _deep_large_file(src: str) -> None:
+    with open(os.path.join(_deep_dirs(src, DEPTH), "large"), "wb") as handle:
+        handle.write(os.urandom(BIG))
+
+
+def test_undeploy_removes_a_farm_of_any_depth(base):
+    site = _site_of(base, _deep_large_file)
+    repo = Repository.open(site.repo)
+    first = deploy(repo, "os/main", site.keys, make_default=False).deployment
+    undeploy(repo, first.id)
+    assert _farms(site) == []
+    # What a crash (or an older sealtree) left: a deep farm being removed or built.
+    layout = deploy_layout(repo)
+    _deep_dirs(layout.trash(first.id), DEPTH)
+    _deep_dirs(layout.farm_in_progress(first.id), DEPTH)
+    second = deploy(repo, "os/main", site.keys).deployment
+    assert _farms(site) == [second.id]
+
+
+def test_a_leftover_that_cannot_be_removed_never_blocks_a_deploy(base):
+    site = published_site(base)
+    repo = Repository.open(site.repo)
+    trash = deploy_layout(repo).trash("f" * 64 + ".9")
+    os.makedirs(os.path.join(trash, "inner"))
+    # Root ignores a directory's mode: a mount point below is what nothing can remove.
+    with mounts.tmpfs(os.path.join(trash, "inner")):
+        dep = deploy(repo, "os/main", site.keys).deployment
+        assert dep.id in _farms(site)
+    remove_tree(trash)
+
+
+# -- next_serial ------------------------------------------------------------------------------
+
+def _state_with_serial(site: Site, serial_text: str) -> str:
+    path = os.path.join(site.repo, "deploy", "state.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write('{"format": "sealtree-deployments", "version": 1, "next_serial": '
+                     + serial_text + ', "default": null, "previous": null, "booted": null, '
+                     '"deployments": []}\n')
+    return path
+
+
+@pytest.mark.parametrize("serial", [str(10**20), str(MAX_SERIAL + 2), "9" * 5000, "0", "-3"],
+                         ids=["1e20", "max+2", "5000 digits", "0", "-3"])
+def test_a_state_with_an_impossible_next_serial_is_refused(base, serial):
+    site = published_site(base)
+    path = _state_with_serial(site, serial)
+    with open(path, "rb") as handle:
+        before = handle.read()
+    with pytest.raises(FormatError) as caught:
+        StateFile(os.path.dirname(path)).read()
+    assert caught.value.path == path and "next_serial" in str(caught.value)
+    proc = site.cli("deploy", "os/main", "--keys", site.keys, check=False)
+    assert proc.returncode == 7 and f"{path}: " in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    with open(path, "rb") as handle:
+        assert handle.read() == before
+
+
+def test_the_last_serial_is_used_and_then_refused(base):
+    site = published_site(base)
+    path = _state_with_serial(site, str(MAX_SERIAL))
+    dep = site.deploy()
+    assert dep == f"{site.commit}.{MAX_SERIAL}"
+    doc = json.loads(site.cli("status", "--json").stdout)  # the state reads back
+    assert doc["default"] == dep
+    with open(path, "rb") as handle:
+        before = handle.read()
+    proc = site.cli("deploy", "os/main", "--keys", site.keys, check=False)
+    assert proc.returncode == 14 and "every deployment serial" in proc.stderr, proc.stderr
+    with open(path, "rb") as handle:
+        assert handle.read() == before
+    assert _farms(site) == [dep]
