@@ -29,6 +29,7 @@ from typing import cast
 from store.atomic import atomic_write
 from store.errors import DeployError, FormatError
 from store.lock import flock
+from store.names import show
 from store.repo import Repository
 
 from .layout import DeployLayout, deploy_layout
@@ -51,6 +52,10 @@ _DEPLOYMENT_KEYS = {"id", "commit", "ref", "version", "created", "pack", "pack_s
 
 class NoSuchDeployment(DeployError):
     """A deployment id (or default/previous/booted) names no deployment of the state."""
+
+
+class DeploymentInUse(DeployError):
+    """A deployment cannot be removed: it is mounted, or it is the default."""
 
 
 @dataclass
@@ -143,11 +148,11 @@ class State:
     def remove(self, dep_id: str) -> Deployment:
         dep = self.get(dep_id)
         if dep.mounted_at:
-            raise DeployError(f"deployment {dep_id} is mounted at {', '.join(dep.mounted_at)}; "
-                              f"unmount it first")
+            where = ", ".join(show(m) for m in dep.mounted_at)
+            raise DeploymentInUse(f"is mounted at {where}; unmount it first", path=dep_id)
         if self.default == dep_id:
-            raise DeployError(f"deployment {dep_id} is the default; make another one the default "
-                              f"(set-default, rollback) before removing it")
+            raise DeploymentInUse("is the default; make another one the default before "
+                                  "removing it", path=dep_id)
         self.deployments.remove(dep)
         if self.previous == dep_id:
             self.previous = None

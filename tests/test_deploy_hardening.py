@@ -131,8 +131,18 @@ def _deep_large_file(src: str) -> None:
         handle.write(os.urandom(BIG))
 
 
-def test_undeploy_removes_a_farm_of_any_depth(base):
+@pytest.fixture
+def deep_site(base):  # type: ignore[no-untyped-def]
+    """A site whose tree holds a large file DEPTH directories deep; removed iteratively
+    afterwards (pytest's own clean-up of old temporary directories recurses)."""
     site = _site_of(base, _deep_large_file)
+    yield site
+    remove_tree(site.src)
+    remove_tree(os.path.join(site.repo, "deploy"))
+
+
+def test_undeploy_removes_a_farm_of_any_depth(deep_site):
+    site = deep_site
     repo = Repository.open(site.repo)
     first = deploy(repo, "os/main", site.keys, make_default=False).deployment
     undeploy(repo, first.id)
