@@ -23,9 +23,12 @@ from overlay.deploy import deploy, undeploy
 from overlay.layout import deploy_layout
 from overlay.mount_deployment import unmount
 from overlay.state import MAX_SERIAL, StateFile
-from overlay.unpack_tmpfs import TmpfsSize
+from overlay.unpack_tmpfs import BOGO_INODE, PAGE, XATTR_OVERHEAD, TmpfsSize, tmpfs_size
 from pack import freshness
+from pack.manifest import Manifest, ManifestEntry
 from store.errors import DeployError, FormatError
+from store.ids import RawId
+from store.model import Entry, Kind, Meta
 from store.remove import remove_tree
 from store.repo import Repository
 from tests.helpers import assert_same_tree
@@ -210,3 +213,28 @@ def test_the_last_serial_is_used_and_then_refused(base):
     with open(path, "rb") as handle:
         assert handle.read() == before
     assert _farms(site) == [dep]
+
+
+# -- the sizing rule, without mounting --------------------------------------------------------
+
+def _row(path: bytes, kind: Kind, *, size: int = 0, digest: bytes = b"\0" * 32, inline: bool = True,
+         target: bytes = b"", xattrs: tuple[tuple[bytes, bytes], ...] = ()) -> ManifestEntry:
+    meta = Meta(0o755 if kind is Kind.DIR else 0o644, 0, 0, xattrs)
+    entry = Entry(path.rpartition(b"/")[2], kind, meta, size, RawId(digest), target=target)
+    return ManifestEntry(path, entry, inline)
+
+
+def test_tmpfs_size_counts_every_link_and_stays_bounded():
+    rows = [_row(b"many", Kind.DIR)]
+    rows += [_row(b"many/%d" % i, Kind.FILE) for i in range(2000)]  # one inode, 2,000 links
+    rows += [_row(b"big", Kind.FILE, size=10 << 20, inline=False)]  # in the farm: no charge
+    rows += [_row(b"text", Kind.FILE, size=5000, digest=b"\1" * 32)]  # two pages
+    rows += [_row(b"long", Kind.SYMLINK, target=b"t" * 200)]  # a page
+    rows += [_row(b"x", Kind.FILE, digest=b"\2" * 32, xattrs=((b"user.a", b"v" * 4000),))]
+    size = tmpfs_size(Manifest(rows, RawId(b"\0" * 32), 0))
+    links = 1 + len(rows) - 1  # the root and every entry but the large file
+    xattr_inodes = -(-(len(b"user.a") + 4000 + XATTR_OVERHEAD) // BOGO_INODE)
+    inodes = links + xattr_inodes
+    assert size.inodes == inodes + inodes // 8 + 1024
+    data = 3 * PAGE
+    assert size.bytes == data + data // 8 + (4 << 20)
