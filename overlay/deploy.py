@@ -52,7 +52,7 @@ from .layout import DeployLayout, deploy_layout, staging_dir
 from .mount_deployment import MountResult
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_checks
 from .staging import Staging, check_target
-from .state import Deployment, State, StateFile, state_file
+from .state import Deployment, State, StateFile, check_tries, state_file
 
 __all__ = ["DeployResult", "deploy", "deploy_root", "deployment_roots", "state_file", "undeploy"]
 
@@ -88,6 +88,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    check_tries(tries)  # now, not once the deployment is about to be recorded
     commit_id = repo.resolve(rev)
     keyring = trusted_keyring(keys_dir)
     pack_path = kept_pack_path(repo, commit_id)

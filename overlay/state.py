@@ -133,7 +133,7 @@ class State:
 
         ``tries`` starts boot counting for it (None: not counted)."""
         dep = self.get(dep_id)
-        _check_tries(tries)
+        check_tries(tries)
         if self.default != dep_id:
             self.previous = self.default
             self.default = dep_id
@@ -262,7 +262,8 @@ def boot_select(states: StateFile) -> BootChoice:
 
 # -- decoding -----------------------------------------------------------------------------------
 
-def _check_tries(tries: int | None) -> None:
+def check_tries(tries: int | None) -> None:
+    """Refuse a boot-try count out of 0..MAX_TRIES (None: not counting)."""
     if tries is not None and not 0 <= tries <= MAX_TRIES:
         raise DeployError(f"boot tries must be in 0..{MAX_TRIES}, got {tries}")
 
