@@ -30,6 +30,7 @@ from store.commits import Commit
 from store.errors import DowngradeError, FormatError
 from store.ids import HexId, RawId, parse_hex, to_hex
 from store.lock import flock
+from store.names import show
 from store.refs import check_ref_name
 
 STATE_FORMAT = 1
@@ -83,7 +84,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Accepted]:
         for ref, item in doc["refs"].items():
             timestamp = item["timestamp"]
             if not isinstance(timestamp, int) or not isinstance(item["version"], str):
-                raise ValueError(f"bad entry for {ref!r}")
+                raise ValueError(f"bad entry for {show(ref)}")
             out[check_ref_name(ref)] = Accepted(parse_hex(item["commit"]), item["version"], timestamp)
         return out
     except (ValueError, TypeError, KeyError, AttributeError, FormatError) as err:
@@ -112,8 +113,7 @@ def check(path: str | os.PathLike[str], ref: str, candidate: Accepted, *,
     newest = load(path).get(ref)
     if newest is not None and not allow_downgrade and not is_acceptable(candidate, newest):
         raise DowngradeError(f"ref {ref}: pack ({candidate.describe()}) is not newer than the one "
-                             f"already accepted ({newest.describe()}); use --allow-downgrade to "
-                             f"accept it anyway", path=os.fspath(path))
+                             f"already accepted ({newest.describe()})", path=os.fspath(path))
     return newest
 
 

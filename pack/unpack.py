@@ -83,11 +83,11 @@ class TreeWriter:
         parent, _sep, name = path.rpartition(b"/")
         problem = "absolute path" if path.startswith(b"/") else check_name(name)
         if problem:
-            raise PackError(f"unpack: bad name in {path!r}: {problem}", path=path)
+            raise PackError(f"cannot be unpacked: bad name: {problem}", path=path)
         while self._stack[-1][0] != parent:
             if len(self._stack) == 1:
-                raise PackError(f"unpack: {path!r}: its parent directory was not created just "
-                                f"before it (paths must come in manifest order)", path=path)
+                raise PackError("cannot be unpacked: its parent directory was not created just "
+                                "before it (paths must come in manifest order)", path=path)
             self._finish()
         return self._stack[-1][1], name
 
