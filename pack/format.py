@@ -42,7 +42,9 @@ MAX_INLINE_MAX = FRAME_MAX  # an inline file must fit one frame
 MAX_COMMIT = 16 << 20  # a commit object; store.commits bounds its fields further
 MAX_REF = 255  # store.refs.check_ref_name's limit
 MAX_ENTRIES = 1 << 24  # paths in one tree
-MAX_MANIFEST = 256 << 20  # decompressed manifest, held in memory while it is checked
+# The decompressed manifest: what bounds reading a pack's memory (pack.reader.MEMORY_BOUND,
+# docs/FORMAT.md "Memory").  64 MiB is some 600,000 paths of a usual tree.
+MAX_MANIFEST = 64 << 20
 MAX_DATA = 1 << 40  # decompressed inline data; streamed, so only a sanity bound
 # A frame's compressed size: above zstd's worst case for FRAME_MAX input
 # (ZSTD_compressBound is size + size/256 + a few bytes).

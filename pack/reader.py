@@ -15,8 +15,8 @@ Memory (the bound is stated in docs/FORMAT.md, "Memory"): the manifest is
 decoded one frame at a time and its rows are not kept; ``manifest.entries``
 decodes them again on each iteration from the file, checking that each
 compressed manifest frame still has the SHA-256 it had when it was checked.
-Only a manifest of at most ``ROW_CACHE_MAX`` bytes keeps its rows, so that the
-several passes of a deploy over a usual tree cost one decoding.
+Only a small manifest (``ROW_CACHE_ROWS``, ``ROW_CACHE_BYTES``) keeps its rows,
+so that the several passes of a deploy over a usual tree cost one decoding.
 """
 
 from __future__ import annotations
@@ -41,9 +41,17 @@ from . import format as fmt
 from .manifest import Manifest, ManifestEntry, TreeSink, check_manifest, check_meta, iter_rows
 
 HASH_CHUNK = 1 << 20
-# A manifest up to this size keeps its decoded rows (about 6 bytes of Python objects per
-# manifest byte: 24 MiB at most); a larger one is decoded again on each pass.
-ROW_CACHE_MAX = 4 << 20
+# A manifest of at most ROW_CACHE_ROWS rows and ROW_CACHE_BYTES bytes keeps its decoded
+# rows, so that the several passes of a deploy over a usual tree (up to some 250,000
+# paths) cost one decoding: a row costs about 340 bytes of Python objects plus its path,
+# so at most about 85 MiB + ROW_CACHE_BYTES.  A larger one is decoded again on each pass.
+ROW_CACHE_ROWS = 1 << 18
+ROW_CACHE_BYTES = 32 << 20
+# What reading any pack may take above the interpreter's own memory (docs/FORMAT.md,
+# "Memory"): the open directories' entries (at most the manifest) and, when they are
+# stored (import), a copy of the tree object being completed, each at most MAX_MANIFEST,
+# with the kept rows of a small manifest (see above) and a few frames in the remaining third.
+MEMORY_BOUND = 3 * fmt.MAX_MANIFEST
 
 
 def check_pack_file(path: str) -> None:
@@ -219,7 +227,8 @@ class PackReader:
                 yield fmt.decompress_frame(dctx, raw, frame, f"manifest frame {i}")
 
         header = self.header
-        kept: list[ManifestEntry] | None = [] if header.manifest_size <= ROW_CACHE_MAX else None
+        small = header.entry_count <= ROW_CACHE_ROWS and header.manifest_size <= ROW_CACHE_BYTES
+        kept: list[ManifestEntry] | None = [] if small else None
         root_tree, data_size, counts = check_manifest(
             checked_frames(), header.entry_count, header.inline_max, on_tree=on_tree, keep=kept)
         self._frame_digests = digests
