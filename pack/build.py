@@ -23,13 +23,14 @@ from store.atomic import atomic_file
 from store.errors import ObjectCorrupt, ObjectMissing, PackError, UsageError
 from store.fsverity import digest_bytes
 from store.ids import RawId, to_hex
+from store.model import Kind
 from store.names import show
 from store.refs import check_ref_name
 from store.repo import Repository
 from store.walk import walk
 
 from . import format as fmt
-from .manifest import ManifestEntry, encode_row, plan_manifest
+from .manifest import ManifestEntry, check_meta, encode_row, plan_manifest
 
 # Why 4096 and 19: see docs/FORMAT.md, section 7 ("Choosing the inline threshold").
 DEFAULT_INLINE_MAX = 4096
@@ -105,7 +106,8 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
                inline_max: int = DEFAULT_INLINE_MAX, level: int = DEFAULT_LEVEL) -> BuildResult:
     """Write the pack of ``commit_id`` for ``ref`` to ``out`` (atomically); files up to
     ``inline_max`` bytes go inline.  Raises UsageError on bad options, ObjectMissing or
-    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit."""
+    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit or
+    holds xattrs Linux will not set (``store.xattr_rules``: a reader would refuse it)."""
     if not 0 <= inline_max <= fmt.MAX_INLINE_MAX:
         raise UsageError(f"the inline threshold must be in 0..{fmt.MAX_INLINE_MAX} bytes, "
                          f"got {inline_max}")
@@ -117,6 +119,11 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
     rows = list(plan_manifest(walk(repo.objects, commit.root_tree), inline_max))
     if len(rows) > fmt.MAX_ENTRIES:
         raise PackError(f"the tree has {len(rows)} paths, a pack holds at most {fmt.MAX_ENTRIES}")
+    # What a reader would refuse is not packed (nor signed): xattrs Linux will not set.
+    check_meta(commit.root_meta, Kind.DIR, None)
+    for row in rows:
+        if row.entry.meta.xattrs:
+            check_meta(row.entry.meta, row.entry.kind, row.path)
     manifest = b"".join(encode_row(row) for row in rows)
     if len(manifest) > fmt.MAX_MANIFEST:
         raise PackError(f"the manifest would be {len(manifest)} bytes, a pack allows {fmt.MAX_MANIFEST}")

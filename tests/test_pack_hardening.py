@@ -280,3 +280,18 @@ def test_versions_longer_than_int_allows_compare(tmp_path):
     with pytest.raises(DowngradeError, match="not newer"):
         freshness.check(state, "os/main", older)
 
+
+
+def test_build_refuses_a_tree_a_reader_would_refuse(tmp_path):
+    from pack.build import build_pack  # noqa: PLC0415
+    from store.history import finish_commit  # noqa: PLC0415
+
+    repo = Repository.init(str(tmp_path / "repo"))
+    link = Entry(b"link", Kind.SYMLINK, Meta(0o777, 0, 0, ((b"user.note", b"v"),)), target=b"x")
+    with repo.writing() as tx:
+        tree = tx.add_tree([link])
+        commit = finish_commit(repo, tx, "main", tree, Meta(0o755, 0, 0), timestamp=1)
+    out = tmp_path / "x.pack"
+    with pytest.raises(PackError, match="manifest row link: xattr user.note: .*symlink"):
+        build_pack(repo, commit, "main", str(out))
+    assert not out.exists()
