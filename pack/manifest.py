@@ -74,6 +74,7 @@ class ManifestEntry:
         return self.entry.kind is Kind.FILE and not self.inline
 
 
+@dataclass(frozen=True)
 class Manifest:
     """A checked manifest: what it adds up to, and its rows.
 
@@ -82,22 +83,20 @@ class Manifest:
     bytes are checked against what was checked first: no row is held in memory.
     """
 
-    def __init__(self, entries: Iterable[ManifestEntry], entry_count: int, root_tree: RawId,
-                 data_size: int, counts: dict[str, int]) -> None:
-        self._entries = entries
-        self.entry_count = entry_count
-        self.root_tree = root_tree
-        self.data_size = data_size
-        self.dirs = counts["dirs"]
-        self.symlinks = counts["symlinks"]
-        self.inline_files = counts["inline_files"]
-        self.inline_bytes = counts["inline_bytes"]
-        self.large_files = counts["large_files"]
-        self.large_bytes = counts["large_bytes"]
+    rows: Iterable[ManifestEntry]  # iterable again and again
+    entry_count: int
+    root_tree: RawId
+    data_size: int
+    dirs: int = 0
+    symlinks: int = 0
+    inline_files: int = 0
+    inline_bytes: int = 0
+    large_files: int = 0
+    large_bytes: int = 0
 
     @property
     def entries(self) -> Rows:
-        return Rows(self._entries, self.entry_count)
+        return Rows(self.rows, self.entry_count)
 
     @property
     def files(self) -> int:

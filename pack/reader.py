@@ -26,7 +26,8 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from store.commits import Commit, decode_commit
@@ -238,8 +239,8 @@ class PackReader:
         if data_size != header.data_size:
             raise PackError(f"the manifest's inline files hold {data_size} bytes, "
                             f"the header says {header.data_size}", offset=70)
-        rows: Iterable[ManifestEntry] = kept if kept is not None else _Reread(self)
-        return Manifest(rows, header.entry_count, root_tree, data_size, counts)
+        rows: Iterable[ManifestEntry] = kept if kept is not None else _Reread(self._rows)
+        return Manifest(rows, header.entry_count, root_tree, data_size, **counts)
 
     def _reread_frames(self) -> Iterator[bytes]:
         """The decompressed manifest frames again, read by offset (the data pass's position
@@ -336,11 +337,11 @@ class PackReader:
         return self._sha.digest()
 
 
+@dataclass(frozen=True)
 class _Reread:
     """A large manifest's rows: decoded again from the pack file on each iteration."""
 
-    def __init__(self, reader: PackReader) -> None:
-        self._reader = reader
+    decode: Callable[[], Iterator[ManifestEntry]]
 
     def __iter__(self) -> Iterator[ManifestEntry]:
-        return self._reader._rows()
+        return self.decode()

@@ -195,6 +195,33 @@ def test_importing_a_worst_case_pack_stays_within_the_memory_bound(tmp_path):
     assert peak - baseline <= MEMORY_BOUND, (peak - baseline) / MIB
 
 
+
+def test_rows_decoded_again_equal_the_kept_ones_and_a_changed_file_is_refused(tmp_path,
+                                                                               monkeypatch):
+    import pack.reader  # noqa: PLC0415
+    from store.errors import PackError  # noqa: PLC0415
+    from tests.test_pack_support import build_sample  # noqa: PLC0415
+
+    built = build_sample(str(tmp_path))
+    with pack.reader.PackReader(built.pack) as reader:
+        kept = list(reader.manifest.entries)
+        assert isinstance(reader.manifest.rows, list)  # a small manifest keeps its rows
+    monkeypatch.setattr(pack.reader, "ROW_CACHE_ROWS", 0)
+    with pack.reader.PackReader(built.pack) as reader:
+        assert not isinstance(reader.manifest.rows, list)
+        assert list(reader.manifest.entries) == kept == list(reader.manifest.entries)
+        assert [row for row, _data in reader.entries()] == kept
+        frame = reader._manifest_frames[0]  # noqa: SLF001 - where to tamper
+        with open(built.pack, "r+b") as handle:  # the same length, other bytes
+            handle.seek(frame.offset + frame.compressed - 1)
+            last = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([last[0] ^ 1]))
+        with pytest.raises(PackError, match="changed while it was read") as info:
+            list(reader.manifest.entries)
+        assert info.value.path == built.pack
+
+
 if __name__ == "__main__":  # the figures for docs/FORMAT.md: python3 -m tests.test_pack_memory DIR
     import tempfile
 
