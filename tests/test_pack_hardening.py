@@ -295,3 +295,18 @@ def test_build_refuses_a_tree_a_reader_would_refuse(tmp_path):
     with pytest.raises(PackError, match="manifest row link: xattr user.note: .*symlink"):
         build_pack(repo, commit, "main", str(out))
     assert not out.exists()
+
+
+def test_unpack_errors_name_the_file_not_a_descriptor(tmp_path, needs_root):
+    from pack.unpack import TreeWriter  # noqa: PLC0415
+
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(OSError) as info, TreeWriter(str(target)) as tree:
+        tree.symlink(b"l", b"x", Meta(0o777, 0, 0, ((b"user.x", b"v"),)))
+    assert info.value.filename == str(target / "l") and info.value.errno == errno.EPERM
+    (tmp_path / "u").mkdir()
+    bad_acl = ((ACL_ACCESS, acl((0x01, 6, UNDEFINED), (0x04, 4, UNDEFINED))),)
+    with pytest.raises(OSError) as info, TreeWriter(str(tmp_path / "u")) as tree:
+        tree.write_file(b"f", b"", Meta(0o644, 0, 0, bad_acl))
+    assert info.value.filename == str(tmp_path / "u" / "f")
