@@ -73,10 +73,6 @@ class ImportResult:
     missing: list[MissingObject] = field(default_factory=list)
 
 
-def packs_dir(repo: Repository) -> str:
-    return repo.layout.packs
-
-
 def freshness_path(repo: Repository) -> str:
     """The repository's rollback-protection state (see pack.freshness)."""
     return os.path.join(repo.layout.packs, FRESHNESS_FILE)

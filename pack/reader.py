@@ -332,10 +332,6 @@ class PackReader:
         for _row in self.entries():
             pass
 
-    def sha256(self) -> bytes:
-        """The SHA-256 of the bytes read by the last complete pass (call after ``check_data``)."""
-        return self._sha.digest()
-
 
 @dataclass(frozen=True)
 class _Reread:
