@@ -23,14 +23,16 @@ from store.atomic import atomic_file
 from store.errors import ObjectCorrupt, ObjectMissing, PackError, UsageError
 from store.fsverity import digest_bytes
 from store.ids import RawId, to_hex
+from store.model import Kind
+from store.names import show
 from store.refs import check_ref_name
 from store.repo import Repository
 from store.walk import walk
 
 from . import format as fmt
-from .manifest import ManifestEntry, encode_row, plan_manifest
+from .manifest import ManifestEntry, check_meta, encode_row, plan_manifest
 
-# Why 4096 and 19: see pack/FORMAT-pack.md ("Choosing the inline threshold").
+# Why 4096 and 19: see docs/FORMAT.md, section 7 ("Choosing the inline threshold").
 DEFAULT_INLINE_MAX = 4096
 DEFAULT_LEVEL = 19
 MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
@@ -61,8 +63,8 @@ def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ObjectMissing(f"{row.path.decode(errors='replace')}: object {to_hex(entry.digest)} "
-                            f"is missing", object_id=to_hex(entry.digest), path=path) from None
+        raise ObjectMissing(f"object {to_hex(entry.digest)} of {show(row.path)} is missing",
+                            object_id=to_hex(entry.digest), path=path) from None
     try:
         data = os.read(fd, entry.size + 1)
         while len(data) <= entry.size and (more := os.read(fd, entry.size + 1 - len(data))):
@@ -71,8 +73,8 @@ def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
         os.close(fd)
     got = digest_bytes(data)
     if len(data) != entry.size or not hmac.compare_digest(got, entry.digest):
-        raise ObjectCorrupt(f"{row.path.decode(errors='replace')}: object {to_hex(entry.digest)} is "
-                            f"corrupt ({len(data)} bytes, digest {got.hex()})",
+        raise ObjectCorrupt(f"object {to_hex(entry.digest)} of {show(row.path)} is corrupt "
+                            f"({len(data)} bytes, digest {got.hex()})",
                             expected=to_hex(entry.digest), got=got.hex(),
                             object_id=to_hex(entry.digest), path=path)
     return data
@@ -104,17 +106,24 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
                inline_max: int = DEFAULT_INLINE_MAX, level: int = DEFAULT_LEVEL) -> BuildResult:
     """Write the pack of ``commit_id`` for ``ref`` to ``out`` (atomically); files up to
     ``inline_max`` bytes go inline.  Raises UsageError on bad options, ObjectMissing or
-    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit."""
+    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit or
+    holds xattrs Linux will not set (``store.xattr_rules``: a reader would refuse it)."""
     if not 0 <= inline_max <= fmt.MAX_INLINE_MAX:
-        raise UsageError(f"--inline-max must be in 0..{fmt.MAX_INLINE_MAX}, got {inline_max}")
+        raise UsageError(f"the inline threshold must be in 0..{fmt.MAX_INLINE_MAX} bytes, "
+                         f"got {inline_max}")
     if not 1 <= level <= MAX_LEVEL:
-        raise UsageError(f"--level must be in 1..{MAX_LEVEL}, got {level}")
+        raise UsageError(f"the zstd level must be in 1..{MAX_LEVEL}, got {level}")
     ref_bytes = check_ref_name(ref).encode("ascii")
     commit_bytes = repo.objects.read_raw("commit", commit_id)
     commit = repo.objects.read_commit(commit_id)
     rows = list(plan_manifest(walk(repo.objects, commit.root_tree), inline_max))
     if len(rows) > fmt.MAX_ENTRIES:
         raise PackError(f"the tree has {len(rows)} paths, a pack holds at most {fmt.MAX_ENTRIES}")
+    # What a reader would refuse is not packed (nor signed): xattrs Linux will not set.
+    check_meta(commit.root_meta, Kind.DIR, None)
+    for row in rows:
+        if row.entry.meta.xattrs:
+            check_meta(row.entry.meta, row.entry.kind, row.path)
     manifest = b"".join(encode_row(row) for row in rows)
     if len(manifest) > fmt.MAX_MANIFEST:
         raise PackError(f"the manifest would be {len(manifest)} bytes, a pack allows {fmt.MAX_MANIFEST}")

@@ -42,7 +42,9 @@ MAX_INLINE_MAX = FRAME_MAX  # an inline file must fit one frame
 MAX_COMMIT = 16 << 20  # a commit object; store.commits bounds its fields further
 MAX_REF = 255  # store.refs.check_ref_name's limit
 MAX_ENTRIES = 1 << 24  # paths in one tree
-MAX_MANIFEST = 256 << 20  # decompressed manifest, held in memory while it is checked
+# The decompressed manifest: what bounds reading a pack's memory (pack.reader.MEMORY_BOUND,
+# docs/FORMAT.md "Memory").  64 MiB is some 600,000 paths of a usual tree.
+MAX_MANIFEST = 64 << 20
 MAX_DATA = 1 << 40  # decompressed inline data; streamed, so only a sanity bound
 # A frame's compressed size: above zstd's worst case for FRAME_MAX input
 # (ZSTD_compressBound is size + size/256 + a few bytes).
@@ -99,7 +101,7 @@ class Frame:
 
 def _check(condition: bool, message: str, offset: int) -> None:
     if not condition:
-        raise PackError(f"pack: {message} at offset {offset}", offset=offset)
+        raise PackError(f"{message} at offset {offset}", offset=offset)
 
 
 def parse_header(data: bytes, file_size: int) -> Header:
@@ -194,6 +196,12 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
                                     write_dict_id=False, threads=0)
 
 
+# The zstd frame header (RFC 8878, 3.1.1.1): a 4-byte magic, then the frame header
+# descriptor, whose bit 2 says a 4-byte checksum of the content ends the frame.
+_FRAME_DESCRIPTOR = 4
+_CHECKSUM_FLAG = 0x04
+
+
 def decompressor() -> zstandard.ZstdDecompressor:
     # A frame of at most FRAME_MAX bytes never needs a larger window; refusing
     # larger ones bounds the decoder's own memory.
@@ -204,19 +212,24 @@ def decompress_frame(dctx: zstandard.ZstdDecompressor, data: bytes, frame: Frame
     """Decompress one frame to exactly ``frame.size`` bytes, or raise PackError.
 
     The frame's declared content size is checked against the table before any
-    allocation; the frame must be one zstd frame and fill ``data`` exactly.
+    allocation; the frame must be one zstd frame without a content checksum (the
+    pack's SHA-256, which its signatures cover, and the digests the manifest holds
+    check the content: a second checksum would be a second rule to get right) and
+    fill ``data`` exactly.
     """
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as err:
-        raise PackError(f"pack: {what}: not a zstd frame ({err}) at offset {frame.offset}",
+        raise PackError(f"{what}: not a zstd frame ({err}) at offset {frame.offset}",
                         offset=frame.offset) from err
     _check(declared == frame.size, f"{what}: zstd frame declares {declared} bytes, "
                                    f"the table says {frame.size}", frame.offset)
+    _check(not data[_FRAME_DESCRIPTOR] & _CHECKSUM_FLAG,
+           f"{what}: zstd frame carries a content checksum; pack frames carry none", frame.offset)
     try:
         out = dctx.decompress(data, max_output_size=frame.size, allow_extra_data=False)
     except zstandard.ZstdError as err:
-        raise PackError(f"pack: {what}: corrupt zstd frame ({err}) at offset {frame.offset}",
+        raise PackError(f"{what}: corrupt zstd frame ({err}) at offset {frame.offset}",
                         offset=frame.offset) from err
     _check(len(out) == frame.size, f"{what}: decompressed to {len(out)} bytes, "
                                    f"expected {frame.size}", frame.offset)

@@ -1,9 +1,10 @@
 """Rollback protection: per ref, the newest pack accepted; an older one is refused.
 
 Packs are ordered by ``(version, timestamp)`` of their commit: the version
-string first, compared naturally (runs of digits as numbers, other runs as
-text, a digit run after a text run, a version after its own prefix, so
-``1.9 < 1.10`` and ``"" < anything``), then the commit timestamp.  A pack is
+string first, compared naturally by ``store.versions`` (runs of digits as
+numbers of any length, other runs as text, a digit run after a text run, a
+version after its own prefix, so ``1.9 < 1.10`` and ``"" < anything``), then
+the commit timestamp.  A pack is
 accepted when it is newer than the remembered one, or is the remembered
 commit itself (re-importing the same pack); anything else, including a
 different commit with an equal version and timestamp, is a downgrade.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,11 +30,12 @@ from store.commits import Commit
 from store.errors import DowngradeError, FormatError
 from store.ids import HexId, RawId, parse_hex, to_hex
 from store.lock import flock
+from store.names import show
 from store.refs import check_ref_name
+from store.versions import VersionKey, version_key
 
 STATE_FORMAT = 1
 MAX_STATE = 16 << 20
-_RUNS = re.compile(r"\d+|\D+")
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,11 @@ class Accepted:
     def of(cls, commit_id: RawId, commit: Commit) -> Accepted:
         return cls(to_hex(commit_id), commit.version, commit.timestamp)
 
-    def key(self) -> tuple[tuple[tuple[int, int | str], ...], int]:
+    def key(self) -> tuple[VersionKey, int]:
         return version_key(self.version), self.timestamp
 
     def describe(self) -> str:
         return f"commit {self.commit[:12]} version {self.version or '(none)'} timestamp {self.timestamp}"
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural ordering of version strings (see the module docstring)."""
-    return tuple((1, int(run)) if run.isdigit() else (0, run) for run in _RUNS.findall(version))
 
 
 def is_acceptable(candidate: Accepted, newest: Accepted | None) -> bool:
@@ -83,7 +79,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Accepted]:
         for ref, item in doc["refs"].items():
             timestamp = item["timestamp"]
             if not isinstance(timestamp, int) or not isinstance(item["version"], str):
-                raise ValueError(f"bad entry for {ref!r}")
+                raise ValueError(f"bad entry for {show(ref)}")
             out[check_ref_name(ref)] = Accepted(parse_hex(item["commit"]), item["version"], timestamp)
         return out
     except (ValueError, TypeError, KeyError, AttributeError, FormatError) as err:
@@ -112,8 +108,7 @@ def check(path: str | os.PathLike[str], ref: str, candidate: Accepted, *,
     newest = load(path).get(ref)
     if newest is not None and not allow_downgrade and not is_acceptable(candidate, newest):
         raise DowngradeError(f"ref {ref}: pack ({candidate.describe()}) is not newer than the one "
-                             f"already accepted ({newest.describe()}); use --allow-downgrade to "
-                             f"accept it anyway", path=os.fspath(path))
+                             f"already accepted ({newest.describe()})", path=os.fspath(path))
     return newest
 
 

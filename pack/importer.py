@@ -1,41 +1,53 @@
 """Importing a signed pack into a repository.
 
-In order: the pack is copied into the repository (hashed while copied, so
-every later check is of bytes nobody else can change), its signatures are
-checked against the keyring, it is parsed and checked, its ref's freshness is
-checked (rollback protection), then the commit, every tree and every inline
-file are staged through a ``store.transaction.Transaction`` while the data
-streams; only when the whole pack has been read and matched its signed
-digest are the objects published, the pack and its signatures kept as
+In order: stale copies left by killed imports are removed, the pack is
+copied into the repository (hashed while copied, so every later check is of
+bytes nobody else can change), its signatures are checked against the
+keyring, it is parsed and checked, its ref's freshness is checked (rollback
+protection) and that the ref can take the commit, then the commit, every
+tree and every inline file are staged through a
+``store.transaction.Transaction`` while the data streams.  Only when the
+whole pack has been read and matched its signed digest are the objects
+published, then the pack and its signatures kept as
 ``packs/<commit>.pack`` and ``packs/<commit>.pack.sig`` (deploy and the boot
 verifier check them again), the freshness state advanced, and the ref moved
-by compare-and-swap.  A failure at any point leaves the repository as it was,
-apart from objects that nothing references yet.
+by compare-and-swap, last.  If one of these last steps fails, the ones before
+it are undone: a failure at any point leaves the repository as it was, apart
+from objects that nothing references yet.
+
+A copy in progress is ``packs/.incoming-<random>.pack``, locked (flock) by its
+importer for as long as the import runs.  One whose lock nobody holds was left
+by a killed import: ``clean_incoming`` (run by every import, and to be run by
+prune) removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from store.atomic import fsync_dir
-from store.errors import PackError
 from store.ids import RawId, to_hex
+from store.lock import flock
 from store.objects import relative_path
 from store.repo import Repository
 
 from . import freshness
 from .keys import KeyId, Keyring
 from .manifest import ManifestEntry
-from .reader import PackReader
+from .reader import PackReader, named
 from .signature import signatures_of, write_signatures
 from .verify import check_trust
 
-PACKS_DIR = "packs"
 FRESHNESS_FILE = "freshness.json"
+INCOMING_PREFIX = ".incoming-"
+INCOMING_LOCK = "incoming.lock"  # creating a copy and removing stale ones exclude each other
 COPY_CHUNK = 1 << 20
 
 
@@ -61,93 +73,190 @@ class ImportResult:
     missing: list[MissingObject] = field(default_factory=list)
 
 
-def packs_dir(repo: Repository) -> str:
-    return os.path.join(repo.path, PACKS_DIR)
-
-
 def freshness_path(repo: Repository) -> str:
     """The repository's rollback-protection state (see pack.freshness)."""
-    return os.path.join(packs_dir(repo), FRESHNESS_FILE)
+    return os.path.join(repo.layout.packs, FRESHNESS_FILE)
 
 
 def kept_pack_path(repo: Repository, commit_id: RawId) -> str:
     """Where an imported pack is kept; its signatures are beside it with ``.sig`` appended."""
-    return os.path.join(packs_dir(repo), f"{to_hex(commit_id)}.pack")
+    return os.path.join(repo.layout.packs, f"{to_hex(commit_id)}.pack")
 
 
-def _copy_in(source: str, directory: str) -> tuple[str, bytes]:
-    """Copy ``source`` into ``directory`` under a temporary name, durably; return it and its SHA-256."""
-    fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".pack", dir=directory)
+# -- the copy in progress ------------------------------------------------------------------
+
+def _is_unlocked(path: str) -> bool:
+    """True if no process holds a lock on ``path`` (a missing file counts as unlocked)."""
     try:
-        sha = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            while chunk := src.read(COPY_CHUNK):
-                sha.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o444)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
         raise
-    return tmp, sha.digest()
+    finally:
+        os.close(fd)
+    return True
 
 
-def missing_objects(repo: Repository, large: list[ManifestEntry]) -> list[MissingObject]:
+def _remove_stale(directory: str) -> int:
+    removed = 0
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.startswith(INCOMING_PREFIX) and _is_unlocked(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+    return removed
+
+
+def clean_incoming(repo: Repository) -> int:
+    """Remove the pack copies that killed imports left in ``packs/`` (those no running
+    import holds locked); return how many.  Safe while other imports run."""
+    directory = repo.layout.packs
+    if not os.path.isdir(directory):
+        return 0
+    with flock(os.path.join(directory, INCOMING_LOCK), exclusive=True):
+        return _remove_stale(directory)
+
+
+@contextlib.contextmanager
+def _incoming(directory: str) -> Iterator[tuple[int, str]]:
+    """A new, locked, empty ``.incoming-*`` file in ``directory`` (stale ones removed first);
+    removed on exit unless renamed away meanwhile."""
+    with flock(os.path.join(directory, INCOMING_LOCK), exclusive=True):
+        _remove_stale(directory)
+        fd, path = tempfile.mkstemp(prefix=INCOMING_PREFIX, suffix=".pack", dir=directory)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory lock is released: never stale
+    try:
+        yield fd, path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _copy_in(source: str, fd: int, path: str) -> bytes:
+    """Copy ``source`` into the open file ``fd`` (at ``path``), durably; return its SHA-256."""
+    sha = hashlib.sha256()
+    with open(source, "rb") as src:
+        while chunk := src.read(COPY_CHUNK):
+            sha.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    os.fsync(fd)
+    os.chmod(path, 0o444)
+    return sha.digest()
+
+
+def missing_objects(repo: Repository, large: Iterable[ManifestEntry]) -> list[MissingObject]:
     """The large-file objects not in the repository, each once, in manifest order."""
     by_object: dict[str, list[ManifestEntry]] = {}
+    present: set[str] = set()
     for row in large:
         rel = relative_path("file", row.entry.digest, row.entry.meta)
+        if rel in present:
+            continue
+        if rel not in by_object and os.path.exists(os.path.join(repo.objects.root, rel)):
+            present.add(rel)
+            continue
         by_object.setdefault(rel, []).append(row)
     return [MissingObject(rows[0], rel, tuple(r.path for r in rows))
-            for rel, rows in by_object.items()
-            if not os.path.exists(os.path.join(repo.objects.root, rel))]
+            for rel, rows in by_object.items()]
+
+
+# -- the last steps, each undone if a later one fails -----------------------------------------
+
+@contextlib.contextmanager
+def _aside(directory: str, path: str) -> Iterator[str | None]:
+    """A hardlink of ``path`` named ``.incoming-*`` in ``directory`` (None if ``path`` does not
+    exist), for putting it back.  The inode is locked while the block runs, so that the
+    link is not taken for a killed import's leftover; after a crash it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        backup = os.path.join(directory, f"{INCOMING_PREFIX}{os.urandom(8).hex()}.undo")
+        os.link(path, backup)
+        try:
+            yield backup
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _undone_on_failure(directory: str, paths: list[str]) -> Iterator[None]:
+    """Put the files ``paths`` (in ``directory``) back as they were if the block fails."""
+    with contextlib.ExitStack() as stack:
+        saved = [(path, stack.enter_context(_aside(directory, path))) for path in paths]
+        try:
+            yield
+        except BaseException:
+            for path, backup in reversed(saved):
+                if backup is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                else:
+                    os.replace(backup, path)
+            fsync_dir(directory)
+            raise
 
 
 def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Keyring, *,
                 min_signatures: int = 1, allow_downgrade: bool = False,
                 sig_path: str | os.PathLike[str] | None = None) -> ImportResult:
     """Verify and import a pack (see the module docstring); return what was done and what
-    large objects are still missing.  Raises SignatureError, DowngradeError, PackError,
-    RefError (the ref moved meanwhile), RepositoryError."""
+    large objects are still missing.  Raises SignatureError, DowngradeError, PackError
+    (about ``pack_path``), RefError (the ref cannot take the commit, or moved meanwhile),
+    RepositoryError."""
     pack_path = os.fspath(pack_path)
     signatures = signatures_of(pack_path, sig_path)
-    directory = packs_dir(repo)
+    directory = repo.layout.packs
     os.makedirs(directory, exist_ok=True)
     state = freshness_path(repo)
-    tmp, digest = _copy_in(pack_path, directory)
-    try:
+    with _incoming(directory) as (fd, tmp), named(pack_path):
+        digest = _copy_in(pack_path, fd, tmp)
         verification = check_trust(digest, signatures, keyring, min_signatures)
-        with freshness.locked(state), repo.writing() as tx, \
-                PackReader(tmp, expected_sha256=digest, keep_trees=True) as reader:
-            candidate = freshness.Accepted.of(reader.commit_id, reader.commit)
-            freshness.check(state, reader.ref, candidate, allow_downgrade=allow_downgrade)
-            previous = repo.refs.read(reader.ref)
-            result = ImportResult(reader.commit_id, reader.ref, previous,
-                                  kept_pack_path(repo, reader.commit_id), verification.signers)
-            for tree_id, encoded in reader.manifest.trees:
+        with freshness.locked(state), repo.writing() as tx:
+            trees = 0
+
+            def add_tree(tree_id: RawId, encoded: bytes) -> None:
+                nonlocal trees
                 tx.add_meta_object("tree", encoded, tree_id)
-            result.trees = len(reader.manifest.trees)
-            large: list[ManifestEntry] = []
-            for row, data in reader.entries():
-                if data is not None:
-                    stored = tx.add_file_bytes(data, row.entry.meta)
-                    if stored != row.entry.digest:  # the reader checked it; a bug if not
-                        raise PackError(f"pack: {row.path!r}: stored digest differs", path=row.path)
-                    result.inline_files += 1
-                elif row.is_large:
-                    large.append(row)
-            result.large_files = len(large)
-            tx.add_meta_object("commit", reader.commit_bytes, reader.commit_id)
-            tx.publish()
-            os.replace(tmp, result.pack_path)
-            write_signatures(result.pack_path + ".sig", signatures)
-            fsync_dir(directory)
-            freshness.record(state, reader.ref, candidate)
-            repo.refs.update(reader.ref, reader.commit_id, previous)
-            result.missing = missing_objects(repo, large)
+                trees += 1
+
+            with PackReader(tmp, expected_sha256=digest, on_tree=add_tree, name=pack_path) as reader:
+                candidate = freshness.Accepted.of(reader.commit_id, reader.commit)
+                freshness.check(state, reader.ref, candidate, allow_downgrade=allow_downgrade)
+                repo.refs.check_free(reader.ref)
+                previous = repo.refs.read(reader.ref)
+                result = ImportResult(reader.commit_id, reader.ref, previous,
+                                      kept_pack_path(repo, reader.commit_id), verification.signers,
+                                      trees=trees)
+                for row, data in reader.entries():
+                    if data is not None:
+                        tx.add_file_bytes(data, row.entry.meta)  # the reader checked its digest
+                        result.inline_files += 1
+                    elif row.is_large:
+                        result.large_files += 1
+                tx.add_meta_object("commit", reader.commit_bytes, reader.commit_id)
+                tx.publish()
+                kept = result.pack_path
+                with _undone_on_failure(directory, [kept, kept + ".sig", state]):
+                    os.replace(tmp, kept)
+                    write_signatures(kept + ".sig", signatures)
+                    fsync_dir(directory)
+                    freshness.record(state, reader.ref, candidate)
+                    repo.refs.update(reader.ref, reader.commit_id, previous)
+                result.missing = missing_objects(repo, reader.manifest.large_entries())
         return result
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

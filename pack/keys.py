@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from store.atomic import atomic_write
 from store.errors import SignatureError, UsageError
+from store.names import show
 
 KeyId = NewType("KeyId", bytes)  # raw 32 bytes; shown as hex
 
@@ -152,7 +153,8 @@ def parse_revoked(text: str, where: str) -> frozenset[KeyId]:
         if not word:
             continue
         if not _HEX_ID.fullmatch(word):
-            raise SignatureError(f"{where}:{number}: not a key id (64 hex digits): {word!r}", path=where)
+            raise SignatureError(f"line {number}: not a key id (64 hex digits): {show(word)}",
+                                 path=where)
         revoked.add(KeyId(bytes.fromhex(word)))
     return frozenset(revoked)
 

@@ -13,11 +13,19 @@ directory's row before its children's rows: the order of ``store.walk.walk``.
 The root directory has no row: its metadata is in the commit.
 
 Decoding is the pack's consistency check: each directory's tree id is
-recomputed from its rows (``store.tree.join_tree`` of the entry bytes read,
-which are canonical: what ``encode_tree`` gives) and must equal the id its row
-declares, and the root's must equal the commit's root tree, so a pack that
-passes commits to exactly the ids the store uses.  Anything off raises
-``PackError``; offsets are into the decompressed manifest, paths name the row.
+recomputed from its rows (the tree object rebuilt from the entry bytes read,
+which are canonical: what ``store.tree.encode_tree`` gives) and must equal the
+id its row declares, and the root's must equal the commit's root tree, so a
+pack that passes commits to exactly the ids the store uses.  Each directory
+must also fit a tree object (``store.tree.MAX_ENTRIES``,
+``store.objects.MAX_META_OBJECT``), and every xattr must be one Linux sets on
+that kind of inode (``store.xattr_rules``).  Anything off raises ``PackError``
+with the offset into the decompressed manifest, and the row's path in the
+message.
+
+Memory: decoding is streamed, one decompressed frame at a time; what it holds
+is the open directories' entries (the tree objects being rebuilt: at most the
+manifest's size) and one row.  No Python object per row is kept.
 """
 
 from __future__ import annotations
@@ -25,17 +33,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from store.codec import Reader
 from store.errors import FormatError, PackError
 from store.ids import RawId, to_hex
 from store.model import Entry, Kind, Meta, MetaCache, check_name, decode_entry, encode_entry
-from store.tree import join_tree
+from store.names import show
+from store.objects import MAX_META_OBJECT
+from store.tree import MAGIC as TREE_MAGIC
+from store.tree import MAX_ENTRIES as MAX_TREE_ENTRIES
+from store.tree import VERSION as TREE_VERSION
+from store.xattr_rules import xattrs_problem
 
 MAX_PARENT = 4095  # PATH_MAX less the NUL: also bounds the depth to 2048
-XATTR_NAMESPACES = (b"security", b"system", b"trusted", b"user")
 
 _U16 = struct.Struct("<H")
 # inline flag, data offset
@@ -61,14 +74,19 @@ class ManifestEntry:
         return self.entry.kind is Kind.FILE and not self.inline
 
 
-@dataclass
+@dataclass(frozen=True)
 class Manifest:
-    """A checked manifest and what it adds up to."""
+    """A checked manifest: what it adds up to, and its rows.
 
-    entries: list[ManifestEntry]
+    ``entries`` iterates the rows in order; unless the manifest is small (see
+    ``pack.reader``), each iteration decodes them again from the pack file, whose
+    bytes are checked against what was checked first: no row is held in memory.
+    """
+
+    rows: Iterable[ManifestEntry]  # iterable again and again
+    entry_count: int
     root_tree: RawId
     data_size: int
-    trees: list[tuple[RawId, bytes]] = field(default_factory=list)  # (id, encoding), if kept
     dirs: int = 0
     symlinks: int = 0
     inline_files: int = 0
@@ -77,21 +95,42 @@ class Manifest:
     large_bytes: int = 0
 
     @property
+    def entries(self) -> Rows:
+        return Rows(self.rows, self.entry_count)
+
+    @property
     def files(self) -> int:
         return self.inline_files + self.large_files
 
-    def large_entries(self) -> list[ManifestEntry]:
+    def large_entries(self) -> Iterator[ManifestEntry]:
         """The large files in manifest order: each needs object ``entry.digest`` with ``entry.meta``."""
-        return [e for e in self.entries if e.is_large]
+        return (e for e in self.entries if e.is_large)
 
 
-def check_meta(meta: Meta, where: str, offset: int | None = None) -> None:
-    """Refuse xattrs outside the namespaces Linux has (an unpack would fail on them)."""
-    for name, _value in meta.xattrs:
-        namespace, dot, rest = name.partition(b".")
-        if not dot or not rest or namespace not in XATTR_NAMESPACES:
-            raise PackError(f"pack: {where}: xattr {name!r} is not in a namespace of "
-                            f"{[n.decode() for n in XATTR_NAMESPACES]}", offset=offset, path=where)
+@dataclass(frozen=True)
+class Rows:
+    """The manifest's rows: iterable (again and again, in order) and sized."""
+
+    source: Iterable[ManifestEntry]
+    count: int
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def check_meta(meta: Meta, kind: Kind, where: bytes | None, offset: int | None = None) -> None:
+    """PackError unless Linux accepts ``meta``'s xattrs on an inode of ``kind`` (an unpack or
+    a deploy would fail on them): ``store.xattr_rules``.  ``where``: the row's path (None
+    for the commit's root directory)."""
+    found = xattrs_problem(kind, meta.xattrs)
+    if found is not None:
+        name, problem = found
+        row = "the commit's root directory" if where is None else f"manifest row {show(where)}"
+        at = f" at manifest offset {offset}" if offset is not None and where is not None else ""
+        raise PackError(f"{row}: xattr {show(name)}: {problem}{at}", offset=offset)
 
 
 # -- encoding -------------------------------------------------------------------------
@@ -118,19 +157,71 @@ def plan_manifest(walked: Iterable[tuple[bytes, Entry]], inline_max: int
 
 # -- decoding -------------------------------------------------------------------------
 
+class _Stream(Reader):
+    """A ``Reader`` over the decompressed manifest, pulled one frame at a time.
+
+    Bytes before ``keep`` (an absolute offset: the start of the row being decoded) are
+    dropped when the next frame is appended, so the buffer holds one row and one frame.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__(b"", "manifest")
+        self._chunks = iter(chunks)
+        self.keep = 0
+
+    def _fill(self, n: int) -> None:
+        while self.pos + n > len(self.data):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            drop = self.keep - self.base
+            self.data = self.data[drop:] + chunk
+            self.base += drop
+            self.pos -= drop
+
+    def take(self, n: int, field: str = "bytes") -> bytes:
+        if self.pos + n > len(self.data):
+            self._fill(n)
+        return super().take(n, field)
+
+    def unpack(self, fmt: struct.Struct, field: str) -> tuple[Any, ...]:
+        if self.pos + fmt.size > len(self.data):
+            self._fill(fmt.size)
+        return super().unpack(fmt, field)
+
+    def peek(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            self._fill(n)
+        return super().peek(n)
+
+    def slice(self, start: int) -> bytes:
+        """The bytes from absolute offset ``start`` (not before ``keep``) to the cursor."""
+        return self.data[start - self.base:self.pos]
+
+    def expect_end(self) -> None:
+        self._fill(1)
+        super().expect_end()
+
+
+# store.tree's header (magic, format version, entry count): written when the tree closes
+_TREE_HEAD = struct.Struct("<4sHI")
+_TREE_HEADER = _TREE_HEAD.size
+
+
 @dataclass
 class _OpenDir:
     path: bytes
     entry: Entry | None  # None for the root directory
     offset: int  # of its row, for errors
-    names: list[bytes] = field(default_factory=list)  # its children's, in order
-    encoded: list[bytes] = field(default_factory=list)  # and their entries' encodings
+    last: bytes = b""  # the name of its last child so far
+    count: int = 0
+    encoded: bytearray = field(default_factory=lambda: bytearray(_TREE_HEADER))
+    # the tree object being rebuilt: a placeholder header, then its entries' encodings
 
 
 def _fail(message: str, offset: int, path: bytes | None = None) -> PackError:
-    shown = f" ({path.decode(errors='backslashreplace')})" if path is not None else ""
-    return PackError(f"pack: manifest{shown}: {message} at manifest offset {offset}", offset=offset,
-                     path=path)
+    row = f"manifest row {show(path)}" if path is not None else "manifest"
+    return PackError(f"{row}: {message} at manifest offset {offset}", offset=offset)
 
 
 def _why_not_open(parent: bytes) -> str:
@@ -139,26 +230,33 @@ def _why_not_open(parent: bytes) -> str:
     for name in parent.split(b"/"):
         problem = check_name(name)
         if problem:
-            return f"bad parent path component {name!r}: {problem}"
+            return f"bad parent path component {show(name)}: {problem}"
     return ("parent is not a directory listed before it (missing, not a directory, "
             "or the rows are out of order)")
 
 
-class _Decoder:
-    """Decodes rows one at a time; the hot path of opening a pack (one call per path)."""
+TreeSink = Callable[[RawId, bytes], None]
 
-    def __init__(self, reader: Reader, inline_max: int, keep_trees: bool) -> None:
+
+class _Decoder:
+    """Decodes rows one at a time; the hot path of opening a pack (one call per path).
+
+    With ``check`` it checks everything (order, parents, tree ids, counts): the first
+    pass.  Without, it only decodes: later passes over bytes already checked.
+    """
+
+    def __init__(self, reader: _Stream, inline_max: int, check: bool,
+                 on_tree: TreeSink | None = None) -> None:
         self.reader = reader
         self.inline_max = inline_max
-        self.keep_trees = keep_trees
+        self.check = check
+        self.on_tree = on_tree
         self.metas: MetaCache = {}
         self.stack = [_OpenDir(b"", None, 0)]
-        self.entries: list[ManifestEntry] = []
-        self.trees: list[tuple[RawId, bytes]] = []
         self.data_size = 0
         self.root_tree: RawId | None = None
-        self.dirs = self.symlinks = self.inline_files = self.inline_bytes = 0
-        self.large_files = self.large_bytes = 0
+        self.counts = dict.fromkeys(("dirs", "symlinks", "inline_files", "inline_bytes",
+                                     "large_files", "large_bytes"), 0)
 
     def close(self) -> None:
         """Finish the innermost open directory: its recomputed id must be what its row says.
@@ -167,50 +265,61 @@ class _Decoder:
         encoding is canonical, so they are what ``encode_tree`` would give.
         """
         done = self.stack.pop()
-        encoded = join_tree(done.encoded)
-        got = RawId(hashlib.sha256(encoded).digest())
-        if self.keep_trees:
-            self.trees.append((got, encoded))
+        done.encoded[:_TREE_HEADER] = _TREE_HEAD.pack(TREE_MAGIC, TREE_VERSION, done.count)
+        got = RawId(hashlib.sha256(done.encoded).digest())
         if done.entry is None:
             self.root_tree = got
         elif not hmac.compare_digest(got, done.entry.tree):
             raise _fail(f"tree id mismatch: the row says {to_hex(done.entry.tree)}, "
                         f"its entries encode to {to_hex(got)}", done.offset, done.path)
+        if self.on_tree is not None:
+            self.on_tree(got, bytes(done.encoded))
 
-    def row(self) -> None:
+    def row(self) -> ManifestEntry:
         reader = self.reader
-        start = reader.offset
+        start = reader.keep = reader.offset
         (parent_len,) = reader.unpack(_U16, "parent path length")
         if parent_len > MAX_PARENT:
             raise _fail(f"parent path of {parent_len} bytes exceeds {MAX_PARENT}", start)
         parent = reader.take(parent_len, "parent path")
-        entry_at = reader.pos
+        entry_at = reader.offset
         entry = decode_entry(reader, self.metas)
         name = entry.name
         path = parent + b"/" + name if parent else name
+        if self.check:
+            self.place(parent, name, path, entry, start, reader.slice(entry_at))
+        kind = entry.kind
+        if kind is Kind.FILE:
+            return self.file(path, entry, start)
+        if kind is Kind.DIR:
+            self.counts["dirs"] += 1
+        else:
+            self.counts["symlinks"] += 1
+        return ManifestEntry(path, entry)
+
+    def place(self, parent: bytes, name: bytes, path: bytes, entry: Entry, start: int,
+              encoded: bytes) -> None:
+        """Check the row's place in the tree and add it to its directory's tree object."""
         stack = self.stack
         while stack[-1].path != parent:
             if len(stack) == 1:
                 raise _fail(_why_not_open(parent), start, path)
             self.close()
         top = stack[-1]
-        if top.names and name <= top.names[-1]:
-            raise _fail(f"{'duplicate' if name == top.names[-1] else 'unsorted'} "
-                        f"name after {top.names[-1]!r}", start, path)
+        if top.count and name <= top.last:
+            raise _fail(f"{'duplicate' if name == top.last else 'unsorted'} "
+                        f"name after {show(top.last)}", start, path)
         if entry.meta.xattrs:
-            check_meta(entry.meta, path.decode(errors="backslashreplace"), start)
-        top.names.append(name)
-        top.encoded.append(reader.data[entry_at:reader.pos])
-        kind = entry.kind
-        if kind is Kind.FILE:
-            self.entries.append(self.file(path, entry, start))
-        elif kind is Kind.DIR:
+            check_meta(entry.meta, entry.kind, path, start)
+        top.last = name
+        top.count += 1
+        top.encoded += encoded
+        if top.count > MAX_TREE_ENTRIES or len(top.encoded) > MAX_META_OBJECT:
+            raise _fail(f"directory {show(top.path) if top.path else '(root)'} exceeds a tree "
+                        f"object's limits ({MAX_TREE_ENTRIES} entries, {MAX_META_OBJECT} bytes)",
+                        start, path)
+        if entry.kind is Kind.DIR:
             stack.append(_OpenDir(path, entry, start))
-            self.dirs += 1
-            self.entries.append(ManifestEntry(path, entry))
-        else:
-            self.symlinks += 1
-            self.entries.append(ManifestEntry(path, entry))
 
     def file(self, path: bytes, entry: Entry, start: int) -> ManifestEntry:
         inline, offset = self.reader.unpack(_INLINE, "inline data fields")
@@ -221,39 +330,59 @@ class _Decoder:
         if not inline:
             if offset != 0:
                 raise _fail(f"large file with data offset {offset}, expected 0", start, path)
-            self.large_files += 1
-            self.large_bytes += size
+            self.counts["large_files"] += 1
+            self.counts["large_bytes"] += size
             return ManifestEntry(path, entry)
         if offset != self.data_size:
             raise _fail(f"inline data offset {offset}, expected {self.data_size}", start, path)
         self.data_size += size
-        self.inline_files += 1
-        self.inline_bytes += size
+        self.counts["inline_files"] += 1
+        self.counts["inline_bytes"] += size
         return ManifestEntry(path, entry, True, offset)
 
 
-def decode_manifest(data: bytes | bytearray | memoryview, entry_count: int, inline_max: int, *,
-                    keep_trees: bool = False) -> Manifest:
-    """Parse and check ``entry_count`` rows filling ``data`` exactly.
+def _as_pack_error(err: FormatError, reader: Reader) -> PackError:
+    offset = getattr(err, "offset", reader.offset)
+    return PackError(str(err), offset=offset)
 
-    Checks every length, name, order, parent, inline flag and offset, and
-    recomputes every directory's tree id.  ``keep_trees`` also returns each
-    directory's tree object encoding (for storing them).  Raises PackError.
-    """
-    reader = Reader(data, "manifest")
-    decoder = _Decoder(reader, inline_max, keep_trees)
+
+def iter_rows(chunks: Iterable[bytes], entry_count: int, inline_max: int
+              ) -> Iterator[ManifestEntry]:
+    """The rows of a manifest already checked by ``check_manifest`` (the same bytes), decoded
+    from its decompressed frames ``chunks`` without checking them again."""
+    reader = _Stream(chunks)
+    decoder = _Decoder(reader, inline_max, check=False)
     try:
         for _ in range(entry_count):
-            decoder.row()
+            yield decoder.row()
+    except FormatError as err:  # the bytes were checked: only if they changed since
+        raise _as_pack_error(err, reader) from err
+
+
+def check_manifest(chunks: Iterable[bytes], entry_count: int, inline_max: int, *,
+                   on_tree: TreeSink | None = None,
+                   keep: list[ManifestEntry] | None = None) -> tuple[RawId, int, dict[str, int]]:
+    """Parse and check ``entry_count`` rows filling the decompressed manifest ``chunks`` exactly.
+
+    Checks every length, name, order, parent, xattr (``store.xattr_rules``), inline flag
+    and offset, and recomputes every directory's tree id, holding only the open
+    directories' entries (one frame of the manifest is decoded at a time).  ``on_tree``
+    gets each directory's tree object (id, encoding) when it is complete, children
+    before parents; ``keep``, when given, gets every row appended.  Returns the root
+    tree id, the inline data size and the counts (``Manifest``'s).  Raises PackError.
+    """
+    reader = _Stream(chunks)
+    decoder = _Decoder(reader, inline_max, check=True, on_tree=on_tree)
+    try:
+        for _ in range(entry_count):
+            row = decoder.row()
+            if keep is not None:
+                keep.append(row)
         reader.expect_end()
     except FormatError as err:
-        offset = getattr(err, "offset", reader.offset)
-        raise PackError(f"pack: {err}", offset=offset) from err
+        raise _as_pack_error(err, reader) from err
     while decoder.stack:
         decoder.close()
     if decoder.root_tree is None:  # unreachable: the root is always closed last
-        raise PackError("pack: manifest has no root directory", offset=0)
-    return Manifest(decoder.entries, decoder.root_tree, decoder.data_size, decoder.trees,
-                    dirs=decoder.dirs, symlinks=decoder.symlinks, inline_files=decoder.inline_files,
-                    inline_bytes=decoder.inline_bytes, large_files=decoder.large_files,
-                    large_bytes=decoder.large_bytes)
+        raise PackError("manifest has no root directory", offset=0)
+    return decoder.root_tree, decoder.data_size, decoder.counts

@@ -8,9 +8,15 @@ commit).  ``entries()`` then streams the inline data one zstd frame at a time,
 checking each inline file's fs-verity digest against its manifest entry, and
 at the end that the file was not changed underneath (its SHA-256 equals
 ``expected_sha256`` when given: the digest its signatures were checked
-against).  Every way a pack can be bad raises ``PackError`` with the offset
-(or manifest path) at fault; memory is bounded by the manifest (at most
-``format.MAX_MANIFEST``) plus one frame.
+against).  Every way a pack can be bad raises ``PackError`` with the offset at
+fault, about the pack file (``path``).
+
+Memory (the bound is stated in docs/FORMAT.md, "Memory"): the manifest is
+decoded one frame at a time and its rows are not kept; ``manifest.entries``
+decodes them again on each iteration from the file, checking that each
+compressed manifest frame still has the SHA-256 it had when it was checked.
+Only a small manifest (``ROW_CACHE_ROWS``, ``ROW_CACHE_BYTES``) keeps its rows,
+so that the several passes of a deploy over a usual tree cost one decoding.
 """
 
 from __future__ import annotations
@@ -20,19 +26,33 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from store.commits import Commit, decode_commit
 from store.errors import FormatError, PackError, RefError
 from store.fsverity import digest_bytes
 from store.ids import RawId, to_hex
+from store.model import Kind
+from store.names import show
 from store.refs import check_ref_name
 
 from . import format as fmt
-from .manifest import Manifest, ManifestEntry, check_meta, decode_manifest
+from .manifest import Manifest, ManifestEntry, TreeSink, check_manifest, check_meta, iter_rows
 
 HASH_CHUNK = 1 << 20
+# A manifest of at most ROW_CACHE_ROWS rows and ROW_CACHE_BYTES bytes keeps its decoded
+# rows, so that the several passes of a deploy over a usual tree (up to some 250,000
+# paths) cost one decoding: a row costs about 340 bytes of Python objects plus its path,
+# so at most about 85 MiB + ROW_CACHE_BYTES.  A larger one is decoded again on each pass.
+ROW_CACHE_ROWS = 1 << 18
+ROW_CACHE_BYTES = 32 << 20
+# What reading any pack may take above the interpreter's own memory (docs/FORMAT.md,
+# "Memory"): the open directories' entries (at most the manifest) and, when they are
+# stored (import), a copy of the tree object being completed, each at most MAX_MANIFEST,
+# with the kept rows of a small manifest (see above) and a few frames in the remaining third.
+MEMORY_BOUND = 3 * fmt.MAX_MANIFEST
 
 
 def check_pack_file(path: str) -> None:
@@ -57,17 +77,13 @@ def _open_regular(path: str) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def named(path: str) -> Iterator[None]:
-    """Let a PackError raised in the block start with the pack's ``path``, once: the reader's
-    messages name an offset, only the caller knows which file the user gave."""
+def named(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A PackError raised in the block without a subject is about the pack ``path``."""
     try:
         yield
     except PackError as err:
-        message = str(err)
-        if message.startswith(f"{path}: "):
-            raise
-        raise PackError(f"{path}: {message.removeprefix('pack: ')}", offset=err.offset,
-                        path=err.path if err.path is not None else path) from err
+        err.located(os.fspath(path))
+        raise
 
 
 def _frame_tables(header: fmt.Header, tables: bytes) -> tuple[list[fmt.Frame], list[fmt.Frame], int]:
@@ -100,7 +116,7 @@ def layout_sha256(path: str | os.PathLike[str]) -> bytes:
             nonlocal at
             data = handle.read(n)
             if len(data) != n:
-                raise PackError(f"pack: truncated {what}: need {n} bytes at offset {at}, got "
+                raise PackError(f"truncated {what}: need {n} bytes at offset {at}, got "
                                 f"{len(data)}", offset=at)
             sha.update(data)
             at += n
@@ -113,7 +129,7 @@ def layout_sha256(path: str | os.PathLike[str]) -> bytes:
         while at < size:
             read(min(HASH_CHUNK, size - at), "frames")
         if handle.read(1):
-            raise PackError(f"{path}: grew while it was read", offset=at)
+            raise PackError("grew while it was read", offset=at)
         return sha.digest()
 
 
@@ -122,17 +138,24 @@ class PackReader:
 
     Use as a context manager.  ``commit``, ``commit_id``, ``ref`` and
     ``manifest`` are trustworthy as far as the pack's own consistency goes;
-    whether the pack is *trusted* is ``pack.verify``'s business.
+    whether the pack is *trusted* is ``pack.verify``'s business.  ``on_tree``
+    gets every directory's tree object (id, encoding) while the manifest is
+    checked, children first.  Errors name the pack as ``name`` (default: ``path``;
+    an importer reading its own copy names the file the user gave).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, expected_sha256: bytes | None = None,
-                 keep_trees: bool = False) -> None:
+                 on_tree: TreeSink | None = None, name: str | os.PathLike[str] | None = None
+                 ) -> None:
         self.path = os.fspath(path)
+        self.name = os.fspath(name) if name is not None else self.path
         self.expected_sha256 = expected_sha256
-        self._handle: BinaryIO = _open_regular(self.path)
+        with named(self.name):
+            self._handle: BinaryIO = _open_regular(self.path)
         self.size = os.fstat(self._handle.fileno()).st_size
         try:
-            self._open(keep_trees)
+            with named(self.name):
+                self._open(on_tree)
         except BaseException:
             self._handle.close()
             raise
@@ -150,13 +173,13 @@ class PackReader:
     def _read(self, n: int, what: str) -> bytes:
         data = self._handle.read(n)
         if len(data) != n:
-            raise PackError(f"pack: truncated {what}: need {n} bytes at offset {self._pos}, "
+            raise PackError(f"truncated {what}: need {n} bytes at offset {self._pos}, "
                             f"got {len(data)}", offset=self._pos)
         self._sha.update(data)
         self._pos += n
         return data
 
-    def _open(self, keep_trees: bool) -> None:
+    def _open(self, on_tree: TreeSink | None) -> None:
         self._pos = 0
         self._sha = hashlib.sha256()
         header = fmt.parse_header(self._read(min(fmt.HEADER_SIZE, self.size), "header"), self.size)
@@ -167,22 +190,22 @@ class PackReader:
         tables = self._read(header.tables_size, "frame tables")
         self._manifest_frames, self._data_frames, end = _frame_tables(header, tables)
         fmt.check_layout(end, self.size)
-        self.manifest = self._manifest(keep_trees)
+        self.manifest = self._manifest(on_tree)
         self._data_at = self._pos
         self._sha_at_data = self._sha.copy()
 
     def _commit(self, data: bytes) -> tuple[RawId, Commit]:
         got = hashlib.sha256(data).digest()
         if not hmac.compare_digest(got, self.header.commit_id):
-            raise PackError(f"pack: commit id mismatch: the header says {to_hex(self.header.commit_id)}, "
+            raise PackError(f"commit id mismatch: the header says {to_hex(self.header.commit_id)}, "
                             f"the commit hashes to {got.hex()} at offset {fmt.HEADER_SIZE}",
                             offset=fmt.HEADER_SIZE)
         try:
             commit = decode_commit(data, "pack commit")
         except FormatError as err:
             at = fmt.HEADER_SIZE + getattr(err, "offset", 0)
-            raise PackError(f"pack: {err} (pack offset {at})", offset=at) from err
-        check_meta(commit.root_meta, "commit root directory", fmt.HEADER_SIZE)
+            raise PackError(f"{err} (pack offset {at})", offset=at) from err
+        check_meta(commit.root_meta, Kind.DIR, None, fmt.HEADER_SIZE)
         return RawId(got), commit
 
     def _ref(self, raw: bytes) -> str:
@@ -190,23 +213,52 @@ class PackReader:
         try:
             return check_ref_name(raw.decode("ascii"))
         except (UnicodeDecodeError, RefError) as err:
-            raise PackError(f"pack: invalid ref {raw!r} at offset {at}", offset=at) from err
+            raise PackError(f"invalid ref {show(raw)} at offset {at}", offset=at) from err
 
-    def _manifest(self, keep_trees: bool) -> Manifest:
-        dctx = fmt.decompressor()
-        data = bytearray()
-        for i, frame in enumerate(self._manifest_frames):
-            data += fmt.decompress_frame(dctx, self._read(frame.compressed, f"manifest frame {i}"),
-                                         frame, f"manifest frame {i}")
-        manifest = decode_manifest(bytes(data), self.header.entry_count, self.header.inline_max,
-                                   keep_trees=keep_trees)
-        if manifest.root_tree != self.commit.root_tree:
-            raise PackError(f"pack: the manifest's root tree is {to_hex(manifest.root_tree)}, the "
+    def _manifest(self, on_tree: TreeSink | None) -> Manifest:
+        """Check the manifest, streamed: one frame decompressed at a time, no row kept
+        (unless it is small); remember each compressed frame's SHA-256 for later passes."""
+        digests: list[bytes] = []
+
+        def checked_frames() -> Iterator[bytes]:
+            dctx = fmt.decompressor()
+            for i, frame in enumerate(self._manifest_frames):
+                raw = self._read(frame.compressed, f"manifest frame {i}")
+                digests.append(hashlib.sha256(raw).digest())
+                yield fmt.decompress_frame(dctx, raw, frame, f"manifest frame {i}")
+
+        header = self.header
+        small = header.entry_count <= ROW_CACHE_ROWS and header.manifest_size <= ROW_CACHE_BYTES
+        kept: list[ManifestEntry] | None = [] if small else None
+        root_tree, data_size, counts = check_manifest(
+            checked_frames(), header.entry_count, header.inline_max, on_tree=on_tree, keep=kept)
+        self._frame_digests = digests
+        if root_tree != self.commit.root_tree:
+            raise PackError(f"the manifest's root tree is {to_hex(root_tree)}, the "
                             f"commit's is {to_hex(self.commit.root_tree)}", offset=fmt.HEADER_SIZE)
-        if manifest.data_size != self.header.data_size:
-            raise PackError(f"pack: the manifest's inline files hold {manifest.data_size} bytes, "
-                            f"the header says {self.header.data_size}", offset=70)
-        return manifest
+        if data_size != header.data_size:
+            raise PackError(f"the manifest's inline files hold {data_size} bytes, "
+                            f"the header says {header.data_size}", offset=70)
+        rows: Iterable[ManifestEntry] = kept if kept is not None else _Reread(self._rows)
+        return Manifest(rows, header.entry_count, root_tree, data_size, **counts)
+
+    def _reread_frames(self) -> Iterator[bytes]:
+        """The decompressed manifest frames again, read by offset (the data pass's position
+        is untouched), each checked against the digest it had when the manifest was checked."""
+        dctx = fmt.decompressor()
+        fd = self._handle.fileno()
+        for i, (frame, digest) in enumerate(zip(self._manifest_frames, self._frame_digests,
+                                                strict=True)):
+            raw = os.pread(fd, frame.compressed, frame.offset)
+            if not hmac.compare_digest(hashlib.sha256(raw).digest(), digest):
+                raise PackError(f"changed while it was read: manifest frame {i} is not what "
+                                f"was checked", offset=frame.offset, path=self.name)
+            yield fmt.decompress_frame(dctx, raw, frame, f"manifest frame {i}")
+
+    def _rows(self) -> Iterator[ManifestEntry]:
+        with named(self.name):
+            yield from iter_rows(self._reread_frames(), self.header.entry_count,
+                                 self.header.inline_max)
 
     # -- the data section ---------------------------------------------------------------
     def entries(self) -> Iterator[tuple[ManifestEntry, bytes | None]]:
@@ -218,6 +270,10 @@ class PackReader:
         its SHA-256 matched: a caller must not rely on what it consumed until
         then.  May be called again for another pass.
         """
+        with named(self.name):
+            yield from self._entries()
+
+    def _entries(self) -> Iterator[tuple[ManifestEntry, bytes | None]]:
         self._handle.seek(self._data_at)
         self._pos = self._data_at
         self._sha = self._sha_at_data.copy()
@@ -232,43 +288,43 @@ class PackReader:
                 yield row, None
                 continue
             size = row.entry.size
+            shown = show(row.path)
             if at + size > len(current):
                 if at != len(current):
-                    raise PackError(f"pack: inline file {row.path!r} straddles data frames",
-                                    offset=current_at, path=row.path)
+                    raise PackError(f"inline file {shown} straddles data frames",
+                                    offset=current_at)
                 following = next(frames, None)
                 if following is None:  # cannot happen when data_size adds up; refuse anyway
-                    raise PackError(f"pack: no data frame left for {row.path!r}",
-                                    offset=self._pos, path=row.path)
+                    raise PackError(f"no data frame left for {shown}", offset=self._pos)
                 index, frame = following
                 if index and len(current) + size <= fmt.FRAME_MAX:
-                    raise PackError(f"pack: data frame {index} starts although {row.path!r} fits "
+                    raise PackError(f"data frame {index} starts although {shown} fits "
                                     f"the previous one (frames are filled greedily)",
-                                    offset=frame.offset, path=row.path)
+                                    offset=frame.offset)
                 raw = self._read(frame.compressed, f"data frame {index}")
                 current = fmt.decompress_frame(dctx, raw, frame, f"data frame {index}")
                 used = index + 1
                 current_at = frame.offset
                 at = 0
                 if size > len(current):
-                    raise PackError(f"pack: inline file {row.path!r} of {size} bytes overruns "
-                                    f"data frame {index}", offset=frame.offset, path=row.path)
+                    raise PackError(f"inline file {shown} of {size} bytes overruns "
+                                    f"data frame {index}", offset=frame.offset)
             data = current[at:at + size]
             at += size
             got = digest_bytes(data)
             if not hmac.compare_digest(got, row.entry.digest):
-                raise PackError(f"pack: inline file {row.path!r}: fs-verity digest {got.hex()}, "
+                raise PackError(f"inline file {shown}: fs-verity digest {got.hex()}, "
                                 f"the manifest says {to_hex(row.entry.digest)} (data frame at "
-                                f"offset {current_at})", offset=current_at, path=row.path)
+                                f"offset {current_at})", offset=current_at)
             yield row, data
         if used != len(self._data_frames) or at != len(current):
-            raise PackError("pack: data frames left unused after the last inline file",
+            raise PackError("data frames left unused after the last inline file",
                             offset=self._pos)
         if self._handle.read(1):
-            raise PackError(f"{self.path}: grew while it was read", offset=self._pos)
+            raise PackError("grew while it was read", offset=self._pos)
         if self.expected_sha256 is not None and not hmac.compare_digest(
                 self._sha.digest(), self.expected_sha256):
-            raise PackError(f"{self.path}: changed while it was read: its bytes no longer "
+            raise PackError(f"changed while it was read: its bytes no longer "
                             f"hash to the verified digest {self.expected_sha256.hex()}", offset=0)
 
     def check_data(self) -> None:
@@ -276,12 +332,12 @@ class PackReader:
         for _row in self.entries():
             pass
 
-    def sha256(self) -> bytes:
-        """The SHA-256 of the bytes read by the last complete pass (call after ``check_data``)."""
-        return self._sha.digest()
 
+@dataclass(frozen=True)
+class _Reread:
+    """A large manifest's rows: decoded again from the pack file on each iteration."""
 
-def open_pack(path: str | os.PathLike[str], *, expected_sha256: bytes | None = None,
-              keep_trees: bool = False) -> PackReader:
-    """Open and check a pack (see ``PackReader``); raises PackError on any fault."""
-    return PackReader(path, expected_sha256=expected_sha256, keep_trees=keep_trees)
+    decode: Callable[[], Iterator[ManifestEntry]]
+
+    def __iter__(self) -> Iterator[ManifestEntry]:
+        return self.decode()

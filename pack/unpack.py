@@ -16,7 +16,9 @@ deployments put hardlinks to their objects in place (``TreeWriter.link``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -60,11 +62,22 @@ class TreeWriter:
         else:
             self.abandon()
 
+    @contextlib.contextmanager
+    def _about(self, path: bytes) -> Iterator[None]:
+        """An OSError in the block names the file at ``path`` below the root, not what the
+        call was given (a descriptor, a name relative to one, a ``/proc/self/fd/...`` link)."""
+        try:
+            yield
+        except OSError as err:
+            where = os.path.join(os.fsencode(self.root), path) if path else self.root
+            raise OSError(err.errno, err.strerror, os.fsdecode(where)) from err
+
     def _finish(self) -> None:
-        _path, fd, meta = self._stack.pop()
+        path, fd, meta = self._stack.pop()
         try:
             if meta is not None:
-                apply_meta(fd, meta)
+                with self._about(path):
+                    apply_meta(fd, meta)
         finally:
             os.close(fd)
 
@@ -83,11 +96,11 @@ class TreeWriter:
         parent, _sep, name = path.rpartition(b"/")
         problem = "absolute path" if path.startswith(b"/") else check_name(name)
         if problem:
-            raise PackError(f"unpack: bad name in {path!r}: {problem}", path=path)
+            raise PackError(f"cannot be unpacked: bad name: {problem}", path=path)
         while self._stack[-1][0] != parent:
             if len(self._stack) == 1:
-                raise PackError(f"unpack: {path!r}: its parent directory was not created just "
-                                f"before it (paths must come in manifest order)", path=path)
+                raise PackError("cannot be unpacked: its parent directory was not created just "
+                                "before it (paths must come in manifest order)", path=path)
             self._finish()
         return self._stack[-1][1], name
 
@@ -104,18 +117,20 @@ class TreeWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            apply_meta(fd, meta)
+            with self._about(path):
+                apply_meta(fd, meta)
         finally:
             os.close(fd)
 
     def symlink(self, path: bytes, target: bytes, meta: Meta) -> None:
         parent, name = self._place(path)
         os.symlink(target, name, dir_fd=parent)
-        os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
-        if meta.xattrs:
-            # The xattr calls take no dirfd: name the link through our open
-            # directory (a magic link to it), never following the final name.
-            xattrs.write(f"/proc/self/fd/{parent}/".encode() + name, meta.xattrs)
+        with self._about(path):
+            os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+            if meta.xattrs:
+                # The xattr calls take no dirfd: name the link through our open
+                # directory (a magic link to it), never following the final name.
+                xattrs.write(f"/proc/self/fd/{parent}/".encode() + name, meta.xattrs)
 
     def link(self, path: bytes, source: str | os.PathLike[str]) -> None:
         """Hardlink ``source`` (an object file) at ``path``: it keeps the object's inode metadata."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 
 from store.errors import SignatureError, UsageError
+from store.names import show
 
 from .keys import KeyId, Keyring
 from .reader import PackReader
@@ -39,7 +40,7 @@ def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring
                 min_signatures: int = 1) -> Verification:
     """Count the good signatures over pack ``digest``; SignatureError below ``min_signatures``."""
     if min_signatures < 1:
-        raise UsageError(f"--min-signatures must be at least 1, got {min_signatures}")
+        raise UsageError(f"at least 1 signature must be required, got {min_signatures}")
     message = signed_message(digest)
     good: list[KeyId] = []
     refused: list[str] = []
@@ -60,7 +61,7 @@ def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring
         good.append(signature.key_id)
     if len(good) < min_signatures:
         detail = "; ".join(refused) if refused else "no signatures"
-        where = f" {keyring.path}" if keyring.path else ""
+        where = f" {show(keyring.path)}" if keyring.path else ""
         raise SignatureError(f"pack sha256 {digest.hex()}: {len(good)} good signature(s) by keys "
                              f"trusted in keyring{where}, {min_signatures} required ({detail})")
     return Verification(digest, tuple(sorted(good)))
@@ -76,7 +77,7 @@ def verify_signatures(pack_path: str | os.PathLike[str], keyring: Keyring, *,
 
 @contextlib.contextmanager
 def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_signatures: int = 1,
-                  sig_path: str | os.PathLike[str] | None = None, keep_trees: bool = False
+                  sig_path: str | os.PathLike[str] | None = None
                   ) -> Iterator[tuple[PackReader, Verification]]:
     """Check the signatures, then open the pack bound to the verified digest.
 
@@ -86,7 +87,7 @@ def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_si
     """
     verification = verify_signatures(pack_path, keyring, min_signatures=min_signatures,
                                      sig_path=sig_path)
-    with PackReader(pack_path, expected_sha256=verification.sha256, keep_trees=keep_trees) as reader:
+    with PackReader(pack_path, expected_sha256=verification.sha256) as reader:
         yield reader, verification
 
 

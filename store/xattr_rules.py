@@ -1,0 +1,122 @@
+"""Which extended attributes Linux will set on which kind of inode: the one copy of the rules.
+
+A tree may only record xattrs that the kernel accepts when the tree is checked out,
+unpacked or deployed; otherwise a commit or a signed pack is accepted and every later
+deploy fails half-way.  Commit (``store.builder``) and pack reading (``pack.manifest``)
+both ask ``xattr_problem``, so the two agree.  The rules, from Linux's
+``fs/xattr.c`` and ``fs/posix_acl.c``:
+
+- a name is ``<namespace>.<rest>`` with namespace ``security``, ``system``, ``trusted`` or
+  ``user`` and a non-empty rest (``xattr_resolve_name``: EOPNOTSUPP / EINVAL otherwise);
+- ``user.*`` only on regular files and directories (``xattr_permission``: EPERM on a
+  symlink);
+- ``system.posix_acl_access`` / ``system.posix_acl_default`` hold a POSIX ACL in the
+  kernel's xattr format (``posix_acl_from_xattr`` and ``posix_acl_valid``): a u32 version
+  2, then one or more 8-byte entries ``tag u16 | perm u16 | id u32`` (little-endian),
+  every perm within rwx (0..7), tags in the order USER_OBJ, USER..., GROUP_OBJ,
+  GROUP..., MASK, OTHER, each of USER_OBJ, GROUP_OBJ, OTHER exactly once, a MASK
+  required when a named USER or GROUP entry is present, a named entry's id not -1;
+  a default ACL only on a directory, no ACL on a symlink (EOPNOTSUPP / EACCES /
+  EINVAL otherwise).  A header with no entries is refused too: the kernel takes it
+  as "remove the ACL", so what is checked out would differ from the tree.
+
+The function returns a problem (a phrase without the path) or None; each caller turns
+it into its own error class naming the path.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .model import Kind
+
+NAMESPACES = (b"security", b"system", b"trusted", b"user")
+ACL_ACCESS = b"system.posix_acl_access"
+ACL_DEFAULT = b"system.posix_acl_default"
+
+ACL_VERSION = 2
+ACL_USER_OBJ = 0x01
+ACL_USER = 0x02
+ACL_GROUP_OBJ = 0x04
+ACL_GROUP = 0x08
+ACL_MASK = 0x10
+ACL_OTHER = 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+_ACL_PERMS = 0o7
+
+# version
+_ACL_HEADER = struct.Struct("<I")
+# tag, perm, id
+_ACL_ENTRY = struct.Struct("<HHI")
+
+# The kernel's posix_acl_valid as a state machine: state -> tag -> next state.
+_START, _USERS, _GROUPS, _AFTER_MASK, _DONE = range(5)
+_ACL_STEPS = {
+    _START: {ACL_USER_OBJ: _USERS},
+    _USERS: {ACL_USER: _USERS, ACL_GROUP_OBJ: _GROUPS},
+    _GROUPS: {ACL_GROUP: _GROUPS, ACL_MASK: _AFTER_MASK, ACL_OTHER: _DONE},
+    _AFTER_MASK: {ACL_OTHER: _DONE},
+    _DONE: {},
+}
+
+
+def acl_problem(value: bytes) -> str | None:
+    """Why ``value`` is not a POSIX ACL the kernel accepts as an xattr, or None."""
+    if len(value) < _ACL_HEADER.size:
+        return f"POSIX ACL of {len(value)} bytes has no version header"
+    (version,) = _ACL_HEADER.unpack_from(value)
+    if version != ACL_VERSION:
+        return f"POSIX ACL version {version}, expected {ACL_VERSION}"
+    body = len(value) - _ACL_HEADER.size
+    if body % _ACL_ENTRY.size:
+        return f"POSIX ACL of {len(value)} bytes is not a header and whole 8-byte entries"
+    if not body:
+        return "POSIX ACL without entries (the kernel would remove the ACL instead)"
+    state = _START
+    named = False
+    for index in range(body // _ACL_ENTRY.size):
+        tag, perm, ident = _ACL_ENTRY.unpack_from(value, _ACL_HEADER.size + index * _ACL_ENTRY.size)
+        if perm & ~_ACL_PERMS:
+            return f"POSIX ACL entry {index} has permissions {perm:#o} outside rwx"
+        following = _ACL_STEPS[state].get(tag)
+        if following is None:
+            return f"POSIX ACL entry {index} has tag {tag:#x} where the kernel wants another"
+        if tag in (ACL_USER, ACL_GROUP):
+            if ident == ACL_UNDEFINED_ID:
+                return f"POSIX ACL entry {index} names id {ident}, which no user or group has"
+            named = True
+        if tag == ACL_OTHER and state == _GROUPS and named:
+            return "POSIX ACL with named users or groups has no MASK entry"
+        state = following
+    if state != _DONE:
+        return "POSIX ACL lacks one of the USER_OBJ, GROUP_OBJ and OTHER entries"
+    return None
+
+
+def xattr_problem(kind: Kind, name: bytes, value: bytes) -> str | None:
+    """Why Linux would refuse xattr ``name`` = ``value`` on an inode of ``kind``, or None.
+
+    Sizes and order of a tree's xattrs are the encoding's business (``store.model``);
+    this is what the kernel adds (see the module docstring)."""
+    namespace, dot, rest = name.partition(b".")
+    if not dot or not rest or namespace not in NAMESPACES or b"\0" in name:
+        return (f"xattr name is not in a namespace of "
+                f"{', '.join(n.decode() for n in NAMESPACES)} (or has nothing after it)")
+    if namespace == b"user" and kind is Kind.SYMLINK:
+        return "user.* xattrs cannot be set on a symlink (Linux refuses them: EPERM)"
+    if name in (ACL_ACCESS, ACL_DEFAULT):
+        if kind is Kind.SYMLINK:
+            return "a symlink cannot carry a POSIX ACL"
+        if name == ACL_DEFAULT and kind is not Kind.DIR:
+            return "only a directory can carry a default POSIX ACL"
+        return acl_problem(value)
+    return None
+
+
+def xattrs_problem(kind: Kind, xattrs: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, str] | None:
+    """The first xattr of ``xattrs`` that Linux would refuse on ``kind``, with why; or None."""
+    for name, value in xattrs:
+        problem = xattr_problem(kind, name, value)
+        if problem is not None:
+            return name, problem
+    return None
