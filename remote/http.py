@@ -92,8 +92,8 @@ class Client:
 
     def get_bytes(self, base: str, path: str, limit: int) -> bytes:
         """The whole file at ``path``, at most ``limit`` bytes (more is refused unread)."""
-        deadline = time.monotonic() + self.policy.deadline(limit)
-        response = self._open(base, path, deadline)
+        started = time.monotonic()
+        response = self._open(base, path, started + self.policy.deadline(limit))
         try:
             if response.status != 200:
                 raise FetchError(f"HTTP status {response.status}", mirror=base, path=path,
@@ -101,6 +101,9 @@ class Client:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > limit:
                 raise WrongBytes(f"{length} bytes, more than the {limit} allowed", mirror=base, path=path)
+            # what the server announced sets the pace; without it, the cap does
+            expected = int(length) if length is not None and length.isdigit() else limit
+            deadline = started + self.policy.deadline(expected)
             data = _read(response, limit + 1, deadline, base, path, None)
             if len(data) > limit:
                 raise WrongBytes(f"more than the {limit} bytes allowed", mirror=base, path=path)
@@ -226,6 +229,6 @@ def _chunk(response: urllib3.BaseHTTPResponse, amount: int, deadline: float, bas
         raise FetchError("too slow: gave up (the server sends below the minimum rate)",
                          mirror=base, path=path)
     try:
-        return response.read(amount)
+        return response.read1(amount)
     except HTTPError as err:
         raise FetchError(f"cannot fetch: {_reason(err)}", mirror=base, path=path) from None

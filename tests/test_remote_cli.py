@@ -1,0 +1,87 @@
+"""The commands a user types: publish, serve, remote add/list/remove, pull."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import ROOT, run_cli
+from tests.test_remote_support import make_vendor
+
+pytestmark = pytest.mark.usefixtures("needs_root")
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A vendor published with the CLI, served by `sealtree serve` in a subprocess."""
+    vendor = make_vendor(str(tmp_path))
+    out = run_cli("publish", vendor.site, "--key", vendor.key, "--json", repo=vendor.repo.path)
+    written = json.loads(out.stdout)
+    assert written["index_written"] and written["objects_written"] == 8 and written["serial"] == 1
+    proc = subprocess.Popen([sys.executable, "-m", "sealtree", "serve", vendor.site, "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.stdout is not None
+    url = proc.stdout.readline().split()[-1]
+    try:
+        yield vendor, url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_publish_serve_remote_pull(served, tmp_path):
+    vendor, url = served
+    device = str(tmp_path / "device")
+    run_cli("init", repo=device)
+    run_cli("remote", "add", "vendor", url, "--mirror", "http://127.0.0.1:9/", "--keys", vendor.keys,
+            repo=device)
+    listed = json.loads(run_cli("remote", "list", "--json", repo=device).stdout)
+    assert listed == [{"name": "vendor", "url": url, "mirrors": ["http://127.0.0.1:9/"],
+                       "keys": os.path.abspath(vendor.keys)}]
+    first = json.loads(run_cli("pull", "vendor", "--json", repo=device).stdout)
+    assert first["objects_fetched"] == 8 and first["packs_fetched"] == 1
+    assert first["bytes_fetched"] == first["servers"][url]["bytes"] > 0
+    assert first["refs"][0]["ref"] == "os/main" and first["refs"][0]["updated"]
+    second = json.loads(run_cli("pull", "vendor", "os/main", "--json", repo=device).stdout)
+    assert (second["objects_fetched"], second["packs_fetched"]) == (0, 0)
+    assert "checked" in run_cli("fsck", repo=device).stdout
+    human = run_cli("pull", "vendor", repo=device).stdout
+    assert "os/main: up to date" in human
+    run_cli("remote", "remove", "vendor", repo=device)
+    assert json.loads(run_cli("remote", "list", "--json", repo=device).stdout) == []
+    gone = run_cli("pull", "vendor", repo=device, check=False)
+    assert gone.returncode == 17 and gone.stderr.count("\n") == 1 and "vendor: no such remote" in gone.stderr
+
+
+def test_expired_index_refused_in_one_line(tmp_path):
+    vendor = make_vendor(str(tmp_path))
+    run_cli("publish", vendor.site, "--key", vendor.key, "--expires", "0.00001", repo=vendor.repo.path)
+    time.sleep(1.2)
+    from tests.test_remote_support import serving
+    with serving(vendor.site) as url:
+        device = str(tmp_path / "device")
+        run_cli("init", repo=device)
+        run_cli("remote", "add", "vendor", url, "--keys", vendor.keys, repo=device)
+        refused = run_cli("pull", "vendor", repo=device, check=False)
+        assert refused.returncode == 12, refused.stderr
+        assert refused.stderr.count("\n") == 1 and f"{url}index: the index expired" in refused.stderr
+        allowed = run_cli("pull", "vendor", "--allow-expired", repo=device, check=False)
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_bad_remote_arguments(tmp_path, served):
+    vendor, _url = served
+    device = str(tmp_path / "device")
+    run_cli("init", repo=device)
+    for args in (["../x", "http://h/"], ["ok", "ftp://h/"], ["ok", "http://h/?q=1"]):
+        bad = run_cli("remote", "add", *args, "--keys", vendor.keys, repo=device, check=False)
+        assert bad.returncode == 2, bad.stderr
+    run_cli("remote", "add", "ok", "http://h/", "--keys", vendor.keys, repo=device)
+    again = run_cli("remote", "add", "ok", "http://h/", "--keys", vendor.keys, repo=device, check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
