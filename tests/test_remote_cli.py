@@ -85,3 +85,70 @@ def test_bad_remote_arguments(tmp_path, served):
     run_cli("remote", "add", "ok", "http://h/", "--keys", vendor.keys, repo=device)
     again = run_cli("remote", "add", "ok", "http://h/", "--keys", vendor.keys, repo=device, check=False)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_pull_then_deploy_and_mount_equals_the_tree(served, tmp_path):
+    from tests.helpers import assert_same_tree
+
+    vendor, url = served
+    device = str(tmp_path / "device")
+    run_cli("init", repo=device)
+    run_cli("remote", "add", "vendor", url, "--keys", vendor.keys, repo=device)
+    run_cli("pull", "vendor", repo=device)
+    out = run_cli("deploy", "os/main", "--keys", vendor.keys, repo=device).stdout
+    dep = out.strip().splitlines()[-1].split()[-1]
+    target = tmp_path / "root"
+    target.mkdir()
+    run_cli("mount", dep, str(target), repo=device)
+    try:
+        assert_same_tree(vendor.src, str(target))
+    finally:
+        run_cli("umount", str(target), repo=device)
+
+
+def test_pull_killed_at_random_points_resumes_and_stays_consistent(tmp_path):
+    import random
+    import signal
+
+    from pack.keys import load_private_key
+    from remote.publish import publish
+    from store.fsck import fsck
+    from store.repo import Repository
+    from tests.test_pack_support import commit_dir
+    from tests.test_remote_support import serving, vendor_tree
+
+    vendor = make_vendor(str(tmp_path))
+    keys = [load_private_key(vendor.key)]
+    publish(vendor.repo, vendor.site, keys)
+    old = vendor.repo.refs.read("os/main")
+    src = os.path.join(vendor.base, "vendor-src-2")
+    os.makedirs(src)
+    vendor_tree(src, variant=b"2")
+    os.makedirs(os.path.join(src, "usr", "share"))
+    for i in range(48):  # 12 MiB in 48 objects, so that a pull takes a while
+        with open(os.path.join(src, "usr", "share", f"blob{i}"), "wb") as handle:
+            handle.write(os.urandom(256 << 10))
+    device = str(tmp_path / "device")
+    rng = random.Random(16)
+    with serving(vendor.site, delay=0.1) as url:  # about 3 s for the update's 50 objects
+        run_cli("init", repo=device)
+        run_cli("remote", "add", "vendor", url, "--keys", vendor.keys, repo=device)
+        run_cli("pull", "vendor", repo=device)
+        new = commit_dir(vendor.repo, src, "os/main", version="2", timestamp=1_700_000_100)
+        publish(vendor.repo, vendor.site, keys)
+        for _attempt in range(6):
+            proc = subprocess.Popen([sys.executable, "-m", "sealtree", "--repo", device, "pull", "vendor",
+                                     "--jobs", "2"],
+                                    cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.5, 3.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            repo = Repository.open(device)
+            assert repo.refs.read("os/main") in (old, new)
+            assert not fsck(repo).problems
+        final = json.loads(run_cli("pull", "vendor", "--json", repo=device).stdout)
+    repo = Repository.open(device)
+    assert repo.refs.read("os/main") == new
+    assert not fsck(repo).problems
+    assert final["refs"][0]["commit"] == new.hex()

@@ -74,9 +74,18 @@ def publish_site(vendor: Vendor, **options: object) -> PublishResult:
 
 
 @contextlib.contextmanager
-def serving(directory: str) -> Iterator[str]:
-    """``directory`` served by remote.serve on a free loopback port; yields its URL."""
+def serving(directory: str, *, delay: float = 0.0) -> Iterator[str]:
+    """``directory`` served by remote.serve on a free loopback port (each GET answered after
+    ``delay`` seconds); yields its URL."""
     server = make_server(directory, "127.0.0.1:0")
+    if delay:
+        base = server.RequestHandlerClass
+
+        def slow_get(handler: BaseHTTPRequestHandler) -> None:
+            time.sleep(delay)
+            base.do_GET(handler)  # type: ignore[attr-defined]
+
+        server.RequestHandlerClass = type("SlowHandler", (base,), {"do_GET": slow_get})
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
