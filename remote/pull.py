@@ -166,7 +166,8 @@ def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirro
 
 # -- packs and objects ---------------------------------------------------------------------
 
-def _sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
+def sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
+    """A check for ``Mirrors.get_file``: the file's SHA-256 is ``expected`` (a pack)."""
     def verify(hasher: Hasher, size: int) -> str | None:
         got = hasher.digest()
         if not hmac.compare_digest(got, expected):
@@ -175,7 +176,8 @@ def _sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
     return verify
 
 
-def _verity_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
+def verity_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
+    """A check for ``Mirrors.get_file``: the file's fs-verity digest is ``expected`` (an object)."""
     def verify(hasher: Hasher, size: int) -> str | None:
         got = hasher.digest()
         if not hmac.compare_digest(got, expected):
@@ -198,7 +200,7 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
         if report is not None:
             report(progress)
 
-    mirrors.get_file(path, dest, entry.size, hashlib.sha256, _sha256_check(entry.sha256), on_bytes)
+    mirrors.get_file(path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256), on_bytes)
     sig_path = site.pack_signatures(entry.sha256)
     _url, raw = mirrors.get_bytes(sig_path, MAX_SIGNATURE_FILE)
     check_trust(entry.sha256, decode_signatures(raw, sig_path), keyring, options.min_signatures)
@@ -208,7 +210,8 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
     return dest, sig_dest
 
 
-def _check_pack_matches(reader: PackReader, ref: str, entry: RefEntry, where: str) -> None:
+def check_pack_matches(reader: PackReader, ref: str, entry: RefEntry, where: str) -> None:
+    """Mismatch unless the pack is the one the index names for ``ref`` (mix-and-match)."""
     claims = (ref, entry.commit, entry.version, entry.timestamp)
     got = (reader.ref, to_hex(reader.commit_id), reader.commit.version, reader.commit.timestamp)
     if claims != got:
@@ -241,7 +244,7 @@ def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, op
     def one(item: _Wanted) -> None:
         dest = os.path.join(directory, to_hex(item.digest))
         mirrors.get_file(site.large_object(item.digest), dest, item.size, VerityHasher,
-                         _verity_check(item.digest), on_bytes)
+                         verity_check(item.digest), on_bytes)
         done[item.digest] = dest
         progress.objects_done += 1
         if report is not None:
@@ -318,7 +321,7 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
     pulled.pack_bytes = mirrors.bytes_fetched - before
     result.packs_fetched += 1 if pulled.pack_bytes else 0
     with PackReader(pack_path, expected_sha256=entry.sha256) as reader:
-        _check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
+        check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
         wanted = _wanted(repo, reader)
     before = mirrors.bytes_fetched
     files = _fetch_objects(repo, wanted, mirrors, options, progress, report)

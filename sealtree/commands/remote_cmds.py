@@ -1,4 +1,4 @@
-"""publish, remote, pull, serve: shipping releases over HTTP."""
+"""publish, remote, pull, mirror, serve: shipping releases over HTTP."""
 
 from __future__ import annotations
 
@@ -88,6 +88,21 @@ def register(sub: Any) -> None:
                         "(default 65536 bytes/s)")
     p.add_argument("--json", action="store_true", help="print what was fetched as JSON")
     p.set_defaults(func=cmd_pull)
+
+    p = add_parser(
+        sub, "mirror", "make or update a verified copy of a published site",
+        "Copy the site at URL into DIR, fetching only what DIR lacks: every pack the\n"
+        "index names (size and SHA-256 checked, signatures checked with --keys), every\n"
+        "object they name (size and fs-verity digest checked), then the index last.\n"
+        "Any web server can serve DIR.  An upstream index older than DIR's is refused.",
+        "example:\n  sealtree mirror https://os.example.com/stable /srv/www/os --keys /etc/sealtree/keys")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("site", metavar="DIR")
+    p.add_argument("--keys", metavar="DIR", help="check the index's and packs' signatures with this keyring")
+    p.add_argument("--allow-expired", action="store_true", help="copy an index past its expiry time")
+    p.add_argument("--jobs", type=positive_int, default=4, metavar="N", help="objects fetched at once")
+    p.add_argument("--json", action="store_true", help="print what was fetched as JSON")
+    p.set_defaults(func=cmd_mirror)
 
     p = add_parser(
         sub, "serve", "serve a published site over HTTP (read-only)",
@@ -205,6 +220,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"servers dropped: {'; '.join(dropped)}", file=sys.stderr)
     print(f"fetched {human_size(result.bytes_fetched)} from {result.remote} "
           f"(index serial {result.index_serial})")
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from pack.keys import Keyring
+    from remote.config import check_url
+    from remote.mirror import mirror
+
+    keyring = Keyring.load(args.keys) if args.keys else None
+    result = mirror(check_url(args.url), args.site, keyring, allow_expired=args.allow_expired,
+                    workers=args.jobs)
+    if args.json:
+        print_json({"upstream": result.upstream, "serial": result.serial, "refs": result.refs,
+                    "index_written": result.index_written, "packs_fetched": result.packs_fetched,
+                    "objects_fetched": result.objects_fetched, "bytes_fetched": result.bytes_fetched})
+        return 0
+    checked = "signatures checked" if keyring else "signatures not checked (no --keys)"
+    print(f"mirrored {result.upstream} into {args.site}: index serial {result.serial}, "
+          f"{result.packs_fetched} pack(s), {result.objects_fetched} object(s), "
+          f"{human_size(result.bytes_fetched)} fetched; {checked}")
     return 0
 
 
