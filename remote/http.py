@@ -154,6 +154,39 @@ class Client:
         finally:
             _finish(response)
 
+    def get_range_into(self, base: str, path: str, start: int, length: int, out: BinaryIO,
+                       on_bytes: Callable[[int], None] | None = None) -> None:
+        """Bytes ``start`` .. ``start + length - 1`` of ``path`` written at that offset of ``out``;
+        the server must answer 206 with exactly that range.  Never reads past it."""
+        deadline = time.monotonic() + self.policy.deadline(length)
+        response = self._open(base, path, deadline, {"Range": f"bytes={start}-{start + length - 1}"})
+        try:
+            if response.status != 206:
+                raise FetchError(f"HTTP status {response.status} for bytes {start}-{start + length - 1}",
+                                 mirror=base, path=path, status=response.status)
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != start or int(match.group(2)) != start + length - 1:
+                raise WrongBytes(f"answered a request for bytes {start}-{start + length - 1} with "
+                                 f"Content-Range {response.headers.get('Content-Range')!r}",
+                                 mirror=base, path=path)
+            out.seek(start)
+            got = _read_into(response, out, length, deadline, base, path, _Discard(), on_bytes)
+            if got != length:
+                raise FetchError(f"the connection ended after {got} of {length} bytes of the range "
+                                 f"at {start}", mirror=base, path=path)
+        finally:
+            _finish(response)
+
+
+class _Discard:
+    """A hasher that hashes nothing (a range is checked with the whole file)."""
+
+    def update(self, data: bytes, /) -> None:
+        pass
+
+    def digest(self) -> bytes:
+        return b""
+
 
 def _finish(response: urllib3.BaseHTTPResponse) -> None:
     """Give the connection back to the pool when the response was read to its end; else close

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -48,10 +49,11 @@ from store.repo import Repository
 from store.transaction import Transaction, apply_meta
 
 from . import config, site
+from .crosscheck import get_file_cross_checked
 from .errors import FetchError, IndexExpired, IndexRollback, Mismatch, RemoteError
 from .http import Client, Hasher, HttpPolicy
 from .index import MAX_INDEX, RefEntry, SiteIndex, check_index_trust, decode_index, index_sha256
-from .mirrors import Mirrors
+from .mirrors import Mirrors, Verify
 
 PARTIAL_DIR = os.path.join("tmp", "pull")  # REPO/tmp/pull/{packs,objects}/, kept between pulls
 MAX_SIGNATURE_FILE = 12 + MAX_SIGNATURES * 96
@@ -79,6 +81,8 @@ class PullOptions:
     workers: int = DEFAULT_WORKERS
     policy: HttpPolicy = field(default_factory=HttpPolicy)
     now: int | None = None
+    cross_check: int = 0  # >= 2: every file as ranges from that many servers (remote.crosscheck)
+    seed: int | None = None  # for the random choice of servers (tests)
 
 
 @dataclass
@@ -186,6 +190,23 @@ def verity_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
     return verify
 
 
+def _get_file(mirrors: Mirrors, options: PullOptions, path: str, dest: str, size: int,
+              new_hasher: Callable[[], Hasher], verify: Verify, on_bytes: Callable[[int], None]) -> None:
+    """One file into ``dest``, verified: from one server after another, or cross-checked."""
+    if options.cross_check < 2:
+        mirrors.get_file(path, dest, size, new_hasher, verify, on_bytes)
+        return
+    rng = random.Random(None if options.seed is None else f"{options.seed}:{path}")
+    while True:  # a server that fails is dropped; cross-check with the ones left, while enough are
+        try:
+            get_file_cross_checked(mirrors, path, dest, size, new_hasher, verify, options.cross_check,
+                                   rng, on_bytes)
+            return
+        except FetchError:
+            if len(mirrors.live()) < 2:
+                raise
+
+
 def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
                 options: PullOptions, progress: PullProgress, report: Progress | None) -> tuple[str, str]:
     """The verified pack and its signature file, in the partial directory."""
@@ -200,7 +221,7 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
         if report is not None:
             report(progress)
 
-    mirrors.get_file(path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256), on_bytes)
+    _get_file(mirrors, options, path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256), on_bytes)
     sig_path = site.pack_signatures(entry.sha256)
     _url, raw = mirrors.get_bytes(sig_path, MAX_SIGNATURE_FILE)
     check_trust(entry.sha256, decode_signatures(raw, sig_path), keyring, options.min_signatures)
@@ -243,8 +264,8 @@ def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, op
 
     def one(item: _Wanted) -> None:
         dest = os.path.join(directory, to_hex(item.digest))
-        mirrors.get_file(site.large_object(item.digest), dest, item.size, VerityHasher,
-                         verity_check(item.digest), on_bytes)
+        _get_file(mirrors, options, site.large_object(item.digest), dest, item.size, VerityHasher,
+                  verity_check(item.digest), on_bytes)
         done[item.digest] = dest
         progress.objects_done += 1
         if report is not None:

@@ -262,3 +262,34 @@ def test_pull_from_nginx(vendor, tmp_path):
     assert again.objects_fetched == 0
     assert not fsck(repo).problems
     checkout_equals(repo, "os/main", vendor.src, tmp_path)
+
+
+def test_cross_check_over_three_mirrors_names_the_one_that_lies(vendor, tmp_path):
+    liar = copy_site(vendor, "liar")
+    victim = max(object_files(liar), key=os.path.getsize)
+    with open(victim, "r+b") as handle:
+        data = handle.read()
+        handle.seek(0)
+        handle.write(bytes(b ^ 0x5A for b in data))  # every byte it serves of this object is a lie
+    second = copy_site(vendor, "second")
+    with serving(vendor.site) as one, serving(second) as two, serving(liar) as bad:
+        repo, remote = device(str(tmp_path), "device", [one, two, bad], vendor.keys)
+        result = pull(repo, remote, PullOptions(cross_check=3, seed=1, workers=1))
+    dropped = result.servers[bad]["dropped"]
+    assert dropped is not None and os.path.relpath(victim, liar) in dropped and "cross-check" in dropped
+    assert result.servers[one]["dropped"] is None and result.servers[two]["dropped"] is None
+    assert all(result.servers[url]["bytes"] > 0 for url in (one, two, bad))
+    assert not fsck(repo).problems
+    checkout_equals(repo, "os/main", vendor.src, tmp_path)
+
+
+def test_cross_check_splits_every_file_so_no_server_serves_a_whole_one(vendor, tmp_path):
+    second = copy_site(vendor, "second")
+    third = copy_site(vendor, "third")
+    with serving(vendor.site) as one, serving(second) as two, serving(third) as three:
+        repo, remote = device(str(tmp_path), "device", [one, two, three], vendor.keys)
+        result = pull(repo, remote, PullOptions(cross_check=3))
+    assert result.bytes_fetched == sum(s["bytes"] for s in result.servers.values())
+    objects = sum(os.path.getsize(p) for p in object_files(vendor.site))
+    for url in (one, two, three):  # each served about a third of every file, none a whole one
+        assert 0.3 * objects < result.servers[url]["bytes"] < 0.4 * objects + 4096, url

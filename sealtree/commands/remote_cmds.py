@@ -86,6 +86,9 @@ def register(sub: Any) -> None:
     p.add_argument("--min-rate", type=positive_int, default=64 << 10, metavar="BYTES",
                    help="slowest rate accepted after a grace of --timeout seconds, per request "
                         "(default 65536 bytes/s)")
+    p.add_argument("--cross-check", type=positive_int, default=0, metavar="N",
+                   help="fetch every file as N byte ranges from N different servers (at random), "
+                        "so that no single server serves a whole file; a lying server is named")
     p.add_argument("--json", action="store_true", help="print what was fetched as JSON")
     p.set_defaults(func=cmd_pull)
 
@@ -186,7 +189,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                         min_rate=args.min_rate, connections=max(args.jobs, 2))
     options = PullOptions(refs=args.refs, allow_expired=args.allow_expired,
                           allow_downgrade=args.allow_downgrade, min_signatures=args.min_signatures,
-                          workers=args.jobs, policy=policy)
+                          workers=args.jobs, policy=policy, cross_check=args.cross_check)
     line = Progress(f"pull {remote.name}")
     lock = threading.Lock()
 
