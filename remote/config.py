@@ -5,7 +5,7 @@ Each remote has a directory ``REPO/remotes/NAME/``:
 ``remote.json``  (written atomically)::
 
     {"format": "sealtree-remote", "version": 1, "name": NAME, "url": URL,
-     "mirrors": [URL, ...], "keys": "/absolute/keyring/dir"}
+     "mirrors": [URL, ...], "mirrorlist": URL or null, "keys": "/absolute/keyring/dir"}
 
 ``accepted.json``  the newest index accepted (rollback protection, written atomically)::
 
@@ -53,10 +53,12 @@ class Remote:
     url: str
     mirrors: tuple[str, ...]
     keys: str
+    mirrorlist: str | None = None  # a URL listing more mirrors, fetched at each pull
 
     @property
     def servers(self) -> tuple[str, ...]:
-        """Every server, in the order they are tried: the URL, then the mirrors."""
+        """The servers named in the configuration, in the order they are tried: the URL, then
+        the mirrors (a mirrorlist's come after these, see remote.pull)."""
         return tuple(dict.fromkeys((self.url, *self.mirrors)))
 
 
@@ -81,6 +83,31 @@ def check_name(name: str) -> str:
         raise UsageError("invalid remote name: 1 to 64 of A-Z a-z 0-9 _ . -, not starting "
                          "with . or -", path=name)
     return name
+
+
+MAX_MIRRORLIST = 64 << 10
+MAX_MIRRORLIST_URLS = 64
+
+
+def parse_mirrorlist(data: bytes, where: str) -> list[str]:
+    """The URLs of a mirrorlist: UTF-8 text, one URL a line, ``#`` comments, blank lines
+    ignored; at most 64 URLs.  FormatError naming ``where`` for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("mirrorlist is not UTF-8", path=where) from None
+    urls = []
+    for number, line in enumerate(text.splitlines(), 1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        try:
+            urls.append(check_url(word))
+        except UsageError:
+            raise FormatError(f"line {number}: not an http:// or https:// URL", path=where) from None
+    if len(urls) > MAX_MIRRORLIST_URLS:
+        raise FormatError(f"{len(urls)} URLs, a mirrorlist holds at most {MAX_MIRRORLIST_URLS}", path=where)
+    return urls
 
 
 def check_url(url: str) -> str:
@@ -116,10 +143,12 @@ def _dump(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def add_remote(repo: Repository, name: str, url: str, mirrors: Sequence[str], keys: str) -> Remote:
+def add_remote(repo: Repository, name: str, url: str, mirrors: Sequence[str], keys: str,
+               mirrorlist: str | None = None) -> Remote:
     """Record a new remote; UsageError if one of that name exists or an argument is bad."""
     directory = remote_dir(repo, name)
-    remote = Remote(name, check_url(url), tuple(check_url(m) for m in mirrors), os.path.abspath(keys))
+    remote = Remote(name, check_url(url), tuple(check_url(m) for m in mirrors), os.path.abspath(keys),
+                    check_url(mirrorlist) if mirrorlist is not None else None)
     if not os.path.isdir(remote.keys):
         raise UsageError("not a directory (the keyring)", path=keys)
     if os.path.exists(os.path.join(directory, REMOTE_FILE)):
@@ -127,7 +156,7 @@ def add_remote(repo: Repository, name: str, url: str, mirrors: Sequence[str], ke
     os.makedirs(directory, exist_ok=True)
     atomic_write(os.path.join(directory, REMOTE_FILE), _dump({
         "format": REMOTE_FORMAT, "version": VERSION, "name": name, "url": remote.url,
-        "mirrors": list(remote.mirrors), "keys": remote.keys}))
+        "mirrors": list(remote.mirrors), "mirrorlist": remote.mirrorlist, "keys": remote.keys}))
     return remote
 
 
@@ -143,7 +172,11 @@ def load_remote(repo: Repository, name: str) -> Remote:
         if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors) \
                 or not isinstance(doc["url"], str) or not isinstance(doc["keys"], str):
             raise ValueError("url, mirrors or keys of the wrong type")
-        return Remote(name, check_url(doc["url"]), tuple(check_url(m) for m in mirrors), doc["keys"])
+        mirrorlist = doc.get("mirrorlist")
+        if mirrorlist is not None and not isinstance(mirrorlist, str):
+            raise ValueError("mirrorlist of the wrong type")
+        return Remote(name, check_url(doc["url"]), tuple(check_url(m) for m in mirrors), doc["keys"],
+                      check_url(mirrorlist) if mirrorlist is not None else None)
     except (KeyError, ValueError, UsageError) as err:
         raise FormatError(f"does not parse ({err})", path=path) from None
 

@@ -361,6 +361,21 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
     return pulled
 
 
+def _servers(remote: config.Remote, client: Client) -> tuple[str, ...]:
+    """The remote's servers, then those of its mirrorlist when it has one.  A mirrorlist is not
+    signed: a server it names is trusted with nothing (every file is checked), and one that
+    cannot be fetched leaves the configured servers to do the work."""
+    if remote.mirrorlist is None:
+        return remote.servers
+    base, _sep, name = remote.mirrorlist.rpartition("/")
+    try:
+        data = client.get_bytes(base, name, config.MAX_MIRRORLIST)
+    except FetchError:
+        return remote.servers
+    listed = config.parse_mirrorlist(data, remote.mirrorlist)
+    return tuple(dict.fromkeys((*remote.servers, *listed)))
+
+
 def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = None,
          report: Progress | None = None, keyring: Keyring | None = None) -> PullResult:
     """Pull ``options.refs`` (default: every ref of the index) from ``remote`` into ``repo``
@@ -370,8 +385,8 @@ def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = 
     keyring = keyring if keyring is not None else Keyring.load(remote.keys)
     os.makedirs(partial_dir(repo), exist_ok=True)
     client = Client(options.policy)
-    mirrors = Mirrors(remote.servers, client)
     try:
+        mirrors = Mirrors(_servers(remote, client), client)
         with flock(os.path.join(partial_dir(repo), "lock"), exclusive=True):
             index, server = fetch_index(repo, remote, keyring, mirrors, options)
             names = list(dict.fromkeys(options.refs)) or list(index.refs)

@@ -43,7 +43,7 @@ def test_publish_serve_remote_pull(served, tmp_path):
             repo=device)
     listed = json.loads(run_cli("remote", "list", "--json", repo=device).stdout)
     assert listed == [{"name": "vendor", "url": url, "mirrors": ["http://127.0.0.1:9/"],
-                       "keys": os.path.abspath(vendor.keys)}]
+                       "mirrorlist": None, "keys": os.path.abspath(vendor.keys)}]
     first = json.loads(run_cli("pull", "vendor", "--json", repo=device).stdout)
     assert first["objects_fetched"] == 8 and first["packs_fetched"] == 1
     assert first["bytes_fetched"] == first["servers"][url]["bytes"] > 0

@@ -293,3 +293,29 @@ def test_cross_check_splits_every_file_so_no_server_serves_a_whole_one(vendor, t
     objects = sum(os.path.getsize(p) for p in object_files(vendor.site))
     for url in (one, two, three):  # each served about a third of every file, none a whole one
         assert 0.3 * objects < result.servers[url]["bytes"] < 0.4 * objects + 4096, url
+
+
+def test_mirrorlist_adds_servers_tried_after_the_configured_ones(vendor, tmp_path):
+    from remote.config import add_remote
+    from store.repo import Repository
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    with serving(vendor.site) as good, serving(str(lists)) as list_server:
+        (lists / "mirrors.txt").write_text(f"# mirrors of the vendor\n\n{good}  # the good one\n")
+        repo = Repository.init(str(tmp_path / "device"))
+        remote = add_remote(repo, "vendor", "http://127.0.0.1:9/", [], vendor.keys,
+                            mirrorlist=f"{list_server}mirrors.txt")
+        result = pull(repo, remote)
+    assert result.servers["http://127.0.0.1:9/"]["dropped"] is not None
+    assert result.index_server == good and repo.refs.read("os/main") is not None
+
+
+def test_mirrorlist_that_is_not_a_list_is_refused(tmp_path):
+    from remote.config import parse_mirrorlist
+    from store.errors import FormatError
+
+    assert parse_mirrorlist(b"http://a/\n#c\nhttps://b/x # d\n", "l") == ["http://a/", "https://b/x"]
+    for bad in (b"ftp://a/\n", b"\xff\n", b"".join(b"http://h%d/\n" % i for i in range(65))):
+        with pytest.raises(FormatError):
+            parse_mirrorlist(bad, "l")

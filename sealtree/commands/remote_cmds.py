@@ -52,6 +52,8 @@ def register(sub: Any) -> None:
     p.add_argument("url", metavar="URL")
     p.add_argument("--mirror", action="append", default=[], metavar="URL",
                    help="a mirror, tried after URL and the mirrors before it (repeat)")
+    p.add_argument("--mirrorlist", metavar="URL",
+                   help="a text file listing more mirrors (one URL a line), fetched at each pull")
     p.add_argument("--keys", required=True, metavar="DIR", help="the keyring (*.pub, revoked)")
     p.set_defaults(func=cmd_remote_add)
     p = add_parser(remotes, "list", "list the remotes", "List the remotes and their servers.")
@@ -150,7 +152,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_remote_add(args: argparse.Namespace) -> int:
     from remote.config import add_remote
 
-    remote = add_remote(open_repo(args), args.name, args.url, args.mirror, args.keys)
+    remote = add_remote(open_repo(args), args.name, args.url, args.mirror, args.keys, args.mirrorlist)
     print(f"added remote {remote.name}: {' '.join(remote.servers)}")
     return 0
 
@@ -160,11 +162,12 @@ def cmd_remote_list(args: argparse.Namespace) -> int:
 
     remotes = list_remotes(open_repo(args))
     if args.json:
-        print_json([{"name": r.name, "url": r.url, "mirrors": list(r.mirrors), "keys": r.keys}
-                    for r in remotes])
+        print_json([{"name": r.name, "url": r.url, "mirrors": list(r.mirrors),
+                     "mirrorlist": r.mirrorlist, "keys": r.keys} for r in remotes])
         return 0
     for r in remotes:
         mirrors = "".join(f" mirror {m}" for m in r.mirrors)
+        mirrors += f" mirrorlist {r.mirrorlist}" if r.mirrorlist else ""
         print(f"{r.name}\t{r.url}{mirrors}\tkeys {r.keys}")
     return 0
 
