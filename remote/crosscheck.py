@@ -74,13 +74,30 @@ def _copy_range(source: str, dest: str, start: int, length: int) -> None:
 
 def get_file_cross_checked(mirrors: Mirrors, path: str, dest: str, size: int,
                            new_hasher: Callable[[], Hasher], verify: Verify, servers: int,
-                           rng: random.Random, on_bytes: Callable[[int], None] | None = None) -> None:
+                           rng: random.Random, on_bytes: Callable[[int], None] | None = None, *,
+                           exact: bool = True) -> None:
     """Download ``path`` into ``dest`` as ranges over ``servers`` servers (see the module
-    docstring); ``dest`` holds the verified file on return."""
+    docstring); ``dest`` holds the verified file on return.  Not ``exact``: ``size`` is the
+    most the file may have, and one server, at random, is asked its length (a lie about it
+    is found out as a lie about bytes is)."""
     live = mirrors.live()
     if len(live) < 2:
         raise RemoteError(f"cross-checking needs 2 servers or more, {len(live)} left "
                           f"({', '.join(live) or 'none'})", path=path)
+    cap = size
+    if not exact:
+        asked = rng.choice(live)
+        try:
+            length = mirrors.client.head_length(asked, path)
+        except FetchError as err:
+            mirrors.drop(asked, err)
+            raise
+        if not 0 < length <= size:
+            lie = WrongBytes(f"states a length of {length} bytes, at most {size} possible",
+                             mirror=asked, path=path)
+            mirrors.drop(asked, lie)
+            raise lie
+        size = length
     ranges = split(size, min(servers, len(live)))
     chosen = rng.sample(live, len(ranges))
 
@@ -102,6 +119,8 @@ def get_file_cross_checked(mirrors: Mirrors, path: str, dest: str, size: int,
     if verify(_hash(dest, new_hasher), size) is None:
         return
     _find_liar(mirrors, path, dest, size, new_hasher, verify, ranges, chosen, counted)
+    if not os.path.exists(dest):  # no single range was the lie
+        _whole(mirrors, path, dest, cap, exact, new_hasher, verify)
 
 
 def _find_liar(mirrors: Mirrors, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
@@ -131,21 +150,20 @@ def _find_liar(mirrors: Mirrors, path: str, dest: str, size: int, new_hasher: Ca
                     mirrors.drop(suspect, lie)
                     return
                 os.replace(saved, dest)
-        _whole(mirrors, path, dest, size, new_hasher, verify)
+        os.unlink(dest)
     finally:
         for leftover in (other, saved):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
 
 
-def _whole(mirrors: Mirrors, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
-           verify: Verify) -> None:
+def _whole(mirrors: Mirrors, path: str, dest: str, size: int, exact: bool,
+           new_hasher: Callable[[], Hasher], verify: Verify) -> None:
     """No single range was the lie: fetch the whole file from one server after another."""
-    os.unlink(dest)
     failures: list[SealtreeError] = []
     for url in mirrors.live():
         try:
-            hasher, _got = mirrors.client.get_file(url, path, dest, size, new_hasher)
+            hasher, _got = mirrors.client.get_file(url, path, dest, size, new_hasher, exact=exact)
             wrong = verify(hasher, size)
             if wrong is None:
                 return

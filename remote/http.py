@@ -112,47 +112,74 @@ class Client:
             _finish(response)
 
     def get_file(self, base: str, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
-                 on_bytes: Callable[[int], None] | None = None) -> tuple[Hasher, int]:
-        """Download ``path`` (``size`` bytes) into ``dest``, continuing what ``dest`` holds.
+                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True
+                 ) -> tuple[Hasher, int]:
+        """Download ``path`` into ``dest``, continuing what ``dest`` holds.
 
-        Returns a hasher fed every byte of ``dest`` in order, and how many bytes came over
-        the network.  Never reads past ``size``.  FetchError on a failure of the server;
-        what was received is kept in ``dest`` for the next attempt.
+        ``exact``: the file has ``size`` bytes; otherwise ``size`` is the most it may have
+        (a compressed object).  Returns a hasher fed every byte of ``dest`` in order, and how
+        many bytes came over the network.  Never reads past ``size``.  FetchError on a failure
+        of the server; what was received is kept in ``dest`` for the next attempt.
         """
         hasher = new_hasher()
         have = _existing(dest, size, hasher)
-        if have == size:
+        if exact and have == size:
             return hasher, 0
         deadline = time.monotonic() + self.policy.deadline(size - have)
         headers = {"Range": f"bytes={have}-"} if have else None
         response = self._open(base, path, deadline, headers)
         try:
             status = response.status
-            if have and status == 416:  # our partial file is not a prefix of theirs: start over
-                response.close()
+            if have and status == 416:
+                total = _unsatisfied_total(response)
+                if not exact and total == have:  # what we have is the whole file
+                    return hasher, 0
+                response.close()  # our partial file is not a prefix of theirs: start over
                 os.truncate(dest, 0)
-                return self.get_file(base, path, dest, size, new_hasher, on_bytes)
+                return self.get_file(base, path, dest, size, new_hasher, on_bytes, exact=exact)
             if have and status == 200:  # the server ignores ranges: start over
                 have = 0
                 hasher = new_hasher()
             elif have and status == 206:
-                _check_range(response, have, size, base, path)
+                _check_range(response, have, size, exact, base, path)
             elif status != 200:
                 raise FetchError(f"HTTP status {status}", mirror=base, path=path, status=status)
             length = response.headers.get("Content-Length")
-            if status == 200 and length is not None and length.isdigit() and int(length) != size:
-                raise WrongBytes(f"the server has {length} bytes, the signed size is {size}",
-                                 mirror=base, path=path)
+            if length is not None and length.isdigit():
+                announced = int(length) + have if status == 206 else int(length)
+                if announced > size or (exact and announced != size):
+                    what = "the signed size is" if exact else "at most"
+                    raise WrongBytes(f"the server has {announced} bytes, {what} {size}",
+                                     mirror=base, path=path)
             with open(dest, "r+b" if have else "wb") as out:
                 out.seek(have)
                 out.truncate()
-                got = _read_into(response, out, size - have, deadline, base, path, hasher, on_bytes)
-            if got < size - have:
+                got = _read_into(response, out, size - have + (0 if exact else 1), deadline, base, path,
+                                 hasher, on_bytes)
+            if not exact and have + got > size:
+                raise WrongBytes(f"more than the {size} bytes a compressed object may have",
+                                 mirror=base, path=path)
+            if exact and got < size - have:
                 raise FetchError(f"the connection ended after {have + got} of {size} bytes",
                                  mirror=base, path=path)
             return hasher, got
         finally:
             _finish(response)
+
+    def head_length(self, base: str, path: str) -> int:
+        """The length a server states for ``path`` (HEAD, ``Content-Length``)."""
+        deadline = time.monotonic() + self.policy.grace
+        try:
+            response = self.pool.request("HEAD", join(base, path), timeout=self._timeout(deadline))
+        except HTTPError as err:
+            raise FetchError(f"cannot fetch: {_reason(err)}", mirror=base, path=path) from None
+        length = response.headers.get("Content-Length", "")
+        if response.status != 200:
+            raise FetchError(f"HTTP status {response.status}", mirror=base, path=path,
+                             status=response.status)
+        if not length.isdigit():
+            raise FetchError("no Content-Length in the answer to HEAD", mirror=base, path=path)
+        return int(length)
 
     def get_range_into(self, base: str, path: str, start: int, length: int, out: BinaryIO,
                        on_bytes: Callable[[int], None] | None = None) -> None:
@@ -170,7 +197,7 @@ class Client:
                                  f"Content-Range {response.headers.get('Content-Range')!r}",
                                  mirror=base, path=path)
             out.seek(start)
-            got = _read_into(response, out, length, deadline, base, path, _Discard(), on_bytes)
+            got = _read_into(response, out, length, deadline, base, path, NoHash(), on_bytes)
             if got != length:
                 raise FetchError(f"the connection ended after {got} of {length} bytes of the range "
                                  f"at {start}", mirror=base, path=path)
@@ -178,8 +205,8 @@ class Client:
             _finish(response)
 
 
-class _Discard:
-    """A hasher that hashes nothing (a range is checked with the whole file)."""
+class NoHash:
+    """A hasher that hashes nothing (the file is checked as a whole afterwards)."""
 
     def update(self, data: bytes, /) -> None:
         pass
@@ -217,10 +244,18 @@ def _existing(dest: str, size: int, hasher: Hasher) -> int:
     return have
 
 
-def _check_range(response: urllib3.BaseHTTPResponse, have: int, size: int, base: str, path: str) -> None:
+def _unsatisfied_total(response: urllib3.BaseHTTPResponse) -> int | None:
+    """The file's length a 416 answer states (``Content-Range: bytes */N``), if it does."""
+    match = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _check_range(response: urllib3.BaseHTTPResponse, have: int, size: int, exact: bool, base: str,
+                 path: str) -> None:
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+    total = None if not match or match.group(3) == "*" else int(match.group(3))
     if not match or int(match.group(1)) != have or int(match.group(2)) >= size or (
-            match.group(3) != "*" and int(match.group(3)) != size):
+            total is not None and (total != size if exact else total > size)):
         raise WrongBytes(f"answered a request for bytes {have}- of {size} with "
                          f"Content-Range {response.headers.get('Content-Range')!r}",
                          mirror=base, path=path)

@@ -5,7 +5,7 @@ same write order: every object and pack the upstream index names is fetched
 (only those missing or of the wrong size), checked (packs: size and SHA-256
 from the index, signatures with the keyring when one is given, the pack parses
 and is the one the index names; objects: size and fs-verity digest from the
-pack's manifest), renamed into place, the filesystem synced, and only then the
+pack's manifest, decompressing it), renamed into place, the filesystem synced, and only then the
 index's signatures and the index written.  A mirror copies from its upstream
 alone; nothing it already holds is fetched again.
 
@@ -17,7 +17,6 @@ rolls back), an expired one unless allowed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -31,18 +30,17 @@ from pack.signature import decode_signatures
 from pack.verify import check_trust
 from store.atomic import atomic_write, fsync_dir
 from store.errors import SignatureError
-from store.fsverity import VerityHasher
 from store.ids import RawId
 from store.lock import flock
 from store.transaction import syncfs
 
-from . import site
+from . import objects, site
 from .errors import FetchError, IndexExpired, IndexRollback
-from .http import Client, Hasher, HttpPolicy
+from .http import Client, Hasher, HttpPolicy, NoHash
 from .index import MAX_INDEX, SiteIndex, check_index_trust, decode_index, index_sha256
 from .mirrors import Mirrors, Verify
 from .publish import LOCK, read_site_index
-from .pull import MAX_SIGNATURE_FILE, check_pack_matches, sha256_check, verity_check
+from .pull import MAX_SIGNATURE_FILE, check_pack_matches, sha256_check
 
 DEFAULT_WORKERS = 4
 
@@ -84,18 +82,23 @@ def _fetch_index(mirrors: Mirrors, url: str, keyring: Keyring | None, min_signat
 
 
 def _get(mirrors: Mirrors, rel: str, root: str, size: int, new_hasher: Callable[[], Hasher],
-         check: Verify) -> bool:
-    """Fetch ``rel`` into the copy unless a file of that size is there; True if fetched."""
+         check: Callable[[str], Verify], *, exact: bool = True) -> bool:
+    """Fetch ``rel`` into the copy unless it is there (written whole once, by a rename);
+    ``check(temp)`` makes the check of the downloaded file.  True if fetched."""
     final = os.path.join(root, rel)
-    with contextlib.suppress(FileNotFoundError):
-        if os.stat(final).st_size == size:
-            return False
+    if os.path.exists(final):
+        return False
     os.makedirs(os.path.dirname(final), exist_ok=True)
     temp = _temp(final)
-    mirrors.get_file(rel, temp, size, new_hasher, check)
+    mirrors.get_file(rel, temp, size, new_hasher, check(temp), exact=exact)
     os.chmod(temp, 0o644)
     os.rename(temp, final)
     return True
+
+
+def _constant(check: Verify) -> Callable[[str], Verify]:
+    """The same check whatever the temporary file (a pack's: it checks the hasher)."""
+    return lambda _temp: check
 
 
 def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signatures: int = 1,
@@ -120,7 +123,8 @@ def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signature
             result = MirrorResult(url, index.serial, refs=list(index.refs))
             for ref, entry in index.refs.items():
                 rel = site.pack(entry.sha256)
-                if _get(mirrors, rel, root, entry.size, hashlib.sha256, sha256_check(entry.sha256)):
+                check = _constant(sha256_check(entry.sha256))
+                if _get(mirrors, rel, root, entry.size, hashlib.sha256, check):
                     result.packs_fetched += 1
                 _url, raw = mirrors.get_bytes(site.pack_signatures(entry.sha256), MAX_SIGNATURE_FILE)
                 if keyring is not None:
@@ -151,7 +155,11 @@ def _read(root: str) -> bytes:
 
 def _objects(mirrors: Mirrors, root: str, large: dict[RawId, int], workers: int) -> int:
     def one(digest: RawId, size: int) -> bool:
-        return _get(mirrors, site.large_object(digest), root, size, VerityHasher, verity_check(digest))
+        def check(temp: str) -> Verify:
+            return lambda _hasher, _size: objects.check_compressed(temp, size, digest)
+
+        return _get(mirrors, site.large_object(digest), root, objects.compress_bound(size), NoHash, check,
+                    exact=False)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(one, digest, size) for digest, size in large.items()]

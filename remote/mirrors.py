@@ -85,14 +85,14 @@ class Mirrors:
         return AllMirrorsFailed(message, path=path, failures=tuple(failures))
 
     def get_file(self, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher], verify: Verify,
-                 on_bytes: Callable[[int], None] | None = None) -> str:
+                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True) -> str:
         """Download ``path`` into ``dest`` from the first live server whose bytes ``verify``
-        accepts; returns that server.  A server that fails is dropped; AllMirrorsFailed when
-        none is left.  ``dest`` holds the verified file on return."""
+        accepts; returns that server.  ``exact``: as ``Client.get_file``.  A server that fails
+        is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the verified file on return."""
         failures: list[SealtreeError] = []
         for url in self.live():
             try:
-                self._get_verified(url, path, dest, size, new_hasher, verify, on_bytes)
+                self._get_verified(url, path, dest, size, new_hasher, verify, on_bytes, exact)
             except FetchError as err:
                 self.drop(url, err)
                 failures.append(err)
@@ -103,7 +103,7 @@ class Mirrors:
         raise self.failed(path, failures)
 
     def _get_verified(self, url: str, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
-                      verify: Verify, on_bytes: Callable[[int], None] | None) -> None:
+                      verify: Verify, on_bytes: Callable[[int], None] | None, exact: bool) -> None:
         resumed = os.path.exists(dest)
 
         def counted(n: int) -> None:
@@ -112,7 +112,7 @@ class Mirrors:
                 on_bytes(n)
 
         for attempt in range(2):
-            hasher, _got = self.client.get_file(url, path, dest, size, new_hasher, counted)
+            hasher, _got = self.client.get_file(url, path, dest, size, new_hasher, counted, exact=exact)
             wrong = verify(hasher, size)
             if wrong is None:
                 return

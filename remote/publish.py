@@ -5,8 +5,9 @@ that is not complete (every file but the index is content-addressed, so a
 file that exists under its final name is complete):
 
 1. each ref's pack is built under a temporary name (``packs/.build-*``);
-2. every large object the packs name, copied and digest-checked from the
-   repository under a temporary name and renamed (no per-file fsync);
+2. every large object the packs name, digest-checked and compressed from the
+   repository (remote.objects) under a temporary name and renamed (no per-file
+   fsync);
 3. ``syncfs`` of the site's filesystem, then each new pack renamed into place;
 4. each pack's signatures (added to ``PACK.sig``, one per key, atomically);
 5. the new index's signatures (``signatures/<sha256>.sig``), then the index
@@ -27,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, build_pack
@@ -42,7 +44,7 @@ from store.model import Meta
 from store.repo import Repository
 from store.transaction import syncfs
 
-from . import site
+from . import objects, site
 from .index import RefEntry, SiteIndex, decode_index, encode_index, index_sha256, sign_index
 
 LOCK = ".publish.lock"
@@ -108,9 +110,11 @@ def _build(repo: Repository, ref: str, packs_dir: str, inline_max: int, level: i
     return _Built(ref, temp, entry, tuple(large.values()))
 
 
-def _copy_object(repo: Repository, digest: RawId, size: int, meta: Meta, dest: str) -> None:
-    """Copy a large object's content from the repository to ``dest`` (atomically, not synced),
-    checking its fs-verity digest and size on the way: a site never serves a corrupt object."""
+def _copy_object(repo: Repository, digest: RawId, size: int, meta: Meta, dest: str,
+                 cctx: zstandard.ZstdCompressor) -> int:
+    """Write a large object's content, compressed (remote.objects), from the repository to
+    ``dest`` (atomically, not synced), checking its fs-verity digest and size on the way: a
+    site never serves a corrupt object.  Returns the compressed size."""
     source = repo.objects.file_path(digest, meta)
     hasher = VerityHasher()
     try:
@@ -119,15 +123,17 @@ def _copy_object(repo: Repository, digest: RawId, size: int, meta: Meta, dest: s
         raise ObjectMissing(f"large object {to_hex(digest)} is missing", object_id=to_hex(digest),
                             path=source) from None
     with src, atomic_file(dest, 0o644, durable=False) as out:
-        while chunk := src.read(COPY_CHUNK):
-            hasher.update(chunk)
-            out.write(chunk)
+        with cctx.stream_writer(out, size=size, closefd=False) as writer:
+            while chunk := src.read(COPY_CHUNK):
+                hasher.update(chunk)
+                writer.write(chunk)
         got = hasher.digest()
         if got != digest or hasher.size != size:
             raise ObjectCorrupt(f"large object is corrupt: fs-verity digest {got.hex()}, "
                                 f"{hasher.size} bytes; expected {to_hex(digest)}, {size} bytes",
                                 expected=to_hex(digest), got=got.hex(), object_id=to_hex(digest),
                                 path=source)
+        return out.tell()
 
 
 def _sign_pack(site_dir: str, sha256: bytes, keys: Sequence[Ed25519PrivateKey]) -> int:
@@ -154,12 +160,14 @@ def _sign_index(site_dir: str, data: bytes, keys: Sequence[Ed25519PrivateKey]) -
 def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
             refs: Sequence[str] = (), *, expires_days: float = DEFAULT_EXPIRES_DAYS,
             now: int | None = None, inline_max: int = DEFAULT_INLINE_MAX,
-            level: int = DEFAULT_LEVEL) -> PublishResult:
+            level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL) -> PublishResult:
     """Write or update the site in ``site_dir`` with the packs of ``refs`` (default: every ref
     of the repository), signed by ``keys``; see the module docstring for the order.  Refs
     the site lists and ``refs`` does not name are kept as they are."""
     if not keys:
         raise UsageError("publishing needs at least one signing key")
+    if not 1 <= object_level <= 22:
+        raise UsageError(f"the objects' zstd level must be in 1..22, got {object_level}")
     if not 0 < expires_days <= 36500:
         raise UsageError(f"the index validity must be more than 0 and at most 36500 days, "
                          f"got {expires_days}")
@@ -181,7 +189,7 @@ def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
                 temps.append(one.temp)
                 built.append(one)
             result = PublishResult(site_dir, old or SiteIndex(0, 0, 0, {}), refs=[b.ref for b in built])
-            _write_objects(repo, site_dir, built, result)
+            _write_objects(repo, site_dir, built, result, object_level)
             syncfs(site_dir)
             for one in built:
                 final = os.path.join(site_dir, site.pack(one.entry.sha256))
@@ -196,7 +204,9 @@ def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
     return result
 
 
-def _write_objects(repo: Repository, site_dir: str, built: list[_Built], result: PublishResult) -> None:
+def _write_objects(repo: Repository, site_dir: str, built: list[_Built], result: PublishResult,
+                   level: int) -> None:
+    cctx = objects.compressor(level)
     done: set[RawId] = set()
     made_dirs: set[str] = set()
     for one in built:
@@ -205,16 +215,14 @@ def _write_objects(repo: Repository, site_dir: str, built: list[_Built], result:
                 continue
             done.add(digest)
             dest = os.path.join(site_dir, site.large_object(digest))
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(dest).st_size == size:
-                    continue
+            if os.path.exists(dest):  # written whole once (renamed into place): never rewritten
+                continue
             directory = os.path.dirname(dest)
             if directory not in made_dirs:
                 os.makedirs(directory, exist_ok=True)
                 made_dirs.add(directory)
-            _copy_object(repo, digest, size, meta, dest)
+            result.bytes_written += _copy_object(repo, digest, size, meta, dest, cctx)
             result.objects_written += 1
-            result.bytes_written += size
 
 
 def _write_index(site_dir: str, old: SiteIndex | None, built: list[_Built],

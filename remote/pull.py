@@ -41,17 +41,17 @@ from pack.reader import PackReader
 from pack.signature import MAX_SIGNATURES, decode_signatures
 from pack.verify import check_trust
 from store.errors import FormatError, SealtreeError, SignatureError
-from store.fsverity import VerityHasher
+from store.fsverity import digest_file
 from store.ids import HexId, RawId, to_hex
 from store.lock import flock
 from store.model import Meta
 from store.repo import Repository
 from store.transaction import Transaction, apply_meta
 
-from . import config, site
+from . import config, objects, site
 from .crosscheck import get_file_cross_checked
 from .errors import FetchError, IndexExpired, IndexRollback, Mismatch, RemoteError
-from .http import Client, Hasher, HttpPolicy
+from .http import Client, Hasher, HttpPolicy, NoHash
 from .index import MAX_INDEX, RefEntry, SiteIndex, check_index_trust, decode_index, index_sha256
 from .mirrors import Mirrors, Verify
 
@@ -180,27 +180,18 @@ def sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
     return verify
 
 
-def verity_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
-    """A check for ``Mirrors.get_file``: the file's fs-verity digest is ``expected`` (an object)."""
-    def verify(hasher: Hasher, size: int) -> str | None:
-        got = hasher.digest()
-        if not hmac.compare_digest(got, expected):
-            return f"fs-verity digest {got.hex()}, the signed pack says {expected.hex()}"
-        return None
-    return verify
-
-
 def _get_file(mirrors: Mirrors, options: PullOptions, path: str, dest: str, size: int,
-              new_hasher: Callable[[], Hasher], verify: Verify, on_bytes: Callable[[int], None]) -> None:
+              new_hasher: Callable[[], Hasher], verify: Verify, on_bytes: Callable[[int], None], *,
+              exact: bool = True) -> None:
     """One file into ``dest``, verified: from one server after another, or cross-checked."""
     if options.cross_check < 2:
-        mirrors.get_file(path, dest, size, new_hasher, verify, on_bytes)
+        mirrors.get_file(path, dest, size, new_hasher, verify, on_bytes, exact=exact)
         return
     rng = random.Random(None if options.seed is None else f"{options.seed}:{path}")
     while True:  # a server that fails is dropped; cross-check with the ones left, while enough are
         try:
             get_file_cross_checked(mirrors, path, dest, size, new_hasher, verify, options.cross_check,
-                                   rng, on_bytes)
+                                   rng, on_bytes, exact=exact)
             return
         except FetchError:
             if len(mirrors.live()) < 2:
@@ -248,6 +239,21 @@ class _Wanted:
     metas: tuple[Meta, ...]
 
 
+def _verified_earlier(content: str, item: _Wanted) -> bool:
+    """Whether an earlier, interrupted pull left this object's content checked and complete
+    (it is checked again: the partial directory is nobody's word)."""
+    try:
+        if os.stat(content).st_size != item.size:
+            os.unlink(content)
+            return False
+    except FileNotFoundError:
+        return False
+    if hmac.compare_digest(digest_file(content), item.digest):
+        return True
+    os.unlink(content)
+    return False
+
+
 def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, options: PullOptions,
                    progress: PullProgress, report: Progress | None) -> dict[RawId, str]:
     """Download and verify each wanted object into the partial directory; path per digest."""
@@ -263,10 +269,17 @@ def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, op
             report(progress)
 
     def one(item: _Wanted) -> None:
-        dest = os.path.join(directory, to_hex(item.digest))
-        _get_file(mirrors, options, site.large_object(item.digest), dest, item.size, VerityHasher,
-                  verity_check(item.digest), on_bytes)
-        done[item.digest] = dest
+        content = os.path.join(directory, to_hex(item.digest))
+        if not _verified_earlier(content, item):
+            compressed = content + ".zst"
+
+            def verify(_hasher: Hasher, _size: int) -> str | None:
+                return objects.check_and_extract(compressed, item.size, item.digest, content)
+
+            _get_file(mirrors, options, site.large_object(item.digest), compressed,
+                      objects.compress_bound(item.size), NoHash, verify, on_bytes, exact=False)
+            os.unlink(compressed)
+        done[item.digest] = content
         progress.objects_done += 1
         if report is not None:
             report(progress)

@@ -6,7 +6,8 @@
     signatures/<sha256>.sig        the index's detached signatures, named by the index's SHA-256
     packs/<sha256>.pack            a signed pack, named by the SHA-256 of its bytes
     packs/<sha256>.pack.sig        its detached signatures (pack.signature's file format)
-    objects/xx/<62 hex>.file       a large file's content, named by its fs-verity digest
+    objects/xx/<62 hex>.file.zst   a large file's content, zstd-compressed (remote.objects),
+                                   named by the fs-verity digest of the content
 
 Everything but ``index`` is content-addressed and written once; a client
 therefore never sees a half-updated site: the index it fetched names only
@@ -24,7 +25,7 @@ PACKS_DIR = "packs"
 OBJECTS_DIR = "objects"
 PACK_SUFFIX = ".pack"
 SIGNATURE_SUFFIX = ".sig"
-OBJECT_SUFFIX = ".file"
+OBJECT_SUFFIX = ".file.zst"
 
 
 def index_signatures(index_sha256: bytes) -> str:
@@ -42,6 +43,6 @@ def pack_signatures(sha256: bytes) -> str:
 
 
 def large_object(digest: RawId | bytes) -> str:
-    """A large file's content, by its fs-verity digest (content only: no metadata)."""
+    """A large file's compressed content, by its fs-verity digest (content only: no metadata)."""
     h = digest.hex()
     return f"{OBJECTS_DIR}/{h[:2]}/{h[2:]}{OBJECT_SUFFIX}"

@@ -184,12 +184,12 @@ def test_interrupted_download_resumes_with_a_range_request(vendor, tmp_path):
         partial = os.path.join(partial_dir(repo), "objects")
         os.makedirs(partial, exist_ok=True)
         digest_hex = os.path.relpath(largest, os.path.join(vendor.site, "objects")).replace("/", "")[:64]
-        with open(largest, "rb") as src, open(os.path.join(partial, digest_hex), "wb") as out:
+        with open(largest, "rb") as src, open(os.path.join(partial, digest_hex + ".zst"), "wb") as out:
             out.write(src.read(size // 2))
         # a second partial file with wrong bytes: refetched whole from the same server, not blamed
         other = min(objects, key=os.path.getsize)
         other_hex = os.path.relpath(other, os.path.join(vendor.site, "objects")).replace("/", "")[:64]
-        with open(os.path.join(partial, other_hex), "wb") as out:
+        with open(os.path.join(partial, other_hex + ".zst"), "wb") as out:
             out.write(b"garbage")
         full = sum(os.path.getsize(p) for p in objects)
         result = pull(repo, remote)

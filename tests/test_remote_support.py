@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,9 +38,9 @@ def vendor_tree(src: str, *, variant: bytes = b"") -> None:
     different metadata (two inodes, one published object)."""
     sample_tree(src)
     os.makedirs(os.path.join(src, "usr", "lib"), exist_ok=True)
-    for i in range(6):
+    for i in range(6):  # incompressible, as most large files of a system are not
         with open(os.path.join(src, "usr", "lib", f"lib{i}.so"), "wb") as handle:
-            handle.write(bytes([i]) * (30000 + 4096 * i) + variant)
+            handle.write(random.Random(i).randbytes(30000 + 4096 * i) + variant)
     same = bytes(range(256)) * 100 + variant
     for name, mode in (("same-a", 0o644), ("same-b", 0o600)):
         path = os.path.join(src, "usr", "lib", name)

@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
     p.add_argument("--inline-max", type=int, default=None, metavar="BYTES",
                    help="largest file carried inline in the packs (default: pack build's)")
     p.add_argument("--level", type=int, default=None, metavar="L", help="zstd level of the packs")
+    p.add_argument("--object-level", type=int, default=10, metavar="L",
+                   help="zstd level of the large objects (default 10)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_publish)
 
@@ -134,7 +136,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     keys = [load_private_key(path) for path in args.key]
     result = publish(repo, args.site, keys, args.refs, expires_days=args.expires,
                      inline_max=DEFAULT_INLINE_MAX if args.inline_max is None else args.inline_max,
-                     level=DEFAULT_LEVEL if args.level is None else args.level)
+                     level=DEFAULT_LEVEL if args.level is None else args.level,
+                     object_level=args.object_level)
     if args.json:
         print_json({"site": os.path.abspath(args.site), "refs": result.refs,
                     "index_written": result.index_written, "serial": result.index.serial,
