@@ -319,3 +319,27 @@ def test_mirrorlist_that_is_not_a_list_is_refused(tmp_path):
     for bad in (b"ftp://a/\n", b"\xff\n", b"".join(b"http://h%d/\n" % i for i in range(65))):
         with pytest.raises(FormatError):
             parse_mirrorlist(bad, "l")
+
+
+def test_index_naming_another_refs_pack_is_refused_as_mix_and_match(vendor, tmp_path):
+    from dataclasses import replace
+
+    from pack.signature import write_signatures
+    from remote.errors import Mismatch
+    from remote.index import decode_index, encode_index, index_sha256, sign_index
+
+    vendor.repo.refs.update("os/dev", vendor.repo.refs.read("os/main"), None)
+    publish(vendor.repo, vendor.site, [load_private_key(vendor.key)], ["os/dev"])
+    with open(os.path.join(vendor.site, site.INDEX), "rb") as handle:
+        index = decode_index(handle.read(), "index")
+    swapped = {"os/main": index.refs["os/dev"], "os/dev": index.refs["os/main"]}
+    forged = encode_index(replace(index, serial=index.serial + 1, refs=swapped))
+    write_signatures(os.path.join(vendor.site, site.index_signatures(index_sha256(forged))),
+                     [sign_index(forged, load_private_key(vendor.key))])
+    with open(os.path.join(vendor.site, site.INDEX), "wb") as handle:
+        handle.write(forged)
+    with serving(vendor.site) as url:
+        repo, remote = device(str(tmp_path), "device", [url], vendor.keys)
+        with pytest.raises(Mismatch, match="the pack is of ref os/dev"):
+            pull(repo, remote, PullOptions(refs=["os/main"]))
+    assert repo.refs.read("os/main") is None
