@@ -225,8 +225,12 @@ def _finish(response: urllib3.BaseHTTPResponse) -> None:
 
 
 def _reason(err: HTTPError) -> str:
+    """What went wrong, without urllib3's repetition of the pool and URL (MaxRetryError wraps
+    the cause in ``reason``, whose text starts with the connection object)."""
     reason = getattr(err, "reason", None)
-    return str(reason or err).split(": ", 1)[-1] if reason else type(err).__name__ + f" ({err})"
+    if reason is None:
+        return f"{type(err).__name__} ({err})"
+    return str(reason).split(": ", 1)[-1]
 
 
 def _existing(dest: str, size: int, hasher: Hasher) -> int:
