@@ -343,3 +343,16 @@ def test_index_naming_another_refs_pack_is_refused_as_mix_and_match(vendor, tmp_
         with pytest.raises(Mismatch, match="the pack is of ref os/dev"):
             pull(repo, remote, PullOptions(refs=["os/main"]))
     assert repo.refs.read("os/main") is None
+
+
+def test_cross_check_over_nginx_and_serve(vendor, tmp_path):
+    if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    run = tmp_path / "nginx"
+    run.mkdir()
+    copy = copy_site(vendor, "copy")
+    with nginx(vendor.site, str(run)) as one, serving(copy) as two:
+        repo, remote = device(str(tmp_path), "device", [one, two], vendor.keys)
+        result = pull(repo, remote, PullOptions(cross_check=2))
+    assert all(s["dropped"] is None and s["bytes"] > 0 for s in result.servers.values())
+    assert not fsck(repo).problems
