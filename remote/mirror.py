@@ -29,18 +29,23 @@ from pack.reader import PackReader
 from pack.signature import decode_signatures
 from pack.verify import check_trust
 from store.atomic import atomic_write, fsync_dir
-from store.errors import SignatureError
 from store.ids import RawId
 from store.lock import flock
 from store.transaction import syncfs
 
 from . import objects, site
-from .errors import FetchError, IndexExpired, IndexRollback
+from .checks import (
+    MAX_SIGNATURE_FILE,
+    check_not_expired,
+    check_pack_matches,
+    fetch_signed_index,
+    sha256_check,
+)
+from .errors import IndexRollback
 from .http import Client, Hasher, HttpPolicy, NoHash
-from .index import MAX_INDEX, SiteIndex, check_index_trust, decode_index, index_sha256
+from .index import index_sha256
 from .mirrors import Mirrors, Verify
 from .publish import LOCK, read_site_index
-from .pull import MAX_SIGNATURE_FILE, check_pack_matches, sha256_check
 
 DEFAULT_WORKERS = 4
 
@@ -60,25 +65,6 @@ def _temp(path: str) -> str:
     """Where a file of the copy is downloaded before it is checked (a name no server serves)."""
     directory, name = os.path.split(path)
     return os.path.join(directory, f".part-{name}")
-
-
-def _fetch_index(mirrors: Mirrors, url: str, keyring: Keyring | None, min_signatures: int
-                 ) -> tuple[SiteIndex, bytes, bytes]:
-    where = f"{url.rstrip('/')}/{site.INDEX}"
-    data = mirrors.client.get_bytes(url, site.INDEX, MAX_INDEX)
-    digest = index_sha256(data)
-    try:
-        signatures = mirrors.client.get_bytes(url, site.index_signatures(digest), MAX_SIGNATURE_FILE)
-    except FetchError as err:
-        if err.status == 404:
-            raise SignatureError(f"the index is not signed (no {site.index_signatures(digest)})",
-                                 path=where) from None
-        raise
-    mirrors.count(url, len(data) + len(signatures), 2)
-    parsed = decode_signatures(signatures, f"{url.rstrip('/')}/{site.index_signatures(digest)}")
-    if keyring is not None:
-        check_index_trust(digest, parsed, keyring, min_signatures=min_signatures, where=where)
-    return decode_index(data, where), data, signatures
 
 
 def _get(mirrors: Mirrors, rel: str, root: str, size: int, new_hasher: Callable[[], Hasher],
@@ -112,10 +98,10 @@ def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signature
     os.makedirs(root, exist_ok=True)
     try:
         with flock(os.path.join(root, LOCK), exclusive=True):
-            index, data, signatures = _fetch_index(mirrors, url, keyring, min_signatures)
-            where = f"{url.rstrip('/')}/{site.INDEX}"
-            if index.expires <= now and not allow_expired:
-                raise IndexExpired(f"the index expired at {index.expires} (now {now})", path=where)
+            signed = fetch_signed_index(mirrors, url, keyring, min_signatures)
+            if not allow_expired:
+                check_not_expired(signed, now)
+            index, data, where = signed.index, signed.data, signed.where
             held = read_site_index(root)
             if held is not None and index.serial < held.serial:
                 raise IndexRollback(f"upstream index serial {index.serial} is older than serial "
@@ -138,8 +124,8 @@ def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signature
             syncfs(root)
             fsync_dir(os.path.join(root, site.PACKS_DIR))
             os.makedirs(os.path.join(root, site.SIGNATURES_DIR), exist_ok=True)
-            atomic_write(os.path.join(root, site.index_signatures(index_sha256(data))), signatures, 0o644)
-            if held is None or index_sha256(data) != index_sha256(_read(root)):
+            atomic_write(os.path.join(root, site.index_signatures(signed.sha256)), signed.signatures, 0o644)
+            if held is None or signed.sha256 != index_sha256(_read(root)):
                 atomic_write(os.path.join(root, site.INDEX), data, 0o644)
                 result.index_written = True
     finally:

@@ -38,7 +38,7 @@ from pack import freshness
 from pack.importer import freshness_path, import_pack, kept_pack_path, missing_objects
 from pack.keys import Keyring
 from pack.reader import PackReader
-from pack.signature import MAX_SIGNATURES, decode_signatures
+from pack.signature import decode_signatures
 from pack.verify import check_trust
 from store.errors import FormatError, SealtreeError, SignatureError
 from store.fsverity import digest_file
@@ -49,14 +49,21 @@ from store.repo import Repository
 from store.transaction import Transaction, apply_meta
 
 from . import config, objects, site
+from .checks import (
+    MAX_SIGNATURE_FILE,
+    SignedIndex,
+    check_not_expired,
+    check_pack_matches,
+    fetch_signed_index,
+    sha256_check,
+)
 from .crosscheck import get_file_cross_checked
-from .errors import FetchError, IndexExpired, IndexRollback, Mismatch, RemoteError
+from .errors import FetchError, IndexRollback, RemoteError
 from .http import Client, Hasher, HttpPolicy, NoHash
-from .index import MAX_INDEX, RefEntry, SiteIndex, check_index_trust, decode_index, index_sha256
+from .index import RefEntry, SiteIndex
 from .mirrors import Mirrors, Verify
 
 PARTIAL_DIR = os.path.join("tmp", "pull")  # REPO/tmp/pull/{packs,objects}/, kept between pulls
-MAX_SIGNATURE_FILE = 12 + MAX_SIGNATURES * 96
 DEFAULT_WORKERS = 4
 
 Progress = Callable[["PullProgress"], None]
@@ -115,34 +122,20 @@ def partial_dir(repo: Repository) -> str:
 # -- the index ----------------------------------------------------------------------------
 
 def _accept_index(remote: config.Remote, accepted: config.AcceptedIndex | None, keyring: Keyring,
-                  mirrors: Mirrors, url: str, options: PullOptions, now: int) -> tuple[SiteIndex, bytes]:
-    where = f"{url.rstrip('/')}/{site.INDEX}"
-    data = mirrors.client.get_bytes(url, site.INDEX, MAX_INDEX)
-    mirrors.count(url, len(data), 1)
-    digest = index_sha256(data)
-    try:
-        raw_signatures = mirrors.client.get_bytes(url, site.index_signatures(digest), MAX_SIGNATURE_FILE)
-    except FetchError as err:
-        if err.status == 404:
-            raise SignatureError(f"the index is not signed (no {site.index_signatures(digest)})",
-                                 path=where) from None
-        raise
-    mirrors.count(url, len(raw_signatures), 1)
-    signatures = decode_signatures(raw_signatures, f"{url.rstrip('/')}/{site.index_signatures(digest)}")
-    check_index_trust(digest, signatures, keyring, min_signatures=options.min_signatures, where=where)
-    index = decode_index(data, where)
-    if index.expires <= now and not options.allow_expired:
-        raise IndexExpired(f"the index expired at {index.expires} (now {now}): the site is stale or "
-                           f"frozen", path=where)
+                  mirrors: Mirrors, url: str, options: PullOptions, now: int) -> SignedIndex:
+    signed = fetch_signed_index(mirrors, url, keyring, options.min_signatures)
+    if not options.allow_expired:
+        check_not_expired(signed, now)
+    index, where = signed.index, signed.where
     if accepted is not None and not options.allow_downgrade:
         if index.serial < accepted.serial:
             raise IndexRollback(f"index serial {index.serial} is older than serial {accepted.serial} "
                                 f"already accepted from remote {remote.name} (replayed or stale)",
                                 path=where)
-        if index.serial == accepted.serial and digest.hex() != accepted.sha256:
+        if index.serial == accepted.serial and signed.sha256.hex() != accepted.sha256:
             raise IndexRollback(f"index serial {index.serial} differs from the index of the same "
                                 f"serial already accepted from remote {remote.name}", path=where)
-    return index, digest
+    return signed
 
 
 def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirrors: Mirrors,
@@ -154,14 +147,15 @@ def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirro
     accepted = config.load_accepted(repo, remote.name)
     for url in mirrors.live():
         try:
-            index, digest = _accept_index(remote, accepted, keyring, mirrors, url, options, now)
+            signed = _accept_index(remote, accepted, keyring, mirrors, url, options, now)
         except (FetchError, SignatureError, FormatError) as err:  # this server's index fails
             mirrors.drop(url, err)
             failures.append(err)
             continue
+        index = signed.index
         if accepted is None or index.serial > accepted.serial:
             config.save_accepted(repo, remote.name, config.AcceptedIndex(
-                index.serial, index.timestamp, index.expires, digest.hex()))
+                index.serial, index.timestamp, index.expires, signed.sha256.hex()))
         return index, url
     if len(failures) == 1:
         raise failures[0]
@@ -169,16 +163,6 @@ def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirro
 
 
 # -- packs and objects ---------------------------------------------------------------------
-
-def sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
-    """A check for ``Mirrors.get_file``: the file's SHA-256 is ``expected`` (a pack)."""
-    def verify(hasher: Hasher, size: int) -> str | None:
-        got = hasher.digest()
-        if not hmac.compare_digest(got, expected):
-            return f"SHA-256 {got.hex()}, the signed index says {expected.hex()}"
-        return None
-    return verify
-
 
 def _get_file(mirrors: Mirrors, options: PullOptions, path: str, dest: str, size: int,
               new_hasher: Callable[[], Hasher], verify: Verify, on_bytes: Callable[[int], None], *,
@@ -220,16 +204,6 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
     with open(sig_dest, "wb") as handle:
         handle.write(raw)
     return dest, sig_dest
-
-
-def check_pack_matches(reader: PackReader, ref: str, entry: RefEntry, where: str) -> None:
-    """Mismatch unless the pack is the one the index names for ``ref`` (mix-and-match)."""
-    claims = (ref, entry.commit, entry.version, entry.timestamp)
-    got = (reader.ref, to_hex(reader.commit_id), reader.commit.version, reader.commit.timestamp)
-    if claims != got:
-        raise Mismatch(f"the pack is of ref {got[0]} commit {got[1]} version {got[2] or '(none)'} "
-                       f"timestamp {got[3]}; the index says ref {ref} commit {entry.commit} version "
-                       f"{entry.version or '(none)'} timestamp {entry.timestamp}", path=where)
 
 
 @dataclass(frozen=True)
