@@ -25,6 +25,7 @@ _GROUPS = {
     "pack_cmds": ["pack"],
     "deploy_cmds": ["deploy", "mark-good", "mount", "rollback", "set-default", "status", "umount",
                     "undeploy"],
+    "remote_cmds": ["mirror", "publish", "pull", "remote", "serve"],
     "demo_cmd": ["demo"],
 }
 COMMANDS: dict[str, list[str]] = {command: modules.split() for modules, commands in _GROUPS.items()

@@ -1,0 +1,82 @@
+"""What a fetched file must be before anything uses it: the signed index, a pack's digest,
+a pack against the index.  Shared by ``pull`` and ``mirror``."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pack.keys import Keyring
+from pack.reader import PackReader
+from pack.signature import MAX_SIGNATURES, decode_signatures
+from store.errors import SignatureError
+from store.ids import to_hex
+
+from . import site
+from .errors import FetchError, IndexExpired, Mismatch
+from .http import Hasher
+from .index import MAX_INDEX, RefEntry, SiteIndex, check_index_trust, decode_index, index_sha256
+from .mirrors import Mirrors
+
+MAX_SIGNATURE_FILE = 12 + MAX_SIGNATURES * 96  # pack.signature's header and entries
+
+
+@dataclass(frozen=True)
+class SignedIndex:
+    """An index as a server served it: parsed, its bytes, their SHA-256, its signature file."""
+
+    index: SiteIndex
+    data: bytes
+    sha256: bytes
+    signatures: bytes
+    where: str  # its URL, for messages
+
+
+def fetch_signed_index(mirrors: Mirrors, url: str, keyring: Keyring | None, min_signatures: int = 1
+                       ) -> SignedIndex:
+    """The index of server ``url``: at most MAX_INDEX bytes, its signature file, enough good
+    signatures by ``keyring`` (checked before the index is parsed; None: not checked), then
+    parsed.  Raises FetchError, SignatureError, IndexFormatError."""
+    where = f"{url.rstrip('/')}/{site.INDEX}"
+    data = mirrors.client.get_bytes(url, site.INDEX, MAX_INDEX)
+    mirrors.count(url, len(data), 1)
+    digest = index_sha256(data)
+    sig_path = site.index_signatures(digest)
+    try:
+        raw = mirrors.client.get_bytes(url, sig_path, MAX_SIGNATURE_FILE)
+    except FetchError as err:
+        if err.status == 404:
+            raise SignatureError(f"the index is not signed (no {sig_path})", path=where) from None
+        raise
+    mirrors.count(url, len(raw), 1)
+    signatures = decode_signatures(raw, f"{url.rstrip('/')}/{sig_path}")
+    if keyring is not None:
+        check_index_trust(digest, signatures, keyring, min_signatures=min_signatures, where=where)
+    return SignedIndex(decode_index(data, where), data, digest, raw, where)
+
+
+def check_not_expired(signed: SignedIndex, now: int) -> None:
+    if signed.index.expires <= now:
+        raise IndexExpired(f"the index expired at {signed.index.expires} (now {now}): the site is "
+                           f"stale or frozen", path=signed.where)
+
+
+def sha256_check(expected: bytes) -> Callable[[Hasher, int], str | None]:
+    """A check for ``Mirrors.get_file``: the file's SHA-256 is ``expected`` (a pack)."""
+    def verify(hasher: Hasher, size: int) -> str | None:
+        got = hasher.digest()
+        if not hmac.compare_digest(got, expected):
+            return f"SHA-256 {got.hex()}, the signed index says {expected.hex()}"
+        return None
+    return verify
+
+
+def check_pack_matches(reader: PackReader, ref: str, entry: RefEntry, where: str) -> None:
+    """Mismatch unless the pack is the one the index names for ``ref`` (mix-and-match)."""
+    claims = (ref, entry.commit, entry.version, entry.timestamp)
+    got = (reader.ref, to_hex(reader.commit_id), reader.commit.version, reader.commit.timestamp)
+    if claims != got:
+        raise Mismatch(f"the pack is of ref {got[0]} commit {got[1]} version {got[2] or '(none)'} "
+                       f"timestamp {got[3]}; the index says ref {ref} commit {entry.commit} version "
+                       f"{entry.version or '(none)'} timestamp {entry.timestamp}", path=where)

@@ -1,0 +1,122 @@
+"""Failover between the servers of one remote, and what each served.
+
+Servers are tried in order (the remote's URL first, then its mirrors).  One
+that errors, times out, is too slow or serves wrong bytes is dropped for the
+rest of the pull, with the reason kept; the next one is used.  A file that
+fails verification after being continued from an earlier attempt is first
+fetched again whole from the same server, so that a bad partial file from
+another server is not blamed on this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from store.errors import SealtreeError
+
+from .errors import AllMirrorsFailed, FetchError, WrongBytes
+from .http import Client, Hasher
+
+Verify = Callable[[Hasher, int], str | None]  # (hasher over the file, its size) -> what is wrong
+
+
+@dataclass
+class MirrorStats:
+    """What one server did during a pull."""
+
+    bytes: int = 0
+    files: int = 0
+    failure: str | None = None
+
+
+@dataclass
+class Mirrors:
+    urls: Sequence[str]
+    client: Client
+    stats: dict[str, MirrorStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        for url in self.urls:
+            self.stats.setdefault(url, MirrorStats())
+
+    def live(self) -> list[str]:
+        with self._lock:
+            return [url for url in self.urls if self.stats[url].failure is None]
+
+    def drop(self, url: str, err: SealtreeError) -> None:
+        with self._lock:
+            if self.stats[url].failure is None:
+                self.stats[url].failure = str(err)
+
+    def count(self, url: str, nbytes: int, files: int = 0) -> None:
+        with self._lock:
+            stats = self.stats[url]
+            stats.bytes += nbytes
+            stats.files += files
+
+    @property
+    def bytes_fetched(self) -> int:
+        with self._lock:
+            return sum(s.bytes for s in self.stats.values())
+
+    def get_bytes(self, path: str, limit: int) -> tuple[str, bytes]:
+        """``path`` from the first live server that serves it (at most ``limit`` bytes)."""
+        failures: list[SealtreeError] = []
+        for url in self.live():
+            try:
+                data = self.client.get_bytes(url, path, limit)
+            except FetchError as err:
+                self.drop(url, err)
+                failures.append(err)
+                continue
+            self.count(url, len(data), 1)
+            return url, data
+        raise self.failed(path, failures)
+
+    def failed(self, path: str, failures: list[SealtreeError]) -> AllMirrorsFailed:
+        dropped = [f"{url}: dropped earlier ({s.failure})" for url, s in self.stats.items()
+                   if s.failure is not None and not any(getattr(f, "mirror", None) == url for f in failures)]
+        message = "no server could serve it" + (f" ({'; '.join(dropped)})" if dropped else "")
+        return AllMirrorsFailed(message, path=path, failures=tuple(failures))
+
+    def get_file(self, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher], verify: Verify,
+                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True) -> str:
+        """Download ``path`` into ``dest`` from the first live server whose bytes ``verify``
+        accepts; returns that server.  ``exact``: as ``Client.get_file``.  A server that fails
+        is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the verified file on return."""
+        failures: list[SealtreeError] = []
+        for url in self.live():
+            try:
+                self._get_verified(url, path, dest, size, new_hasher, verify, on_bytes, exact)
+            except FetchError as err:
+                self.drop(url, err)
+                failures.append(err)
+                continue
+            with self._lock:
+                self.stats[url].files += 1
+            return url
+        raise self.failed(path, failures)
+
+    def _get_verified(self, url: str, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
+                      verify: Verify, on_bytes: Callable[[int], None] | None, exact: bool) -> None:
+        resumed = os.path.exists(dest)
+
+        def counted(n: int) -> None:
+            self.count(url, n)
+            if on_bytes is not None:
+                on_bytes(n)
+
+        for attempt in range(2):
+            hasher, _got = self.client.get_file(url, path, dest, size, new_hasher, counted, exact=exact)
+            wrong = verify(hasher, size)
+            if wrong is None:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)  # never used, never continued
+            if attempt or not resumed:
+                raise WrongBytes(wrong, mirror=url, path=path)

@@ -1,0 +1,246 @@
+"""Publishing: write or update a site (remote.site) from a repository's refs.
+
+Write order, so that a reader of the site never sees the index name a file
+that is not complete (every file but the index is content-addressed, so a
+file that exists under its final name is complete):
+
+1. each ref's pack is built under a temporary name (``packs/.build-*``);
+2. every large object the packs name, digest-checked and compressed from the
+   repository (remote.objects) under a temporary name and renamed (no per-file
+   fsync);
+3. ``syncfs`` of the site's filesystem, then each new pack renamed into place;
+4. each pack's signatures (added to ``PACK.sig``, one per key, atomically);
+5. the new index's signatures (``signatures/<sha256>.sig``), then the index
+   itself, both with the atomic-write helper (fsync, rename, fsync dir).
+
+Re-publishing unchanged content rewrites nothing: packs are deterministic,
+so an unchanged ref builds a pack that is already there; objects present are
+skipped; the index is only replaced when a ref changes or it would expire
+within half of the requested validity.  Publishers of one site are
+serialised by a lock file (``.publish.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, build_pack
+from pack.keys import key_id
+from pack.reader import PackReader
+from pack.signature import read_signatures, sign, write_signatures
+from store.atomic import atomic_file, atomic_write, fsync_dir
+from store.errors import ObjectCorrupt, ObjectMissing, UsageError
+from store.fsverity import VerityHasher
+from store.ids import RawId, to_hex
+from store.lock import flock
+from store.model import Meta
+from store.repo import Repository
+from store.transaction import syncfs
+
+from . import objects, site
+from .index import RefEntry, SiteIndex, decode_index, encode_index, index_sha256, sign_index
+
+LOCK = ".publish.lock"
+DAY = 86400
+DEFAULT_EXPIRES_DAYS = 30
+COPY_CHUNK = 1 << 20
+
+
+@dataclass
+class PublishResult:
+    """What a publish did: the index (written or kept) and what was added to the site."""
+
+    site: str
+    index: SiteIndex
+    index_written: bool = False
+    packs_written: int = 0
+    objects_written: int = 0
+    bytes_written: int = 0
+    signatures_added: int = 0
+    refs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Built:
+    ref: str
+    temp: str
+    entry: RefEntry
+    large: tuple[tuple[RawId, int, Meta], ...]  # (digest, size, one metadata it is stored with)
+
+
+@contextlib.contextmanager
+def _temporaries(paths: list[str]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def read_site_index(site_dir: str) -> SiteIndex | None:
+    """The index a site holds now (None when it has none yet); IndexFormatError if it does not
+    parse: a publisher never replaces what it cannot read."""
+    path = os.path.join(site_dir, site.INDEX)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    return decode_index(data, path)
+
+
+def _build(repo: Repository, ref: str, packs_dir: str, inline_max: int, level: int) -> _Built:
+    commit_id = repo.resolve(ref)
+    temp = os.path.join(packs_dir, f".build-{os.getpid()}-{to_hex(commit_id)[:16]}{site.PACK_SUFFIX}")
+    built = build_pack(repo, commit_id, ref, temp, inline_max=inline_max, level=level)
+    with PackReader(temp) as reader:
+        commit = reader.commit
+        large: dict[RawId, tuple[RawId, int, Meta]] = {}
+        for row in reader.manifest.large_entries():
+            large.setdefault(row.entry.digest, (row.entry.digest, row.entry.size, row.entry.meta))
+    entry = RefEntry(built.sha256, built.size, to_hex(commit_id), commit.version, commit.timestamp)
+    return _Built(ref, temp, entry, tuple(large.values()))
+
+
+def _copy_object(repo: Repository, digest: RawId, size: int, meta: Meta, dest: str,
+                 cctx: zstandard.ZstdCompressor) -> int:
+    """Write a large object's content, compressed (remote.objects), from the repository to
+    ``dest`` (atomically, not synced), checking its fs-verity digest and size on the way: a
+    site never serves a corrupt object.  Returns the compressed size."""
+    source = repo.objects.file_path(digest, meta)
+    hasher = VerityHasher()
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise ObjectMissing(f"large object {to_hex(digest)} is missing", object_id=to_hex(digest),
+                            path=source) from None
+    with src, atomic_file(dest, 0o644, durable=False) as out:
+        with cctx.stream_writer(out, size=size, closefd=False) as writer:
+            while chunk := src.read(COPY_CHUNK):
+                hasher.update(chunk)
+                writer.write(chunk)
+        got = hasher.digest()
+        if got != digest or hasher.size != size:
+            raise ObjectCorrupt(f"large object is corrupt: fs-verity digest {got.hex()}, "
+                                f"{hasher.size} bytes; expected {to_hex(digest)}, {size} bytes",
+                                expected=to_hex(digest), got=got.hex(), object_id=to_hex(digest),
+                                path=source)
+        return out.tell()
+
+
+def _sign_pack(site_dir: str, sha256: bytes, keys: Sequence[Ed25519PrivateKey]) -> int:
+    """Add each key's signature to the pack's signature file if missing; how many were added."""
+    path = os.path.join(site_dir, site.pack_signatures(sha256))
+    existing = read_signatures(path, missing_ok=True)
+    have = {s.key_id for s in existing}
+    added = [sign(sha256, key) for key in keys if key_id(key.public_key()) not in have]
+    if added:
+        write_signatures(path, [*existing, *added])
+    return len(added)
+
+
+def _sign_index(site_dir: str, data: bytes, keys: Sequence[Ed25519PrivateKey]) -> int:
+    path = os.path.join(site_dir, site.index_signatures(index_sha256(data)))
+    existing = read_signatures(path, missing_ok=True)
+    have = {s.key_id for s in existing}
+    added = [sign_index(data, key) for key in keys if key_id(key.public_key()) not in have]
+    if added:
+        write_signatures(path, [*existing, *added])
+    return len(added)
+
+
+def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
+            refs: Sequence[str] = (), *, expires_days: float = DEFAULT_EXPIRES_DAYS,
+            now: int | None = None, inline_max: int = DEFAULT_INLINE_MAX,
+            level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL) -> PublishResult:
+    """Write or update the site in ``site_dir`` with the packs of ``refs`` (default: every ref
+    of the repository), signed by ``keys``; see the module docstring for the order.  Refs
+    the site lists and ``refs`` does not name are kept as they are."""
+    if not keys:
+        raise UsageError("publishing needs at least one signing key")
+    if not 1 <= object_level <= 22:
+        raise UsageError(f"the objects' zstd level must be in 1..22, got {object_level}")
+    if not 0 < expires_days <= 36500:
+        raise UsageError(f"the index validity must be more than 0 and at most 36500 days, "
+                         f"got {expires_days}")
+    now = int(time.time()) if now is None else now
+    names = list(refs) or repo.refs.names()
+    if not names:
+        raise UsageError("the repository has no refs to publish")
+    packs_dir = os.path.join(site_dir, site.PACKS_DIR)
+    for directory in (site_dir, packs_dir, os.path.join(site_dir, site.SIGNATURES_DIR),
+                      os.path.join(site_dir, site.OBJECTS_DIR)):
+        os.makedirs(directory, exist_ok=True)
+    with flock(os.path.join(site_dir, LOCK), exclusive=True):
+        old = read_site_index(site_dir)
+        temps: list[str] = []
+        with _temporaries(temps):
+            built: list[_Built] = []
+            for ref in dict.fromkeys(names):
+                one = _build(repo, ref, packs_dir, inline_max, level)
+                temps.append(one.temp)
+                built.append(one)
+            result = PublishResult(site_dir, old or SiteIndex(0, 0, 0, {}), refs=[b.ref for b in built])
+            _write_objects(repo, site_dir, built, result, object_level)
+            syncfs(site_dir)
+            for one in built:
+                final = os.path.join(site_dir, site.pack(one.entry.sha256))
+                if not os.path.exists(final):
+                    os.rename(one.temp, final)
+                    result.packs_written += 1
+                    result.bytes_written += one.entry.size
+            fsync_dir(packs_dir)
+        for one in built:
+            result.signatures_added += _sign_pack(site_dir, one.entry.sha256, keys)
+        _write_index(site_dir, old, built, keys, now, int(expires_days * DAY), result)
+    return result
+
+
+def _write_objects(repo: Repository, site_dir: str, built: list[_Built], result: PublishResult,
+                   level: int) -> None:
+    cctx = objects.compressor(level)
+    done: set[RawId] = set()
+    made_dirs: set[str] = set()
+    for one in built:
+        for digest, size, meta in one.large:
+            if digest in done:
+                continue
+            done.add(digest)
+            dest = os.path.join(site_dir, site.large_object(digest))
+            if os.path.exists(dest):  # written whole once (renamed into place): never rewritten
+                continue
+            directory = os.path.dirname(dest)
+            if directory not in made_dirs:
+                os.makedirs(directory, exist_ok=True)
+                made_dirs.add(directory)
+            result.bytes_written += _copy_object(repo, digest, size, meta, dest, cctx)
+            result.objects_written += 1
+
+
+def _write_index(site_dir: str, old: SiteIndex | None, built: list[_Built],
+                 keys: Sequence[Ed25519PrivateKey], now: int, validity: int,
+                 result: PublishResult) -> None:
+    refs = dict(old.refs) if old is not None else {}
+    refs.update({one.ref: one.entry for one in built})
+    refs = dict(sorted(refs.items()))
+    if old is not None and refs == dict(old.refs) and old.expires - now >= validity // 2:
+        data = encode_index(old)
+        result.signatures_added += _sign_index(site_dir, data, keys)  # a new key signs too
+        return
+    serial = old.serial + 1 if old is not None else 1
+    timestamp = max(now, old.timestamp) if old is not None else now
+    index = SiteIndex(serial, timestamp, now + validity, refs)
+    data = encode_index(index)
+    result.signatures_added += _sign_index(site_dir, data, keys)
+    atomic_write(os.path.join(site_dir, site.INDEX), data, 0o644)
+    result.index = index
+    result.index_written = True
+

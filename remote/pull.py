@@ -1,0 +1,397 @@
+"""Pulling: the index, then each ref's pack, then the large objects the repository lacks.
+
+In order, for one remote:
+
+1. the index from the first server that serves one that is signed by enough
+   keys of the remote's keyring (checked before it is parsed), parses, has not
+   expired (freeze) and is not older than the newest accepted from this remote
+   (rollback: ``config.accepted.json``); a server whose index fails is dropped;
+2. per ref: nothing when the ref already names the index's commit; else the
+   freshness of the index's claim (``pack.freshness``, before any download),
+   the pack (size and SHA-256 from the index), its signatures (keyring), and
+   that it is the pack the index names (ref, commit, version, time);
+3. the large objects the pack names that the repository lacks, in parallel,
+   each streamed to ``tmp/pull/objects/`` and checked against its fs-verity
+   digest and size before it is staged and published into the object store;
+4. ``pack.importer.import_pack``, which verifies the pack again, stores it and
+   moves the ref: a ref only ever names a commit whose objects are all present.
+
+Downloads go to ``REPO/tmp/pull/`` (``PARTIAL_DIR``) and survive an
+interrupted pull: the next one continues them with Range requests, and checks
+a file found complete before using it.  One pull at a time per repository
+(``tmp/pull/lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from pack import freshness
+from pack.importer import freshness_path, import_pack, kept_pack_path, missing_objects
+from pack.keys import Keyring
+from pack.reader import PackReader
+from pack.signature import decode_signatures
+from pack.verify import check_trust
+from store.errors import FormatError, SealtreeError, SignatureError
+from store.fsverity import digest_file
+from store.ids import HexId, RawId, to_hex
+from store.lock import flock
+from store.model import Meta
+from store.repo import Repository
+from store.transaction import Transaction, apply_meta
+
+from . import config, objects, site
+from .checks import (
+    MAX_SIGNATURE_FILE,
+    SignedIndex,
+    check_not_expired,
+    check_pack_matches,
+    fetch_signed_index,
+    sha256_check,
+)
+from .crosscheck import get_file_cross_checked
+from .errors import FetchError, IndexRollback, RemoteError
+from .http import Client, Hasher, HttpPolicy, NoHash
+from .index import RefEntry, SiteIndex
+from .mirrors import Mirrors, Verify
+
+PARTIAL_DIR = os.path.join("tmp", "pull")  # REPO/tmp/pull/{packs,objects}/, kept between pulls
+DEFAULT_WORKERS = 4
+
+Progress = Callable[["PullProgress"], None]
+
+
+@dataclass
+class PullProgress:
+    """Running totals, for a progress line."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    objects_done: int = 0
+    objects_total: int = 0
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    refs: Sequence[str] = ()
+    allow_expired: bool = False
+    allow_downgrade: bool = False
+    min_signatures: int = 1
+    workers: int = DEFAULT_WORKERS
+    policy: HttpPolicy = field(default_factory=HttpPolicy)
+    now: int | None = None
+    cross_check: int = 0  # >= 2: every file as ranges from that many servers (remote.crosscheck)
+    seed: int | None = None  # for the random choice of servers (tests)
+
+
+@dataclass
+class RefPulled:
+    ref: str
+    commit: HexId
+    previous: HexId | None
+    updated: bool
+    pack_bytes: int = 0
+    objects_fetched: int = 0
+    object_bytes: int = 0
+
+
+@dataclass
+class PullResult:
+    remote: str
+    index_serial: int
+    index_server: str
+    refs: list[RefPulled] = field(default_factory=list)
+    bytes_fetched: int = 0
+    packs_fetched: int = 0
+    objects_fetched: int = 0
+    servers: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def partial_dir(repo: Repository) -> str:
+    return os.path.join(repo.path, PARTIAL_DIR)
+
+
+# -- the index ----------------------------------------------------------------------------
+
+def _accept_index(remote: config.Remote, accepted: config.AcceptedIndex | None, keyring: Keyring,
+                  mirrors: Mirrors, url: str, options: PullOptions, now: int) -> SignedIndex:
+    signed = fetch_signed_index(mirrors, url, keyring, options.min_signatures)
+    if not options.allow_expired:
+        check_not_expired(signed, now)
+    index, where = signed.index, signed.where
+    if accepted is not None and not options.allow_downgrade:
+        if index.serial < accepted.serial:
+            raise IndexRollback(f"index serial {index.serial} is older than serial {accepted.serial} "
+                                f"already accepted from remote {remote.name} (replayed or stale)",
+                                path=where)
+        if index.serial == accepted.serial and signed.sha256.hex() != accepted.sha256:
+            raise IndexRollback(f"index serial {index.serial} differs from the index of the same "
+                                f"serial already accepted from remote {remote.name}", path=where)
+    return signed
+
+
+def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirrors: Mirrors,
+                options: PullOptions) -> tuple[SiteIndex, str]:
+    """The index of the first server that serves an acceptable one (see the module docstring),
+    recorded as accepted; returns it and the server.  A server whose index fails is dropped."""
+    now = int(time.time()) if options.now is None else options.now
+    failures: list[SealtreeError] = []
+    accepted = config.load_accepted(repo, remote.name)
+    for url in mirrors.live():
+        try:
+            signed = _accept_index(remote, accepted, keyring, mirrors, url, options, now)
+        except (FetchError, SignatureError, FormatError) as err:  # this server's index fails
+            mirrors.drop(url, err)
+            failures.append(err)
+            continue
+        index = signed.index
+        if accepted is None or index.serial > accepted.serial:
+            config.save_accepted(repo, remote.name, config.AcceptedIndex(
+                index.serial, index.timestamp, index.expires, signed.sha256.hex()))
+        return index, url
+    if len(failures) == 1:
+        raise failures[0]
+    raise mirrors.failed(site.INDEX, failures)
+
+
+# -- packs and objects ---------------------------------------------------------------------
+
+def _get_file(mirrors: Mirrors, options: PullOptions, path: str, dest: str, size: int,
+              new_hasher: Callable[[], Hasher], verify: Verify, on_bytes: Callable[[int], None], *,
+              exact: bool = True) -> None:
+    """One file into ``dest``, verified: from one server after another, or cross-checked."""
+    if options.cross_check < 2:
+        mirrors.get_file(path, dest, size, new_hasher, verify, on_bytes, exact=exact)
+        return
+    rng = random.Random(None if options.seed is None else f"{options.seed}:{path}")
+    while True:  # a server that fails is dropped; cross-check with the ones left, while enough are
+        try:
+            get_file_cross_checked(mirrors, path, dest, size, new_hasher, verify, options.cross_check,
+                                   rng, on_bytes, exact=exact)
+            return
+        except FetchError:
+            if len(mirrors.live()) < 2:
+                raise
+
+
+def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
+                options: PullOptions, progress: PullProgress, report: Progress | None) -> tuple[str, str]:
+    """The verified pack and its signature file, in the partial directory."""
+    directory = os.path.join(partial_dir(repo), "packs")
+    os.makedirs(directory, exist_ok=True)
+    path = site.pack(entry.sha256)
+    dest = os.path.join(directory, os.path.basename(path))
+    progress.bytes_total += entry.size
+
+    def on_bytes(n: int) -> None:
+        progress.bytes_done += n
+        if report is not None:
+            report(progress)
+
+    _get_file(mirrors, options, path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256), on_bytes)
+    sig_path = site.pack_signatures(entry.sha256)
+    _url, raw = mirrors.get_bytes(sig_path, MAX_SIGNATURE_FILE)
+    check_trust(entry.sha256, decode_signatures(raw, sig_path), keyring, options.min_signatures)
+    sig_dest = dest + ".sig"
+    with open(sig_dest, "wb") as handle:
+        handle.write(raw)
+    return dest, sig_dest
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    digest: RawId
+    size: int
+    metas: tuple[Meta, ...]
+
+
+def _verified_earlier(content: str, item: _Wanted) -> bool:
+    """Whether an earlier, interrupted pull left this object's content checked and complete
+    (it is checked again: the partial directory is nobody's word)."""
+    try:
+        if os.stat(content).st_size != item.size:
+            os.unlink(content)
+            return False
+    except FileNotFoundError:
+        return False
+    if hmac.compare_digest(digest_file(content), item.digest):
+        return True
+    os.unlink(content)
+    return False
+
+
+def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, options: PullOptions,
+                   progress: PullProgress, report: Progress | None) -> dict[RawId, str]:
+    """Download and verify each wanted object into the partial directory; path per digest."""
+    directory = os.path.join(partial_dir(repo), "objects")
+    os.makedirs(directory, exist_ok=True)
+    progress.bytes_total += sum(w.size for w in wanted)
+    progress.objects_total += len(wanted)
+    done: dict[RawId, str] = {}
+
+    def on_bytes(n: int) -> None:
+        progress.bytes_done += n  # a race here only blurs a progress line
+        if report is not None:
+            report(progress)
+
+    def one(item: _Wanted) -> None:
+        content = os.path.join(directory, to_hex(item.digest))
+        if not _verified_earlier(content, item):
+            compressed = content + ".zst"
+
+            def verify(_hasher: Hasher, _size: int) -> str | None:
+                return objects.check_and_extract(compressed, item.size, item.digest, content)
+
+            _get_file(mirrors, options, site.large_object(item.digest), compressed,
+                      objects.compress_bound(item.size), NoHash, verify, on_bytes, exact=False)
+            os.unlink(compressed)
+        done[item.digest] = content
+        progress.objects_done += 1
+        if report is not None:
+            report(progress)
+
+    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        futures = [pool.submit(one, item) for item in wanted]
+        finished, _pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            for future in futures:
+                future.cancel()
+            error = failed[0].exception()
+            if error is not None:
+                raise error
+    return done
+
+
+def _store_objects(repo: Repository, wanted: list[_Wanted], files: dict[RawId, str]) -> None:
+    """Stage every verified download with each metadata it is needed with, then publish."""
+    with repo.writing() as tx:
+        for item in wanted:
+            verified = files[item.digest]
+            for meta in item.metas[1:]:  # another inode per extra metadata: copy
+                fd = os.open(verified, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    digest, _size = tx.add_file_stream(fd, meta)
+                finally:
+                    os.close(fd)
+                if digest != item.digest:
+                    raise RemoteError(f"changed on disk after it was verified ({to_hex(digest)})",
+                                      path=verified)
+            _adopt(tx, verified, item.digest, item.metas[0])
+        tx.publish()
+
+
+def _adopt(tx: Transaction, verified: str, digest: RawId, meta: Meta) -> None:
+    """Move a verified download into the transaction as the object (digest, meta)."""
+    h = to_hex(digest)
+    rel = f"{h[:2]}/{h[2:]}.{meta.object_key()}.file"
+    os.makedirs(os.path.join(tx.staging, rel[:2]), exist_ok=True)
+    staged = os.path.join(tx.staging, rel)
+    fd = os.open(verified, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        apply_meta(fd, meta)
+    finally:
+        os.close(fd)
+    os.rename(verified, staged)
+    tx.adopt([rel])
+
+
+def _wanted(repo: Repository, reader: PackReader) -> list[_Wanted]:
+    by_digest: dict[RawId, list[Meta]] = {}
+    sizes: dict[RawId, int] = {}
+    for missing in missing_objects(repo, reader.manifest.large_entries()):
+        entry = missing.entry.entry
+        by_digest.setdefault(entry.digest, []).append(entry.meta)
+        sizes[entry.digest] = entry.size
+    return [_Wanted(d, sizes[d], tuple(metas)) for d, metas in by_digest.items()]
+
+
+def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
+              options: PullOptions, result: PullResult, progress: PullProgress,
+              report: Progress | None) -> RefPulled:
+    current = repo.refs.read(ref)
+    previous = to_hex(current) if current is not None else None
+    pulled = RefPulled(ref, entry.commit, previous, False)
+    if previous == entry.commit and os.path.exists(kept_pack_path(repo, RawId(bytes.fromhex(entry.commit)))):
+        return pulled
+    claim = freshness.Accepted(entry.commit, entry.version, entry.timestamp)
+    freshness.check(freshness_path(repo), ref, claim, allow_downgrade=options.allow_downgrade)
+    before = mirrors.bytes_fetched
+    pack_path, sig_path = _fetch_pack(repo, entry, keyring, mirrors, options, progress, report)
+    pulled.pack_bytes = mirrors.bytes_fetched - before
+    result.packs_fetched += 1 if pulled.pack_bytes else 0
+    with PackReader(pack_path, expected_sha256=entry.sha256) as reader:
+        check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
+        wanted = _wanted(repo, reader)
+    before = mirrors.bytes_fetched
+    files = _fetch_objects(repo, wanted, mirrors, options, progress, report)
+    pulled.object_bytes = mirrors.bytes_fetched - before
+    pulled.objects_fetched = len(wanted)
+    _store_objects(repo, wanted, files)
+    imported = import_pack(repo, pack_path, keyring, min_signatures=options.min_signatures,
+                           allow_downgrade=options.allow_downgrade, sig_path=sig_path)
+    if imported.missing:
+        raise RemoteError(f"{len(imported.missing)} large objects still missing after the pull",
+                          path=ref)
+    for path in (pack_path, sig_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    pulled.updated = True
+    return pulled
+
+
+def _servers(remote: config.Remote, client: Client) -> tuple[str, ...]:
+    """The remote's servers, then those of its mirrorlist when it has one.  A mirrorlist is not
+    signed: a server it names is trusted with nothing (every file is checked), and one that
+    cannot be fetched leaves the configured servers to do the work."""
+    if remote.mirrorlist is None:
+        return remote.servers
+    base, _sep, name = remote.mirrorlist.rpartition("/")
+    try:
+        data = client.get_bytes(base, name, config.MAX_MIRRORLIST)
+    except FetchError:
+        return remote.servers
+    listed = config.parse_mirrorlist(data, remote.mirrorlist)
+    return tuple(dict.fromkeys((*remote.servers, *listed)))
+
+
+def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = None,
+         report: Progress | None = None, keyring: Keyring | None = None) -> PullResult:
+    """Pull ``options.refs`` (default: every ref of the index) from ``remote`` into ``repo``
+    (see the module docstring).  Raises SignatureError, IndexExpired, IndexRollback,
+    DowngradeError, PackError, RemoteError (AllMirrorsFailed names each server's failure)."""
+    options = options or PullOptions()
+    keyring = keyring if keyring is not None else Keyring.load(remote.keys)
+    os.makedirs(partial_dir(repo), exist_ok=True)
+    client = Client(options.policy)
+    try:
+        mirrors = Mirrors(_servers(remote, client), client)
+        with flock(os.path.join(partial_dir(repo), "lock"), exclusive=True):
+            index, server = fetch_index(repo, remote, keyring, mirrors, options)
+            names = list(dict.fromkeys(options.refs)) or list(index.refs)
+            unknown = [ref for ref in names if ref not in index.refs]
+            if unknown:
+                raise RemoteError(f"not in the index of remote {remote.name} (serial {index.serial})",
+                                  path=unknown[0])
+            result = PullResult(remote.name, index.serial, server)
+            progress = PullProgress()
+            for ref in names:
+                pulled = _pull_ref(repo, ref, index.refs[ref], keyring, mirrors, options, result,
+                                   progress, report)
+                result.refs.append(pulled)
+                result.objects_fetched += pulled.objects_fetched
+    finally:
+        client.close()
+    result.bytes_fetched = mirrors.bytes_fetched
+    result.servers = {url: {"bytes": s.bytes, "files": s.files, "dropped": s.failure}
+                      for url, s in mirrors.stats.items()}
+    return result
+

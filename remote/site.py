@@ -1,0 +1,48 @@
+"""The layout of a published site: where each file lives, relative to the site's root.
+
+::
+
+    index                          the signed index (remote.index), replaced last
+    signatures/<sha256>.sig        the index's detached signatures, named by the index's SHA-256
+    packs/<sha256>.pack            a signed pack, named by the SHA-256 of its bytes
+    packs/<sha256>.pack.sig        its detached signatures (pack.signature's file format)
+    objects/xx/<62 hex>.file.zst   a large file's content, zstd-compressed (remote.objects),
+                                   named by the fs-verity digest of the content
+
+Everything but ``index`` is content-addressed and written once; a client
+therefore never sees a half-updated site: the index it fetched names only
+files that were complete before it appeared.  The same relative paths are
+used as URL paths below a site's base URL.
+"""
+
+from __future__ import annotations
+
+from store.ids import RawId
+
+INDEX = "index"
+SIGNATURES_DIR = "signatures"
+PACKS_DIR = "packs"
+OBJECTS_DIR = "objects"
+PACK_SUFFIX = ".pack"
+SIGNATURE_SUFFIX = ".sig"
+OBJECT_SUFFIX = ".file.zst"
+
+
+def index_signatures(index_sha256: bytes) -> str:
+    """The signature file of the index whose bytes hash to ``index_sha256``."""
+    return f"{SIGNATURES_DIR}/{index_sha256.hex()}{SIGNATURE_SUFFIX}"
+
+
+def pack(sha256: bytes) -> str:
+    """A pack, by the SHA-256 of its bytes."""
+    return f"{PACKS_DIR}/{sha256.hex()}{PACK_SUFFIX}"
+
+
+def pack_signatures(sha256: bytes) -> str:
+    return pack(sha256) + SIGNATURE_SUFFIX
+
+
+def large_object(digest: RawId | bytes) -> str:
+    """A large file's compressed content, by its fs-verity digest (content only: no metadata)."""
+    h = digest.hex()
+    return f"{OBJECTS_DIR}/{h[:2]}/{h[2:]}{OBJECT_SUFFIX}"
