@@ -66,7 +66,7 @@ def test_ls_cat_diff(history):
 @pytest.mark.parametrize("args,code,words", [
     (["log", "nope"], 4, "nope: no such ref"),
     (["cat", "os/main", "/missing"], 1, "/missing: no such path"),
-    (["cat", "os/main", "/etc"], 1, "/etc is a directory"),
+    (["cat", "os/main", "/etc"], 1, "/etc: is a directory"),
     (["checkout", "os/main", "/nonexistent-dir/x"], 8, "/nonexistent-dir"),
     (["commit", "-b", "main", "/does/not/exist"], 8, "/does/not/exist"),
     (["commit", "-b", "a..b", "/tmp"], 4, "invalid ref name"),

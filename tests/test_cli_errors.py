@@ -310,10 +310,10 @@ def test_cat_of_an_object_deleted_by_hand(site):
     (["ls", "main", "/etc/motd/below-a-file"], "/etc/motd/below-a-file: no such path in the tree"),
     (["cat", "main", "/nope"], "/nope: no such path in the tree"),
     (["cat", "main", "etc/nope"], "etc/nope: no such path in the tree"),
-    (["cat", "main", "/"], "/ is a directory"),
-    (["cat", "main", "/etc"], "/etc is a directory"),
-    (["cat", "main", "/usr/bin/"], "/usr/bin/ is a directory"),
-    (["cat", "main", "/link"], "/link is a symlink, not a regular file"),
+    (["cat", "main", "/"], "/: is a directory"),
+    (["cat", "main", "/etc"], "/etc: is a directory"),
+    (["cat", "main", "/usr/bin/"], "/usr/bin/: is a directory"),
+    (["cat", "main", "/link"], "/link: is a symlink, not a regular file"),
 ])
 def test_tree_path_errors(site, args, message):
     proc = run_cli(*args, repo=site["repo"], check=False)

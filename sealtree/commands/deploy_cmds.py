@@ -1,7 +1,7 @@
 """deploy, mount, umount, status, undeploy, set-default, rollback, mark-good: deployments.
 
-``overlay`` is imported inside each command, so that other commands do not
-pay for loading it.
+``overlay`` is imported inside each command (but for the state file's limits,
+which the options show), so that other commands do not pay for loading it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import os
 from typing import Any
 
+from overlay.state import DEFAULT_TRIES, MAX_TRIES
 from store.errors import UsageError
 
 from ..output import print_json
@@ -25,8 +26,8 @@ def _tries(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be in 1..1000, got {value}")
+    if not 1 <= value <= MAX_TRIES:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_TRIES}, got {value}")
     return value
 
 
@@ -35,9 +36,9 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _count_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--tries", type=_tries, default=3, metavar="N",
+    p.add_argument("--tries", type=_tries, default=DEFAULT_TRIES, metavar="N",
                    help=f"boot tries {what} gets before boots fall back to the previous one "
-                        f"(default 3)")
+                        f"(default {DEFAULT_TRIES})")
     p.add_argument("--no-count", action="store_true",
                    help="do not count boots: trust it as known good")
 

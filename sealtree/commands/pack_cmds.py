@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 from store.atomic import atomic_write, check_destination
 from store.errors import RefError, SignatureError, UsageError
 from store.ids import to_hex
+from store.names import show
 from store.objects import relative_path
 from store.refs import check_ref_name
 
-from ..output import human_size, json_path, print_json, show_path
+from ..output import human_size, json_path, print_json
 from .common import add_parser, commit_json, iso_time, open_repo
 
 
@@ -160,7 +161,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         except RefError:
             is_ref = False
         if not is_ref:
-            raise UsageError(f"{args.rev} is not a ref: say which ref the pack is for with --ref")
+            raise UsageError("is not a ref: say which ref the pack is for with --ref", path=args.rev)
         ref = args.rev
     started = time.monotonic()
     result = build_pack(repo, commit_id, ref, args.output, inline_max=args.inline_max,
@@ -316,4 +317,4 @@ def cmd_import(args: argparse.Namespace) -> None:
     for missing in result.missing:
         entry = missing.entry.entry
         print(f"missing {relative_path('file', entry.digest, entry.meta)} {entry.size} "
-              f"{show_path(b'/' + missing.entry.path)}")
+              f"{show(b'/' + missing.entry.path)}")
