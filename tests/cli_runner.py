@@ -41,31 +41,46 @@ def run_cli(*args: str, repo: str | None = None, check: bool = True, input: byte
     ``check`` fails the test on a non-zero exit status; a traceback always fails it.
     ``in_process`` None chooses as the module's docstring says.
     """
+    done = run_cli_bytes(*args, repo=repo, input=input, env=env, in_process=in_process)
+    proc = subprocess.CompletedProcess(done.args, done.returncode, _text(done.stdout), _text(done.stderr))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{shlex.join(proc.args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_cli_bytes(*args: str, repo: str | None = None, input: bytes | None = None,
+                  env: dict[str, str] | None = None, in_process: bool | None = None
+                  ) -> subprocess.CompletedProcess[bytes]:
+    """``run_cli`` with the output as bytes (an archive on stdout), the exit status unchecked.
+    Standard input is ``input``, or empty."""
     argv = (["--repo", repo] if repo else []) + list(args)
     env = env or {}
     if in_process is None:
         in_process = (os.environ.get(SUBPROCESS_ENV, "") in ("", "0")
                       and not any(name.startswith(_READ_AT_STARTUP) for name in env))
     proc = _run_here(argv, input, env) if in_process else _run_new_process(argv, input, env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sealtree {shlex.join(argv)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    assert "Traceback" not in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
     return proc
 
 
+def _text(output: bytes) -> str:
+    """Output as ``subprocess.run(..., text=True)`` gives it: UTF-8, universal newlines."""
+    return output.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _run_new_process(argv: list[str], input: bytes | None, env: dict[str, str]
-                     ) -> subprocess.CompletedProcess[str]:
+                     ) -> subprocess.CompletedProcess[bytes]:
     cmd = [sys.executable, "-m", "sealtree", *argv]
     return subprocess.run(cmd, capture_output=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, **env),
-                          input=input.decode() if input is not None else None, text=True)
+                          input=input or b"")
 
 
 def _run_here(argv: list[str], input: bytes | None, env: dict[str, str]
-              ) -> subprocess.CompletedProcess[str]:
+              ) -> subprocess.CompletedProcess[bytes]:
     from sealtree.cli import main  # noqa: PLC0415 - the checkout's code, imported on first use
 
-    cmd = ["sealtree", *argv]
+    cmd = [sys.executable, "-m", "sealtree", *argv]  # what a new process would have run
     output = _Output()
     try:
         with _environment(env), _working_directory(ROOT), _standard_streams(input or b"", output):
@@ -74,8 +89,8 @@ def _run_here(argv: list[str], input: bytes | None, env: dict[str, str]
             except SystemExit as exit_:  # argparse: usage errors (2) and --help (0)
                 status = _exit_status(exit_.code)
     except Exception as err:  # noqa: BLE001 - a real run would print a traceback: a failure
-        raise AssertionError(f"{shlex.join(cmd)} raised {type(err).__name__} (a traceback in a real "
-                             f"run):\n{output.stderr}") from err
+        raise AssertionError(f"{shlex.join(argv)} raised {type(err).__name__} (a traceback in a real "
+                             f"run):\n{output.stderr.decode(errors='replace')}") from err
     return subprocess.CompletedProcess(cmd, status, output.stdout, output.stderr)
 
 
@@ -91,8 +106,8 @@ def _exit_status(code: object) -> int:
 
 @dataclass
 class _Output:
-    stdout: str = ""
-    stderr: str = ""
+    stdout: bytes = b""
+    stderr: bytes = b""
 
 
 @contextlib.contextmanager
@@ -122,8 +137,8 @@ def _working_directory(path: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _standard_streams(input: bytes, output: _Output) -> Iterator[None]:
     """File descriptors 0, 1, 2 and ``sys.stdin/stdout/stderr`` as a new process would have
-    them, over temporary files; on the way out, the outputs (text, as ``subprocess.run(...,
-    text=True)`` decodes them) are put into ``output`` and everything is restored."""
+    them, over temporary files; on the way out, the outputs are put into ``output`` and
+    everything is restored."""
     saved_objects = (sys.stdin, sys.stdout, sys.stderr)
     for stream in saved_objects[1:]:
         stream.flush()
@@ -134,9 +149,11 @@ def _standard_streams(input: bytes, output: _Output) -> Iterator[None]:
         saved_fds = [os.dup(fd) for fd in (0, 1, 2)]
         for fd, file in enumerate(files):
             os.dup2(file.fileno(), fd)
-        # The encoding and errors of a UTF-8 locale's standard streams (stderr is line-buffered).
-        sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8", errors="strict")
-        sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8", errors="strict")
+        # The encoding and errors of the standard streams in a C.UTF-8 locale, as the
+        # suite runs (stderr is line-buffered).
+        sys.stdin = io.TextIOWrapper(open(0, "rb", closefd=False), encoding="utf-8", errors="surrogateescape")
+        sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8",
+                                      errors="surrogateescape")
         sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8",
                                       errors="backslashreplace", line_buffering=True)
         try:
@@ -149,9 +166,9 @@ def _standard_streams(input: bytes, output: _Output) -> Iterator[None]:
             for fd, saved in enumerate(saved_fds):
                 os.dup2(saved, fd)
                 os.close(saved)
-            output.stdout, output.stderr = (_text(file) for file in files[1:])
+            output.stdout, output.stderr = (_contents(file) for file in files[1:])
 
 
-def _text(file: IO[bytes]) -> str:
+def _contents(file: IO[bytes]) -> bytes:
     file.seek(0)
-    return file.read().decode().replace("\r\n", "\n").replace("\r", "\n")
+    return file.read()

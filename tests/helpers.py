@@ -6,9 +6,9 @@ Re-exported here so that ``from tests.helpers import X`` keeps working.
 
 from __future__ import annotations
 
-from tests.cli_runner import ROOT, run_cli
+from tests.cli_runner import ROOT, run_cli, run_cli_bytes
 from tests.mount_guard import mount_free_dir
 from tests.trees import ODD_NAMES, Node, assert_same_tree, materialise, names, snapshot, trees
 
 __all__ = ["ODD_NAMES", "ROOT", "Node", "assert_same_tree", "materialise", "mount_free_dir", "names",
-           "run_cli", "snapshot", "trees"]
+           "run_cli", "run_cli_bytes", "snapshot", "trees"]
