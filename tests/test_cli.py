@@ -308,3 +308,11 @@ def test_ref_update_checks_collisions_and_frees_deleted_names(tmp_path, repo):
     os.makedirs(os.path.join(repo.path, "refs", "heads", "c", "d"))  # empty, left by hand
     repo.refs.update("c", one, None)
     assert repo.refs.list() == {"a": two, "c": one}
+
+
+def test_names_in_human_output_cannot_forge_a_line(tmp_path):
+    """A file name with a newline (or a backslash) is shown escaped, as in error messages."""
+    name = tmp_path / "x\nsha256:0000 forged\\"
+    name.write_bytes(b"data")
+    out = run_cli("digest", str(name)).stdout
+    assert out.count("\n") == 1 and out.rstrip("\n").endswith(f"{tmp_path}/x\\x0asha256:0000 forged\\\\")

@@ -12,6 +12,7 @@ from typing import Any
 
 from overlay.state import DEFAULT_TRIES, MAX_TRIES
 from store.errors import UsageError
+from store.names import show
 
 from ..output import print_json
 from .common import add_parser, iso_time, open_repo
@@ -169,7 +170,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
           f"userspace; fs-verity enabled on {check.enabled}) for {dep.ref} {dep.commit[:12]}")
     if mounted is not None:
         mode = "live (writes in memory)" if args.live else "read-only"
-        print(f"mounted at {mounted.target}, {mode}")
+        print(f"mounted at {show(mounted.target)}, {mode}")
     print(f"deployed {dep.id}")
 
 
@@ -186,7 +187,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
     mode = "live (writes in memory)" if args.live else "read-only"
-    print(f"mounted {dep.id} at {result.target}, {mode}")
+    print(f"mounted {dep.id} at {show(result.target)}, {mode}")
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
@@ -194,7 +195,7 @@ def cmd_umount(args: argparse.Namespace) -> None:
     from store.repo import Repository
     repo = Repository.open(args.repo) if args.repo else None
     dep = unmount(repo, args.target, lazy=args.lazy)
-    print(f"unmounted {dep.id + ' from ' if dep else ''}{os.path.abspath(args.target)}")
+    print(f"unmounted {dep.id + ' from ' if dep else ''}{show(os.path.abspath(args.target))}")
 
 
 def _status_doc(repo: Any) -> dict[str, Any]:
@@ -238,9 +239,9 @@ def cmd_status(args: argparse.Namespace) -> None:
             tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
         if dep["mounted_at"]:
-            print(f"    mounted at: {', '.join(dep['mounted_at'])}")
+            print(f"    mounted at: {', '.join(show(target) for target in dep['mounted_at'])}")
         if not dep["present"]:
-            print(f"    MISSING: {dep['path']} does not exist")
+            print(f"    MISSING: {show(dep['path'])} does not exist")
 
 
 def cmd_undeploy(args: argparse.Namespace) -> None:

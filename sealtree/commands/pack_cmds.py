@@ -175,7 +175,7 @@ def cmd_build(args: argparse.Namespace) -> None:
                     "large_bytes": result.large_bytes, "inline_max": args.inline_max,
                     "level": args.level, "seconds": round(seconds, 3)})
         return
-    print(f"wrote {result.path}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
+    print(f"wrote {show(result.path)}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
     print(f"commit {to_hex(result.commit_id)} for ref {result.ref}: {result.entries} paths, "
           f"{result.inline_files} inline files ({human_size(result.inline_bytes)}), "
           f"{result.large_files} large files ({human_size(result.large_bytes)})")
@@ -185,7 +185,7 @@ def cmd_sign(args: argparse.Namespace) -> None:
     from pack.keys import load_private_key
     from pack.signature import sign_pack
     kid = sign_pack(args.pack, load_private_key(args.key), sig_path=_sig_path(args))
-    print(f"signed {args.pack} with key {kid.hex()} ({_sig_path(args)})")
+    print(f"signed {show(args.pack)} with key {kid.hex()} ({show(_sig_path(args))})")
 
 
 def cmd_digest(args: argparse.Namespace) -> None:
@@ -214,7 +214,7 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
         raise SignatureError(f"{err.strerror}", path=args.sigfile) from err
     signature = parse_signature_blob(blob, args.sigfile)
     kid = add_signature(args.pack, signature, load_public_key(args.pubkey), sig_path=_sig_path(args))
-    print(f"added the signature of key {kid.hex()} to {_sig_path(args)}")
+    print(f"added the signature of key {kid.hex()} to {show(_sig_path(args))}")
 
 
 # -- device side ------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
                     "commit": to_hex(commit_id), "ref": ref,
                     "signers": [k.hex() for k in verification.signers]})
         return
-    print(f"{args.pack}: ok: commit {to_hex(commit_id)} for ref {ref}, signed by "
+    print(f"{show(args.pack)}: ok: commit {to_hex(commit_id)} for ref {ref}, signed by "
           + ", ".join(k.hex()[:16] for k in verification.signers))
 
 
@@ -266,7 +266,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print_json(info)
         return
     commit, header, counts, sizes = info["commit"], info["header"], info["counts"], info["sizes"]
-    print(f"pack      {args.pack} ({human_size(info['size'])}, format 1)")
+    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format 1)")
     print(f"ref       {info['ref']}")
     print(f"commit    {commit['id']}")
     print(f"date      {iso_time(commit['timestamp'])}")
