@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from sealtree import commands
 from sealtree.cli import command_word
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture
@@ -139,6 +141,23 @@ def test_command_table_matches_what_the_modules_register():
     (["--help", "deploy"], None), ([], None), (["--repo", "r"], None)])
 def test_command_word(argv, word):
     assert command_word(argv) == word
+
+
+def test_the_installed_entry_point_starts_and_fails_cleanly(history):
+    """``python -m sealtree`` in a process of its own (the other tests run ``main`` in-process)."""
+    assert "usage: sealtree" in run_cli("--help", in_process=False).stdout
+    proc = run_cli("log", "nope", repo=history[0].path, check=False, in_process=False)
+    assert proc.returncode == 4 and proc.stderr == "sealtree: error: nope: no such ref\n"
+
+
+def test_a_command_imports_only_its_own_module(repo):
+    """Start-up counts on every deploy and boot: ``refs`` loads neither the other commands'
+    modules nor the overlay layer."""
+    code = ("import sys; from sealtree.cli import main; main(sys.argv[1:]); "
+            "print(*sorted(m for m in sys.modules if m.startswith(('sealtree.commands.', 'overlay'))))")
+    proc = subprocess.run([sys.executable, "-c", code, "--repo", repo.path, "refs"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["sealtree.commands.common", "sealtree.commands.repo_cmds"]
 
 
 def test_demo_runs_the_main_job(tmp_path, needs_root):
@@ -316,3 +335,10 @@ def test_names_in_human_output_cannot_forge_a_line(tmp_path):
     name.write_bytes(b"data")
     out = run_cli("digest", str(name)).stdout
     assert out.count("\n") == 1 and out.rstrip("\n").endswith(f"{tmp_path}/x\\x0asha256:0000 forged\\\\")
+
+
+def test_the_tests_import_this_checkout():
+    """``pythonpath`` in pyproject.toml puts the checkout before an installed copy."""
+    import sealtree  # noqa: PLC0415
+
+    assert os.path.dirname(os.path.dirname(sealtree.__file__)) == ROOT
