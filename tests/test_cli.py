@@ -342,3 +342,16 @@ def test_the_tests_import_this_checkout():
     import sealtree  # noqa: PLC0415
 
     assert os.path.dirname(os.path.dirname(sealtree.__file__)) == ROOT
+
+
+def test_an_uncaught_exception_fails_the_test_as_a_traceback_would(repo, monkeypatch):
+    """In-process, what a real run would end with a traceback is an AssertionError here."""
+    from sealtree.commands import repo_cmds  # noqa: PLC0415
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(repo_cmds, "cmd_refs", broken)
+    with pytest.raises(AssertionError, match="raised ValueError"):
+        run_cli("refs", repo=repo.path, check=False, in_process=True)
+    assert run_cli("refs", "--nonsense", repo=repo.path, check=False, in_process=True).returncode == 2
