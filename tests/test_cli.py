@@ -295,10 +295,10 @@ def test_output_in_an_ascii_locale_escapes_what_it_cannot_encode(tmp_path, repo)
 
 
 @pytest.mark.parametrize("first, second, words", [
-    ("a/b", "a", "ref a conflicts with existing ref a/b"),
-    ("a/b/c", "a", "ref a conflicts with existing ref a/b/c"),
-    ("main", "main/sub", "ref main/sub conflicts with existing ref main"),
-    ("main", "main/sub/deeper", "ref main/sub/deeper conflicts with existing ref main"),
+    ("a/b", "a", "a: conflicts with existing ref a/b"),
+    ("a/b/c", "a", "a: conflicts with existing ref a/b/c"),
+    ("main", "main/sub", "main/sub: conflicts with existing ref main"),
+    ("main", "main/sub/deeper", "main/sub/deeper: conflicts with existing ref main"),
 ])
 def test_commit_refuses_a_ref_that_collides_as_file_and_directory(tmp_path, repo, first, second, words):
     run_cli("commit", "-b", first, _src(tmp_path, "one"), repo=repo.path)
@@ -317,10 +317,10 @@ def test_ref_update_checks_collisions_and_frees_deleted_names(tmp_path, repo):
 
     one, two = RawId(bytes(31) + b"\1"), RawId(bytes(31) + b"\2")
     repo.refs.update("a/b", one, None)
-    with pytest.raises(RefError, match="ref a conflicts with existing ref a/b") as err:
+    with pytest.raises(RefError, match="a: conflicts with existing ref a/b") as err:
         repo.refs.update("a", two, None)
     assert err.value.exit_code == 4
-    with pytest.raises(RefError, match="ref a/b/c conflicts with existing ref a/b"):
+    with pytest.raises(RefError, match="a/b/c: conflicts with existing ref a/b"):
         repo.refs.update("a/b/c", two, None)
     repo.refs.update("a/b", None, one)  # deleting a/b frees the name a
     repo.refs.update("a", two, None)
