@@ -3,6 +3,7 @@ ours), exits with its class's status, and shows no traceback (``run_cli`` checks
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -462,3 +463,14 @@ def test_deploying_a_commit_without_its_pack_gets_the_import_hint(site):
     proc = run_cli("deploy", "main", "--keys", site["ring"], repo=site["repo"], check=False)
     assert proc.returncode == 14
     assert _hint(proc) == "import a signed pack of it first (sealtree pack import PACK --keys DIR)"
+
+
+def test_an_os_error_names_its_file_escaped(site, monkeypatch):
+    """What the operating system refused, on a file whose name holds a newline: one line."""
+    def refused(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/a\nsealtree: verified ok")
+
+    monkeypatch.setattr(repo_cmds, "cmd_refs", refused)
+    proc = run_cli("refs", repo=site["repo"], check=False, in_process=True)
+    assert proc.returncode == 1
+    assert _error(proc) == "/srv/a\\x0asealtree: verified ok: Permission denied"
