@@ -87,7 +87,9 @@ def register(sub: Any) -> None:
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
-    p.add_argument("--keys", metavar="DIR", help="keyring (default: the one the deployment was made with)")
+    p.add_argument("--keys", metavar="DIR",
+                   help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
+                        "never a keyring the repository names)")
     _verify_arg(p)
     p.add_argument("--json", action="store_true", help="print what was mounted as JSON")
     p.set_defaults(func=cmd_mount)
