@@ -1,6 +1,7 @@
 """The one subprocess wrapper of the benchmark suite.
 
-Every command the suite runs, measured or not, goes through :func:`run`.  It
+Every command the suite runs, measured or not, goes through :func:`run` (but the
+installs of the tools it needs, :mod:`bench.tools`).  It
 times the child with ``time.perf_counter`` (wall time, including process start)
 and reports the peak resident set size of that one command and how much it
 read from disk.
@@ -33,6 +34,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from bench.tools import apt_install
 
 log = logging.getLogger("bench")
 
@@ -72,7 +75,7 @@ def run(argv: Argv, *, check: bool = True, cwd: str | os.PathLike[str] | None = 
     never blocks on a full pipe and the parent does no work while it is timed.
     With ``check`` a non-zero exit raises :class:`CommandFailed` after logging
     the command line.  ``measure=False`` runs the command bare (no GNU time;
-    peak memory reported as 0), for installing tools, GNU time among them.
+    peak memory reported as 0), for setting things up.
     """
     args = [os.fspath(a) for a in argv]
     full_env = None if env is None else {**os.environ, **env}
@@ -109,8 +112,6 @@ GNU_TIME = "/usr/bin/time"
 def _gnu_time() -> str:
     """GNU time, installed from Debian's ``time`` package if missing."""
     if not os.access(GNU_TIME, os.X_OK):
-        from bench.tools import apt_install  # imported late: tools runs commands through us
-
         log.info("installing GNU time (apt package 'time') for per-command peak memory")
         apt_install("time")
     return GNU_TIME

@@ -4,6 +4,9 @@ The peers (``ostree``, ``fsverity``), ``debootstrap`` and ``/usr/bin/time`` come
 from Debian packages, installed with ``apt-get`` when missing (``apt-get update``
 is run once first).  ``matplotlib`` is a bench-only Python dependency,
 installed with pip when missing; nothing outside bench/ imports it.
+
+The installs are not measured, so they run with ``subprocess`` directly rather than
+through ``bench.proc.run`` (which itself needs GNU time from here).
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
 import shutil
+import subprocess
 import sys
-
-from bench.proc import run
 
 log = logging.getLogger("bench")
 
@@ -27,11 +30,21 @@ def apt_install(*packages: str) -> None:
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if not _apt_updated:
         log.info("apt-get update")
-        run(["apt-get", "update", "-q"], env=env, measure=False)
+        _install(["apt-get", "update", "-q"], env)
         _apt_updated = True
     log.info("apt-get install %s", " ".join(packages))
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env=env,
-        measure=False)
+    _install(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env)
+
+
+def _install(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run an installer to completion; a failure raises RuntimeError with the command line
+    and the tail of its output."""
+    done = subprocess.run(argv, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="replace", check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        log.error("command failed (exit %d): %s", done.returncode, shlex.join(argv))
+        raise RuntimeError(f"command failed (exit {done.returncode}): {shlex.join(argv)}\n{tail}")
 
 
 def ensure_tool(binary: str, apt_package: str) -> str:
@@ -61,7 +74,7 @@ def ensure_matplotlib() -> None:
         importlib.import_module("matplotlib")
     except ImportError:
         log.info("pip install matplotlib (bench-only dependency)")
-        run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], measure=False)
+        _install([sys.executable, "-m", "pip", "install", "-q", "matplotlib"])
         importlib.invalidate_caches()
     import matplotlib
 

@@ -9,7 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from store.errors import SealtreeError
+from store.errors import (
+    CrossDevice,
+    DowngradeError,
+    NotARepository,
+    PackNotKept,
+    SealtreeError,
+    SpecialFile,
+)
+from store.names import show
 
 from .cli_format import Formatter
 from .commands import command_modules
@@ -35,6 +43,21 @@ exit status:
   130 interrupted.  `sealtree COMMAND --help` describes each command.
 """
 
+# What to do about an error, in the CLI's own terms: library layers raise a class and never
+# name a command-line option; the hint is printed on a line of its own after the error.
+HINTS: dict[type[SealtreeError], str] = {
+    SpecialFile: "use --skip-special to leave devices, FIFOs and sockets out",
+    CrossDevice: "use --copy to copy the files instead of hardlinking them",
+    NotARepository: "create one with 'sealtree --repo PATH init'",
+    PackNotKept: "import a signed pack of it first (sealtree pack import PACK --keys DIR)",
+    DowngradeError: "use --allow-downgrade to accept it anyway",
+}
+
+
+def hint_for(err: SealtreeError) -> str | None:
+    """The hint for ``err``'s class, or for the nearest class it derives from that has one."""
+    return next((HINTS[cls] for cls in type(err).__mro__ if cls in HINTS), None)
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command``, only that command's (see ``commands.COMMANDS``)."""
@@ -46,6 +69,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     for module in command_modules(command):
         module.register(sub)
+    # A command that runs other command lines (demo) is given this function, rather than
+    # importing this module: the commands stay below the CLI.
+    parser.set_defaults(run_command=main)
     return parser
 
 
@@ -79,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
         return int(result or 0)
     except SealtreeError as err:
-        return _failed(args, str(err), err.exit_code)
+        return _failed(args, str(err), err.exit_code, hint_for(err))
     except KeyboardInterrupt:
         print("sealtree: interrupted", file=sys.stderr)
         return 130
@@ -89,13 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as err:
         # An operating-system refusal on a path the user gave us: say which, no traceback.
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{show(err.filename)}: " if err.filename else ""
         return _failed(args, f"{where}{err.strerror or errno.errorcode.get(err.errno or 0, err)}", 1)
 
 
-def _failed(args: argparse.Namespace, message: str, exit_status: int) -> int:
-    """Report an error: on stderr, and with --json as a JSON document on stdout too."""
+def _failed(args: argparse.Namespace, message: str, exit_status: int, hint: str | None = None) -> int:
+    """Report an error (and what to do about it): on stderr, and with --json as a JSON
+    document on stdout too."""
     print(f"sealtree: error: {message}", file=sys.stderr)
+    if hint is not None:
+        print(f"sealtree: hint: {hint}", file=sys.stderr)
     if getattr(args, "json", False):
-        json_error(message, exit_status)
+        json_error(message, exit_status, hint)
     return exit_status

@@ -1,4 +1,6 @@
-"""Printing: human text, JSON for scripts, a progress line on terminals, paths as bytes."""
+"""Printing: human text, JSON for scripts, a progress line on terminals.
+
+Names (paths, symlink targets) in human output are shown with ``store.names.show``."""
 
 from __future__ import annotations
 
@@ -8,10 +10,16 @@ import sys
 import time
 from typing import Any
 
+from store.names import show
 
-def show_path(path: bytes) -> str:
-    """A path for humans: UTF-8 where it is, backslash escapes where it is not."""
-    return path.decode("utf-8", "backslashreplace")
+
+def json_text(name: bytes) -> str:
+    """A name (a symlink target, an xattr name) as a JSON string: its UTF-8 text, or, when
+    it is not valid UTF-8, as messages show it (``store.names.show``)."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return show(name)
 
 
 def json_path(path: bytes) -> dict[str, str]:
@@ -19,7 +27,7 @@ def json_path(path: bytes) -> dict[str, str]:
     try:
         return {"path": path.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"path": show_path(path), "path_base64": base64.b64encode(path).decode()}
+        return {"path": show(path), "path_base64": base64.b64encode(path).decode()}
 
 
 def print_json(value: Any) -> None:
@@ -29,13 +37,13 @@ def print_json(value: Any) -> None:
 
 def _valid_unicode(value: Any) -> Any:
     """``value`` with every string made valid Unicode: a file name's undecodable bytes
-    (surrogate escapes) shown as ``\\xNN``, as ``show_path`` does, never as lone surrogates,
-    which strict JSON readers refuse."""
+    (surrogate escapes) shown as ``\\xNN``, as ``store.names.show`` does, never as lone
+    surrogates, which strict JSON readers refuse."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return show_path(value.encode("utf-8", "surrogateescape"))
+            return show(value)
         return value
     if isinstance(value, dict):
         return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
@@ -44,10 +52,11 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
-def json_error(message: str, exit_status: int) -> None:
-    """What a command run with --json prints on stdout when it fails (the message goes to
-    stderr as well), so that a script reading stdout always gets a JSON document."""
-    print_json({"ok": False, "error": message, "exit_status": exit_status})
+def json_error(message: str, exit_status: int, hint: str | None) -> None:
+    """What a command run with --json prints on stdout when it fails (the message and the
+    hint go to stderr as well), so that a script reading stdout always gets a JSON document.
+    ``hint`` (what to do about it) is null when the CLI has none for the error."""
+    print_json({"ok": False, "error": message, "exit_status": exit_status, "hint": hint})
 
 
 def human_size(n: float) -> str:

@@ -182,3 +182,11 @@ class MountError(DeployError):
     """A mount or unmount failed."""
 
     exit_code = 16
+
+
+class NotARepository(RepositoryError):
+    """The path given as the repository holds no sealtree repository (no config file)."""
+
+
+class PackNotKept(DeployError):
+    """A deployment needs the signed pack of a commit, and the repository keeps none for it."""

@@ -1,15 +1,16 @@
-"""Shared fixtures: Hypothesis profiles, a fresh repository, a CLI runner."""
+"""Shared fixtures: Hypothesis profiles, a fresh repository, skips for what the host lacks.
+
+The checkout's own packages are imported (``pythonpath`` in pyproject.toml), not the installed ones."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from store.repo import Repository
 
 # "ci" is deterministic (derandomize) so a red CI run reproduces; "dev" explores.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
@@ -18,9 +19,6 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25
 settings.register_profile("dev", deadline=None, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-from store.repo import Repository  # noqa: E402
-from tests.helpers import run_cli  # noqa: E402,F401
 
 
 @pytest.fixture

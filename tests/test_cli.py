@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from sealtree import commands
 from sealtree.cli import command_word
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_ls_cat_diff(history):
 @pytest.mark.parametrize("args,code,words", [
     (["log", "nope"], 4, "nope: no such ref"),
     (["cat", "os/main", "/missing"], 1, "/missing: no such path"),
-    (["cat", "os/main", "/etc"], 1, "/etc is a directory"),
+    (["cat", "os/main", "/etc"], 1, "/etc: is a directory"),
     (["checkout", "os/main", "/nonexistent-dir/x"], 8, "/nonexistent-dir"),
     (["commit", "-b", "main", "/does/not/exist"], 8, "/does/not/exist"),
     (["commit", "-b", "a..b", "/tmp"], 4, "invalid ref name"),
@@ -139,6 +141,23 @@ def test_command_table_matches_what_the_modules_register():
     (["--help", "deploy"], None), ([], None), (["--repo", "r"], None)])
 def test_command_word(argv, word):
     assert command_word(argv) == word
+
+
+def test_the_installed_entry_point_starts_and_fails_cleanly(history):
+    """``python -m sealtree`` in a process of its own (the other tests run ``main`` in-process)."""
+    assert "usage: sealtree" in run_cli("--help", in_process=False).stdout
+    proc = run_cli("log", "nope", repo=history[0].path, check=False, in_process=False)
+    assert proc.returncode == 4 and proc.stderr == "sealtree: error: nope: no such ref\n"
+
+
+def test_a_command_imports_only_its_own_module(repo):
+    """Start-up counts on every deploy and boot: ``refs`` loads neither the other commands'
+    modules nor the overlay layer."""
+    code = ("import sys; from sealtree.cli import main; main(sys.argv[1:]); "
+            "print(*sorted(m for m in sys.modules if m.startswith(('sealtree.commands.', 'overlay'))))")
+    proc = subprocess.run([sys.executable, "-c", code, "--repo", repo.path, "refs"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["sealtree.commands.common", "sealtree.commands.repo_cmds"]
 
 
 def test_demo_runs_the_main_job(tmp_path, needs_root):
@@ -276,10 +295,10 @@ def test_output_in_an_ascii_locale_escapes_what_it_cannot_encode(tmp_path, repo)
 
 
 @pytest.mark.parametrize("first, second, words", [
-    ("a/b", "a", "ref a conflicts with existing ref a/b"),
-    ("a/b/c", "a", "ref a conflicts with existing ref a/b/c"),
-    ("main", "main/sub", "ref main/sub conflicts with existing ref main"),
-    ("main", "main/sub/deeper", "ref main/sub/deeper conflicts with existing ref main"),
+    ("a/b", "a", "a: conflicts with existing ref a/b"),
+    ("a/b/c", "a", "a: conflicts with existing ref a/b/c"),
+    ("main", "main/sub", "main/sub: conflicts with existing ref main"),
+    ("main", "main/sub/deeper", "main/sub/deeper: conflicts with existing ref main"),
 ])
 def test_commit_refuses_a_ref_that_collides_as_file_and_directory(tmp_path, repo, first, second, words):
     run_cli("commit", "-b", first, _src(tmp_path, "one"), repo=repo.path)
@@ -298,13 +317,41 @@ def test_ref_update_checks_collisions_and_frees_deleted_names(tmp_path, repo):
 
     one, two = RawId(bytes(31) + b"\1"), RawId(bytes(31) + b"\2")
     repo.refs.update("a/b", one, None)
-    with pytest.raises(RefError, match="ref a conflicts with existing ref a/b") as err:
+    with pytest.raises(RefError, match="a: conflicts with existing ref a/b") as err:
         repo.refs.update("a", two, None)
     assert err.value.exit_code == 4
-    with pytest.raises(RefError, match="ref a/b/c conflicts with existing ref a/b"):
+    with pytest.raises(RefError, match="a/b/c: conflicts with existing ref a/b"):
         repo.refs.update("a/b/c", two, None)
     repo.refs.update("a/b", None, one)  # deleting a/b frees the name a
     repo.refs.update("a", two, None)
     os.makedirs(os.path.join(repo.path, "refs", "heads", "c", "d"))  # empty, left by hand
     repo.refs.update("c", one, None)
     assert repo.refs.list() == {"a": two, "c": one}
+
+
+def test_names_in_human_output_cannot_forge_a_line(tmp_path):
+    """A file name with a newline (or a backslash) is shown escaped, as in error messages."""
+    name = tmp_path / "x\nsha256:0000 forged\\"
+    name.write_bytes(b"data")
+    out = run_cli("digest", str(name)).stdout
+    assert out.count("\n") == 1 and out.rstrip("\n").endswith(f"{tmp_path}/x\\x0asha256:0000 forged\\\\")
+
+
+def test_the_tests_import_this_checkout():
+    """``pythonpath`` in pyproject.toml puts the checkout before an installed copy."""
+    import sealtree  # noqa: PLC0415
+
+    assert os.path.dirname(os.path.dirname(sealtree.__file__)) == ROOT
+
+
+def test_an_uncaught_exception_fails_the_test_as_a_traceback_would(repo, monkeypatch):
+    """In-process, what a real run would end with a traceback is an AssertionError here."""
+    from sealtree.commands import repo_cmds  # noqa: PLC0415
+
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(repo_cmds, "cmd_refs", broken)
+    with pytest.raises(AssertionError, match="raised ValueError"):
+        run_cli("refs", repo=repo.path, check=False, in_process=True)
+    assert run_cli("refs", "--nonsense", repo=repo.path, check=False, in_process=True).returncode == 2

@@ -3,18 +3,29 @@ ours), exits with its class's status, and shows no traceback (``run_cli`` checks
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from pack.keys import load_private_key
 from pack.reader import layout_sha256
 from pack.signature import pack_sha256, sign, sign_pack, signature_path, write_signatures
-from store.errors import PackError
+from sealtree.cli import HINTS
+from sealtree.commands import repo_cmds
+from store.errors import (
+    CrossDevice,
+    DowngradeError,
+    NotARepository,
+    PackError,
+    PackNotKept,
+    SpecialFile,
+)
 from store.ids import to_hex
 from store.repo import Repository
 from store.walk import lookup
@@ -310,10 +321,10 @@ def test_cat_of_an_object_deleted_by_hand(site):
     (["ls", "main", "/etc/motd/below-a-file"], "/etc/motd/below-a-file: no such path in the tree"),
     (["cat", "main", "/nope"], "/nope: no such path in the tree"),
     (["cat", "main", "etc/nope"], "etc/nope: no such path in the tree"),
-    (["cat", "main", "/"], "/ is a directory"),
-    (["cat", "main", "/etc"], "/etc is a directory"),
-    (["cat", "main", "/usr/bin/"], "/usr/bin/ is a directory"),
-    (["cat", "main", "/link"], "/link is a symlink, not a regular file"),
+    (["cat", "main", "/"], "/: is a directory"),
+    (["cat", "main", "/etc"], "/etc: is a directory"),
+    (["cat", "main", "/usr/bin/"], "/usr/bin/: is a directory"),
+    (["cat", "main", "/link"], "/link: is a symlink, not a regular file"),
 ])
 def test_tree_path_errors(site, args, message):
     proc = run_cli(*args, repo=site["repo"], check=False)
@@ -384,3 +395,82 @@ def test_fsck_reports_a_bad_ref_and_checks_the_others(site):
     doc = json.loads(proc.stdout)
     assert proc.returncode != 0 and doc["roots"] == 1  # main, still checked
     assert [(p["kind"], p["message"]) for p in doc["problems"]] == [("corrupt", "ref broken: not ASCII")]
+
+
+# -- hints: what to do about an error, in the CLI's terms, on a line of its own -----------------
+
+def _hint(proc: subprocess.CompletedProcess[str]) -> str:
+    """The hint, checked to be the second and last line, after the one error line (which
+    names no option: the library layers do not know the CLI's)."""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("sealtree: error: "), proc.stderr
+    assert lines[1].startswith("sealtree: hint: ") and "use --" not in lines[0], proc.stderr
+    return lines[1].removeprefix("sealtree: hint: ")
+
+
+@pytest.mark.parametrize("error", [SpecialFile("is a FIFO", path="/src/fifo"),
+                                   CrossDevice("hardlinks cannot cross filesystems", path="/dest"),
+                                   NotARepository("not a sealtree repository", path="/r"),
+                                   PackNotKept("no pack kept for commit 00", path="/r/packs/00.pack"),
+                                   DowngradeError("not newer than the one already accepted")])
+def test_each_hint_is_printed_after_the_error_and_in_the_json_document(site, monkeypatch, error):
+    """The CLI's one table of hints, for every class in it (a command made to raise it)."""
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(repo_cmds, "cmd_refs", failing)
+    proc = run_cli("refs", "--json", repo=site["repo"], check=False, in_process=True)
+    assert proc.returncode == error.exit_code
+    assert proc.stderr.splitlines()[0] == f"sealtree: error: {error}"
+    assert _hint(proc) == HINTS[type(error)]
+    assert json.loads(proc.stdout) == {"ok": False, "error": str(error), "exit_status": error.exit_code,
+                                       "hint": HINTS[type(error)]}
+
+
+def test_an_error_without_a_hint_is_one_line_and_null_in_json(site):
+    proc = run_cli("log", "--json", "nope", repo=site["repo"], check=False)
+    assert proc.returncode == 4 and _error(proc) == "nope: no such ref"
+    assert json.loads(proc.stdout)["hint"] is None
+
+
+def test_a_special_file_in_the_source_gets_the_skip_special_hint(tmp_path, repo):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "fifo")
+    proc = run_cli("commit", "-b", "x", str(src), repo=repo.path, check=False)
+    assert proc.returncode == 8 and str(src / "fifo") in proc.stderr.splitlines()[0]
+    assert _hint(proc) == "use --skip-special to leave devices, FIFOs and sockets out"
+    run_cli("commit", "-b", "x", "--skip-special", str(src), repo=repo.path)
+
+
+def test_a_checkout_across_filesystems_gets_the_copy_hint(site):
+    if os.stat("/dev/shm").st_dev == os.stat(site["repo"]).st_dev:
+        pytest.skip("/dev/shm is on the repository's filesystem")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        proc = run_cli("checkout", "main", os.path.join(other, "co"), repo=site["repo"], check=False)
+        assert proc.returncode == 3
+        assert _hint(proc) == "use --copy to copy the files instead of hardlinking them"
+        run_cli("checkout", "--copy", "main", os.path.join(other, "co"), repo=site["repo"])
+
+
+def test_a_missing_repository_gets_the_init_hint(tmp_path):
+    proc = run_cli("refs", repo=str(tmp_path / "nowhere"), check=False)
+    assert proc.returncode == 3 and "not a sealtree repository" in proc.stderr.splitlines()[0]
+    assert _hint(proc) == "create one with 'sealtree --repo PATH init'"
+
+
+def test_deploying_a_commit_without_its_pack_gets_the_import_hint(site):
+    proc = run_cli("deploy", "main", "--keys", site["ring"], repo=site["repo"], check=False)
+    assert proc.returncode == 14
+    assert _hint(proc) == "import a signed pack of it first (sealtree pack import PACK --keys DIR)"
+
+
+def test_an_os_error_names_its_file_escaped(site, monkeypatch):
+    """What the operating system refused, on a file whose name holds a newline: one line."""
+    def refused(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/a\nsealtree: verified ok")
+
+    monkeypatch.setattr(repo_cmds, "cmd_refs", refused)
+    proc = run_cli("refs", repo=site["repo"], check=False, in_process=True)
+    assert proc.returncode == 1
+    assert _error(proc) == "/srv/a\\x0asealtree: verified ok: Permission denied"

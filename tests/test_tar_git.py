@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -32,7 +31,7 @@ from store.repo import Repository
 from store.source_dir import read_directory
 from store.source_tar import TarSourceOptions, read_tar
 from store.walk import lookup, walk
-from tests.helpers import ROOT, materialise, names, trees
+from tests.helpers import materialise, names, run_cli_bytes, trees
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -47,13 +46,10 @@ GNU_TAR_XATTRS = ["--xattrs", "--xattrs-include=*", "--numeric-owner", "--format
 
 def cli(*args: str, repo: str | None = None, stdin: bytes | None = None, status: int = 0,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m sealtree`` with binary I/O; check the exit status and that no
+    """Run ``sealtree`` with binary I/O; check the exit status and that no
     traceback was printed."""
-    cmd = [sys.executable, "-m", "sealtree"] + (["--repo", repo] if repo else []) + list(args)
-    proc = subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
-    assert b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
-    assert proc.returncode == status, (cmd, proc.returncode, proc.stderr.decode(errors="replace"))
+    proc = run_cli_bytes(*args, repo=repo, input=stdin, env=env)
+    assert proc.returncode == status, (proc.args, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
 
 

@@ -11,9 +11,8 @@ from store.ids import to_hex
 from store.refs import check_ref_name
 
 from ..output import Progress, human_size, print_json
+from .commit_sources import add_arguments, store_source
 from .common import add_parser, open_repo
-
-SOURCE_ADAPTERS: list[Any] = []  # other sources (tar, git) register here: (add_args, applies, read)
 
 
 def register(sub: Any) -> None:
@@ -40,9 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--skip-special", action="store_true",
                    help="skip device nodes, fifos and sockets instead of refusing them")
     p.add_argument("--json", action="store_true", help="print {commit, tree, files, bytes} as JSON")
-    p.add_argument("source", metavar="DIR", nargs="?", help="the directory to commit")
-    for add_args, _applies, _read in SOURCE_ADAPTERS:
-        add_args(p)
+    add_arguments(p)
     p.set_defaults(func=cmd_commit)
 
 
@@ -65,9 +62,6 @@ def _check_texts(args: argparse.Namespace) -> None:
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
-    # Here, not at start-up: what it imports (mmap, the forked workers) no other command needs.
-    from store.source_dir import DirSourceOptions, read_directory  # noqa: PLC0415
-
     check_ref_name(args.branch)
     _check_texts(args)
     metadata = list(_metadata(args.metadata))
@@ -82,20 +76,13 @@ def cmd_commit(args: argparse.Namespace) -> None:
         progress.update(f"{files} files, {human_size(size)}")
 
     with repo.writing() as tx:
-        adapter = next((a for a in SOURCE_ADAPTERS if a[1](args)), None)
-        if adapter is not None:
-            tree, root_meta, extra = adapter[2](args, tx, report)
-            metadata.extend(extra)
-        elif args.source:
-            tree, root_meta = read_directory(tx, args.source, DirSourceOptions(args.skip_special, report))
-        else:
-            raise UsageError("commit needs a source: DIR" + "".join(
-                f", {a[0].__doc__}" for a in SOURCE_ADAPTERS if a[0].__doc__))
-        commit_id = finish_commit(repo, tx, args.branch, tree, root_meta, subject=args.subject,
+        source = store_source(args, tx, report)
+        metadata.extend(source.metadata)
+        commit_id = finish_commit(repo, tx, args.branch, source.tree, source.root_meta, subject=args.subject,
                                   body=args.body, version=args.commit_version,
                                   timestamp=timestamp, metadata=tuple(sorted(dict(metadata).items())))
     progress.done()
     if args.json:
-        print_json({"commit": to_hex(commit_id), "tree": to_hex(tree), **counts})
+        print_json({"commit": to_hex(commit_id), "tree": to_hex(source.tree), **counts})
     else:
         print(to_hex(commit_id))

@@ -1,7 +1,7 @@
 """deploy, mount, umount, status, undeploy, set-default, rollback, mark-good: deployments.
 
-``overlay`` is imported inside each command, so that other commands do not
-pay for loading it.
+``overlay`` is imported inside each command (but for the state file's limits,
+which the options show), so that other commands do not pay for loading it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import argparse
 import os
 from typing import Any
 
+from overlay.state import DEFAULT_TRIES, MAX_TRIES
 from store.errors import UsageError
+from store.names import show
 
 from ..output import print_json
 from .common import add_parser, iso_time, open_repo
@@ -25,8 +27,8 @@ def _tries(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be in 1..1000, got {value}")
+    if not 1 <= value <= MAX_TRIES:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_TRIES}, got {value}")
     return value
 
 
@@ -35,9 +37,9 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _count_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--tries", type=_tries, default=3, metavar="N",
+    p.add_argument("--tries", type=_tries, default=DEFAULT_TRIES, metavar="N",
                    help=f"boot tries {what} gets before boots fall back to the previous one "
-                        f"(default 3)")
+                        f"(default {DEFAULT_TRIES})")
     p.add_argument("--no-count", action="store_true",
                    help="do not count boots: trust it as known good")
 
@@ -85,7 +87,9 @@ def register(sub: Any) -> None:
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
-    p.add_argument("--keys", metavar="DIR", help="keyring (default: the one the deployment was made with)")
+    p.add_argument("--keys", metavar="DIR",
+                   help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
+                        "never a keyring the repository names)")
     _verify_arg(p)
     p.add_argument("--json", action="store_true", help="print what was mounted as JSON")
     p.set_defaults(func=cmd_mount)
@@ -168,7 +172,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
           f"userspace; fs-verity enabled on {check.enabled}) for {dep.ref} {dep.commit[:12]}")
     if mounted is not None:
         mode = "live (writes in memory)" if args.live else "read-only"
-        print(f"mounted at {mounted.target}, {mode}")
+        print(f"mounted at {show(mounted.target)}, {mode}")
     print(f"deployed {dep.id}")
 
 
@@ -185,7 +189,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
     mode = "live (writes in memory)" if args.live else "read-only"
-    print(f"mounted {dep.id} at {result.target}, {mode}")
+    print(f"mounted {dep.id} at {show(result.target)}, {mode}")
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
@@ -193,7 +197,7 @@ def cmd_umount(args: argparse.Namespace) -> None:
     from store.repo import Repository
     repo = Repository.open(args.repo) if args.repo else None
     dep = unmount(repo, args.target, lazy=args.lazy)
-    print(f"unmounted {dep.id + ' from ' if dep else ''}{os.path.abspath(args.target)}")
+    print(f"unmounted {dep.id + ' from ' if dep else ''}{show(os.path.abspath(args.target))}")
 
 
 def _status_doc(repo: Any) -> dict[str, Any]:
@@ -237,9 +241,9 @@ def cmd_status(args: argparse.Namespace) -> None:
             tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
         if dep["mounted_at"]:
-            print(f"    mounted at: {', '.join(dep['mounted_at'])}")
+            print(f"    mounted at: {', '.join(show(target) for target in dep['mounted_at'])}")
         if not dep["present"]:
-            print(f"    MISSING: {dep['path']} does not exist")
+            print(f"    MISSING: {show(dep['path'])} does not exist")
 
 
 def cmd_undeploy(args: argparse.Namespace) -> None:

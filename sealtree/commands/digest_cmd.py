@@ -7,6 +7,7 @@ from typing import Any
 
 from store.errors import SourceError, UsageError
 from store.fsverity import ALGORITHMS, VerityParams, digest_file
+from store.names import show
 
 from .common import add_parser
 
@@ -37,4 +38,4 @@ def cmd_digest(args: argparse.Namespace) -> None:
             raise SourceError("is a directory", path=name) from None
         except OSError as err:
             raise SourceError(f"{err.strerror}", path=name) from err
-        print(f"{args.hash_alg}:{digest.hex()} {name}")
+        print(f"{args.hash_alg}:{digest.hex()} {show(name)}")

@@ -9,6 +9,7 @@ from typing import Any
 from store.atomic import atomic_file, check_destination
 from store.errors import UsageError
 from store.export_tar import DEFAULT_ZSTD_LEVEL, export_tar
+from store.names import show
 
 from .common import add_parser, open_repo
 
@@ -53,4 +54,4 @@ def cmd_export(args: argparse.Namespace) -> None:
         return
     with atomic_file(args.output, 0o644) as handle:
         stats = export_tar(repo.objects, commit, handle, zstd_level=level)
-    print(f"{stats.sha256}  {args.output}")
+    print(f"{stats.sha256}  {show(args.output)}")

@@ -12,9 +12,10 @@ from store.errors import ObjectMissing, SealtreeError
 from store.history import log
 from store.ids import RawId, to_hex
 from store.model import Entry, Kind
+from store.names import show
 from store.walk import require, walk
 
-from ..output import json_path, print_json, show_path
+from ..output import json_path, json_text, print_json
 from .common import add_parser, commit_json, commit_text, open_repo, positive_int
 
 
@@ -95,9 +96,9 @@ def _entry_json(path: bytes, entry: Entry) -> dict[str, Any]:
     elif entry.kind is Kind.DIR:
         out["tree"] = to_hex(entry.tree)
     else:
-        out["target"] = show_path(entry.target)
+        out["target"] = json_text(entry.target)
     if entry.meta.xattrs:
-        out["xattrs"] = {show_path(k): v.hex() for k, v in entry.meta.xattrs}
+        out["xattrs"] = {json_text(k): v.hex() for k, v in entry.meta.xattrs}
     return out
 
 
@@ -107,11 +108,11 @@ def _entry_line(path: bytes, entry: Entry, args: argparse.Namespace) -> str:
     if args.checksum:
         ident = entry.digest if entry.kind is Kind.FILE else entry.tree if entry.kind is Kind.DIR else b""
         line += f"{ident.hex():64} "
-    line += show_path(b"/" + path)
+    line += show(b"/" + path)
     if entry.kind is Kind.SYMLINK:
-        line += " -> " + show_path(entry.target)
+        line += " -> " + show(entry.target)
     if args.xattrs and entry.meta.xattrs:
-        line += " {" + ", ".join(f"{show_path(k)}={v!r}" for k, v in entry.meta.xattrs) + "}"
+        line += " {" + ", ".join(f"{show(k)}={v!r}" for k, v in entry.meta.xattrs) + "}"
     return line
 
 
@@ -144,19 +145,18 @@ def cmd_cat(args: argparse.Namespace) -> None:
     _commit_id, commit = repo.commit_of(args.rev)
     path = _tree_path(args.path)
     if not path:
-        raise SealtreeError(f"{args.path} is a directory", path=args.path)
+        raise SealtreeError("is a directory", path=args.path)
     entry = require(repo.objects, commit.root_tree, path, args.path)
     if entry.kind is Kind.DIR:
-        raise SealtreeError(f"{args.path} is a directory", path=args.path)
+        raise SealtreeError("is a directory", path=args.path)
     if entry.kind is not Kind.FILE:
-        raise SealtreeError(f"{args.path} is a {entry.kind.name.lower()}, not a regular file",
-                            path=args.path)
+        raise SealtreeError(f"is a {entry.kind.name.lower()}, not a regular file", path=args.path)
     source = repo.objects.file_path(entry.digest, entry.meta)
     try:
         handle = open(source, "rb")
     except FileNotFoundError:
-        raise ObjectMissing(f"{args.path}: object {to_hex(entry.digest)} is missing",
-                            object_id=to_hex(entry.digest), path=source) from None
+        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", object_id=to_hex(entry.digest),
+                            path=args.path, file=source) from None
     with handle:
         while chunk := handle.read(1 << 20):
             sys.stdout.buffer.write(chunk)
@@ -176,4 +176,4 @@ def cmd_diff(args: argparse.Namespace) -> None:
         return
     for change in changes:
         extra = f"  ({', '.join(change.what())})" if args.verbose and change.status == "M" else ""
-        print(f"{change.status}    {show_path(b'/' + change.path)}{extra}")
+        print(f"{change.status}    {show(b'/' + change.path)}{extra}")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from store.errors import UsageError
+from store.names import show
 
 from ..output import print_json
 from .common import add_parser
@@ -35,4 +36,5 @@ def cmd_keygen(args: argparse.Namespace) -> None:
                     "public": args.keyfile + PUBLIC_SUFFIX})
         return
     print(f"key id {kid.hex()}")
-    print(f"private key {args.keyfile} (keep it secret), public key {args.keyfile}{PUBLIC_SUFFIX}")
+    print(f"private key {show(args.keyfile)} (keep it secret), "
+          f"public key {show(args.keyfile + PUBLIC_SUFFIX)}")

@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 from store.atomic import atomic_write, check_destination
 from store.errors import RefError, SignatureError, UsageError
 from store.ids import to_hex
+from store.names import show
 from store.objects import relative_path
 from store.refs import check_ref_name
 
-from ..output import human_size, json_path, print_json, show_path
+from ..output import human_size, json_path, print_json
 from .common import add_parser, commit_json, iso_time, open_repo
 
 
@@ -160,7 +161,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         except RefError:
             is_ref = False
         if not is_ref:
-            raise UsageError(f"{args.rev} is not a ref: say which ref the pack is for with --ref")
+            raise UsageError("is not a ref: say which ref the pack is for with --ref", path=args.rev)
         ref = args.rev
     started = time.monotonic()
     result = build_pack(repo, commit_id, ref, args.output, inline_max=args.inline_max,
@@ -174,7 +175,7 @@ def cmd_build(args: argparse.Namespace) -> None:
                     "large_bytes": result.large_bytes, "inline_max": args.inline_max,
                     "level": args.level, "seconds": round(seconds, 3)})
         return
-    print(f"wrote {result.path}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
+    print(f"wrote {show(result.path)}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
     print(f"commit {to_hex(result.commit_id)} for ref {result.ref}: {result.entries} paths, "
           f"{result.inline_files} inline files ({human_size(result.inline_bytes)}), "
           f"{result.large_files} large files ({human_size(result.large_bytes)})")
@@ -184,7 +185,7 @@ def cmd_sign(args: argparse.Namespace) -> None:
     from pack.keys import load_private_key
     from pack.signature import sign_pack
     kid = sign_pack(args.pack, load_private_key(args.key), sig_path=_sig_path(args))
-    print(f"signed {args.pack} with key {kid.hex()} ({_sig_path(args)})")
+    print(f"signed {show(args.pack)} with key {kid.hex()} ({show(_sig_path(args))})")
 
 
 def cmd_digest(args: argparse.Namespace) -> None:
@@ -213,7 +214,7 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
         raise SignatureError(f"{err.strerror}", path=args.sigfile) from err
     signature = parse_signature_blob(blob, args.sigfile)
     kid = add_signature(args.pack, signature, load_public_key(args.pubkey), sig_path=_sig_path(args))
-    print(f"added the signature of key {kid.hex()} to {_sig_path(args)}")
+    print(f"added the signature of key {kid.hex()} to {show(_sig_path(args))}")
 
 
 # -- device side ------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
                     "commit": to_hex(commit_id), "ref": ref,
                     "signers": [k.hex() for k in verification.signers]})
         return
-    print(f"{args.pack}: ok: commit {to_hex(commit_id)} for ref {ref}, signed by "
+    print(f"{show(args.pack)}: ok: commit {to_hex(commit_id)} for ref {ref}, signed by "
           + ", ".join(k.hex()[:16] for k in verification.signers))
 
 
@@ -265,7 +266,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print_json(info)
         return
     commit, header, counts, sizes = info["commit"], info["header"], info["counts"], info["sizes"]
-    print(f"pack      {args.pack} ({human_size(info['size'])}, format 1)")
+    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format 1)")
     print(f"ref       {info['ref']}")
     print(f"commit    {commit['id']}")
     print(f"date      {iso_time(commit['timestamp'])}")
@@ -316,4 +317,4 @@ def cmd_import(args: argparse.Namespace) -> None:
     for missing in result.missing:
         entry = missing.entry.entry
         print(f"missing {relative_path('file', entry.digest, entry.meta)} {entry.size} "
-              f"{show_path(b'/' + missing.entry.path)}")
+              f"{show(b'/' + missing.entry.path)}")

@@ -7,6 +7,7 @@ from typing import Any
 
 from store.errors import RefError, UsageError
 from store.ids import to_hex
+from store.names import show
 from store.repo import Repository
 
 from ..output import print_json
@@ -43,7 +44,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     if not args.repo:
         raise UsageError("no repository: give --repo PATH or set SEALTREE_REPO")
     repo = Repository.init(args.repo)
-    print(f"initialised empty sealtree repository in {repo.path}")
+    print(f"initialised empty sealtree repository in {show(repo.path)}")
 
 
 def cmd_refs(args: argparse.Namespace) -> None:

@@ -7,10 +7,11 @@ from typing import Any
 
 from store.errors import ObjectCorrupt, ObjectMissing
 from store.fsck import fsck
+from store.ids import RawId
 from store.prune import prune
+from store.repo import Repository
 
 from ..output import Progress, human_size, print_json
-from ..roots import extra_roots
 from .common import add_parser, open_repo
 
 
@@ -34,11 +35,19 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def _deployment_roots(repo: Repository) -> list[tuple[str, RawId]]:
+    """The commits that deployments use: fsck checks them and prune keeps them besides what
+    refs reach (``store`` knows nothing of deployments; the overlay layer does)."""
+    from overlay.deploy import deployment_roots  # noqa: PLC0415 - only when fsck or prune runs
+
+    return list(deployment_roots(repo))
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     progress = Progress("fsck")
     report = fsck(repo, lambda done, total: progress.update(f"{done}/{total} objects"),
-                  extra_roots(repo))
+                  _deployment_roots(repo))
     progress.done()
     if args.json:
         print_json({"objects": report.objects, "bytes": report.bytes, "roots": report.refs,
@@ -60,7 +69,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     repo = open_repo(args)
-    report = prune(repo, lambda: [commit for _label, commit in extra_roots(repo)],
+    report = prune(repo, lambda: [commit for _label, commit in _deployment_roots(repo)],
                    dry_run=args.dry_run)
     if args.json:
         print_json(vars(report) | {"dry_run": args.dry_run})

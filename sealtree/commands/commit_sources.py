@@ -1,0 +1,118 @@
+"""What ``commit`` reads a tree from: a directory, a tar stream (--tar) or a git revision (--git)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from store.errors import UsageError
+from store.ids import RawId
+from store.model import Meta
+from store.names import show
+from store.transaction import Transaction
+
+from .common import parse_owner
+
+Report = Callable[[int, int], None]
+
+SOURCES_HELP = "DIR, --tar FILE|-, --git REPO [--rev REV]"
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    """A source's tree in the repository: its root tree, the root's metadata, and what the
+    commit records about where it came from (``tar.sha256``, ``git.commit``)."""
+
+    tree: RawId
+    root_meta: Meta
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """DIR, and the options naming another source: --tar, --git, --rev, --owner."""
+    parser.add_argument("source", metavar="DIR", nargs="?", help="the directory to commit")
+    group = parser.add_argument_group(
+        "other sources",
+        "Instead of DIR: a tar stream (plain, gzip, xz or zstd; ustar, GNU or PAX with\n"
+        "xattrs in SCHILY.xattr records) or the tree of a git revision, read without a\n"
+        "checkout.  Unsafe tar members (absolute, '..', below a symlink, given twice)\n"
+        "are refused with the member named.  A git tree is stored as a checkout with\n"
+        "umask 022 owned by --owner would be: files 0644/0755, symlinks, dirs 0755;\n"
+        "the commit records git.commit=<id>.  A tar commit records tar.sha256=<digest\n"
+        "of the input>.")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--tar", metavar="FILE", help="commit the tree in tar archive FILE ('-': stdin)")
+    source.add_argument("--git", metavar="REPO", help="commit the tree of a revision of git repository REPO")
+    group.add_argument("--rev", metavar="REV", help="the git revision (with --git; default HEAD)")
+    group.add_argument("--owner", metavar="UID:GID",
+                       help="owner of every entry (--git: default 0:0; --tar: default the "
+                            "members' numeric owners, and 0:0 for directories not in the archive)")
+
+
+def store_source(args: argparse.Namespace, tx: Transaction, report: Report) -> StoredSource:
+    """Store the tree of the one source the command line names."""
+    if args.tar is None and args.git is None:
+        if args.rev is not None:
+            raise UsageError("--rev goes with --git")
+        if args.owner is not None:
+            raise UsageError("--owner goes with --git or --tar")
+        if not args.source:
+            raise UsageError(f"commit needs a source: {SOURCES_HELP}")
+        return _store_directory(args, tx, report)
+    if args.source:
+        raise UsageError(f"give one source: DIR ({show(args.source)}) or --tar/--git, not both")
+    owner = parse_owner(args.owner) if args.owner is not None else None
+    if args.tar is not None:
+        if args.rev is not None:
+            raise UsageError("--rev goes with --git, not --tar")
+        return _store_tar(args, owner, tx, report)
+    return _store_git(args, owner, tx, report)
+
+
+def _store_directory(args: argparse.Namespace, tx: Transaction, report: Report) -> StoredSource:
+    # Here, not at start-up: what it imports (mmap, the forked workers) no other command needs.
+    from store.source_dir import DirSourceOptions, read_directory  # noqa: PLC0415
+
+    tree, root_meta = read_directory(tx, args.source, DirSourceOptions(args.skip_special, report))
+    return StoredSource(tree, root_meta)
+
+
+def _store_tar(args: argparse.Namespace, owner: tuple[int, int] | None, tx: Transaction,
+               report: Report) -> StoredSource:
+    from store.source_tar import TarSourceOptions, read_tar  # noqa: PLC0415
+
+    label = "standard input" if args.tar == "-" else args.tar
+    with _open_input(args.tar) as stream:
+        tar = read_tar(tx, stream, TarSourceOptions(owner, args.skip_special, report, label=label))
+    _report_skipped(tar.skipped)
+    return StoredSource(tar.tree, tar.root_meta, (("tar.sha256", tar.sha256),))
+
+
+def _store_git(args: argparse.Namespace, owner: tuple[int, int] | None, tx: Transaction,
+               report: Report) -> StoredSource:
+    from store.source_git import GitSourceOptions, read_git  # noqa: PLC0415
+
+    rev = args.rev if args.rev is not None else "HEAD"
+    git = read_git(tx, args.git, rev, GitSourceOptions(owner or (0, 0), args.skip_special, report))
+    _report_skipped(git.skipped)
+    return StoredSource(git.tree, git.root_meta, (("git.commit", git.commit),) if git.commit else ())
+
+
+@contextlib.contextmanager
+def _open_input(name: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        if sys.stdin.isatty():
+            raise UsageError("--tar -: standard input is a terminal, not a tar stream")
+        yield sys.stdin.buffer
+        return
+    with open(name, "rb") as handle:
+        yield handle
+
+
+def _report_skipped(skipped: list[tuple[bytes, str]]) -> None:
+    for path, why in skipped:
+        print(f"sealtree: skipped {show(path)}: {why}", file=sys.stderr)
