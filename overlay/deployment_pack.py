@@ -17,7 +17,7 @@ from pack.keys import Keyring
 from pack.manifest import Manifest
 from pack.reader import PackReader
 from pack.verify import Verification, open_verified
-from store.errors import DeployError, PackError, SignatureError, VerificationError
+from store.errors import DeployError, NoKeyring, PackError, PackNotKept, SignatureError, VerificationError
 from store.ids import RawId, to_hex
 from store.model import Kind
 from store.names import show
@@ -29,14 +29,6 @@ from .objcheck import LargeFile
 # overlayfs interprets these xattrs on its layers; a tree carrying them would not
 # show as committed (and could hide or redirect files), so it is refused.
 OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
-
-
-class NoKeyring(SignatureError):
-    """No keyring was named and the system keyring (``SYSTEM_KEYRING``) does not exist."""
-
-
-class PackNotKept(DeployError):
-    """The repository keeps no signed pack of the commit (it was never imported)."""
 
 
 class OverlayXattr(DeployError):

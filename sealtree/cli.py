@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from store.errors import (
     CrossDevice,
     DowngradeError,
+    NoKeyring,
     NotARepository,
     PackNotKept,
     SealtreeError,
     SpecialFile,
 )
+from remote.errors import IndexExpired
 from store.names import show
 
 from .cli_format import Formatter
@@ -40,7 +42,8 @@ exit status:
   0 success; 1 other error; 2 usage; 3 repository; 4 ref; 5 missing object;
   6 corrupt object; 7 format; 8 source tree; 9-10 fs-verity; 11 pack;
   12 signature; 13 downgrade; 14 deploy; 15 verification; 16 mount;
-  130 interrupted.  `sealtree COMMAND --help` describes each command.
+  17 remote (a server or mirror); 130 interrupted.  `sealtree COMMAND --help`
+  describes each command.
 """
 
 # What to do about an error, in the CLI's own terms: library layers raise a class and never
@@ -51,6 +54,8 @@ HINTS: dict[type[SealtreeError], str] = {
     NotARepository: "create one with 'sealtree --repo PATH init'",
     PackNotKept: "import a signed pack of it first (sealtree pack import PACK --keys DIR)",
     DowngradeError: "use --allow-downgrade to accept it anyway",
+    NoKeyring: "name the trusted keys with --keys DIR",
+    IndexExpired: "use --allow-expired to accept it anyway (the index may be frozen by an attacker)",
 }
 
 

@@ -190,3 +190,7 @@ class NotARepository(RepositoryError):
 
 class PackNotKept(DeployError):
     """A deployment needs the signed pack of a commit, and the repository keeps none for it."""
+
+
+class NoKeyring(SignatureError):
+    """No keyring was named and the system keyring does not exist: nothing to trust."""

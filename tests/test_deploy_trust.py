@@ -13,7 +13,7 @@ import os
 import pytest
 
 from overlay import deployment_pack, farm
-from overlay.deployment_pack import NoKeyring
+from store.errors import NoKeyring
 from overlay.mount_deployment import mount_deployment, unmount
 from overlay.state import StateFile
 from store.errors import FarmMismatch, SignatureError
