@@ -1,0 +1,64 @@
+"""The structure-aware pack fuzzer (tests/reliability/fuzz.py), CI slice: fixed seed, about
+140 mutated packs re-signed with the trusted key, each through pack inspect / verify /
+import and deploy --mount (SEALTREE_LONG=1: 2000; `python3 -m tests.reliability.run --long`
+for the full run with a summary)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import settings
+from tests.reliability.env import Env
+from tests.reliability.fuzz import Stats, fuzz
+
+pytestmark = pytest.mark.usefixtures("needs_root")
+
+
+@pytest.fixture(scope="module")
+def stats(tmp_path_factory) -> Stats:
+    base = tmp_path_factory.mktemp("fuzz")
+    env = Env.make(str(base / "env"))
+    return fuzz(env, str(base / "work"), cases=settings.FUZZ_CASES, seed=settings.SEED)
+
+
+def _failures(stats: Stats, *kinds: str) -> list[str]:
+    return [f for f in stats.failures if any(f"): {k}" in f for k in kinds)]
+
+
+def test_every_mutation_kind_was_tried(stats):
+    from tests.reliability.fuzz import MUTATORS
+    assert set(stats.by_mutation) == set(MUTATORS)
+    assert stats.tried == settings.FUZZ_CASES
+
+
+def test_no_crash_and_only_documented_exit_statuses(stats):
+    assert _failures(stats, "crash", "undocumented") == []
+
+
+def test_no_pack_that_breaks_the_format_is_accepted(stats):
+    assert _failures(stats, "wrongly") == []
+    assert stats.refused_everywhere > stats.tried // 2  # most mutations must break something
+
+
+def test_nothing_is_written_outside_the_target_and_no_mount_is_left(stats):
+    assert _failures(stats, "written outside", "mounts left", "umount failed") == []
+
+
+def test_valid_mutations_deploy(stats):
+    """Some mutations keep the pack valid (other compression, other inline content with its
+    digest): those must deploy, so the fuzzer also reaches the mount path."""
+    assert stats.deployed_and_matched > 0
+
+
+@pytest.mark.xfail(strict=False, reason="product defect found by the fuzzer: a manifest name with a "
+                   "newline is printed raw inside PackError messages (log injection), fix expected "
+                   "from the pack/error-model helpers")
+def test_every_refusal_is_one_clean_error_line(stats):
+    assert _failures(stats, "unclean") == []
+
+
+@pytest.mark.xfail(strict=False, reason="product defect found by the fuzzer: uid/gid 4294967295 "
+                   "(-1) in a signed manifest is applied by fchown as 'unchanged', so the mounted "
+                   "view differs from the manifest")
+def test_the_mounted_view_equals_the_manifest(stats):
+    assert _failures(stats, "mounted view") == []
