@@ -62,3 +62,30 @@ def test_every_refusal_is_one_clean_error_line(stats):
                    "view differs from the manifest")
 def test_the_mounted_view_equals_the_manifest(stats):
     assert _failures(stats, "mounted view") == []
+
+
+def test_the_forked_runner_agrees_with_python_m_sealtree(tmp_path):
+    """The suites fork a pre-imported child per command; a real `python3 -m sealtree` gives the
+    same exit status and the same error line for the same mutated packs."""
+    import os
+
+    from tests.reliability import packcodec as pc
+    from tests.reliability.cli import Cli
+    from tests.reliability.fuzz import make_case
+
+    env = Env.make(str(tmp_path / "env"))
+    with open(env.pack_path(env.commit), "rb") as handle:
+        original = handle.read()
+    with open(env.key("vendor"), "rb") as handle:
+        private = handle.read()
+    for index in range(0, 40, 5):
+        case = make_case(index, settings.SEED, original, str(tmp_path))
+        path = str(tmp_path / f"{index}.pack")
+        with open(path, "wb") as handle:
+            handle.write(case.data)
+        with open(path + ".sig", "wb") as handle:
+            handle.write(pc.sign_bytes(case.data, private))
+        forked = Cli(exec_=False)("pack", "verify", path, "--keys", env.keys)
+        execed = Cli(exec_=True)("pack", "verify", path, "--keys", env.keys)
+        assert (forked.code, forked.stderr) == (execed.code, execed.stderr), case.mutation
+        os.unlink(path)

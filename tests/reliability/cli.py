@@ -12,7 +12,6 @@ every command as a real ``python3 -m sealtree`` instead (slower, same results).
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -119,20 +118,21 @@ def _warm() -> None:
 class Cli:
     """Runs sealtree commands; ``repo`` is passed as ``--repo``."""
 
-    def __init__(self, repo: str | None = None) -> None:
+    def __init__(self, repo: str | None = None, *, exec_: bool = EXEC) -> None:
         self.repo = repo
-        if not EXEC:
+        self.exec = exec_
+        if not exec_:
             _warm()
 
     def argv(self, args: tuple[str, ...]) -> list[str]:
         return (["--repo", self.repo] if self.repo else []) + list(args)
 
-    def start(self, *args: str) -> "Running":
+    def start(self, *args: str) -> Running:
         argv = self.argv(args)
         out = tempfile.TemporaryFile()
         err = tempfile.TemporaryFile()
         started = time.monotonic()
-        if EXEC:
+        if self.exec:
             proc = subprocess.Popen([sys.executable, "-m", "sealtree", *argv], cwd=ROOT,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     env=dict(os.environ, PYTHONPATH=ROOT))
@@ -152,14 +152,12 @@ class Cli:
 class Running:
     argv: tuple[str, ...]
     pid: int
-    out: "tempfile._TemporaryFileWrapper[bytes]"
-    err: "tempfile._TemporaryFileWrapper[bytes]"
+    out: tempfile._TemporaryFileWrapper[bytes]
+    err: tempfile._TemporaryFileWrapper[bytes]
     started: float
     proc: subprocess.Popen[bytes] | None
 
     def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
         if getattr(self, "_status", None) is not None:
             return False
         pid, status, usage = os.wait4(self.pid, os.WNOHANG)
@@ -178,14 +176,7 @@ class Running:
         deadline = time.monotonic() + timeout
         status = getattr(self, "_status", None)
         rss = getattr(self, "_rss", 0)
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.proc.wait()
-            code = self.proc.returncode
-        else:
+        if True:  # forked or exec'd alike: wait4 gives this child's own peak RSS
             while status is None:
                 pid, status_, usage = os.wait4(self.pid, os.WNOHANG)
                 if pid:
@@ -201,6 +192,4 @@ class Running:
             handle.seek(0)
             texts.append(handle.read().decode("utf-8", "replace"))
             handle.close()
-        if not rss:
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         return Result(self.argv, code, texts[0], texts[1], rss, seconds)

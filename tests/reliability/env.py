@@ -129,7 +129,7 @@ class Env:
         return result
 
     @classmethod
-    def make(cls, base: str, *, scale: int = 1) -> "Env":
+    def make(cls, base: str, *, scale: int = 1) -> Env:
         env = cls(base, Cli())
         os.makedirs(os.path.join(base, "keypairs"), exist_ok=True)
         for name in ("vendor", "rogue", "old"):

@@ -81,6 +81,7 @@ class Stats:
     generic_exit_1: int = 0
     valid_refused: int = 0
     max_rss_kib: int = 0
+    max_rss_kib_by_mutation: dict[str, int] = field(default_factory=dict)
     by_mutation: Counter[str] = field(default_factory=Counter)
     exit_codes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
@@ -91,6 +92,7 @@ class Stats:
         out = {k: v for k, v in self.__dict__.items() if k not in ("failures", "notes")}
         out["by_mutation"] = dict(sorted(self.by_mutation.items()))
         out["exit_codes"] = dict(sorted(self.exit_codes.items()))
+        out["max_rss_kib_by_mutation"] = dict(sorted(self.max_rss_kib_by_mutation.items()))
         out["failures"] = self.failures[:50]
         out["notes"] = self.notes[:50]
         return out
@@ -125,7 +127,8 @@ def m_header_field(rng: random.Random, data: bytes, _pack: pc.Pack) -> bytes:
         value = bytes(rng.randrange(256) for _ in range(size))
         return data[:pos] + value + data[pos + size:]
     old, = struct.unpack_from("<" + code, data, pos)
-    new = rng.choice([rng.choice(INTERESTING), old + 1, old - 1, old * 2, old ^ (1 << rng.randrange(size * 8))])
+    new = rng.choice([rng.choice(INTERESTING), old + 1, old - 1, old * 2,
+                      old ^ (1 << rng.randrange(size * 8))])
     new %= 1 << (8 * size)
     return data[:pos] + struct.pack("<" + code, new) + data[pos + size:]
 
@@ -236,6 +239,20 @@ def m_frame_cuts(rng: random.Random, _data: bytes, pack: pc.Pack) -> bytes:
         return [(cctx.compress(raw[i:i + step]), len(raw[i:i + step])) for i in range(0, len(raw), step)]
     hook = "manifest_frame_hook" if rng.random() < 0.5 else "data_frame_hook"
     return pc.encode(pack, level=3, **{hook: recut})
+
+
+def m_big_manifest(rng: random.Random, _data: bytes, pack: pc.Pack) -> bytes:
+    """A memory probe: a manifest declared (and compressed) as up to 256 MiB in 1 MiB frames of
+    zeros -- a few KiB of pack.  Zero bytes are not a valid row (kind 0), so a reader that
+    checks rows as frames arrive stops at once; one that decompresses everything first holds
+    the whole manifest.  The peak RSS of the commands is recorded per mutation."""
+    frames = rng.choice([16, 64, 256])
+    zero = _BOMBS.get((-1, 0))
+    if zero is None:
+        zero = _BOMBS[(-1, 0)] = (zstandard.ZstdCompressor(level=1).compress(bytes(pc.FRAME_MAX)),
+                                  pc.FRAME_MAX)
+    pack.header_overrides["entry_count"] = rng.choice([1, 1 << 20])
+    return pc.encode(pack, level=3, manifest_frame_hook=lambda _frames: [zero] * frames)
 
 
 def m_level(rng: random.Random, _data: bytes, pack: pc.Pack) -> bytes:
@@ -424,7 +441,8 @@ def _with_commit_field(commit: bytes, which: int, value: bytes) -> bytes:
 MUTATORS: dict[str, Mutator] = {
     "header-field": m_header_field, "frame-table": m_frame_table, "bit-flips": m_bitflips,
     "splice": m_splice, "bomb": m_bomb, "manifest-bits": m_manifest_bits,
-    "frame-cuts": m_frame_cuts, "level": m_level, "name": m_name, "parent": m_parent,
+    "frame-cuts": m_frame_cuts, "level": m_level, "big-manifest": m_big_manifest,
+    "name": m_name, "parent": m_parent,
     "duplicate-row": m_duplicate_row, "reorder": m_reorder, "delete-row": m_delete_row,
     "kind": m_kind, "meta": m_meta, "xattr": m_xattr, "symlink": m_symlink, "file": m_file,
     "tree-id": m_tree_id, "commit": m_commit,
@@ -478,8 +496,8 @@ class Fuzzer:
         for claim in [*v.claims.values(), *([v.root] if v.root else [])]:
             if any(n.startswith((b"trusted.overlay.", b"user.overlay.")) for n, _ in claim.xattrs):
                 return False
-            if claim.kind == pc.KIND_FILE and not claim.inline and \
-                    (claim.digest, claim.size, claim.mode, claim.uid, claim.gid, claim.xattrs) not in self.objects:
+            key = (claim.digest, claim.size, claim.mode, claim.uid, claim.gid, claim.xattrs)
+            if claim.kind == pc.KIND_FILE and not claim.inline and key not in self.objects:
                 return False
         return True
 
@@ -624,6 +642,9 @@ def record(stats: Stats, outcome: Outcome) -> None:
     for name, code in outcome.codes.items():
         stats.exit_codes[f"{name}:{code}"] += 1
     stats.max_rss_kib = max(stats.max_rss_kib, outcome.max_rss_kib)
+    kind = outcome.case.mutation.split("+")[0]
+    stats.max_rss_kib_by_mutation[kind] = max(stats.max_rss_kib_by_mutation.get(kind, 0),
+                                              outcome.max_rss_kib)
     if not outcome.accepted_by or outcome.accepted_by == ["inspect"]:
         stats.refused_everywhere += 1
     if outcome.valid and outcome.accepted_by:
@@ -653,3 +674,40 @@ def record(stats: Stats, outcome: Outcome) -> None:
         elif kind.startswith("mounted view"):
             stats.view_mismatches += 1
         stats.failures.append(f"case {outcome.case.index} ({outcome.case.mutation}): {failure[:1500]}")
+
+
+def memory_probe(env: Env, work: str, *, manifest_mib: int = 250) -> dict[str, object]:
+    """A valid, signed pack whose manifest decompresses to about ``manifest_mib`` MiB (empty
+    inline files with 255-byte names, all in the root: legal by docs/FORMAT.md), a small file
+    on disk; the peak RSS and time of ``pack inspect`` and ``pack verify`` run as real
+    ``python3 -m sealtree`` processes (the fuzzer's forked children would count the
+    parent's memory too)."""
+    os.makedirs(work, exist_ok=True)
+    with open(env.pack_path(env.commit), "rb") as handle:
+        pack = pc.parse(handle.read())
+    empty = pc.fsverity_digest(b"")
+    per_row = 2 + 3 + 255 + 14 + 40 + 9
+    count = min(manifest_mib * (1 << 20) // per_row, (1 << 20) - 1)
+    pack.rows = [pc.Row(b"", pc.Entry(pc.KIND_FILE, b"%0255d" % i, 0o644, 0, 0, [], 0, empty), 1, 0)
+                 for i in range(count)]
+    pack.inline_data = {}
+    pc.fix_derived(pack)
+    data = pc.encode(pack, level=1)
+    path = os.path.join(work, "big-manifest.pack")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    with open(env.key("vendor"), "rb") as handle:
+        sig = pc.sign_bytes(data, handle.read())
+    with open(path + ".sig", "wb") as handle:
+        handle.write(sig)
+    manifest = sum(len(r.encode()) for r in pack.rows)
+    del pack, data
+    out: dict[str, object] = {"pack_bytes": os.path.getsize(path), "manifest_bytes": manifest,
+                              "rows": count}
+    for name, args in (("inspect", ["pack", "inspect", path]),
+                       ("verify", ["pack", "verify", path, "--keys", env.keys])):
+        result = Cli(exec_=True)(*args, timeout=600)
+        out[name] = {"exit": result.code, "peak_rss_mib": round(result.maxrss_kib / 1024, 1),
+                     "seconds": round(result.seconds, 1), "traceback": result.traceback}
+    os.unlink(path)
+    return out

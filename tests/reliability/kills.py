@@ -38,8 +38,8 @@ class Op:
 
     name: str
     world: str  # which prepared world it starts from
-    argv: Callable[["KillCase"], list[str]]
-    again: Callable[["KillCase"], list[str]] | None = None  # the "next operation"; default argv
+    argv: Callable[[KillCase], list[str]]
+    again: Callable[[KillCase], list[str]] | None = None  # the "next operation"; default argv
 
 
 @dataclass
@@ -168,7 +168,13 @@ class Worlds:
 
 
 def _deploy_again(case: KillCase) -> list[str]:
-    return ["deploy", REF, "--keys", case.env.keys, "--verify", "userspace", "--mount", case.target("target2")]
+    return ["deploy", REF, "--keys", case.env.keys, "--verify", "userspace",
+            "--mount", case.target("target2")]
+
+
+def _mount_again(case: KillCase) -> list[str]:
+    return ["mount", case.data["default"], case.target("target2"), "--keys", case.env.keys,
+            "--verify", "userspace"]
 
 
 OPS = [
@@ -176,15 +182,15 @@ OPS = [
                                      c.data["big_src"]]),
     Op("commit --tar", "base", lambda c: ["commit", "-b", REF, "--version", "9", "--timestamp", "1700009999",
                                            "--tar", c.data["big_src"] + ".tar"]),
-    Op("pack import", "import-device", lambda c: ["pack", "import", c.data["import_pack"], "--keys", c.env.keys]),
+    Op("pack import", "import-device",
+       lambda c: ["pack", "import", c.data["import_pack"], "--keys", c.env.keys]),
     Op("deploy", "imported", lambda c: ["deploy", REF, "--keys", c.env.keys, "--verify", "userspace"]),
     Op("deploy --mount", "imported", lambda c: ["deploy", REF, "--keys", c.env.keys, "--verify", "userspace",
                                                  "--mount", c.target()], _deploy_again),
     Op("mount", "deployed", lambda c: ["mount", c.data["default"], c.target(), "--keys", c.env.keys,
                                         "--verify", "userspace"],
-       lambda c: ["mount", c.data["default"], c.target("target2"), "--keys", c.env.keys, "--verify", "userspace"]),
-    Op("umount", "deployed+mounted", lambda c: ["umount", c.target()],
-       lambda c: ["mount", c.data["default"], c.target("target2"), "--keys", c.env.keys, "--verify", "userspace"]),
+       _mount_again),
+    Op("umount", "deployed+mounted", lambda c: ["umount", c.target()], _mount_again),
     Op("prune", "prunable", lambda c: ["prune"]),
     Op("rollback", "deployed", lambda c: ["rollback"]),
     Op("undeploy", "deployed", lambda c: ["undeploy", c.data["previous"]],
@@ -276,11 +282,19 @@ class Killer:
                 problems.append(f"ref {name} names {value}, neither the old one nor a commit")
         status = cli("status", "--json")
         try:
-            json.loads(status.stdout)
+            state = json.loads(status.stdout)
             if status.code != 0:
                 raise ValueError(status.stderr)
         except ValueError:
             problems.append(f"state unreadable: {status.describe()}")
+            state = {}
+        if state.get("default"):  # what the state records is complete: it verifies and mounts
+            mounted = cli("mount", "default", case.target("recorded"), "--keys", case.env.keys,
+                          "--verify", "userspace")
+            if mounted.code != 0:
+                problems.append(f"the recorded default deployment does not mount: {mounted.describe()}")
+            else:
+                cli("umount", case.target("recorded"))
         again = cli(*(op.again or op.argv)(case))
         if again.code != 0:
             problems.append(f"next {op.name} failed: {again.describe()}")

@@ -207,7 +207,6 @@ def _rows(manifest: bytes, entry_count: int, inline_max: int, root_tree: bytes,
     claims: dict[bytes, Claim] = {}
     # the stack of open directories: (path, last child name, children entries, its row entry)
     stack: list[tuple[bytes, list[bytes], list[Entry], Entry | None]] = [(b"", [], [], None)]
-    trees: dict[bytes, bytes] = {}
     pos = rows = 0
     offset = 0
     inline_rows: list[tuple[bytes, int, int, bytes]] = []

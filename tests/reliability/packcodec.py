@@ -154,7 +154,7 @@ class Pack:
     def commit_id(self) -> bytes:
         return hashlib.sha256(self.commit).digest()
 
-    def copy(self) -> "Pack":
+    def copy(self) -> Pack:
         return replace(self, rows=[Row(r.parent, replace(r.entry, xattrs=list(r.entry.xattrs)),
                                        r.inline, r.offset) for r in self.rows],
                        inline_data=dict(self.inline_data), header_overrides=dict(self.header_overrides))
@@ -273,7 +273,8 @@ HEADER_FIELDS = ("magic", "version", "flags", "inline_max", "commit_id", "commit
 def header_offsets() -> dict[str, tuple[int, str]]:
     """Each header field's offset and struct code."""
     out, pos = {}, 0
-    for name, code in zip(HEADER_FIELDS, ["8s", "H", "H", "I", "32s", "I", "H", "I", "Q", "I", "Q", "I"]):
+    for name, code in zip(HEADER_FIELDS, ["8s", "H", "H", "I", "32s", "I", "H", "I", "Q", "I", "Q", "I"],
+                          strict=True):
         out[name] = (pos, code)
         pos += struct.calcsize("<" + code)
     return out

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from . import settings
 from .badinput import run_bad_inputs
 from .env import Env, unmount_below
-from .fuzz import fuzz
+from .fuzz import fuzz, memory_probe
 from .kills import run_kills
 from .tamper import TAMPERS, Tampering
 
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                deadline=started + 0.85 * budget, scale=300 if args.long else 150)
         tampering = Tampering(env, os.path.join(work, "tamper"))
         tamper_results = [tampering.run(t) for t in TAMPERS]
+        memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=250 if args.long else 20)
         bad = run_bad_inputs(env, os.path.join(work, "bad-tar"), cases=400 if args.long else 40,
                              seed=args.seed)
     finally:
@@ -59,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "long": args.long, "seconds": round(time.monotonic() - started, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "fuzz": fuzz_stats.as_dict(),
-        "kills": {name: {k: v for k, v in asdict(s).items() if k != "problems"} | {"problems": s.problems[:20]}
-                  for name, s in kill_stats.items()},
+        "kills": {name: {k: v for k, v in asdict(s).items() if k != "problems"}
+                  | {"problems": s.problems[:20]} for name, s in kill_stats.items()},
         "tamper": {"tried": len(tamper_results), "refused": tamper_refused,
                    "cases": {r.tamper.name: {"threat": r.tamper.threat,
                                              "exits": {k: v.code for k, v in r.checks.items()},
                                              "refused": not r.failures, "known_defect": r.tamper.xfail,
                                              "failures": [f[:800] for f in r.failures]}
                              for r in tamper_results}},
+        "memory_probe": memory,
         "bad_inputs": asdict(bad) | {"failures": bad.failures[:30]},
     }
     with open(os.path.join(out, "summary.json"), "w") as handle:
@@ -88,7 +90,8 @@ def markdown(s: dict) -> str:  # type: ignore[type-arg]
              "| wrongly accepted | crashes | escapes | leftover mounts | view mismatches | unclean errors "
              "| generic exit 1 | peak RSS |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| {f['tried']} | {f['refused_everywhere']} | {f['accepted_valid']} | {f['deployed_and_matched']} "
+             f"| {f['tried']} | {f['refused_everywhere']} | {f['accepted_valid']} "
+             f"| {f['deployed_and_matched']} "
              f"| {f['wrongly_accepted']} | {f['crashes']} | {f['escapes']} | {f['leftover_mounts']} "
              f"| {f['view_mismatches']} | {f['unclean_errors']} | {f['generic_exit_1']} "
              f"| {f['max_rss_kib'] // 1024} MiB |", "",
@@ -97,7 +100,8 @@ def markdown(s: dict) -> str:  # type: ignore[type-arg]
              "| operation | kills | mid-way | inconsistent | next op failed | leftover mounts "
              "| leftover temp files | op duration |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, k in s["kills"].items():
-        lines.append(f"| {name} | {k['kills']} | {k['killed_midway']} | {k['inconsistent']} | {k['next_failed']} "
+        lines.append(f"| {name} | {k['kills']} | {k['killed_midway']} | {k['inconsistent']} "
+                     f"| {k['next_failed']} "
                      f"| {k['leftover_mounts']} | {k['leftover_files']} | {k['duration']:.2f} s |")
     t = s["tamper"]
     lines += ["", f"## Tampering: {t['tried']} cases, {t['refused']} refused", "",
@@ -105,12 +109,23 @@ def markdown(s: dict) -> str:  # type: ignore[type-arg]
     for name, c in t["cases"].items():
         lines.append(f"| {name} | {c['threat']} | {c['exits']} | {'yes' if c['refused'] else 'NO'} "
                      f"| {c['known_defect']} |")
+    m = s["memory_probe"]
+    lines += ["", "## Memory: a valid signed pack whose manifest decompresses to "
+              f"{m['manifest_bytes'] / (1 << 20):.0f} MiB ({m['pack_bytes'] / 1024:.0f} KiB on disk, "
+              f"{m['rows']} rows)", "",
+              f"- pack inspect: exit {m['inspect']['exit']}, peak RSS {m['inspect']['peak_rss_mib']} MiB, "
+              f"{m['inspect']['seconds']} s",
+              f"- pack verify: exit {m['verify']['exit']}, peak RSS {m['verify']['peak_rss_mib']} MiB, "
+              f"{m['verify']['seconds']} s",
+              "- fuzzer, peak RSS per mutation kind (forked children: includes the runner's own "
+              "~40 MiB): " + ", ".join(f"{k} {v // 1024}" for k, v in f["max_rss_kib_by_mutation"].items())]
     b = s["bad_inputs"]
     lines += ["", "## Bad tar inputs (commit --tar)", "",
               f"tried {b['tried']}, refused {b['refused']}, accepted {b['accepted']} "
               f"(of which corrupt compressed streams: {b['accepted_corrupt_stream']}), "
               f"crashes {b['crashes']}, unclean errors {b['unclean']}", ""]
-    problems = f["failures"][:15] + [p for k in s["kills"].values() for p in k["problems"][:5]] + b["failures"][:10]
+    problems = (f["failures"][:15] + [p for k in s["kills"].values() for p in k["problems"][:5]]
+                + b["failures"][:10])
     if problems:
         lines += ["## Problems (first of each)", ""] + [f"- {p[:400]!s}".replace("\n", " ") for p in problems]
     return "\n".join(lines) + "\n"

@@ -85,7 +85,9 @@ def _keep_meta_write(path: str, data: bytes) -> None:
 def _object_names(rel: str) -> Callable[[World], list[str]]:
     def names(w: World) -> list[str]:
         obj = os.path.basename(w.object_of(rel)) if os.path.lexists(os.path.join(w.farm, rel)) else ""
-        return [rel] + ([obj[:16], os.path.basename(os.path.dirname(w.object_of(rel))) + obj[:14]] if obj else [])
+        if not obj:
+            return [rel]
+        return [rel, obj[:16], os.path.basename(os.path.dirname(w.object_of(rel))) + obj[:14]]
     return names
 
 
@@ -225,18 +227,22 @@ TAMPERS: list[Tamper] = [
            ("mount",), lambda w: ["usr/lib/same"]),
     Tamper("farm directory mode changed", "1", lambda w: os.chmod(os.path.join(w.farm, "usr"), 0o777),
            ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
-    Tamper("farm directory xattr added", "1", _set_xattr("usr", "user.evil"), ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
+    Tamper("farm directory xattr added", "1", _set_xattr("usr", "user.evil"),
+           ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
     # -- threat 1: overlay xattrs in the farm ------------------------------------------------
     Tamper("trusted.overlay.opaque on a farm directory", "1", _set_xattr("usr", "trusted.overlay.opaque"),
            ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
     Tamper("trusted.overlay.opaque on the farm root", "1", _set_xattr(".", "trusted.overlay.opaque"),
            ("mount",), lambda w: [w.dep, "deploy"], xfail=FARM_XATTRS),
     Tamper("trusted.overlay.redirect on a farm directory", "1",
-           _set_xattr("deep/a", "trusted.overlay.redirect", b"/etc"), ("mount",), lambda w: ["deep/a"], xfail=FARM_XATTRS),
+           _set_xattr("deep/a", "trusted.overlay.redirect", b"/etc"), ("mount",), lambda w: ["deep/a"],
+           xfail=FARM_XATTRS),
     Tamper("trusted.overlay.metacopy on a farm directory", "1",
-           _set_xattr("usr/lib", "trusted.overlay.metacopy", b""), ("mount",), lambda w: ["usr/lib"], xfail=FARM_XATTRS),
+           _set_xattr("usr/lib", "trusted.overlay.metacopy", b""), ("mount",), lambda w: ["usr/lib"],
+           xfail=FARM_XATTRS),
     Tamper("trusted.overlay.metacopy on a farm link", "1",
-           _set_xattr(FARM_FILE, "trusted.overlay.metacopy", b""), ("mount", "fsck"), _object_names(FARM_FILE)),
+           _set_xattr(FARM_FILE, "trusted.overlay.metacopy", b""), ("mount", "fsck"),
+           _object_names(FARM_FILE)),
     Tamper("trusted.overlay.redirect on a farm link", "1",
            _set_xattr(FARM_FILE, "trusted.overlay.redirect", b"/etc/shadow"), ("mount", "fsck"),
            _object_names(FARM_FILE)),
@@ -252,14 +258,17 @@ TAMPERS: list[Tamper] = [
     Tamper("kept pack's signature removed", "2", lambda w: os.unlink(w.kept_pack() + ".sig"),
            ("mount", "deploy", "verify"), lambda w: [w.commit[:16], "pack", "sig"]),
     Tamper("pack signed by a revoked key", "2", lambda w: None,
-           ("mount-revoking", "verify-revoking", "import-revoking"), lambda w: [w.commit[:16], "pack", "key", "revoked"]),
+           ("mount-revoking", "verify-revoking", "import-revoking"),
+           lambda w: [w.commit[:16], "pack", "key", "revoked"]),
     Tamper("replayed older pack", "2", _older_replayed, ("import-old", "deploy-old"),
            lambda w: [w.commit[:16], "pack", "older", "1.0", "1.1"]),
-    Tamper("keyring path moved in deploy/state.json", "2", _move_keyring, ("mount-default-keys", "mount-default"),
+    Tamper("keyring path moved in deploy/state.json", "2", _move_keyring,
+           ("mount-default-keys", "mount-default"),
            lambda w: ["pack", "key", "sig"],
            xfail="fixed on h-overlay: mount takes its trust anchor from deploy/state.json"),
     Tamper("kept pack of another commit", "2",
-           lambda w: (_evil_pack(w, "vendor")), ("mount", "deploy"), lambda w: [w.commit[:16], "pack", "commit"]),
+           lambda w: (_evil_pack(w, "vendor")), ("mount", "deploy"),
+           lambda w: [w.commit[:16], "pack", "commit"]),
 ]
 
 
