@@ -1,5 +1,5 @@
 """The structure-aware pack fuzzer (tests/reliability/fuzz.py), CI slice: fixed seed, about
-140 mutated packs re-signed with the trusted key, each through pack inspect / verify /
+200 mutated packs re-signed with the trusted key, each through pack inspect / verify /
 import and deploy --mount (SEALTREE_LONG=1: 2000; `python3 -m tests.reliability.run --long`
 for the full run with a summary)."""
 
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 def stats(tmp_path_factory) -> Stats:
     base = tmp_path_factory.mktemp("fuzz")
     env = Env.make(str(base / "env"))
-    return fuzz(env, str(base / "work"), cases=settings.FUZZ_CASES, seed=settings.SEED)
+    return fuzz(env, str(base / "work"), cases=settings.FUZZ_CASES, seed=settings.SEED,
+                workers=settings.FUZZ_WORKERS)
 
 
 def _failures(stats: Stats, *kinds: str) -> list[str]:

@@ -620,14 +620,64 @@ def compare_view(target: str, claims: dict[bytes, Claim], root: Claim) -> list[s
 
 
 def fuzz(env: Env, work: str, *, cases: int, seed: int, stats: Stats | None = None,
-         deadline: float | None = None) -> Stats:
-    """Run ``cases`` cases (stopping early at ``deadline``, a time.monotonic value)."""
-    stats = stats or Stats()
+         deadline: float | None = None, workers: int = 1) -> Stats:
+    """Run cases 0 .. ``cases``-1 (stopping early at ``deadline``, a time.monotonic value);
+    with ``workers`` > 1, in that many forked processes (case i in worker i % workers), each
+    in its own directory, their statistics summed."""
+    if workers > 1:
+        return _fuzz_parallel(env, work, cases=cases, seed=seed, deadline=deadline, workers=workers)
+    return _fuzz_some(env, work, range(cases), seed, stats or Stats(), deadline)
+
+
+def _fuzz_parallel(env: Env, work: str, *, cases: int, seed: int, deadline: float | None,
+                   workers: int) -> Stats:
+    import pickle  # noqa: PLC0415
+
+    pids = []
+    for worker in range(workers):
+        result = os.path.join(work, f"worker-{worker}.pickle")
+        os.makedirs(work, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                part = _fuzz_some(env, os.path.join(work, f"w{worker}"), range(worker, cases, workers),
+                                  seed, Stats(), deadline)
+                with open(result, "wb") as handle:
+                    pickle.dump(part, handle)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append((pid, result))
+    total = Stats()
+    for pid, result in pids:
+        os.waitpid(pid, 0)
+        with open(result, "rb") as handle:
+            part = pickle.load(handle)
+        for name, value in part.__dict__.items():
+            if name == "max_rss_kib":
+                total.max_rss_kib = max(total.max_rss_kib, value)
+            elif name == "max_rss_kib_by_mutation":
+                for k, v in value.items():
+                    total.max_rss_kib_by_mutation[k] = max(total.max_rss_kib_by_mutation.get(k, 0), v)
+            elif name == "seconds":
+                total.seconds = max(total.seconds, value)
+            elif isinstance(value, Counter):
+                getattr(total, name).update(value)
+            elif isinstance(value, list):
+                getattr(total, name).extend(value)
+            else:
+                setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+def _fuzz_some(env: Env, work: str, indices: range, seed: int, stats: Stats,
+               deadline: float | None) -> Stats:
     fuzzer = Fuzzer(env, work)
     started = time.monotonic()
-    for index in range(cases):
+    for index in indices:
         if deadline is not None and time.monotonic() > deadline:
-            stats.notes.append(f"stopped at the deadline after {index} cases")
+            stats.notes.append(f"stopped at the deadline before case {index}")
             break
         case = make_case(index, seed, fuzzer.original, fuzzer.canary_dir)
         outcome = fuzzer.run(case)

@@ -316,15 +316,18 @@ class Killer:
 
 def run_kills(env: Env, base: str, *, per_op: int, seed: int, ops: list[str] | None = None,
               deadline: float | None = None, scale: int = 300) -> dict[str, OpStats]:
+    """Kill each operation ``per_op`` times; with a ``deadline``, every operation gets an equal
+    share of the time left when its turn comes."""
     killer = Killer(env, base, scale=scale)
     out: dict[str, OpStats] = {}
-    for op in OPS:
-        if ops is not None and op.name not in ops:
-            continue
+    chosen = [op for op in OPS if ops is None or op.name in ops]
+    for position, op in enumerate(chosen):
         stats = out.setdefault(op.name, OpStats())
         rng = random.Random(f"{seed}:{op.name}")
+        own = None if deadline is None else \
+            time.monotonic() + (deadline - time.monotonic()) / (len(chosen) - position)
         for index in range(per_op):
-            if deadline is not None and time.monotonic() > deadline:
+            if own is not None and time.monotonic() > own:
                 break
             killer.kill_one(op, index, rng, stats)
         stats.duration = killer.durations.get(op.name, 0.0)

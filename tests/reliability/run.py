@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     env = Env.make(os.path.join(work, f"env-{os.getpid()}"))
     try:
         fuzz_stats = fuzz(env, os.path.join(work, "fuzz"), cases=fuzz_cases, seed=args.seed,
-                          deadline=started + 0.45 * budget)
+                          deadline=started + 0.45 * budget, workers=2 if args.long else 1)
         kill_stats = run_kills(env, os.path.join(work, "kills"), per_op=kills, seed=args.seed,
                                deadline=started + 0.85 * budget, scale=300 if args.long else 150)
         tampering = Tampering(env, os.path.join(work, "tamper"))
@@ -122,7 +122,8 @@ def markdown(s: dict) -> str:  # type: ignore[type-arg]
     b = s["bad_inputs"]
     lines += ["", "## Bad tar inputs (commit --tar)", "",
               f"tried {b['tried']}, refused {b['refused']}, accepted {b['accepted']} "
-              f"(of which corrupt compressed streams: {b['accepted_corrupt_stream']}), "
+              f"(of which corrupt compressed streams: {b['accepted_corrupt_stream']}, "
+              f"junk after the stream: {b['accepted_trailing_junk']}), "
               f"crashes {b['crashes']}, unclean errors {b['unclean']}", ""]
     problems = (f["failures"][:15] + [p for k in s["kills"].values() for p in k["problems"][:5]]
                 + b["failures"][:10])
