@@ -5,6 +5,8 @@ for the full run with a summary)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.reliability import settings
@@ -16,6 +18,8 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 
 @pytest.fixture(scope="module")
 def stats(tmp_path_factory) -> Stats:
+    if os.geteuid() != 0:  # module fixtures run before the needs_root fixture
+        pytest.skip("needs root: owners, trusted.* xattrs and mounts")
     base = tmp_path_factory.mktemp("fuzz")
     env = Env.make(str(base / "env"))
     return fuzz(env, str(base / "work"), cases=settings.FUZZ_CASES, seed=settings.SEED,

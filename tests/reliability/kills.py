@@ -315,12 +315,45 @@ class Killer:
 
 
 def run_kills(env: Env, base: str, *, per_op: int, seed: int, ops: list[str] | None = None,
-              deadline: float | None = None, scale: int = 300) -> dict[str, OpStats]:
-    """Kill each operation ``per_op`` times; with a ``deadline``, every operation gets an equal
-    share of the time left when its turn comes."""
+              deadline: float | None = None, scale: int = 300, workers: int = 1) -> dict[str, OpStats]:
+    """Kill each operation ``per_op`` times (with ``workers`` > 1: the operations shared out
+    among that many forked processes, each with its own worlds)."""
+    names = [op.name for op in OPS if ops is None or op.name in ops]
+    if workers <= 1:
+        return _run_kills(env, base, per_op=per_op, seed=seed, ops=names, deadline=deadline, scale=scale)
+    import pickle  # noqa: PLC0415
+
+    children = []
+    for worker in range(workers):
+        result = os.path.join(base, f"worker-{worker}.pickle")
+        os.makedirs(base, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                part = _run_kills(env, os.path.join(base, f"w{worker}"), per_op=per_op, seed=seed,
+                                  ops=names[worker::workers], deadline=deadline, scale=scale)
+                with open(result, "wb") as handle:
+                    pickle.dump(part, handle)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append((pid, result))
+    merged: dict[str, OpStats] = {}
+    for pid, result in children:
+        os.waitpid(pid, 0)
+        with open(result, "rb") as handle:
+            merged.update(pickle.load(handle))
+    return {name: merged[name] for name in names if name in merged}
+
+
+def _run_kills(env: Env, base: str, *, per_op: int, seed: int, ops: list[str],
+               deadline: float | None, scale: int) -> dict[str, OpStats]:
+    """With a ``deadline``, every operation gets an equal share of the time left when its
+    turn comes."""
     killer = Killer(env, base, scale=scale)
     out: dict[str, OpStats] = {}
-    chosen = [op for op in OPS if ops is None or op.name in ops]
+    chosen = [op for op in OPS if op.name in ops]
     for position, op in enumerate(chosen):
         stats = out.setdefault(op.name, OpStats())
         rng = random.Random(f"{seed}:{op.name}")

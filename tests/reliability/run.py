@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     env = Env.make(os.path.join(work, f"env-{os.getpid()}"))
     try:
         fuzz_stats = fuzz(env, os.path.join(work, "fuzz"), cases=fuzz_cases, seed=args.seed,
-                          deadline=started + 0.45 * budget, workers=2 if args.long else 1)
+                          deadline=started + 0.4 * budget, workers=2 if args.long else 1)
         kill_stats = run_kills(env, os.path.join(work, "kills"), per_op=kills, seed=args.seed,
-                               deadline=started + 0.85 * budget, scale=300 if args.long else 150)
+                               deadline=started + 0.85 * budget, scale=300 if args.long else 150,
+                               workers=2 if args.long else 1)
         tampering = Tampering(env, os.path.join(work, "tamper"))
         tamper_results = [tampering.run(t) for t in TAMPERS]
         memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=250 if args.long else 20)
