@@ -224,13 +224,16 @@ class Killer:
         return case
 
     def duration(self, op: Op) -> float:
-        if op.name not in self.durations:
-            case = self.case(op, -1)
-            result = Cli(case.repo)(*op.argv(case))
-            assert result.code == 0, result.describe()
-            self.durations[op.name] = result.seconds
-            self.cleanup(case)
-            shutil.rmtree(case.dir, ignore_errors=True)
+        if op.name not in self.durations:  # the faster of two runs (the first warms caches)
+            times = []
+            for attempt in (-1, -2):
+                case = self.case(op, attempt)
+                result = Cli(case.repo)(*op.argv(case))
+                assert result.code == 0, result.describe()
+                times.append(result.seconds)
+                self.cleanup(case)
+                shutil.rmtree(case.dir, ignore_errors=True)
+            self.durations[op.name] = min(times)
         return self.durations[op.name]
 
     def cleanup(self, case: KillCase) -> list[bytes]:
