@@ -182,3 +182,8 @@ class MountError(DeployError):
     """A mount or unmount failed."""
 
     exit_code = 16
+
+
+class NotARepository(RepositoryError):
+    """A directory named as the repository has no sealtree repository (the CLI may say how to
+    create one)."""
