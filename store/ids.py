@@ -28,8 +28,3 @@ def parse_hex(text: str) -> HexId:
         raise FormatError(f"not an object id (64 hex digits): {text!r}")
     return HexId(text)
 
-
-def check_raw(data: bytes) -> RawId:
-    if len(data) != DIGEST_SIZE:
-        raise FormatError(f"object id must be {DIGEST_SIZE} bytes, got {len(data)}")
-    return RawId(data)

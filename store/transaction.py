@@ -16,13 +16,14 @@ import contextlib
 import errno
 import functools
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from .commits import Commit
-from .errors import RepositoryError
+from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
 from .ids import RawId
 from .inode_meta import apply_meta
@@ -39,7 +40,7 @@ STAGING_PREFIX = "staging-"
 STAGING_LOCK = "lock"  # held by the transaction that owns a staging directory
 
 __all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "apply_meta", "clean_stale_staging",
-           "disk_full_named", "syncfs"]  # apply_meta, syncfs: moved, importable here for now
+           "disk_full_named", "store_reader", "syncfs"]  # apply_meta, syncfs: moved, importable here for now
 
 
 def clean_stale_staging(tmp_root: str) -> None:
@@ -253,6 +254,29 @@ class Transaction:
                 os.rename(staged, final)
         syncfs(self.objects_root)
         self._staged.clear()
+
+
+def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes
+                 ) -> tuple[RawId, int]:
+    """Store ``size`` bytes read from ``reader`` (a stream without a file descriptor).
+
+    Small files are read whole; larger ones are spooled to an unnamed file in
+    the staging directory and streamed from there, so memory stays bounded.
+    A reader that ends early is a SourceError about ``where``.
+    """
+    if size <= IN_MEMORY_MAX:
+        data = reader.read(size)
+        if len(data) != size:
+            raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
+        return tx.add_file_bytes(data, meta), size
+    with disk_full_named(tx.repo_path), tempfile.TemporaryFile(dir=tx.staging) as spool:
+        shutil.copyfileobj(reader, spool, COPY_CHUNK)
+        spool.flush()
+        spool.seek(0)
+        digest, got = tx.add_file_stream(spool.fileno(), meta)
+    if got != size:
+        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
+    return digest, got
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
