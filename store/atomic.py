@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UsageError
+from .names import show
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -41,7 +42,7 @@ def about(err: OSError, path: str, doing: str = "") -> OSError:
 
 
 def _cannot_create(err: OSError, path: str, directory: str) -> OSError:
-    return about(err, path, f"cannot create it in {directory}")
+    return about(err, path, f"cannot create it in {show(directory)}")
 
 
 def check_destination(path: StrPath, what: str = "the output file") -> str:

@@ -27,6 +27,7 @@ from .errors import CrossDevice, ObjectMissing, SourceError, UsageError
 from .ids import RawId, to_hex
 from .inode_meta import apply_meta, apply_meta_path, apply_symlink_meta_at
 from .model import Entry, Kind, Meta
+from .names import show
 from .objects import ObjectStore
 from .remove import remove_tree
 from .walk import steps
@@ -176,7 +177,7 @@ def checkout(objects: ObjectStore, tree: RawId, root_meta: Meta, dest: str, *,
     try:
         work = tempfile.mkdtemp(prefix=".sealtree-checkout-", dir=parent)
     except OSError as err:
-        raise about(err, dest, f"cannot create it in {parent}") from None
+        raise about(err, dest, f"cannot create it in {show(parent)}") from None
     try:
         job = _Checkout(objects, copy, work)
         try:

@@ -12,7 +12,6 @@ import time
 
 from .commits import MAX_TIMESTAMP, MIN_TIMESTAMP
 from .errors import UsageError
-from .names import show
 
 MAX_SUBJECT = 4096  # bytes of UTF-8
 MAX_VERSION = 128  # bytes of UTF-8
@@ -48,12 +47,14 @@ def commit_timestamp(explicit: int | None = None, source: str = "timestamp") -> 
 
 
 def _quoted(value: str) -> str:
-    """``value`` quoted for a message (``store.names.show``); a lone surrogate that stands
-    for no byte (never from a command line) as Python's escape."""
+    """A text value (not a name: names go through ``store.names.show``) quoted on one line as
+    Python writes a string, its undecodable bytes (surrogate escapes) as ``\\xNN``."""
     try:
-        return f"'{show(value)}'"
-    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
         return ascii(value)
+    text = raw.decode("utf-8", "backslashreplace")
+    return "'" + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text) + "'"
 
 
 def check_text(field: str, value: str) -> str:

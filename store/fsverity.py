@@ -261,8 +261,8 @@ def _digest_in_workers(path: str | os.PathLike[str], size: int, params: VerityPa
     step = -(-size // bs // workers) * bs or bs
     ranges = [(start, min(start + step, size)) for start in range(0, size, step)]
     hashes = collect([Forked(_block_hashes, path, start, stop, params,
-                             failure=lambda m: SealtreeError(f"{os.fsdecode(path)}: a digest "
-                                                             f"worker failed: {m}"))
+                             failure=lambda m: SealtreeError(f"a digest worker failed: {m}",
+                                                             path=path))
                       for start, stop in ranges])
     hasher = VerityHasher(params)
     hasher.update_block_hashes(b"".join(hashes), size)
