@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -90,6 +91,14 @@ def temporary_name(name: str) -> str:
     if len(os.fsencode(long_form)) <= NAME_MAX:
         return long_form
     return f".sealtree-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp[0-9]+|\.sealtree-[0-9]+-[0-9a-f]{16}\.tmp", re.DOTALL)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` has the form of a ``temporary_name`` (one a crash may leave behind)."""
+    return _TEMPORARY.fullmatch(name) is not None
 
 
 def _finish(handle: BinaryIO, path: str, mode: int, durable: bool) -> None:

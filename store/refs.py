@@ -11,7 +11,7 @@ import contextlib
 import os
 import re
 
-from .atomic import atomic_write
+from .atomic import atomic_write, is_temporary_name
 from .errors import FormatError, RefError
 from .ids import RawId, parse_hex, to_hex, to_raw
 from .layout import RepoLayout
@@ -108,6 +108,7 @@ class Refs:
         """Set ``name`` to ``new`` (None deletes) if it still points at ``expected``."""
         path = self._path(name)
         with flock(self.lock_path, exclusive=True):
+            self._remove_temporaries(os.path.dirname(path))
             current = self.read(name)
             if current != expected:
                 raise RefError(f"changed: expected {to_hex(expected) if expected else 'none'}, "
@@ -121,6 +122,19 @@ class Refs:
             self._remove_empty_dirs(name, path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, (to_hex(new) + "\n").encode())
+
+    @staticmethod
+    def _remove_temporaries(directory: str) -> None:
+        """Remove the temporary files of ref updates in ``directory`` that a crash left: every
+        update holds the refs lock, which we hold, so none of them is in progress."""
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for file in names:
+            if is_temporary_name(file):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(os.path.join(directory, file))
 
     def _remove_empty_parents(self, path: str) -> None:
         """Remove the directories above a deleted ref that are now empty (``a/`` of ``a/b``),

@@ -87,3 +87,16 @@ def test_a_full_disk_is_reported_naming_the_repository(tmp_path):
         assert caught.value.path == repo.path
         assert repo.refs.read("main") is None
         assert os.listdir(repo.layout.tmp) == []  # the staging directory is gone
+
+
+def test_a_ref_update_removes_the_temporary_files_a_crash_left(repo):
+    commit_id = _commit(repo)
+    heads = repo.layout.refs_heads
+    left = [".main.tmp4242", ".sealtree-4242-0123456789abcdef.tmp"]
+    for name in left:
+        with open(os.path.join(heads, name), "wb") as handle:
+            handle.write(b"half")
+    with open(os.path.join(heads, ".keep"), "wb"):
+        pass  # not a temporary name: not ours to remove
+    repo.refs.update("other", commit_id, None)
+    assert sorted(os.listdir(heads)) == [".keep", "main", "other"]
