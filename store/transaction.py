@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
@@ -38,16 +39,27 @@ IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones str
 COPY_CHUNK = 1 << 20
 STAGING_PREFIX = "staging-"
 STAGING_LOCK = "lock"  # held by the transaction that owns a staging directory
+UNLOCKED_GRACE = 60.0
 
 __all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "apply_meta", "clean_stale_staging",
            "disk_full_named", "store_reader", "syncfs"]  # apply_meta, syncfs: moved, importable here for now
 
 
 def clean_stale_staging(tmp_root: str) -> None:
-    """Remove staging directories whose transaction is gone (their lock is free)."""
+    """Remove staging directories whose transaction is gone (their lock is free).  One without
+    a lock file yet is a transaction starting (between creating it and locking it), unless it
+    is older than UNLOCKED_GRACE seconds."""
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
-        if name.startswith(STAGING_PREFIX) and try_flock(os.path.join(path, STAGING_LOCK)):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        lock = os.path.join(path, STAGING_LOCK)
+        try:
+            if not os.path.exists(lock) and time.time() - os.lstat(path).st_mtime < UNLOCKED_GRACE:
+                continue
+        except FileNotFoundError:
+            continue
+        if try_flock(lock):
             with contextlib.suppress(OSError):
                 remove_tree(path)
 

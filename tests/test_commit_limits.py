@@ -100,3 +100,17 @@ def test_a_ref_update_removes_the_temporary_files_a_crash_left(repo):
         pass  # not a temporary name: not ours to remove
     repo.refs.update("other", commit_id, None)
     assert sorted(os.listdir(heads)) == [".keep", "main", "other"]
+
+
+def test_a_staging_directory_being_created_is_not_cleaned_as_stale(repo):
+    """Between mkdtemp and taking its lock, a staging directory has no lock file: another
+    transaction starting then must not remove it; once old, it is a crash's leftover."""
+    starting = os.path.join(repo.layout.tmp, "staging-starting")
+    os.mkdir(starting)
+    with repo.writing():
+        pass
+    assert os.path.isdir(starting)
+    os.utime(starting, (0, 0))
+    with repo.writing():
+        pass
+    assert not os.path.exists(starting)
