@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from .atomic import about
 from .errors import CrossDevice, ObjectMissing, SourceError, UsageError
 from .ids import RawId, to_hex
-from .inode_meta import apply_meta, apply_meta_path, apply_symlink_meta_at
+from .inode_meta import apply_meta, apply_symlink_meta_at
 from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
 from .remove import remove_tree
 from .walk import steps
-
-__all__ = ["CheckoutStats", "apply_meta_path", "checkout"]  # apply_meta_path: moved to inode_meta
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 COPY_CHUNK = 1 << 20
