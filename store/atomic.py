@@ -11,11 +11,14 @@ import contextlib
 import errno
 import io
 import os
+import re
+import secrets
 import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import UsageError
+from .names import show
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -40,7 +43,7 @@ def about(err: OSError, path: str, doing: str = "") -> OSError:
 
 
 def _cannot_create(err: OSError, path: str, directory: str) -> OSError:
-    return about(err, path, f"cannot create it in {directory}")
+    return about(err, path, f"cannot create it in {show(directory)}")
 
 
 def check_destination(path: StrPath, what: str = "the output file") -> str:
@@ -77,6 +80,27 @@ class _TempFile(io.FileIO):
             raise about(err, self.destination) from None
 
 
+NAME_MAX = 255  # bytes in one directory entry's name, on every Linux filesystem sealtree uses
+
+
+def temporary_name(name: str) -> str:
+    """The name ``atomic_file`` writes ``name``'s new content under before renaming it:
+    ``.NAME.tmpPID``, or ``.sealtree-PID-RANDOM.tmp`` when that would be longer than a
+    directory entry may be (a name of 255 bytes is legal; its temporary name must be too)."""
+    long_form = f".{name}.tmp{os.getpid()}"
+    if len(os.fsencode(long_form)) <= NAME_MAX:
+        return long_form
+    return f".sealtree-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp[0-9]+|\.sealtree-[0-9]+-[0-9a-f]{16}\.tmp", re.DOTALL)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` has the form of a ``temporary_name`` (one a crash may leave behind)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
 def _finish(handle: BinaryIO, path: str, mode: int, durable: bool) -> None:
     try:
         handle.flush()
@@ -107,7 +131,7 @@ def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> It
     path = check_destination(path)
     directory, name = os.path.split(path)
     directory = directory or "."
-    tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
+    tmp = os.path.join(directory, temporary_name(name))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as err:

@@ -5,37 +5,28 @@ A source adds leaves (files, symlinks) and directories by path, then
 tree id, as ``store.source_dir.read_directory`` does for a directory.  The
 builder enforces what a tree must be, whatever the source says: every name
 valid (``model.check_name``), every path given once, no path below a
-non-directory, symlink targets and xattrs within the tree format's limits.
+non-directory, metadata and symlink targets a tree can hold (``store.storable``).
 Directories that only appear as parents of other paths ("implied") get the
 builder's ``implied_meta`` unless the source lists them later.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from .errors import SourceError
 from .ids import RawId
-from .model import (
-    MAX_TARGET,
-    MAX_XATTR_NAME,
-    MAX_XATTR_VALUE,
-    MAX_XATTRS,
-    PERMISSION_BITS,
-    Entry,
-    Kind,
-    Meta,
-    check_name,
-)
-from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction
+from .model import Entry, Kind, Meta, check_name
+from .names import show
+from .storable import check_storable_meta, check_target, sorted_xattrs
+from .transaction import Transaction, store_reader
 
-MAX_ID = (1 << 32) - 1
-# Linux refuses xattrs outside these namespaces (EOPNOTSUPP), so a tree must not hold them.
-XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
+# Kept importable from here for the sources that import them from this module (store.storable,
+# store.names and store.transaction are their homes); ``check_meta`` is ``check_storable_meta``.
+check_meta = check_storable_meta
+__all__ = ["DirNode", "TreeBuilder", "check_meta", "check_storable_meta", "check_target", "show",
+           "sorted_xattrs", "store_reader"]
 
 
 @dataclass
@@ -45,71 +36,6 @@ class DirNode:
     meta: Meta
     children: dict[bytes, Entry | DirNode] = field(default_factory=dict)
     listed: bool = True  # False while the directory is only implied by a path below it
-
-
-def show(path: bytes | str) -> str:
-    """A source path for messages: UTF-8 where it is, backslash escapes where it is not."""
-    return path if isinstance(path, str) else path.decode("utf-8", "backslashreplace")
-
-
-def check_meta(meta: Meta, where: str) -> Meta:
-    """``meta`` when the tree format can hold it; SourceError naming ``where`` otherwise."""
-    if meta.mode & ~PERMISSION_BITS:
-        raise SourceError(f"mode {meta.mode:#o} has bits outside {PERMISSION_BITS:#o}",
-                          path=where)
-    for number, what in ((meta.uid, "uid"), (meta.gid, "gid")):
-        if not 0 <= number <= MAX_ID:
-            raise SourceError(f"{what} {number} is out of range", path=where)
-    if len(meta.xattrs) > MAX_XATTRS:
-        raise SourceError(f"{len(meta.xattrs)} xattrs exceed the limit of {MAX_XATTRS}",
-                          path=where)
-    previous = None
-    for name, value in meta.xattrs:
-        if not name.startswith(XATTR_NAMESPACES) or b"\0" in name or len(name) > MAX_XATTR_NAME:
-            raise SourceError(f"xattr name {show(name)!r} is not valid on Linux (it needs a "
-                              f"namespace such as 'user.', no NUL, at most {MAX_XATTR_NAME} bytes)",
-                              path=where)
-        if len(value) > MAX_XATTR_VALUE:
-            raise SourceError(f"xattr {show(name)!r} value of {len(value)} bytes exceeds "
-                              f"{MAX_XATTR_VALUE}", path=where)
-        if previous is not None and name <= previous:
-            raise SourceError(f"xattr {show(name)!r} given twice", path=where)
-        previous = name
-    return meta
-
-
-def sorted_xattrs(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple(sorted(pairs))
-
-
-def check_target(target: bytes, where: str) -> bytes:
-    if not 0 < len(target) <= MAX_TARGET or b"\0" in target:
-        raise SourceError(f"symlink target must be 1 to {MAX_TARGET} bytes without NUL "
-                          f"(got {len(target)} bytes)", path=where)
-    return target
-
-
-def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str
-                 ) -> tuple[RawId, int]:
-    """Store ``size`` bytes read from ``reader`` (a stream without a file descriptor).
-
-    Small files are read whole; larger ones are spooled to an unnamed file in
-    the staging directory and streamed from there, so memory stays bounded.
-    A reader that ends early is a SourceError naming ``where``.
-    """
-    if size <= IN_MEMORY_MAX:
-        data = reader.read(size)
-        if len(data) != size:
-            raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
-        return tx.add_file_bytes(data, meta), size
-    with tempfile.TemporaryFile(dir=tx.staging) as spool:
-        shutil.copyfileobj(reader, spool, COPY_CHUNK)
-        spool.flush()
-        spool.seek(0)
-        digest, got = tx.add_file_stream(spool.fileno(), meta)
-    if got != size:
-        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
-    return digest, got
 
 
 class TreeBuilder:
@@ -122,7 +48,7 @@ class TreeBuilder:
     def set_root_meta(self, meta: Meta, where: str) -> None:
         if self.root.listed:
             raise SourceError("the root directory is given twice", path=where)
-        self.root.meta = check_meta(meta, where)
+        self.root.meta = check_storable_meta(meta, where)
         self.root.listed = True
 
     def _parent(self, parts: Sequence[bytes], where: str) -> DirNode:
@@ -134,7 +60,7 @@ class TreeBuilder:
                 child = node.children[name] = DirNode(self.implied_meta, listed=False)
             elif not isinstance(child, DirNode):
                 above = show(b"/".join(parts[:depth + 1]))
-                raise SourceError(f"its parent {above!r} is a {child.kind.name.lower()}, "
+                raise SourceError(f"its parent {above} is a {child.kind.name.lower()}, "
                                   f"not a directory", path=where)
             node = child
         return node
@@ -145,12 +71,12 @@ class TreeBuilder:
         for name in parts:
             problem = check_name(name)
             if problem:
-                raise SourceError(f"bad name {show(name)!r}: {problem}", path=where)
+                raise SourceError(f"bad name {show(name)}: {problem}", path=where)
 
     def add_leaf(self, parts: Sequence[bytes], entry: Entry, where: str) -> None:
         """Add a file or symlink; ``entry.name`` is replaced by ``parts[-1]``."""
         self._check_names(parts, where)
-        check_meta(entry.meta, where)
+        check_storable_meta(entry.meta, where)
         if entry.kind is Kind.SYMLINK:
             check_target(entry.target, where)
         parent = self._parent(parts, where)
@@ -167,7 +93,7 @@ class TreeBuilder:
     def add_dir(self, parts: Sequence[bytes], meta: Meta, where: str) -> None:
         """Add a directory, or give its metadata to one implied so far."""
         self._check_names(parts, where)
-        check_meta(meta, where)
+        check_storable_meta(meta, where)
         parent = self._parent(parts, where)
         existing = parent.children.get(parts[-1])
         if existing is None:

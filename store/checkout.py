@@ -6,22 +6,33 @@ Hardlinks share the object's inode, so each file gets exactly the object's
 mode, owner and xattrs; identical files (same content and metadata) share an
 inode, which keeps every hardlink group of the source.  ``copy=True`` makes
 independent files, still one inode per distinct object within the checkout.
+
+The tree is walked with ``store.walk.steps`` and written relative to one open
+directory at a time (``openat``, ``mkdirat``, ``linkat``), so neither its depth
+nor the length of its paths is limited; a directory gets its metadata when it
+is left, after its children were written into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 
-from . import xattrs
 from .atomic import about
-from .errors import ObjectMissing, RepositoryError, SourceError, UsageError
+from .errors import CrossDevice, ObjectMissing, SourceError, UsageError
 from .ids import RawId, to_hex
+from .inode_meta import apply_meta, apply_symlink_meta_at
 from .model import Entry, Kind, Meta
+from .names import show
 from .objects import ObjectStore
+from .remove import remove_tree
+from .walk import steps
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+COPY_CHUNK = 1 << 30  # bytes per sendfile call
 
 
 @dataclass
@@ -31,67 +42,110 @@ class CheckoutStats:
     symlinks: int = 0
 
 
-def apply_meta_path(path: bytes, meta: Meta, *, symlink: bool = False) -> None:
-    """Set a path's owner, mode (not for symlinks) and xattrs, in the order
-    ``store.transaction.apply_meta`` explains."""
-    os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
-    if not symlink:
-        os.chmod(path, meta.mode)
-    if meta.xattrs:
-        xattrs.write(path, meta.xattrs)
-
-
 class _Checkout:
-    def __init__(self, objects: ObjectStore, copy: bool, work: bytes) -> None:
+    """Writes the entries of a walk into the directory ``fd`` (the one being filled)."""
+
+    def __init__(self, objects: ObjectStore, copy: bool, work: str) -> None:
         self.objects = objects
         self.copy = copy
-        self.work = work  # the temporary directory the tree is built in
-        self.first_copy: dict[str, bytes] = {}
+        self.work = os.fsencode(work)  # the temporary directory the tree is built in
+        self.fd = os.open(work, _OPEN_DIR)
+        self.first_copy: dict[str, bytes] = {}  # object file -> its first copy (full path)
         self.stats = CheckoutStats()
 
-    def shown(self, path: bytes) -> str:
-        """A path being written, as a path of the tree (``/etc/motd``), not of our temp directory."""
-        return path[len(self.work):].decode(errors="backslashreplace")
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def enter(self, name: bytes) -> None:
+        os.mkdir(name, 0o700, dir_fd=self.fd)
+        child = os.open(name, _OPEN_DIR, dir_fd=self.fd)
+        os.close(self.fd)
+        self.fd = child
+
+    def leave(self, meta: Meta) -> None:
+        """Give the directory being filled its metadata and go back to its parent."""
+        apply_meta(self.fd, meta)
+        self.stats.dirs += 1
+        parent = os.open(b"..", _OPEN_DIR, dir_fd=self.fd)
+        os.close(self.fd)
+        self.fd = parent
+
+    def symlink(self, entry: Entry) -> None:
+        os.symlink(entry.target, entry.name, dir_fd=self.fd)
+        apply_symlink_meta_at(self.fd, entry.name, entry.meta)
+        self.stats.symlinks += 1
 
     def file(self, path: bytes, entry: Entry) -> None:
         source = self.objects.file_path(entry.digest, entry.meta)
         try:
             if not self.copy:
-                os.link(source, path)
-            elif (first := self.first_copy.get(source)) is not None:
-                os.link(first, path)
-            else:
-                shutil.copyfile(source, path)
-                apply_meta_path(path, entry.meta)
-                self.first_copy[source] = path
+                os.link(source, entry.name, dst_dir_fd=self.fd)
+            elif not self._link_first_copy(source, entry.name):
+                self._copy(source, entry)
+                self.first_copy[source] = self.work + b"/" + path
         except FileNotFoundError:
             if not os.path.exists(source):
-                raise ObjectMissing(f"{self.shown(path)}: object "
-                                    f"{to_hex(entry.digest)} is missing", object_id=to_hex(entry.digest),
-                                    path=source) from None
+                raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=b"/" + path,
+                                    object_id=to_hex(entry.digest), file=source) from None
             raise
         except OSError as err:
             if err.errno == errno.EXDEV:
-                raise RepositoryError("the checkout is on another filesystem than the repository: "
-                                      "hardlinks cannot cross filesystems (use --copy)",
-                                      path=self.shown(path)) from err
+                raise CrossDevice("the checkout is on another filesystem than the repository: "
+                                  "hardlinks cannot cross filesystems", path=b"/" + path,
+                                  file=source) from err
             raise
         self.stats.files += 1
 
-    def directory(self, path: bytes, tree: RawId, meta: Meta) -> None:
-        for entry in self.objects.read_tree(tree):
-            child = path + b"/" + entry.name
-            if entry.kind is Kind.FILE:
-                self.file(child, entry)
-            elif entry.kind is Kind.DIR:
-                os.mkdir(child, 0o700)
-                self.directory(child, entry.tree, entry.meta)
-            else:
-                os.symlink(entry.target, child)
-                apply_meta_path(child, entry.meta, symlink=True)
-                self.stats.symlinks += 1
-        apply_meta_path(path, meta)
+    def _link_first_copy(self, source: str, name: bytes) -> bool:
+        """Link ``name`` to the copy made of ``source`` before; False when there is none or its
+        path is too long to name (then the object is copied again)."""
+        first = self.first_copy.get(source)
+        if first is None:
+            return False
+        try:
+            os.link(first, name, dst_dir_fd=self.fd)
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
+                return False
+            raise
+        return True
+
+    def _copy(self, source: str, entry: Entry) -> None:
+        """A new file ``entry.name`` with the object's content (copied in the kernel) and metadata."""
+        src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            out = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                          dir_fd=self.fd)
+            try:
+                while os.sendfile(out, src, None, COPY_CHUNK):
+                    pass
+                apply_meta(out, entry.meta)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+
+    def write(self, tree: RawId, root_meta: Meta) -> None:
+        """Write every entry of ``tree`` and then give the root ``root_meta``."""
+        for step in steps(self.objects, tree):
+            try:
+                if step.leave:
+                    self.leave(step.entry.meta)
+                elif step.entry.kind is Kind.DIR:
+                    self.enter(step.entry.name)
+                elif step.entry.kind is Kind.FILE:
+                    self.file(step.path, step.entry)
+                else:
+                    self.symlink(step.entry)
+            except OSError as err:
+                raise _named(err, b"/" + step.path) from None
+        apply_meta(self.fd, root_meta)
         self.stats.dirs += 1
+
+
+def _named(err: OSError, path: bytes) -> OSError:
+    """``err`` about ``path``, a path of the tree: our own names are relative or temporary."""
+    return OSError(err.errno, err.strerror, os.fsdecode(path))
 
 
 def _in_dest(name: str | bytes | None, work: str, dest: str) -> str | None:
@@ -101,11 +155,13 @@ def _in_dest(name: str | bytes | None, work: str, dest: str) -> str | None:
     text = os.fsdecode(name)
     if text == work or text.startswith(work + "/"):
         return dest + text[len(work):]
+    if text.startswith("/"):  # a path of the tree (see _named)
+        return dest + text
     return text
 
 
 def _told_about_dest(err: OSError, work: str, dest: str) -> OSError:
-    """``err`` with every name below ``work`` shown below ``dest`` instead."""
+    """``err`` with every name below ``work`` (or of the tree) shown below ``dest`` instead."""
     return OSError(err.errno, err.strerror, _in_dest(err.filename, work, dest), None,
                    _in_dest(err.filename2, work, dest))
 
@@ -124,15 +180,24 @@ def checkout(objects: ObjectStore, tree: RawId, root_meta: Meta, dest: str, *,
     try:
         work = tempfile.mkdtemp(prefix=".sealtree-checkout-", dir=parent)
     except OSError as err:
-        raise about(err, dest, f"cannot create it in {parent}") from None
+        raise about(err, dest, f"cannot create it in {show(parent)}") from None
     try:
-        job = _Checkout(objects, copy, os.fsencode(work))
-        job.directory(job.work, tree, root_meta)
+        job = _Checkout(objects, copy, work)
+        try:
+            job.write(tree, root_meta)
+        finally:
+            job.close()
         os.rename(work, dest)
     except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_quietly(work)
         raise _told_about_dest(err, work, dest) from None
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_quietly(work)
         raise
     return job.stats
+
+
+def _remove_quietly(work: str) -> None:
+    """Remove a half-built checkout; a failure to do so must not hide the error that stopped it."""
+    with contextlib.suppress(OSError):
+        remove_tree(work)

@@ -46,26 +46,42 @@ def _subtree(objects: ObjectStore, status: str, path: bytes, entry: Entry) -> It
             yield Change(status, sub_path, sub if status == "D" else None, sub if status == "A" else None)
 
 
-def diff_trees(objects: ObjectStore, old: RawId, new: RawId, prefix: bytes = b"") -> Iterator[Change]:
-    """Yield changes from ``old`` to ``new`` in path order; equal subtrees are skipped unread."""
-    if old == new:
-        return
+def _pairs(objects: ObjectStore, old: RawId, new: RawId
+           ) -> Iterator[tuple[bytes, Entry | None, Entry | None]]:
+    """The names of two directories in order, each with its entry in the old and the new one."""
     a = {e.name: e for e in objects.read_tree(old)}
     b = {e.name: e for e in objects.read_tree(new)}
-    for name in sorted(a.keys() | b.keys()):
-        path = prefix + name
-        o, n = a.get(name), b.get(name)
-        if n is None:
-            assert o is not None
-            yield from _subtree(objects, "D", path, o)
-        elif o is None:
+    return ((name, a.get(name), b.get(name)) for name in sorted(a.keys() | b.keys()))
+
+
+def diff_trees(objects: ObjectStore, old: RawId, new: RawId, prefix: bytes = b"") -> Iterator[Change]:
+    """Yield changes from ``old`` to ``new`` in path order; equal subtrees are skipped unread.
+
+    Iterative (a stack of the directories being compared), so any depth is compared."""
+    if old == new:
+        return
+    stack = [(prefix, _pairs(objects, old, new))]
+    while stack:
+        base, pairs = stack[-1]
+        pair = next(pairs, None)
+        if pair is None:
+            stack.pop()
+            continue
+        name, o, n = pair
+        path = base + name
+        if o is None and n is not None:
             yield from _subtree(objects, "A", path, n)
+        elif n is None and o is not None:
+            yield from _subtree(objects, "D", path, o)
+        elif o is None or n is None:
+            continue  # a name is in one of the two at least; never here
         elif o.kind != n.kind:
             yield from _subtree(objects, "D", path, o)
             yield from _subtree(objects, "A", path, n)
         elif o.kind is Kind.DIR:
             if o.meta != n.meta:
                 yield Change("M", path, o, n)
-            yield from diff_trees(objects, o.tree, n.tree, path + b"/")
+            if o.tree != n.tree:
+                stack.append((path + b"/", _pairs(objects, o.tree, n.tree)))
         elif o != n:
             yield Change("M", path, o, n)

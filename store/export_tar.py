@@ -4,7 +4,7 @@ The same commit gives the same bytes on every run and machine: nothing in the
 archive comes from the exporting system (no names of users, no clock, no
 umask, no directory order, no PIDs in header names).  The header layout is
 written here, not by ``tarfile``, so that it does not depend on the Python
-version either.  The rules (store/FORMAT-export.md has the full list):
+version either.  The rules (docs/FORMAT.md, section 8, has the full list):
 
 - POSIX pax (ustar headers, ``x`` extended headers only where needed).
 - The root directory first as ``./`` (it carries the root's mode, owner and
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -33,9 +32,11 @@ import zstandard
 from .commits import Commit
 from .errors import ObjectCorrupt, ObjectMissing, SourceError
 from .fsverity import READ_CHUNK, VerityHasher
-from .ids import RawId, to_hex
+from .ids import to_hex
 from .model import Entry, Kind, Meta
+from .names import show
 from .objects import ObjectStore
+from .walk import walk
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # the archive is padded to whole records, as tar(1) writes them
@@ -98,22 +99,6 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def iter_tree(objects: ObjectStore, root: RawId) -> Iterator[tuple[bytes, Entry]]:
-    """``(path, entry)`` depth first, each directory's entries in name order; iterative,
-    so that a deep tree cannot exhaust Python's recursion limit."""
-    stack: list[tuple[bytes, Iterator[Entry]]] = [(b"", iter(objects.read_tree(root)))]
-    while stack:
-        prefix, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            continue
-        path = prefix + entry.name
-        yield path, entry
-        if entry.kind is Kind.DIR:
-            stack.append((path + b"/", iter(objects.read_tree(entry.tree))))
-
-
 class _Output:
     """Counts and hashes what reaches the output."""
 
@@ -148,7 +133,6 @@ class TarWriter:
     def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"") -> None:
         """Write one member's header, after a PAX header when a field does not fit ustar or
         there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``."""
-        shown = path.decode("utf-8", "backslashreplace")
         name = path + b"/" if kind is Kind.DIR else path
         typeflag = {Kind.FILE: REG, Kind.DIR: DIR, Kind.SYMLINK: SYMLINK}[kind]
         records: list[tuple[bytes, bytes]] = []
@@ -166,8 +150,8 @@ class TarWriter:
             records.append((b"mtime", b"%d" % self.mtime))
         for xname, value in meta.xattrs:  # already sorted by name in the tree
             if b"=" in xname:
-                raise SourceError(f"xattr {xname!r} cannot be exported: a PAX record "
-                                  f"keyword cannot hold '='", path=shown)
+                raise SourceError(f"xattr {show(xname)} cannot be exported: a PAX record "
+                                  f"keyword cannot hold '='", path=path)
             records.append((b"SCHILY.xattr." + xname, value))
         if any(k in (b"path", b"linkpath") and not _is_utf8(v) for k, v in records):
             records.insert(0, (b"hdrcharset", b"BINARY"))
@@ -198,7 +182,6 @@ class TarWriter:
 def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
     """Write a file's content, checking its size and fs-verity digest against the tree."""
     source = objects.file_path(entry.digest, entry.meta)
-    shown = path.decode("utf-8", "backslashreplace")
     hasher = VerityHasher()
     left = entry.size
     try:
@@ -212,16 +195,16 @@ def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: En
                 left -= len(chunk)
             extra = handle.read(1)
     except FileNotFoundError:
-        raise ObjectMissing(f"{shown}: object {to_hex(entry.digest)} is missing",
-                            object_id=to_hex(entry.digest), path=source) from None
+        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
+                            object_id=to_hex(entry.digest), file=source) from None
     if left or extra:
-        raise ObjectCorrupt(f"{shown}: object {to_hex(entry.digest)} is not {entry.size} bytes long",
-                            object_id=to_hex(entry.digest), path=source)
+        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
+                            path=path, object_id=to_hex(entry.digest), file=source)
     got = hasher.digest()
     if not hmac.compare_digest(got, entry.digest):
-        raise ObjectCorrupt(f"{shown}: object {to_hex(entry.digest)} is corrupt: its content has "
+        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is corrupt: its content has "
                             f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
-                            object_id=to_hex(entry.digest), path=source)
+                            path=path, object_id=to_hex(entry.digest), file=source)
     writer.end_member()
 
 
@@ -242,7 +225,7 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     writer = TarWriter(sink, commit.timestamp)
     writer.member(b".", Kind.DIR, commit.root_meta)
     stats.dirs += 1
-    for path, entry in iter_tree(objects, commit.root_tree):
+    for path, entry in walk(objects, commit.root_tree):
         if entry.kind is Kind.FILE:
             writer.member(path, Kind.FILE, entry.meta, size=entry.size)
             _copy_object(objects, writer, path, entry)

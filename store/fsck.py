@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 from . import xattrs
 from .commits import decode_commit
-from .errors import FormatError, SealtreeError
+from .errors import FormatError, ObjectMissing, RefError, SealtreeError
 from .forked import Forked, SharedCounts, collect, worker_count
 from .fsverity import digest_file
 from .ids import RawId, to_hex
-from .model import Kind, Meta
+from .model import Meta
+from .names import show
 from .objects import StoredObject
+from .reach import reachable
 from .readahead import read_ahead
 from .repo import Repository
 from .tree import decode_tree
@@ -160,12 +162,9 @@ def fsck(repo: Repository, progress: Progress | None = None,
         report.bytes += size
         if problem:
             bad[obj.path] = problem
-    named: set[str] = set()
     roots = _ref_roots(repo, report) + list(extra_roots)
     report.refs = len(roots)
-    seen_trees: set[bytes] = set()
-    for label, commit_id in roots:
-        _check_reachable(repo, label, commit_id, bad, named, seen_trees, report)
+    named = _check_reachable(repo, roots, bad, report)
     for path, message in sorted(bad.items()):
         if path not in named:
             name = os.path.basename(path)
@@ -181,58 +180,39 @@ def _ref_roots(repo: Repository, report: FsckReport) -> list[tuple[str, RawId]]:
     for name in repo.refs.names():
         try:
             commit = repo.refs.read(name)
-        except SealtreeError as err:  # RefError: bad name or content
+        except RefError as err:  # bad name or content
             report.problems.append(Problem("corrupt", "", os.path.join(repo.refs.root, name),
-                                           str(err)))
+                                           f"ref {show(name)}: {err.detail()}"))
             continue
         if commit is not None:
             roots.append((f"ref {name}", commit))
     return roots
 
 
-def _check_reachable(repo: Repository, label: str, commit_id: RawId, bad: dict[str, str],
-                     named: set[str], seen_trees: set[bytes], report: FsckReport) -> None:
-    objects = repo.objects
-
-    def note(kind: str, raw: bytes, obj_path: str, where: str, message: str) -> None:
-        report.problems.append(Problem(kind, to_hex(RawId(raw)), where, message))
-        named.add(obj_path)
-
-    commit_path = objects.path("commit", commit_id)
-    if not os.path.exists(commit_path):
-        note("missing", commit_id, commit_path, label, "commit object is missing")
-        return
-    if commit_path in bad:
-        note("corrupt", commit_id, commit_path, label, "commit object " + bad[commit_path])
-        return
-    commit = objects.read_commit(commit_id)
-    stack = [(b"/", commit.root_tree)]
-    while stack:
-        where, tree = stack.pop()
-        if tree in seen_trees:
+def _check_reachable(repo: Repository, roots: Sequence[tuple[str, RawId]], bad: dict[str, str],
+                     report: FsckReport) -> set[str]:
+    """Record a problem for every object the roots reach that is missing or corrupt; return
+    the object files so named (their problem is not reported again without its tree path)."""
+    named: set[str] = set()
+    for reached in reachable(repo.objects, roots, history=False):
+        where = reached.label + (f":{show(reached.where)}" if reached.where else "")
+        problem = bad.get(reached.file)
+        if reached.kind != "file":
+            if problem is not None:
+                message = f"{reached.kind} object {problem}"
+            elif isinstance(reached.error, ObjectMissing):
+                message = f"{reached.kind} object is missing"
+            elif reached.error is not None:
+                message = reached.error.detail()
+            else:
+                continue
+            kind = "missing" if isinstance(reached.error, ObjectMissing) else "corrupt"
+        elif problem is not None:
+            kind, message = "corrupt", problem
+        elif not os.path.exists(reached.file):
+            kind, message = "missing", "file object is missing"
+        else:
             continue
-        seen_trees.add(tree)
-        tree_path = objects.path("tree", tree)
-        shown = f"{label}:{where.decode(errors='replace')}"
-        if not os.path.exists(tree_path):
-            note("missing", tree, tree_path, shown, "tree object is missing")
-            continue
-        if tree_path in bad:
-            note("corrupt", tree, tree_path, shown, "tree object " + bad[tree_path])
-            continue
-        try:
-            entries = objects.read_tree(tree)
-        except SealtreeError as err:
-            note("corrupt", tree, tree_path, shown, str(err))
-            continue
-        for entry in entries:
-            child = where + entry.name
-            if entry.kind is Kind.DIR:
-                stack.append((child + b"/", entry.tree))
-            elif entry.kind is Kind.FILE:
-                obj_path = objects.file_path(entry.digest, entry.meta)
-                shown = f"{label}:{child.decode(errors='replace')}"
-                if obj_path in bad:
-                    note("corrupt", entry.digest, obj_path, shown, bad[obj_path])
-                elif obj_path not in named and not os.path.exists(obj_path):
-                    note("missing", entry.digest, obj_path, shown, "file object is missing")
+        report.problems.append(Problem(kind, to_hex(reached.object_id), where, message))
+        named.add(reached.file)
+    return named

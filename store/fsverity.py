@@ -23,8 +23,6 @@ from .errors import SealtreeError, UsageError
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
 # salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
 _DESCRIPTOR = struct.Struct("<BBBBIQ64s32s144x")
-# Formatted digest, the form the kernel's built-in signatures cover.
-_FORMATTED_HEADER = struct.Struct("<8sHH")
 
 # A multiple of every supported block size; small enough that a chunk is still in the
 # CPU's cache when it is hashed (4 MiB chunks made deploy's object checks ~25% slower).
@@ -263,8 +261,8 @@ def _digest_in_workers(path: str | os.PathLike[str], size: int, params: VerityPa
     step = -(-size // bs // workers) * bs or bs
     ranges = [(start, min(start + step, size)) for start in range(0, size, step)]
     hashes = collect([Forked(_block_hashes, path, start, stop, params,
-                             failure=lambda m: SealtreeError(f"{os.fsdecode(path)}: a digest "
-                                                             f"worker failed: {m}"))
+                             failure=lambda m: SealtreeError(f"a digest worker failed: {m}",
+                                                             path=path))
                       for start, stop in ranges])
     hasher = VerityHasher(params)
     hasher.update_block_hashes(b"".join(hashes), size)
@@ -290,7 +288,3 @@ def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PAR
     finally:
         os.close(fd)
 
-
-def formatted_digest(digest: bytes, algorithm: Algorithm = SHA256) -> bytes:
-    """The ``fsverity_formatted_digest`` the kernel's built-in signatures sign."""
-    return _FORMATTED_HEADER.pack(b"FSVerity", algorithm.number, len(digest)) + digest

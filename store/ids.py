@@ -6,6 +6,7 @@ import re
 from typing import NewType
 
 from .errors import FormatError
+from .names import show
 
 RawId = NewType("RawId", bytes)
 HexId = NewType("HexId", str)
@@ -25,11 +26,6 @@ def to_raw(hex_id: HexId) -> RawId:
 def parse_hex(text: str) -> HexId:
     """Return ``text`` as a HexId, or raise FormatError if it is not 64 lowercase hex digits."""
     if not _HEX_RE.fullmatch(text):
-        raise FormatError(f"not an object id (64 hex digits): {text!r}")
+        raise FormatError(f"not an object id (64 hex digits): {show(text[:80])}")
     return HexId(text)
 
-
-def check_raw(data: bytes) -> RawId:
-    if len(data) != DIGEST_SIZE:
-        raise FormatError(f"object id must be {DIGEST_SIZE} bytes, got {len(data)}")
-    return RawId(data)

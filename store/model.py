@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .codec import Reader
 from .ids import RawId
+from .names import show
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
 
@@ -97,7 +98,7 @@ def check_name(name: bytes) -> str | None:
     if b"/" in name or b"\0" in name:
         return "name contains '/' or NUL"
     if name in (b".", b".."):
-        return f"name {name!r} is reserved"
+        return f"name {show(name)} is reserved"
     return None
 
 
@@ -139,7 +140,7 @@ def decode_meta(reader: Reader, cache: MetaCache | None = None) -> Meta:
         if b"\0" in name:
             raise reader.fail("xattr name contains NUL")
         if previous is not None and name <= previous:
-            raise reader.fail(f"xattr {name!r} not sorted or duplicated")
+            raise reader.fail(f"xattr {show(name)} not sorted or duplicated")
         previous = name
         xattrs.append((name, reader.take(value_len, "xattr value")))
     meta = Meta(mode, uid, gid, tuple(xattrs))
@@ -163,7 +164,7 @@ def decode_entry(reader: Reader, metas: MetaCache | None = None) -> Entry:
     name = reader.take(name_len, "entry name")
     problem = check_name(name)
     if problem:
-        raise reader.fail(f"bad entry name {name!r}: {problem}")
+        raise reader.fail(f"bad entry name {show(name)}: {problem}")
     meta = decode_meta(reader, metas)
     if kind is Kind.FILE:
         size, digest = reader.unpack(_FILE, "file payload")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .errors import ObjectMissing
 from .ids import RawId
-from .model import Kind
+from .reach import reachable as walk_reachable
+from .remove import remove_tree
 from .repo import Repository
 from .transaction import clean_stale_staging
 
@@ -22,31 +23,17 @@ class PruneReport:
 
 
 def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = True) -> set[str]:
-    """Object file paths reachable from ``commits`` (and their ancestors if ``history``)."""
-    objects = repo.objects
+    """Object file paths reachable from ``commits`` (and their ancestors if ``history``).
+
+    A missing commit ends a history (one imported from a pack is truncated); any other object
+    that cannot be read raises its error: what it reaches is unknown, so nothing may be
+    deleted."""
     keep: set[str] = set()
-    seen_trees: set[bytes] = set()
-    for start in commits:
-        commit_id: RawId | None = start
-        while commit_id is not None:
-            path = objects.path("commit", commit_id)
-            if path in keep or not os.path.exists(path):
-                break
-            keep.add(path)
-            commit = objects.read_commit(commit_id)
-            stack = [commit.root_tree]
-            while stack:
-                tree = stack.pop()
-                if tree in seen_trees:
-                    continue
-                seen_trees.add(tree)
-                keep.add(objects.path("tree", tree))
-                for entry in objects.read_tree(tree):
-                    if entry.kind is Kind.DIR:
-                        stack.append(entry.tree)
-                    elif entry.kind is Kind.FILE:
-                        keep.add(objects.file_path(entry.digest, entry.meta))
-            commit_id = commit.parent if history else None
+    for reached in walk_reachable(repo.objects, (("", c) for c in commits), history=history):
+        if reached.error is None:
+            keep.add(reached.file)
+        elif not (reached.kind == "commit" and isinstance(reached.error, ObjectMissing)):
+            raise reached.error
     return keep
 
 
@@ -70,9 +57,9 @@ def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, 
             if dry_run:
                 continue
             if stat.S_ISDIR(st.st_mode):  # a stray directory among the objects
-                shutil.rmtree(obj.path)
+                remove_tree(obj.path)
             else:
                 os.unlink(obj.path)
         if not dry_run:
-            clean_stale_staging(os.path.join(repo.path, "tmp"))
+            clean_stale_staging(repo.layout.tmp)
     return report

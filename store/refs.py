@@ -11,27 +11,37 @@ import contextlib
 import os
 import re
 
-from .atomic import atomic_write
+from .atomic import atomic_write, is_temporary_name
 from .errors import FormatError, RefError
-from .ids import HexId, RawId, parse_hex, to_hex, to_raw
+from .ids import RawId, parse_hex, to_hex, to_raw
+from .layout import RepoLayout
 from .lock import flock
+from .names import show
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 
 
+MAX_REF_NAME = 255
+
+
 def check_ref_name(name: str) -> str:
-    """Return ``name`` if it is a valid ref name (``a/b-1.2``), else raise RefError."""
+    """Return ``name`` if it is a valid ref name (``a/b-1.2``), else raise RefError about it.
+
+    A name (and so each component) is at most 255 bytes, what a directory entry may be;
+    the temporary file a ref is written under is short enough for any such component
+    (``store.atomic.temporary_name``)."""
     parts = name.split("/")
-    if not name or len(name) > 255 or not all(_COMPONENT.fullmatch(p) for p in parts) \
+    if not name or len(name) > MAX_REF_NAME or not all(_COMPONENT.fullmatch(p) for p in parts) \
             or any(p.endswith(".lock") or ".." in p for p in parts):
-        raise RefError(f"invalid ref name {name!r}: use letters, digits, '._+-', separated by '/'")
+        raise RefError("invalid ref name: use letters, digits, '._+-', separated by '/'",
+                       path=name)
     return name
 
 
 class Refs:
-    def __init__(self, repo_path: str) -> None:
-        self.root = os.path.join(repo_path, "refs", "heads")
-        self.lock_path = os.path.join(repo_path, "refs", "lock")
+    def __init__(self, layout: RepoLayout) -> None:
+        self.root = layout.refs_heads
+        self.lock_path = layout.refs_lock
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, check_ref_name(name))
@@ -45,11 +55,11 @@ class Refs:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except UnicodeDecodeError:
-            raise RefError(f"ref {name}: not ASCII", path=path) from None
+            raise RefError("not ASCII", path=name, file=path) from None
         try:
             return to_raw(parse_hex(text))
         except FormatError as err:
-            raise RefError(f"ref {name}: corrupt ({err})", path=path) from err
+            raise RefError(f"corrupt ({err})", path=name, file=path) from err
 
     def names(self) -> list[str]:
         """Every file under ``refs/heads/`` as a ref name, sorted, unread and unchecked."""
@@ -91,18 +101,19 @@ class Refs:
         """Raise RefError if ``name`` conflicts with an existing ref (see ``conflict``)."""
         other = self.conflict(name)
         if other is not None:
-            raise RefError(f"ref {name} conflicts with existing ref {other}",
-                           path=os.path.join(self.root, other))
+            raise RefError(f"conflicts with existing ref {show(other)}", path=name,
+                           file=os.path.join(self.root, other))
 
     def update(self, name: str, new: RawId | None, expected: RawId | None) -> None:
         """Set ``name`` to ``new`` (None deletes) if it still points at ``expected``."""
         path = self._path(name)
         with flock(self.lock_path, exclusive=True):
+            self._remove_temporaries(os.path.dirname(path))
             current = self.read(name)
             if current != expected:
-                raise RefError(f"ref {name} changed: expected "
-                               f"{to_hex(expected) if expected else 'none'}, "
-                               f"found {to_hex(current) if current else 'none'}", path=path)
+                raise RefError(f"changed: expected {to_hex(expected) if expected else 'none'}, "
+                               f"found {to_hex(current) if current else 'none'}", path=name,
+                               file=path)
             if new is None:
                 os.unlink(path)
                 self._remove_empty_parents(path)
@@ -111,6 +122,19 @@ class Refs:
             self._remove_empty_dirs(name, path)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, (to_hex(new) + "\n").encode())
+
+    @staticmethod
+    def _remove_temporaries(directory: str) -> None:
+        """Remove the temporary files of ref updates in ``directory`` that a crash left: every
+        update holds the refs lock, which we hold, so none of them is in progress."""
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for file in names:
+            if is_temporary_name(file):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(os.path.join(directory, file))
 
     def _remove_empty_parents(self, path: str) -> None:
         """Remove the directories above a deleted ref that are now empty (``a/`` of ``a/b``),
@@ -130,9 +154,6 @@ class Refs:
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
         if os.path.isdir(path):
-            raise RefError(f"ref {name}: {path} is a directory holding files that are not refs",
-                           path=path)
+            raise RefError(f"{show(path)} is a directory holding files that are not refs",
+                           path=name, file=path)
 
-
-def describe(raw: RawId) -> HexId:
-    return to_hex(raw)

@@ -9,6 +9,7 @@ through ``..``, which it checks is the directory it came from.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -28,13 +29,15 @@ def _first_subdirectory(fd: int) -> str | None:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 return entry.name
-            os.unlink(entry.name, dir_fd=fd)
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: what we want
+                os.unlink(entry.name, dir_fd=fd)
     return None
 
 
 def remove_tree(path: str) -> None:
     """Remove ``path`` and everything below it; a symlink (at ``path`` or below) is removed,
-    never followed.  A ``path`` that does not exist is not an error.  Iterative, and relative
+    never followed.  A ``path`` that does not exist, or an entry removed meanwhile, is not an
+    error.  Iterative, and relative
     to one open directory at a time, so any depth and any path length is removed.  An OSError
     (a mount point below, a directory that changed under us) stops it, leaving the rest."""
     try:
@@ -51,7 +54,10 @@ def remove_tree(path: str) -> None:
         while True:
             child = _first_subdirectory(fd)
             if child is not None:
-                child_fd = os.open(child, _OPEN_DIR, dir_fd=fd)
+                try:
+                    child_fd = os.open(child, _OPEN_DIR, dir_fd=fd)
+                except FileNotFoundError:  # removed meanwhile
+                    continue
                 above.append((child, _identity(fd)))
                 os.close(fd)
                 fd = child_fd
@@ -65,7 +71,9 @@ def remove_tree(path: str) -> None:
             if _identity(fd) != parent:
                 raise OSError(errno.ESTALE, "a directory was moved while it was being removed",
                               path)
-            os.rmdir(name, dir_fd=fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)
-    os.rmdir(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)

@@ -1,12 +1,6 @@
-"""A repository on disk: its layout, opening and creating it, and resolving revisions.
+"""A repository on disk: opening and creating it, its locks, and resolving revisions.
 
-Layout::
-
-    config          "sealtree-repo <format version>\\n"
-    objects/        content-addressed objects (store.objects)
-    refs/heads/     refs (store.refs); refs/lock serialises ref updates
-    tmp/            staging directories of transactions in progress
-    lock            shared by writers and deploy, exclusive for prune
+Where its parts live is ``store.layout`` (docs/FORMAT.md, section 1).
 """
 
 from __future__ import annotations
@@ -18,9 +12,9 @@ from collections.abc import Iterator
 
 from .atomic import atomic_write, fsync_dir
 from .commits import Commit
-from .errors import RefError, RepositoryError
+from .errors import NotARepository, RefError, RepositoryError
 from .ids import RawId, to_hex
-from .layout import RepoLayout
+from .layout import CREATED, RepoLayout
 from .lock import flock
 from .objects import ObjectStore
 from .refs import Refs
@@ -35,29 +29,28 @@ class Repository:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.layout = RepoLayout(self.path)
-        self.objects = ObjectStore(os.path.join(self.path, "objects"))
-        self.refs = Refs(self.path)
+        self.objects = ObjectStore(self.layout.objects)
+        self.refs = Refs(self.layout)
 
     @classmethod
     def init(cls, path: str) -> Repository:
         """Create an empty repository at ``path`` (which may exist but must be empty)."""
         if os.path.exists(path) and os.listdir(path):
             raise RepositoryError("exists and is not empty", path=path)
-        for sub in ("objects", "refs/heads", "tmp"):
+        for sub in CREATED:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        atomic_write(os.path.join(path, "config"), f"{CONFIG_MAGIC} {FORMAT_VERSION}\n".encode())
+        atomic_write(RepoLayout(path).config, f"{CONFIG_MAGIC} {FORMAT_VERSION}\n".encode())
         fsync_dir(os.path.dirname(os.path.abspath(path)))
         return cls(path)
 
     @classmethod
     def open(cls, path: str) -> Repository:
-        config = os.path.join(path, "config")
+        config = RepoLayout(path).config
         try:
             with open(config, encoding="utf-8") as handle:
                 words = handle.read().split()
         except (FileNotFoundError, NotADirectoryError):
-            raise RepositoryError(f"not a sealtree repository (no config); "
-                                  f"create one with 'sealtree --repo {path} init'", path=path) from None
+            raise NotARepository("not a sealtree repository (no config)", path=path) from None
         except UnicodeDecodeError:
             words = []
         if len(words) != 2 or words[0] != CONFIG_MAGIC or words[1] != str(FORMAT_VERSION):
@@ -69,21 +62,21 @@ class Repository:
     @contextlib.contextmanager
     def writing(self) -> Iterator[Transaction]:
         """A transaction under the shared writer lock; publish it before moving refs."""
-        with flock(os.path.join(self.path, "lock"), exclusive=False):
-            with Transaction(self.path, self.objects.root) as tx:
+        with flock(self.layout.lock, exclusive=False):
+            with Transaction(self.layout) as tx:
                 yield tx
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         """Hold the writers' shared lock without a transaction (deploy): prune waits, so
         every object present now stays for the block."""
-        with flock(os.path.join(self.path, "lock"), exclusive=False):
+        with flock(self.layout.lock, exclusive=False):
             yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the repository exclusively (prune): no writer runs meanwhile."""
-        with flock(os.path.join(self.path, "lock"), exclusive=True):
+        with flock(self.layout.lock, exclusive=True):
             yield
 
     # -- revisions ----------------------------------------------------------------
@@ -98,17 +91,18 @@ class Repository:
         for _ in range(steps):
             parent = self.objects.read_commit(commit_id).parent
             if parent is None:
-                raise RefError(f"{rev}: commit {to_hex(commit_id)} has no parent")
+                raise RefError(f"commit {to_hex(commit_id)} has no parent", path=rev)
             commit_id = parent
         return commit_id
 
     def _resolve_base(self, base: str, rev: str) -> RawId:
         if not base:
-            raise RefError(f"empty revision {rev!r}")
+            raise RefError("the revision is empty" if not rev else "no ref or commit before the suffix",
+                           path=rev)
         if "/" in base or not re.fullmatch(r"[0-9a-f]{4,64}", base):
             found = self.refs.read(base)
             if found is None:
-                raise RefError(f"{rev}: no such ref")
+                raise RefError("no such ref", path=rev)
             return found
         found = self.refs.read(base)
         if found is not None:
@@ -117,14 +111,14 @@ class Repository:
             raw = RawId(bytes.fromhex(base))
             if self.objects.has("commit", raw):
                 return raw
-            raise RefError(f"{rev}: no such commit")
+            raise RefError("no such commit", path=rev)
         directory = os.path.join(self.objects.root, base[:2])
         try:
             names = [n for n in os.listdir(directory) if n.endswith(".commit") and n.startswith(base[2:])]
         except FileNotFoundError:
             names = []
         if len(names) != 1:
-            raise RefError(f"{rev}: {'no such ref or commit' if not names else 'ambiguous commit prefix'}")
+            raise RefError("ambiguous commit prefix" if names else "no such ref or commit", path=rev)
         return RawId(bytes.fromhex(base[:2] + names[0].split(".")[0]))
 
     def commit_of(self, rev: str) -> tuple[RawId, Commit]:

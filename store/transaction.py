@@ -13,65 +13,100 @@ Object writes are idempotent: an object already present is not rewritten.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
+import functools
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
-from . import xattrs
 from .commits import Commit
+from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
 from .ids import RawId
+from .inode_meta import apply_meta
+from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
+from .remove import remove_tree
+from .syncfs import syncfs
 from .tree import encode_tree, tree_id
 
 IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones streamed
 COPY_CHUNK = 1 << 20
+STAGING_PREFIX = "staging-"
+STAGING_LOCK = "lock"  # held by the transaction that owns a staging directory
+UNLOCKED_GRACE = 60.0
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(path: str) -> None:
-    """Flush every dirty page and inode of the filesystem holding ``path``."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-    finally:
-        os.close(fd)
+__all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "apply_meta", "clean_stale_staging",
+           "disk_full_named", "store_reader", "syncfs"]  # apply_meta, syncfs: moved, importable here for now
 
 
 def clean_stale_staging(tmp_root: str) -> None:
-    """Remove staging directories whose transaction is gone (their lock is free)."""
+    """Remove staging directories whose transaction is gone (their lock is free).  One without
+    a lock file yet is a transaction starting (between creating it and locking it), unless it
+    is older than UNLOCKED_GRACE seconds."""
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
-        if name.startswith("staging-") and try_flock(os.path.join(path, "lock")):
-            shutil.rmtree(path, ignore_errors=True)
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        lock = os.path.join(path, STAGING_LOCK)
+        try:
+            if not os.path.exists(lock) and time.time() - os.lstat(path).st_mtime < UNLOCKED_GRACE:
+                continue
+        except FileNotFoundError:
+            continue
+        if try_flock(lock):
+            with contextlib.suppress(OSError):
+                remove_tree(path)
 
 
-def apply_meta(fd: int, meta: Meta) -> None:
-    """Give an open file the tree's metadata.  Order matters: chown clears the setuid and
-    setgid bits and drops ``security.capability``, so owner first, then mode, then xattrs."""
-    os.fchown(fd, meta.uid, meta.gid)
-    os.fchmod(fd, meta.mode)
-    if meta.xattrs:
-        xattrs.write(fd, meta.xattrs)
+@contextlib.contextmanager
+def disk_full_named(repo_path: str) -> Iterator[None]:
+    """Within the block, a full filesystem or quota (ENOSPC, EDQUOT) is a RepositoryError about
+    the repository: the user frees space there, whatever file was being written."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise RepositoryError("no space left on device", path=repo_path) from err
+        if err.errno == errno.EDQUOT:
+            raise RepositoryError("disk quota exceeded", path=repo_path) from err
+        raise
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _full_disk_named(method: Callable[Concatenate[Transaction, P], R]
+                     ) -> Callable[Concatenate[Transaction, P], R]:
+    """A Transaction method whose full disk is reported about the repository."""
+    @functools.wraps(method)
+    def wrapper(self: Transaction, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with disk_full_named(self.repo_path):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class Transaction:
     """Stages objects for one commit; use as a context manager, then ``publish()``."""
 
-    def __init__(self, repo_path: str, objects_root: str) -> None:
-        self.objects_root = objects_root
-        tmp_root = os.path.join(repo_path, "tmp")
-        clean_stale_staging(tmp_root)
-        self.staging = tempfile.mkdtemp(prefix="staging-", dir=tmp_root)
-        self._lock = flock(os.path.join(self.staging, "lock"), exclusive=True)
-        self._lock.__enter__()
+    def __init__(self, layout: RepoLayout) -> None:
+        self.repo_path = layout.root
+        self.objects_root = layout.objects
+        clean_stale_staging(layout.tmp)
+        with disk_full_named(self.repo_path):
+            self.staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=layout.tmp)
+        self._held = contextlib.ExitStack()  # the staging directory's lock, until close()
+        try:
+            self._held.enter_context(flock(os.path.join(self.staging, STAGING_LOCK), exclusive=True))
+        except BaseException:
+            remove_tree(self.staging)
+            raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
         self._made_dirs: set[str] = set()
         self._meta_keys: dict[Meta, str] = {}
@@ -85,8 +120,9 @@ class Transaction:
         self.close()
 
     def close(self) -> None:
-        self._lock.__exit__(None, None, None)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._held.close()
+        with contextlib.suppress(OSError):
+            remove_tree(self.staging)
 
     # -- object paths -------------------------------------------------------
     def _file_rel(self, digest: bytes, meta: Meta) -> str:
@@ -109,7 +145,15 @@ class Transaction:
                 self._made_dirs.add(directory)
         return staged
 
+    def _unreserve(self, rel: str, staged: str) -> None:
+        """Give up an object whose writing failed: its partial file is never published."""
+        with self._reserve_lock:
+            self._staged.pop(rel, None)
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+
     # -- writing ------------------------------------------------------------
+    @_full_disk_named
     def add_file_bytes(self, data: bytes, meta: Meta) -> RawId:
         """Store a file's content with ``meta``; return its fs-verity digest."""
         digest = RawId(digest_bytes(data))
@@ -122,10 +166,14 @@ class Transaction:
             try:
                 _write_all(fd, data)
                 apply_meta(fd, meta)
+            except BaseException:
+                self._unreserve(self._file_rel(digest, meta), staged)
+                raise
             finally:
                 os.close(fd)
         return digest
 
+    @_full_disk_named
     def add_file_stream(self, src_fd: int, meta: Meta) -> tuple[RawId, int]:
         """Store the rest of an open file, hashing while copying; return (digest, size)."""
         hasher = VerityHasher()
@@ -133,6 +181,8 @@ class Transaction:
             self._incoming += 1
             tmp = os.path.join(self.staging, f"incoming-{os.getpid()}-{self._incoming}")
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        staged: str | None = None
+        renamed = False
         try:
             buf = bytearray(COPY_CHUNK)
             view = memoryview(buf)
@@ -146,8 +196,14 @@ class Transaction:
             else:
                 apply_meta(out, meta)
                 os.rename(tmp, staged)  # over the same object if a worker process staged it too
+                renamed = True
         finally:
             os.close(out)
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                if staged is not None:
+                    self._unreserve(self._file_rel(digest, meta), staged)
         return digest, hasher.size
 
     def add_file(self, src_fd: int, size: int, meta: Meta) -> tuple[RawId, int]:
@@ -160,12 +216,16 @@ class Transaction:
         data = _read_all(src_fd, size)
         return self.add_file_bytes(data, meta), len(data)
 
+    @_full_disk_named
     def add_meta_object(self, kind: str, data: bytes, raw: RawId) -> RawId:
         staged = self._reserve(f"{raw.hex()[:2]}/{raw.hex()[2:]}.{kind}")
         if staged is not None:
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
             try:
                 _write_all(fd, data)
+            except BaseException:
+                self._unreserve(f"{raw.hex()[:2]}/{raw.hex()[2:]}.{kind}", staged)
+                raise
             finally:
                 os.close(fd)
         return raw
@@ -189,6 +249,7 @@ class Transaction:
                 self._staged.setdefault(rel, os.path.join(self.staging, rel))
 
     # -- publishing -----------------------------------------------------------
+    @_full_disk_named
     def publish(self) -> None:
         """Make every staged object durable and visible under ``objects/``."""
         if not self._staged:
@@ -207,6 +268,29 @@ class Transaction:
         self._staged.clear()
 
 
+def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes
+                 ) -> tuple[RawId, int]:
+    """Store ``size`` bytes read from ``reader`` (a stream without a file descriptor).
+
+    Small files are read whole; larger ones are spooled to an unnamed file in
+    the staging directory and streamed from there, so memory stays bounded.
+    A reader that ends early is a SourceError about ``where``.
+    """
+    if size <= IN_MEMORY_MAX:
+        data = reader.read(size)
+        if len(data) != size:
+            raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
+        return tx.add_file_bytes(data, meta), size
+    with disk_full_named(tx.repo_path), tempfile.TemporaryFile(dir=tx.staging) as spool:
+        shutil.copyfileobj(reader, spool, COPY_CHUNK)
+        spool.flush()
+        spool.seek(0)
+        digest, got = tx.add_file_stream(spool.fileno(), meta)
+    if got != size:
+        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
+    return digest, got
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -222,9 +306,3 @@ def _read_all(fd: int, expected: int) -> bytes:
     while chunk := os.read(fd, COPY_CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-@contextlib.contextmanager
-def transaction(repo_path: str, objects_root: str) -> Iterator[Transaction]:
-    with Transaction(repo_path, objects_root) as tx:
-        yield tx

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from .codec import Reader
 from .ids import RawId
 from .model import Entry, MetaCache, decode_entry, encode_entry
+from .names import show
 
 MAGIC = b"STRE"
 VERSION = 1
@@ -57,7 +58,7 @@ def decode_tree(data: bytes, what: str = "tree") -> list[Entry]:
     for _ in range(count):
         entry = decode_entry(reader, metas)
         if entries and entry.name <= entries[-1].name:
-            raise reader.fail(f"entry {entry.name!r} not sorted after {entries[-1].name!r}")
+            raise reader.fail(f"entry {show(entry.name)} not sorted after {show(entries[-1].name)}")
         entries.append(entry)
     reader.expect_end()
     return entries

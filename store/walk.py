@@ -1,30 +1,56 @@
-"""Walking committed trees: every path with its entry, and looking one path up."""
+"""Walking committed trees: the one tree walker, and looking one path up.
+
+Every walk of a committed tree in sealtree goes through ``steps`` (or ``walk``,
+its plain form): iterative, so a tree of any depth is walked without reaching
+Python's recursion limit, depth first, each directory's entries in name order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from .errors import SealtreeError
+from .errors import NotInTree
 from .ids import RawId
 from .model import Entry, Kind
 from .objects import ObjectStore
 
 
-def walk(objects: ObjectStore, tree: RawId, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
-    """Yield ``(path, entry)`` depth first in sorted order; paths are ``a/b`` bytes.
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a walk: an entry reached (``leave`` False) or, after every entry below a
+    directory, that directory left (``leave`` True; for metadata set after the children)."""
 
-    Iterative, so that trees of any depth are walked without hitting the recursion limit.
-    """
-    stack = [iter([(prefix + e.name, e) for e in objects.read_tree(tree)])]
+    path: bytes
+    entry: Entry
+    leave: bool = False
+
+
+def steps(objects: ObjectStore, tree: RawId, prefix: bytes = b"") -> Iterator[Step]:
+    """Every entry below ``tree`` as a Step, depth first in name order, paths ``prefix + a/b``;
+    a directory's entering step comes before its children and its leaving step after them."""
+    stack: list[tuple[bytes, Iterator[Entry], Step | None]] = [
+        (prefix, iter(objects.read_tree(tree)), None)]
     while stack:
-        item = next(stack[-1], None)
-        if item is None:
+        base, entries, directory = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
             stack.pop()
+            if directory is not None:
+                yield Step(directory.path, directory.entry, leave=True)
             continue
-        path, entry = item
-        yield path, entry
+        path = base + entry.name
+        step = Step(path, entry)
+        yield step
         if entry.kind is Kind.DIR:
-            stack.append(iter([(path + b"/" + e.name, e) for e in objects.read_tree(entry.tree)]))
+            stack.append((path + b"/", iter(objects.read_tree(entry.tree)), step))
+
+
+def walk(objects: ObjectStore, tree: RawId, prefix: bytes = b"") -> Iterator[tuple[bytes, Entry]]:
+    """Yield ``(path, entry)`` depth first in sorted order; paths are ``a/b`` bytes."""
+    for step in steps(objects, tree, prefix):
+        if not step.leave:
+            yield step.path, step.entry
 
 
 def lookup(objects: ObjectStore, root: RawId, path: bytes) -> Entry | None:
@@ -46,10 +72,9 @@ def lookup(objects: ObjectStore, root: RawId, path: bytes) -> Entry | None:
 
 def require(objects: ObjectStore, root: RawId, path: bytes, shown: str | None = None) -> Entry:
     """The entry at ``path`` (see ``lookup``).  A path the tree does not have is the caller's
-    mistake, not a damaged repository: a plain SealtreeError naming ``shown`` (the path as the
-    user wrote it; default ``/path``)."""
+    mistake, not a damaged repository: NotInTree about ``shown`` (the path as the user wrote
+    it; default ``/path``)."""
     entry = lookup(objects, root, path)
     if entry is None:
-        name = shown if shown is not None else "/" + path.decode(errors="backslashreplace")
-        raise SealtreeError("no such path in the tree", path=name)
+        raise NotInTree("no such path in the tree", path=shown if shown is not None else b"/" + path)
     return entry
