@@ -28,7 +28,7 @@ from store.errors import DeployError, FarmMismatch, ObjectMissing
 from store.forked import Forked
 from store.names import show
 from store.remove import remove_tree
-from store.transaction import syncfs
+from store.syncfs import syncfs
 
 from .layout import TMP_PREFIX, TRASH_PREFIX, DeployLayout
 from .objcheck import LargeFile

@@ -24,8 +24,8 @@ from types import TracebackType
 
 from store import xattrs
 from store.errors import PackError, UsageError
+from store.inode_meta import apply_meta
 from store.model import Kind, Meta, check_name
-from store.transaction import apply_meta
 
 from .manifest import ManifestEntry
 from .reader import PackReader

@@ -31,7 +31,7 @@ from pack.verify import check_trust
 from store.atomic import atomic_write, fsync_dir
 from store.ids import RawId
 from store.lock import flock
-from store.transaction import syncfs
+from store.syncfs import syncfs
 
 from . import objects, site
 from .checks import (

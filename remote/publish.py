@@ -42,7 +42,7 @@ from store.ids import RawId, to_hex
 from store.lock import flock
 from store.model import Meta
 from store.repo import Repository
-from store.transaction import syncfs
+from store.syncfs import syncfs
 
 from . import objects, site
 from .index import RefEntry, SiteIndex, decode_index, encode_index, index_sha256, sign_index

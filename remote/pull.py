@@ -43,10 +43,11 @@ from pack.verify import check_trust
 from store.errors import FormatError, SealtreeError, SignatureError
 from store.fsverity import digest_file
 from store.ids import HexId, RawId, to_hex
+from store.inode_meta import apply_meta
 from store.lock import flock
 from store.model import Meta
 from store.repo import Repository
-from store.transaction import Transaction, apply_meta
+from store.transaction import Transaction
 
 from . import config, objects, site
 from .checks import (

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remote.errors import IndexExpired
 from store.errors import (
     CrossDevice,
     DowngradeError,
@@ -18,7 +19,6 @@ from store.errors import (
     SealtreeError,
     SpecialFile,
 )
-from remote.errors import IndexExpired
 from store.names import show
 
 from .cli_format import Formatter

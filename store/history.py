@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .commit_fields import (
-    check_commit_text,
-    check_text,
-    check_timestamp,
-    commit_timestamp,
-    requested_timestamp,
-)
+from .commit_fields import check_commit_text, commit_timestamp
 from .commits import Commit
 from .ids import RawId
 from .model import Meta
 from .repo import Repository
 from .transaction import Transaction
-
-# Kept importable from here for the CLI (their home is store.commit_fields).
-__all__ = ["check_commit_text", "check_text", "check_timestamp", "commit_timestamp", "finish_commit",
-           "log", "requested_timestamp"]
 
 
 def finish_commit(repo: Repository, tx: Transaction, branch: str, tree: RawId, root_meta: Meta, *,

@@ -41,8 +41,8 @@ STAGING_PREFIX = "staging-"
 STAGING_LOCK = "lock"  # held by the transaction that owns a staging directory
 UNLOCKED_GRACE = 60.0
 
-__all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "apply_meta", "clean_stale_staging",
-           "disk_full_named", "store_reader", "syncfs"]  # apply_meta, syncfs: moved, importable here for now
+__all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "clean_stale_staging",
+           "disk_full_named", "store_reader"]
 
 
 def clean_stale_staging(tmp_root: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from store.commit_fields import check_text, requested_timestamp
 from store.errors import UsageError
-from store.history import check_text, finish_commit, requested_timestamp
+from store.history import finish_commit
 from store.ids import to_hex
 from store.refs import check_ref_name
 
