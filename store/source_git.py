@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import pygit2
 
-from .builder import TreeBuilder, show
-from .errors import SourceError
+from .builder import TreeBuilder
+from .errors import SourceError, SpecialFile
 from .ids import RawId
 from .model import Entry, Kind, Meta
 from .transaction import Transaction
@@ -71,7 +71,8 @@ def resolve(repo: pygit2.Repository, rev: str) -> tuple[pygit2.Tree, str | None]
     try:
         obj = repo.revparse_single(rev)
     except (pygit2.GitError, KeyError, ValueError) as err:
-        raise SourceError(f"git revision {rev!r}: not found ({err})", path=rev) from err
+        why = "" if isinstance(err, KeyError) else f" ({err})"  # a KeyError says only the rev
+        raise SourceError(f"git revision not found{why}", path=rev) from err
     try:
         commit = obj.peel(pygit2.Commit)
     except (pygit2.GitError, ValueError):
@@ -79,7 +80,7 @@ def resolve(repo: pygit2.Repository, rev: str) -> tuple[pygit2.Tree, str | None]
     try:
         tree = obj.peel(pygit2.Tree)
     except (pygit2.GitError, ValueError) as err:
-        raise SourceError(f"git revision {rev!r} names a {obj.type_str}, not a commit or tree",
+        raise SourceError(f"git revision names a {obj.type_str}, not a commit or tree",
                           path=rev) from err
     return tree, (str(commit.id) if commit is not None else None)
 
@@ -118,7 +119,7 @@ class _GitReader:
             parts, tree = stack.pop()
             for item in tree:
                 path = parts + (item.raw_name or b"",)  # b"" is refused as a bad name
-                where = show(b"/".join(path))
+                where = os.fsdecode(b"/".join(path))  # raw: errors show it
                 mode = int(item.filemode)
                 if mode == MODE_TREE:
                     self.builder.add_dir(path, self.dir_meta, where)
@@ -150,8 +151,8 @@ class _GitReader:
 
     def special(self, path: tuple[bytes, ...], where: str, what: str) -> None:
         if not self.options.skip_special:
-            raise SourceError(f"is {what}; sealtree stores files, directories and "
-                              f"symlinks only (use --skip-special to leave it out)", path=where)
+            raise SpecialFile(f"is {what}; sealtree stores files, directories and "
+                              f"symlinks only", path=where)
         self.builder.add_parents(path, where)
         self.skipped.append((b"/".join(path), what))
 

@@ -1,0 +1,244 @@
+"""Strict decompression of a tar stream: gzip, xz or zstd, every checksum checked.
+
+``open_decompressed`` recognises the compression by its magic bytes and gives a
+reader of the decompressed bytes.  The reader refuses, as a SourceError naming
+the input, what the usual readers let through:
+
+- a checksum that does not match: gzip's CRC-32 and ISIZE (zlib checks both in
+  its gzip mode), xz's block check, index and footer, a zstd frame's content
+  checksum when the frame carries one;
+- a stream that ends early: a gzip member without its trailer, an xz stream
+  without its footer, a zstd frame cut anywhere (its checksum included).  The
+  decoders say so by not reaching their end (``eof`` false) when the input is
+  exhausted;
+- anything after the last member, stream or frame that is not another one (all
+  three formats may be concatenated), except zero bytes after gzip and xz data
+  (xz's stream padding; gzip files padded to a block size).
+
+Reading to the end (``read`` returning ``b""``) is what checks the last
+checksum: the caller reads on after the data it needs.  Memory stays bounded
+whatever the compression ratio: at most ``OUTPUT_STEP`` bytes are produced at a
+time (zstd's decoder has no output bound, so it is fed at most ``ZSTD_INPUT_STEP``
+bytes at a time, which bounds its output by the format's largest ratio).
+"""
+
+from __future__ import annotations
+
+import lzma
+import zlib
+from typing import Protocol
+
+import zstandard
+
+from .errors import Name, SourceError
+
+GZIP_MAGIC = b"\x1f\x8b"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = (0x184D2A50, 0x184D2A5F)  # little-endian magic range of skippable frames
+BZIP2_MAGIC = b"BZh"
+
+INPUT_STEP = 1 << 16
+OUTPUT_STEP = 1 << 20
+# A zstd block of 128 KiB can be written in 4 bytes (an RLE block): 4 KiB of input
+# yields at most about 128 MiB; real data yields a few times its size.
+ZSTD_INPUT_STEP = 4096
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Decoder(Protocol):
+    """One gzip member, xz stream or zstd frame being decoded."""
+
+    def step(self, data: bytes) -> bytes:
+        """Take ``data`` (maybe b"") and return what it decodes to, at most about OUTPUT_STEP."""
+
+    def has_output(self) -> bool:
+        """Whether ``step(b"")`` may give more without new input."""
+
+    def done(self) -> bool:
+        """Whether the end of the member (its trailer, footer or checksum) was read and checked."""
+
+    def unused(self) -> bytes:
+        """The input after the member's end (once ``done``)."""
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self.decoder = zlib.decompressobj(wbits=31)  # 16 + 15: a gzip member, CRC and ISIZE checked
+
+    def step(self, data: bytes) -> bytes:
+        tail = self.decoder.unconsumed_tail
+        return self.decoder.decompress(tail + data if tail else data, OUTPUT_STEP)
+
+    def has_output(self) -> bool:
+        return bool(self.decoder.unconsumed_tail)
+
+    def done(self) -> bool:
+        return self.decoder.eof
+
+    def unused(self) -> bytes:
+        return self.decoder.unused_data
+
+
+class _Xz:
+    def __init__(self) -> None:
+        self.decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+    def step(self, data: bytes) -> bytes:
+        return self.decoder.decompress(data, OUTPUT_STEP)
+
+    def has_output(self) -> bool:
+        return not self.decoder.eof and not self.decoder.needs_input
+
+    def done(self) -> bool:
+        return self.decoder.eof
+
+    def unused(self) -> bytes:
+        return self.decoder.unused_data
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self.decoder = zstandard.ZstdDecompressor().decompressobj()
+        self.waiting = b""  # input not given to the decoder yet
+
+    def step(self, data: bytes) -> bytes:
+        self.waiting += data
+        piece, self.waiting = self.waiting[:ZSTD_INPUT_STEP], self.waiting[ZSTD_INPUT_STEP:]
+        return self.decoder.decompress(piece) if piece else b""
+
+    def has_output(self) -> bool:
+        return bool(self.waiting) and not self.decoder.eof
+
+    def done(self) -> bool:
+        return bool(self.decoder.eof)
+
+    def unused(self) -> bytes:
+        return bytes(self.decoder.unused_data) + self.waiting
+
+
+def _is_zstd_frame(head: bytes) -> bool:
+    if head.startswith(ZSTD_MAGIC):
+        return True
+    number = int.from_bytes(head[:4], "little")
+    return len(head) >= 4 and ZSTD_SKIPPABLE[0] <= number <= ZSTD_SKIPPABLE[1]
+
+
+_FORMATS = {
+    "gzip": (_Gzip, lambda head: head.startswith(GZIP_MAGIC), len(GZIP_MAGIC), True),
+    "xz": (_Xz, lambda head: head.startswith(XZ_MAGIC), len(XZ_MAGIC), True),
+    "zstd": (_Zstd, _is_zstd_frame, len(ZSTD_MAGIC), False),
+}
+_ERRORS = (zlib.error, lzma.LZMAError, zstandard.ZstdError)
+
+
+class Decompressed:
+    """The decompressed bytes of ``source``; ``read`` returns b"" only at the checked end."""
+
+    def __init__(self, source: Readable, compression: str, label: Name) -> None:
+        self.source = source
+        self.compression = compression
+        self.label = label
+        self.factory, self.starts_member, self.magic_size, self.padding_allowed = _FORMATS[compression]
+        self.decoder: _Decoder | None = None
+        self.pending = b""  # input read but not yet given to a decoder
+        self.members = 0
+        self.chunk = b""  # the decoded bytes being handed out, from ``offset``
+        self.offset = 0
+        self.ended = False
+
+    def _fail(self, what: str) -> SourceError:
+        return SourceError(f"corrupt {self.compression} data: {what}", path=self.label)
+
+    def _input(self) -> bytes:
+        if self.pending:
+            data, self.pending = self.pending, b""
+            return data
+        return self.source.read(INPUT_STEP)
+
+    def _start(self) -> bool:
+        """Begin the next member; False at the end of the input (after padding, if any)."""
+        while len(self.pending) < self.magic_size:
+            more = self.source.read(INPUT_STEP)
+            if not more:
+                break
+            self.pending += more
+        if not self.pending:
+            return False
+        if self.members and self.padding_allowed and self.pending[0] == 0:
+            while self.pending:
+                if self.pending.count(0) != len(self.pending):
+                    raise self._fail(f"data after the zero padding that ends the "
+                                     f"{self.compression} stream")
+                self.pending = self.source.read(INPUT_STEP)
+            return False
+        if not self.starts_member(self.pending):
+            raise self._fail(f"data after the end of the {self.compression} stream that "
+                             f"does not start another one")
+        self.decoder = self.factory()
+        self.members += 1
+        return True
+
+    def _chunk(self) -> bytes:
+        """The next decoded bytes (never empty), or b"" at the end of the checked input."""
+        while True:
+            if self.decoder is None and not self._start():
+                return b""
+            decoder = self.decoder
+            assert decoder is not None
+            try:
+                if decoder.has_output():
+                    out = decoder.step(b"")
+                else:
+                    data = self._input()
+                    if not data:
+                        raise self._fail(f"the input ends inside a {self.compression} "
+                                         f"{'frame' if self.compression == 'zstd' else 'stream'}"
+                                         f" (truncated)")
+                    out = decoder.step(data)
+            except _ERRORS as err:
+                raise self._fail(str(err)) from err
+            if decoder.done():
+                self.pending = decoder.unused() + self.pending
+                self.decoder = None
+            if out:
+                return out
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` decompressed bytes (all that is left for -1); b"" at the end."""
+        parts = []
+        want = size
+        while want:
+            if self.offset >= len(self.chunk):
+                if self.ended:
+                    break
+                self.chunk, self.offset = self._chunk(), 0
+                if not self.chunk:
+                    self.ended = True
+                    break
+            available = len(self.chunk) - self.offset
+            take = available if want < 0 else min(want, available)
+            parts.append(self.chunk[self.offset:self.offset + take])
+            self.offset += take
+            if want > 0:
+                want -= take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+def compression_of(head: bytes) -> str:
+    """The compression the first bytes of a stream show: gzip, xz, zstd or none.
+
+    bzip2 is refused: SourceError (the caller names the input with ``located``).
+    """
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(BZIP2_MAGIC):
+        raise SourceError("bzip2-compressed tar is not supported (plain, gzip, xz or zstd; "
+                          "decompress it with bunzip2 first)")
+    return "none"
