@@ -18,8 +18,7 @@ the input, what the usual readers let through:
 Reading to the end (``read`` returning ``b""``) is what checks the last
 checksum: the caller reads on after the data it needs.  Memory stays bounded
 whatever the compression ratio: at most ``OUTPUT_STEP`` bytes are produced at a
-time (zstd's decoder has no output bound, so it is fed at most ``ZSTD_INPUT_STEP``
-bytes at a time, which bounds its output by the format's largest ratio).
+time (zstd's decoder has no such bound: it is fed one block at a time).
 """
 
 from __future__ import annotations
@@ -40,9 +39,6 @@ BZIP2_MAGIC = b"BZh"
 
 INPUT_STEP = 1 << 16
 OUTPUT_STEP = 1 << 20
-# A zstd block of 128 KiB can be written in 4 bytes (an RLE block): 4 KiB of input
-# yields at most about 128 MiB; real data yields a few times its size.
-ZSTD_INPUT_STEP = 4096
 
 
 class Readable(Protocol):
@@ -101,23 +97,78 @@ class _Xz:
 
 
 class _Zstd:
+    """A zstd frame, fed to the decoder a block at a time: a block decodes to at most
+    128 KiB, so memory stays bounded however well the frame compresses (a 4-byte RLE block
+    makes 128 KiB; python-zstandard's decoder has no bound on the output of one call)."""
+
     def __init__(self) -> None:
         self.decoder = zstandard.ZstdDecompressor().decompressobj()
         self.waiting = b""  # input not given to the decoder yet
+        self.framing = ZstdFraming()
+        self.unit = 0  # bytes of the current unit (header, block, checksum) still to feed
 
     def step(self, data: bytes) -> bytes:
         self.waiting += data
-        piece, self.waiting = self.waiting[:ZSTD_INPUT_STEP], self.waiting[ZSTD_INPUT_STEP:]
-        return self.decoder.decompress(piece) if piece else b""
+        if not self.unit:
+            self.unit = self.framing.next_unit(self.waiting)
+            if not self.unit:  # the unit's own header is not all here yet
+                return b""
+        piece, self.waiting = self.waiting[:self.unit], self.waiting[self.unit:]
+        self.unit -= len(piece)
+        return self.decoder.decompress(piece)
 
     def has_output(self) -> bool:
-        return bool(self.waiting) and not self.decoder.eof
+        return (bool(self.waiting) and not self.decoder.eof
+                and (self.unit > 0 or len(self.waiting) >= self.framing.needed()))
 
     def done(self) -> bool:
         return bool(self.decoder.eof)
 
     def unused(self) -> bytes:
         return bytes(self.decoder.unused_data) + self.waiting
+
+
+class ZstdFraming:
+    """Where the units of one zstd frame (RFC 8878) end: the frame header, each block
+    (3-byte header and content), the checksum.  Only lengths are read here; the decoder
+    checks everything else."""
+
+    def __init__(self) -> None:
+        self.state = "header"
+        self.checksum = False
+
+    def needed(self) -> int:
+        """How many bytes ``next_unit`` needs to tell the next unit's length."""
+        return {"header": 8, "block": 3}.get(self.state, 1)
+
+    def next_unit(self, data: bytes) -> int:
+        """The length of the unit that starts ``data``; 0 when more bytes are needed to tell."""
+        if self.state == "header":
+            return self._header(data)
+        if self.state == "block":
+            if len(data) < self.needed():
+                return 0
+            header = int.from_bytes(data[:3], "little")
+            last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+            self.state = ("checksum" if self.checksum else "end") if last else "block"
+            return 3 + (1 if kind == 1 else size)  # an RLE block holds one byte
+        if self.state == "checksum":
+            self.state = "end"
+            return 4
+        return len(data)  # after the frame: the decoder reports it as unused
+
+    def _header(self, data: bytes) -> int:
+        if len(data) < self.needed():
+            return 0
+        if not data.startswith(ZSTD_MAGIC):  # a skippable frame: magic, length, data
+            self.state = "end"
+            return 8 + int.from_bytes(data[4:8], "little")
+        descriptor = data[4]
+        single_segment = descriptor >> 5 & 1
+        content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        self.checksum = bool(descriptor >> 2 & 1)
+        self.state = "block"
+        return 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
 
 
 def _is_zstd_frame(head: bytes) -> bool:
@@ -168,13 +219,17 @@ class Decompressed:
             self.pending += more
         if not self.pending:
             return False
-        if self.members and self.padding_allowed and self.pending[0] == 0:
-            while self.pending:
-                if self.pending.count(0) != len(self.pending):
-                    raise self._fail(f"data after the zero padding that ends the "
-                                     f"{self.compression} stream")
+        if self.members and self.padding_allowed:  # zero bytes may pad between and after
+            while self.pending and self.pending.count(0) == len(self.pending):
                 self.pending = self.source.read(INPUT_STEP)
-            return False
+            self.pending = self.pending.lstrip(b"\0")
+            while self.pending and len(self.pending) < self.magic_size:
+                more = self.source.read(INPUT_STEP)
+                if not more:
+                    break
+                self.pending += more
+            if not self.pending:
+                return False
         if not self.starts_member(self.pending):
             raise self._fail(f"data after the end of the {self.compression} stream that "
                              f"does not start another one")

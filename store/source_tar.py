@@ -159,11 +159,13 @@ def path_problem(raw: bytes) -> str | None:
     return None
 
 
-def member_path(raw: bytes) -> list[bytes]:
-    """A member name as path components; [] for the root.  Refuses absolute and ``..``."""
+def member_path(name: str) -> list[bytes]:
+    """A member name (as tarfile decodes it) as path components; [] for the root.
+    Refuses absolute and ``..`` with the member named."""
+    raw = _bytes(name)
     problem = path_problem(raw)
     if problem:
-        raise SourceError(problem, path=raw)
+        raise SourceError(problem, path=name)
     return [p for p in raw.split(b"/") if p not in (b"", b".")]
 
 
@@ -219,7 +221,7 @@ class _TarReader:
             check_pax(info.pax_headers)
         except SourceError as err:
             raise err.located(name)
-        parts = member_path(_bytes(name))
+        parts = member_path(name)
         if info.isdir():
             if parts:
                 self.builder.add_dir(parts, self.meta(info, name), name)
@@ -235,7 +237,7 @@ class _TarReader:
             self.builder.add_leaf(parts, Entry(b"", Kind.SYMLINK, meta, target=_bytes(info.linkname)),
                                   name)
         elif info.islnk():
-            self.hardlink(parts, _bytes(info.linkname), name)
+            self.hardlink(parts, info.linkname, name)
         elif info.ischr() or info.isblk() or info.isfifo():
             kind = "character device" if info.ischr() else "block device" if info.isblk() else "fifo"
             if not self.options.skip_special:
@@ -280,11 +282,12 @@ class _TarReader:
         if self.options.progress and self.files % self.options.progress_every == 0:
             self.options.progress(self.files, self.bytes)
 
-    def hardlink(self, parts: list[bytes], link: bytes, name: str) -> None:
+    def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
+        link = _bytes(linkname)
         problem = path_problem(link)
         if problem:
             raise SourceError(f"hardlink to {show(link)}: {problem}", path=name)
-        target = self.builder.get(member_path(link))
+        target = self.builder.get(member_path(linkname))
         if not isinstance(target, Entry):
             what = "a directory" if target is not None else "no earlier member"
             raise SourceError(f"hardlink to {show(link)}, which is {what}; a hardlink must "
