@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import lzma
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import zstandard
@@ -178,10 +180,18 @@ def _is_zstd_frame(head: bytes) -> bool:
     return len(head) >= 4 and ZSTD_SKIPPABLE[0] <= number <= ZSTD_SKIPPABLE[1]
 
 
+@dataclass(frozen=True)
+class _Format:
+    decoder: Callable[[], _Decoder]
+    starts_member: Callable[[bytes], bool]  # whether bytes begin a member, stream or frame
+    magic_size: int  # how many bytes starts_member needs
+    zero_padding: bool  # whether zero bytes may follow a member
+
+
 _FORMATS = {
-    "gzip": (_Gzip, lambda head: head.startswith(GZIP_MAGIC), len(GZIP_MAGIC), True),
-    "xz": (_Xz, lambda head: head.startswith(XZ_MAGIC), len(XZ_MAGIC), True),
-    "zstd": (_Zstd, _is_zstd_frame, len(ZSTD_MAGIC), False),
+    "gzip": _Format(_Gzip, lambda head: head.startswith(GZIP_MAGIC), len(GZIP_MAGIC), True),
+    "xz": _Format(_Xz, lambda head: head.startswith(XZ_MAGIC), len(XZ_MAGIC), True),
+    "zstd": _Format(_Zstd, _is_zstd_frame, len(ZSTD_MAGIC), False),
 }
 _ERRORS = (zlib.error, lzma.LZMAError, zstandard.ZstdError)
 
@@ -193,7 +203,7 @@ class Decompressed:
         self.source = source
         self.compression = compression
         self.label = label
-        self.factory, self.starts_member, self.magic_size, self.padding_allowed = _FORMATS[compression]
+        self.format = _FORMATS[compression]
         self.decoder: _Decoder | None = None
         self.pending = b""  # input read but not yet given to a decoder
         self.members = 0
@@ -212,28 +222,28 @@ class Decompressed:
 
     def _start(self) -> bool:
         """Begin the next member; False at the end of the input (after padding, if any)."""
-        while len(self.pending) < self.magic_size:
+        while len(self.pending) < self.format.magic_size:
             more = self.source.read(INPUT_STEP)
             if not more:
                 break
             self.pending += more
         if not self.pending:
             return False
-        if self.members and self.padding_allowed:  # zero bytes may pad between and after
+        if self.members and self.format.zero_padding:  # zero bytes may pad between and after
             while self.pending and self.pending.count(0) == len(self.pending):
                 self.pending = self.source.read(INPUT_STEP)
             self.pending = self.pending.lstrip(b"\0")
-            while self.pending and len(self.pending) < self.magic_size:
+            while self.pending and len(self.pending) < self.format.magic_size:
                 more = self.source.read(INPUT_STEP)
                 if not more:
                     break
                 self.pending += more
             if not self.pending:
                 return False
-        if not self.starts_member(self.pending):
+        if not self.format.starts_member(self.pending):
             raise self._fail(f"data after the end of the {self.compression} stream that "
                              f"does not start another one")
-        self.decoder = self.factory()
+        self.decoder = self.format.decoder()
         self.members += 1
         return True
 

@@ -139,15 +139,15 @@ class _StrictInfo(tarfile.TarInfo):
     """tarfile's header, with every number checked as GNU tar checks it (tar_numbers)."""
 
     @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> _StrictInfo:
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _StrictInfo:
         info = super().frombuf(buf, encoding, errors)  # checks the length and the checksum
         try:
-            check_header(buf)
+            check_header(bytes(buf))
         except SourceError as err:
-            name = buf[:100].split(b"\0", 1)[0]
+            name = bytes(buf[:100]).split(b"\0", 1)[0]
             err.message = f"header of {show(name)}: {err.message}"
             raise
-        return info  # type: ignore[return-value]
+        return info
 
 
 def path_problem(raw: bytes) -> str | None:
@@ -220,7 +220,7 @@ class _TarReader:
         try:
             check_pax(info.pax_headers)
         except SourceError as err:
-            raise err.located(name)
+            raise err.located(name) from None  # the same error, now naming its member
         parts = member_path(name)
         if info.isdir():
             if parts:
@@ -303,7 +303,7 @@ def _open(source: _Input, label: Name) -> tuple[Readable, str]:
     try:
         compression = compression_of(source.peek(6))
     except SourceError as err:
-        raise err.located(label)
+        raise err.located(label) from None  # the same error, naming the input
     if compression == "none":
         return source, compression
     return Decompressed(source, compression, label), compression
@@ -352,7 +352,7 @@ def read_tar(tx: Transaction, stream: BinaryIO, options: TarSourceOptions | None
     except ValueError as err:  # tarfile's int() of a number it did not check (GNU sparse maps)
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except SourceError as err:  # a header's numbers (no subject yet): the input's fault
-        raise err.located(label)
+        raise err.located(label) from None  # the same error, naming the input
     _check_end(tar_bytes, offset, label)
     tree = reader.builder.write(tx)
     if options.progress:

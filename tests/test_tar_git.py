@@ -477,8 +477,8 @@ def test_git_gitlink_refused_then_skipped(tmp_path, repo, git_repo):
 
 
 def test_git_errors_are_messages(tmp_path, repo, git_repo):
-    assert b"nope: git revision not found" in cli("commit", "-b", "g", "--git", str(git_repo), "--rev", "nope",
-                                       repo=repo.path, status=8).stderr
+    assert b"nope: git revision not found" in cli("commit", "-b", "g", "--git", str(git_repo), "--rev",
+                                                  "nope", repo=repo.path, status=8).stderr
     (tmp_path / "plain").mkdir()
     assert b"not a git repository" in cli("commit", "-b", "g", "--git", str(tmp_path / "plain"),
                                           repo=repo.path, status=8).stderr
