@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
-
-import pygit2
+from typing import TYPE_CHECKING, TypeVar
 
 from .builder import TreeBuilder
 from .errors import SourceError, SpecialFile
@@ -25,9 +23,12 @@ from .ids import RawId
 from .model import Entry, Kind, Meta
 from .transaction import Transaction
 
+if TYPE_CHECKING:
+    import pygit2
+
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
-_T = TypeVar("_T", pygit2.Tree, pygit2.Blob)
+_T = TypeVar("_T", "pygit2.Tree", "pygit2.Blob")
 
 MODE_TREE = 0o040000
 MODE_BLOB = 0o100644
@@ -57,6 +58,7 @@ class GitSourceResult:
 
 def open_repository(path: str) -> pygit2.Repository:
     """The git repository at or above ``path``; SourceError when there is none."""
+    import pygit2  # noqa: PLC0415 - a tenth of a second: only when a git source is read
     found = pygit2.discover_repository(path)
     if found is None:
         raise SourceError("not a git repository", path=path)
@@ -68,6 +70,7 @@ def open_repository(path: str) -> pygit2.Repository:
 
 def resolve(repo: pygit2.Repository, rev: str) -> tuple[pygit2.Tree, str | None]:
     """The tree a revision names (commit, tag or tree) and the commit id when there is one."""
+    import pygit2  # noqa: PLC0415 - see open_repository
     try:
         obj = repo.revparse_single(rev)
     except (pygit2.GitError, KeyError, ValueError) as err:
@@ -102,6 +105,7 @@ class _GitReader:
         self.bytes = 0
 
     def lookup(self, oid: pygit2.Oid, kind: type[_T], where: str) -> _T:
+        import pygit2  # noqa: PLC0415 - see open_repository
         try:
             obj = self.repo[oid]
         except (KeyError, pygit2.GitError) as err:
@@ -113,6 +117,7 @@ class _GitReader:
         return obj
 
     def read(self, root: pygit2.Tree) -> None:
+        import pygit2  # noqa: PLC0415 - see open_repository
         # Iterative walk: (path parts of the directory, its git tree).
         stack: list[tuple[tuple[bytes, ...], pygit2.Tree]] = [((), root)]
         while stack:

@@ -38,6 +38,9 @@ SPARSE_FIELDS = tuple((f"sparse {what} {i}", 386 + 24 * i + shift, 386 + 24 * i 
                       for i in range(4) for what, shift in (("offset", 0), ("size", 12)))
 REALSIZE_FIELD = ("realsize", 483, 495)
 
+# mode, uid, gid, size and mtime (bytes 100 to 148) as GNU tar and Python write them: octal
+# digits, each field ended by a NUL or a space.  Such a header needs no closer look.
+_PLAIN_NUMBERS = re.compile(rb"(?:[0-7]{7}[\0 ]){3}(?:[0-7]{11}[\0 ]){2}")
 _UNSIGNED = re.compile(r"[0-9]+")
 _TIME = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 PAX_UNSIGNED = ("size", "uid", "gid", "GNU.sparse.size", "GNU.sparse.realsize",
@@ -71,8 +74,9 @@ def header_number(field: bytes, what: str, *, signed: bool = False) -> int:
 
 def check_header(block: bytes) -> None:
     """Every number a header block holds parses as GNU tar parses it (see the module)."""
-    for what, start, end in HEADER_FIELDS:
-        header_number(block[start:end], what, signed=what == "mtime")
+    if not _PLAIN_NUMBERS.fullmatch(block, 100, 148):
+        for what, start, end in HEADER_FIELDS:
+            header_number(block[start:end], what, signed=what == "mtime")
     kind = block[156:157]
     if kind in DEVICE_TYPES:
         for what, start, end in DEVICE_FIELDS:
