@@ -24,6 +24,8 @@ time (zstd's decoder has no such bound: it is fed one block at a time).
 from __future__ import annotations
 
 import lzma
+import queue
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,10 +198,43 @@ _FORMATS = {
 _ERRORS = (zlib.error, lzma.LZMAError, zstandard.ZstdError)
 
 
-class Decompressed:
+class ChunkReader:
+    """``read(size)`` over a source of chunks: ``_chunk()`` gives the next one, b"" at the end."""
+
+    def __init__(self) -> None:
+        self.chunk = b""  # the chunk being handed out, from ``offset``
+        self.offset = 0
+        self.ended = False
+
+    def _chunk(self) -> bytes:
+        raise NotImplementedError
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left for -1); b"" at the end."""
+        parts = []
+        want = size
+        while want:
+            if self.offset >= len(self.chunk):
+                if self.ended:
+                    break
+                self.chunk, self.offset = self._chunk(), 0
+                if not self.chunk:
+                    self.ended = True
+                    break
+            available = len(self.chunk) - self.offset
+            take = available if want < 0 else min(want, available)
+            parts.append(self.chunk[self.offset:self.offset + take])
+            self.offset += take
+            if want > 0:
+                want -= take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Decompressed(ChunkReader):
     """The decompressed bytes of ``source``; ``read`` returns b"" only at the checked end."""
 
     def __init__(self, source: Readable, compression: str, label: Name) -> None:
+        super().__init__()
         self.source = source
         self.compression = compression
         self.label = label
@@ -207,9 +242,6 @@ class Decompressed:
         self.decoder: _Decoder | None = None
         self.pending = b""  # input read but not yet given to a decoder
         self.members = 0
-        self.chunk = b""  # the decoded bytes being handed out, from ``offset``
-        self.offset = 0
-        self.ended = False
 
     def _fail(self, what: str) -> SourceError:
         return SourceError(f"corrupt {self.compression} data: {what}", path=self.label)
@@ -272,25 +304,7 @@ class Decompressed:
             if out:
                 return out
 
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to ``size`` decompressed bytes (all that is left for -1); b"" at the end."""
-        parts = []
-        want = size
-        while want:
-            if self.offset >= len(self.chunk):
-                if self.ended:
-                    break
-                self.chunk, self.offset = self._chunk(), 0
-                if not self.chunk:
-                    self.ended = True
-                    break
-            available = len(self.chunk) - self.offset
-            take = available if want < 0 else min(want, available)
-            parts.append(self.chunk[self.offset:self.offset + take])
-            self.offset += take
-            if want > 0:
-                want -= take
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+
 
 def compression_of(head: bytes) -> str:
     """The compression the first bytes of a stream show: gzip, xz, zstd or none.
@@ -307,3 +321,58 @@ def compression_of(head: bytes) -> str:
         raise SourceError("bzip2-compressed tar is not supported (plain, gzip, xz or zstd; "
                           "decompress it with bunzip2 first)")
     return "none"
+
+
+class ReadAhead(ChunkReader):
+    """``source`` read on a thread of its own, up to ``depth`` chunks ahead of the reader.
+
+    Reading the input, hashing it and decompressing it (C code that lets go of the GIL)
+    then overlap with what the reader does with the bytes.  An error of the source is
+    raised to the reader, in order.  Use as a context manager: leaving stops the thread.
+    """
+
+    def __init__(self, source: Readable, step: int = OUTPUT_STEP, depth: int = 4) -> None:
+        super().__init__()
+        self.source = source
+        self.step = step
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.stopping.set()
+        if kind is None:  # after a failure, a read blocked on a pipe must not hold us up
+            self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                data = self.source.read(self.step)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as err:  # noqa: BLE001 - raised again by the reading thread
+            self._put(err)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _chunk(self) -> bytes:
+        if self.failed is not None:
+            raise self.failed
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.failed = item
+            self.stopping.set()
+            raise item
+        return item

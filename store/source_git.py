@@ -116,8 +116,15 @@ class _GitReader:
                               f"{kind.__name__.lower()}", path=where)
         return obj
 
-    def read(self, root: pygit2.Tree) -> None:
+    def tree(self, oid: pygit2.Oid, where: str) -> pygit2.Tree:
         import pygit2  # noqa: PLC0415 - see open_repository
+        return self.lookup(oid, pygit2.Tree, where)
+
+    def blob(self, oid: pygit2.Oid, where: str) -> pygit2.Blob:
+        import pygit2  # noqa: PLC0415 - see open_repository
+        return self.lookup(oid, pygit2.Blob, where)
+
+    def read(self, root: pygit2.Tree) -> None:
         # Iterative walk: (path parts of the directory, its git tree).
         stack: list[tuple[tuple[bytes, ...], pygit2.Tree]] = [((), root)]
         while stack:
@@ -128,12 +135,12 @@ class _GitReader:
                 mode = int(item.filemode)
                 if mode == MODE_TREE:
                     self.builder.add_dir(path, self.dir_meta, where)
-                    stack.append((path, self.lookup(item.id, pygit2.Tree, where)))
+                    stack.append((path, self.tree(item.id, where)))
                 elif mode in (MODE_BLOB, MODE_BLOB_GROUP_WRITABLE, MODE_EXECUTABLE):
                     self.file(path, item.id, self.exec_meta if mode == MODE_EXECUTABLE else self.file_meta,
                               where)
                 elif mode == MODE_LINK:
-                    target = self.lookup(item.id, pygit2.Blob, where).data
+                    target = self.blob(item.id, where).data
                     self.builder.add_leaf(path, Entry(b"", Kind.SYMLINK, self.link_meta, target=target),
                                           where)
                 elif mode == MODE_GITLINK:
@@ -146,7 +153,7 @@ class _GitReader:
         key = (str(oid), meta)
         known = self.blobs.get(key)
         if known is None:
-            data = self.lookup(oid, pygit2.Blob, where).data
+            data = self.blob(oid, where).data
             known = self.blobs[key] = (self.tx.add_file_bytes(data, meta), len(data))
         self.builder.add_leaf(path, Entry(b"", Kind.FILE, meta, size=known[1], digest=known[0]), where)
         self.files += 1

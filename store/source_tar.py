@@ -38,7 +38,7 @@ from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from .builder import TreeBuilder, check_meta, sorted_xattrs, store_reader
-from .decompress import Decompressed, Readable, compression_of
+from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
@@ -338,7 +338,19 @@ def read_tar(tx: Transaction, stream: BinaryIO, options: TarSourceOptions | None
     label = options.label
     source = _Input(stream)
     decompressed, compression = _open(source, label)
-    tar_bytes = _TarBytes(decompressed)
+    with ReadAhead(decompressed) as ahead:
+        tree, root_meta, reader = _read_members(tx, ahead, options)
+    if options.progress:
+        options.progress(reader.files, reader.bytes)
+    return TarSourceResult(tree, root_meta, source.sha256.hexdigest(),
+                           compression, reader.skipped, reader.files, reader.bytes)
+
+
+def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptions
+                  ) -> tuple[RawId, Meta, _TarReader]:
+    """Store every member, check the end of the stream, store the trees."""
+    label = options.label
+    tar_bytes = _TarBytes(tar_source)
     reader = _TarReader(tx, options)
     try:
         with tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
@@ -354,8 +366,4 @@ def read_tar(tx: Transaction, stream: BinaryIO, options: TarSourceOptions | None
     except SourceError as err:  # a header's numbers (no subject yet): the input's fault
         raise err.located(label) from None  # the same error, naming the input
     _check_end(tar_bytes, offset, label)
-    tree = reader.builder.write(tx)
-    if options.progress:
-        options.progress(reader.files, reader.bytes)
-    return TarSourceResult(tree, reader.builder.root.meta, source.sha256.hexdigest(),
-                           compression, reader.skipped, reader.files, reader.bytes)
+    return reader.builder.write(tx), reader.builder.root.meta, reader
