@@ -5,7 +5,13 @@ by ``owner`` with umask 022: regular files 0644, executable files 0755
 (git's 100755; the legacy 100664 counts as 0644), symlinks 0777 with the
 blob's bytes as target, directories and the root 0755; no xattrs.  So
 committing ``--git R --rev X --owner U:G`` and committing a checkout of X
-chowned to U:G give the same tree id.  Gitlinks (submodules, mode 160000)
+chowned to U:G give the same tree id: the blobs as committed, which is what the
+commit records (``git.commit``) and reproducible whatever the configuration.
+``attributes=True`` gives instead what ``git archive`` writes as far as the
+commit's .gitattributes go: paths marked export-ignore left out and files
+passed through the filters a checkout applies (eol, text, crlf, ident;
+through libgit2, which also reads the repository's configuration, such as
+core.autocrlf); export-subst is not applied.  Gitlinks (submodules, mode 160000)
 have no content in this repository: they are refused with their path named,
 or skipped (and reported) when ``skip_special`` is set.
 """
@@ -44,6 +50,10 @@ class GitSourceOptions:
     skip_special: bool = False
     progress: Progress | None = None
     progress_every: int = 500
+    # False: the blobs as committed.  True: what `git archive` writes, as far as the
+    # revision's .gitattributes go: export-ignore paths left out, files through the
+    # checkout filters (eol, text, crlf, ident); export-subst is not applied.
+    attributes: bool = False
 
 
 @dataclass
@@ -88,9 +98,47 @@ def resolve(repo: pygit2.Repository, rev: str) -> tuple[pygit2.Tree, str | None]
     return tree, (str(commit.id) if commit is not None else None)
 
 
+class _ArchiveAttributes:
+    """What `git archive` takes from the .gitattributes of a commit: export-ignore, and the
+    filters a checkout applies (libgit2's, reading the attributes of the commit)."""
+
+    def __init__(self, repo: pygit2.Repository, commit: str) -> None:
+        import pygit2  # noqa: PLC0415 - see open_repository
+        # Opened bare, libgit2 reads no worktree .gitattributes, as `git archive` reads none.
+        self.repo = pygit2.Repository(repo.path, pygit2.enums.RepositoryOpenFlag.BARE)
+        self.commit = pygit2.Oid(hex=commit)
+        self.check = pygit2.enums.AttrCheck.INCLUDE_COMMIT
+        self.filters = (pygit2.enums.BlobFilter.CHECK_FOR_BINARY
+                        | pygit2.enums.BlobFilter.ATTRIBUTES_FROM_COMMIT)
+
+    def ignored(self, path: str) -> bool:
+        return self.repo.get_attr(_utf8(path), "export-ignore", self.check, self.commit) is True
+
+    def content(self, blob: pygit2.Blob, path: str) -> bytes:
+        import pygit2  # noqa: PLC0415 - see open_repository
+        bare = self.repo.get(blob.id)  # the filters use the blob's repository: the bare one
+        if not isinstance(bare, pygit2.Blob):  # the same object database: not possible
+            raise AssertionError(f"blob {blob.id} not found again in {self.repo.path}")
+        with pygit2.BlobIO(bare, as_path=_utf8(path), flags=self.filters,
+                           commit_id=self.commit) as filtered:
+            return filtered.read()
+
+
+def _utf8(path: str) -> str:
+    """``path`` for libgit2's attribute lookups, which take UTF-8 only."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceError("name is not UTF-8: git attributes cannot be applied to it",
+                          path=path) from None
+    return path
+
+
 class _GitReader:
-    def __init__(self, repo: pygit2.Repository, tx: Transaction, options: GitSourceOptions) -> None:
+    def __init__(self, repo: pygit2.Repository, tx: Transaction, options: GitSourceOptions,
+                 attributes: _ArchiveAttributes | None = None) -> None:
         self.repo = repo
+        self.attributes = attributes
         self.tx = tx
         self.options = options
         uid, gid = options.owner
@@ -132,6 +180,8 @@ class _GitReader:
             for item in tree:
                 path = parts + (item.raw_name or b"",)  # b"" is refused as a bad name
                 where = os.fsdecode(b"/".join(path))  # raw: errors show it
+                if self.attributes is not None and self.attributes.ignored(where):
+                    continue
                 mode = int(item.filemode)
                 if mode == MODE_TREE:
                     self.builder.add_dir(path, self.dir_meta, where)
@@ -150,11 +200,13 @@ class _GitReader:
                     self.special(path, where, f"of unknown git mode {mode:06o}")
 
     def file(self, path: tuple[bytes, ...], oid: pygit2.Oid, meta: Meta, where: str) -> None:
-        key = (str(oid), meta)
-        known = self.blobs.get(key)
-        if known is None:
+        known = self.blobs.get((str(oid), meta))
+        if self.attributes is not None:  # the content depends on the path's attributes
+            data = self.attributes.content(self.blob(oid, where), where)
+            known = (self.tx.add_file_bytes(data, meta), len(data))
+        elif known is None:
             data = self.blob(oid, where).data
-            known = self.blobs[key] = (self.tx.add_file_bytes(data, meta), len(data))
+            known = self.blobs[(str(oid), meta)] = (self.tx.add_file_bytes(data, meta), len(data))
         self.builder.add_leaf(path, Entry(b"", Kind.FILE, meta, size=known[1], digest=known[0]), where)
         self.files += 1
         self.bytes += known[1]
@@ -176,7 +228,13 @@ def read_git(tx: Transaction, repo_path: str, rev: str, options: GitSourceOption
     options = options or GitSourceOptions()
     repo = open_repository(os.fspath(repo_path))
     tree, commit = resolve(repo, rev)
-    reader = _GitReader(repo, tx, options)
+    attributes = None
+    if options.attributes:
+        if commit is None:
+            raise SourceError("names a tree, not a commit: git attributes are read from a commit",
+                              path=rev)
+        attributes = _ArchiveAttributes(repo, commit)
+    reader = _GitReader(repo, tx, options, attributes)
     reader.read(tree)
     root = reader.builder.write(tx)
     if options.progress:
