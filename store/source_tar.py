@@ -44,7 +44,7 @@ from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
 from .tar_numbers import check_header, check_pax
-from .transaction import Transaction
+from .transaction import IN_MEMORY_MAX, Transaction
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -264,11 +264,8 @@ class _TarReader:
                 name: str) -> None:
         self.check_limits(info.size, name)
         meta = self.meta(info, name)
-        data = archive.extractfile(info)
-        if data is None:  # not possible for a regular member; a bug if it happens
-            raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
         try:
-            digest, size = store_reader(self.tx, data, info.size, meta, name)  # type: ignore[arg-type]
+            digest, size = self.store(archive, info, meta, name)
         except OSError as err:
             if not meta.xattrs or err.errno not in XATTR_REFUSALS:
                 raise
@@ -281,6 +278,22 @@ class _TarReader:
         self.stored += size
         if self.options.progress and self.files % self.options.progress_every == 0:
             self.options.progress(self.files, self.bytes)
+
+    def store(self, archive: tarfile.TarFile, info: tarfile.TarInfo, meta: Meta, name: str
+              ) -> tuple[RawId, int]:
+        """Store a regular member's data; return its digest and size."""
+        if info.sparse is None and info.size <= IN_MEMORY_MAX and archive.fileobj is not None:
+            # Read in one piece from the stream, which is at the member's data (stream mode
+            # reads in order): tarfile's per-member file object costs more than the read.
+            data = archive.fileobj.read(info.size)
+            if len(data) != info.size:
+                raise SourceError(f"truncated: the stream ends inside member {show(name)} "
+                                  f"({len(data)} of its {info.size} bytes)", path=self.options.label)
+            return self.tx.add_file_bytes(data, meta), info.size
+        reader = archive.extractfile(info)
+        if reader is None:  # not possible for a regular member; a bug if it happens
+            raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
+        return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
 
     def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
         link = _bytes(linkname)
