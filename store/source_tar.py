@@ -1,9 +1,11 @@
 """Reading a tar stream into the store: plain, gzip, xz or zstd; ustar, GNU or PAX headers.
 
 The input is read once, front to back (it may be a pipe), and its compression
-is recognised by magic bytes.  Python's ``tarfile`` parses the headers (GNU
-long names, PAX records, sparse files); this module decides what the members
-mean for a tree:
+is recognised by magic bytes; ``store.decompress`` checks every checksum and
+end of it, on a read-ahead thread.  Python's ``tarfile`` parses the headers
+(GNU long names, PAX records, sparse files), with every number checked as
+GNU tar checks it (``store.tar_numbers``); this module decides what the
+members mean for a tree:
 
 - Paths are normalised (``./`` and empty components dropped).  An absolute
   path or one with a ``..`` component is refused with the member named, as is
@@ -22,7 +24,15 @@ mean for a tree:
   entry with that member's content and metadata.
 - Devices and fifos are refused, or skipped (and reported) with ``skip_special``.
 - The archive must end with an end-of-archive block: a stream cut at a member
-  boundary is refused rather than committed as a smaller tree.
+  boundary is refused rather than committed as a smaller tree; only zeros may
+  follow it.
+- ``max_file_size`` and ``max_total_size`` bound what an untrusted archive can
+  make us write: a member past either is refused from its header, before its
+  data is read (a 10 KiB sparse archive can describe a 10 GiB file).
+
+Errors about the input (its compression, a header, its end) name
+``options.label``; errors about a member name the member, as the archive
+spells it.
 """
 
 from __future__ import annotations
