@@ -94,8 +94,9 @@ def check_pax(records: Mapping[str, str]) -> None:
         if value is not None and not _UNSIGNED.fullmatch(value):
             raise SourceError(f"PAX record {key} is not a non-negative decimal number "
                               f"({show(value)})")
-        if value is not None and int(value) > MAX_SIZE:
-            raise SourceError(f"PAX record {key} is out of range ({value})")
+        if value is not None and (len(value) > len(str(MAX_SIZE)) or int(value) > MAX_SIZE):
+            shown = value if len(value) <= 40 else f"{value[:40]}... ({len(value)} digits)"
+            raise SourceError(f"PAX record {key} is out of range ({shown})")
     for key in PAX_TIMES:
         value = records.get(key)
         if value is not None and not _TIME.fullmatch(value):

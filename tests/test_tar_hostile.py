@@ -205,6 +205,7 @@ def pax_tar(records: dict[bytes, bytes], data: bytes = b"data", size: int | None
     ({b"uid": b" 7"}, "PAX record uid"),
     ({b"gid": "\u0663".encode()}, "PAX record gid"),  # an Arabic-Indic 3: int() takes it, tar not
     ({b"size": b"9" * 30}, "PAX record size is out of range"),
+    ({b"uid": b"9" * 5000}, "PAX record uid is out of range"),  # past int()'s digit limit
     ({b"mtime": b"soon"}, "PAX record mtime is not a decimal time"),
     ({b"GNU.sparse.map": b"0,x", b"GNU.sparse.size": b"4"}, "not a valid tar stream"),
 ])
