@@ -66,7 +66,7 @@ BLOCK = 512
 WINDOW = 4 * tarfile.RECORDSIZE
 READ_STEP = 1 << 16
 WRITERS = 3  # threads writing small files' objects (see _Writes)
-MAX_PENDING = 256
+MAX_PENDING = 256  # files read and not yet written, at most (and at most so many bytes)
 MAX_PENDING_BYTES = 32 << 20
 
 SCHILY_XATTR = "SCHILY.xattr."
@@ -156,12 +156,7 @@ class _StrictInfo(tarfile.TarInfo):
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _StrictInfo:
         info = super().frombuf(buf, encoding, errors)  # checks the length and the checksum
-        try:
-            check_header(bytes(buf))
-        except SourceError as err:
-            name = bytes(buf[:100]).split(b"\0", 1)[0]
-            err.message = f"header of {show(name)}: {err.message}"
-            raise
+        check_header(bytes(buf))
         return info
 
 

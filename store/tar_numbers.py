@@ -73,18 +73,23 @@ def header_number(field: bytes, what: str, *, signed: bool = False) -> int:
 
 
 def check_header(block: bytes) -> None:
-    """Every number a header block holds parses as GNU tar parses it (see the module)."""
-    if not _PLAIN_NUMBERS.fullmatch(block, 100, 148):
-        for what, start, end in HEADER_FIELDS:
-            header_number(block[start:end], what, signed=what == "mtime")
-    kind = block[156:157]
-    if kind in DEVICE_TYPES:
-        for what, start, end in DEVICE_FIELDS:
-            header_number(block[start:end], what)
-    if kind == OLD_GNU_SPARSE:
-        for what, start, end in (*SPARSE_FIELDS, REALSIZE_FIELD):
-            if block[start:end].strip(b"\0"):
+    """Every number a header block holds parses as GNU tar parses it (see the module);
+    SourceError naming the header (by its name field) otherwise."""
+    try:
+        if not _PLAIN_NUMBERS.fullmatch(block, 100, 148):
+            for what, start, end in HEADER_FIELDS:
+                header_number(block[start:end], what, signed=what == "mtime")
+        kind = block[156:157]
+        if kind in DEVICE_TYPES:
+            for what, start, end in DEVICE_FIELDS:
                 header_number(block[start:end], what)
+        if kind == OLD_GNU_SPARSE:
+            for what, start, end in (*SPARSE_FIELDS, REALSIZE_FIELD):
+                if block[start:end].strip(b"\0"):
+                    header_number(block[start:end], what)
+    except SourceError as err:
+        name = block[:100].split(b"\0", 1)[0]
+        raise SourceError(f"header of {show(name)}: {err.message}") from None
 
 
 def check_pax(records: Mapping[str, str]) -> None:
