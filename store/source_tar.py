@@ -42,14 +42,12 @@ import binascii
 import errno
 import hashlib
 import tarfile
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import BinaryIO, NoReturn
+from dataclasses import dataclass, field
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from .builder import DirNode, TreeBuilder, check_meta, sorted_xattrs, store_reader
+from .builder import TreeBuilder, check_meta, sorted_xattrs, store_reader
 from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
@@ -65,9 +63,6 @@ BLOCK = 512
 # read lets us look at the block that ended the archive.
 WINDOW = 4 * tarfile.RECORDSIZE
 READ_STEP = 1 << 16
-WRITERS = 3  # threads writing small files' objects (see _Writes)
-MAX_PENDING = 256  # files read and not yet written, at most (and at most so many bytes)
-MAX_PENDING_BYTES = 32 << 20
 
 SCHILY_XATTR = "SCHILY.xattr."
 LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
@@ -206,76 +201,6 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
     return sorted_xattrs(found.items())
 
 
-def _raise_refused(err: OSError, meta: Meta, name: str) -> NoReturn:
-    """Raise what storing a file with ``meta`` failed with: a SourceError naming the member
-    when its xattrs are why (the filesystem refused them), else ``err`` itself."""
-    if not meta.xattrs or err.errno not in XATTR_REFUSALS:
-        raise err
-    xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
-    raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:{meta.gid}, "
-                      f"xattrs {xattrs}): {err.strerror}", path=name) from err
-
-
-@dataclass(frozen=True)
-class _Write:
-    """A file member whose object is being written; its tree entry waits for the digest."""
-
-    parts: list[bytes]
-    meta: Meta
-    size: int
-    name: str
-    digest: Future[RawId]
-
-
-class _Writes:
-    """Small files' objects written on a few threads while the archive is read on: creating,
-    writing and chowning a file are system calls that let go of the GIL, so they overlap
-    the parsing.  Each entry joins the tree at once (every check in member order) and gets
-    its digest when ``settle`` collects it; at most MAX_PENDING_BYTES wait at a time."""
-
-    def __init__(self, tx: Transaction, builder: TreeBuilder) -> None:
-        self.tx = tx
-        self.builder = builder
-        self.pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="tar-write")
-        self.pending: deque[_Write] = deque()
-        self.bytes = 0
-
-    def add(self, parts: list[bytes], data: bytes, meta: Meta, name: str) -> None:
-        digest = self.pool.submit(self.tx.add_file_bytes, data, meta)
-        self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=len(data)), name)
-        self.pending.append(_Write(parts, meta, len(data), name, digest))
-        self.bytes += len(data)
-        while self.bytes > MAX_PENDING_BYTES or len(self.pending) > MAX_PENDING:
-            self._settle_one()
-
-    def settle(self) -> None:
-        """Every entry added so far has its digest (before a hardlink copies one, say)."""
-        while self.pending:
-            self._settle_one()
-
-    def _settle_one(self) -> None:
-        write = self.pending.popleft()
-        self.bytes -= write.size
-        try:
-            digest = write.digest.result()
-        except OSError as err:
-            _raise_refused(err, write.meta, write.name)
-        parent = self.builder.get(write.parts[:-1])
-        if not isinstance(parent, DirNode):  # add_leaf made it; a bug if it is gone
-            raise AssertionError(f"the directory of {show(write.name)} left the tree")
-        entry = parent.children[write.parts[-1]]
-        if not isinstance(entry, Entry):
-            raise AssertionError(f"{show(write.name)} is no longer a file in the tree")
-        parent.children[write.parts[-1]] = replace(entry, digest=digest)
-
-    def __enter__(self) -> _Writes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Wait for the threads (after a failure too: the staging directory goes next)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 class _TarReader:
     def __init__(self, tx: Transaction, options: TarSourceOptions) -> None:
         self.tx = tx
@@ -283,7 +208,6 @@ class _TarReader:
         uid, gid = options.owner or (0, 0)
         implied = Meta(0o755, uid, gid)
         self.builder = TreeBuilder(implied, implied)
-        self.writes = _Writes(tx, self.builder)
         self.skipped: list[tuple[bytes, str]] = []
         self.files = 0
         self.bytes = 0
@@ -345,6 +269,24 @@ class _TarReader:
                 name: str) -> None:
         self.check_limits(info.size, name)
         meta = self.meta(info, name)
+        try:
+            digest, size = self.store(archive, info, meta, name)
+        except OSError as err:
+            if not meta.xattrs or err.errno not in XATTR_REFUSALS:
+                raise
+            xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
+            raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
+                              f"{meta.gid}, xattrs {xattrs}): {err.strerror}", path=name) from err
+        self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), name)
+        self.files += 1
+        self.bytes += size
+        self.stored += size
+        if self.options.progress and self.files % self.options.progress_every == 0:
+            self.options.progress(self.files, self.bytes)
+
+    def store(self, archive: tarfile.TarFile, info: tarfile.TarInfo, meta: Meta, name: str
+              ) -> tuple[RawId, int]:
+        """Store a regular member's data; return its digest and size."""
         if info.sparse is None and info.size <= IN_MEMORY_MAX and archive.fileobj is not None:
             # Read in one piece from the stream, which is at the member's data (stream mode
             # reads in order): tarfile's per-member file object costs more than the read.
@@ -352,28 +294,17 @@ class _TarReader:
             if len(data) != info.size:
                 raise SourceError(f"truncated: the stream ends inside member {show(name)} "
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
-            self.writes.add(parts, data, meta, name)
-        else:
-            reader = archive.extractfile(info)
-            if reader is None:  # not possible for a regular member; a bug if it happens
-                raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
-            try:
-                digest, size = store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
-            except OSError as err:
-                _raise_refused(err, meta, name)
-            self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), name)
-        self.files += 1
-        self.bytes += info.size
-        self.stored += info.size
-        if self.options.progress and self.files % self.options.progress_every == 0:
-            self.options.progress(self.files, self.bytes)
+            return self.tx.add_file_bytes(data, meta), info.size
+        reader = archive.extractfile(info)
+        if reader is None:  # not possible for a regular member; a bug if it happens
+            raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
+        return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
 
     def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
         link = _bytes(linkname)
         problem = path_problem(link)
         if problem:
             raise SourceError(f"hardlink to {show(link)}: {problem}", path=name)
-        self.writes.settle()  # the target's entry with its digest
         target = self.builder.get(member_path(linkname))
         if not isinstance(target, Entry):
             what = "a directory" if target is not None else "no earlier member"
@@ -440,13 +371,12 @@ def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptio
     tar_bytes = _TarBytes(tar_source)
     reader = _TarReader(tx, options)
     try:
-        with reader.writes, tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
+        with tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
                           errors="surrogateescape", tarinfo=_StrictInfo) as archive:
             while (info := archive.next()) is not None:
                 reader.member(archive, info)
                 del archive.members[:]  # tarfile keeps every header; we need none of them
             offset = archive.offset
-            reader.writes.settle()
     except tarfile.TarError as err:
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except ValueError as err:  # tarfile's int() of a number it did not check (GNU sparse maps)
