@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import xattrs
-from .errors import SourceError
+from .errors import SourceError, SpecialFile
 from .forked import Forked, SharedCounts, collect, worker_count
 from .ids import RawId
 from .model import Entry, Kind, Meta
@@ -80,8 +80,8 @@ class _Walk:
                 with os.scandir(directory.path) as it:
                     children = sorted(it, key=lambda d: d.name)
             except OSError as err:
-                raise SourceError(f"{os.fsdecode(directory.path)}: cannot read directory: "
-                                  f"{err.strerror}", path=os.fsdecode(directory.path)) from err
+                raise SourceError(f"cannot read directory: {err.strerror}",
+                                  path=directory.path) from err
             for child in children:
                 item = self.entry(child)
                 if isinstance(item, _Dir):
@@ -103,13 +103,11 @@ class _Walk:
             if stat.S_ISLNK(mode):
                 return Entry(child.name, Kind.SYMLINK, meta_of(path, st), target=os.readlink(path))
         except OSError as err:
-            raise SourceError(f"{os.fsdecode(path)}: cannot read: {err.strerror}",
-                              path=os.fsdecode(path)) from err
+            raise SourceError(f"cannot read: {err.strerror}", path=path) from err
         if self.options.skip_special:
             return None
-        raise SourceError(f"{os.fsdecode(path)}: is a {_special_name(mode)}; sealtree stores "
-                          f"files, directories and symlinks only (use --skip-special)",
-                          path=os.fsdecode(path))
+        raise SpecialFile(f"is a {_special_name(mode)}; sealtree stores files, directories "
+                          f"and symlinks only", path=path)
 
     def job(self, path: bytes, st: os.stat_result) -> int:
         key = (st.st_dev, st.st_ino)
@@ -128,15 +126,14 @@ def store_file(tx: Transaction, path: bytes) -> Stored:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise SourceError(f"{os.fsdecode(path)}: changed while being read (no longer a "
-                                  f"regular file)", path=os.fsdecode(path))
+                raise SourceError("changed while being read (no longer a regular file)",
+                                  path=path)
             meta = meta_of(fd, st)
             digest, size = tx.add_file(fd, st.st_size, meta)
         finally:
             os.close(fd)
     except OSError as err:
-        raise SourceError(f"{os.fsdecode(path)}: cannot read: {err.strerror}",
-                          path=os.fsdecode(path)) from err
+        raise SourceError(f"cannot read: {err.strerror}", path=path) from err
     return meta, digest, size
 
 

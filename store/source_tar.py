@@ -1,9 +1,11 @@
 """Reading a tar stream into the store: plain, gzip, xz or zstd; ustar, GNU or PAX headers.
 
 The input is read once, front to back (it may be a pipe), and its compression
-is recognised by magic bytes.  Python's ``tarfile`` parses the headers (GNU
-long names, PAX records, sparse files); this module decides what the members
-mean for a tree:
+is recognised by magic bytes; ``store.decompress`` checks every checksum and
+end of it, on a read-ahead thread.  Python's ``tarfile`` parses the headers
+(GNU long names, PAX records, sparse files), with every number checked as
+GNU tar checks it (``store.tar_numbers``); this module decides what the
+members mean for a tree:
 
 - Paths are normalised (``./`` and empty components dropped).  An absolute
   path or one with a ``..`` component is refused with the member named, as is
@@ -22,7 +24,15 @@ mean for a tree:
   entry with that member's content and metadata.
 - Devices and fifos are refused, or skipped (and reported) with ``skip_special``.
 - The archive must end with an end-of-archive block: a stream cut at a member
-  boundary is refused rather than committed as a smaller tree.
+  boundary is refused rather than committed as a smaller tree; only zeros may
+  follow it.
+- ``max_file_size`` and ``max_total_size`` bound what an untrusted archive can
+  make us write: a member past either is refused from its header, before its
+  data is read (a 10 KiB sparse archive can describe a 10 GiB file).
+
+Errors about the input (its compression, a header, its end) name
+``options.label``; errors about a member name the member, as the archive
+spells it.
 """
 
 from __future__ import annotations
@@ -30,35 +40,29 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import gzip
 import hashlib
-import lzma
 import tarfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-import zstandard
-
-from .builder import TreeBuilder, check_meta, show, sorted_xattrs, store_reader
-from .errors import SourceError
+from .builder import TreeBuilder, check_meta, sorted_xattrs, store_reader
+from .decompress import Decompressed, Readable, ReadAhead, compression_of
+from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
-from .transaction import Transaction
+from .names import show
+from .tar_numbers import check_header, check_pax
+from .transaction import IN_MEMORY_MAX, Transaction
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
 BLOCK = 512
-# The magic bytes each supported compression starts with.
-GZIP_MAGIC = b"\x1f\x8b"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-BZIP2_MAGIC = b"BZh"
-# tarfile reads the decompressed stream in records of this size; keeping the
-# last WINDOW bytes read lets us look at the block that ended the archive.
+# tarfile reads the stream in records of this size; keeping the last WINDOW bytes
+# read lets us look at the block that ended the archive.
 WINDOW = 4 * tarfile.RECORDSIZE
+READ_STEP = 1 << 16
 
 SCHILY_XATTR = "SCHILY.xattr."
 LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
@@ -68,17 +72,17 @@ RHT_SELINUX = "RHT.security.selinux"
 XATTR_REFUSALS = (errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 
 
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
 @dataclass
 class TarSourceOptions:
     owner: tuple[int, int] | None = None  # None: the members' own numeric uid/gid
     skip_special: bool = False
     progress: Progress | None = None
     progress_every: int = 500
-    label: str = "tar stream"  # how messages name the input
+    label: Name = "tar stream"  # the input, as messages name it (a file name, raw)
+    # Limits for untrusted input, in bytes (None: none), checked against each member's
+    # header before its data is read: the largest regular file, and all of them together.
+    max_file_size: int | None = None
+    max_total_size: int | None = None
 
 
 @dataclass
@@ -118,65 +122,56 @@ class _Input:
         self.sha256.update(data)
         return data
 
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
+class _TarBytes:
+    """The tar stream as tarfile reads it; the last WINDOW bytes read are kept."""
 
-class _Decompressed:
-    """The tar bytes: decompression errors become SourceError; the last WINDOW bytes are kept."""
-
-    def __init__(self, source: _Readable, compression: str, label: str) -> None:
+    def __init__(self, source: Readable) -> None:
         self.source = source
-        self.compression = compression
-        self.label = label
         self.total = 0
         self.tail = bytearray()
 
     def read(self, size: int = -1, /) -> bytes:
-        try:
-            data = self.source.read(size)
-        except (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zstandard.ZstdError) as err:
-            raise SourceError(f"corrupt or truncated {self.compression} data: {err}",
-                              path=self.label) from err
+        data = self.source.read(size)
         self.total += len(data)
         self.tail += data
         if len(self.tail) > 2 * WINDOW:
             del self.tail[:-WINDOW]
         return data
 
-    def block_at(self, offset: int) -> bytes | None:
-        """The block at ``offset`` of the tar stream, if read and still in the window."""
+    def after(self, offset: int) -> bytes | None:
+        """The bytes from ``offset`` of the tar stream to what was read, if still kept."""
         start = offset - (self.total - len(self.tail))
-        if start < 0:
-            return None
-        return bytes(self.tail[start:start + BLOCK])
+        return None if start < 0 else bytes(self.tail[start:])
 
 
-def _open_decompressed(source: _Input, label: str) -> _Decompressed:
-    head = source.peek(6)
-    if head.startswith(GZIP_MAGIC):
-        return _Decompressed(gzip.GzipFile(fileobj=source, mode="rb"), "gzip", label)  # type: ignore[call-overload]
-    if head.startswith(XZ_MAGIC):
-        return _Decompressed(lzma.LZMAFile(source), "xz", label)  # type: ignore[arg-type]
-    if head.startswith(ZSTD_MAGIC):
-        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True,  # type: ignore[arg-type]
-                                                             closefd=False)
-        return _Decompressed(reader, "zstd", label)
-    if head.startswith(BZIP2_MAGIC):
-        raise SourceError("bzip2-compressed tar is not supported (plain, gzip, xz or zstd; "
-                          "decompress it with bunzip2 first)", path=label)
-    return _Decompressed(source, "none", label)
+class _StrictInfo(tarfile.TarInfo):
+    """tarfile's header, with every number checked as GNU tar checks it (tar_numbers)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _StrictInfo:
+        info = super().frombuf(buf, encoding, errors)  # checks the length and the checksum
+        check_header(bytes(buf))
+        return info
 
 
-def member_path(raw: bytes, where: str) -> list[bytes]:
-    """A member name as path components; [] for the root.  Refuses absolute and ``..``."""
+def path_problem(raw: bytes) -> str | None:
+    """Why a member name cannot be a path of the tree (absolute, ``..``), or None."""
     if raw.startswith(b"/"):
-        raise SourceError("absolute path refused", path=where)
-    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-    if b".." in parts:
-        raise SourceError("path with a '..' component refused", path=where)
-    return parts
+        return "absolute path refused"
+    if b".." in raw.split(b"/"):
+        return "path with a '..' component refused"
+    return None
+
+
+def member_path(name: str) -> list[bytes]:
+    """A member name (as tarfile decodes it) as path components; [] for the root.
+    Refuses absolute and ``..`` with the member named."""
+    raw = _bytes(name)
+    problem = path_problem(raw)
+    if problem:
+        raise SourceError(problem, path=name)
+    return [p for p in raw.split(b"/") if p not in (b"", b".")]
 
 
 def _bytes(text: str) -> bytes:
@@ -184,7 +179,7 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def member_xattrs(info: tarfile.TarInfo, where: str) -> tuple[tuple[bytes, bytes], ...]:
+def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes], ...]:
     found: dict[bytes, bytes] = {}
     fallback: dict[bytes, bytes] = {}
     for key, value in info.pax_headers.items():
@@ -194,15 +189,15 @@ def member_xattrs(info: tarfile.TarInfo, where: str) -> tuple[tuple[bytes, bytes
             try:
                 raw = base64.b64decode(_bytes(value) + b"=" * (-len(value) % 4), validate=True)
             except binascii.Error as err:
-                raise SourceError(f"PAX record {key!r} is not base64", path=where) from err
+                raise SourceError(f"PAX record {show(key)} is not base64", path=name) from err
             fallback[unquote_to_bytes(key[len(LIBARCHIVE_XATTR):])] = raw
         elif key == RHT_SELINUX:
             fallback[b"security.selinux"] = _bytes(value)
         elif key.startswith(SCHILY_ACL):
-            raise SourceError(f"carries a POSIX ACL record ({key}); ACLs in this form are "
-                              f"not supported (store them as system.posix_acl_* xattrs)", path=where)
-    for name, data in fallback.items():
-        found.setdefault(name, data)
+            raise SourceError(f"carries a POSIX ACL record ({show(key)}); ACLs in this form are "
+                              f"not supported (store them as system.posix_acl_* xattrs)", path=name)
+    for xattr, data in fallback.items():
+        found.setdefault(xattr, data)
     return sorted_xattrs(found.items())
 
 
@@ -216,94 +211,177 @@ class _TarReader:
         self.skipped: list[tuple[bytes, str]] = []
         self.files = 0
         self.bytes = 0
+        self.stored = 0  # bytes of regular members' data, for max_total_size
 
-    def meta(self, info: tarfile.TarInfo, where: str, mode: int | None = None) -> Meta:
+    def meta(self, info: tarfile.TarInfo, name: str, mode: int | None = None) -> Meta:
         uid, gid = self.options.owner or (info.uid, info.gid)
         perms = info.mode & PERMISSION_BITS if mode is None else mode
-        return check_meta(Meta(perms, uid, gid, member_xattrs(info, where)), where)
+        return check_meta(Meta(perms, uid, gid, member_xattrs(info, name)), name)
 
     def member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
-        raw = _bytes(info.name)
-        where = f"tar member {show(raw)!r}"
-        parts = member_path(raw, where)
+        # ``name`` is the member's name as the archive holds it (a str with its undecodable
+        # bytes kept as surrogates): errors show it, escaped, once.
+        name = info.name
+        try:
+            check_pax(info.pax_headers)
+        except SourceError as err:
+            raise err.located(name) from None  # the same error, now naming its member
+        parts = member_path(name)
         if info.isdir():
             if parts:
-                self.builder.add_dir(parts, self.meta(info, where), where)
+                self.builder.add_dir(parts, self.meta(info, name), name)
             else:
-                self.builder.set_root_meta(self.meta(info, where), where)
+                self.builder.set_root_meta(self.meta(info, name), name)
             return
         if not parts:
-            raise SourceError("the root must be a directory", path=where)
+            raise SourceError("the root must be a directory", path=name)
         if info.isreg():
-            meta = self.meta(info, where)
-            data = archive.extractfile(info)
-            if data is None:  # not possible for a regular member; a bug if it happens
-                raise AssertionError(f"tarfile gave no data for regular member {info.name!r}")
-            try:
-                digest, size = store_reader(self.tx, data, info.size, meta, where)  # type: ignore[arg-type]
-            except OSError as err:
-                if not meta.xattrs or err.errno not in XATTR_REFUSALS:
-                    raise
-                names = ", ".join(show(name) for name, _ in meta.xattrs)
-                raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
-                                  f"{meta.gid}, xattrs {names}): {err.strerror}", path=where) from err
-            self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), where)
-            self.files += 1
-            self.bytes += size
-            if self.options.progress and self.files % self.options.progress_every == 0:
-                self.options.progress(self.files, self.bytes)
+            self.regular(archive, info, parts, name)
         elif info.issym():
-            meta = self.meta(info, where, mode=0o777)
+            meta = self.meta(info, name, mode=0o777)
             self.builder.add_leaf(parts, Entry(b"", Kind.SYMLINK, meta, target=_bytes(info.linkname)),
-                                  where)
+                                  name)
         elif info.islnk():
-            self.hardlink(parts, _bytes(info.linkname), where)
+            self.hardlink(parts, info.linkname, name)
         elif info.ischr() or info.isblk() or info.isfifo():
             kind = "character device" if info.ischr() else "block device" if info.isblk() else "fifo"
             if not self.options.skip_special:
-                raise SourceError(f"is a {kind}; sealtree stores files, directories and "
-                                  f"symlinks only (use --skip-special)", path=where)
-            self.builder.add_parents(parts, where)  # tar extracting it would make them too
+                raise SpecialFile(f"is a {kind}; sealtree stores files, directories and "
+                                  f"symlinks only", path=name)
+            self.builder.add_parents(parts, name)  # tar extracting it would make them too
             self.skipped.append((b"/".join(parts), kind))
         else:
-            raise SourceError(f"unsupported tar member type {info.type!r}", path=where)
+            raise SourceError(f"unsupported tar member type {show(info.type)}", path=name)
 
-    def hardlink(self, parts: list[bytes], link: bytes, where: str) -> None:
-        target = self.builder.get(member_path(link, f"{where} (hardlink to {show(link)!r})"))
+    def check_limits(self, size: int, name: str) -> None:
+        """Refuse a member whose size passes a limit, before a byte of it is read."""
+        limit = self.options.max_file_size
+        if limit is not None and size > limit:
+            raise SourceError(f"is {size} bytes, more than the limit of {limit} bytes for "
+                              f"one file", path=name)
+        limit = self.options.max_total_size
+        if limit is not None and self.stored + size > limit:
+            raise SourceError(f"is {size} bytes, which takes the files to "
+                              f"{self.stored + size} bytes, more than the limit of {limit} "
+                              f"bytes for all of them", path=name)
+
+    def regular(self, archive: tarfile.TarFile, info: tarfile.TarInfo, parts: list[bytes],
+                name: str) -> None:
+        self.check_limits(info.size, name)
+        meta = self.meta(info, name)
+        try:
+            digest, size = self.store(archive, info, meta, name)
+        except OSError as err:
+            if not meta.xattrs or err.errno not in XATTR_REFUSALS:
+                raise
+            xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
+            raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
+                              f"{meta.gid}, xattrs {xattrs}): {err.strerror}", path=name) from err
+        self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), name)
+        self.files += 1
+        self.bytes += size
+        self.stored += size
+        if self.options.progress and self.files % self.options.progress_every == 0:
+            self.options.progress(self.files, self.bytes)
+
+    def store(self, archive: tarfile.TarFile, info: tarfile.TarInfo, meta: Meta, name: str
+              ) -> tuple[RawId, int]:
+        """Store a regular member's data; return its digest and size."""
+        if info.sparse is None and info.size <= IN_MEMORY_MAX and archive.fileobj is not None:
+            # Read in one piece from the stream, which is at the member's data (stream mode
+            # reads in order): tarfile's per-member file object costs more than the read.
+            data = archive.fileobj.read(info.size)
+            if len(data) != info.size:
+                raise SourceError(f"truncated: the stream ends inside member {show(name)} "
+                                  f"({len(data)} of its {info.size} bytes)", path=self.options.label)
+            return self.tx.add_file_bytes(data, meta), info.size
+        reader = archive.extractfile(info)
+        if reader is None:  # not possible for a regular member; a bug if it happens
+            raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
+        return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
+
+    def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
+        link = _bytes(linkname)
+        problem = path_problem(link)
+        if problem:
+            raise SourceError(f"hardlink to {show(link)}: {problem}", path=name)
+        target = self.builder.get(member_path(linkname))
         if not isinstance(target, Entry):
             what = "a directory" if target is not None else "no earlier member"
-            raise SourceError(f"hardlink to {show(link)!r}, which is {what}; a hardlink must "
-                              f"point at an earlier file or symlink", path=where)
-        self.builder.add_leaf(parts, target, where)
+            raise SourceError(f"hardlink to {show(link)}, which is {what}; a hardlink must "
+                              f"point at an earlier file or symlink", path=name)
+        self.builder.add_leaf(parts, target, name)
         if target.kind is Kind.FILE:
             self.files += 1
             self.bytes += target.size
 
 
+def _open(source: _Input, label: Name) -> tuple[Readable, str]:
+    """The tar bytes of the input, and its compression."""
+    try:
+        compression = compression_of(source.peek(6))
+    except SourceError as err:
+        raise err.located(label) from None  # the same error, naming the input
+    if compression == "none":
+        return source, compression
+    return Decompressed(source, compression, label), compression
+
+
+def _check_end(tar_bytes: _TarBytes, offset: int, label: Name) -> None:
+    """The archive ends at ``offset`` with a zero block, and only zeros follow (padding) to the
+    end of the stream, which is read to its end, so that every checksum of it is checked."""
+    rest = tar_bytes.after(offset)
+    if rest is not None:
+        while len(rest) < BLOCK and (more := tar_bytes.read(BLOCK)):
+            rest += more
+    if rest is None or len(rest) < BLOCK or rest[:BLOCK].count(0) != BLOCK:
+        raise SourceError(f"truncated or corrupt: no end-of-archive block after the last "
+                          f"member (at offset {offset})", path=label)
+    while True:
+        if rest.count(0) != len(rest):
+            raise SourceError(f"data after the end-of-archive block (at offset {offset}) "
+                              f"that is not zero padding", path=label)
+        rest = tar_bytes.read(READ_STEP)
+        if not rest:
+            return
+
+
 def read_tar(tx: Transaction, stream: BinaryIO, options: TarSourceOptions | None = None
              ) -> TarSourceResult:
     """Store the tree a tar stream holds; return the root tree id and metadata, the
-    input's SHA-256, and what was skipped.  Any malformed or unsafe input is a SourceError."""
+    input's SHA-256, and what was skipped.  Any malformed or unsafe input is a SourceError:
+    the input's own (a checksum, a header, the end) naming ``options.label``, a member's
+    naming the member."""
     options = options or TarSourceOptions()
     label = options.label
     source = _Input(stream)
-    tar_bytes = _open_decompressed(source, label)
+    decompressed, compression = _open(source, label)
+    with ReadAhead(decompressed) as ahead:
+        tree, root_meta, reader = _read_members(tx, ahead, options)
+    if options.progress:
+        options.progress(reader.files, reader.bytes)
+    return TarSourceResult(tree, root_meta, source.sha256.hexdigest(),
+                           compression, reader.skipped, reader.files, reader.bytes)
+
+
+def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptions
+                  ) -> tuple[RawId, Meta, _TarReader]:
+    """Store every member, check the end of the stream, store the trees."""
+    label = options.label
+    tar_bytes = _TarBytes(tar_source)
     reader = _TarReader(tx, options)
     try:
         with tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
-                          errors="surrogateescape") as archive:
+                          errors="surrogateescape", tarinfo=_StrictInfo) as archive:
             while (info := archive.next()) is not None:
                 reader.member(archive, info)
                 del archive.members[:]  # tarfile keeps every header; we need none of them
-            end = tar_bytes.block_at(archive.offset)
+            offset = archive.offset
     except tarfile.TarError as err:
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
-    if end is None or len(end) < BLOCK or end.count(0) != BLOCK:
-        raise SourceError(f"truncated or corrupt: no end-of-archive block after the last "
-                          f"member (at offset {archive.offset})", path=label)
-    source.drain()
-    tree = reader.builder.write(tx)
-    if options.progress:
-        options.progress(reader.files, reader.bytes)
-    return TarSourceResult(tree, reader.builder.root.meta, source.sha256.hexdigest(),
-                           tar_bytes.compression, reader.skipped, reader.files, reader.bytes)
+    except ValueError as err:  # tarfile's int() of a number it did not check (GNU sparse maps)
+        raise SourceError(f"not a valid tar stream: {err}", path=label) from err
+    except SourceError as err:  # a header's numbers (no subject yet): the input's fault
+        raise err.located(label) from None  # the same error, naming the input
+    _check_end(tar_bytes, offset, label)
+    return reader.builder.write(tx), reader.builder.root.meta, reader
