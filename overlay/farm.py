@@ -34,6 +34,8 @@ from .layout import TMP_PREFIX, TRASH_PREFIX, DeployLayout
 from .objcheck import LargeFile
 from .state import ID_RE
 
+FARM_DIR_MODE = 0o755  # every farm directory; the view takes directories' metadata from the tmpfs
+
 
 def farm_dirs(paths: Iterable[bytes]) -> set[bytes]:
     """Every directory (``a``, ``a/b``) that leads to one of ``paths``; the root is b""."""
@@ -70,13 +72,15 @@ def start_farm(deploy_root: str, dep_id: str, items: Sequence[LargeFile]
     work = layout.farm_in_progress(dep_id)
     _remove_quietly(work)
     os.makedirs(deploy_root, exist_ok=True)
-    os.mkdir(work, 0o755)
+    os.mkdir(work, FARM_DIR_MODE)
+    os.chmod(work, FARM_DIR_MODE)  # whatever the umask: check_farm expects exactly this mode
     linked = []
     try:
         root = os.fsencode(work) + b"/"
         # Directories in sorted order, parents first; then every link.
         for directory in sorted(farm_dirs(i.path for i in items)):
-            os.mkdir(root + directory, 0o755)
+            os.mkdir(root + directory, FARM_DIR_MODE)
+            os.chmod(root + directory, FARM_DIR_MODE)
         link, lstat = os.link, os.lstat
         for item in items:
             try:
@@ -152,7 +156,8 @@ def publish_farm(work: str, deploy_root: str, dep_id: str, *, sync: bool = True)
 
 def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
     """Raise FarmMismatch unless ``farm`` holds exactly the expected directories and regular
-    files, and no directory (the farm's own included) carries an xattr."""
+    files, and every directory (the farm's own included) is as built: mode 0755, the farm's
+    owner, no xattr."""
     want_dirs = farm_dirs(i.path for i in items)
     want_files = {i.path for i in items}
     root = os.fsencode(farm)
@@ -162,7 +167,7 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
         raise FarmMismatch("the farm is missing", path=farm) from None
     if not stat.S_ISDIR(top.st_mode):
         raise FarmMismatch("the farm is not a directory", path=farm)
-    _no_xattrs(root, b"/", farm)
+    _check_farm_dir(root, b"/", farm, top)
     seen_dirs: set[bytes] = set()
     seen_files: set[bytes] = set()
     stack = [b""]
@@ -174,7 +179,7 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
                 if entry.is_dir(follow_symlinks=False):
                     if path not in want_dirs:
                         _extra(farm, path, "directory")
-                    _no_xattrs(root + b"/" + path, path, farm)
+                    _check_farm_dir(root + b"/" + path, path, farm, top)
                     seen_dirs.add(path)
                     stack.append(path)
                 elif entry.is_file(follow_symlinks=False):
@@ -194,9 +199,15 @@ def check_farm(farm: str, items: Sequence[LargeFile]) -> None:
                            path=missing[0], file=farm)
 
 
-def _no_xattrs(directory: bytes, path: bytes, farm: str) -> None:
-    """A farm directory carries no xattr at all: overlayfs interprets some on its layers
-    (``trusted.overlay.opaque``, ``redirect``, ...), and the farm is built without any."""
+def _check_farm_dir(directory: bytes, path: bytes, farm: str, top: os.stat_result) -> None:
+    """A farm directory is as the farm was built: mode 0755, the farm's owner, and no xattr
+    at all (overlayfs interprets some on its layers: ``trusted.overlay.opaque``,
+    ``redirect``, ...)."""
+    st = os.lstat(directory)
+    if stat.S_IMODE(st.st_mode) != FARM_DIR_MODE or (st.st_uid, st.st_gid) != (top.st_uid, top.st_gid):
+        raise FarmMismatch(f"a directory of the farm {show(farm)} has mode {stat.S_IMODE(st.st_mode):#o} "
+                           f"and owner {st.st_uid}:{st.st_gid}; farm directories are built "
+                           f"{FARM_DIR_MODE:#o} {top.st_uid}:{top.st_gid}", path=path, file=farm)
     found = xattrs.read(directory)
     if found:
         names = ", ".join(show(name) for name, _value in found)

@@ -107,7 +107,7 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
     """Write the pack of ``commit_id`` for ``ref`` to ``out`` (atomically); files up to
     ``inline_max`` bytes go inline.  Raises UsageError on bad options, ObjectMissing or
     ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit or
-    holds xattrs Linux will not set (``store.xattr_rules``: a reader would refuse it)."""
+    holds xattrs Linux will not set (``store.inode_rules``: a reader would refuse it)."""
     if not 0 <= inline_max <= fmt.MAX_INLINE_MAX:
         raise UsageError(f"the inline threshold must be in 0..{fmt.MAX_INLINE_MAX} bytes, "
                          f"got {inline_max}")
@@ -119,11 +119,10 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
     rows = list(plan_manifest(walk(repo.objects, commit.root_tree), inline_max))
     if len(rows) > fmt.MAX_ENTRIES:
         raise PackError(f"the tree has {len(rows)} paths, a pack holds at most {fmt.MAX_ENTRIES}")
-    # What a reader would refuse is not packed (nor signed): xattrs Linux will not set.
+    # What a reader would refuse is not packed (nor signed): metadata Linux will not set.
     check_meta(commit.root_meta, Kind.DIR, None)
     for row in rows:
-        if row.entry.meta.xattrs:
-            check_meta(row.entry.meta, row.entry.kind, row.path)
+        check_meta(row.entry.meta, row.entry.kind, row.path)
     manifest = b"".join(encode_row(row) for row in rows)
     if len(manifest) > fmt.MAX_MANIFEST:
         raise PackError(f"the manifest would be {len(manifest)} bytes, a pack allows {fmt.MAX_MANIFEST}")

@@ -19,7 +19,7 @@ id its row declares, and the root's must equal the commit's root tree, so a
 pack that passes commits to exactly the ids the store uses.  Each directory
 must also fit a tree object (``store.tree.MAX_ENTRIES``,
 ``store.objects.MAX_META_OBJECT``), and every xattr must be one Linux sets on
-that kind of inode (``store.xattr_rules``).  Anything off raises ``PackError``
+that kind of inode (``store.inode_rules``).  Anything off raises ``PackError``
 with the offset into the decompressed manifest, and the row's path in the
 message.
 
@@ -40,13 +40,13 @@ from typing import Any
 from store.codec import Reader
 from store.errors import FormatError, PackError
 from store.ids import RawId, to_hex
+from store.inode_rules import meta_problem
 from store.model import Entry, Kind, Meta, MetaCache, check_name, decode_entry, encode_entry
 from store.names import show
 from store.objects import MAX_META_OBJECT
 from store.tree import MAGIC as TREE_MAGIC
 from store.tree import MAX_ENTRIES as MAX_TREE_ENTRIES
 from store.tree import VERSION as TREE_VERSION
-from store.xattr_rules import xattrs_problem
 
 MAX_PARENT = 4095  # PATH_MAX less the NUL: also bounds the depth to 2048
 
@@ -122,15 +122,14 @@ class Rows:
 
 
 def check_meta(meta: Meta, kind: Kind, where: bytes | None, offset: int | None = None) -> None:
-    """PackError unless Linux accepts ``meta``'s xattrs on an inode of ``kind`` (an unpack or
-    a deploy would fail on them): ``store.xattr_rules``.  ``where``: the row's path (None
-    for the commit's root directory)."""
-    found = xattrs_problem(kind, meta.xattrs)
-    if found is not None:
-        name, problem = found
+    """PackError unless Linux gives an inode of ``kind`` the metadata ``meta`` as recorded (an
+    unpack or a deploy would fail on it, or show other metadata): ``store.inode_rules``.
+    ``where``: the row's path (None for the commit's root directory)."""
+    problem = meta_problem(kind, meta)
+    if problem is not None:
         row = "the commit's root directory" if where is None else f"manifest row {show(where)}"
         at = f" at manifest offset {offset}" if offset is not None and where is not None else ""
-        raise PackError(f"{row}: xattr {show(name)}: {problem}{at}", offset=offset)
+        raise PackError(f"{row}: {problem}{at}", offset=offset)
 
 
 # -- encoding -------------------------------------------------------------------------
@@ -309,8 +308,7 @@ class _Decoder:
         if top.count and name <= top.last:
             raise _fail(f"{'duplicate' if name == top.last else 'unsorted'} "
                         f"name after {show(top.last)}", start, path)
-        if entry.meta.xattrs:
-            check_meta(entry.meta, entry.kind, path, start)
+        check_meta(entry.meta, entry.kind, path, start)
         top.last = name
         top.count += 1
         top.encoded += encoded
@@ -364,7 +362,7 @@ def check_manifest(chunks: Iterable[bytes], entry_count: int, inline_max: int, *
                    keep: list[ManifestEntry] | None = None) -> tuple[RawId, int, dict[str, int]]:
     """Parse and check ``entry_count`` rows filling the decompressed manifest ``chunks`` exactly.
 
-    Checks every length, name, order, parent, xattr (``store.xattr_rules``), inline flag
+    Checks every length, name, order, parent, xattr (``store.inode_rules``), inline flag
     and offset, and recomputes every directory's tree id, holding only the open
     directories' entries (one frame of the manifest is decoded at a time).  ``on_tree``
     gets each directory's tree object (id, encoding) when it is complete, children

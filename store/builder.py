@@ -19,14 +19,8 @@ from .errors import SourceError
 from .ids import RawId
 from .model import Entry, Kind, Meta, check_name
 from .names import show
-from .storable import check_storable_meta, check_target, sorted_xattrs
-from .transaction import Transaction, store_reader
-
-# Kept importable from here for the sources that import them from this module (store.storable,
-# store.names and store.transaction are their homes); ``check_meta`` is ``check_storable_meta``.
-check_meta = check_storable_meta
-__all__ = ["DirNode", "TreeBuilder", "check_meta", "check_storable_meta", "check_target", "show",
-           "sorted_xattrs", "store_reader"]
+from .storable import check_storable_meta, check_target
+from .transaction import Transaction
 
 
 @dataclass
@@ -48,7 +42,7 @@ class TreeBuilder:
     def set_root_meta(self, meta: Meta, where: str) -> None:
         if self.root.listed:
             raise SourceError("the root directory is given twice", path=where)
-        self.root.meta = check_storable_meta(meta, where)
+        self.root.meta = check_storable_meta(meta, where, Kind.DIR)
         self.root.listed = True
 
     def _parent(self, parts: Sequence[bytes], where: str) -> DirNode:
@@ -76,7 +70,7 @@ class TreeBuilder:
     def add_leaf(self, parts: Sequence[bytes], entry: Entry, where: str) -> None:
         """Add a file or symlink; ``entry.name`` is replaced by ``parts[-1]``."""
         self._check_names(parts, where)
-        check_storable_meta(entry.meta, where)
+        check_storable_meta(entry.meta, where, entry.kind)
         if entry.kind is Kind.SYMLINK:
             check_target(entry.target, where)
         parent = self._parent(parts, where)
@@ -93,7 +87,7 @@ class TreeBuilder:
     def add_dir(self, parts: Sequence[bytes], meta: Meta, where: str) -> None:
         """Add a directory, or give its metadata to one implied so far."""
         self._check_names(parts, where)
-        check_storable_meta(meta, where)
+        check_storable_meta(meta, where, Kind.DIR)
         parent = self._parent(parts, where)
         existing = parent.children.get(parts[-1])
         if existing is None:

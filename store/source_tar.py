@@ -47,14 +47,15 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from .builder import TreeBuilder, check_meta, sorted_xattrs, store_reader
+from .builder import TreeBuilder
 from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
+from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import check_header, check_pax
-from .transaction import IN_MEMORY_MAX, Transaction
+from .transaction import IN_MEMORY_MAX, Transaction, store_reader
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -216,7 +217,7 @@ class _TarReader:
     def meta(self, info: tarfile.TarInfo, name: str, mode: int | None = None) -> Meta:
         uid, gid = self.options.owner or (info.uid, info.gid)
         perms = info.mode & PERMISSION_BITS if mode is None else mode
-        return check_meta(Meta(perms, uid, gid, member_xattrs(info, name)), name)
+        return check_storable_meta(Meta(perms, uid, gid, member_xattrs(info, name)), name)
 
     def member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         # ``name`` is the member's name as the archive holds it (a str with its undecodable

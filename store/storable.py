@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .errors import SourceError
-from .model import MAX_TARGET, MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS, PERMISSION_BITS, Meta
+from .inode_rules import meta_problem
+from .model import MAX_TARGET, MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS, PERMISSION_BITS, Kind, Meta
 from .names import show
 
 MAX_ID = (1 << 32) - 1
@@ -17,10 +18,11 @@ MAX_ID = (1 << 32) - 1
 XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.", b"user.")
 
 
-def check_storable_meta(meta: Meta, where: str | bytes) -> Meta:
+def check_storable_meta(meta: Meta, where: str | bytes, kind: Kind | None = None) -> Meta:
     """``meta`` when a tree can hold it (permission bits only, 32-bit ids, at most MAX_XATTRS
-    sorted, unique, Linux-namespaced xattrs within the size limits); else SourceError about
-    ``where``."""
+    sorted, unique, Linux-namespaced xattrs within the size limits) and, with ``kind``, when
+    Linux gives an inode of that kind this metadata (``store.inode_rules``); else SourceError
+    about ``where``."""
     if meta.mode & ~PERMISSION_BITS:
         raise SourceError(f"mode {meta.mode:#o} has bits outside {PERMISSION_BITS:#o}",
                           path=where)
@@ -42,6 +44,9 @@ def check_storable_meta(meta: Meta, where: str | bytes) -> Meta:
         if previous is not None and name <= previous:
             raise SourceError(f"xattr {show(name)} given twice", path=where)
         previous = name
+    problem = meta_problem(kind, meta) if kind is not None else None
+    if problem is not None:
+        raise SourceError(problem, path=where)
     return meta
 
 

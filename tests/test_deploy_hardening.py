@@ -231,7 +231,7 @@ def test_tmpfs_size_counts_every_link_and_stays_bounded():
     rows += [_row(b"text", Kind.FILE, size=5000, digest=b"\1" * 32)]  # two pages
     rows += [_row(b"long", Kind.SYMLINK, target=b"t" * 200)]  # a page
     rows += [_row(b"x", Kind.FILE, digest=b"\2" * 32, xattrs=((b"user.a", b"v" * 4000),))]
-    size = tmpfs_size(Manifest(rows, RawId(b"\0" * 32), 0))
+    size = tmpfs_size(Manifest(rows, len(rows), RawId(b"\0" * 32), 0))
     links = 1 + len(rows) - 1  # the root and every entry but the large file
     xattr_inodes = -(-(len(b"user.a") + 4000 + XATTR_OVERHEAD) // BOGO_INODE)
     inodes = links + xattr_inodes

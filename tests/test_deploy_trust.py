@@ -13,10 +13,9 @@ import os
 import pytest
 
 from overlay import deployment_pack, farm
-from store.errors import NoKeyring
 from overlay.mount_deployment import mount_deployment, unmount
 from overlay.state import StateFile
-from store.errors import FarmMismatch, SignatureError
+from store.errors import FarmMismatch, NoKeyring, SignatureError
 from store.repo import Repository
 from tests.helpers import run_cli
 from tests.test_deploy_cli import Site, _leftovers, _refused, base_dir, published_site

@@ -55,16 +55,10 @@ def test_valid_mutations_deploy(stats):
     assert stats.deployed_and_matched > 0
 
 
-@pytest.mark.xfail(strict=False, reason="product defect found by the fuzzer: a manifest name with a "
-                   "newline is printed raw inside PackError messages (log injection), fix expected "
-                   "from the pack/error-model helpers")
 def test_every_refusal_is_one_clean_error_line(stats):
     assert _failures(stats, "unclean") == []
 
 
-@pytest.mark.xfail(strict=False, reason="product defect found by the fuzzer: uid/gid 4294967295 "
-                   "(-1) in a signed manifest is applied by fchown as 'unchanged', so the mounted "
-                   "view differs from the manifest")
 def test_the_mounted_view_equals_the_manifest(stats):
     assert _failures(stats, "mounted view") == []
 

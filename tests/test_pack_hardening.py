@@ -22,10 +22,10 @@ from pack.reader import PackReader
 from pack.signature import sign_pack
 from store.errors import DowngradeError, PackError, RefError
 from store.ids import RawId
+from store.inode_rules import ACL_ACCESS, ACL_DEFAULT, acl_problem, xattr_problem
 from store.model import Entry, Kind, Meta
 from store.refs import Refs
 from store.repo import Repository
-from store.xattr_rules import ACL_ACCESS, ACL_DEFAULT, acl_problem, xattr_problem
 from tests.test_pack_support import (
     build_sample,
     craft,

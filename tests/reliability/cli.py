@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tests.helpers import ROOT
 
 # The exit statuses `sealtree --help` documents.
-DOCUMENTED_EXITS = frozenset({0, 1, 2, *range(3, 17), 130})
+DOCUMENTED_EXITS = frozenset({0, 1, 2, *range(3, 18), 130})
 EXEC = os.environ.get("SEALTREE_EXEC") == "1"
 
 
@@ -42,9 +42,11 @@ class Result:
 
     def clean_error(self) -> bool:
         """A refusal as the CLI promises it: documented non-zero status, no traceback, and
-        exactly one line on stderr, ``sealtree: error: ...``.  (Lines before it that are
-        progress output are allowed; the error line is the last one.)"""
+        exactly one line on stderr, ``sealtree: error: ...``, maybe followed by one
+        ``sealtree: hint: ...``.  (Lines before it that are progress output are allowed.)"""
         lines = self.stderr.splitlines()
+        if lines and lines[-1].startswith("sealtree: hint:"):
+            lines.pop()
         return (self.code in DOCUMENTED_EXITS and self.code != 0 and not self.traceback
                 and len([ln for ln in lines if ln.startswith("sealtree: error:")]) == 1
                 and bool(lines) and lines[-1].startswith("sealtree: error:"))

@@ -172,8 +172,6 @@ def _older_replayed(w: World) -> None:
 
 
 FARM_FILE = "usr/bin/su"
-FARM_XATTRS = ("fixed on h-overlay (issue 14, Trust): farm directories' mode and xattrs "
-               "(trusted.overlay.* included) are not checked before mount")
 TAMPERS: list[Tamper] = [
     # -- threat 1: objects -------------------------------------------------------------
     Tamper("object content modified", "1", lambda w: _keep_meta_write(w.object_of(FARM_FILE), b"evil"),
@@ -226,20 +224,18 @@ TAMPERS: list[Tamper] = [
     Tamper("farm link removed", "1", lambda w: os.unlink(os.path.join(w.farm, "usr/lib/same")),
            ("mount",), lambda w: ["usr/lib/same"]),
     Tamper("farm directory mode changed", "1", lambda w: os.chmod(os.path.join(w.farm, "usr"), 0o777),
-           ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
+           ("mount",), lambda w: ["usr"]),
     Tamper("farm directory xattr added", "1", _set_xattr("usr", "user.evil"),
-           ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
+           ("mount",), lambda w: ["usr"]),
     # -- threat 1: overlay xattrs in the farm ------------------------------------------------
     Tamper("trusted.overlay.opaque on a farm directory", "1", _set_xattr("usr", "trusted.overlay.opaque"),
-           ("mount",), lambda w: ["usr"], xfail=FARM_XATTRS),
+           ("mount",), lambda w: ["usr"]),
     Tamper("trusted.overlay.opaque on the farm root", "1", _set_xattr(".", "trusted.overlay.opaque"),
-           ("mount",), lambda w: [w.dep, "deploy"], xfail=FARM_XATTRS),
+           ("mount",), lambda w: [w.dep, "deploy"]),
     Tamper("trusted.overlay.redirect on a farm directory", "1",
-           _set_xattr("deep/a", "trusted.overlay.redirect", b"/etc"), ("mount",), lambda w: ["deep/a"],
-           xfail=FARM_XATTRS),
+           _set_xattr("deep/a", "trusted.overlay.redirect", b"/etc"), ("mount",), lambda w: ["deep/a"]),
     Tamper("trusted.overlay.metacopy on a farm directory", "1",
-           _set_xattr("usr/lib", "trusted.overlay.metacopy", b""), ("mount",), lambda w: ["usr/lib"],
-           xfail=FARM_XATTRS),
+           _set_xattr("usr/lib", "trusted.overlay.metacopy", b""), ("mount",), lambda w: ["usr/lib"]),
     Tamper("trusted.overlay.metacopy on a farm link", "1",
            _set_xattr(FARM_FILE, "trusted.overlay.metacopy", b""), ("mount", "fsck"),
            _object_names(FARM_FILE)),
@@ -264,8 +260,7 @@ TAMPERS: list[Tamper] = [
            lambda w: [w.commit[:16], "pack", "older", "1.0", "1.1"]),
     Tamper("keyring path moved in deploy/state.json", "2", _move_keyring,
            ("mount-default-keys", "mount-default"),
-           lambda w: ["pack", "key", "sig"],
-           xfail="fixed on h-overlay: mount takes its trust anchor from deploy/state.json"),
+           lambda w: ["pack", "key", "sig"]),
     Tamper("kept pack of another commit", "2",
            lambda w: (_evil_pack(w, "vendor")), ("mount", "deploy"),
            lambda w: [w.commit[:16], "pack", "commit"]),

@@ -1,10 +1,13 @@
-"""Which extended attributes Linux will set on which kind of inode: the one copy of the rules.
+"""What metadata Linux will give which kind of inode: the one copy of the rules.
 
-A tree may only record xattrs that the kernel accepts when the tree is checked out,
-unpacked or deployed; otherwise a commit or a signed pack is accepted and every later
-deploy fails half-way.  Commit (``store.builder``) and pack reading (``pack.manifest``)
-both ask ``xattr_problem``, so the two agree.  The rules, from Linux's
-``fs/xattr.c`` and ``fs/posix_acl.c``:
+A tree may only record metadata that the kernel applies as recorded when the tree is
+checked out, unpacked or deployed; otherwise a commit or a signed pack is accepted and
+every later deploy fails half-way, or shows other metadata than the signed one.  Commit
+(``store.builder``) and pack reading (``pack.manifest``) both ask ``meta_problem``, so the
+two agree.  The rules, from Linux's ``fs/open.c``, ``fs/xattr.c`` and ``fs/posix_acl.c``:
+
+- an owner or group id is not 4294967295 ((uid_t)-1): chown(2) takes it as "leave
+  unchanged", so no inode can be given it;
 
 - a name is ``<namespace>.<rest>`` with namespace ``security``, ``system``, ``trusted`` or
   ``user`` and a non-empty rest (``xattr_resolve_name``: EOPNOTSUPP / EINVAL otherwise);
@@ -28,7 +31,8 @@ from __future__ import annotations
 
 import struct
 
-from .model import Kind
+from .model import Kind, Meta
+from .names import show
 
 NAMESPACES = (b"security", b"system", b"trusted", b"user")
 ACL_ACCESS = b"system.posix_acl_access"
@@ -119,4 +123,19 @@ def xattrs_problem(kind: Kind, xattrs: tuple[tuple[bytes, bytes], ...]) -> tuple
         problem = xattr_problem(kind, name, value)
         if problem is not None:
             return name, problem
+    return None
+
+
+NO_ID = 0xFFFFFFFF  # (uid_t)-1: "unchanged" to chown(2)
+
+
+def meta_problem(kind: Kind, meta: Meta) -> str | None:
+    """Why Linux would not give an inode of ``kind`` the metadata ``meta``, or None."""
+    for number, what in ((meta.uid, "uid"), (meta.gid, "gid")):
+        if number == NO_ID:
+            return f"{what} {number} is (uid_t)-1, which chown(2) takes as 'leave unchanged'"
+    found = xattrs_problem(kind, meta.xattrs)
+    if found is not None:
+        name, problem = found
+        return f"xattr {show(name)}: {problem}"
     return None
