@@ -182,3 +182,9 @@ class MountError(DeployError):
     """A mount or unmount failed."""
 
     exit_code = 16
+
+
+class DeltaError(PackError):
+    """A delta (of a pack or of an object) is malformed, truncated, made from another source,
+    or does not rebuild the result it names.  ``path`` is the delta file; nothing it would
+    have built is kept: the caller fetches the full file instead."""
