@@ -58,6 +58,7 @@ from store.atomic import atomic_file
 from store.errors import DeltaError, Name, PackError
 
 from . import format as fmt
+from .manifest import Manifest, ManifestEntry
 
 MAGIC = b"SEALPDLT"
 VERSION = 1
@@ -486,3 +487,34 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
                              f"{header.result_sha256.hex()} ({header.result_size} bytes)",
                              path=delta)
     return DeltaResult(out, written, digest)
+
+
+# -- which objects get a delta ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectPair:
+    """A large object of the new release and the old release's large file at the same path."""
+
+    source: ManifestEntry
+    result: ManifestEntry
+
+
+def object_delta_pairs(old: Manifest, new: Manifest) -> tuple[list[ObjectPair], list[ManifestEntry]]:
+    """The large objects ``new`` names that ``old`` lacks (by digest, each once, in manifest
+    order), split into those whose path holds another large file in ``old`` (candidates for
+    an object delta against it) and the rest (fetched whole)."""
+    have = {row.entry.digest for row in old.entries if row.is_large}
+    by_path = {row.path: row for row in old.entries if row.is_large}
+    pairs: list[ObjectPair] = []
+    whole: list[ManifestEntry] = []
+    seen: set[bytes] = set()
+    for row in new.entries:
+        if not row.is_large or row.entry.digest in have or row.entry.digest in seen:
+            continue
+        seen.add(row.entry.digest)
+        source = by_path.get(row.path)
+        if source is not None:
+            pairs.append(ObjectPair(source, row))
+        else:
+            whole.append(row)
+    return pairs, whole

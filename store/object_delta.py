@@ -375,9 +375,10 @@ def write_object_delta(source_path: str | os.PathLike[str], result_path: str | o
 
 def apply_object_delta_file(source_path: str | os.PathLike[str], delta_path: str | os.PathLike[str],
                             expected_digest: bytes, out: str | os.PathLike[str], *,
-                            mode: int = 0o644) -> int:
+                            mode: int = 0o644, durable: bool = True) -> int:
     """Rebuild the object ``delta_path`` describes from ``source_path`` into ``out``
-    (atomically: ``out`` appears only when the digest matched); return its size."""
+    (atomically: ``out`` appears only when the digest matched); return its size.
+    ``durable=False``: no fsync, for a caller that syncs once after many objects."""
     delta_name = os.fspath(delta_path)
     delta = _read_bounded(delta_name, HEADER_SIZE + MAX_OBJECT + (MAX_OBJECT >> 7) + 4096,
                           "the object delta", delta_name)
@@ -385,6 +386,6 @@ def apply_object_delta_file(source_path: str | os.PathLike[str], delta_path: str
     source = _read_bounded(os.fspath(source_path), header.source_size, "the source object",
                            delta_name)
     result = apply_object_delta(source, delta, expected_digest, path=delta_name)
-    with atomic_file(out, mode) as handle:
+    with atomic_file(out, mode, durable=durable) as handle:
         handle.write(result)
     return len(result)

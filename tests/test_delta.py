@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from pack import delta as pdelta
 from pack.build import build_pack
+from pack.reader import PackReader
 from sealtree.commands import delta_cmds
 from store import object_delta as odelta
 from store.errors import DeltaError, PackError
@@ -285,6 +286,25 @@ def test_bspatch_matches_bsdiff4_when_installed():
     assert odelta._bspatch(old, body, len(new), None) == new == bsdiff4.patch(old, bsdiff4.diff(old, new))
 
 
+def test_object_delta_pairs_by_path_each_new_object_once(tmp_path):
+    old = build_sample(str(tmp_path), version="1")
+    tool = os.path.join(old.src, "usr", "bin", "tool")
+    new_tool = _read(tool)[:10000] + b"patched" + _read(tool)[10000:]
+    _write(tool, new_tool)
+    _write(os.path.join(old.src, "usr", "bin", "tool-copy"), new_tool)  # same object again
+    _write(os.path.join(old.src, "usr", "bin", "brand-new"), b"n" * 9000)
+    new = build_sample(str(tmp_path), version="2")
+    with PackReader(old.pack) as old_reader, PackReader(new.pack) as new_reader:
+        pairs, whole = pdelta.object_delta_pairs(old_reader.manifest, new_reader.manifest)
+    assert [(p.source.path, p.result.path) for p in pairs] == [(b"usr/bin/tool", b"usr/bin/tool")]
+    assert [row.path for row in whole] == [b"usr/bin/brand-new"]
+    source = old.repo.objects.file_path(pairs[0].source.entry.digest, pairs[0].source.entry.meta)
+    delta = str(tmp_path / "tool.odelta")
+    assert (odelta.write_object_delta(source, tool, delta) or 0) < 300
+    odelta.apply_object_delta_file(source, delta, pairs[0].result.entry.digest, str(tmp_path / "t"))
+    assert _read(str(tmp_path / "t")) == new_tool
+
+
 # -- the CLI module (wired into `pack` by the lead) -----------------------------------------
 
 def _cli(*argv: str) -> None:
@@ -308,12 +328,17 @@ def test_cli_delta_and_apply_delta(pair, tmp_path, capsys):
 
 # -- memory --------------------------------------------------------------------------------
 
+# Peak RSS from VmHWM, which exec resets: ru_maxrss would carry over the forking parent's
+# (pytest's) high-water mark and hide the child's own.
 _CHILD = """
-import resource, sys
+import sys
 from pack.delta import apply_pack_delta
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+before = peak()
 apply_pack_delta(sys.argv[1], sys.argv[2], sys.argv[3], workers=2)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, peak())
 """
 
 
