@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.corpora import _cached, cache_dir, debian_minbase, remove_special_files
+from bench.corpora import DEFAULT_MIRROR, _cached, cache_dir, debian_minbase, remove_special_files
 from bench.proc import run
 
 log = logging.getLogger("bench")
@@ -116,6 +116,20 @@ def release_pair(cache: Path | None = None) -> tuple[Path, Path]:
     root = cache or cache_dir()
     return (_cached(root, "update-bookworm-n", _release_n),
             _cached(root, "update-bookworm-n1", _release_n1))
+
+
+def _trixie(dest: Path) -> None:
+    """``debootstrap --variant=minbase trixie``, apt state and device nodes removed."""
+    mirror = os.environ.get("SEALTREE_BENCH_MIRROR", DEFAULT_MIRROR)
+    log.info("debootstrap trixie into %s", dest)
+    run(["debootstrap", "--variant=minbase", "trixie", dest, mirror], measure=False)
+    _strip_apt_state(dest)
+
+
+def major_pair(cache: Path | None = None) -> tuple[Path, Path]:
+    """Release N (bookworm minbase) and a major jump to trixie minbase (``update-trixie``)."""
+    root = cache or cache_dir()
+    return (_cached(root, "update-bookworm-n", _release_n), _cached(root, "update-trixie", _trixie))
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -341,10 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="corpus cache (default: bench's)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where results go")
     parser.add_argument("--no-ostree", action="store_true", help="skip the ostree side")
+    parser.add_argument("--major", action="store_true",
+                        help="N+1 = trixie minbase (a major jump, for the record)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sys.path.insert(0, str(REPO_ROOT))
-    n, n1 = release_pair(args.cache)
+    n, n1 = major_pair(args.cache) if args.major else release_pair(args.cache)
+    name = "update-size-major" if args.major else "update-size"
     work = Path(tempfile.mkdtemp(prefix="update-size-", dir=args.cache or cache_dir()))
     try:
         repo = work / "repo"
@@ -362,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"sealtree": sealtree, "ostree": ostree, "anchors": ANCHORS,
                "zstandard": __import__("zstandard").__version__}
-    (args.out / "update-size.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report(sealtree, ostree)
-    (args.out / "update-size.md").write_text(table + "\n")
+    (args.out / f"{name}.md").write_text(table + "\n")
     print(table)
     return 0
 

@@ -48,8 +48,10 @@ from dataclasses import dataclass
 
 import zstandard
 
+from . import deflate_blocks
 from .atomic import atomic_file
-from .errors import DeltaError, Name
+from .deflate_blocks import Block
+from .errors import DeltaError, FormatError, Name
 from .fsverity import digest_bytes
 
 MAGIC = b"SEALODLT"
@@ -72,11 +74,15 @@ class Method(enum.IntEnum):
 
 
 # magic, format version, flags (FLAG_GZIP), method (Method), zstd window log of the payload,
-# reserved (6 bytes, zero), source size, source fs-verity digest, result size,
+# reserved (u16, zero), block count (FLAG_GZIP: entries of the block table, 0 when zlib alone
+# rebuilds the stream; else 0), source size, source fs-verity digest, result size,
 # result fs-verity digest, gzip header of the result (FLAG_GZIP; else zeros),
 # source inner size, result inner size (decompressed under FLAG_GZIP; else = the sizes),
 # payload size
-_HEADER = struct.Struct("<8sHHBB6sQ32sQ32s10sQQQ")
+_HEADER = struct.Struct("<8sHHBBHIQ32sQ32s10sQQQ")
+# one block of the result's deflate stream: content bytes in it, block type (store.deflate_blocks)
+_BLOCK = struct.Struct("<IB")
+MAX_BLOCKS = 1 << 20
 HEADER_SIZE = _HEADER.size
 # bsdiff payload: number of control triples, diff bytes, extra bytes
 _BSDIFF_COUNTS = struct.Struct("<QQQ")
@@ -99,12 +105,19 @@ class ObjectDeltaHeader:
     source_inner_size: int
     result_inner_size: int
     payload_size: int
+    blocks: tuple[Block, ...] = ()
+
+    @property
+    def payload_offset(self) -> int:
+        return HEADER_SIZE + len(self.blocks) * _BLOCK.size
 
     def encode(self) -> bytes:
-        return _HEADER.pack(MAGIC, VERSION, self.flags, self.method, self.window_log, bytes(6),
+        table = b"".join(_BLOCK.pack(b.size, b.kind) for b in self.blocks)
+        return _HEADER.pack(MAGIC, VERSION, self.flags, self.method, self.window_log, 0,
+                            len(self.blocks),
                             self.source_size, self.source_digest, self.result_size,
                             self.result_digest, self.gzip_header, self.source_inner_size,
-                            self.result_inner_size, self.payload_size)
+                            self.result_inner_size, self.payload_size) + table
 
 
 def _fail(message: str, path: Name | None, offset: int | None = None) -> DeltaError:
@@ -112,11 +125,12 @@ def _fail(message: str, path: Name | None, offset: int | None = None) -> DeltaEr
 
 
 def parse_header(data: bytes, file_size: int, path: Name | None = None) -> ObjectDeltaHeader:
-    """Check the header: length, magic, version, flags, method, sizes, payload size."""
+    """Check the header and block table (``data`` holds at least both): length, magic,
+    version, flags, method, sizes, block table, payload size."""
     if len(data) < HEADER_SIZE:
         raise _fail(f"truncated object delta: need {HEADER_SIZE} header bytes, got {len(data)}",
                     path, 0)
-    (magic, version, flags, method, window_log, reserved, source_size, source_digest,
+    (magic, version, flags, method, window_log, reserved, block_count, source_size, source_digest,
      result_size, result_digest, gzip_header, source_inner, result_inner,
      payload_size) = _HEADER.unpack_from(data)
     if magic != MAGIC:
@@ -124,7 +138,7 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> Objec
     if version not in SUPPORTED_VERSIONS:
         raise _fail(f"unsupported object delta version: expected one of {SUPPORTED_VERSIONS}, "
                     f"got {version}", path, 8)
-    if flags & ~KNOWN_FLAGS or reserved != bytes(6):
+    if flags & ~KNOWN_FLAGS or reserved:
         raise _fail(f"unknown flags {flags:#x} or reserved bytes set", path, 10)
     if method not in Method.__members__.values():
         raise _fail(f"unknown method {method}", path, 12)
@@ -137,12 +151,23 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> Objec
     if not flags & FLAG_GZIP and (source_inner, result_inner, gzip_header) != (
             source_size, result_size, bytes(GZIP_HEADER_SIZE)):
         raise _fail("inner sizes or gzip header set without the gzip flag", path, 116)
-    if payload_size != file_size - HEADER_SIZE:
-        raise _fail(f"object delta is {file_size} bytes, its header and payload add up to "
-                    f"{HEADER_SIZE + payload_size}", path, 128)
+    if block_count and not flags & FLAG_GZIP or block_count > MAX_BLOCKS:
+        raise _fail(f"block table of {block_count} entries (gzip flag {flags & FLAG_GZIP})", path, 16)
+    table_end = HEADER_SIZE + block_count * _BLOCK.size
+    if payload_size != file_size - table_end:
+        raise _fail(f"object delta is {file_size} bytes, its header, block table and payload add "
+                    f"up to {table_end + payload_size}", path, 128)
+    if len(data) < table_end:
+        raise _fail(f"truncated block table: need {table_end} bytes, got {len(data)}", path,
+                    HEADER_SIZE)
+    blocks = tuple(Block(*_BLOCK.unpack_from(data, HEADER_SIZE + i * _BLOCK.size))
+                   for i in range(block_count))
+    if any(b.kind not in (deflate_blocks.STORED, deflate_blocks.FIXED, deflate_blocks.DYNAMIC)
+           for b in blocks):
+        raise _fail("unknown deflate block type in the block table", path, HEADER_SIZE)
     return ObjectDeltaHeader(flags, Method(method), window_log, source_size, source_digest,
                              result_size, result_digest, gzip_header, source_inner, result_inner,
-                             payload_size)
+                             payload_size, blocks)
 
 
 # -- gzip: deltas of what is inside ----------------------------------------------------------
@@ -169,12 +194,33 @@ def _gzip(header: bytes, inner: bytes) -> bytes:
     return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
 
 
-def _gzip_reproducible(new: bytes) -> bytes | None:
-    """The inner content of ``new`` when ``_gzip`` rebuilds ``new`` exactly from it; else None."""
+def _gzip_blocks(header: bytes, inner: bytes, blocks: tuple[Block, ...]) -> bytes:
+    """As ``_gzip``, but zlib's LZ77 parse re-encoded in ``blocks`` (how GNU gzip cut them:
+    store.deflate_blocks); FormatError if the blocks do not fit the parse."""
+    if not blocks:
+        return _gzip(header, inner)
+    deflater = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 8)
+    zlib_stream = deflater.compress(inner) + deflater.flush()
+    parse, _ = deflate_blocks.symbols(zlib_stream, len(inner))
+    body = deflate_blocks.encode(parse, blocks, inner)
+    return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
+
+
+def _gzip_reproducible(new: bytes) -> tuple[bytes, tuple[Block, ...]] | None:
+    """The inner content of ``new`` and the block table (empty when zlib alone will do) with
+    which ``_gzip_blocks`` rebuilds ``new`` exactly; None when nothing does."""
     inner = _gunzip(new)
-    if inner is None or len(new) < GZIP_HEADER_SIZE:
+    if inner is None or len(new) < GZIP_HEADER_SIZE + 8 or new[3] != 0:
         return None
-    return inner if _gzip(new[:GZIP_HEADER_SIZE], inner) == new else None
+    header = new[:GZIP_HEADER_SIZE]
+    if _gzip(header, inner) == new:
+        return inner, ()
+    try:
+        blocks = tuple(deflate_blocks.plan(new[GZIP_HEADER_SIZE:-8], len(inner)))
+        rebuilt = _gzip_blocks(header, inner, blocks)
+    except FormatError:
+        return None
+    return (inner, blocks) if rebuilt == new and len(blocks) <= MAX_BLOCKS else None
 
 
 # -- payloads -----------------------------------------------------------------------------
@@ -295,14 +341,16 @@ def make_object_delta(source: bytes, result: bytes, *, level: int = DEFAULT_LEVE
     is larger than MAX_OBJECT (fetch it whole)."""
     if len(source) > MAX_OBJECT or len(result) > MAX_OBJECT:
         return None
-    pairs: list[tuple[int, bytes, bytes, bytes]] = [(0, bytes(GZIP_HEADER_SIZE), source, result)]
-    result_inner = _gzip_reproducible(result)
-    source_inner = _gunzip(source) if result_inner is not None else None
-    if result_inner is not None and source_inner is not None:
-        pairs.append((FLAG_GZIP, result[:GZIP_HEADER_SIZE], source_inner, result_inner))
+    pairs: list[tuple[int, bytes, bytes, bytes, tuple[Block, ...]]] = [
+        (0, bytes(GZIP_HEADER_SIZE), source, result, ())]
+    reproducible = _gzip_reproducible(result)
+    source_inner = _gunzip(source) if reproducible is not None else None
+    if reproducible is not None and source_inner is not None:
+        result_inner, blocks = reproducible
+        pairs.append((FLAG_GZIP, result[:GZIP_HEADER_SIZE], source_inner, result_inner, blocks))
     best: bytes | None = None
     source_digest, result_digest = digest_bytes(source), digest_bytes(result)
-    for flags, gzip_header, old, new in pairs:
+    for flags, gzip_header, old, new, blocks in pairs:
         for method, made in ((Method.ZSTD, _zstd_payload(old, new, level)),
                              (Method.BSDIFF, _bsdiff_payload(old, new, level))):
             if made is None:
@@ -310,7 +358,7 @@ def make_object_delta(source: bytes, result: bytes, *, level: int = DEFAULT_LEVE
             payload, window_log = made
             header = ObjectDeltaHeader(flags, method, window_log, len(source), source_digest,
                                        len(result), result_digest, gzip_header, len(old), len(new),
-                                       len(payload))
+                                       len(payload), blocks)
             delta = header.encode() + payload
             if best is None or len(delta) < len(best):
                 best = delta
@@ -324,7 +372,7 @@ def apply_object_delta(source: bytes, delta: bytes, expected_digest: bytes, *,
     """The new object rebuilt from ``source`` and ``delta``, accepted only when its fs-verity
     digest is ``expected_digest`` (the one the signed pack names).  ``path`` names the delta
     in errors.  DeltaError for any fault: a bad delta never yields an object."""
-    header = parse_header(delta[:HEADER_SIZE], len(delta), path)
+    header = parse_header(delta, len(delta), path)
     if not hmac.compare_digest(header.result_digest, expected_digest):
         raise _fail(f"delta rebuilds the object {header.result_digest.hex()}, the pack names "
                     f"{expected_digest.hex()}", path, 64)
@@ -338,8 +386,13 @@ def apply_object_delta(source: bytes, delta: bytes, expected_digest: bytes, *,
         if unpacked is None or len(unpacked) != header.source_inner_size:
             raise _fail("the source object is not the gzip file the delta expects", path, 24)
         source_inner = unpacked
-    inner = _decode_payload(header, source_inner, delta[HEADER_SIZE:], path)
-    result = _gzip(header.gzip_header, inner) if header.flags & FLAG_GZIP else inner
+    inner = _decode_payload(header, source_inner, delta[header.payload_offset:], path)
+    result = inner
+    if header.flags & FLAG_GZIP:
+        try:
+            result = _gzip_blocks(header.gzip_header, inner, header.blocks)
+        except FormatError as err:
+            raise _fail(f"its block table does not fit the content: {err}", path, HEADER_SIZE) from err
     got = digest_bytes(result)
     if len(result) != header.result_size or not hmac.compare_digest(got, expected_digest):
         raise _fail(f"rebuilt object has digest {got.hex()} ({len(result)} bytes), expected "
@@ -382,7 +435,7 @@ def apply_object_delta_file(source_path: str | os.PathLike[str], delta_path: str
     delta_name = os.fspath(delta_path)
     delta = _read_bounded(delta_name, HEADER_SIZE + MAX_OBJECT + (MAX_OBJECT >> 7) + 4096,
                           "the object delta", delta_name)
-    header = parse_header(delta[:HEADER_SIZE], len(delta), delta_name)
+    header = parse_header(delta, len(delta), delta_name)
     source = _read_bounded(os.fspath(source_path), header.source_size, "the source object",
                            delta_name)
     result = apply_object_delta(source, delta, expected_digest, path=delta_name)

@@ -9,8 +9,10 @@ import gzip
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +22,9 @@ from pack import delta as pdelta
 from pack.build import build_pack
 from pack.reader import PackReader
 from sealtree.commands import delta_cmds
+from store import deflate_blocks
 from store import object_delta as odelta
-from store.errors import DeltaError, PackError
+from store.errors import DeltaError, FormatError, PackError
 from store.fsverity import digest_bytes
 from store.repo import Repository
 from tests.helpers import ROOT, materialise, trees
@@ -217,7 +220,7 @@ def test_object_delta_inside_gzip_files():
     new = _gzip_n(new_text)
     delta = odelta.make_object_delta(old, new)
     assert delta is not None
-    header = odelta.parse_header(delta[:odelta.HEADER_SIZE], len(delta))
+    header = odelta.parse_header(delta, len(delta))
     assert header.flags & odelta.FLAG_GZIP and len(delta) < len(new) // 3
     assert odelta.apply_object_delta(old, delta, digest_bytes(new)) == new
 
@@ -225,6 +228,65 @@ def test_object_delta_inside_gzip_files():
 def _gzip_n(text: bytes) -> bytes:
     """What zlib's gzip -9n equivalent writes (header: no name, mtime 0, max compression)."""
     return odelta._gzip(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03", text)
+
+
+def _gnu_gzip(data: bytes) -> bytes:
+    """``gzip -9n``, as Debian compresses manual pages and changelogs."""
+    return subprocess.run(["gzip", "-9n"], input=data, capture_output=True, check=True).stdout
+
+
+def _manual(seed: int, lines: int) -> bytes:
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(1, 6)).hex() for _ in range(300)]
+    return b"".join(b".TP\n\\fB%s\\fR %s\n" % (rng.choice(words).encode(),
+                                                " ".join(rng.choices(words, k=rng.randint(3, 12))).encode())
+                    for _ in range(lines))
+
+
+@pytest.mark.parametrize("content", [
+    _manual(1, 40), _manual(2, 700), _manual(3, 3000), _manual(4, 20000),  # 1 to many blocks
+    random.Random(5).randbytes(150_000),  # incompressible: stored blocks
+    b"a" * 300_000,  # long runs of matches
+    _manual(6, 500) + random.Random(6).randbytes(40_000) + _manual(7, 500),  # mixed
+], ids=["small", "medium", "large", "huge", "random", "runs", "mixed"])
+def test_gnu_gzip_streams_are_rebuilt_from_zlibs_parse(content):
+    packed = _gnu_gzip(content)
+    inner = zlib.decompress(packed, 31)
+    blocks = tuple(deflate_blocks.plan(packed[10:-8], len(inner)))
+    assert odelta._gzip_blocks(packed[:10], inner, blocks) == packed
+
+
+def test_object_delta_of_a_gnu_gzip_manual_page_carries_the_change_only():
+    text = _manual(8, 2000)
+    old, new = _gnu_gzip(text), _gnu_gzip(text.replace(b".TP\n", b".TP 4\n", 3))
+    assert odelta._gzip(new[:10], zlib.decompress(new, 31)) != new  # zlib alone cannot
+    delta = odelta.make_object_delta(old, new)
+    assert delta is not None and len(delta) < len(new) // 20
+    header = odelta.parse_header(delta, len(delta))
+    assert header.flags & odelta.FLAG_GZIP and header.blocks
+    assert odelta.apply_object_delta(old, delta, digest_bytes(new)) == new
+
+
+@settings(max_examples=200)
+@given(stream=st.binary(max_size=400))
+def test_deflate_parser_only_raises_format_error(stream):
+    try:
+        parse, blocks = deflate_blocks.symbols(stream, 1 << 16)
+    except FormatError:
+        return
+    assert sum(b.size for b in blocks) == sum(1 if s < 256 else s >> 16 for s in parse)
+
+
+def test_a_block_table_that_does_not_fit_is_refused():
+    text = _manual(9, 2000)
+    old, new = _gnu_gzip(text), _gnu_gzip(text + b"tail\n")
+    delta = bytearray(odelta.make_object_delta(old, new) or b"")
+    header = odelta.parse_header(bytes(delta), len(delta))
+    assert header.blocks
+    struct.pack_into("<I", delta, odelta.HEADER_SIZE, header.blocks[0].size + 1)
+    with pytest.raises(DeltaError, match="block table") as caught:
+        odelta.apply_object_delta(old, bytes(delta), digest_bytes(new), path="d")
+    assert caught.value.path == "d"
 
 
 def test_object_delta_result_must_have_the_signed_digest():
