@@ -55,10 +55,12 @@ from typing import BinaryIO
 import zstandard
 
 from store.atomic import atomic_file
-from store.errors import DeltaError, Name, PackError
+from store.deflate_blocks import Block
+from store.errors import DeltaError, FormatError, Name, PackError
+from store.object_delta import gunzip_member, gzip_recipe, rebuild_gzip
 
 from . import format as fmt
-from .manifest import Manifest, ManifestEntry
+from .manifest import Manifest, ManifestEntry, decode_manifest
 
 MAGIC = b"SEALPDLT"
 VERSION = 1
@@ -82,6 +84,14 @@ _LEVEL_GUESSES = (19, *range(1, 19), 20, 21, 22)
 # payload size
 _HEADER = struct.Struct("<8sHHBB2sIQ32sQ32sQQ")
 HEADER_SIZE = _HEADER.size
+# The payload starts with the gzip table: entry count, then per entry: offset in the inline
+# data, gzip file size, inflated size, gzip header, block count, then that many blocks:
+# content bytes and deflate block type (store.deflate_blocks)
+_GZ_COUNT = struct.Struct("<I")
+_GZ_ENTRY = struct.Struct("<QII10sH")
+_GZ_BLOCK = struct.Struct("<IB")
+MAX_GZ_BLOCKS = 0xFFFF
+GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +164,17 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> PackD
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where a pack's frames are: the bytes before them and each frame's sizes."""
+    """Where a pack's frames are: the bytes before them, each frame's sizes (manifest frames
+    first), and the header."""
 
     prefix_size: int
     frames: list[fmt.Frame]
+    header: fmt.Header
+
+    @property
+    def data_start(self) -> int:
+        """Where the inline data starts in the expanded form."""
+        return self.prefix_size + self.header.manifest_size
 
 
 def _layout(prefix_head: bytes, file_size: int) -> _Layout:
@@ -173,7 +190,7 @@ def _layout(prefix_head: bytes, file_size: int) -> _Layout:
     data, end = fmt.parse_frame_table(tables[split:], header.data_frames, end, at + split, "data")
     fmt.check_data_frames(data, header, at + split)
     fmt.check_layout(end, file_size)
-    return _Layout(at + header.tables_size, manifest + data)
+    return _Layout(at + header.tables_size, manifest + data, header)
 
 
 def _prefix_size(head: bytes, file_size: int) -> int:
@@ -192,10 +209,30 @@ def _read_exactly(handle: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def expand_pack(path: str | os.PathLike[str]) -> tuple[bytes, bytes, int]:
-    """The expanded form of the pack at ``path`` (every frame decompressed, in place), the
-    pack's SHA-256 and its size, in one pass.  PackError if it is not a well-formed pack
-    or its expanded form exceeds MAX_EXPANDED."""
+@dataclass(frozen=True)
+class Expanded:
+    """A pack's expanded form, where its parts are, and the pack's SHA-256 and size."""
+
+    data: bytes
+    layout: _Layout
+    sha256: bytes
+    size: int
+
+    def inline_files(self) -> list[tuple[ManifestEntry, bytes]]:
+        """Each inline file's manifest row and bytes, in manifest order."""
+        header = self.layout.header
+        start = self.layout.prefix_size
+        manifest = decode_manifest(self.data[start:start + header.manifest_size],
+                                   header.entry_count, header.inline_max)
+        base = self.layout.data_start
+        return [(row, self.data[base + row.offset:base + row.offset + row.entry.size])
+                for row in manifest.entries if row.inline]
+
+
+def expand_pack(path: str | os.PathLike[str]) -> Expanded:
+    """The expanded form of the pack at ``path`` (every frame decompressed, in place), with
+    the pack's SHA-256 and size, in one pass.  PackError if it is not a well-formed pack or
+    its expanded form exceeds MAX_EXPANDED."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         sha = hashlib.sha256()
@@ -216,7 +253,69 @@ def expand_pack(path: str | os.PathLike[str]) -> tuple[bytes, bytes, int]:
             out += fmt.decompress_frame(dctx, raw, frame, f"frame {i}")
         if handle.read(1):
             raise PackError("grew while it was read", path=os.fspath(path))
-    return bytes(out), sha.digest(), size
+    return Expanded(bytes(out), layout, sha.digest(), size)
+
+
+def reference(old: Expanded) -> bytes:
+    """What a delta is compressed against: the old pack's expanded form, then the contents
+    of its inline gzip files (in manifest order, while the whole stays within MAX_EXPANDED),
+    so that a changed gzip file can be sent as the change of its text."""
+    parts = [old.data]
+    total = len(old.data)
+    for _row, data in old.inline_files():
+        inner = gunzip_member(data) if data[:3] == GZIP_MAGIC else None
+        if inner is not None and total + len(inner) <= MAX_EXPANDED:
+            parts.append(inner)
+            total += len(inner)
+    return b"".join(parts)
+
+
+# -- the gzip table: inline gzip files the payload carries as their contents ------------------
+
+@dataclass(frozen=True)
+class GzipEntry:
+    """An inline gzip file of the new pack that the payload carries inflated."""
+
+    offset: int  # in the inline data
+    size: int  # of the gzip file
+    inner_size: int
+    gzip_header: bytes
+    blocks: tuple[Block, ...]
+
+    def encode(self) -> bytes:
+        return _GZ_ENTRY.pack(self.offset, self.size, self.inner_size, self.gzip_header,
+                              len(self.blocks)) + b"".join(_GZ_BLOCK.pack(b.size, b.kind)
+                                                           for b in self.blocks)
+
+
+def _gzip_entries(old: Expanded, new: Expanded) -> list[tuple[GzipEntry, bytes]]:
+    """The new pack's inline gzip files that the old one lacks and that their contents rebuild
+    exactly (store.object_delta.gzip_recipe), with those contents."""
+    have = {row.entry.digest for row, _data in old.inline_files()}
+    entries = []
+    for row, data in new.inline_files():
+        if row.entry.digest in have or data[:3] != GZIP_MAGIC:
+            continue
+        recipe = gzip_recipe(data)
+        if recipe is not None and len(recipe[1]) <= MAX_GZ_BLOCKS:
+            inner, blocks = recipe
+            entries.append((GzipEntry(row.offset, len(data), len(inner), data[:10], blocks), inner))
+    return entries
+
+
+def _carried(new: Expanded, entries: list[tuple[GzipEntry, bytes]]) -> bytes:
+    """The payload's content: the gzip table, then the new expanded form with each entry's
+    gzip bytes replaced by its contents."""
+    table = _GZ_COUNT.pack(len(entries)) + b"".join(entry.encode() for entry, _ in entries)
+    base = new.layout.data_start
+    parts = [table, new.data[:base]]
+    at = 0
+    for entry, inner in entries:
+        parts.append(new.data[base + at:base + entry.offset])
+        parts.append(inner)
+        at = entry.offset + entry.size
+    parts.append(new.data[base + at:])
+    return b"".join(parts)
 
 
 def _frames_of(expanded: bytes, layout: _Layout) -> Iterator[bytes]:
@@ -255,29 +354,33 @@ def make_pack_delta(old_pack: str | os.PathLike[str], new_pack: str | os.PathLik
     does not reproduce): ship the full pack then."""
     new_path = os.fspath(new_pack)
     try:
-        old_expanded, _old_sha, _old_size = expand_pack(old_pack)
-        new_expanded, new_sha, new_size = expand_pack(new_pack)
+        old = expand_pack(old_pack)
+        new = expand_pack(new_pack)
+        old_reference = reference(old)
+        new_expanded = _carried(new, _gzip_entries(old, new))
     except PackError as err:
         raise DeltaError(f"cannot make a delta: {err.detail()}", path=err.path or new_path,
                          offset=err.offset) from err
+    if len(new_expanded) > MAX_EXPANDED:
+        raise DeltaError(f"cannot make a delta: the pack expands to {len(new_expanded)} bytes, "
+                         f"a delta allows {MAX_EXPANDED}", path=new_path)
     with open(new_path, "rb") as handle:
         new_bytes = handle.read()
-    layout = _layout(new_bytes, len(new_bytes))
-    frame_level = _guess_level(new_bytes, new_expanded, layout)
+    frame_level = _guess_level(new_bytes, new.data, new.layout)
     if frame_level is None:
         raise DeltaError("cannot make a delta: no zstd level of this library rebuilds the "
                          "pack's frames", path=new_path)
-    window_log = _window_log(len(old_expanded), len(new_expanded))
+    window_log = _window_log(len(old_reference), len(new_expanded))
     params = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=len(new_expanded), window_log=window_log, write_content_size=1,
         write_checksum=0, write_dict_id=0, enable_ldm=window_log >= 27)
-    dictionary = zstandard.ZstdCompressionDict(old_expanded,
+    dictionary = zstandard.ZstdCompressionDict(old_reference,
                                                dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     payload = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params
                                        ).compress(new_expanded)
     old_size = os.path.getsize(old_pack)
     header = PackDeltaHeader(frame_level, window_log, zstd_version_number(), old_size,
-                             _old_sha, new_size, new_sha, len(new_expanded), len(payload))
+                             old.sha256, new.size, new.sha256, len(new_expanded), len(payload))
     with atomic_file(out, 0o644) as handle:
         handle.write(header.encode())
         handle.write(payload)
@@ -332,7 +435,8 @@ class _Recompressor:
 
 
 def _source_expanded(old_pack: str, header: PackDeltaHeader, delta: str) -> bytes:
-    """Step 2: the old pack's expanded form, once its size and SHA-256 are the header's."""
+    """Step 2: the old pack's reference (``reference``), once its size and SHA-256 are the
+    header's."""
     size = os.path.getsize(old_pack)
     sha = hashlib.sha256()
     with open(old_pack, "rb") as handle:
@@ -343,12 +447,13 @@ def _source_expanded(old_pack: str, header: PackDeltaHeader, delta: str) -> byte
                          f"({header.source_size} bytes), {old_pack} is {sha.hexdigest()} "
                          f"({size} bytes)", path=delta, offset=20)
     try:
-        expanded, again, _size = expand_pack(old_pack)
+        old = expand_pack(old_pack)
+        data = reference(old)
     except PackError as err:
         raise DeltaError(f"its source pack cannot be expanded: {err}", path=delta) from err
-    if again != header.source_sha256:
+    if old.sha256 != header.source_sha256:
         raise DeltaError(f"{old_pack} changed while it was read", path=delta)
-    return expanded
+    return data
 
 
 class _Stream:
@@ -432,15 +537,84 @@ def apply_pack_delta(old_pack: str | os.PathLike[str], delta: str | os.PathLike[
             recompressor.close()
 
 
+def _read_gzip_table(stream: _Stream, delta: str) -> tuple[list[GzipEntry], int]:
+    """Step 4a: the gzip table at the head of the payload, and its size.  Entries are in
+    increasing offset order and do not overlap."""
+    (count,) = _GZ_COUNT.unpack(stream.read(_GZ_COUNT.size, "the gzip table"))
+    if count > fmt.MAX_ENTRIES:
+        raise DeltaError(f"gzip table of {count} entries", path=delta, offset=HEADER_SIZE)
+    entries: list[GzipEntry] = []
+    size = _GZ_COUNT.size
+    end = 0
+    for i in range(count):
+        offset, gz_size, inner_size, gzip_header, block_count = _GZ_ENTRY.unpack(
+            stream.read(_GZ_ENTRY.size, f"gzip entry {i}"))
+        if offset < end or gz_size < 18 or gz_size > fmt.MAX_INLINE_MAX or \
+                inner_size > MAX_EXPANDED or block_count > MAX_GZ_BLOCKS:
+            raise DeltaError(f"gzip entry {i} (offset {offset}, {gz_size} bytes, {inner_size} "
+                             f"inflated, {block_count} blocks) out of range or order", path=delta,
+                             offset=HEADER_SIZE)
+        raw = stream.read(block_count * _GZ_BLOCK.size, f"gzip entry {i}'s blocks")
+        blocks = tuple(Block(*_GZ_BLOCK.unpack_from(raw, j * _GZ_BLOCK.size))
+                       for j in range(block_count))
+        entries.append(GzipEntry(offset, gz_size, inner_size, gzip_header, blocks))
+        end = offset + gz_size
+        size += _GZ_ENTRY.size + len(raw)
+    return entries, size
+
+
+class _DataSection:
+    """Step 4c: the inline data, frame by frame, each gzip entry rebuilt from its contents."""
+
+    def __init__(self, stream: _Stream, entries: list[GzipEntry], delta: str) -> None:
+        self.stream = stream
+        self.entries = entries
+        self.next = 0
+        self.at = 0  # offset in the inline data
+        self.delta = delta
+
+    def frame(self, size: int, index: int) -> bytes:
+        end = self.at + size
+        parts = []
+        while self.next < len(self.entries) and self.entries[self.next].offset < end:
+            entry = self.entries[self.next]
+            if entry.offset + entry.size > end:
+                raise DeltaError(f"gzip entry {self.next} straddles data frames", path=self.delta,
+                                 offset=HEADER_SIZE)
+            parts.append(self.stream.read(entry.offset - self.at, f"frame {index}"))
+            inner = self.stream.read(entry.inner_size, f"gzip entry {self.next}")
+            try:
+                rebuilt = rebuild_gzip(entry.gzip_header, inner, entry.blocks)
+            except FormatError as err:
+                raise DeltaError(f"gzip entry {self.next} cannot be rebuilt: {err}",
+                                 path=self.delta, offset=HEADER_SIZE) from err
+            if len(rebuilt) != entry.size:
+                raise DeltaError(f"gzip entry {self.next} rebuilds {len(rebuilt)} bytes, the "
+                                 f"table says {entry.size}", path=self.delta, offset=HEADER_SIZE)
+            parts.append(rebuilt)
+            self.at = entry.offset + entry.size
+            self.next += 1
+        parts.append(self.stream.read(end - self.at, f"frame {index}"))
+        self.at = end
+        return b"".join(parts)
+
+    def check_done(self) -> None:
+        if self.next != len(self.entries):
+            raise DeltaError(f"{len(self.entries) - self.next} gzip entries lie past the inline "
+                             f"data", path=self.delta, offset=HEADER_SIZE)
+
+
 def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompressor,
              delta: str, out: str) -> DeltaResult:
-    """Step 4 and 5: write the pack the expanded stream describes, checking as it goes."""
-    head = stream.read(min(fmt.HEADER_SIZE, header.expanded_size), "the pack header")
+    """Step 4 and 5: write the pack the payload describes, checking as it goes."""
+    entries, table_size = _read_gzip_table(stream, delta)
+    head = stream.read(min(fmt.HEADER_SIZE, max(0, header.expanded_size - table_size)),
+                       "the pack header")
     try:
         prefix_size = _prefix_size(head, header.result_size)
-        if prefix_size > header.expanded_size:
+        if table_size + prefix_size > header.expanded_size:
             raise PackError(f"the rebuilt header declares {prefix_size} bytes before its frames, "
-                            f"the expanded form has {header.expanded_size}")
+                            f"the expanded form has {header.expanded_size - table_size}")
         prefix = head + stream.read(prefix_size - len(head), "the pack header")
         layout = _layout(prefix, header.result_size)
     except DeltaError:
@@ -448,13 +622,14 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
     except PackError as err:
         raise DeltaError(f"rebuilt pack header is bad: {err.detail()}", path=delta,
                          offset=HEADER_SIZE) from err
-    if expanded_size_of(layout) != header.expanded_size:
-        raise DeltaError(f"the rebuilt frame tables add up to {expanded_size_of(layout)} "
+    carried = table_size + expanded_size_of(layout) + sum(e.inner_size - e.size for e in entries)
+    if carried != header.expanded_size:
+        raise DeltaError(f"the gzip table and the rebuilt frame tables add up to {carried} "
                          f"expanded bytes, the header says {header.expanded_size}", path=delta,
                          offset=100)
+    data = _DataSection(stream, entries, delta)
     sha = hashlib.sha256()
     written = 0
-    frames = iter(enumerate(layout.frames))
     with atomic_file(out, 0o644) as sink:
         def emit(chunk: bytes, index: int | None = None) -> None:
             nonlocal written
@@ -471,10 +646,14 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
 
         emit(prefix)
         done = 0
-        for index, frame in frames:
-            for chunk in recompressor.submit(stream.read(frame.size, f"frame {index}")):
+        manifest_frames = layout.header.manifest_frames
+        for index, frame in enumerate(layout.frames):
+            content = (stream.read(frame.size, f"frame {index}") if index < manifest_frames
+                       else data.frame(frame.size, index))
+            for chunk in recompressor.submit(content):
                 emit(chunk, done)
                 done += 1
+        data.check_done()
         for chunk in recompressor.drain():
             emit(chunk, done)
             done += 1

@@ -15,6 +15,7 @@ import sys
 import zlib
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ from store.errors import DeltaError, FormatError, PackError
 from store.fsverity import digest_bytes
 from store.repo import Repository
 from tests.helpers import ROOT, materialise, trees
-from tests.test_pack_support import build_sample, commit_dir
+from tests.test_pack_support import build_sample, commit_dir, sample_tree
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -59,12 +60,25 @@ def _pack_pair(base: str, old_tree: dict, new_tree: dict, **build_args: int) -> 
     return packs[0], packs[1]
 
 
+def _man_pages(src: str, release: int) -> None:
+    """Inline gzip -9n manual pages (as Debian ships them), edited from release to release."""
+    directory = os.path.join(src, "usr", "share", "man", "man1")
+    os.makedirs(directory, exist_ok=True)
+    for i in range(3):
+        text = _manual(100 + i, 60).replace(b".TP\n", b".TP %d\n" % release, 1 + i)
+        _write(os.path.join(directory, f"tool{i}.1.gz"), _gnu_gzip(text))
+
+
 @pytest.fixture
 def pair(tmp_path):
     """The sample tree's pack, and the pack of the same tree one release later."""
+    (tmp_path / "sample-src").mkdir()
+    sample_tree(str(tmp_path / "sample-src"))
+    _man_pages(str(tmp_path / "sample-src"), 1)
     old = build_sample(str(tmp_path), version="1")
     with open(os.path.join(old.src, "etc", "hostname"), "w") as handle:
         handle.write("device-2\n")
+    _man_pages(old.src, 2)
     new = build_sample(str(tmp_path), version="2")
     made = pdelta.make_pack_delta(old.pack, new.pack, str(tmp_path / "1-2.pdelta"))
     return old.pack, new.pack, made.path
@@ -91,6 +105,21 @@ def test_pack_delta_of_a_small_change_is_small(pair):
     out = delta + ".pack"
     result = pdelta.apply_pack_delta(old, delta, out)
     assert _read(out) == _read(new) and result.size == os.path.getsize(new)
+
+
+def test_pack_delta_carries_changed_inline_gzip_files_as_their_text(pair):
+    old, new, delta = pair
+    data = _read(delta)
+    header = pdelta.parse_header(data[:pdelta.HEADER_SIZE], len(data))
+    dictionary = zstandard.ZstdCompressionDict(pdelta.reference(pdelta.expand_pack(old)),
+                                               dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    carried = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
+        data[pdelta.HEADER_SIZE:])
+    assert len(carried) == header.expanded_size
+    assert pdelta._GZ_COUNT.unpack_from(carried)[0] == 3  # the three edited manual pages
+    for row, content in pdelta.expand_pack(new).inline_files():
+        if row.path.endswith(b".gz"):
+            assert zlib.decompress(content, 31) in carried
 
 
 def test_pack_delta_from_a_pack_to_itself(tmp_path):
@@ -253,7 +282,7 @@ def test_gnu_gzip_streams_are_rebuilt_from_zlibs_parse(content):
     packed = _gnu_gzip(content)
     inner = zlib.decompress(packed, 31)
     blocks = tuple(deflate_blocks.plan(packed[10:-8], len(inner)))
-    assert odelta._gzip_blocks(packed[:10], inner, blocks) == packed
+    assert odelta.rebuild_gzip(packed[:10], inner, blocks) == packed
 
 
 def test_object_delta_of_a_gnu_gzip_manual_page_carries_the_change_only():
@@ -428,7 +457,7 @@ def test_applying_a_delta_to_a_large_pack_stays_within_the_bound(tmp_path):
         build_pack(repo, commit_id, "os/main", packs[-1], level=1)
     delta = pdelta.make_pack_delta(packs[0], packs[1], str(tmp_path / "d"), level=3)
     header = pdelta.parse_header(_read(delta.path)[:pdelta.HEADER_SIZE], delta.size)
-    expanded, _sha, _size = pdelta.expand_pack(packs[0])
+    expanded = pdelta.reference(pdelta.expand_pack(packs[0]))
     assert len(expanded) > 20 << 20
     proc = subprocess.run([sys.executable, "-c", _CHILD, packs[0], delta.path, str(tmp_path / "r")],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
