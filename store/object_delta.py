@@ -64,6 +64,7 @@ MAX_WINDOW_LOG = 27  # a zstd window of at most 128 MiB (covers dictionary + res
 DEFAULT_LEVEL = 19
 DEFLATE_LEVEL = 9
 GZIP_HEADER_SIZE = 10
+MAX_APPLY_WORKERS = 8
 
 
 class Method(enum.IntEnum):
@@ -172,7 +173,7 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> Objec
 
 # -- gzip: deltas of what is inside ----------------------------------------------------------
 
-def _gunzip(data: bytes) -> bytes | None:
+def gunzip_member(data: bytes) -> bytes | None:
     """The content of a single-member gzip file of at most MAX_OBJECT bytes; None otherwise."""
     if data[:3] != b"\x1f\x8b\x08":
         return None
@@ -194,7 +195,7 @@ def _gzip(header: bytes, inner: bytes) -> bytes:
     return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
 
 
-def _gzip_blocks(header: bytes, inner: bytes, blocks: tuple[Block, ...]) -> bytes:
+def rebuild_gzip(header: bytes, inner: bytes, blocks: tuple[Block, ...]) -> bytes:
     """As ``_gzip``, but zlib's LZ77 parse re-encoded in ``blocks`` (how GNU gzip cut them:
     store.deflate_blocks); FormatError if the blocks do not fit the parse."""
     if not blocks:
@@ -206,10 +207,10 @@ def _gzip_blocks(header: bytes, inner: bytes, blocks: tuple[Block, ...]) -> byte
     return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
 
 
-def _gzip_reproducible(new: bytes) -> tuple[bytes, tuple[Block, ...]] | None:
+def gzip_recipe(new: bytes) -> tuple[bytes, tuple[Block, ...]] | None:
     """The inner content of ``new`` and the block table (empty when zlib alone will do) with
     which ``_gzip_blocks`` rebuilds ``new`` exactly; None when nothing does."""
-    inner = _gunzip(new)
+    inner = gunzip_member(new)
     if inner is None or len(new) < GZIP_HEADER_SIZE + 8 or new[3] != 0:
         return None
     header = new[:GZIP_HEADER_SIZE]
@@ -217,7 +218,7 @@ def _gzip_reproducible(new: bytes) -> tuple[bytes, tuple[Block, ...]] | None:
         return inner, ()
     try:
         blocks = tuple(deflate_blocks.plan(new[GZIP_HEADER_SIZE:-8], len(inner)))
-        rebuilt = _gzip_blocks(header, inner, blocks)
+        rebuilt = rebuild_gzip(header, inner, blocks)
     except FormatError:
         return None
     return (inner, blocks) if rebuilt == new and len(blocks) <= MAX_BLOCKS else None
@@ -343,8 +344,8 @@ def make_object_delta(source: bytes, result: bytes, *, level: int = DEFAULT_LEVE
         return None
     pairs: list[tuple[int, bytes, bytes, bytes, tuple[Block, ...]]] = [
         (0, bytes(GZIP_HEADER_SIZE), source, result, ())]
-    reproducible = _gzip_reproducible(result)
-    source_inner = _gunzip(source) if reproducible is not None else None
+    reproducible = gzip_recipe(result)
+    source_inner = gunzip_member(source) if reproducible is not None else None
     if reproducible is not None and source_inner is not None:
         result_inner, blocks = reproducible
         pairs.append((FLAG_GZIP, result[:GZIP_HEADER_SIZE], source_inner, result_inner, blocks))
@@ -382,7 +383,7 @@ def apply_object_delta(source: bytes, delta: bytes, expected_digest: bytes, *,
                     f"({header.source_size} bytes)", path, 24)
     source_inner = source
     if header.flags & FLAG_GZIP:
-        unpacked = _gunzip(source)
+        unpacked = gunzip_member(source)
         if unpacked is None or len(unpacked) != header.source_inner_size:
             raise _fail("the source object is not the gzip file the delta expects", path, 24)
         source_inner = unpacked
@@ -390,7 +391,7 @@ def apply_object_delta(source: bytes, delta: bytes, expected_digest: bytes, *,
     result = inner
     if header.flags & FLAG_GZIP:
         try:
-            result = _gzip_blocks(header.gzip_header, inner, header.blocks)
+            result = rebuild_gzip(header.gzip_header, inner, header.blocks)
         except FormatError as err:
             raise _fail(f"its block table does not fit the content: {err}", path, HEADER_SIZE) from err
     got = digest_bytes(result)
@@ -442,3 +443,53 @@ def apply_object_delta_file(source_path: str | os.PathLike[str], delta_path: str
     with atomic_file(out, mode, durable=durable) as handle:
         handle.write(result)
     return len(result)
+
+
+@dataclass(frozen=True)
+class ObjectDeltaJob:
+    """One object to rebuild: from ``source`` with ``delta`` into ``out``, whose fs-verity
+    digest must be ``expected_digest``; ``mode`` is the new file's."""
+
+    source: str
+    delta: str
+    expected_digest: bytes
+    out: str
+    mode: int = 0o644
+
+
+def _apply_share(jobs: list[tuple[int, ObjectDeltaJob]]) -> list[tuple[int, int | DeltaError]]:
+    results: list[tuple[int, int | DeltaError]] = []
+    for index, job in jobs:
+        try:
+            size = apply_object_delta_file(job.source, job.delta, job.expected_digest, job.out,
+                                           mode=job.mode, durable=False)
+        except DeltaError as err:
+            results.append((index, err))
+        else:
+            results.append((index, size))
+    return results
+
+
+def apply_object_deltas(jobs: list[ObjectDeltaJob], *, workers: int | None = None
+                        ) -> list[int | DeltaError]:
+    """Rebuild every job's object, in forked workers (one per core, at most ``workers``):
+    rebuilding a gzip file's blocks is Python work that one core does alone.  Returns, per
+    job, the rebuilt size or the DeltaError that refused it (the caller fetches that object
+    whole); nothing is fsynced: the caller syncs once after all of them."""
+    from .forked import Forked, collect, worker_count  # noqa: PLC0415 - only a pull needs it
+
+    count = worker_count(workers or MAX_APPLY_WORKERS)
+    by_size = sorted(enumerate(jobs), key=lambda item: -os.path.getsize(item[1].delta))
+    shares: list[list[tuple[int, ObjectDeltaJob]]] = [[] for _ in range(count)]
+    for position, item in enumerate(by_size):  # deal the largest first, round robin
+        shares[position % count].append(item)
+    if count == 1:
+        done = _apply_share(shares[0])
+    else:
+        done = [result for share in collect([
+            Forked(_apply_share, share, failure=lambda m: DeltaError(f"a delta worker failed: {m}"))
+            for share in shares if share]) for result in share]
+    results: list[int | DeltaError] = [0] * len(jobs)
+    for index, result in done:
+        results[index] = result
+    return results

@@ -365,6 +365,23 @@ def test_object_delta_files(tmp_path):
     assert caught.value.path == delta and not os.path.exists(tmp_path / "no")
 
 
+def test_apply_many_object_deltas_in_workers_reports_each_refusal(tmp_path):
+    jobs, expected = [], []
+    for i in range(6):
+        old = _write(str(tmp_path / f"old{i}"), b"object %d " % i * 2000)
+        new = _write(str(tmp_path / f"new{i}"), b"object %d " % i * 1000 + b"changed " * 1000)
+        delta = str(tmp_path / f"d{i}")
+        odelta.write_object_delta(old, new, delta)
+        digest = digest_bytes(_read(new)) if i != 3 else digest_bytes(b"not it")
+        jobs.append(odelta.ObjectDeltaJob(old, delta, digest, str(tmp_path / f"out{i}")))
+        expected.append(_read(new))
+    results = odelta.apply_object_deltas(jobs, workers=2)
+    assert isinstance(results[3], DeltaError) and results[3].path == jobs[3].delta
+    assert not os.path.exists(tmp_path / "out3")
+    for i in (0, 1, 2, 4, 5):
+        assert results[i] == len(expected[i]) and _read(str(tmp_path / f"out{i}")) == expected[i]
+
+
 def test_bspatch_matches_bsdiff4_when_installed():
     bsdiff4 = pytest.importorskip("bsdiff4")
     rng = random.Random(3)
