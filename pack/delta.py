@@ -57,6 +57,7 @@ import zstandard
 from store.atomic import atomic_file
 from store.deflate_blocks import Block
 from store.errors import DeltaError, FormatError, Name, PackError
+from store.names import show
 from store.object_delta import gunzip_member, gzip_recipe, rebuild_gzip
 
 from . import format as fmt
@@ -444,7 +445,7 @@ def _source_expanded(old_pack: str, header: PackDeltaHeader, delta: str) -> byte
             sha.update(chunk)
     if size != header.source_size or not hmac.compare_digest(sha.digest(), header.source_sha256):
         raise DeltaError(f"made from another pack: it expects {header.source_sha256.hex()} "
-                         f"({header.source_size} bytes), {old_pack} is {sha.hexdigest()} "
+                         f"({header.source_size} bytes), {show(old_pack)} is {sha.hexdigest()} "
                          f"({size} bytes)", path=delta, offset=20)
     try:
         old = expand_pack(old_pack)
@@ -452,7 +453,7 @@ def _source_expanded(old_pack: str, header: PackDeltaHeader, delta: str) -> byte
     except PackError as err:
         raise DeltaError(f"its source pack cannot be expanded: {err}", path=delta) from err
     if old.sha256 != header.source_sha256:
-        raise DeltaError(f"{old_pack} changed while it was read", path=delta)
+        raise DeltaError(f"{show(old_pack)} changed while it was read", path=delta)
     return data
 
 
