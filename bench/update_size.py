@@ -349,9 +349,10 @@ def report(sealtree: dict[str, Any], ostree: dict[str, Any] | None) -> str:
                  + (f"; ostree static-delta apply-offline {ostree['static_delta_apply_seconds']} s"
                     if ostree else ""))
     fast = sealtree["pack_level_3"]
+    fast_total = fast["apply_pack_seconds"] + sealtree["apply_objects_seconds"]
     lines.append(f"packs built at level 3 instead of 19: pack N+1 {fast['pack_n1']:,} bytes, "
                  f"pack delta {fast['pack_delta']:,} bytes, applied in {fast['apply_pack_seconds']} s "
-                 f"(with the objects: {fast['apply_pack_seconds'] + sealtree['apply_objects_seconds']:.2f} s)")
+                 f"(with the objects: {fast_total:.2f} s)")
     return "\n".join(lines)
 
 
