@@ -1,22 +1,23 @@
 """Pack deltas: pack N+1 rebuilt byte for byte from pack N, which the device already has.
 
 A pack's bytes are mostly zstd frames, and compressed bytes do not delta.  So a
-delta works on a pack's *expanded form*: the pack with every frame replaced by
-its decompressed content (header, commit, ref and frame tables kept as they
-are).  The delta carries the new pack's expanded form as one zstd frame
-compressed with the old pack's expanded form as a raw-content dictionary (the
-idea of ``zstd --patch-from``).  The device expands its old pack, decodes the
-new expanded form, and compresses every frame again with the pack compressor
-(``pack.format.compressor``) at the level recorded in the delta: pack building
-is deterministic, so that gives back the very frames of the new pack.  The
-result must then have the SHA-256 and size the delta names, and is verified
-with its signatures like any pack: a delta needs no trust of its own.
+delta works on contents (pack.expanded): the new pack's *carried form* (its
+frames decompressed, its changed inline gzip files inflated, and a table of
+those) travels as one zstd frame compressed against the old pack's
+*reference* (its frames decompressed, then its inline gzip files' contents)
+as a raw-content dictionary, the idea of ``zstd --patch-from``.  The device
+builds the same reference from its old pack, decodes the carried form,
+rebuilds the gzip files, and compresses every frame again with the pack
+compressor (``pack.format.compressor``) at the level recorded in the delta:
+pack building is deterministic, so that gives back the very frames of the new
+pack.  The result must have the SHA-256 and size the delta names, and is then
+verified with its signatures like any pack: a delta needs no trust of its own.
 
 Layout (version 1; integers little-endian)::
 
     header      _HEADER below (120 bytes)
-    payload     payload_size bytes: one zstd frame, content = the new pack's expanded form
-                (expanded_size bytes), dictionary = the old pack's expanded form
+    payload     payload_size bytes: one zstd frame, content = the carried form
+                (expanded_size bytes), dictionary = the old pack's reference
 
 Checks, in this order (any failure: ``DeltaError`` naming the delta file; the output
 file appears only when everything passed):
@@ -24,19 +25,20 @@ file appears only when everything passed):
 1. length >= header, magic, version, flags, level, window log, sizes against their
    limits, payload size = what follows the header;
 2. the source pack: its size and SHA-256 equal the header's (so a delta applied to the
-   wrong pack says so before doing any work); its expanded form fits ``MAX_EXPANDED``;
+   wrong pack says so before doing any work); its reference fits ``MAX_EXPANDED``;
 3. the payload's zstd frame declares ``expanded_size`` bytes and a window of at most
    ``2**window_log``;
-4. while streaming: the rebuilt header, frame tables and layout pass ``pack.format``'s
-   checks against ``result_size``; each frame re-compresses to the size its table says;
-   the payload holds exactly the expanded form (no more, no less, nothing after it);
+4. while streaming: the gzip table (order, sizes); the rebuilt header, frame tables and
+   layout pass ``pack.format``'s checks against ``result_size``; each gzip file rebuilds
+   to its size within one frame; each frame re-compresses to the size its table says;
+   the payload holds exactly the carried form (no more, no less, nothing after it);
 5. the rebuilt pack's size and SHA-256 equal the header's.
 
-Memory on the device: the old expanded form (at most ``MAX_EXPANDED``, 128 MiB; 4.8 MB
-for Debian minbase), the zstd window (at most ``2**MAX_WINDOW_LOG``, 128 MiB; the
-generator picks the smallest power of two covering both expanded forms: 16 MiB for
-minbase) and a few frames (1 MiB each) being compressed: at most about 260 MiB, 25 MiB
-for minbase.
+Memory on the device: the old reference twice (ours and zstd's dictionary; at most
+``MAX_EXPANDED``, 128 MiB; 7.3 MB for Debian minbase), the zstd window (at most
+``2**MAX_WINDOW_LOG``, 128 MiB; the maker picks the smallest power of two covering
+reference and carried form: 16 MiB for minbase) and two frames per core (1 MiB each)
+being compressed: at most about 400 MiB; under 115 MiB peak RSS for minbase.
 """
 
 from __future__ import annotations
@@ -58,15 +60,30 @@ from store.atomic import atomic_file
 from store.deflate_blocks import Block
 from store.errors import DeltaError, FormatError, Name, PackError
 from store.names import show
-from store.object_delta import gunzip_member, gzip_recipe, rebuild_gzip
+from store.object_delta import rebuild_gzip
 
 from . import format as fmt
-from .manifest import Manifest, ManifestEntry, decode_manifest
+from .expanded import (
+    GZ_BLOCK,
+    GZ_COUNT,
+    GZ_ENTRY,
+    MAX_EXPANDED,
+    MAX_GZ_BLOCKS,
+    GzipEntry,
+    Layout,
+    carried,
+    declared_prefix_size,
+    expand_pack,
+    expanded_size_of,
+    gzip_entries,
+    parse_layout,
+    reference,
+)
+from .manifest import Manifest, ManifestEntry
 
 MAGIC = b"SEALPDLT"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-MAX_EXPANDED = 128 << 20  # an expanded pack (source or result): the device holds the source's
 MAX_WINDOW_LOG = 27  # zstd window of the payload, 128 MiB: the other half of the memory bound
 MIN_WINDOW_LOG = 20
 MAX_PACK = fmt.HEADER_SIZE + fmt.MAX_COMMIT + fmt.MAX_REF + MAX_EXPANDED * 2  # sanity bound
@@ -85,14 +102,6 @@ _LEVEL_GUESSES = (19, *range(1, 19), 20, 21, 22)
 # payload size
 _HEADER = struct.Struct("<8sHHBB2sIQ32sQ32sQQ")
 HEADER_SIZE = _HEADER.size
-# The payload starts with the gzip table: entry count, then per entry: offset in the inline
-# data, gzip file size, inflated size, gzip header, block count, then that many blocks:
-# content bytes and deflate block type (store.deflate_blocks)
-_GZ_COUNT = struct.Struct("<I")
-_GZ_ENTRY = struct.Struct("<QII10sH")
-_GZ_BLOCK = struct.Struct("<IB")
-MAX_GZ_BLOCKS = 0xFFFF
-GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,172 +170,14 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> PackD
                            result_sha, expanded_size, payload_size)
 
 
-# -- expanded forms -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where a pack's frames are: the bytes before them, each frame's sizes (manifest frames
-    first), and the header."""
-
-    prefix_size: int
-    frames: list[fmt.Frame]
-    header: fmt.Header
-
-    @property
-    def data_start(self) -> int:
-        """Where the inline data starts in the expanded form."""
-        return self.prefix_size + self.header.manifest_size
-
-
-def _layout(prefix_head: bytes, file_size: int) -> _Layout:
-    """Parse a pack's header and frame tables (``prefix_head`` holds at least the header and,
-    once known, the tables), checked as ``pack.reader`` checks them."""
-    header = fmt.parse_header(prefix_head[:fmt.HEADER_SIZE], file_size)
-    at = header.tables_offset
-    tables = prefix_head[at:at + header.tables_size]
-    split = header.manifest_frames * fmt.FRAME_ENTRY_SIZE
-    manifest, end = fmt.parse_frame_table(tables[:split], header.manifest_frames,
-                                          at + header.tables_size, at, "manifest")
-    fmt.check_manifest_frames(manifest, header, at)
-    data, end = fmt.parse_frame_table(tables[split:], header.data_frames, end, at + split, "data")
-    fmt.check_data_frames(data, header, at + split)
-    fmt.check_layout(end, file_size)
-    return _Layout(at + header.tables_size, manifest + data, header)
-
-
-def _prefix_size(head: bytes, file_size: int) -> int:
-    header = fmt.parse_header(head, file_size)
-    return header.tables_offset + header.tables_size
-
-
-def expanded_size_of(layout: _Layout) -> int:
-    return layout.prefix_size + sum(f.size for f in layout.frames)
-
-
-def _read_exactly(handle: BinaryIO, n: int, what: str) -> bytes:
-    data = handle.read(n)
-    if len(data) != n:
-        raise PackError(f"truncated {what}: need {n} bytes, got {len(data)}")
-    return data
-
-
-@dataclass(frozen=True)
-class Expanded:
-    """A pack's expanded form, where its parts are, and the pack's SHA-256 and size."""
-
-    data: bytes
-    layout: _Layout
-    sha256: bytes
-    size: int
-
-    def inline_files(self) -> list[tuple[ManifestEntry, bytes]]:
-        """Each inline file's manifest row and bytes, in manifest order."""
-        header = self.layout.header
-        start = self.layout.prefix_size
-        manifest = decode_manifest(self.data[start:start + header.manifest_size],
-                                   header.entry_count, header.inline_max)
-        base = self.layout.data_start
-        return [(row, self.data[base + row.offset:base + row.offset + row.entry.size])
-                for row in manifest.entries if row.inline]
-
-
-def expand_pack(path: str | os.PathLike[str]) -> Expanded:
-    """The expanded form of the pack at ``path`` (every frame decompressed, in place), with
-    the pack's SHA-256 and size, in one pass.  PackError if it is not a well-formed pack or
-    its expanded form exceeds MAX_EXPANDED."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        sha = hashlib.sha256()
-        head = _read_exactly(handle, min(fmt.HEADER_SIZE, size), "pack header")
-        rest = _read_exactly(handle, _prefix_size(head, size) - len(head), "pack header")
-        prefix = head + rest
-        layout = _layout(prefix, size)
-        total = expanded_size_of(layout)
-        if total > MAX_EXPANDED:
-            raise PackError(f"expands to {total} bytes, a delta allows {MAX_EXPANDED}",
-                            path=os.fspath(path))
-        sha.update(prefix)
-        out = bytearray(prefix)
-        dctx = fmt.decompressor()
-        for i, frame in enumerate(layout.frames):
-            raw = _read_exactly(handle, frame.compressed, f"frame {i}")
-            sha.update(raw)
-            out += fmt.decompress_frame(dctx, raw, frame, f"frame {i}")
-        if handle.read(1):
-            raise PackError("grew while it was read", path=os.fspath(path))
-    return Expanded(bytes(out), layout, sha.digest(), size)
-
-
-def reference(old: Expanded) -> bytes:
-    """What a delta is compressed against: the old pack's expanded form, then the contents
-    of its inline gzip files (in manifest order, while the whole stays within MAX_EXPANDED),
-    so that a changed gzip file can be sent as the change of its text."""
-    parts = [old.data]
-    total = len(old.data)
-    for _row, data in old.inline_files():
-        inner = gunzip_member(data) if data[:3] == GZIP_MAGIC else None
-        if inner is not None and total + len(inner) <= MAX_EXPANDED:
-            parts.append(inner)
-            total += len(inner)
-    return b"".join(parts)
-
-
-# -- the gzip table: inline gzip files the payload carries as their contents ------------------
-
-@dataclass(frozen=True)
-class GzipEntry:
-    """An inline gzip file of the new pack that the payload carries inflated."""
-
-    offset: int  # in the inline data
-    size: int  # of the gzip file
-    inner_size: int
-    gzip_header: bytes
-    blocks: tuple[Block, ...]
-
-    def encode(self) -> bytes:
-        return _GZ_ENTRY.pack(self.offset, self.size, self.inner_size, self.gzip_header,
-                              len(self.blocks)) + b"".join(_GZ_BLOCK.pack(b.size, b.kind)
-                                                           for b in self.blocks)
-
-
-def _gzip_entries(old: Expanded, new: Expanded) -> list[tuple[GzipEntry, bytes]]:
-    """The new pack's inline gzip files that the old one lacks and that their contents rebuild
-    exactly (store.object_delta.gzip_recipe), with those contents."""
-    have = {row.entry.digest for row, _data in old.inline_files()}
-    entries = []
-    for row, data in new.inline_files():
-        if row.entry.digest in have or data[:3] != GZIP_MAGIC:
-            continue
-        recipe = gzip_recipe(data)
-        if recipe is not None and len(recipe[1]) <= MAX_GZ_BLOCKS:
-            inner, blocks = recipe
-            entries.append((GzipEntry(row.offset, len(data), len(inner), data[:10], blocks), inner))
-    return entries
-
-
-def _carried(new: Expanded, entries: list[tuple[GzipEntry, bytes]]) -> bytes:
-    """The payload's content: the gzip table, then the new expanded form with each entry's
-    gzip bytes replaced by its contents."""
-    table = _GZ_COUNT.pack(len(entries)) + b"".join(entry.encode() for entry, _ in entries)
-    base = new.layout.data_start
-    parts = [table, new.data[:base]]
-    at = 0
-    for entry, inner in entries:
-        parts.append(new.data[base + at:base + entry.offset])
-        parts.append(inner)
-        at = entry.offset + entry.size
-    parts.append(new.data[base + at:])
-    return b"".join(parts)
-
-
-def _frames_of(expanded: bytes, layout: _Layout) -> Iterator[bytes]:
+def _frames_of(expanded: bytes, layout: Layout) -> Iterator[bytes]:
     at = layout.prefix_size
     for frame in layout.frames:
         yield expanded[at:at + frame.size]
         at += frame.size
 
 
-def _guess_level(pack: bytes, expanded: bytes, layout: _Layout) -> int | None:
+def _guess_level(pack: bytes, expanded: bytes, layout: Layout) -> int | None:
     """The level whose compressor rebuilds the pack's first frame (the others are checked when
     the maker applies the delta)."""
     if not layout.frames:
@@ -358,7 +209,7 @@ def make_pack_delta(old_pack: str | os.PathLike[str], new_pack: str | os.PathLik
         old = expand_pack(old_pack)
         new = expand_pack(new_pack)
         old_reference = reference(old)
-        new_expanded = _carried(new, _gzip_entries(old, new))
+        new_expanded = carried(new, gzip_entries(old, new))
     except PackError as err:
         raise DeltaError(f"cannot make a delta: {err.detail()}", path=err.path or new_path,
                          offset=err.offset) from err
@@ -541,26 +392,26 @@ def apply_pack_delta(old_pack: str | os.PathLike[str], delta: str | os.PathLike[
 def _read_gzip_table(stream: _Stream, delta: str) -> tuple[list[GzipEntry], int]:
     """Step 4a: the gzip table at the head of the payload, and its size.  Entries are in
     increasing offset order and do not overlap."""
-    (count,) = _GZ_COUNT.unpack(stream.read(_GZ_COUNT.size, "the gzip table"))
+    (count,) = GZ_COUNT.unpack(stream.read(GZ_COUNT.size, "the gzip table"))
     if count > fmt.MAX_ENTRIES:
         raise DeltaError(f"gzip table of {count} entries", path=delta, offset=HEADER_SIZE)
     entries: list[GzipEntry] = []
-    size = _GZ_COUNT.size
+    size = GZ_COUNT.size
     end = 0
     for i in range(count):
-        offset, gz_size, inner_size, gzip_header, block_count = _GZ_ENTRY.unpack(
-            stream.read(_GZ_ENTRY.size, f"gzip entry {i}"))
+        offset, gz_size, inner_size, gzip_header, block_count = GZ_ENTRY.unpack(
+            stream.read(GZ_ENTRY.size, f"gzip entry {i}"))
         if offset < end or gz_size < 18 or gz_size > fmt.MAX_INLINE_MAX or \
                 inner_size > MAX_EXPANDED or block_count > MAX_GZ_BLOCKS:
             raise DeltaError(f"gzip entry {i} (offset {offset}, {gz_size} bytes, {inner_size} "
                              f"inflated, {block_count} blocks) out of range or order", path=delta,
                              offset=HEADER_SIZE)
-        raw = stream.read(block_count * _GZ_BLOCK.size, f"gzip entry {i}'s blocks")
-        blocks = tuple(Block(*_GZ_BLOCK.unpack_from(raw, j * _GZ_BLOCK.size))
+        raw = stream.read(block_count * GZ_BLOCK.size, f"gzip entry {i}'s blocks")
+        blocks = tuple(Block(*GZ_BLOCK.unpack_from(raw, j * GZ_BLOCK.size))
                        for j in range(block_count))
         entries.append(GzipEntry(offset, gz_size, inner_size, gzip_header, blocks))
         end = offset + gz_size
-        size += _GZ_ENTRY.size + len(raw)
+        size += GZ_ENTRY.size + len(raw)
     return entries, size
 
 
@@ -612,12 +463,12 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
     head = stream.read(min(fmt.HEADER_SIZE, max(0, header.expanded_size - table_size)),
                        "the pack header")
     try:
-        prefix_size = _prefix_size(head, header.result_size)
+        prefix_size = declared_prefix_size(head, header.result_size)
         if table_size + prefix_size > header.expanded_size:
             raise PackError(f"the rebuilt header declares {prefix_size} bytes before its frames, "
                             f"the expanded form has {header.expanded_size - table_size}")
         prefix = head + stream.read(prefix_size - len(head), "the pack header")
-        layout = _layout(prefix, header.result_size)
+        layout = parse_layout(prefix, header.result_size)
     except DeltaError:
         raise
     except PackError as err:

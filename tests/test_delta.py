@@ -116,7 +116,7 @@ def test_pack_delta_carries_changed_inline_gzip_files_as_their_text(pair):
     carried = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
         data[pdelta.HEADER_SIZE:])
     assert len(carried) == header.expanded_size
-    assert pdelta._GZ_COUNT.unpack_from(carried)[0] == 3  # the three edited manual pages
+    assert pdelta.GZ_COUNT.unpack_from(carried)[0] == 3  # the three edited manual pages
     for row, content in pdelta.expand_pack(new).inline_files():
         if row.path.endswith(b".gz"):
             assert zlib.decompress(content, 31) in carried
