@@ -47,6 +47,7 @@ import concurrent.futures
 import hashlib
 import hmac
 import os
+import re
 import struct
 import threading
 from collections import deque
@@ -530,12 +531,30 @@ class ObjectPair:
     result: ManifestEntry
 
 
+_VERSION = re.compile(rb"[0-9]+(?:\.[0-9]+)*")
+
+
+def _renamed_key(path: bytes) -> tuple[bytes, bytes]:
+    """A path with the version numbers of its last name blurred: ``usr/lib/libz.so.1.2.13``
+    and ``usr/lib/libz.so.1.3`` share it (a library renamed by its new version)."""
+    parent, _, name = path.rpartition(b"/")
+    return parent, _VERSION.sub(b"#", name)
+
+
 def object_delta_pairs(old: Manifest, new: Manifest) -> tuple[list[ObjectPair], list[ManifestEntry]]:
     """The large objects ``new`` names that ``old`` lacks (by digest, each once, in manifest
-    order), split into those whose path holds another large file in ``old`` (candidates for
-    an object delta against it) and the rest (fetched whole)."""
+    order), split into those that have a source in ``old`` (candidates for an object delta
+    against it) and the rest (fetched whole).  The source is the old large file at the same
+    path, else the one old large file whose path differs only in its last name's digits
+    (a renamed versioned library), the largest if several."""
     have = {row.entry.digest for row in old.entries if row.is_large}
     by_path = {row.path: row for row in old.entries if row.is_large}
+    by_key: dict[tuple[bytes, bytes], ManifestEntry] = {}
+    for row in old.entries:
+        if row.is_large:
+            key = _renamed_key(row.path)
+            if key not in by_key or row.entry.size > by_key[key].entry.size:
+                by_key[key] = row
     pairs: list[ObjectPair] = []
     whole: list[ManifestEntry] = []
     seen: set[bytes] = set()
@@ -543,7 +562,7 @@ def object_delta_pairs(old: Manifest, new: Manifest) -> tuple[list[ObjectPair], 
         if not row.is_large or row.entry.digest in have or row.entry.digest in seen:
             continue
         seen.add(row.entry.digest)
-        source = by_path.get(row.path)
+        source = by_path.get(row.path) or by_key.get(_renamed_key(row.path))
         if source is not None:
             pairs.append(ObjectPair(source, row))
         else:

@@ -401,11 +401,20 @@ def test_object_delta_pairs_by_path_each_new_object_once(tmp_path):
     _write(tool, new_tool)
     _write(os.path.join(old.src, "usr", "bin", "tool-copy"), new_tool)  # same object again
     _write(os.path.join(old.src, "usr", "bin", "brand-new"), b"n" * 9000)
-    new = build_sample(str(tmp_path), version="2")
-    with PackReader(old.pack) as old_reader, PackReader(new.pack) as new_reader:
+    _write(os.path.join(old.src, "etc", "libz.so.1.2.13"), b"zlib 1.2.13 " * 1000)
+    first = build_sample(str(tmp_path), version="2")
+    os.rename(os.path.join(old.src, "etc", "libz.so.1.2.13"), os.path.join(old.src, "etc", "libz.so.1.3"))
+    _write(os.path.join(old.src, "etc", "libz.so.1.3"), b"zlib 1.3 " * 1000)
+    os.unlink(os.path.join(old.src, "usr", "bin", "brand-new"))
+    new = build_sample(str(tmp_path), version="3")
+    with PackReader(old.pack) as old_reader, PackReader(first.pack) as new_reader:
         pairs, whole = pdelta.object_delta_pairs(old_reader.manifest, new_reader.manifest)
     assert [(p.source.path, p.result.path) for p in pairs] == [(b"usr/bin/tool", b"usr/bin/tool")]
-    assert [row.path for row in whole] == [b"usr/bin/brand-new"]
+    assert sorted(row.path for row in whole) == [b"etc/libz.so.1.2.13", b"usr/bin/brand-new"]
+    with PackReader(first.pack) as old_reader, PackReader(new.pack) as new_reader:
+        renamed, _whole = pdelta.object_delta_pairs(old_reader.manifest, new_reader.manifest)
+    assert [(p.source.path, p.result.path) for p in renamed] == [
+        (b"etc/libz.so.1.2.13", b"etc/libz.so.1.3")]
     source = old.repo.objects.file_path(pairs[0].source.entry.digest, pairs[0].source.entry.meta)
     delta = str(tmp_path / "tool.odelta")
     assert (odelta.write_object_delta(source, tool, delta) or 0) < 300
