@@ -194,3 +194,9 @@ class PackNotKept(DeployError):
 
 class NoKeyring(SignatureError):
     """No keyring was named and the system keyring does not exist: nothing to trust."""
+
+
+class DeltaError(PackError):
+    """A delta (of a pack or of an object) is malformed, truncated, made from another source,
+    or does not rebuild the result it names.  ``path`` is the delta file; nothing it would
+    have built is kept: the caller fetches the full file instead."""

@@ -21,6 +21,7 @@ from store.objects import relative_path
 from store.refs import check_ref_name
 
 from ..output import human_size, json_path, print_json
+from . import delta_cmds
 from .common import add_parser, commit_json, iso_time, open_repo
 
 
@@ -132,6 +133,7 @@ def register(sub: Any) -> None:
                    help="accept a pack older than the newest accepted for its ref")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_import)
+    delta_cmds.register(packs)
 
 
 def _trust_args(p: argparse.ArgumentParser) -> None:
