@@ -20,7 +20,7 @@ from store.errors import PackError
 from store.object_delta import gunzip_member, gzip_recipe
 
 from . import format as fmt
-from .manifest import ManifestEntry, decode_manifest
+from .manifest import ManifestEntry, check_manifest
 
 MAX_EXPANDED = 128 << 20  # a reference or carried form: the device holds the old reference
 # The payload starts with the gzip table: entry count, then per entry: offset in the inline
@@ -93,11 +93,12 @@ class Expanded:
         """Each inline file's manifest row and bytes, in manifest order."""
         header = self.layout.header
         start = self.layout.prefix_size
-        manifest = decode_manifest(self.data[start:start + header.manifest_size],
-                                   header.entry_count, header.inline_max)
+        rows: list[ManifestEntry] = []
+        check_manifest([self.data[start:start + header.manifest_size]], header.entry_count,
+                       header.inline_max, keep=rows)
         base = self.layout.data_start
         return [(row, self.data[base + row.offset:base + row.offset + row.entry.size])
-                for row in manifest.entries if row.inline]
+                for row in rows if row.inline]
 
 
 def expand_pack(path: str | os.PathLike[str]) -> Expanded:
