@@ -355,3 +355,26 @@ def test_an_uncaught_exception_fails_the_test_as_a_traceback_would(repo, monkeyp
     with pytest.raises(AssertionError, match="raised ValueError"):
         run_cli("refs", repo=repo.path, check=False, in_process=True)
     assert run_cli("refs", "--nonsense", repo=repo.path, check=False, in_process=True).returncode == 2
+
+
+def test_commit_tar_size_limits_refuse_before_storing(tmp_path, repo):
+    import io
+    import tarfile
+
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, size in (("small", 100), ("big", 20000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"\0" * size))
+    proc = run_cli("commit", "-b", "t", "--tar", str(archive), "--max-file-size", "10K",
+                   repo=repo.path, check=False)
+    assert proc.returncode == 8 and "big: " in proc.stderr and "10240" in proc.stderr, proc.stderr
+    proc = run_cli("commit", "-b", "t", "--tar", str(archive), "--max-total-size", "20000",
+                   repo=repo.path, check=False)
+    assert proc.returncode == 8, proc.stderr
+    assert repo.refs.read("t") is None
+    run_cli("commit", "-b", "t", "--tar", str(archive), "--max-file-size", "20000",
+            "--max-total-size", "1M", repo=repo.path)
+    proc = run_cli("commit", "-b", "t", str(tmp_path), "--max-file-size", "1K", repo=repo.path, check=False)
+    assert proc.returncode == 2 and "go with --tar" in proc.stderr

@@ -15,7 +15,7 @@ from store.model import Meta
 from store.names import show
 from store.transaction import Transaction
 
-from .common import parse_owner
+from .common import parse_owner, size_bytes
 
 Report = Callable[[int, int], None]
 
@@ -51,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--owner", metavar="UID:GID",
                        help="owner of every entry (--git: default 0:0; --tar: default the "
                             "members' numeric owners, and 0:0 for directories not in the archive)")
+    group.add_argument("--max-file-size", metavar="SIZE", type=size_bytes, default=None,
+                       help="with --tar: refuse a member larger than SIZE bytes (K, M, G, T "
+                            "suffixes), from its header, before its data is read; for "
+                            "archives from untrusted sources (default: no limit)")
+    group.add_argument("--max-total-size", metavar="SIZE", type=size_bytes, default=None,
+                       help="with --tar: refuse the archive once its files add up to more than "
+                            "SIZE bytes (default: no limit)")
+    group.add_argument("--git-attributes", action="store_true",
+                       help="with --git: apply the revision's .gitattributes as `git archive` "
+                            "does (export-ignore paths left out, line endings converted; "
+                            "export-subst is not applied); default: the blobs as committed")
 
 
 def store_source(args: argparse.Namespace, tx: Transaction, report: Report) -> StoredSource:
@@ -60,6 +71,10 @@ def store_source(args: argparse.Namespace, tx: Transaction, report: Report) -> S
             raise UsageError("--rev goes with --git")
         if args.owner is not None:
             raise UsageError("--owner goes with --git or --tar")
+        if args.git_attributes:
+            raise UsageError("--git-attributes goes with --git")
+        if args.max_file_size is not None or args.max_total_size is not None:
+            raise UsageError("--max-file-size and --max-total-size go with --tar")
         if not args.source:
             raise UsageError(f"commit needs a source: {SOURCES_HELP}")
         return _store_directory(args, tx, report)
@@ -67,9 +82,11 @@ def store_source(args: argparse.Namespace, tx: Transaction, report: Report) -> S
         raise UsageError(f"give one source: DIR ({show(args.source)}) or --tar/--git, not both")
     owner = parse_owner(args.owner) if args.owner is not None else None
     if args.tar is not None:
-        if args.rev is not None:
-            raise UsageError("--rev goes with --git, not --tar")
+        if args.rev is not None or args.git_attributes:
+            raise UsageError("--rev and --git-attributes go with --git, not --tar")
         return _store_tar(args, owner, tx, report)
+    if args.max_file_size is not None or args.max_total_size is not None:
+        raise UsageError("--max-file-size and --max-total-size go with --tar, not --git")
     return _store_git(args, owner, tx, report)
 
 
@@ -87,7 +104,9 @@ def _store_tar(args: argparse.Namespace, owner: tuple[int, int] | None, tx: Tran
 
     label = "standard input" if args.tar == "-" else args.tar
     with _open_input(args.tar) as stream:
-        tar = read_tar(tx, stream, TarSourceOptions(owner, args.skip_special, report, label=label))
+        tar = read_tar(tx, stream, TarSourceOptions(owner, args.skip_special, report, label=label,
+                                                    max_file_size=args.max_file_size,
+                                                    max_total_size=args.max_total_size))
     _report_skipped(tar.skipped)
     return StoredSource(tar.tree, tar.root_meta, (("tar.sha256", tar.sha256),))
 
@@ -97,7 +116,8 @@ def _store_git(args: argparse.Namespace, owner: tuple[int, int] | None, tx: Tran
     from store.source_git import GitSourceOptions, read_git  # noqa: PLC0415
 
     rev = args.rev if args.rev is not None else "HEAD"
-    git = read_git(tx, args.git, rev, GitSourceOptions(owner or (0, 0), args.skip_special, report))
+    git = read_git(tx, args.git, rev, GitSourceOptions(owner or (0, 0), args.skip_special, report,
+                                                       attributes=args.git_attributes))
     _report_skipped(git.skipped)
     return StoredSource(git.tree, git.root_meta, (("git.commit", git.commit),) if git.commit else ())
 

@@ -36,6 +36,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_bytes(text: str) -> int:
+    """argparse type: a size in bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+    number, suffix = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if suffix not in _SIZE_SUFFIXES or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size (digits with an optional K, M, G or T): {text!r}")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
+
 def open_repo(args: argparse.Namespace) -> Repository:
     if not args.repo:
         raise UsageError("no repository: give --repo PATH or set SEALTREE_REPO")
