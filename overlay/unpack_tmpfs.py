@@ -77,11 +77,13 @@ def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None, *, stubs: bool
             if not stubs:
                 continue  # a large file: in the farm, not in the tmpfs
             links += 1  # its stub: an inode (or a link) but no pages
-            xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
+            if entry.meta.xattrs:
+                xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
             xattr_space += 2 * XATTR_OVERHEAD
             continue
         links += 1
-        xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
+        if entry.meta.xattrs:  # most have none: no generator for them (thousands of entries)
+            xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
         if entry.kind is Kind.FILE:
             key = (entry.digest, entry.meta)
             if key not in seen:  # the first link of an inode: its pages
