@@ -6,7 +6,9 @@ context managers, /proc/self/mountinfo), ``state`` (the state file, default,
 rollback, boot counting), ``deployment_pack`` (the trusted keyring and the
 signed pack a deployment is verified from), ``objcheck`` (each large object
 against the signed manifest: inode metadata and fs-verity digest), ``farm``
-(the hardlink farm), ``unpack_tmpfs`` (the pack into the tmpfs, and its size),
+(the hardlink farm), ``metacopy`` (the kernel-enforced layout: stubs, their
+overlay xattrs, which layout ``auto`` picks), ``unpack_tmpfs`` (the pack into
+the tmpfs, and its size, stubs included),
 ``staging`` (the tmpfs layers of one mount), ``mounted_farms`` (which
 deployments are mounted, from mountinfo), ``deploy`` (verify, farm, record),
 ``mount_deployment`` (re-verify, tmpfs, overlay; unmount), ``boot_config``,

@@ -19,13 +19,19 @@ only the standard library, ``cryptography`` and ``zstandard`` besides
    one the disk names), that the pack is of the deployment's commit, and that
    it is not older than the freshness floor baked into the initramfs for its
    ref (``boot_floor``);
-5. the farm (exactly the expected hardlinks, no xattrs on its directories)
-   and every large object: inode metadata, and the kernel-measured fs-verity
-   digest (policy ``kernel``, fail closed; ``userspace``/``auto`` only where
-   the config says so);
-6. a tmpfs sized from the manifest, the pack unpacked into it (whose last
-   read re-checks the pack's signed SHA-256), and overlayfs mounted read-only
-   at the target.
+5. the layout (``layout``: ``auto`` is metacopy where the kernel has overlay
+   verity and the sysroot fs-verity, else hardlinks);
+6. hardlinks: the farm (exactly the expected hardlinks, no xattrs on its
+   directories) and every large object: inode metadata, and the
+   kernel-measured fs-verity digest (policy ``kernel``, fail closed;
+   ``userspace``/``auto`` only where the config says so); metacopy: one object
+   per content, its size and kernel-measured digest (so fs-verity must be on
+   it; no content is read), nothing else on the disk;
+7. a tmpfs sized from the manifest, the pack unpacked into it (whose last
+   read re-checks the pack's signed SHA-256; metacopy: with a stub per large
+   file), and overlayfs mounted read-only at the target (metacopy: over the
+   objects as a data-only layer with ``verity=require``, so the kernel checks
+   every large file's digest at every open from then on).
 
 Every outcome is one line on the console: ``sealtree-boot: booting <dep_id> ...``
 or ``sealtree-boot: REFUSED <dep_id>: <stage> failed at <where>: <detail>``, the
@@ -75,6 +81,7 @@ from .boot_config import (
 from .boot_floor import boot_floor, check_floor, load_floor, write_floor
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout
+from .metacopy import Layout, choose_layout
 from .mount_deployment import MountResult, mount_verified
 from .state import Deployment, State, choose_deployment_for_boot, count_try, state_file
 
@@ -204,14 +211,20 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
                         pack_path)
         except DowngradeError as err:
             raise _refused("freshness", err, pack_path) from err
-        items = large_files(repo.objects, reader.manifest, farm_dir)
+        try:
+            layout = choose_layout(config.layout, large_files(repo.objects, reader.manifest))
+        except DeployError as err:  # MetacopyUnsupported: asked for where it cannot be
+            raise _refused("layout", err, config.target) from err
+        metacopy = layout is Layout.METACOPY
+        items = large_files(repo.objects, reader.manifest, None if metacopy else farm_dir)
         try:
             # The target is a directory of the initramfs: made here if the scripts did not.
             os.makedirs(config.target, exist_ok=True)
             os.makedirs(config.scratch, exist_ok=True)
             result = mount_verified(reader, items, farm_dir, config.target, config.scratch,
                                     policy=config.verify, api=overlay_api(),
-                                    repo_path=config.repo_path)
+                                    repo_path=config.repo_path, layout=layout,
+                                    objects=repo.objects, dep_id=dep.id)
         except FarmMismatch as err:
             raise _refused_in_tree("farm", err, farm_dir) from err
         except VerificationError as err:  # ObjectMismatch: a large object
@@ -238,6 +251,13 @@ def _say_booting(say: Say, booted: Booted) -> None:
     say(f"verified {dep.id}: pack signed by {', '.join(booted.signers)}; {check.files} large "
         f"objects ({check.bytes} bytes: {check.kernel} measured by the kernel, {check.userspace} "
         f"digested in userspace); {booted.result.populate.files} files unpacked into tmpfs")
+    if booted.result.layout == Layout.METACOPY.value:
+        how = ("the kernel checks every large file's fs-verity digest at each open"
+               if booted.result.enforced else
+               "the kernel does not enforce the digests (checked once, in userspace)")
+        say(f"layout metacopy (verity={booted.result.verity}): {how}")
+    else:
+        say("layout hardlinks: objects checked once, before mounting")
     say(f"booting {dep.id} ({dep.ref} version {dep.version or '-'}) at {booted.result.target}")
 
 

@@ -21,6 +21,7 @@ from store.errors import UsageError
 from store.names import show
 
 from .layout import SYSTEM_KEYRING
+from .metacopy import Layout
 from .objcheck import Policy
 
 CONFIG_PATH = "/etc/sealtree/boot.conf"
@@ -52,6 +53,9 @@ class BootConfig:
     # name: it is ``sealtree.deployment=`` on kernel command lines already written.
     deployment: str | None = None
     scratch: str = "/run/sealtree"  # staging mounts; gets the ``booted`` file
+    # hardlinks (the farm), metacopy (stubs, verity=require), auto (metacopy where the
+    # kernel and the sysroot have overlay verity and fs-verity); initramfs only.
+    layout: Layout = Layout.AUTO
 
     @property
     def repo_path(self) -> str:
@@ -89,6 +93,14 @@ def _policy(value: str, key: str) -> Policy:
                               f"got '{show(value)}'", path=key) from None
 
 
+def _layout(value: str, key: str) -> Layout:
+    try:
+        return Layout(value.lower())
+    except ValueError:
+        raise BootConfigError(f"expected one of {', '.join(x.value for x in Layout)}, "
+                              f"got '{show(value)}'", path=key) from None
+
+
 def _seconds(value: str, key: str) -> float:
     try:
         seconds = float(value)
@@ -113,6 +125,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "root": _optional_path, "rootfstype": _text, "rootwait": _seconds, "sysroot": _path,
     "repo": _path, "keys": _path, "target": _path, "verify": _policy, "cmdline_verify": _bool,
     "freshness": _optional_path, "count": _bool, "deployment": _optional_text, "scratch": _path,
+    "layout": _layout,
 }
 # What a kernel command line may set (``sealtree.<key>=``).  Not the keyring, the
 # freshness floor, boot counting or the paths the initramfs scripts rely on.

@@ -17,6 +17,12 @@ In order, and nothing is published before the checks pass:
    the state file records the deployment (and makes it the default, with
    boot counting when asked).
 
+In the metacopy layout (``overlay.metacopy``; ``layout`` ``auto`` picks it where
+the kernel and the objects' filesystem can enforce it) there is no farm: step 2
+checks one object per distinct content (its size and digest: the stubs carry
+the metadata), and a mount unpacks every large file as a stub redirected into
+``objects/``.  The state records which layout the deployment has.
+
 Steps 1 (the pack's data section), 2 and the farm run at once, in separate
 processes.  With a mount target the pack's data is unpacked into a staging
 tmpfs (a private directory under ``<repo>/tmp``, never the target) as it is
@@ -49,12 +55,14 @@ from store.repo import Repository
 from . import farm, mounted_farms
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import DeployLayout, deploy_layout, staging_dir
-from .mount_deployment import MountResult
+from .metacopy import Layout, StubPlan, choose_layout, plan_stubs
+from .mount_deployment import MountResult, verity_option
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_checks
 from .staging import Staging, check_target
 from .state import Deployment, State, StateFile, check_tries, state_file
 
-__all__ = ["DeployResult", "deploy", "deploy_root", "deployment_roots", "state_file", "undeploy"]
+__all__ = ["DeployResult", "Layout", "deploy", "deploy_root", "deployment_present",
+           "deployment_roots", "state_file", "undeploy"]
 
 
 def deploy_root(repo: Repository) -> str:
@@ -62,10 +70,18 @@ def deploy_root(repo: Repository) -> str:
     return deploy_layout(repo).root
 
 
+def deployment_present(repo: Repository, dep: Deployment) -> bool:
+    """Whether what the deployment needs on disk is there: its farm (hardlinks layout), the
+    objects directory (metacopy layout)."""
+    if dep.layout == Layout.METACOPY.value:
+        return os.path.isdir(repo.objects.root)
+    return os.path.isdir(deploy_layout(repo).farm(dep.id))
+
+
 @dataclass
 class DeployResult:
-    deployment: Deployment  # its ``id`` is the dep_id
-    path: str
+    deployment: Deployment  # its ``id`` is the dep_id; ``layout`` the layout chosen
+    path: str  # the farm (hardlinks layout), the objects directory (metacopy layout)
     check: CheckReport
     timings: dict[str, float]
     mount: MountResult | None = None  # when deployed with a mount target
@@ -74,7 +90,7 @@ class DeployResult:
 def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy = Policy.AUTO,
            make_default: bool = True, tries: int | None = None, allow_downgrade: bool = False,
            workers: int | None = None, verity: Verity = KERNEL, target: str | None = None,
-           live: bool = False, api: str = "auto") -> DeployResult:
+           live: bool = False, api: str = "auto", layout: Layout = Layout.AUTO) -> DeployResult:
     """Verify and deploy ``rev`` (see the module docstring); with ``target``, mount it there too.
 
     Mounting here is ``mount_deployment`` without its second verification: the
@@ -82,9 +98,13 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     The overlay is mounted at ``target`` only once every check has passed; on
     any failure no mount is left, no farm and no record.  ``keys_dir`` None: the
     system keyring (``layout.SYSTEM_KEYRING``).  ``tries`` None: boots are not
-    counted (the CLI's default is ``state.DEFAULT_TRIES``).  Raises SignatureError
-    (NoKeyring), DowngradeError, PackError, VerificationError (FarmMismatch,
-    ObjectMismatch), DeployError, MountError.
+    counted (the CLI's default is ``state.DEFAULT_TRIES``).  ``layout``: see the module
+    docstring; the metacopy layout under policy ``kernel`` needs fs-verity on every
+    object (enabled here where it is off), and is mounted with ``verity=require`` when
+    every object's digest was measured by the kernel, else with ``verity=off`` (the
+    result's ``mount.enforced`` says which).  Raises SignatureError (NoKeyring),
+    DowngradeError, PackError, VerificationError (FarmMismatch, ObjectMismatch),
+    DeployError (MetacopyUnsupported), MountError.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -110,28 +130,44 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                 candidate = freshness.Accepted.of(reader.commit_id, reader.commit)
                 freshness.check(fresh, reader.ref, candidate, allow_downgrade=allow_downgrade)
                 items = large_files(repo.objects, reader.manifest)
+                chosen = choose_layout(layout, items)
                 timings["pack"] = time.perf_counter() - started
                 in_use = mounted_farms.deployment_mounts(root)
                 farm.clean_leftovers(root, keep={d.id for d in state.deployments} | set(in_use))
                 dep_id = state.allocate_id(to_hex(commit_id))
                 while os.path.lexists(DeployLayout(root).farm(dep_id)):  # unrecorded, but mounted
                     dep_id = state.allocate_id(to_hex(commit_id))
-                report, unpacked, path = _verify_and_build(
-                    reader, items, root, dep_id, stage, timings,
-                    policy=policy, workers=workers, verity=verity)
-                published.append(path)
+                if chosen is Layout.METACOPY:
+                    plan = plan_stubs(repo.objects, items)
+                    report, unpacked = _verify_for_metacopy(
+                        reader, items, plan, dep_id, stage, timings,
+                        policy=policy, workers=workers, verity=verity)
+                    path = repo.objects.root
+                else:
+                    report, unpacked, path = _verify_and_build(
+                        reader, items, root, dep_id, stage, timings,
+                        policy=policy, workers=workers, verity=verity)
+                    published.append(path)
                 deployment = Deployment(
                     id=dep_id, commit=to_hex(commit_id), ref=reader.ref,
                     version=reader.commit.version, created=int(time.time()),
                     pack=os.path.relpath(pack_path, repo.path),
-                    pack_sha256=verification.sha256.hex(), keys=os.path.abspath(keyring.path))
+                    pack_sha256=verification.sha256.hex(), keys=os.path.abspath(keyring.path),
+                    layout=chosen.value)
                 if stage is not None and target is not None and unpacked is not None:
                     # Every check has passed: only now is anything mounted at the target.
                     mark = time.perf_counter()
-                    used = stage.mount(target, path, live=live, api=api)
+                    if chosen is Layout.METACOPY:
+                        option = verity_option(report)
+                        used = stage.mount(target, None, data=path, verity=option, live=live,
+                                           api=api)
+                    else:
+                        option = None
+                        used = stage.mount(target, path, live=live, api=api)
                     timings["mount"] = time.perf_counter() - mark
                     deployment.mounted_at = [os.path.realpath(target)]
-                    mounted = MountResult(os.path.abspath(target), report, unpacked, used)
+                    mounted = MountResult(os.path.abspath(target), report, unpacked, used,
+                                          layout=chosen.value, verity=option)
                 with freshness.locked(fresh):
                     freshness.record(fresh, deployment.ref, candidate)
                 # Last: the state (written when this block ends) records the deployment.
@@ -192,6 +228,32 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
                 remove_tree(work)
             raise
     return report, unpacked, path
+
+
+def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubPlan, dep_id: str,
+                         stage: Staging | None, timings: dict[str, float], *, policy: Policy,
+                         workers: int | None, verity: Verity
+                         ) -> tuple[CheckReport, UnpackReport | None]:
+    """The metacopy layout's ``_verify_and_build``: check one object per content (size and
+    digest; fs-verity enabled where it can be) while the pack's data is read (and unpacked
+    with the stubs into the staging tmpfs, named after the deployment); no farm."""
+    mark = time.perf_counter()
+    with start_checks(plan.objects, policy, enable=True, workers=workers, verity=verity,
+                      inode_meta=False) as pending:
+        timings["objects"] = time.perf_counter() - mark
+        if pending.failed():
+            pending.wait()  # raises: a bad object is found before anything is unpacked
+        unpacked = None
+        mark = time.perf_counter()
+        if stage is not None:
+            unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
+        else:
+            reader.check_data()
+        timings["unpack" if stage is not None else "pack_data"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        report = pending.wait()
+        timings["digests"] = time.perf_counter() - mark
+    return report, unpacked
 
 
 def _forget_farm(states: StateFile, root: str, path: str) -> None:

@@ -5,7 +5,11 @@ signature-checked pack and the farm, it checks the farm and every object,
 then (only then) mounts a tmpfs sized from the manifest, unpacks the pack
 into it, and mounts overlayfs at the target with ``lowerdir=<tmpfs>:<farm>``
 and no upper layer, so the target is read-only (``live`` adds a tmpfs upper
-layer: writes live in memory and vanish on unmount).
+layer: writes live in memory and vanish on unmount).  In the metacopy layout
+(``overlay.metacopy``) there is no farm: one object per content is checked
+(size and digest), the large files are unpacked as stubs, and the overlay is
+``lowerdir=<tmpfs>::<objects>`` with ``verity=require`` where every digest was
+measured by the kernel (``verity_option``).
 
 Once the overlay is up, the tmpfs mounts are detached from the tree
 (MNT_DETACH): overlayfs holds its layers itself, so the target is the only
@@ -31,11 +35,13 @@ from pack.unpack import UnpackReport
 from store.errors import MountError
 from store.ids import RawId
 from store.names import show
+from store.objects import ObjectStore
 from store.repo import Repository
 
 from . import farm, mounted_farms, mounts
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout, staging_dir
+from .metacopy import Layout, choose_layout, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
 from .staging import Staging, check_target, mount_error
 from .state import Deployment, state_file
@@ -48,19 +54,44 @@ class MountResult:
     populate: UnpackReport
     api: str  # which mount API mounted the overlay
     timings: dict[str, float] = field(default_factory=dict)
+    layout: str = Layout.HARDLINKS.value
+    verity: str | None = None  # metacopy layout: the overlay's verity= ("require" or "off")
+
+    @property
+    def enforced(self) -> bool:
+        """Whether the kernel checks each large file's digest at every open (metacopy layout
+        with ``verity=require``); otherwise the objects were checked once, before mounting."""
+        return self.verity == "require"
 
 
-def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str, target: str,
+def verity_option(report: CheckReport) -> str:
+    """The metacopy overlay's ``verity=``: ``require`` when the kernel measured every object's
+    digest (it will then check them at every open); ``off`` when some were digested in
+    userspace, where the kernel cannot (a stub's digest would then fail every open)."""
+    return "require" if report.userspace == 0 else "off"
+
+
+def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str | None, target: str,
                    scratch: str, *, policy: Policy = Policy.AUTO, live: bool = False,
                    workers: int | None = None, api: str = "auto", verity: Verity = KERNEL,
-                   repo_path: str | None = None) -> MountResult:
+                   repo_path: str | None = None, layout: Layout = Layout.HARDLINKS,
+                   objects: ObjectStore | None = None, dep_id: str = "lower") -> MountResult:
     """Check ``farm_dir`` and ``items`` (with their ``link``s into it), then mount at ``target``.
 
     ``scratch`` is a directory on any filesystem where the tmpfs mounts are
     staged (``staging``).  ``target`` must not be inside ``repo_path``.  Raises
     VerificationError (FarmMismatch, ObjectMismatch) before anything is mounted if a
-    check fails.
+    check fails.  Metacopy ``layout``: no farm (``farm_dir`` unused); one object of
+    ``objects`` per content is checked, the tmpfs is named ``dep_id``.
     """
+    if layout is Layout.METACOPY:
+        if objects is None:
+            raise ValueError("the metacopy layout needs the object store")
+        return _mount_metacopy(reader, items, objects, target, scratch, policy=policy, live=live,
+                               workers=workers, api=api, verity=verity, repo_path=repo_path,
+                               dep_id=dep_id)
+    if farm_dir is None:
+        raise ValueError("the hardlinks layout needs the farm")
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     farm.check_farm(farm_dir, items)
@@ -78,14 +109,42 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str, ta
     return MountResult(os.path.abspath(target), report, unpacked, used, timings)
 
 
+def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectStore, target: str,
+                    scratch: str, *, policy: Policy, live: bool, workers: int | None, api: str,
+                    verity: Verity, repo_path: str | None, dep_id: str) -> MountResult:
+    """``mount_verified`` in the metacopy layout: objects checked by size and digest only
+    (under policy ``kernel``: measured, so fs-verity must be on each), never enabled here."""
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+    plan = plan_stubs(objects, items)
+    report = check_objects(plan.objects, policy, enable=False, workers=workers, verity=verity,
+                           inode_meta=False)
+    timings["objects"] = time.perf_counter() - mark
+    check_target(target, repo_path)
+    option = verity_option(report)
+    with Staging(scratch) as stage:
+        mark = time.perf_counter()
+        unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
+        timings["unpack"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        used = stage.mount(target, None, data=objects.root, verity=option, live=live, api=api)
+        stage.keep()
+        timings["mount"] = time.perf_counter() - mark
+    return MountResult(os.path.abspath(target), report, unpacked, used, timings,
+                       layout=Layout.METACOPY.value, verity=option)
+
+
 def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: str | None = None,
                      policy: Policy = Policy.AUTO, live: bool = False, workers: int | None = None,
-                     api: str = "auto", verity: Verity = KERNEL) -> tuple[Deployment, MountResult]:
+                     api: str = "auto", verity: Verity = KERNEL,
+                     layout: Layout | None = None) -> tuple[Deployment, MountResult]:
     """Re-verify deployment ``dep_id`` (pack signature, farm, objects) and mount it at ``target``.
 
     The pack's signatures are checked against the keyring in ``keys_dir``, else the
     system keyring (``layout.SYSTEM_KEYRING``; NoKeyring when it does not exist), never
-    against the keyring the state file records.
+    against the keyring the state file records.  ``layout`` None: the deployment's own
+    (a hardlinks deployment can also be mounted in the metacopy layout: it needs
+    nothing on disk but the objects; ``auto`` as in ``deploy``).
     """
     keyring = trusted_keyring(keys_dir)
     states = state_file(repo)
@@ -95,10 +154,14 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
     started = time.perf_counter()
     with open_deployment_pack(kept_pack_path(repo, commit_id), keyring, commit_id) as (reader, _v):
         pack_time = time.perf_counter() - started
-        items = large_files(repo.objects, reader.manifest, farm_dir)
+        chosen = Layout(dep.layout) if layout is None else layout
+        chosen = choose_layout(chosen, large_files(repo.objects, reader.manifest))
+        metacopy = chosen is Layout.METACOPY
+        items = large_files(repo.objects, reader.manifest, None if metacopy else farm_dir)
         result = mount_verified(reader, items, farm_dir, target, staging_dir(repo),
                                 policy=policy, live=live, workers=workers, api=api, verity=verity,
-                                repo_path=repo.path)
+                                repo_path=repo.path, layout=chosen, objects=repo.objects,
+                                dep_id=dep.id)
     result.timings["pack"] = pack_time
     real = os.path.realpath(target)
     try:

@@ -1,8 +1,10 @@
 """Which deployments are mounted right now, read from /proc/self/mountinfo.
 
-A deployment's overlay has the deployment's farm, ``<repo>/deploy/<id>``, as its
-lowest layer (``mount_deployment``).  That layer, not a record in the state
-file, tells which deployment a mount shows: it stays right after a crash
+A deployment's overlay in the hardlinks layout has the deployment's farm,
+``<repo>/deploy/<id>``, as its lowest layer (``mount_deployment``); in the
+metacopy layout its data-only layer is ``<repo>/objects`` and its one lower
+layer, the staging tmpfs, is named ``<id>`` (``staging``).  Those layers, not a
+record in the state file, tell which deployment a mount shows: it stays right after a crash
 between mounting and recording, after an unmount behind sealtree's back, and
 for a mount point moved or renamed since.  Undeploying, unmounting and
 ``status`` go by it.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from store import layout as store_layout
+
 from . import mounts
 from .state import ID_RE
 
@@ -20,7 +24,7 @@ from .state import ID_RE
 @dataclass(frozen=True)
 class DeploymentMount:
     mount_point: str
-    farm_parent: str  # the farm's directory, ``<repo>/deploy``, as it was given when mounting
+    farm_parent: str  # ``<repo>/deploy``, as the layers given when mounting name it
     dep_id: str
 
 
@@ -28,8 +32,15 @@ def deployment_mount(info: mounts.MountInfo) -> DeploymentMount | None:
     """The deployment an overlay mount shows, or None if it is not a deployment's overlay."""
     if info.fstype != "overlay":
         return None
-    layers = mounts.overlay_lower_layers(info)
-    if len(layers) < 2:  # a deployment's overlay is the unpacked pack over the farm
+    layers, data = mounts.overlay_layers(info)
+    if data:  # metacopy: <scratch>/mount-*/<id> over the data-only layer <repo>/objects
+        repo, objects = os.path.split(os.fsdecode(data[-1]))
+        name = os.path.basename(os.fsdecode(layers[0])) if len(layers) == 1 else ""
+        if objects != store_layout.OBJECTS or not ID_RE.fullmatch(name):
+            return None
+        return DeploymentMount(os.fsdecode(info.mount_point),
+                               os.path.join(repo, store_layout.DEPLOY), name)
+    if len(layers) < 2:  # a hardlinks deployment's overlay is the unpacked pack over the farm
         return None
     parent, name = os.path.split(os.fsdecode(layers[-1]))
     if not ID_RE.fullmatch(name):

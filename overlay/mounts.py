@@ -145,19 +145,60 @@ _HARDENING = (
 )
 
 
+# The metacopy layout (``overlay.metacopy``) needs overlayfs to follow exactly the
+# xattrs it forbids above, on the stubs of its top layer, which sealtree writes in a
+# fresh tmpfs from the signed manifest (a tree carrying overlay xattrs of its own is
+# refused before unpacking), never on a layer from the disk: the objects are a
+# data-only layer, whose files' xattrs overlayfs does not interpret and which is
+# reachable only through the stubs' absolute redirects.
+def _metacopy_options(verity: str, writable: bool) -> tuple[tuple[str, str], ...]:
+    return (
+        # A stub's data is in the data-only layer: overlayfs must honour its
+        # trusted.overlay.metacopy xattr, and check the digest it carries (verity).
+        ("metacopy", "on"),
+        # ...and follow its trusted.overlay.redirect there: metacopy=on conflicts with
+        # redirect_dir=nofollow/off.  "follow" (follow, never create) suffices without an
+        # upper layer; with one (--live) the kernel wants "on" (it may then create redirects,
+        # in that upper tmpfs only, when a directory is renamed).
+        ("redirect_dir", "on" if writable else "follow"),
+        # require: a stub without a digest, an object without fs-verity or with another
+        # digest is refused (EIO) at open, as long as the tree is mounted.  off: where the
+        # kernel has no fs-verity (the objects were digested in userspace before mounting).
+        ("verity", verity),
+        # As above: no origin file handles, no export.
+        ("index", "off"),
+        ("nfs_export", "off"),
+    )
+
+
 @dataclass(frozen=True)
 class OverlaySpec:
-    """An overlay: lower layers top first; an upper and work dir make it writable."""
+    """An overlay: lower layers top first; an upper and work dir make it writable.
+
+    ``data``: data-only lower layers below the lower ones (metacopy layout), reachable
+    only through the stubs' absolute redirects; then ``verity`` is the ``verity=`` value.
+    """
 
     lowers: Sequence[str]
     upper: str | None = None
     work: str | None = None
+    data: Sequence[str] = ()
+    verity: str = "require"
+
+    def options(self) -> tuple[tuple[str, str], ...]:
+        """The mount options besides the layers."""
+        if self.data:
+            return _metacopy_options(self.verity, self.upper is not None)
+        return _HARDENING
 
     def legacy_data(self) -> str:
-        parts = ["lowerdir=" + ":".join(escape_layer(p) for p in self.lowers)]
+        lowers = ":".join(escape_layer(p) for p in self.lowers)
+        if self.data:  # "::" separates the data-only layers (Linux 6.5+)
+            lowers += "::" + "::".join(escape_layer(p) for p in self.data)
+        parts = ["lowerdir=" + lowers]
         if self.upper is not None and self.work is not None:
             parts += ["upperdir=" + escape_layer(self.upper), "workdir=" + escape_layer(self.work)]
-        parts += [f"{k}={v}" for k, v in _HARDENING]
+        parts += [f"{k}={v}" for k, v in self.options()]
         return ",".join(parts)
 
 
@@ -181,10 +222,12 @@ def _overlay_new_api(target: StrPath, spec: OverlaySpec) -> None:
     try:
         for layer in spec.lowers:
             _fsconfig(fs_fd, "lowerdir+", layer, target)
+        for layer in spec.data:
+            _fsconfig(fs_fd, "datadir+", layer, target)
         if spec.upper is not None and spec.work is not None:
             _fsconfig(fs_fd, "upperdir", spec.upper, target)
             _fsconfig(fs_fd, "workdir", spec.work, target)
-        for key, value in _HARDENING:
+        for key, value in spec.options():
             _fsconfig(fs_fd, key, value, target)
         _fsconfig_create(fs_fd, target)
         # Without an upper layer, also make the mount itself read-only.
@@ -267,21 +310,36 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
 
 
 def overlay_lower_layers(info: MountInfo) -> list[bytes]:
-    """The lower layers of an overlay mount, top first, as they were given when mounting.
+    """The lower layers of an overlay mount, top first, as they were given when mounting;
+    data-only layers (``datadir+=``, or after ``::``) last.
 
     mountinfo shows ``lowerdir+=PATH`` once per layer for the new mount API and
     ``lowerdir=A:B`` for mount(2), whose layers keep the backslash escapes
     ``escape_layer`` added; both are octal-escaped on top (a comma is ``\\054``),
     so splitting the raw options at commas is exact.
     """
+    return [layer for layers in overlay_layers(info) for layer in layers]
+
+
+def overlay_layers(info: MountInfo) -> tuple[list[bytes], list[bytes]]:
+    """The lower layers (top first) and the data-only layers of an overlay mount."""
     layers: list[bytes] = []
+    data: list[bytes] = []
     for option in info.raw_super_options.split(b","):
         key, _eq, value = option.partition(b"=")
         if key == b"lowerdir+":
             layers.append(_unescape(value))
+        elif key == b"datadir+":
+            data.append(_unescape(value))
         elif key == b"lowerdir":
-            layers.extend(_split_escaped_layers(_unescape(value)))
-    return layers
+            split = _split_escaped_layers(_unescape(value))
+            if b"" in split:  # A:B::D1::D2: the data-only layers follow the first empty one
+                cut = split.index(b"")
+                layers.extend(split[:cut])
+                data.extend(x for x in split[cut:] if x)
+            else:
+                layers.extend(split)
+    return layers, data
 
 
 def _split_escaped_layers(value: bytes) -> list[bytes]:

@@ -96,8 +96,9 @@ class Verity:
 KERNEL = Verity()
 
 
-def _open_object(item: LargeFile) -> tuple[int, os.stat_result]:
-    """Open the object read-only (no symlink, no FIFO hang) and check its identity and metadata."""
+def _open_object(item: LargeFile, inode_meta: bool = True) -> tuple[int, os.stat_result]:
+    """Open the object read-only (no symlink, no FIFO hang) and check its identity and metadata
+    (``inode_meta`` False: its size only, for a metacopy stub carries the rest)."""
     if item.link is not None:
         try:
             link_st = os.lstat(item.link)
@@ -120,7 +121,10 @@ def _open_object(item: LargeFile) -> tuple[int, os.stat_result]:
         if item.link is not None and (link_st.st_dev, link_st.st_ino) != (st.st_dev, st.st_ino):
             raise _Problem("the farm's entry is not a hardlink to its object "
                            "(swapped or copied)", farm=True)
-        _check_inode_against_manifest(fd, st, item)
+        if inode_meta:
+            _check_inode_against_manifest(fd, st, item)
+        elif st.st_size != item.size:
+            raise _Problem(f"size is {st.st_size}, the manifest says {item.size}")
     except BaseException:
         os.close(fd)
         raise
@@ -182,17 +186,22 @@ def _kernel_digest(fd: int, st: os.stat_result, item: LargeFile, verity: Verity,
 
 
 def check_objects(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, enable: bool = False,
-                  workers: int | None = None, verity: Verity = KERNEL) -> CheckReport:
+                  workers: int | None = None, verity: Verity = KERNEL,
+                  inode_meta: bool = True) -> CheckReport:
     """Check every item; raise VerificationError for the first bad one (in ``items`` order).
 
     ``enable``: turn fs-verity on where the filesystem can and it is off (deploy).
+    ``inode_meta`` False (metacopy layout, where the stub carries mode, owner and
+    xattrs): an object's size and content are checked, not its other metadata.
     """
-    with start_checks(items, policy, enable=enable, workers=workers, verity=verity) as pending:
+    with start_checks(items, policy, enable=enable, workers=workers, verity=verity,
+                      inode_meta=inode_meta) as pending:
         return pending.wait()
 
 
 def start_checks(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, enable: bool = False,
-                 workers: int | None = None, verity: Verity = KERNEL) -> PendingCheck:
+                 workers: int | None = None, verity: Verity = KERNEL,
+                 inode_meta: bool = True) -> PendingCheck:
     """``check_objects`` in two halves, so the caller can work while the objects are checked.
 
     With enough to hash, every check (metadata, kernel measurement, userspace
@@ -201,7 +210,7 @@ def start_checks(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, en
     the workers.
     """
     pending = PendingCheck(items)
-    pending.start(_Job(policy, enable, verity), workers)
+    pending.start(_Job(policy, enable, verity, inode_meta), workers)
     return pending
 
 
@@ -212,6 +221,7 @@ class _Job:
     policy: Policy
     enable: bool
     verity: Verity
+    inode_meta: bool = True
 
 
 @dataclass
@@ -312,7 +322,7 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
     for position, index in enumerate(ordered):
         item = items[index]
         try:
-            fd, st = _open_object(item)
+            fd, st = _open_object(item, job.inode_meta)
             try:
                 result.identities[index] = (st.st_dev, st.st_ino)
                 if _measured_by_kernel(fd, st, item, job, result.report, unsupported):

@@ -2,16 +2,18 @@
 
 A mount is staged in a private directory ``<scratch>/mount-XXXXXXXX/`` (the
 repository's ``tmp/``, or the boot verifier's ``/run/sealtree``): the tmpfs
-that receives the unpacked pack is mounted at ``lower/`` in it (``--live``:
-a second one at ``upper/``), the overlay is mounted at the target, then the
-staging mounts are detached (overlayfs holds its layers itself) and the
-directory removed.  While that runs, the process holds an flock on the
-directory's ``lock`` file.  A process killed part way leaves its staging
-directory, possibly with tmpfs mounts still attached, and its lock free: the
-next ``Staging`` (a deploy with a mount target, a mount, a boot) detaches and
-removes such stale directories.  ``<scratch>/mounts.lock`` makes creating a
-staging directory and cleaning up stale ones exclude each other, so a
-directory is never taken for stale between its creation and its lock.
+that receives the unpacked pack is mounted at ``lower/`` in it (metacopy
+layout: at ``<dep_id>/``, the name that tells which deployment the overlay
+shows, ``mounted_farms``; ``--live``: a second one at ``upper/``), the overlay
+is mounted at the target, then the staging mounts are detached (overlayfs
+holds its layers itself) and the directory removed. While that runs, the
+process holds an flock on the directory's ``lock`` file. A process killed part
+way leaves its staging directory, possibly with tmpfs mounts still attached,
+and its lock free: the next ``Staging`` (a deploy with a mount target, a
+mount, a boot) detaches and removes such stale directories.
+``<scratch>/mounts.lock`` makes creating a staging directory and cleaning up
+stale ones exclude each other, so a directory is never taken for stale between
+its creation and its lock.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from store.lock import flock, try_flock
 from store.remove import remove_tree
 
 from . import mounts
+from .metacopy import StubPlan
+from .objcheck import LargeFile
 from .unpack_tmpfs import TmpfsSize, tmpfs_size, unpack_into_tmpfs
 
 STAGING_PREFIX = "mount-"
@@ -129,27 +133,40 @@ class Staging:
         self._detach.append(path)
         return path
 
-    def unpack(self, reader: PackReader) -> UnpackReport:
-        """Mount the lower tmpfs, sized from the manifest, and unpack the pack into it.
+    def unpack(self, reader: PackReader, *, stubs: StubPlan | None = None,
+               large: list[LargeFile] | None = None, name: str = "lower") -> UnpackReport:
+        """Mount the lower tmpfs (at ``name``), sized from the manifest, and unpack the pack
+        into it; with ``stubs`` (metacopy layout), each of the ``large`` files as its stub.
 
         This reads the pack's data section: it raises PackError unless the whole
         pack checks out (every inline file, and the file's SHA-256 when bound).
         """
-        self.lower = self._tmpfs("lower", "tmpfs",
-                                 tmpfs_size(reader.manifest, reader.commit.root_meta))
-        return unpack_into_tmpfs(reader, self.lower)
+        if stubs is None:
+            size = tmpfs_size(reader.manifest, reader.commit.root_meta)
+        else:
+            size = tmpfs_size(reader.manifest, reader.commit.root_meta, stubs=True,
+                              stub_xattr_bytes=stubs.xattr_bytes(large or []))
+        self.lower = self._tmpfs(name, "tmpfs", size)
+        if stubs is None:
+            return unpack_into_tmpfs(reader, self.lower)
+        return unpack_into_tmpfs(reader, self.lower, stubs)
 
-    def mount(self, target: str, farm_dir: str, *, live: bool = False, api: str = "auto") -> str:
-        """Mount the overlay of the unpacked tmpfs over ``farm_dir`` at ``target``; return the API."""
+    def mount(self, target: str, farm_dir: str | None, *, data: str | None = None,
+              verity: str = "require", live: bool = False, api: str = "auto") -> str:
+        """Mount the overlay of the unpacked tmpfs at ``target``: over ``farm_dir`` (hardlinks
+        layout), or with ``data`` as the data-only layer (metacopy layout, ``verity=``);
+        return the API used."""
         assert self.lower is not None, "unpack() first"
         check_target(target)  # again: it may have changed since the checks before the work
-        spec = mounts.OverlaySpec([self.lower, farm_dir])
+        lowers = [self.lower] + ([farm_dir] if farm_dir is not None else [])
+        datas = [data] if data is not None else []
+        spec = mounts.OverlaySpec(lowers, data=datas, verity=verity)
         if live:
             upper_fs = self._tmpfs("upper", "upper tmpfs")
             os.mkdir(os.path.join(upper_fs, "upper"), 0o755)
             os.mkdir(os.path.join(upper_fs, "work"), 0o700)
-            spec = mounts.OverlaySpec([self.lower, farm_dir], os.path.join(upper_fs, "upper"),
-                                      os.path.join(upper_fs, "work"))
+            spec = mounts.OverlaySpec(lowers, os.path.join(upper_fs, "upper"),
+                                      os.path.join(upper_fs, "work"), data=datas, verity=verity)
         merged = mounts.overlay(target, spec, api)
         try:
             self._stack.enter_context(merged)

@@ -35,8 +35,9 @@ from store.repo import Repository
 from .layout import DeployLayout, deploy_layout
 
 FORMAT = "sealtree-deployments"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2  # 2 added each deployment's "layout"; a version 1 file's are all "hardlinks"
+SUPPORTED_VERSIONS = (1, 2)
+LAYOUTS = ("hardlinks", "metacopy")  # overlay.metacopy.Layout, less "auto" (always resolved)
 MAX_STATE = 4 << 20  # bytes: a few thousand deployments at most
 MAX_TRIES = 1000
 DEFAULT_TRIES = 3  # boot tries a new default gets unless the caller says otherwise
@@ -46,8 +47,9 @@ MAX_SERIAL = 10**18 - 1
 
 ID_RE = re.compile(r"([0-9a-f]{64})\.([1-9][0-9]{0,17})")
 _KEYS = {"format", "version", "next_serial", "default", "previous", "booted", "deployments"}
-_DEPLOYMENT_KEYS = {"id", "commit", "ref", "version", "created", "pack", "pack_sha256", "keys",
-                    "tries_left", "mounted_at"}
+_DEPLOYMENT_KEYS_V1 = {"id", "commit", "ref", "version", "created", "pack", "pack_sha256", "keys",
+                       "tries_left", "mounted_at"}
+_DEPLOYMENT_KEYS = _DEPLOYMENT_KEYS_V1 | {"layout"}
 
 
 class NoSuchDeployment(DeployError):
@@ -76,6 +78,9 @@ class Deployment:
     keys: str
     tries_left: int | None = None  # None: not counting boots (known good)
     mounted_at: list[str] = field(default_factory=list)
+    # "hardlinks" (a farm under deploy/<id>/) or "metacopy" (no farm: stubs redirected
+    # into objects/ at each mount); what ``auto`` resolved to at deploy time.
+    layout: str = "hardlinks"
 
 
 @dataclass
@@ -326,12 +331,16 @@ def decode(data: bytes, where: str = "deployment state") -> State:
     state = State(next_serial=next_serial)
     seen: set[str] = set()
     item: object
+    want = _DEPLOYMENT_KEYS if doc["version"] >= 2 else _DEPLOYMENT_KEYS_V1
     for i, item in enumerate(cast(list[object], deployments)):
         at = f"deployments[{i}]"
-        if not isinstance(item, dict) or set(item) != _DEPLOYMENT_KEYS:
-            raise _fail(where, f"must be an object with keys {sorted(_DEPLOYMENT_KEYS)}", at)
+        if not isinstance(item, dict) or set(item) != want:
+            raise _fail(where, f"must be an object with keys {sorted(want)}", at)
         for key in ("id", "commit", "ref", "version", "pack", "pack_sha256", "keys"):
             _typed(item, key, (str,), where, at)
+        if "layout" in item and item["layout"] not in LAYOUTS:
+            raise _fail(where, f"layout must be one of {', '.join(LAYOUTS)}, got "
+                               f"{_short(item['layout'])}", at)
         _typed(item, "created", (int,), where, at)
         tries = _typed(item, "tries_left", (int, type(None)), where, at)
         mounted = _typed(item, "mounted_at", (list,), where, at)

@@ -9,6 +9,11 @@ metadata) does the work, with two differences that the merged view needs:
 - ``_TmpfsWriter`` leaves out the metadata calls that would change nothing on
   a fresh tmpfs inode (most of a deploy's system calls otherwise).
 
+In the metacopy layout (``overlay.metacopy``) each large file is written too,
+as its stub: a sparse file of the object's size with the file's metadata and
+the overlay xattrs; large files with equal content and metadata share one
+stub inode, as they share one object in the hardlinks layout.
+
 ``tmpfs_size`` works out how large the tmpfs must be from the manifest, so
 the mount is bounded (a hostile manifest cannot fill memory) yet never short
 (the bound is in docs/FORMAT.md, section 9, "The mounted view").
@@ -25,7 +30,10 @@ from pack.reader import PackReader
 from pack.unpack import TreeWriter, UnpackReport, unpack_inline
 from store import xattrs
 from store.errors import DeployError
+from store.ids import RawId
 from store.model import Kind, Meta
+
+from .metacopy import METACOPY_XATTR, REDIRECT_XATTR, Stub, StubPlan
 
 PAGE = 4096
 # tmpfs (Linux 6.6+) gives each mount nr_inodes * BOGO_INODE bytes of "inode space": every
@@ -45,13 +53,17 @@ class TmpfsSize:
     inodes: int
 
 
-def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None) -> TmpfsSize:
+def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None, *, stubs: bool = False,
+               stub_xattr_bytes: int = 0) -> TmpfsSize:
     """What the tmpfs holding the manifest's tree needs, with a margin.
 
     Bytes: a page per started page of every distinct inline inode (identical
     inline files share one) and of every long symlink.  Inodes: one for the
     root and one per directory, symlink and inline file, hardlinks included
     (tmpfs charges an inode for every link), plus every xattr's inode space.
+    With ``stubs`` (metacopy layout) every large file counts as a link too (a
+    sparse stub: no pages) with its xattrs, plus ``stub_xattr_bytes`` (the
+    overlay xattrs' names and values) and XATTR_OVERHEAD for each of them.
     Each is then 1/8 more, and 4 MiB / 1024 inodes more, so a correct tree
     never meets ENOSPC, while a hostile manifest gets no more than that.
     """
@@ -62,9 +74,16 @@ def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None) -> TmpfsSize:
     for row in manifest.entries:
         entry = row.entry
         if entry.kind is Kind.FILE and not row.inline:
-            continue  # a large file: in the farm, not in the tmpfs
+            if not stubs:
+                continue  # a large file: in the farm, not in the tmpfs
+            links += 1  # its stub: an inode (or a link) but no pages
+            if entry.meta.xattrs:
+                xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
+            xattr_space += 2 * XATTR_OVERHEAD
+            continue
         links += 1
-        xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
+        if entry.meta.xattrs:  # most have none: no generator for them (thousands of entries)
+            xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in entry.meta.xattrs)
         if entry.kind is Kind.FILE:
             key = (entry.digest, entry.meta)
             if key not in seen:  # the first link of an inode: its pages
@@ -74,6 +93,7 @@ def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None) -> TmpfsSize:
             pages += 1
     root_xattrs = root_meta.xattrs if root_meta is not None else ()
     xattr_space += sum(len(n) + len(v) + XATTR_OVERHEAD for n, v in root_xattrs)
+    xattr_space += stub_xattr_bytes
     data = pages * PAGE
     inodes = links + -(-xattr_space // BOGO_INODE)
     return TmpfsSize(data + data // 8 + (4 << 20), inodes + inodes // 8 + 1024)
@@ -146,18 +166,66 @@ class _TmpfsWriter(TreeWriter):
             os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
 
 
-def unpack_into_tmpfs(reader: PackReader, root: str) -> UnpackReport:
+    def write_stub(self, path: bytes, stub: Stub, meta: Meta) -> None:
+        """A metacopy stub: a sparse file of the object's size, with ``meta`` and the stub's
+        overlay xattrs (after the tree's own: a tree never carries overlay xattrs)."""
+        parent, name = self._place(path)
+        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+        try:
+            os.ftruncate(fd, stub.size)
+            self._apply(fd, meta, 0o600 & ~self._umask)
+            xattrs.write(fd, ((REDIRECT_XATTR, stub.redirect), (METACOPY_XATTR, stub.metacopy)))
+        finally:
+            os.close(fd)
+
+
+def unpack_into_tmpfs(reader: PackReader, root: str, stubs: StubPlan | None = None) -> UnpackReport:
     """Write every directory, symlink and inline file of ``reader`` under the empty ``root``.
 
     ``root`` gets the commit's root metadata; identical inline files share an
-    inode.  Large files are left out (the farm has them).  Raises PackError if
-    the pack turns out bad part way (``root`` then holds a partial tree the
-    caller discards with its tmpfs).
+    inode.  Large files are left out (the farm has them), or with ``stubs``
+    written as their metacopy stubs.  Raises PackError if the pack turns out
+    bad part way (``root`` then holds a partial tree the caller discards with
+    its tmpfs).
     """
     try:
-        return unpack_inline(reader, root, writer=_TmpfsWriter, share_identical=True)
+        if stubs is None:
+            return unpack_inline(reader, root, writer=_TmpfsWriter, share_identical=True)
+        return _unpack_with_stubs(reader, root, stubs)
     except OSError as err:
         if err.errno == errno.ENOSPC:  # the manifest-sized tmpfs was too small (a bug of ours)
             raise DeployError(f"the tmpfs sized from the manifest is full: {err.strerror}",
                               path=err.filename or root) from err
         raise
+
+
+def _unpack_with_stubs(reader: PackReader, root: str, plan: StubPlan) -> UnpackReport:
+    """``unpack_inline`` with identical files shared, and each large file as its stub
+    (identical content and metadata: one stub inode).  Counts stubs as files."""
+    report = UnpackReport()
+    first: dict[tuple[RawId, Meta, bool], bytes] = {}
+    base = os.fsencode(root) + b"/"
+    tree = _TmpfsWriter(root, reader.commit.root_meta)
+    with tree:
+        for row, data in reader.entries():
+            entry = row.entry
+            if entry.kind is Kind.DIR:
+                tree.mkdir(row.path, entry.meta)
+                report.dirs += 1
+                continue
+            if entry.kind is Kind.SYMLINK:
+                tree.symlink(row.path, entry.target, entry.meta)
+                report.symlinks += 1
+                continue
+            same = first.setdefault((entry.digest, entry.meta, data is None), row.path)
+            if same != row.path:
+                tree.link(row.path, os.fsdecode(base + same))
+                report.links += 1
+            elif data is None:
+                tree.write_stub(row.path, plan.stubs[entry.digest], entry.meta)
+                report.large.append(row)
+            else:
+                tree.write_file(row.path, data, entry.meta)
+                report.files += 1
+                report.bytes += len(data)
+    return report

@@ -300,6 +300,8 @@ def test_good_boot_runs_the_deployed_tree(chain: Chain) -> None:
     lines = scenario.boot_lines(first.console)
     assert any("measured by the kernel" in line and "0 digested in userspace" in line for line in lines)
     assert "provision: 11 file objects: fs-verity enabled on 11" in first.console
+    # layout = auto (the config does not set it): 6.1 has no overlay verity, so hardlinks.
+    assert "layout hardlinks: objects checked once, before mounting" in lines
 
 
 @pytest.mark.vm

@@ -208,7 +208,9 @@ def test_state_file_round_trip_and_lock(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(version=2), "unsupported version"),
+    (lambda d: d.update(version=3), "unsupported version"),
+    (lambda d: d["deployments"][0].update(layout="farm"), "layout must be one of"),
+    (lambda d: d["deployments"][0].pop("layout"), "must be an object with keys"),
     (lambda d: d.update(format="x"), "format must be"),
     (lambda d: d.update(default="cd" * 32 + ".1"), "not a listed deployment"),
     (lambda d: d["deployments"][0].update(id="ab" * 32 + ".99"), "not below next_serial"),

@@ -34,3 +34,14 @@ def host_fsverity() -> str:
     """The host's ``fsverity`` command (apt package ``fsverity``), installed if missing."""
     guest.ensure_tools({"fsverity": "fsverity"})
     return "fsverity"
+
+
+@pytest.fixture(scope="session")
+def vm_kernel_612() -> guest.Kernel:
+    """Debian trixie's 6.12 kernel (overlayfs ``verity=``, data-only layers), cached on disk
+    (fetched through a private apt source list: ``guest.trixie_kernel``)."""
+    reason = guest.qemu_unusable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    guest.base_segment()
+    return guest.trixie_kernel()

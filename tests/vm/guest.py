@@ -1,7 +1,9 @@
 """Boot a real Linux kernel under qemu with a custom initramfs.
 
-The guest is Debian bookworm's ``linux-image-amd64`` (6.1, fs-verity built in),
-a static busybox, Debian's python3.11 with ``cryptography`` and ``zstandard``,
+The guest is Debian bookworm's ``linux-image-amd64`` (6.1, fs-verity built in;
+or, with ``trixie_kernel()``, trixie's 6.12, which has overlayfs ``verity=``,
+fetched through a private apt source list and state kept in the cache, never
+the machine's), a static busybox, Debian's python3.11 with ``cryptography`` and ``zstandard``,
 and whatever trees and ``/init`` script a test supplies.
 
 Everything expensive (downloaded ``.deb`` files, extracted packages, the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -260,19 +263,49 @@ def qemu_unusable_reason() -> str | None:
 # --------------------------------------------------------------------------- packages
 
 
-def _apt_cache(*args: str) -> str:
-    """Run apt-cache; if it knows nothing yet, run ``apt-get update`` once and retry."""
-    out = run(["apt-cache", *args])
+#: Private apt sources (suite name -> sources.list line), used with their own state and
+#: cache directories under the cache root: the machine's apt configuration is never changed.
+PRIVATE_SUITES: dict[str, str] = {
+    "trixie": "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+              "http://deb.debian.org/debian trixie main",
+}
+
+
+def _private_apt_options(suite: str) -> list[str]:
+    """apt options that use only ``suite``'s private source list, state and cache."""
+    if suite not in PRIVATE_SUITES:
+        raise VmError(f"no private apt source for suite {suite!r}")
+    root = cache_dir() / f"apt-{suite}"
+    for sub in ("state/lists/partial", "cache/archives/partial"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    sources = root / "sources.list"
+    if not sources.exists() or sources.read_text() != PRIVATE_SUITES[suite] + "\n":
+        sources.write_text(PRIVATE_SUITES[suite] + "\n")
+    return ["-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/nonexistent",
+            "-o", f"Dir::State={root / 'state'}", "-o", f"Dir::Cache={root / 'cache'}",
+            "-o", "Dir::State::status=/dev/null"]
+
+
+def _has_lists(suite: str) -> bool:
+    return any((cache_dir() / f"apt-{suite}" / "state" / "lists").glob("*_Packages*"))
+
+
+def _apt_cache(*args: str, suite: str | None = None) -> str:
+    """Run apt-cache; if it knows nothing yet, run ``apt-get update`` once and retry.
+
+    ``suite``: through that private source list (``PRIVATE_SUITES``) instead of the machine's."""
+    options = _private_apt_options(suite) if suite is not None else []
+    out = run(["apt-cache", *options, *args]) if suite is None or _has_lists(suite) else ""
     if out.strip() and "Candidate: (none)" not in out:
         return out
-    run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], timeout=900)
-    return run(["apt-cache", *args])
+    run(["apt-get", *options, "-o", "DPkg::Lock::Timeout=300", "update"], timeout=900)
+    return run(["apt-cache", *options, *args])
 
 
 @cache
-def kernel_package() -> str:
-    """The versioned kernel package that ``linux-image-amd64`` depends on."""
-    out = _apt_cache("depends", "linux-image-amd64")
+def kernel_package(suite: str | None = None) -> str:
+    """The versioned kernel package that ``linux-image-amd64`` depends on (in ``suite``)."""
+    out = _apt_cache("depends", "linux-image-amd64", suite=suite)
     found = re.search(r"Depends:\s*(linux-image-[0-9][\w.+-]*)", out)
     if found is None:
         raise VmError(f"cannot find the kernel package in: apt-cache depends linux-image-amd64\n{out}")
@@ -283,18 +316,20 @@ def _cached_debs(name: str) -> list[Path]:
     return sorted((cache_dir() / "debs").glob(f"{name}_*.deb"))
 
 
-def fetch_deb(name: str) -> Path:
-    """Return the cached ``.deb`` of package ``name``, downloading it if absent."""
+def fetch_deb(name: str, suite: str | None = None) -> Path:
+    """Return the cached ``.deb`` of package ``name``, downloading it if absent (through the
+    private source list of ``suite`` when given)."""
     cached = _cached_debs(name)
     if cached:
         return cached[-1]
-    _apt_cache("policy", name)  # makes sure the package lists are there
+    _apt_cache("policy", name, suite=suite)  # makes sure the package lists are there
+    options = _private_apt_options(suite) if suite is not None else []
     debs = cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download.", dir=debs))
     try:
         log.info("downloading %s", name)
-        run(["apt-get", "download", name], cwd=tmp, timeout=1800)
+        run(["apt-get", *options, "download", name], cwd=tmp, timeout=1800)
         files = list(tmp.glob("*.deb"))
         if len(files) != 1:
             raise VmError(f"apt-get download {name} produced {files}")
@@ -304,9 +339,9 @@ def fetch_deb(name: str) -> Path:
     return _cached_debs(name)[-1]
 
 
-def extracted(name: str) -> Path:
+def extracted(name: str, suite: str | None = None) -> Path:
     """Return the directory holding package ``name`` extracted with ``dpkg-deb -x``."""
-    deb = fetch_deb(name)
+    deb = fetch_deb(name, suite)
     final = cache_dir() / "trees" / deb.stem
     if not final.is_dir():
         with _staging(final) as tmp:
@@ -325,35 +360,60 @@ class Kernel:
     vmlinuz: Path
     modules_dir: Path
     release: str
+    builtin: frozenset[str] = frozenset()  # modules built into the image (``_`` form)
 
 
-@cache
-def kernel() -> Kernel:
-    """Fetch and extract the guest kernel package; return where its parts are."""
-    root = extracted(kernel_package())
+def _kernel_in(root: Path) -> Kernel:
+    """The kernel in an extracted package (modules under lib/ or, merged, usr/lib/)."""
     images = sorted((root / "boot").glob("vmlinuz-*"))
     if not images:
         raise VmError(f"no boot/vmlinuz-* in {root}")
     release = images[0].name.removeprefix("vmlinuz-")
-    modules_dir = root / "lib" / "modules" / release / "kernel"
-    if not modules_dir.is_dir():
-        raise VmError(f"no module tree {modules_dir}")
-    return Kernel(vmlinuz=images[0], modules_dir=modules_dir, release=release)
+    for base in (root / "lib" / "modules" / release, root / "usr" / "lib" / "modules" / release):
+        if (base / "kernel").is_dir():
+            builtin: set[str] = set()
+            if (base / "modules.builtin").is_file():
+                for line in (base / "modules.builtin").read_text().split():
+                    builtin.add(Path(line).name.split(".ko")[0].replace("-", "_"))
+            return Kernel(vmlinuz=images[0], modules_dir=base / "kernel", release=release,
+                          builtin=frozenset(builtin))
+    raise VmError(f"no module tree for {release} in {root}")
+
+
+@cache
+def kernel() -> Kernel:
+    """Fetch and extract the guest kernel package (the machine's suite: bookworm's 6.1)."""
+    return _kernel_in(extracted(kernel_package()))
+
+
+@cache
+def trixie_kernel() -> Kernel:
+    """Debian trixie's kernel (6.12: overlayfs data-only layers and ``verity=``), fetched with
+    ``apt-get download`` through the private source list ``PRIVATE_SUITES["trixie"]``."""
+    return _kernel_in(extracted(kernel_package("trixie"), "trixie"))
 
 
 @cache
 def _module_index(modules_dir: Path) -> dict[str, Path]:
-    """Map module name (file stem, ``-`` and ``_`` both accepted) to its ``.ko``."""
+    """Map module name (file stem, ``-`` and ``_`` both accepted) to its ``.ko``/``.ko.xz``."""
     index: dict[str, Path] = {}
-    for ko in modules_dir.rglob("*.ko"):
-        index[ko.stem] = ko
-        index[ko.stem.replace("-", "_")] = ko
+    for pattern in ("*.ko", "*.ko.xz"):
+        for ko in modules_dir.rglob(pattern):
+            stem = ko.name.split(".ko")[0]
+            index[stem] = ko
+            index[stem.replace("-", "_")] = ko
     return index
+
+
+def module_bytes(ko: Path) -> bytes:
+    """A module's ELF bytes (a ``.ko.xz`` decompressed)."""
+    data = ko.read_bytes()
+    return lzma.decompress(data) if ko.name.endswith(".xz") else data
 
 
 def _modinfo(ko: Path, key: str) -> list[str]:
     """The values of ``key=`` entries in the module's ``.modinfo`` strings."""
-    data = ko.read_bytes()
+    data = module_bytes(ko)
     return [m.decode() for m in re.findall(rb"(?<=\x00)" + key.encode() + rb"=([^\x00]*)", data)]
 
 
@@ -373,14 +433,15 @@ def _module_deps(name: str, ko: Path, index: Mapping[str, Path]) -> list[str]:
     return deps
 
 
-def resolve_modules(names: Iterable[str]) -> list[Path]:
+def resolve_modules(names: Iterable[str], k: Kernel | None = None) -> list[Path]:
     """The ``.ko`` files for ``names`` plus their dependencies, dependencies first.
 
     A name is a module name (``ext4``) or a path under ``kernel/`` without
-    ``.ko`` (``fs/ext4/ext4``). Raises :class:`VmError` for an unknown module
-    (for example one built into the kernel).
+    ``.ko`` (``fs/ext4/ext4``).  Modules built into ``k`` (default ``kernel()``) are
+    skipped where its package lists them (``modules.builtin``); any other unknown
+    module raises :class:`VmError`.
     """
-    k = kernel()
+    k = k or kernel()
     index = _module_index(k.modules_dir)
     order: list[Path] = []
     seen: set[str] = set()
@@ -388,6 +449,9 @@ def resolve_modules(names: Iterable[str]) -> list[Path]:
     def visit(name: str, chain: tuple[str, ...]) -> None:
         key = Path(name).name.replace("-", "_")
         if key in seen:
+            return
+        if key not in index and key in k.builtin:
+            seen.add(key)
             return
         if key not in index:
             raise VmError(f"kernel {k.release} has no module {name!r} (needed by {chain or 'caller'})")
@@ -540,25 +604,28 @@ def base_segment() -> Path:
     return final
 
 
-def modules_segment(names: Sequence[str]) -> Path | None:
-    """The cached segment holding ``names`` (and dependencies) in /lib/modules.
+def modules_segment(names: Sequence[str], k: Kernel | None = None) -> Path | None:
+    """The cached segment holding ``names`` (and dependencies) of ``k`` (default
+    ``kernel()``) in /lib/modules, as plain ``.ko`` files (``.ko.xz`` decompressed).
 
     ``/lib/modules/sealtree.order`` lists the module names in load order.
     Returns None when ``names`` is empty.
     """
     if not names:
         return None
-    kos = resolve_modules(names)
-    key = hashlib.sha256("\n".join([kernel().release, *map(str, kos)]).encode()).hexdigest()[:16]
+    k = k or kernel()
+    kos = resolve_modules(names, k)
+    key = hashlib.sha256("\n".join([k.release, *map(str, kos)]).encode()).hexdigest()[:16]
     final = cache_dir() / "segments" / f"modules-{key}.cpio.gz"
     if final.exists():
         return final
     with _scratch() as root:
         moddir = root / GUEST_MODULE_DIR
         moddir.mkdir(parents=True)
-        for ko in kos:
-            shutil.copy2(ko, moddir / ko.name)
-        (root / GUEST_MODULE_ORDER).write_text("".join(f"{ko.stem}\n" for ko in kos))
+        names_in_order = [ko.name.split(".ko")[0] for ko in kos]
+        for ko, name in zip(kos, names_in_order, strict=True):
+            (moddir / f"{name}.ko").write_bytes(module_bytes(ko))
+        (root / GUEST_MODULE_ORDER).write_text("".join(f"{name}\n" for name in names_in_order))
         with _staging_file(final) as tmp:
             write_cpio_gz(root, tmp)
     return final
@@ -605,6 +672,7 @@ def build_initramfs(
     init_script: str,
     extra_trees: Mapping[str, Path] | None = None,
     modules: Sequence[str] = (),
+    guest_kernel: Kernel | None = None,
 ) -> Path:
     """Write a bootable initramfs to ``dest`` and return ``dest``.
 
@@ -614,11 +682,12 @@ def build_initramfs(
     ``/lib/modules`` (load order in ``/lib/modules/sealtree.order``, see
     :func:`init_preamble`), ``extra_trees`` (guest path -> host file or
     directory; ``__pycache__`` skipped) and ``init_script`` as ``/init``.
+    ``guest_kernel``: whose modules (default ``kernel()``, bookworm's 6.1).
     The base and module parts are cached, so only the last part is rebuilt.
     """
     ensure_host_tools()
     segments = [base_segment()]
-    mods = modules_segment(list(modules))
+    mods = modules_segment(list(modules), guest_kernel)
     if mods is not None:
         segments.append(mods)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -334,12 +334,16 @@ def bytecode_segment(work: Path, python_dir: Path) -> Path | None:
     return guest.write_cpio_gz(root, work / "bytecode.cpio.gz", level=1)
 
 
-def build_initrd(work: Path, sysroot: Sysroot, init_body: str) -> Path:
-    """An initramfs running the harness preamble, then ``init_body``."""
+def build_initrd(work: Path, sysroot: Sysroot, init_body: str, *,
+                 guest_kernel: guest.Kernel | None = None,
+                 extra_trees: dict[str, Path] | None = None) -> Path:
+    """An initramfs running the harness preamble, then ``init_body``; with the modules of
+    ``guest_kernel`` (default bookworm's 6.1) and ``extra_trees`` besides the hook's."""
     trees = initramfs_trees(work / "trees", sysroot)
     init = guest.init_preamble(mount_sysroot=False) + init_body
-    initrd = guest.build_initramfs(work / "initrd.gz", init_script=init, extra_trees=trees,
-                                   modules=MODULES)
+    initrd = guest.build_initramfs(work / "initrd.gz", init_script=init,
+                                   extra_trees={**trees, **(extra_trees or {})},
+                                   modules=MODULES, guest_kernel=guest_kernel)
     segment = bytecode_segment(work, trees[GUEST_PYTHON])
     if segment is not None:
         with initrd.open("ab") as out, segment.open("rb") as src:

@@ -1,0 +1,162 @@
+"""The metacopy layout enforced by the kernel: Debian trixie's 6.12 under qemu (TCG).
+
+The disk is the boot tests' (``tests/vm/scenario.py``: three signed releases deployed on a
+host without fs-verity, so recorded in the hardlinks layout; the boot chooses the layout).
+Two boots:
+
+1. ``scenarios``: two copies of the disk (/dev/vda, /dev/vdb), both provisioned (fs-verity
+   on every object); then ``tests/vm/metacopy_guest.py`` runs on /dev/vda: a good boot in
+   the metacopy layout, an object swapped at runtime, an object without fs-verity, stubs
+   without a digest (see that module).  /dev/vdb is left sealed and untouched.
+2. ``sealed``: /dev/vdb after boot 1, with one byte of the default release's large file
+   changed on the image, booted through ``sealtree-boot`` with the test initramfs's own
+   configuration (``layout`` not set: ``auto``, which picks metacopy on 6.12): the verifier
+   passes (the measured digest is the intact Merkle tree's), the deployed tree runs, and
+   reading that file fails (EIO): the boot cannot pass an assessment that reads it.
+
+``auto`` picking hardlinks on bookworm's 6.1 is asserted in tests/test_boot_vm.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from store.fsverity import digest_file
+from tests.vm import guest, scenario
+from tests.vm.fixtures import vm_kernel_612
+
+__all__ = ["vm_kernel_612"]  # a fixture used by name below
+
+pytestmark = pytest.mark.vm
+
+GUEST_SCRIPT = Path(__file__).resolve().parent / "vm" / "metacopy_guest.py"
+GUEST_SPEC = "/etc/sealtree/metacopy-test.json"
+
+_WAIT = ("for d in vda vdb; do i=0; while [ ! -b /dev/$d ] && [ $i -lt 100 ]; do sleep 0.1; "
+         "i=$((i+1)); done; done\n")
+_PROVISION = (f"PYTHONPATH={scenario.GUEST_PYTHON} python3 -s -B -m overlay.provision --digests "
+              "{repo} || echo 'SEALTREE-RESULT provision=failed'\n")
+INIT_SCENARIOS = (
+    "mkdir -p /run /newroot /mnt/b && mount -t tmpfs -o mode=0755 tmpfs /run\n" + _WAIT
+    + "mount -t ext4 /dev/vdb /mnt/b && " + _PROVISION.format(repo="/mnt/b" + scenario.REPO_IN_SYSROOT)
+    + "umount /mnt/b\n"
+    + "mount -t ext4 /dev/vda /sysroot && " + _PROVISION.format(repo="/sysroot" + scenario.REPO_IN_SYSROOT)
+    + "umount /sysroot\n"
+    + f"PYTHONPATH={scenario.GUEST_PYTHON} python3 -s -B /usr/lib/sealtree/metacopy_guest.py\n"
+    + "dmesg | grep -i 'overlayfs' | sed 's/^/KERNEL: /'\n"
+    + "poweroff -f\n"
+)
+
+
+@dataclass(frozen=True)
+class Boots:
+    sysroot: scenario.Sysroot
+    scenarios: guest.BootResult
+    sealed: guest.BootResult
+
+
+def _boot(kernel: guest.Kernel, initrd: Path, disks: list[Path], append: str,
+          log: Path) -> guest.BootResult:
+    result = guest.boot(kernel.vmlinuz, initrd, disks=disks, append=append, timeout=600,
+                        console_log=log)
+    assert result.powered_off, result.describe()
+    assert "Traceback" not in result.console, result.describe(120)
+    return result
+
+
+@pytest.fixture(scope="module")
+def boots(vm_kernel_612: guest.Kernel, tmp_path_factory: pytest.TempPathFactory) -> Boots:
+    work = tmp_path_factory.mktemp("metacopy-vm")
+    sysroot = scenario.build_sysroot(work / "vendor")
+    blob_c = sysroot.object_path("C", scenario.BLOB)
+    blob_b = sysroot.object_path("B", scenario.BLOB)
+
+    def in_guest(path: Path) -> str:
+        return "/sysroot" + scenario.in_image(sysroot, path)
+
+    spec = {"blob": scenario.BLOB, "objects": in_guest(sysroot.repo / "objects"),
+            "blob_c_object": in_guest(blob_c), "blob_b_object": in_guest(blob_b),
+            "blob_c_digest": digest_file(blob_c).hex(), "blob_b_digest": digest_file(blob_b).hex(),
+            "blob_c_sha256": hashlib.sha256(blob_c.read_bytes()).hexdigest()}
+    (work / "spec.json").write_text(json.dumps(spec))
+    extra = {GUEST_SPEC: work / "spec.json", "/usr/lib/sealtree/metacopy_guest.py": GUEST_SCRIPT}
+    initrd = scenario.build_initrd(work / "scenarios-initrd", sysroot, INIT_SCENARIOS,
+                                   guest_kernel=vm_kernel_612, extra_trees=extra)
+    disk_a = scenario.make_image(sysroot, work / "a.img")
+    disk_b = work / "b.img"
+    shutil.copyfile(disk_a, disk_b)
+    first = _boot(vm_kernel_612, initrd, [disk_a, disk_b], "", work / "scenarios.log")
+    scenario.corrupt_in_image(disk_b, scenario.in_image(sysroot, blob_c))
+    standalone = scenario.build_initrd(work / "standalone-initrd", sysroot, scenario.INIT_STANDALONE,
+                                       guest_kernel=vm_kernel_612)
+    sealed = _boot(vm_kernel_612, standalone, [disk_b], "sealtree.root=/dev/vda",
+                   work / "sealed.log")
+    return Boots(sysroot, first, sealed)
+
+
+def test_good_boot_in_metacopy_layout(boots: Boots) -> None:
+    res = boots.scenarios.results
+    assert res.get("provision") is None, boots.scenarios.describe()
+    assert res.get("good-status") == "0", boots.scenarios.describe()
+    options = res["good-options"].split(",")
+    assert "verity=require" in options and "metacopy=on" in options, options
+    assert any(o.startswith("datadir+=") for o in options)  # the new mount API on 6.12
+    assert res.get("good-blob") == "right" and res.get("good-marker") == scenario.RELEASES[2].marker
+    lines = scenario.boot_lines(boots.scenarios.console)
+    assert "layout metacopy (verity=require): the kernel checks every large file's fs-verity " \
+           "digest at each open" in lines, lines
+    assert any("measured by the kernel, 0 digested in userspace" in line for line in lines)
+
+
+def test_object_replaced_at_runtime_is_not_served(boots: Boots) -> None:
+    res = boots.scenarios.results
+    assert res.get("swap-has-verity") == "True", boots.scenarios.describe()
+    assert res.get("swap-read") == "EIO", boots.scenarios.describe()
+    assert res.get("swap-other-file") == "readable"
+    assert "has the wrong fs-verity digest" in boots.scenarios.console
+
+
+def test_object_without_fs_verity_is_refused(boots: Boots) -> None:
+    res = boots.scenarios.results
+    assert res.get("noverity-measure") == "None", boots.scenarios.describe()
+    refused = scenario.refusals(boots.scenarios.console)
+    c, b = boots.sysroot.deployments["C"], boots.sysroot.deployments["B"]
+    assert [(r[0], r[1], r[2]) for r in refused] == [(c, "large object", "/" + scenario.BLOB)]
+    assert "the kernel cannot measure its fs-verity digest" in refused[0][3]
+    assert res.get("noverity-status") == "0" and res.get("noverity-booted") == b
+
+
+def test_stub_without_digest_is_refused_by_verity_require(boots: Boots) -> None:
+    res = boots.scenarios.results
+    assert res.get("stub-require-good") == "read", boots.scenarios.describe()
+    assert res.get("stub-require-nodigest") == "EIO"
+    assert res.get("stub-require-noverity") == "EIO"
+    # verity=on (not what sealtree mounts) lets a stub without a digest through.
+    assert res.get("stub-on-nodigest") == "read" and res.get("stub-on-noverity") == "EIO"
+    assert "has no digest specified" in boots.scenarios.console
+    assert not [k for k in res if k.endswith("-crashed")], res
+
+
+def test_bytes_changed_on_the_sealed_disk_fail_the_read(boots: Boots) -> None:
+    result = boots.sealed
+    c = boots.sysroot.deployments["C"]
+    assert scenario.refusals(result.console) == [], result.describe()
+    assert scenario.booted(result.console) == [c], result.describe()
+    lines = scenario.boot_lines(result.console)
+    assert any(line.startswith("layout metacopy (verity=require)") for line in lines), lines
+    res = result.results
+    assert res.get("marker") == scenario.RELEASES[2].marker
+    assert res.get("root") == "overlay ro" and res.get("root-writable") == "no"
+    assert res.get("blob") == "unreadable", result.describe()
+
+
+def test_boot_times(boots: Boots) -> None:
+    """Not a check: the wall times of the two boots, for the report (``-s`` shows them)."""
+    print(f"metacopy vm boots: scenarios {boots.scenarios.seconds:.1f} s, "
+          f"sealed {boots.sealed.seconds:.1f} s")
