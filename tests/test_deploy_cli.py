@@ -455,3 +455,22 @@ def test_umount_without_the_repository(site):
     site.cli("undeploy", first)  # ...and undeploy is not blocked by a mount that is gone
     proc = run_cli("umount", site.target, check=False)
     assert proc.returncode == 16 and "not mounted" in proc.stderr
+
+
+def test_metacopy_layout_from_the_command_line(site):
+    out = site.cli("deploy", "os/main", "--keys", site.keys, "--verify", "userspace",
+                   "--layout", "metacopy", "--mount", site.target).stdout
+    dep = out.strip().splitlines()[-1].split()[-1]
+    try:
+        assert "layout metacopy" in out
+        assert "the kernel does not enforce" in out  # this host has no fs-verity
+        assert not os.path.lexists(site.farm(dep))  # no farm in this layout
+        assert_same_tree(site.src, site.target)
+        status = json.loads(site.cli("status", "--json").stdout)
+        (doc,) = [d for d in status["deployments"] if d["id"] == dep]
+        assert doc["layout"] == "metacopy" and doc["present"] is True
+        assert doc["mounted_at"] == [os.path.realpath(site.target)]
+    finally:
+        site.cli("umount", site.target)
+    refused = site.cli("mount", dep, site.target, "--keys", site.keys, "--verify", "kernel", check=False)
+    assert refused.returncode != 0 and _leftovers(site.base) == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlay.state import DEFAULT_TRIES, MAX_TRIES
 from store.errors import UsageError
@@ -16,6 +16,9 @@ from store.names import show
 
 from ..output import print_json
 from .common import add_parser, iso_time, open_repo
+
+if TYPE_CHECKING:
+    from overlay.metacopy import Layout
 
 VERIFY_HELP = ("how object content is verified: 'kernel' (fs-verity measured by the kernel; fails "
                "where the filesystem has none), 'userspace' (digest every byte here), 'auto' (the "
@@ -36,6 +39,18 @@ def _verify_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", choices=("kernel", "userspace", "auto"), default="auto", help=VERIFY_HELP)
 
 
+LAYOUTS = ("hardlinks", "metacopy", "auto")
+
+
+def _layout_arg(p: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
+    p.add_argument("--layout", choices=LAYOUTS, default=default, help=help_text)
+
+
+def _layout(value: str) -> Layout:
+    from overlay.metacopy import Layout  # noqa: F811 - at run time, only when a command needs it
+    return Layout(value)
+
+
 def _count_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--tries", type=_tries, default=DEFAULT_TRIES, metavar="N",
                    help=f"boot tries {what} gets before boots fall back to the previous one "
@@ -50,10 +65,14 @@ def register(sub: Any) -> None:
         "Verify the kept pack of REF (packs/<commit>.pack: signatures against the keyring\n"
         "in --keys, the whole pack, and that it is not older than the newest accepted for\n"
         "its ref) and every large object it names (digest and inode metadata), enabling\n"
-        "fs-verity on objects where the filesystem can.  Then build deploy/<commit>.<serial>/\n"
-        "(hardlinks to the objects at the large files' paths) and make it the default\n"
-        "deployment, with boot counting.  With --mount TARGET, also mount it there as\n"
-        "'mount' does, in the same pass: the pack is unpacked into the tmpfs while the\n"
+        "fs-verity on objects where the filesystem can.  Then record the deployment, in\n"
+        "one of two layouts (--layout): hardlinks, a farm deploy/<commit>.<serial>/ of\n"
+        "hardlinks to the objects at the large files' paths, checked before each mount;\n"
+        "or metacopy, no farm: at mount every large file is an overlay metacopy stub\n"
+        "redirected to its object, whose fs-verity digest the kernel checks at every open\n"
+        "(verity=require; Linux 6.6+).  It becomes the default deployment, with boot\n"
+        "counting.  With --mount TARGET, also mount it there as 'mount' does, in the\n"
+        "same pass: the pack is unpacked into the tmpfs while the\n"
         "objects are hashed, nothing is verified twice, and the overlay is mounted only\n"
         "once every check has passed (on any failure nothing is left mounted).  The\n"
         "last line printed is the deployment id.",
@@ -71,15 +90,19 @@ def register(sub: Any) -> None:
                         "holds is hidden while the deployment is mounted)")
     p.add_argument("--live", action="store_true",
                    help="with --mount: writable, with writes in memory only")
+    _layout_arg(p, "auto", "hardlinks: a hardlink farm (objects checked before mounting); "
+                "metacopy: no farm, stubs over the objects that the kernel checks at every open "
+                "(Linux 6.6+ with fs-verity; else checked once, in userspace); auto (default): "
+                "metacopy where the kernel and filesystem can enforce it, else hardlinks")
     p.add_argument("--json", action="store_true", help="print the deployment as JSON")
     p.set_defaults(func=cmd_deploy)
 
     p = add_parser(
         sub, "mount", "re-verify a deployment and mount it read-only",
         "Re-verify DEPLOYMENT as deploy does (pack signatures; every object's digest and\n"
-        "metadata; the deploy directory holds exactly the right hardlinks), then mount a\n"
+        "metadata; the farm holds exactly the right hardlinks), then mount a\n"
         "tmpfs sized from the manifest, unpack the pack into it with exact metadata, and\n"
-        "mount overlayfs at TARGET with the tmpfs above the deploy directory and no upper\n"
+        "mount overlayfs at TARGET with the tmpfs above the farm (or the objects) and no upper\n"
         "layer: TARGET is read-only.  --live adds a tmpfs upper layer (writes live in\n"
         "memory and vanish on unmount).  Nothing is mounted unless every check passes.\n"
         "DEPLOYMENT is an id from 'status', a unique prefix, or default/previous/booted.",
@@ -87,6 +110,7 @@ def register(sub: Any) -> None:
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
+    _layout_arg(p, None, "mount in this layout (default: the deployment's own)")
     p.add_argument("--keys", metavar="DIR",
                    help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
                         "never a keyring the repository names)")
@@ -115,8 +139,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
 
     p = add_parser(sub, "undeploy", "remove a deployment",
-                   "Forget DEPLOYMENT and delete its deploy directory.  Refused while it is mounted\n"
-                   "anywhere (any overlay over its deploy directory) or is the default.")
+                   "Forget DEPLOYMENT and delete its farm.  Refused while it is mounted\n"
+                   "anywhere (any overlay over its farm or tmpfs) or is the default.")
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.set_defaults(func=cmd_undeploy)
 
@@ -154,15 +178,16 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     repo = open_repo(args)
     result = deploy(repo, args.rev, args.keys, policy=_policy(args), make_default=not args.no_default,
                     tries=_tries_of(args), allow_downgrade=args.allow_downgrade,
-                    target=args.target, live=args.live)
+                    target=args.target, live=args.live, layout=_layout(args.layout))
     dep, check, mounted = result.deployment, result.check, result.mount
     if args.json:
         doc = {"id": dep.id, "commit": dep.commit, "ref": dep.ref, "version": dep.version,
                "path": result.path, "objects": check.files, "bytes": check.bytes,
                "kernel_verified": check.kernel, "userspace_verified": check.userspace,
-               "verity_enabled": check.enabled}
+               "verity_enabled": check.enabled, "layout": dep.layout}
         if mounted is not None:
             doc.update({"target": mounted.target, "live": args.live, "api": mounted.api,
+                        "verity": mounted.verity, "enforced": mounted.enforced,
                         "files": mounted.populate.files, "links": mounted.populate.links,
                         "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
         doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
@@ -173,23 +198,38 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     if mounted is not None:
         mode = "live (writes in memory)" if args.live else "read-only"
         print(f"mounted at {show(mounted.target)}, {mode}")
+        _say_enforcement(mounted)
+    print(f"layout {dep.layout}")
     print(f"deployed {dep.id}")
+
+
+def _say_enforcement(mounted: Any) -> None:
+    if mounted.layout != "metacopy":
+        return
+    if mounted.enforced:
+        print("the kernel checks every large file's fs-verity digest at each open (verity=require)")
+    else:
+        print("note: the kernel does not enforce the digests here (no fs-verity): the objects "
+              "were checked once, in userspace")
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
     from overlay.mount_deployment import mount_deployment
     repo = open_repo(args)
     dep, result = mount_deployment(repo, args.deployment, args.target, keys_dir=args.keys,
-                                   policy=_policy(args), live=args.live)
+                                   policy=_policy(args), live=args.live,
+                                   layout=_layout(args.layout) if args.layout else None)
     if args.json:
         print_json({"id": dep.id, "target": result.target, "live": args.live, "api": result.api,
                     "objects": result.check.files, "files": result.populate.files,
                     "links": result.populate.links, "dirs": result.populate.dirs,
-                    "symlinks": result.populate.symlinks,
+                    "symlinks": result.populate.symlinks, "layout": result.layout,
+                    "verity": result.verity, "enforced": result.enforced,
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
     mode = "live (writes in memory)" if args.live else "read-only"
-    print(f"mounted {dep.id} at {show(result.target)}, {mode}")
+    print(f"mounted {dep.id} at {show(result.target)}, {mode}, layout {result.layout}")
+    _say_enforcement(result)
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
@@ -201,7 +241,7 @@ def cmd_umount(args: argparse.Namespace) -> None:
 
 
 def _status_doc(repo: Any) -> dict[str, Any]:
-    from overlay.deploy import deploy_root, state_file
+    from overlay.deploy import deploy_root, deployment_present, state_file
     from overlay.inuse import deployment_mounts
     from overlay.state import choose_deployment_for_boot
     state = state_file(repo).read()
@@ -215,8 +255,10 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "default": dep.id == state.default, "previous": dep.id == state.previous,
             "booted": dep.id == state.booted, "tries_left": dep.tries_left,
             "next_boot": dep.id == next_boot, "mounted_at": mounted.get(dep.id, []),
-            "path": os.path.join(deploy_root(repo), dep.id),
-            "present": os.path.isdir(os.path.join(deploy_root(repo), dep.id)),
+            "layout": dep.layout,
+            "path": (repo.objects.root if dep.layout == "metacopy"
+                     else os.path.join(deploy_root(repo), dep.id)),
+            "present": deployment_present(repo, dep),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
         })
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
@@ -240,6 +282,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         if dep["default"] and not dep["next_boot"]:
             tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
+        print(f"    layout: {dep['layout']}")
         if dep["mounted_at"]:
             print(f"    mounted at: {', '.join(show(target) for target in dep['mounted_at'])}")
         if not dep["present"]:
