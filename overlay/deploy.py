@@ -61,14 +61,6 @@ from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_chec
 from .staging import Staging, check_target
 from .state import Deployment, State, StateFile, check_tries, state_file
 
-__all__ = ["DeployResult", "Layout", "deploy", "deploy_root", "deployment_present",
-           "deployment_roots", "state_file", "undeploy"]
-
-
-def deploy_root(repo: Repository) -> str:
-    """``<repo>/deploy`` (``layout.deploy_layout(repo).root``; kept for the CLI)."""
-    return deploy_layout(repo).root
-
 
 def deployment_present(repo: Repository, dep: Deployment) -> bool:
     """Whether what the deployment needs on disk is there: its farm (hardlinks layout), the

@@ -241,11 +241,13 @@ def cmd_umount(args: argparse.Namespace) -> None:
 
 
 def _status_doc(repo: Any) -> dict[str, Any]:
-    from overlay.deploy import deploy_root, deployment_present, state_file
-    from overlay.inuse import deployment_mounts
-    from overlay.state import choose_deployment_for_boot
+    from overlay.deploy import deployment_present
+    from overlay.layout import deploy_layout
+    from overlay.mounted_farms import deployment_mounts
+    from overlay.state import choose_deployment_for_boot, state_file
+    layout = deploy_layout(repo)
     state = state_file(repo).read()
-    mounted = deployment_mounts(deploy_root(repo))
+    mounted = deployment_mounts(layout.root)
     next_boot = choose_deployment_for_boot(state).deployment.id if state.default else None
     out = []
     for dep in state.deployments:
@@ -257,7 +259,7 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "next_boot": dep.id == next_boot, "mounted_at": mounted.get(dep.id, []),
             "layout": dep.layout,
             "path": (repo.objects.root if dep.layout == "metacopy"
-                     else os.path.join(deploy_root(repo), dep.id)),
+                     else layout.farm(dep.id)),
             "present": deployment_present(repo, dep),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
         })
@@ -296,7 +298,7 @@ def cmd_undeploy(args: argparse.Namespace) -> None:
 
 
 def cmd_set_default(args: argparse.Namespace) -> None:
-    from overlay.deploy import state_file
+    from overlay.state import state_file
     with state_file(open_repo(args)).update() as state:
         dep = state.find(args.deployment)
         state.set_default(dep.id, _tries_of(args))
@@ -304,7 +306,7 @@ def cmd_set_default(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from overlay.deploy import state_file
+    from overlay.state import state_file
     with state_file(open_repo(args)).update() as state:
         state.rollback()
         default = state.default
@@ -312,8 +314,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_mark_good(args: argparse.Namespace) -> None:
-    from overlay.deploy import state_file
-    from overlay.state import mark_good
+    from overlay.state import mark_good, state_file
     with state_file(open_repo(args)).update() as state:
         chosen = state.find(args.deployment).id if args.deployment else None
         dep = mark_good(state, chosen)
