@@ -39,9 +39,17 @@ class Verification:
 def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring,
                 min_signatures: int = 1) -> Verification:
     """Count the good signatures over pack ``digest``; SignatureError below ``min_signatures``."""
+    return Verification(digest, good_signers(signed_message(digest), digest, signatures, keyring,
+                                             min_signatures, "pack"))
+
+
+def good_signers(message: bytes, digest: bytes, signatures: Sequence[Signature], keyring: Keyring,
+                 min_signatures: int, what: str) -> tuple[KeyId, ...]:
+    """The keys (sorted ids) whose signatures over ``message`` count: trusted, not revoked,
+    verifying.  SignatureError, naming the ``what`` of ``digest``, when fewer than
+    ``min_signatures`` do.  The one trust rule of packs and of published indexes."""
     if min_signatures < 1:
         raise UsageError(f"at least 1 signature must be required, got {min_signatures}")
-    message = signed_message(digest)
     good: list[KeyId] = []
     refused: list[str] = []
     for signature in signatures:
@@ -56,15 +64,15 @@ def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring
         try:
             key.verify(signature.value, message)
         except InvalidSignature:
-            refused.append(f"{shown}: does not verify over this pack")
+            refused.append(f"{shown}: does not verify over this {what}")
             continue
         good.append(signature.key_id)
     if len(good) < min_signatures:
         detail = "; ".join(refused) if refused else "no signatures"
         where = f" {show(keyring.path)}" if keyring.path else ""
-        raise SignatureError(f"pack sha256 {digest.hex()}: {len(good)} good signature(s) by keys "
+        raise SignatureError(f"{what} sha256 {digest.hex()}: {len(good)} good signature(s) by keys "
                              f"trusted in keyring{where}, {min_signatures} required ({detail})")
-    return Verification(digest, tuple(sorted(good)))
+    return tuple(sorted(good))
 
 
 def verify_signatures(pack_path: str | os.PathLike[str], keyring: Keyring, *,

@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pack.keys import KeyId, Keyring, key_id
 from pack.signature import Signature
-from store.errors import RefError, SignatureError, UsageError
+from pack.verify import good_signers
+from store.errors import RefError, SignatureError
 from store.ids import HexId
 from store.refs import check_ref_name
 
@@ -174,30 +174,10 @@ def check_index_trust(digest: bytes, signatures: Sequence[Signature], keyring: K
                       min_signatures: int = 1, where: str = "") -> tuple[KeyId, ...]:
     """The keys whose signatures over the index ``digest`` count (trusted, not revoked,
     verifying); SignatureError naming ``where`` when fewer than ``min_signatures`` do."""
-    if min_signatures < 1:
-        raise UsageError(f"the minimum number of signatures must be at least 1, got {min_signatures}")
-    message = signed_message(digest)
-    good: list[KeyId] = []
-    refused: list[str] = []
-    for signature in signatures:
-        shown = signature.key_id.hex()
-        if signature.key_id in keyring.revoked:
-            refused.append(f"{shown}: revoked")
-            continue
-        key = keyring.keys.get(signature.key_id)
-        if key is None:
-            refused.append(f"{shown}: not in the keyring")
-            continue
-        try:
-            key.verify(signature.value, message)
-        except InvalidSignature:
-            refused.append(f"{shown}: does not verify over this index")
-            continue
-        good.append(signature.key_id)
-    if len(good) < min_signatures:
-        detail = "; ".join(refused) if refused else "no signatures"
-        ring = f" {keyring.path}" if keyring.path else ""
-        raise SignatureError(f"index sha256 {digest.hex()}: {len(good)} good signature(s) by keys "
-                             f"trusted in keyring{ring}, {min_signatures} required ({detail})",
-                             path=where or None)
-    return tuple(sorted(good))
+    try:
+        return good_signers(signed_message(digest), digest, signatures, keyring, min_signatures,
+                            "index")
+    except SignatureError as err:
+        if where:
+            err.located(where)
+        raise
