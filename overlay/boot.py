@@ -76,6 +76,9 @@ from .boot_floor import boot_floor, check_floor, load_floor, write_floor
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout
 from .mount_deployment import MountResult, mount_verified
+from .objcheck import LargeFile
+from .provision import seal_objects
+from .remount import make_writable
 from .state import Deployment, State, choose_deployment_for_boot, count_try, state_file
 
 __all__ = [
@@ -178,6 +181,21 @@ class Booted:
     deployment: Deployment
     result: MountResult
     signers: tuple[str, ...]
+    sealed: int = 0  # large objects given fs-verity by this boot (``seal = yes``)
+
+
+def _seal(config: BootConfig, items: Sequence[LargeFile]) -> int:
+    """``seal = yes``: fs-verity on the large objects the verified pack names, before they are
+    measured; how many were sealed now.  Raises Refused (stage ``seal``)."""
+    if not config.seal:
+        return 0
+    try:
+        return seal_objects(sorted({item.obj for item in items}))
+    except SealtreeError as err:  # VerityUnsupported, VerityError: naming the object
+        raise _refused("seal", err, config.repo_path) from err
+    except OSError as err:
+        raise Refused("seal", show(err.filename or config.repo_path),
+                      err.strerror or str(err)) from err
 
 
 def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
@@ -205,6 +223,7 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
         except DowngradeError as err:
             raise _refused("freshness", err, pack_path) from err
         items = large_files(repo.objects, reader.manifest, farm_dir)
+        sealed = _seal(config, items)
         try:
             # The target is a directory of the initramfs: made here if the scripts did not.
             os.makedirs(config.target, exist_ok=True)
@@ -223,7 +242,7 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
         except OSError as err:
             raise Refused("mount", show(err.filename or config.target),
                           err.strerror or str(err)) from err
-    return Booted(dep, result, tuple(k.hex()[:16] for k in verification.signers))
+    return Booted(dep, result, tuple(k.hex()[:16] for k in verification.signers), sealed)
 
 
 def _say_refused(say: Say, dep: Deployment, err: Refused) -> None:
@@ -235,6 +254,8 @@ def _say_refused(say: Say, dep: Deployment, err: Refused) -> None:
 
 def _say_booting(say: Say, booted: Booted) -> None:
     dep, check = booted.deployment, booted.result.check
+    if booted.sealed:
+        say(f"sealed {booted.sealed} large objects of {dep.id} with fs-verity (seal = yes)")
     say(f"verified {dep.id}: pack signed by {', '.join(booted.signers)}; {check.files} large "
         f"objects ({check.bytes} bytes: {check.kernel} measured by the kernel, {check.userspace} "
         f"digested in userspace); {booted.result.populate.files} files unpacked into tmpfs")
@@ -251,10 +272,13 @@ def _record_booted(config: BootConfig, dep: Deployment) -> None:
 
 def mount_sysroot(config: BootConfig, say: Say) -> None:
     """Mount the root device at the sysroot (read-write) unless it is mounted there already."""
-    if mounts.is_mount_point(config.sysroot) is not None or config.root is None:
+    mounted = mounts.is_mount_point(config.sysroot) is not None
+    if mounted or config.root is None:
         if not os.path.isdir(config.repo_path):
             raise DeployError("no repository (is the sysroot mounted? "
                               "give sealtree.root= or mount it first)", path=config.repo_path)
+        if mounted and (config.count or config.seal):
+            _make_sysroot_writable(config, say)
         return
     deadline = time.monotonic() + config.rootwait
     while not os.path.exists(config.root):
@@ -271,6 +295,18 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
         raise MountError(f"mounting it ({config.rootfstype}) at {config.sysroot} "
                          f"failed: {err.strerror}", path=config.root) from err
     say(f"mounted {config.root} at {config.sysroot}")
+
+
+def _make_sysroot_writable(config: BootConfig, say: Say) -> None:
+    """Boot counting and sealing write to the sysroot: remount it read-write (mount(2), so no
+    busybox is needed; klibc's mount cannot remount a mount point given alone)."""
+    try:
+        remounted = make_writable(config.sysroot)
+    except OSError as err:
+        raise MountError(f"cannot remount it read-write (boot counting and sealing write to "
+                         f"it): {err.strerror}", path=config.sysroot) from err
+    if remounted:
+        say(f"remounted {config.sysroot} read-write")
 
 
 # -- the whole boot ----------------------------------------------------------------------------

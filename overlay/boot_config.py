@@ -52,6 +52,9 @@ class BootConfig:
     # name: it is ``sealtree.deployment=`` on kernel command lines already written.
     deployment: str | None = None
     scratch: str = "/run/sealtree"  # staging mounts; gets the ``booted`` file
+    # First-boot sealing: enable fs-verity on the large objects the verified pack names
+    # before they are measured (a disk written where fs-verity could not be enabled).
+    seal: bool = False
 
     @property
     def repo_path(self) -> str:
@@ -113,6 +116,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "root": _optional_path, "rootfstype": _text, "rootwait": _seconds, "sysroot": _path,
     "repo": _path, "keys": _path, "target": _path, "verify": _policy, "cmdline_verify": _bool,
     "freshness": _optional_path, "count": _bool, "deployment": _optional_text, "scratch": _path,
+    "seal": _bool,
 }
 # What a kernel command line may set (``sealtree.<key>=``).  Not the keyring, the
 # freshness floor, boot counting or the paths the initramfs scripts rely on.
