@@ -154,20 +154,30 @@ def test_the_verifier_runs_inside_the_unpacked_initramfs(built: Built, vendor: s
     assert json.loads((unpacked / "floor.json").read_text()) == json.loads(vendor.floor.read_text())
 
 
-def test_a_verifier_that_cannot_load_is_one_failed_line(built: Built, tmp_path: Path) -> None:
-    """Without libgcc_s.so.1 (what the old hook built) cryptography cannot be imported: the
-    console gets one FAILED line and the refusal's status, not a traceback."""
+def test_a_verifier_that_cannot_load_is_one_failed_line(built: Built, vendor: scenario.Sysroot,
+                                                        tmp_path: Path) -> None:
+    """Without libgcc_s.so.1 (what the old hook built) cryptography's bindings cannot be loaded
+    (at the first key read): the console gets one FAILED line and the refusal's status, not a
+    traceback."""
     broken = tmp_path / "initramfs"
     guest.run(["cp", "-a", built.initramfs.unpacked, broken])
     for lib in broken.glob("usr/lib/*/libgcc_s.so.1"):
         lib.unlink()
-    done = chroot(broken, "/usr/bin/sealtree-boot", "--cmdline", "none", "--no-count")
+    shutil.rmtree(broken / "sysroot", ignore_errors=True)
+    guest.run(["cp", "-a", vendor.root, broken / "sysroot"])
+    (broken / "proc").mkdir(exist_ok=True)
+    guest.run(["mount", "-t", "proc", "proc", broken / "proc"])
+    try:
+        done = chroot(broken, "/usr/bin/sealtree-boot", "--sysroot", "/sysroot", "--cmdline", "none",
+                      "--no-count")
+    finally:
+        guest.run(["umount", broken / "proc"])
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 1, done.stdout
-    assert lines[0].startswith("sealtree-boot: FAILED: cannot load the verifier: ImportError: "), lines
-    assert "libgcc_s.so.1" in lines[0]
+    assert lines[0].startswith("sealtree-boot: FAILED: "), lines
+    assert "ImportError: libgcc_s.so.1: cannot open shared object file" in lines[0], lines
 
 
 def test_hook_without_floor_or_repository_warns_and_succeeds(built: Built) -> None:
