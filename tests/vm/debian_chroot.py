@@ -1,10 +1,10 @@
 """A Debian bookworm chroot with the real initramfs-tools, to build initramfs images as a distribution does.
 
 :func:`initramfs_chroot` is ``debootstrap --variant=minbase`` with initramfs-tools,
-python3 and the verifier's Debian packages, plus the module tree of the guest
-kernel (:func:`tests.vm.guest.kernel`, the cached 6.1 ``linux-image`` package,
-``depmod`` run), so that ``update-initramfs -c -k RELEASE`` works without the
-large ``linux-image-amd64`` install.  It is cached under the vm cache
+python3 and the verifier's Debian packages, plus the guest kernel's files
+(:func:`tests.vm.guest.kernel`, the cached 6.1 ``linux-image`` package: its module
+tree with ``depmod`` run, ``/boot/vmlinuz-*`` and ``config-*``), so that
+``update-initramfs`` works without the large ``linux-image-amd64`` install.  It is cached under the vm cache
 (``chroots/``), built beside its final place and renamed into it.
 
 :func:`writable_chroot` mounts an overlay over the cached chroot (so each test
@@ -39,7 +39,7 @@ MIRROR = os.environ.get("SEALTREE_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 #: system's does.
 INCLUDE: tuple[str, ...] = ("initramfs-tools", "python3", "python3-cffi-backend", "python3-cryptography",
                             "python3-zstandard", "python3-xattr", "zstd")
-FORMAT = 1  # bump when what the builder puts into the chroot changes
+FORMAT = 2  # bump when what the builder puts into the chroot changes
 ROOT = Path(__file__).resolve().parents[2]
 INTEGRATION = ROOT / "integration" / "initramfs-tools"
 #: Where Debian's python3 imports locally installed modules from (what ``pip install`` uses).
@@ -75,8 +75,10 @@ def _build(dest: Path) -> None:
     modules = dest / "usr" / "lib" / "modules" / kernel.release
     modules.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(package / "lib" / "modules" / kernel.release, modules, symlinks=True)
-    for config in (package / "boot").glob("config-*"):
-        shutil.copy2(config, dest / "boot" / config.name)
+    # The kernel image and its config, as linux-image installs them (update-initramfs -u
+    # finds the kernels to update by their /boot/vmlinuz-*).
+    for name in (f"vmlinuz-{kernel.release}", f"config-{kernel.release}"):
+        shutil.copy2(package / "boot" / name, dest / "boot" / name)
     done = run_in(dest, ["depmod", kernel.release])
     if done.returncode != 0:
         raise guest.VmError(f"depmod in the chroot failed: {done.stderr}")
@@ -91,6 +93,7 @@ def initramfs_chroot() -> Path:
         return final
     with guest._staging(final) as tmp:
         _build(tmp)  # debootstrap into the empty staging directory, renamed into place after
+        tmp.chmod(0o755)  # a root directory's mode, not mkdtemp's
     return final
 
 
@@ -160,12 +163,17 @@ class Initramfs:
 
 def update_initramfs(root: Path, mode: str, name: str) -> Initramfs:
     """``update-initramfs -c|-u -k RELEASE`` in the chroot, then ``unmkinitramfs`` of its image."""
-    release = guest.kernel().release
     start = time.monotonic()
-    done = run_in(root, ["update-initramfs", mode, "-k", release])
+    done = run_in(root, ["update-initramfs", mode, "-k", guest.kernel().release])
     seconds = time.monotonic() - start
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    return unpack_initramfs(root, name, output, seconds)
+
+
+def unpack_initramfs(root: Path, name: str, output: str = "", seconds: float = 0.0) -> Initramfs:
+    """``unmkinitramfs`` of the chroot's initramfs into its /tmp/``name``."""
+    release = guest.kernel().release
     unpacked = root / "tmp" / name
     shutil.rmtree(unpacked, ignore_errors=True)
     done = run_in(root, ["unmkinitramfs", f"/boot/initrd.img-{release}", f"/tmp/{name}"])
