@@ -150,3 +150,22 @@ def test_seal_yes_boots_an_unsealed_disk_with_verify_kernel(vm_kernel: Path, sys
     assert second.results.get("marker") == scenario.RELEASES[2].marker
     print(f"update-initramfs: {real_initrds.seconds[0]:.0f} s and {real_initrds.seconds[1]:.0f} s; "
           f"boots: {first.seconds:.0f} s (sealing) and {second.seconds:.0f} s")
+
+
+@pytest.mark.vm
+def test_seal_yes_seals_changed_bytes_as_they_are_and_refuses_them(
+        vm_kernel: Path, sysroot: scenario.Sysroot, real_initrds: RealInitrds, tmp_path: Path) -> None:
+    """Sealing is safe on a disk nobody checked: C's large object, changed on the image before
+    the first boot, is sealed with the changed bytes, measures to another digest than its
+    name, and C is refused; B (other objects) boots."""
+    copy = sysroot.copy(tmp_path / "sysroot")
+    image = scenario.make_image(copy, tmp_path / "disk.img")
+    scenario.corrupt_in_image(image, scenario.in_image(copy, copy.object_path("C", scenario.BLOB)))
+    result = _boot(vm_kernel, real_initrds.seal, image, tmp_path / "console.log")
+    refused = scenario.refusals(result.console)
+    assert len(refused) == 1, result.describe()
+    dep, stage, where, detail = refused[0]
+    assert (dep, stage, where) == (copy.deployments["C"], "large object", "/" + scenario.BLOB)
+    assert "content changed: the kernel-measured fs-verity digest is" in detail
+    assert scenario.booted(result.console) == [copy.deployments["B"]], result.describe()
+    assert result.results.get("marker") == scenario.RELEASES[1].marker
