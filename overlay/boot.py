@@ -83,6 +83,9 @@ from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout
 from .metacopy import Layout, choose_layout
 from .mount_deployment import MountResult, mount_verified
+from .objcheck import LargeFile
+from .provision import seal_objects
+from .remount import make_writable
 from .state import Deployment, State, choose_deployment_for_boot, count_try, state_file
 
 __all__ = [
@@ -185,6 +188,21 @@ class Booted:
     deployment: Deployment
     result: MountResult
     signers: tuple[str, ...]
+    sealed: int = 0  # large objects given fs-verity by this boot (``seal = yes``)
+
+
+def _seal(config: BootConfig, items: Sequence[LargeFile]) -> int:
+    """``seal = yes``: fs-verity on the large objects the verified pack names, before they are
+    measured; how many were sealed now.  Raises Refused (stage ``seal``)."""
+    if not config.seal:
+        return 0
+    try:
+        return seal_objects(sorted({item.obj for item in items}))
+    except SealtreeError as err:  # VerityUnsupported, VerityError: naming the object
+        raise _refused("seal", err, config.repo_path) from err
+    except OSError as err:
+        raise Refused("seal", show(err.filename or config.repo_path),
+                      err.strerror or str(err)) from err
 
 
 def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
@@ -211,6 +229,8 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
                         pack_path)
         except DowngradeError as err:
             raise _refused("freshness", err, pack_path) from err
+        # Sealing first: it gives the objects fs-verity, which the layout choice looks for.
+        sealed = _seal(config, large_files(repo.objects, reader.manifest))
         try:
             layout = choose_layout(config.layout, large_files(repo.objects, reader.manifest))
         except DeployError as err:  # MetacopyUnsupported: asked for where it cannot be
@@ -236,7 +256,7 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
         except OSError as err:
             raise Refused("mount", show(err.filename or config.target),
                           err.strerror or str(err)) from err
-    return Booted(dep, result, tuple(k.hex()[:16] for k in verification.signers))
+    return Booted(dep, result, tuple(k.hex()[:16] for k in verification.signers), sealed)
 
 
 def _say_refused(say: Say, dep: Deployment, err: Refused) -> None:
@@ -248,6 +268,8 @@ def _say_refused(say: Say, dep: Deployment, err: Refused) -> None:
 
 def _say_booting(say: Say, booted: Booted) -> None:
     dep, check = booted.deployment, booted.result.check
+    if booted.sealed:
+        say(f"sealed {booted.sealed} large objects of {dep.id} with fs-verity (seal = yes)")
     say(f"verified {dep.id}: pack signed by {', '.join(booted.signers)}; {check.files} large "
         f"objects ({check.bytes} bytes: {check.kernel} measured by the kernel, {check.userspace} "
         f"digested in userspace); {booted.result.populate.files} files unpacked into tmpfs")
@@ -271,10 +293,13 @@ def _record_booted(config: BootConfig, dep: Deployment) -> None:
 
 def mount_sysroot(config: BootConfig, say: Say) -> None:
     """Mount the root device at the sysroot (read-write) unless it is mounted there already."""
-    if mounts.is_mount_point(config.sysroot) is not None or config.root is None:
+    mounted = mounts.is_mount_point(config.sysroot) is not None
+    if mounted or config.root is None:
         if not os.path.isdir(config.repo_path):
             raise DeployError("no repository (is the sysroot mounted? "
                               "give sealtree.root= or mount it first)", path=config.repo_path)
+        if mounted and (config.count or config.seal):
+            _make_sysroot_writable(config, say)
         return
     deadline = time.monotonic() + config.rootwait
     while not os.path.exists(config.root):
@@ -291,6 +316,18 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
         raise MountError(f"mounting it ({config.rootfstype}) at {config.sysroot} "
                          f"failed: {err.strerror}", path=config.root) from err
     say(f"mounted {config.root} at {config.sysroot}")
+
+
+def _make_sysroot_writable(config: BootConfig, say: Say) -> None:
+    """Boot counting and sealing write to the sysroot: remount it read-write (mount(2), so no
+    busybox is needed; klibc's mount cannot remount a mount point given alone)."""
+    try:
+        remounted = make_writable(config.sysroot)
+    except OSError as err:
+        raise MountError(f"cannot remount it read-write (boot counting and sealing write to "
+                         f"it): {err.strerror}", path=config.sysroot) from err
+    if remounted:
+        say(f"remounted {config.sysroot} read-write")
 
 
 # -- the whole boot ----------------------------------------------------------------------------

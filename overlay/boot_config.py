@@ -56,6 +56,9 @@ class BootConfig:
     # hardlinks (the farm), metacopy (stubs, verity=require), auto (metacopy where the
     # kernel and the sysroot have overlay verity and fs-verity); initramfs only.
     layout: Layout = Layout.AUTO
+    # First-boot sealing: enable fs-verity on the large objects the verified pack names
+    # before they are measured (a disk written where fs-verity could not be enabled).
+    seal: bool = False
 
     @property
     def repo_path(self) -> str:
@@ -126,6 +129,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "repo": _path, "keys": _path, "target": _path, "verify": _policy, "cmdline_verify": _bool,
     "freshness": _optional_path, "count": _bool, "deployment": _optional_text, "scratch": _path,
     "layout": _layout,
+    "seal": _bool,
 }
 # What a kernel command line may set (``sealtree.<key>=``).  Not the keyring, the
 # freshness floor, boot counting or the paths the initramfs scripts rely on.
