@@ -12,8 +12,11 @@ the tmpfs, and its size, stubs included),
 ``staging`` (the tmpfs layers of one mount), ``mounted_farms`` (which
 deployments are mounted, from mountinfo), ``deploy`` (verify, farm, record),
 ``mount_deployment`` (re-verify, tmpfs, overlay; unmount), ``boot_config``,
-``boot_floor`` and ``boot`` (the boot verifier: its configuration, its
-freshness floor, its run), ``provision`` (fs-verity on every object).
+``boot_floor``, ``boot`` and ``boot_main`` (the boot verifier: its
+configuration, its freshness floor, its run, and its entry point that turns any
+failure into one console line), ``remount`` (the sysroot read-write by
+mount(2)), ``provision`` (fs-verity on every object, or at first boot),
+``etc_merge`` (the 3-way merge of /etc between deployments; not yet wired in).
 Imports only store, pack, overlay, zstandard, cryptography and the standard
 library, so the boot verifier can be copied into an initramfs.  Formats:
 docs/FORMAT.md, sections 9 (deployments) and 10 (boot verifier).
