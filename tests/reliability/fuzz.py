@@ -726,6 +726,25 @@ def record(stats: Stats, outcome: Outcome) -> None:
         stats.failures.append(f"case {outcome.case.index} ({outcome.case.mutation}): {failure[:1500]}")
 
 
+def _write_big_manifest_pack(env: Env, path: str, count: int) -> None:
+    with open(env.pack_path(env.commit), "rb") as handle:
+        pack = pc.parse(handle.read())
+    empty = pc.fsverity_digest(b"")
+    pack.rows = [pc.Row(b"", pc.Entry(pc.KIND_FILE, b"%0255d" % i, 0o644, 0, 0, [], 0, empty), 1, 0)
+                 for i in range(count)]
+    pack.inline_data = {}
+    pc.fix_derived(pack)
+    data = pc.encode(pack, level=1)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    with open(env.key("vendor"), "rb") as handle:
+        sig = pc.sign_bytes(data, handle.read())
+    with open(path + ".sig", "wb") as handle:
+        handle.write(sig)
+    with open(path + ".size", "w") as handle:
+        handle.write(str(sum(len(r.encode()) for r in pack.rows)))
+
+
 def memory_probe(env: Env, work: str, *, manifest_mib: int = 250) -> dict[str, object]:
     """A valid, signed pack whose manifest decompresses to about ``manifest_mib`` MiB (empty
     inline files with 255-byte names, all in the root: legal by docs/FORMAT.md), a small file
@@ -733,25 +752,21 @@ def memory_probe(env: Env, work: str, *, manifest_mib: int = 250) -> dict[str, o
     ``python3 -m sealtree`` processes (the fuzzer's forked children would count the
     parent's memory too)."""
     os.makedirs(work, exist_ok=True)
-    with open(env.pack_path(env.commit), "rb") as handle:
-        pack = pc.parse(handle.read())
-    empty = pc.fsverity_digest(b"")
+    path = os.path.join(work, "big-manifest.pack")
     per_row = 2 + 3 + 255 + 14 + 40 + 9
     count = min(manifest_mib * (1 << 20) // per_row, (1 << 20) - 1)
-    pack.rows = [pc.Row(b"", pc.Entry(pc.KIND_FILE, b"%0255d" % i, 0o644, 0, 0, [], 0, empty), 1, 0)
-                 for i in range(count)]
-    pack.inline_data = {}
-    pc.fix_derived(pack)
-    data = pc.encode(pack, level=1)
-    path = os.path.join(work, "big-manifest.pack")
-    with open(path, "wb") as handle:
-        handle.write(data)
-    with open(env.key("vendor"), "rb") as handle:
-        sig = pc.sign_bytes(data, handle.read())
-    with open(path + ".sig", "wb") as handle:
-        handle.write(sig)
-    manifest = sum(len(r.encode()) for r in pack.rows)
-    del pack, data
+    # Built in a child of its own: the rows take some GiB as Python objects, and a parent
+    # that had grown so would hand its peak to every child it starts (ru_maxrss counts the
+    # pages a forked child inherits before it execs).
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _write_big_manifest_pack(env, path, count)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    with open(path + ".size") as handle:
+        manifest = int(handle.read())
     out: dict[str, object] = {"pack_bytes": os.path.getsize(path), "manifest_bytes": manifest,
                               "rows": count}
     for name, args in (("inspect", ["pack", "inspect", path]),
@@ -760,4 +775,5 @@ def memory_probe(env: Env, work: str, *, manifest_mib: int = 250) -> dict[str, o
         out[name] = {"exit": result.code, "peak_rss_mib": round(result.maxrss_kib / 1024, 1),
                      "seconds": round(result.seconds, 1), "traceback": result.traceback}
     os.unlink(path)
+    os.unlink(path + ".size")
     return out

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                workers=2 if args.long else 1)
         tampering = Tampering(env, os.path.join(work, "tamper"))
         tamper_results = [tampering.run(t) for t in TAMPERS]
-        memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=250 if args.long else 20)
+        memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=62 if args.long else 20)  # 62: near the 64 MiB limit
         bad = run_bad_inputs(env, os.path.join(work, "bad-tar"), cases=400 if args.long else 40,
                              seed=args.seed)
     finally:
@@ -111,7 +111,7 @@ def markdown(s: dict) -> str:  # type: ignore[type-arg]
         lines.append(f"| {name} | {c['threat']} | {c['exits']} | {'yes' if c['refused'] else 'NO'} "
                      f"| {c['known_defect']} |")
     m = s["memory_probe"]
-    lines += ["", "## Memory: a valid signed pack whose manifest decompresses to "
+    lines += ["", "## Memory: a signed pack whose manifest decompresses to "
               f"{m['manifest_bytes'] / (1 << 20):.0f} MiB ({m['pack_bytes'] / 1024:.0f} KiB on disk, "
               f"{m['rows']} rows)", "",
               f"- pack inspect: exit {m['inspect']['exit']}, peak RSS {m['inspect']['peak_rss_mib']} MiB, "
