@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                                workers=2 if args.long else 1)
         tampering = Tampering(env, os.path.join(work, "tamper"))
         tamper_results = [tampering.run(t) for t in TAMPERS]
-        memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=62 if args.long else 20)  # 62: near the 64 MiB limit
+        # 62 MiB: near the largest manifest a pack may have (64 MiB)
+        memory = memory_probe(env, os.path.join(work, "memory"), manifest_mib=62 if args.long else 20)
         bad = run_bad_inputs(env, os.path.join(work, "bad-tar"), cases=400 if args.long else 40,
                              seed=args.seed)
     finally:
