@@ -8,6 +8,8 @@
     packs/<sha256>.pack.sig        its detached signatures (pack.signature's file format)
     objects/xx/<62 hex>.file.zst   a large file's content, zstd-compressed (remote.objects),
                                    named by the fs-verity digest of the content
+    deltas/<sha256>.pdelta         a pack delta (pack.delta), named by the SHA-256 of its bytes
+    deltas/<sha256>.odelta         an object delta (store.object_delta), likewise
 
 Everything but ``index`` is content-addressed and written once; a client
 therefore never sees a half-updated site: the index it fetched names only
@@ -26,6 +28,9 @@ OBJECTS_DIR = "objects"
 PACK_SUFFIX = ".pack"
 SIGNATURE_SUFFIX = ".sig"
 OBJECT_SUFFIX = ".file.zst"
+DELTAS_DIR = "deltas"
+PACK_DELTA_SUFFIX = ".pdelta"
+OBJECT_DELTA_SUFFIX = ".odelta"
 
 
 def index_signatures(index_sha256: bytes) -> str:
@@ -46,3 +51,13 @@ def large_object(digest: RawId | bytes) -> str:
     """A large file's compressed content, by its fs-verity digest (content only: no metadata)."""
     h = digest.hex()
     return f"{OBJECTS_DIR}/{h[:2]}/{h[2:]}{OBJECT_SUFFIX}"
+
+
+def pack_delta(sha256: bytes) -> str:
+    """A pack delta, by the SHA-256 of its bytes."""
+    return f"{DELTAS_DIR}/{sha256.hex()}{PACK_DELTA_SUFFIX}"
+
+
+def object_delta(sha256: bytes) -> str:
+    """An object delta, by the SHA-256 of its bytes."""
+    return f"{DELTAS_DIR}/{sha256.hex()}{OBJECT_DELTA_SUFFIX}"
