@@ -50,7 +50,12 @@ _TOP_KEYS = frozenset({"expires", "format", "refs", "serial", "timestamp", "vers
 _REF_KEYS = frozenset({"commit", "sha256", "size", "timestamp", "version"})
 _REF_OPTIONAL = frozenset({"deltas", "history"})  # written only when not empty
 _HISTORY_KEYS = frozenset({"commit", "sha256", "size"})
-_DELTA_KEYS = frozenset({"from", "objects", "sha256", "size"})
+_DELTA_KEYS = frozenset({"from", "sha256", "size"})
+_DELTA_OPTIONAL = frozenset({"objects"})  # written only when the release has object deltas
+_LIST_KEYS = frozenset({"sha256", "size"})
+_OBJECT_LIST_TOP = frozenset({"format", "objects", "version"})
+OBJECT_LIST_FORMAT = "sealtree-object-deltas"
+MAX_OBJECT_LIST = 16 << 20
 _OBJECT_DELTA_KEYS = frozenset({"from", "full", "sha256", "size", "to"})
 MAX_HISTORY = 16  # previous releases remembered per ref (for publish --deltas-from)
 MAX_DELTAS = 16  # pack deltas listed per ref
@@ -81,14 +86,24 @@ class ObjectDelta:
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file of the site by the SHA-256 and size of its bytes."""
+
+    sha256: bytes
+    size: int
+
+
+@dataclass(frozen=True)
 class PackDelta:
     """A delta file that rebuilds a ref's newest pack from the pack whose SHA-256 is
-    ``from_``, and the object deltas from that release's large objects to the new ones."""
+    ``from_``; ``objects``: the list of object deltas from that release's large objects to
+    the new ones (``site.object_delta_list``; kept out of the index, which every poll
+    fetches, and fetched only by a device that holds the source)."""
 
     from_: bytes
     sha256: bytes
     size: int
-    objects: tuple[ObjectDelta, ...] = ()
+    objects: FileRef | None = None
 
 
 @dataclass(frozen=True)
@@ -123,12 +138,51 @@ def _encode_ref(e: RefEntry) -> dict[str, Any]:
         doc["history"] = [{"commit": r.commit, "sha256": r.sha256.hex(), "size": r.size}
                           for r in e.history]
     if e.deltas:
-        doc["deltas"] = [{"from": d.from_.hex(), "sha256": d.sha256.hex(), "size": d.size,
-                          "objects": [{"from": o.from_.hex(), "to": o.to.hex(), "full": o.full,
-                                       "sha256": o.sha256.hex(), "size": o.size}
-                                      for o in d.objects]}
-                         for d in e.deltas]
+        doc["deltas"] = [_encode_delta(d) for d in e.deltas]
     return doc
+
+
+def _encode_delta(d: PackDelta) -> dict[str, Any]:
+    doc: dict[str, Any] = {"from": d.from_.hex(), "sha256": d.sha256.hex(), "size": d.size}
+    if d.objects is not None:
+        doc["objects"] = {"sha256": d.objects.sha256.hex(), "size": d.objects.size}
+    return doc
+
+
+def _canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def encode_object_deltas(deltas: Sequence[ObjectDelta]) -> bytes:
+    """The canonical bytes of an object-delta list file."""
+    return _canonical({"format": OBJECT_LIST_FORMAT, "version": VERSION,
+                       "objects": [{"from": o.from_.hex(), "to": o.to.hex(), "full": o.full,
+                                    "sha256": o.sha256.hex(), "size": o.size} for o in deltas]})
+
+
+def decode_object_deltas(data: bytes, where: str) -> tuple[ObjectDelta, ...]:
+    """Parse an object-delta list file (its SHA-256 checked by the caller against the index);
+    IndexFormatError naming ``where`` unless it is the canonical encoding of a valid list."""
+    if len(data) > MAX_OBJECT_LIST:
+        raise IndexFormatError(f"{len(data)} bytes, an object-delta list is at most "
+                               f"{MAX_OBJECT_LIST}", path=where)
+    try:
+        doc = json.loads(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise IndexFormatError(f"not an object-delta list (not ASCII JSON: {err})", path=where) from None
+    top = _keys(doc, _OBJECT_LIST_TOP, "the object-delta list", where)
+    if top["format"] != OBJECT_LIST_FORMAT or top["version"] not in SUPPORTED_VERSIONS:
+        raise IndexFormatError(f"not an object-delta list of a supported version "
+                               f"(\"format\": \"{OBJECT_LIST_FORMAT}\", \"version\": 1)", path=where)
+    objects = top["objects"]
+    if not isinstance(objects, list) or len(objects) > MAX_OBJECT_DELTAS:
+        raise IndexFormatError(f"objects must be a JSON array of at most {MAX_OBJECT_DELTAS} items",
+                               path=where)
+    deltas = tuple(_object_delta(o, "object delta", where) for o in objects)
+    if encode_object_deltas(deltas) != data:
+        raise IndexFormatError("not in canonical form (sorted keys, no spaces, ASCII, "
+                               "no trailing newline)", path=where)
+    return deltas
 
 
 def encode_index(index: SiteIndex) -> bytes:
@@ -141,7 +195,7 @@ def encode_index(index: SiteIndex) -> bytes:
         "timestamp": index.timestamp,
         "version": VERSION,
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _canonical(doc)
 
 
 def _int(value: Any, what: str, where: str, minimum: int = _INT_MIN) -> int:
@@ -190,15 +244,17 @@ def _object_delta(doc: Any, what: str, where: str) -> ObjectDelta:
 
 
 def _pack_delta(doc: Any, what: str, where: str) -> PackDelta:
-    item = _keys(doc, _DELTA_KEYS, what, where)
-    objects = item["objects"]
-    if not isinstance(objects, list) or len(objects) > MAX_OBJECT_DELTAS:
-        raise IndexFormatError(f"{what}: objects must be a JSON array of at most "
-                               f"{MAX_OBJECT_DELTAS} items", path=where)
+    if not isinstance(doc, dict):
+        raise IndexFormatError(f"{what} must be a JSON object", path=where)
+    item = _keys(doc, _DELTA_KEYS | (_DELTA_OPTIONAL & set(doc)), what, where)
+    objects = None
+    if "objects" in item:
+        listed = _keys(item["objects"], _LIST_KEYS, f"{what}: objects", where)
+        objects = FileRef(bytes.fromhex(_hex(listed["sha256"], f"{what}: objects: sha256", where)),
+                          _int(listed["size"], f"{what}: objects: size", where, 1))
     return PackDelta(bytes.fromhex(_hex(item["from"], f"{what}: from", where)),
                      bytes.fromhex(_hex(item["sha256"], f"{what}: sha256", where)),
-                     _int(item["size"], f"{what}: size", where, 1),
-                     tuple(_object_delta(o, f"{what}: object delta", where) for o in objects))
+                     _int(item["size"], f"{what}: size", where, 1), objects)
 
 
 def _ref_entry(ref: str, doc: Any, where: str) -> RefEntry:

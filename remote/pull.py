@@ -374,7 +374,10 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
     if source is not None:
         contents = {w.digest: os.path.join(partial_dir(repo), "objects", to_hex(w.digest)) for w in wanted}
         os.makedirs(os.path.join(partial_dir(repo), "objects"), exist_ok=True)
-        plans = pull_deltas.plan_objects(repo, source, list(contents.items()))
+        listed, unlisted = pull_deltas.fetch_object_deltas(source, fetch_delta, _delta_dir(repo))
+        if unlisted is not None:
+            result.fallbacks.append(unlisted)
+        plans = pull_deltas.plan_objects(repo, source, listed, list(contents.items()))
         done, failures = pull_deltas.rebuild_objects(plans, contents, fetch_delta, _delta_dir(repo),
                                                      options.workers)
         result.fallbacks.extend(failures)

@@ -37,8 +37,8 @@ from store.object_delta import ObjectDeltaJob, apply_object_deltas
 from store.repo import Repository
 
 from . import site
-from .errors import RemoteError
-from .index import ObjectDelta, PackDelta, RefEntry
+from .errors import IndexFormatError, RemoteError
+from .index import ObjectDelta, PackDelta, RefEntry, decode_object_deltas
 
 HASH_CHUNK = 1 << 20
 
@@ -115,6 +115,28 @@ def rebuild_pack(source: Source, entry: RefEntry, fetch: FetchDelta, work_dir: s
     return None
 
 
+def fetch_object_deltas(source: Source, fetch: FetchDelta, work_dir: str
+                        ) -> tuple[tuple[ObjectDelta, ...], Fallback | None]:
+    """The object deltas listed for the source's release (the list file is fetched and checked
+    against the index's SHA-256 and size), or none and why not."""
+    listed = source.delta.objects
+    if listed is None:
+        return (), None
+    path = site.object_delta_list(listed.sha256)
+    dest = os.path.join(work_dir, os.path.basename(path))
+    try:
+        fetch(path, dest, listed.size, listed.sha256)
+    except RemoteError as err:
+        return (), Fallback(path, str(err), True)
+    try:
+        with open(dest, "rb") as handle:
+            return decode_object_deltas(handle.read(), path), None
+    except IndexFormatError as err:  # the listed bytes, so the publisher's fault
+        return (), Fallback(path, err.detail(), False)
+    finally:
+        os.unlink(dest)
+
+
 @dataclass(frozen=True)
 class ObjectPlan:
     """An object to rebuild: its delta and the repository's file of its source."""
@@ -123,13 +145,13 @@ class ObjectPlan:
     source_file: str
 
 
-def plan_objects(repo: Repository, source: Source, wanted: Sequence[tuple[RawId, str]]
-                 ) -> dict[RawId, ObjectPlan]:
+def plan_objects(repo: Repository, source: Source, deltas: Sequence[ObjectDelta],
+                 wanted: Sequence[tuple[RawId, str]]) -> dict[RawId, ObjectPlan]:
     """For each wanted object (digest, where its checked content goes), the object delta
     that rebuilds it, when the index lists one from an object the repository holds and it is
     smaller than the compressed object; content already there from an earlier pull is not
     rebuilt."""
-    by_result = {o.to: o for o in source.delta.objects}
+    by_result = {o.to: o for o in deltas}
     plans: dict[RawId, ObjectPlan] = {}
     for digest, content in wanted:
         delta = by_result.get(bytes(digest))

@@ -31,7 +31,7 @@ from store.fsverity import digest_bytes
 from store.object_delta import MAX_OBJECT, make_object_delta
 
 from . import objects, site
-from .index import ObjectDelta, PackDelta, Release
+from .index import FileRef, ObjectDelta, PackDelta, Release, encode_object_deltas
 
 
 @dataclass
@@ -71,7 +71,9 @@ def _place(site_dir: str, temp: str, final_rel: str) -> bool:
 
 
 def _object_deltas(site_dir: str, old_pack: str, new_pack: str, stats: DeltaStats,
-                   made: dict[tuple[bytes, bytes], ObjectDelta | None]) -> tuple[ObjectDelta, ...]:
+                   made: dict[tuple[bytes, bytes], ObjectDelta | None]) -> FileRef | None:
+    """The object deltas from ``old_pack``'s large objects to ``new_pack``'s, made or reused,
+    and the list file naming them (None when there are none)."""
     with PackReader(old_pack) as old, PackReader(new_pack) as new:
         pairs, _whole = object_delta_pairs(old.manifest, new.manifest)
     listed: list[ObjectDelta] = []
@@ -83,7 +85,17 @@ def _object_deltas(site_dir: str, old_pack: str, new_pack: str, stats: DeltaStat
         one = made[key]
         if one is not None:
             listed.append(one)
-    return tuple(listed)
+    if not listed:
+        return None
+    data = encode_object_deltas(listed)
+    sha256 = hashlib.sha256(data).digest()
+    temp = os.path.join(site_dir, site.DELTAS_DIR, f".build-{os.getpid()}-{sha256.hex()[:16]}.list")
+    stats.temps.append(temp)
+    with atomic_file(temp, 0o644, durable=False) as handle:
+        handle.write(data)
+    if _place(site_dir, temp, site.object_delta_list(sha256)):
+        stats.bytes_written += len(data)
+    return FileRef(sha256, len(data))
 
 
 def _object_delta(site_dir: str, key: tuple[bytes, bytes], source_size: int, result_size: int,

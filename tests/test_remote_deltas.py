@@ -14,7 +14,19 @@ from pack.signature import write_signatures
 from remote import site
 from remote.config import add_remote, load_remote, remove_remote
 from remote.errors import IndexFormatError
-from remote.index import RefEntry, SiteIndex, decode_index, encode_index, index_sha256, sign_index
+from remote.index import (
+    FileRef,
+    ObjectDelta,
+    PackDelta,
+    RefEntry,
+    SiteIndex,
+    decode_index,
+    decode_object_deltas,
+    encode_index,
+    encode_object_deltas,
+    index_sha256,
+    sign_index,
+)
 from remote.publish import PublishResult, publish, read_site_index
 from remote.pull import PullOptions, PullResult, pull
 from store.atomic import atomic_write
@@ -71,6 +83,14 @@ def resign(vendor: Vendor, change) -> None:  # type: ignore[no-untyped-def]
     atomic_write(os.path.join(vendor.site, site.INDEX), data, 0o644)
 
 
+def object_deltas(vendor: Vendor, delta: PackDelta) -> tuple[ObjectDelta, ...]:
+    assert delta.objects is not None
+    with open(os.path.join(vendor.site, site.object_delta_list(delta.objects.sha256)), "rb") as handle:
+        data = handle.read()
+    assert (hashlib.sha256(data).digest(), len(data)) == (delta.objects.sha256, delta.objects.size)
+    return decode_object_deltas(data, "list")
+
+
 def garbage_delta(vendor: Vendor, name: str, size: int) -> tuple[bytes, int]:
     """A delta file the index may list (right SHA-256 and size) that applies to nothing."""
     data = (b"not a delta " * size)[:size]
@@ -91,13 +111,15 @@ def test_publish_lists_deltas_from_the_previous_releases_with_their_digests(vend
     assert [r.sha256 for r in second.history] == [first.sha256]
     [delta] = second.deltas
     assert delta.from_ == first.sha256 and delta.size < second.size
-    assert len(delta.objects) == LARGE_CHANGED
+    listed = object_deltas(vendor, delta)
+    assert len(listed) == LARGE_CHANGED
     for path, sha256, size in [(site.pack_delta(delta.sha256), delta.sha256, delta.size)] + [
-            (site.object_delta(o.sha256), o.sha256, o.size) for o in delta.objects]:
+            (site.object_delta(o.sha256), o.sha256, o.size) for o in listed]:
         with open(os.path.join(vendor.site, path), "rb") as handle:
             data = handle.read()
         assert (hashlib.sha256(data).digest(), len(data)) == (sha256, size)
-    assert all(o.size < o.full for o in delta.objects)
+    assert all(o.size < o.full for o in listed)
+    assert len(encode_index(read_site_index(vendor.site))) < 2048  # the lists stay out of the index
     again = publish(vendor.repo, vendor.site, [load_private_key(vendor.key)], deltas_from=1)
     assert (again.index_written, again.deltas_written, again.bytes_written) == (False, 0, 0)
     publish_release(vendor, "3", 1_700_000_200, deltas_from=2)
@@ -132,6 +154,8 @@ def test_a_device_holding_release_1_pulls_release_2_by_deltas_equal_to_a_full_pu
         publish_release(vendor, "2", 1_700_000_100)
         used = pull_again(by_delta)
         full = pull_again(whole, no_deltas=True)
+        poll = pull_again(by_delta)
+    assert poll.bytes_fetched < 2048 and poll.deltas_used == 0  # the index stays small
     assert used.deltas_used == 1 + LARGE_CHANGED and not used.fallbacks
     assert used.bytes_fetched < used.bytes_full
     assert used.bytes_full == full.bytes_fetched == full.bytes_full and full.deltas_used == 0
@@ -181,15 +205,18 @@ def test_deltas_that_do_not_apply_fall_back_to_full_files_without_blaming_the_se
         publish_release(vendor, "2", 1_700_000_100)
         entry = read_site_index(vendor.site).refs["os/main"]
         pack_sha, pack_size = garbage_delta(vendor, site.PACK_DELTA_SUFFIX, entry.deltas[0].size)
-        bad_object = entry.deltas[0].objects[0]
-        object_sha, object_size = garbage_delta(vendor, site.OBJECT_DELTA_SUFFIX, bad_object.size)
+        listed = object_deltas(vendor, entry.deltas[0])
+        object_sha, object_size = garbage_delta(vendor, site.OBJECT_DELTA_SUFFIX, listed[0].size)
+        data = encode_object_deltas((dataclasses.replace(listed[0], sha256=object_sha, size=object_size),
+                                     *listed[1:]))
+        list_ref = FileRef(hashlib.sha256(data).digest(), len(data))
+        with open(os.path.join(vendor.site, site.object_delta_list(list_ref.sha256)), "wb") as handle:
+            handle.write(data)
 
         def broken(e: RefEntry) -> RefEntry:
             [d] = e.deltas
-            objects = (dataclasses.replace(d.objects[0], sha256=object_sha, size=object_size),
-                       *d.objects[1:])
             return dataclasses.replace(e, deltas=(dataclasses.replace(
-                d, sha256=pack_sha, size=pack_size, objects=objects),))
+                d, sha256=pack_sha, size=pack_size, objects=list_ref),))
 
         resign(vendor, broken)
         result = pull_again(repo)
