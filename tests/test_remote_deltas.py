@@ -27,6 +27,7 @@ from remote.index import (
     index_sha256,
     sign_index,
 )
+from remote.mirror import mirror
 from remote.publish import PublishResult, publish, read_site_index
 from remote.pull import PullOptions, PullResult, pull
 from store.atomic import atomic_write
@@ -261,3 +262,19 @@ def test_cli_pull_json_reports_deltas_and_no_deltas_fetches_full_over_nginx(vend
         out = os.path.join(base, f"co-{os.path.basename(repo)}")
         run_cli("checkout", "os/main", out, repo=repo)
         assert_same_tree(src, out)
+
+
+def test_a_mirror_copies_the_deltas_and_devices_use_them_from_it(vendor, tmp_path):
+    base = str(tmp_path)
+    copy = os.path.join(base, "copy")
+    with serving(vendor.site) as upstream:
+        repo = holding_release_1(vendor, base, "device", [upstream])
+        publish_release(vendor, "2", 1_700_000_100)
+        copied = mirror(upstream, copy)
+    assert copied.deltas_fetched == 1 + 1 + LARGE_CHANGED  # pack delta, list, object deltas
+    with serving(copy) as url:
+        remove_remote(repo, "vendor")
+        add_remote(repo, "vendor", url, [], vendor.keys)
+        result = pull_again(repo)
+    assert result.deltas_used == 1 + LARGE_CHANGED and not result.fallbacks
+    assert not fsck(repo).problems

@@ -265,12 +265,13 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"upstream": result.upstream, "serial": result.serial, "refs": result.refs,
                     "index_written": result.index_written, "packs_fetched": result.packs_fetched,
-                    "objects_fetched": result.objects_fetched, "bytes_fetched": result.bytes_fetched})
+                    "objects_fetched": result.objects_fetched, "deltas_fetched": result.deltas_fetched,
+                    "bytes_fetched": result.bytes_fetched})
         return 0
     checked = "signatures checked" if keyring else "signatures not checked (no --keys)"
     print(f"mirrored {result.upstream} into {args.site}: index serial {result.serial}, "
           f"{result.packs_fetched} pack(s), {result.objects_fetched} object(s), "
-          f"{human_size(result.bytes_fetched)} fetched; {checked}")
+          f"{result.deltas_fetched} delta file(s), {human_size(result.bytes_fetched)} fetched; {checked}")
     return 0
 
 
