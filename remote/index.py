@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -55,7 +56,9 @@ _DELTA_OPTIONAL = frozenset({"objects"})  # written only when the release has ob
 _LIST_KEYS = frozenset({"sha256", "size"})
 _OBJECT_LIST_TOP = frozenset({"format", "objects", "version"})
 OBJECT_LIST_FORMAT = "sealtree-object-deltas"
-MAX_OBJECT_LIST = 16 << 20
+MAX_OBJECT_LIST = 16 << 20  # decompressed
+OBJECT_LIST_LEVEL = 19
+_LIST_WINDOW = 1 << 23
 _OBJECT_DELTA_KEYS = frozenset({"from", "full", "sha256", "size", "to"})
 MAX_HISTORY = 16  # previous releases remembered per ref (for publish --deltas-from)
 MAX_DELTAS = 16  # pack deltas listed per ref
@@ -154,20 +157,29 @@ def _canonical(doc: Any) -> bytes:
 
 
 def encode_object_deltas(deltas: Sequence[ObjectDelta]) -> bytes:
-    """The canonical bytes of an object-delta list file."""
-    return _canonical({"format": OBJECT_LIST_FORMAT, "version": VERSION,
-                       "objects": [{"from": o.from_.hex(), "to": o.to.hex(), "full": o.full,
-                                    "sha256": o.sha256.hex(), "size": o.size} for o in deltas]})
+    """The bytes of an object-delta list file: one zstd frame (hex digests compress to
+    about half) of the list's canonical JSON."""
+    doc = {"format": OBJECT_LIST_FORMAT, "version": VERSION,
+           "objects": [{"from": o.from_.hex(), "to": o.to.hex(), "full": o.full,
+                        "sha256": o.sha256.hex(), "size": o.size} for o in deltas]}
+    cctx = zstandard.ZstdCompressor(level=OBJECT_LIST_LEVEL, write_checksum=False)
+    return cctx.compress(_canonical(doc))
 
 
 def decode_object_deltas(data: bytes, where: str) -> tuple[ObjectDelta, ...]:
     """Parse an object-delta list file (its SHA-256 checked by the caller against the index);
     IndexFormatError naming ``where`` unless it is the canonical encoding of a valid list."""
-    if len(data) > MAX_OBJECT_LIST:
-        raise IndexFormatError(f"{len(data)} bytes, an object-delta list is at most "
-                               f"{MAX_OBJECT_LIST}", path=where)
     try:
-        doc = json.loads(data.decode("ascii"))
+        dctx = zstandard.ZstdDecompressor(max_window_size=_LIST_WINDOW)
+        with dctx.stream_reader(data) as reader:
+            text = reader.read(MAX_OBJECT_LIST + 1)
+    except zstandard.ZstdError as err:
+        raise IndexFormatError(f"not an object-delta list (not zstd: {err})", path=where) from None
+    if len(text) > MAX_OBJECT_LIST:
+        raise IndexFormatError(f"an object-delta list is at most {MAX_OBJECT_LIST} bytes "
+                               f"decompressed", path=where)
+    try:
+        doc = json.loads(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise IndexFormatError(f"not an object-delta list (not ASCII JSON: {err})", path=where) from None
     top = _keys(doc, _OBJECT_LIST_TOP, "the object-delta list", where)
@@ -179,7 +191,7 @@ def decode_object_deltas(data: bytes, where: str) -> tuple[ObjectDelta, ...]:
         raise IndexFormatError(f"objects must be a JSON array of at most {MAX_OBJECT_DELTAS} items",
                                path=where)
     deltas = tuple(_object_delta(o, "object delta", where) for o in objects)
-    if encode_object_deltas(deltas) != data:
+    if _canonical(top) != text:
         raise IndexFormatError("not in canonical form (sorted keys, no spaces, ASCII, "
                                "no trailing newline)", path=where)
     return deltas
