@@ -419,7 +419,10 @@ def _delta_fetcher(repo: Repository, mirrors: Mirrors, options: PullOptions, pro
 
     def fetch(path: str, dest: str, size: int, sha256: bytes) -> None:
         progress.bytes_total += size
-        _get_file(mirrors, options, path, dest, size, hashlib.sha256, sha256_check(sha256), on_bytes)
+        if options.cross_check >= 2:  # cross-checking names and drops a liar, as for any file
+            _get_file(mirrors, options, path, dest, size, hashlib.sha256, sha256_check(sha256), on_bytes)
+        else:
+            mirrors.get_file(path, dest, size, hashlib.sha256, sha256_check(sha256), on_bytes, delta=True)
     return fetch
 
 
@@ -468,7 +471,8 @@ def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = 
         client.close()
     result.bytes_fetched = mirrors.bytes_fetched
     result.bytes_full = result.bytes_fetched + sum(r.replaced_bytes - r.delta_bytes for r in result.refs)
-    result.servers = {url: {"bytes": s.bytes, "files": s.files, "dropped": s.failure}
+    result.servers = {url: {"bytes": s.bytes, "files": s.files, "dropped": s.failure,
+                            "deltas_refused": s.delta_failure}
                       for url, s in mirrors.stats.items()}
     return result
 

@@ -13,10 +13,14 @@ smaller than the file it replaces:
   signed pack names (store.object_delta).
 
 Fault model: a delta file whose bytes are not the index's SHA-256 and size is
-the server's fault (``WrongBytes``: the server is dropped, as for any file); a
+the server's fault (``WrongBytes``): that server is asked for no more deltas
+(``Mirrors.refuse_deltas``) and the next one is asked for the delta; it still
+serves full files, which are checked as always, so a site with one server and
+one corrupt delta still updates (a liar wastes at most one delta's bytes).  A
 delta that has the listed bytes but does not apply is the publisher's (or a
-zstd that compresses differently): the server is not blamed.  Either way the
-pull falls back to the full file and says so (``Fallback``).
+zstd that compresses differently): no server is blamed.  Either way the pull
+falls back to the full file when no server gives a delta that works, and says
+so (``Fallback``).
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ def test_a_device_without_release_1_fetches_full_files(vendor, tmp_path):
     assert not fsck(repo).problems
 
 
-def test_a_mirror_serving_a_corrupted_delta_is_dropped_and_the_delta_comes_from_the_next(vendor, tmp_path):
+def test_a_mirror_serving_a_corrupted_delta_is_refused_deltas_and_the_delta_comes_from_the_next(
+        vendor, tmp_path):
     base = str(tmp_path)
     with serving(vendor.site) as url:
         repo = holding_release_1(vendor, base, "device", [url])
@@ -192,10 +193,32 @@ def test_a_mirror_serving_a_corrupted_delta_is_dropped_and_the_delta_comes_from_
         remove_remote(repo, "vendor")
         add_remote(repo, "vendor", bad, [good], vendor.keys)
         result = pull_again(repo, workers=1)
-    dropped = result.servers[bad]["dropped"]
-    assert dropped is not None and site.pack_delta(delta.sha256) in dropped and "SHA-256" in dropped
-    assert result.servers[good]["dropped"] is None
+    refused = result.servers[bad]["deltas_refused"]
+    assert refused is not None and site.pack_delta(delta.sha256) in refused and "SHA-256" in refused
+    assert bad in refused and result.servers[bad]["dropped"] is None
+    assert result.servers[good]["dropped"] is None and result.servers[good]["deltas_refused"] is None
     assert result.deltas_used == 1 + LARGE_CHANGED
+    assert not fsck(repo).problems
+
+
+def test_a_corrupted_delta_on_the_only_server_falls_back_to_full_files(vendor, tmp_path):
+    base = str(tmp_path)
+    with serving(vendor.site) as url:
+        repo = holding_release_1(vendor, base, "device", [url])
+        publish_release(vendor, "2", 1_700_000_100)
+        delta = read_site_index(vendor.site).refs["os/main"].deltas[0]
+        with open(os.path.join(vendor.site, site.pack_delta(delta.sha256)), "r+b") as handle:
+            handle.seek(130)
+            handle.write(b"\xff\xfe")
+        result = pull_again(repo)
+    refused = result.servers[url]["deltas_refused"]
+    assert refused is not None and site.pack_delta(delta.sha256) in refused
+    assert result.servers[url]["dropped"] is None
+    assert result.fallbacks[0].path == site.pack_delta(delta.sha256) and result.fallbacks[0].blamed_server
+    assert result.deltas_used == 0 and result.packs_fetched == 1
+    assert result.objects_fetched == LARGE_CHANGED
+    assert result.bytes_full == result.bytes_fetched - delta.size
+    assert repo.refs.read("os/main") == vendor.repo.refs.read("os/main")
     assert not fsck(repo).problems
 
 
@@ -221,7 +244,7 @@ def test_deltas_that_do_not_apply_fall_back_to_full_files_without_blaming_the_se
 
         resign(vendor, broken)
         result = pull_again(repo)
-    assert result.servers[url]["dropped"] is None
+    assert result.servers[url]["dropped"] is None and result.servers[url]["deltas_refused"] is None
     assert sorted(f.path for f in result.fallbacks) == sorted(
         [site.pack_delta(pack_sha), site.object_delta(object_sha)])
     assert not any(f.blamed_server for f in result.fallbacks)

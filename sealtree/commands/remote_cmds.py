@@ -247,6 +247,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     dropped = [f"{url} ({s['dropped']})" for url, s in result.servers.items() if s["dropped"]]
     if dropped:
         print(f"servers dropped: {'; '.join(dropped)}", file=sys.stderr)
+    refused = [f"{url} ({s['deltas_refused']})" for url, s in result.servers.items()
+               if s["deltas_refused"]]
+    if refused:
+        print(f"servers asked for no more deltas: {'; '.join(refused)}", file=sys.stderr)
     saved = (f", {result.deltas_used} delta(s) used ({human_size(result.bytes_full)} without)"
              if result.deltas_used else "")
     print(f"fetched {human_size(result.bytes_fetched)} from {result.remote} "
