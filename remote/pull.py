@@ -335,6 +335,49 @@ def _wanted(repo: Repository, reader: PackReader) -> list[_Wanted]:
     return [_Wanted(d, sizes[d], tuple(metas)) for d, metas in by_digest.items()]
 
 
+def _pack_by_delta(repo: Repository, source: pull_deltas.Source, entry: RefEntry,
+                   fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, result: PullResult,
+                   pulled: RefPulled) -> bool:
+    """Rebuild the pack into the partial directory from the source's pack delta when that is
+    smaller than the pack; whether it was (else the full pack is fetched)."""
+    pack_dest = _pack_dest(repo, entry)
+    if source.delta.size >= entry.size or os.path.exists(pack_dest):  # or one is there already
+        return False
+    before = mirrors.bytes_fetched
+    failed = pull_deltas.rebuild_pack(source, entry, fetch_delta, _delta_dir(repo), pack_dest)
+    pulled.delta_bytes += mirrors.bytes_fetched - before
+    if failed is not None:
+        result.fallbacks.append(failed)
+        return False
+    pulled.deltas_used += 1
+    pulled.replaced_bytes += entry.size
+    return True
+
+
+def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list[_Wanted],
+                      fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, options: PullOptions,
+                      result: PullResult, pulled: RefPulled) -> dict[RawId, str]:
+    """The wanted objects rebuilt from object deltas into the partial directory (checked
+    content, as downloads leave it), by digest; the others are fetched whole."""
+    if not wanted:
+        return {}
+    before = mirrors.bytes_fetched
+    directory = os.path.join(partial_dir(repo), "objects")
+    os.makedirs(directory, exist_ok=True)
+    contents = {w.digest: os.path.join(directory, to_hex(w.digest)) for w in wanted}
+    listed, unlisted = pull_deltas.fetch_object_deltas(source, fetch_delta, _delta_dir(repo))
+    if unlisted is not None:
+        result.fallbacks.append(unlisted)
+    plans = pull_deltas.plan_objects(repo, source, listed, list(contents.items()))
+    done, failures = pull_deltas.rebuild_objects(plans, contents, fetch_delta, _delta_dir(repo),
+                                                 options.workers)
+    result.fallbacks.extend(failures)
+    pulled.deltas_used += len(done)
+    pulled.replaced_bytes += sum(plans[digest].delta.full for digest in done)
+    pulled.delta_bytes += mirrors.bytes_fetched - before
+    return {digest: contents[digest] for digest in done}
+
+
 def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
               options: PullOptions, result: PullResult, progress: PullProgress,
               report: Progress | None) -> RefPulled:
@@ -350,17 +393,8 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
         source = pull_deltas.find_source(kept_pack_path(repo, current), entry)
     fetch_delta = _delta_fetcher(repo, mirrors, options, progress, report)
     before = mirrors.bytes_fetched
-    rebuilt = False
-    pack_dest = _pack_dest(repo, entry)
-    if source is not None and source.delta.size < entry.size and not os.path.exists(pack_dest):
-        failed = pull_deltas.rebuild_pack(source, entry, fetch_delta, _delta_dir(repo), pack_dest)
-        pulled.delta_bytes += mirrors.bytes_fetched - before
-        rebuilt = failed is None
-        if failed is not None:
-            result.fallbacks.append(failed)
-        else:
-            pulled.deltas_used += 1
-            pulled.replaced_bytes += entry.size
+    rebuilt = source is not None and _pack_by_delta(repo, source, entry, fetch_delta, mirrors, result,
+                                                    pulled)
     pack_path, sig_path = _fetch_pack(repo, entry, keyring, mirrors, options, progress, report,
                                       rebuilt=rebuilt)
     pulled.pack_bytes = mirrors.bytes_fetched - before
@@ -368,24 +402,10 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
     with PackReader(pack_path, expected_sha256=entry.sha256) as reader:
         check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
         wanted = _wanted(repo, reader)
-    before = mirrors.bytes_fetched
     files: dict[RawId, str] = {}
-    whole = wanted
     if source is not None:
-        contents = {w.digest: os.path.join(partial_dir(repo), "objects", to_hex(w.digest)) for w in wanted}
-        os.makedirs(os.path.join(partial_dir(repo), "objects"), exist_ok=True)
-        listed, unlisted = pull_deltas.fetch_object_deltas(source, fetch_delta, _delta_dir(repo))
-        if unlisted is not None:
-            result.fallbacks.append(unlisted)
-        plans = pull_deltas.plan_objects(repo, source, listed, list(contents.items()))
-        done, failures = pull_deltas.rebuild_objects(plans, contents, fetch_delta, _delta_dir(repo),
-                                                     options.workers)
-        result.fallbacks.extend(failures)
-        files.update({digest: contents[digest] for digest in done})
-        pulled.deltas_used += len(done)
-        pulled.replaced_bytes += sum(plans[digest].delta.full for digest in done)
-        pulled.delta_bytes += mirrors.bytes_fetched - before
-        whole = [w for w in wanted if w.digest not in files]
+        files = _objects_by_delta(repo, source, wanted, fetch_delta, mirrors, options, result, pulled)
+    whole = [w for w in wanted if w.digest not in files]
     before = mirrors.bytes_fetched
     files.update(_fetch_objects(repo, whole, mirrors, options, progress, report))
     pulled.object_bytes = mirrors.bytes_fetched - before
