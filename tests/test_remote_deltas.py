@@ -301,3 +301,18 @@ def test_a_mirror_copies_the_deltas_and_devices_use_them_from_it(vendor, tmp_pat
         result = pull_again(repo)
     assert result.deltas_used == 1 + LARGE_CHANGED and not result.fallbacks
     assert not fsck(repo).problems
+
+
+def test_deltas_are_cross_checked_like_any_file(vendor, tmp_path):
+    base = str(tmp_path)
+    with serving(vendor.site) as url:
+        repo = holding_release_1(vendor, base, "device", [url])
+    publish_release(vendor, "2", 1_700_000_100)
+    other = copy_site(vendor, "other")
+    with serving(vendor.site) as first, serving(other) as second:
+        remove_remote(repo, "vendor")
+        add_remote(repo, "vendor", first, [second], vendor.keys)
+        result = pull_again(repo, cross_check=2, seed=1)
+    assert result.deltas_used == 1 + LARGE_CHANGED and not result.fallbacks
+    assert all(s["bytes"] > 0 and s["dropped"] is None for s in result.servers.values())
+    assert not fsck(repo).problems
