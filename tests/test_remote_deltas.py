@@ -316,3 +316,27 @@ def test_deltas_are_cross_checked_like_any_file(vendor, tmp_path):
     assert result.deltas_used == 1 + LARGE_CHANGED and not result.fallbacks
     assert all(s["bytes"] > 0 and s["dropped"] is None for s in result.servers.values())
     assert not fsck(repo).problems
+
+
+def test_a_pull_interrupted_after_rebuilding_continues_from_what_it_rebuilt(vendor, tmp_path, monkeypatch):
+    import remote.pull
+
+    base = str(tmp_path)
+    with serving(vendor.site) as url:
+        repo = holding_release_1(vendor, base, "device", [url])
+        publish_release(vendor, "2", 1_700_000_100)
+
+        def killed(*_args: object, **_kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(remote.pull, "import_pack", killed)
+            with pytest.raises(KeyboardInterrupt):
+                pull_again(repo)
+        assert repo.refs.read("os/main") != vendor.repo.refs.read("os/main")
+        again = pull_again(repo)
+    assert again.refs[0].updated and again.objects_fetched == 0 and again.refs[0].pack_bytes < 1024
+    assert again.bytes_fetched < 2048 + 1024  # the index, its signatures, the pack's signatures
+    assert repo.refs.read("os/main") == vendor.repo.refs.read("os/main")
+    assert not fsck(repo).problems
+    checkout_equals(repo, os.path.join(base, "vendor-src-2"), os.path.join(base, "co"))
