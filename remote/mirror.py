@@ -5,7 +5,8 @@ same write order: every object and pack the upstream index names is fetched
 (only those missing or of the wrong size), checked (packs: size and SHA-256
 from the index, signatures with the keyring when one is given, the pack parses
 and is the one the index names; objects: size and fs-verity digest from the
-pack's manifest, decompressing it), renamed into place, the filesystem synced, and only then the
+pack's manifest, decompressing it; deltas and object-delta lists: size and
+SHA-256 from the index or list), renamed into place, the filesystem synced, and only then the
 index's signatures and the index written.  A mirror copies from its upstream
 alone; nothing it already holds is fetched again.
 
@@ -43,7 +44,7 @@ from .checks import (
 )
 from .errors import IndexRollback
 from .http import Client, Hasher, HttpPolicy, NoHash
-from .index import index_sha256
+from .index import PackDelta, decode_object_deltas, index_sha256
 from .mirrors import Mirrors, Verify
 from .publish import LOCK, read_site_index
 
@@ -57,6 +58,7 @@ class MirrorResult:
     index_written: bool = False
     packs_fetched: int = 0
     objects_fetched: int = 0
+    deltas_fetched: int = 0
     bytes_fetched: int = 0
     refs: list[str] = field(default_factory=list)
 
@@ -121,6 +123,8 @@ def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signature
                     check_pack_matches(reader, ref, entry, rel)
                     large = {row.entry.digest: row.entry.size for row in reader.manifest.large_entries()}
                 result.objects_fetched += _objects(mirrors, root, large, workers)
+                for delta in entry.deltas:
+                    result.deltas_fetched += _deltas(mirrors, root, delta, workers)
             syncfs(root)
             fsync_dir(os.path.join(root, site.PACKS_DIR))
             os.makedirs(os.path.join(root, site.SIGNATURES_DIR), exist_ok=True)
@@ -137,6 +141,26 @@ def mirror(url: str, root: str, keyring: Keyring | None = None, *, min_signature
 def _read(root: str) -> bytes:
     with open(os.path.join(root, site.INDEX), "rb") as handle:
         return handle.read()
+
+
+def _by_sha256(mirrors: Mirrors, root: str, rel: str, sha256: bytes, size: int) -> bool:
+    return _get(mirrors, rel, root, size, hashlib.sha256, _constant(sha256_check(sha256)))
+
+
+def _deltas(mirrors: Mirrors, root: str, delta: PackDelta, workers: int) -> int:
+    """Copy a pack delta, its object-delta list and the object deltas it lists; how many
+    files were fetched."""
+    fetched = int(_by_sha256(mirrors, root, site.pack_delta(delta.sha256), delta.sha256, delta.size))
+    if delta.objects is None:
+        return fetched
+    rel = site.object_delta_list(delta.objects.sha256)
+    fetched += _by_sha256(mirrors, root, rel, delta.objects.sha256, delta.objects.size)
+    with open(os.path.join(root, rel), "rb") as handle:
+        listed = decode_object_deltas(handle.read(), rel)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        done = list(pool.map(lambda o: _by_sha256(mirrors, root, site.object_delta(o.sha256), o.sha256,
+                                                  o.size), listed))
+    return fetched + sum(done)
 
 
 def _objects(mirrors: Mirrors, root: str, large: dict[RawId, int], workers: int) -> int:

@@ -31,6 +31,7 @@ class MirrorStats:
     bytes: int = 0
     files: int = 0
     failure: str | None = None
+    delta_failure: str | None = None  # served a delta with wrong bytes: asked for no more deltas
 
 
 @dataclass
@@ -84,17 +85,30 @@ class Mirrors:
         message = "no server could serve it" + (f" ({'; '.join(dropped)})" if dropped else "")
         return AllMirrorsFailed(message, path=path, failures=tuple(failures))
 
+    def refuse_deltas(self, url: str, err: SealtreeError) -> None:
+        with self._lock:
+            if self.stats[url].delta_failure is None:
+                self.stats[url].delta_failure = str(err)
+
+    def live_for_deltas(self) -> list[str]:
+        with self._lock:
+            return [url for url in self.urls
+                    if self.stats[url].failure is None and self.stats[url].delta_failure is None]
+
     def get_file(self, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher], verify: Verify,
-                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True) -> str:
+                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True,
+                 delta: bool = False) -> str:
         """Download ``path`` into ``dest`` from the first live server whose bytes ``verify``
         accepts; returns that server.  ``exact``: as ``Client.get_file``.  A server that fails
-        is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the verified file on return."""
+        is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the verified file on return.
+        ``delta``: the file is a delta (a full file can replace it): a server that fails is
+        asked for no more deltas (``refuse_deltas``) but still serves full files."""
         failures: list[SealtreeError] = []
-        for url in self.live():
+        for url in self.live_for_deltas() if delta else self.live():
             try:
                 self._get_verified(url, path, dest, size, new_hasher, verify, on_bytes, exact)
             except FetchError as err:
-                self.drop(url, err)
+                (self.refuse_deltas if delta else self.drop)(url, err)
                 failures.append(err)
                 continue
             with self._lock:

@@ -7,7 +7,8 @@ file that exists under its final name is complete):
 1. each ref's pack is built under a temporary name (``packs/.build-*``);
 2. every large object the packs name, digest-checked and compressed from the
    repository (remote.objects) under a temporary name and renamed (no per-file
-   fsync);
+   fsync); then, with ``deltas_from``, the deltas from the ref's previous
+   releases (remote.site_deltas), likewise;
 3. ``syncfs`` of the site's filesystem, then each new pack renamed into place;
 4. each pack's signatures (added to ``PACK.sig``, one per key, atomically);
 5. the new index's signatures (``signatures/<sha256>.sig``), then the index
@@ -23,6 +24,7 @@ serialised by a lock file (``.publish.lock``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +38,7 @@ from pack.keys import key_id
 from pack.reader import PackReader
 from pack.signature import read_signatures, sign, write_signatures
 from store.atomic import atomic_file, atomic_write, fsync_dir
-from store.errors import ObjectCorrupt, ObjectMissing, UsageError
+from store.errors import DeltaError, ObjectCorrupt, ObjectMissing, UsageError
 from store.fsverity import VerityHasher
 from store.ids import RawId, to_hex
 from store.lock import flock
@@ -45,7 +47,18 @@ from store.repo import Repository
 from store.syncfs import syncfs
 
 from . import objects, site
-from .index import RefEntry, SiteIndex, decode_index, encode_index, index_sha256, sign_index
+from .index import (
+    MAX_HISTORY,
+    ObjectDelta,
+    RefEntry,
+    Release,
+    SiteIndex,
+    decode_index,
+    encode_index,
+    index_sha256,
+    sign_index,
+)
+from .site_deltas import DeltaStats, make_deltas
 
 LOCK = ".publish.lock"
 DAY = 86400
@@ -64,7 +77,9 @@ class PublishResult:
     objects_written: int = 0
     bytes_written: int = 0
     signatures_added: int = 0
+    deltas_written: int = 0
     refs: list[str] = field(default_factory=list)
+    deltas_skipped: list[str] = field(default_factory=list)  # why a release got no delta
 
 
 @dataclass(frozen=True)
@@ -160,14 +175,20 @@ def _sign_index(site_dir: str, data: bytes, keys: Sequence[Ed25519PrivateKey]) -
 def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
             refs: Sequence[str] = (), *, expires_days: float = DEFAULT_EXPIRES_DAYS,
             now: int | None = None, inline_max: int = DEFAULT_INLINE_MAX,
-            level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL) -> PublishResult:
+            level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL,
+            deltas_from: int = 0) -> PublishResult:
     """Write or update the site in ``site_dir`` with the packs of ``refs`` (default: every ref
     of the repository), signed by ``keys``; see the module docstring for the order.  Refs
-    the site lists and ``refs`` does not name are kept as they are."""
+    the site lists and ``refs`` does not name are kept as they are.  Each ref's entry keeps
+    its previous releases (at most MAX_HISTORY, newest first); with ``deltas_from`` K, a
+    ref whose pack changed gets deltas from each of its previous K releases."""
     if not keys:
         raise UsageError("publishing needs at least one signing key")
     if not 1 <= object_level <= 22:
         raise UsageError(f"the objects' zstd level must be in 1..22, got {object_level}")
+    if not 0 <= deltas_from <= MAX_HISTORY:
+        raise UsageError(f"deltas can be made from 0 to {MAX_HISTORY} previous releases, "
+                         f"got {deltas_from}")
     if not 0 < expires_days <= 36500:
         raise UsageError(f"the index validity must be more than 0 and at most 36500 days, "
                          f"got {expires_days}")
@@ -190,6 +211,7 @@ def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
                 built.append(one)
             result = PublishResult(site_dir, old or SiteIndex(0, 0, 0, {}), refs=[b.ref for b in built])
             _write_objects(repo, site_dir, built, result, object_level)
+            built = _with_history(site_dir, old, built, deltas_from, result, temps)
             syncfs(site_dir)
             for one in built:
                 final = os.path.join(site_dir, site.pack(one.entry.sha256))
@@ -223,6 +245,36 @@ def _write_objects(repo: Repository, site_dir: str, built: list[_Built], result:
                 made_dirs.add(directory)
             result.bytes_written += _copy_object(repo, digest, size, meta, dest, cctx)
             result.objects_written += 1
+
+
+def _with_history(site_dir: str, old: SiteIndex | None, built: list[_Built], deltas_from: int,
+                  result: PublishResult, temps: list[str]) -> list[_Built]:
+    """Each ref's entry with its history and deltas: kept as they are when the ref's pack is
+    the site's already; else the previous newest release put first in the history, and
+    deltas made from the first ``deltas_from`` releases of it (remote.site_deltas)."""
+    stats = DeltaStats()
+    stats.temps = temps
+    made: dict[tuple[bytes, bytes], ObjectDelta | None] = {}
+    out: list[_Built] = []
+    for one in built:
+        before = old.refs.get(one.ref) if old is not None else None
+        if before is not None and before.sha256 == one.entry.sha256:
+            entry = dataclasses.replace(one.entry, history=before.history, deltas=before.deltas)
+        else:
+            previous = (Release(before.sha256, before.size, before.commit), *before.history) \
+                if before is not None else ()
+            history = tuple(r for r in previous if r.sha256 != one.entry.sha256)[:MAX_HISTORY]
+
+            def skipped(release: Release, err: DeltaError, ref: str = one.ref) -> None:
+                result.deltas_skipped.append(f"{ref} from {release.commit}: {err.detail()}")
+
+            deltas = make_deltas(site_dir, one.temp, one.entry.size, history[:deltas_from], stats,
+                                 made, skipped) if deltas_from else ()
+            entry = dataclasses.replace(one.entry, history=history, deltas=deltas)
+        out.append(dataclasses.replace(one, entry=entry))
+    result.deltas_written += stats.written
+    result.bytes_written += stats.bytes_written
+    return out
 
 
 def _write_index(site_dir: str, old: SiteIndex | None, built: list[_Built],

@@ -13,6 +13,11 @@ In order, for one remote:
 3. the large objects the pack names that the repository lacks, in parallel,
    each streamed to ``tmp/pull/objects/`` and checked against its fs-verity
    digest and size before it is staged and published into the object store;
+
+with deltas (remote.pull_deltas, unless ``no_deltas``): the pack rebuilt from
+the pack kept for the ref's current commit and a pack delta, objects rebuilt
+from objects present and object deltas, each checked as a downloaded file is;
+a delta that fails falls back to the full file;
 4. ``pack.importer.import_pack``, which verifies the pack again, stores it and
    moves the ref: a ref only ever names a commit whose objects are all present.
 
@@ -49,7 +54,7 @@ from store.model import Meta
 from store.repo import Repository
 from store.transaction import Transaction
 
-from . import config, objects, site
+from . import config, objects, pull_deltas, site
 from .checks import (
     MAX_SIGNATURE_FILE,
     SignedIndex,
@@ -91,6 +96,7 @@ class PullOptions:
     now: int | None = None
     cross_check: int = 0  # >= 2: every file as ranges from that many servers (remote.crosscheck)
     seed: int | None = None  # for the random choice of servers (tests)
+    no_deltas: bool = False  # fetch full files even where a delta would do
 
 
 @dataclass
@@ -102,6 +108,9 @@ class RefPulled:
     pack_bytes: int = 0
     objects_fetched: int = 0
     object_bytes: int = 0
+    deltas_used: int = 0
+    delta_bytes: int = 0  # bytes of delta files fetched (also those that fell back)
+    replaced_bytes: int = 0  # what the files rebuilt from deltas cost whole
 
 
 @dataclass
@@ -111,8 +120,11 @@ class PullResult:
     index_server: str
     refs: list[RefPulled] = field(default_factory=list)
     bytes_fetched: int = 0
+    bytes_full: int = 0  # what the same pull would have fetched without deltas
     packs_fetched: int = 0
     objects_fetched: int = 0
+    deltas_used: int = 0
+    fallbacks: list[pull_deltas.Fallback] = field(default_factory=list)
     servers: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
@@ -183,21 +195,29 @@ def _get_file(mirrors: Mirrors, options: PullOptions, path: str, dest: str, size
                 raise
 
 
-def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
-                options: PullOptions, progress: PullProgress, report: Progress | None) -> tuple[str, str]:
-    """The verified pack and its signature file, in the partial directory."""
+def _pack_dest(repo: Repository, entry: RefEntry) -> str:
     directory = os.path.join(partial_dir(repo), "packs")
     os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, os.path.basename(site.pack(entry.sha256)))
+
+
+def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
+                options: PullOptions, progress: PullProgress, report: Progress | None, *,
+                rebuilt: bool = False) -> tuple[str, str]:
+    """The verified pack and its signature file, in the partial directory; ``rebuilt``: the
+    pack is there already (rebuilt from a delta with the index's SHA-256): signatures only."""
     path = site.pack(entry.sha256)
-    dest = os.path.join(directory, os.path.basename(path))
-    progress.bytes_total += entry.size
+    dest = _pack_dest(repo, entry)
 
     def on_bytes(n: int) -> None:
         progress.bytes_done += n
         if report is not None:
             report(progress)
 
-    _get_file(mirrors, options, path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256), on_bytes)
+    if not rebuilt:
+        progress.bytes_total += entry.size
+        _get_file(mirrors, options, path, dest, entry.size, hashlib.sha256, sha256_check(entry.sha256),
+                  on_bytes)
     sig_path = site.pack_signatures(entry.sha256)
     _url, raw = mirrors.get_bytes(sig_path, MAX_SIGNATURE_FILE)
     check_trust(entry.sha256, decode_signatures(raw, sig_path), keyring, options.min_signatures)
@@ -315,6 +335,49 @@ def _wanted(repo: Repository, reader: PackReader) -> list[_Wanted]:
     return [_Wanted(d, sizes[d], tuple(metas)) for d, metas in by_digest.items()]
 
 
+def _pack_by_delta(repo: Repository, source: pull_deltas.Source, entry: RefEntry,
+                   fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, result: PullResult,
+                   pulled: RefPulled) -> bool:
+    """Rebuild the pack into the partial directory from the source's pack delta when that is
+    smaller than the pack; whether it was (else the full pack is fetched)."""
+    pack_dest = _pack_dest(repo, entry)
+    if source.delta.size >= entry.size or os.path.exists(pack_dest):  # or one is there already
+        return False
+    before = mirrors.bytes_fetched
+    failed = pull_deltas.rebuild_pack(source, entry, fetch_delta, _delta_dir(repo), pack_dest)
+    pulled.delta_bytes += mirrors.bytes_fetched - before
+    if failed is not None:
+        result.fallbacks.append(failed)
+        return False
+    pulled.deltas_used += 1
+    pulled.replaced_bytes += entry.size
+    return True
+
+
+def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list[_Wanted],
+                      fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, options: PullOptions,
+                      result: PullResult, pulled: RefPulled) -> dict[RawId, str]:
+    """The wanted objects rebuilt from object deltas into the partial directory (checked
+    content, as downloads leave it), by digest; the others are fetched whole."""
+    if not wanted:
+        return {}
+    before = mirrors.bytes_fetched
+    directory = os.path.join(partial_dir(repo), "objects")
+    os.makedirs(directory, exist_ok=True)
+    contents = {w.digest: os.path.join(directory, to_hex(w.digest)) for w in wanted}
+    listed, unlisted = pull_deltas.fetch_object_deltas(source, fetch_delta, _delta_dir(repo))
+    if unlisted is not None:
+        result.fallbacks.append(unlisted)
+    plans = pull_deltas.plan_objects(repo, source, listed, list(contents.items()))
+    done, failures = pull_deltas.rebuild_objects(plans, contents, fetch_delta, _delta_dir(repo),
+                                                 options.workers)
+    result.fallbacks.extend(failures)
+    pulled.deltas_used += len(done)
+    pulled.replaced_bytes += sum(plans[digest].delta.full for digest in done)
+    pulled.delta_bytes += mirrors.bytes_fetched - before
+    return {digest: contents[digest] for digest in done}
+
+
 def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
               options: PullOptions, result: PullResult, progress: PullProgress,
               report: Progress | None) -> RefPulled:
@@ -325,17 +388,28 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
         return pulled
     claim = freshness.Accepted(entry.commit, entry.version, entry.timestamp)
     freshness.check(freshness_path(repo), ref, claim, allow_downgrade=options.allow_downgrade)
+    source = None
+    if not options.no_deltas and current is not None:
+        source = pull_deltas.find_source(kept_pack_path(repo, current), entry)
+    fetch_delta = _delta_fetcher(repo, mirrors, options, progress, report)
     before = mirrors.bytes_fetched
-    pack_path, sig_path = _fetch_pack(repo, entry, keyring, mirrors, options, progress, report)
+    rebuilt = source is not None and _pack_by_delta(repo, source, entry, fetch_delta, mirrors, result,
+                                                    pulled)
+    pack_path, sig_path = _fetch_pack(repo, entry, keyring, mirrors, options, progress, report,
+                                      rebuilt=rebuilt)
     pulled.pack_bytes = mirrors.bytes_fetched - before
-    result.packs_fetched += 1 if pulled.pack_bytes else 0
+    result.packs_fetched += 1 if pulled.pack_bytes and not rebuilt else 0
     with PackReader(pack_path, expected_sha256=entry.sha256) as reader:
         check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
         wanted = _wanted(repo, reader)
+    files: dict[RawId, str] = {}
+    if source is not None:
+        files = _objects_by_delta(repo, source, wanted, fetch_delta, mirrors, options, result, pulled)
+    whole = [w for w in wanted if w.digest not in files]
     before = mirrors.bytes_fetched
-    files = _fetch_objects(repo, wanted, mirrors, options, progress, report)
+    files.update(_fetch_objects(repo, whole, mirrors, options, progress, report))
     pulled.object_bytes = mirrors.bytes_fetched - before
-    pulled.objects_fetched = len(wanted)
+    pulled.objects_fetched = len(whole)
     _store_objects(repo, wanted, files)
     imported = import_pack(repo, pack_path, keyring, min_signatures=options.min_signatures,
                            allow_downgrade=options.allow_downgrade, sig_path=sig_path)
@@ -347,6 +421,29 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
             os.unlink(path)
     pulled.updated = True
     return pulled
+
+
+def _delta_dir(repo: Repository) -> str:
+    directory = os.path.join(partial_dir(repo), "deltas")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _delta_fetcher(repo: Repository, mirrors: Mirrors, options: PullOptions, progress: PullProgress,
+                   report: Progress | None) -> pull_deltas.FetchDelta:
+    """Download one delta file, checked against the SHA-256 and size the index lists."""
+    def on_bytes(n: int) -> None:
+        progress.bytes_done += n
+        if report is not None:
+            report(progress)
+
+    def fetch(path: str, dest: str, size: int, sha256: bytes) -> None:
+        progress.bytes_total += size
+        if options.cross_check >= 2:  # cross-checking names and drops a liar, as for any file
+            _get_file(mirrors, options, path, dest, size, hashlib.sha256, sha256_check(sha256), on_bytes)
+        else:
+            mirrors.get_file(path, dest, size, hashlib.sha256, sha256_check(sha256), on_bytes, delta=True)
+    return fetch
 
 
 def _servers(remote: config.Remote, client: Client) -> tuple[str, ...]:
@@ -389,10 +486,13 @@ def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = 
                                    progress, report)
                 result.refs.append(pulled)
                 result.objects_fetched += pulled.objects_fetched
+                result.deltas_used += pulled.deltas_used
     finally:
         client.close()
     result.bytes_fetched = mirrors.bytes_fetched
-    result.servers = {url: {"bytes": s.bytes, "files": s.files, "dropped": s.failure}
+    result.bytes_full = result.bytes_fetched + sum(r.replaced_bytes - r.delta_bytes for r in result.refs)
+    result.servers = {url: {"bytes": s.bytes, "files": s.files, "dropped": s.failure,
+                            "deltas_refused": s.delta_failure}
                       for url, s in mirrors.stats.items()}
     return result
 

@@ -8,6 +8,9 @@
     packs/<sha256>.pack.sig        its detached signatures (pack.signature's file format)
     objects/xx/<62 hex>.file.zst   a large file's content, zstd-compressed (remote.objects),
                                    named by the fs-verity digest of the content
+    deltas/<sha256>.pdelta         a pack delta (pack.delta), named by the SHA-256 of its bytes
+    deltas/<sha256>.odelta         an object delta (store.object_delta), likewise
+    deltas/<sha256>.odeltas        the list of a pack delta's object deltas (remote.index), likewise
 
 Everything but ``index`` is content-addressed and written once; a client
 therefore never sees a half-updated site: the index it fetched names only
@@ -26,6 +29,10 @@ OBJECTS_DIR = "objects"
 PACK_SUFFIX = ".pack"
 SIGNATURE_SUFFIX = ".sig"
 OBJECT_SUFFIX = ".file.zst"
+DELTAS_DIR = "deltas"
+PACK_DELTA_SUFFIX = ".pdelta"
+OBJECT_DELTA_SUFFIX = ".odelta"
+OBJECT_DELTA_LIST_SUFFIX = ".odeltas"
 
 
 def index_signatures(index_sha256: bytes) -> str:
@@ -46,3 +53,18 @@ def large_object(digest: RawId | bytes) -> str:
     """A large file's compressed content, by its fs-verity digest (content only: no metadata)."""
     h = digest.hex()
     return f"{OBJECTS_DIR}/{h[:2]}/{h[2:]}{OBJECT_SUFFIX}"
+
+
+def pack_delta(sha256: bytes) -> str:
+    """A pack delta, by the SHA-256 of its bytes."""
+    return f"{DELTAS_DIR}/{sha256.hex()}{PACK_DELTA_SUFFIX}"
+
+
+def object_delta(sha256: bytes) -> str:
+    """An object delta, by the SHA-256 of its bytes."""
+    return f"{DELTAS_DIR}/{sha256.hex()}{OBJECT_DELTA_SUFFIX}"
+
+
+def object_delta_list(sha256: bytes) -> str:
+    """A list of object deltas (``remote.index.encode_object_deltas``), by its SHA-256."""
+    return f"{DELTAS_DIR}/{sha256.hex()}{OBJECT_DELTA_LIST_SUFFIX}"

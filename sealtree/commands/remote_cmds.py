@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument("--level", type=int, default=None, metavar="L", help="zstd level of the packs")
     p.add_argument("--object-level", type=int, default=10, metavar="L",
                    help="zstd level of the large objects (default 10)")
+    p.add_argument("--deltas-from", type=int, default=0, metavar="K",
+                   help="for each ref whose pack changes, write deltas from each of its previous "
+                        "K releases to the new one (default 0: none)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_publish)
 
@@ -73,7 +76,10 @@ def register(sub: Any) -> None:
         "and the large objects the repository lacks, each checked against its signed\n"
         "digest before it is stored; then import the pack and move the ref.  A server\n"
         "that fails, is too slow or serves wrong bytes is dropped and the next mirror\n"
-        "used.  An interrupted pull continues its downloads next time.",
+        "used.  An interrupted pull continues its downloads next time.  Where the site\n"
+        "lists deltas from the release the repository holds, the pack and changed\n"
+        "objects are rebuilt from them (checked like downloads; a delta that fails\n"
+        "falls back to the full file).",
         "example:\n  sealtree --repo D pull vendor os/main")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("refs", nargs="*", metavar="REF")
@@ -93,6 +99,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cross-check", type=positive_int, default=0, metavar="N",
                    help="fetch every file as N byte ranges from N different servers (at random), "
                         "so that no single server serves a whole file; a lying server is named")
+    p.add_argument("--no-deltas", action="store_true",
+                   help="fetch full packs and objects even where the site lists deltas")
     p.add_argument("--json", action="store_true", help="print what was fetched as JSON")
     p.set_defaults(func=cmd_pull)
 
@@ -137,9 +145,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     result = publish(repo, args.site, keys, args.refs, expires_days=args.expires,
                      inline_max=DEFAULT_INLINE_MAX if args.inline_max is None else args.inline_max,
                      level=DEFAULT_LEVEL if args.level is None else args.level,
-                     object_level=args.object_level)
+                     object_level=args.object_level, deltas_from=args.deltas_from)
+    for skipped in result.deltas_skipped:
+        print(f"no delta: {skipped}", file=sys.stderr)
     if args.json:
         print_json({"site": os.path.abspath(args.site), "refs": result.refs,
+                    "deltas_written": result.deltas_written,
                     "index_written": result.index_written, "serial": result.index.serial,
                     "expires": result.index.expires, "packs_written": result.packs_written,
                     "objects_written": result.objects_written, "bytes_written": result.bytes_written,
@@ -148,7 +159,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     what = (f"index serial {result.index.serial} written" if result.index_written
             else f"index serial {result.index.serial} unchanged")
     print(f"published {len(result.refs)} ref(s) to {args.site}: {result.packs_written} pack(s), "
-          f"{result.objects_written} object(s), {human_size(result.bytes_written)} written; {what}")
+          f"{result.objects_written} object(s), {result.deltas_written} delta(s), "
+          f"{human_size(result.bytes_written)} written; {what}")
     return 0
 
 
@@ -195,7 +207,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
                         min_rate=args.min_rate, connections=max(args.jobs, 2))
     options = PullOptions(refs=args.refs, allow_expired=args.allow_expired,
                           allow_downgrade=args.allow_downgrade, min_signatures=args.min_signatures,
-                          workers=args.jobs, policy=policy, cross_check=args.cross_check)
+                          workers=args.jobs, policy=policy, cross_check=args.cross_check,
+                          no_deltas=args.no_deltas)
     line = Progress(f"pull {remote.name}")
     lock = threading.Lock()
 
@@ -212,12 +225,19 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print_json({
             "remote": result.remote, "index_serial": result.index_serial,
             "index_server": result.index_server, "bytes_fetched": result.bytes_fetched,
+            "bytes_full": result.bytes_full, "deltas_used": result.deltas_used,
+            "delta_fallbacks": [{"path": f.path, "reason": f.reason, "server_blamed": f.blamed_server}
+                                for f in result.fallbacks],
             "packs_fetched": result.packs_fetched, "objects_fetched": result.objects_fetched,
             "servers": result.servers,
             "refs": [{"ref": r.ref, "commit": r.commit, "previous": r.previous, "updated": r.updated,
                       "pack_bytes": r.pack_bytes, "objects_fetched": r.objects_fetched,
-                      "object_bytes": r.object_bytes} for r in result.refs]})
+                      "object_bytes": r.object_bytes, "deltas_used": r.deltas_used}
+                     for r in result.refs]})
         return 0
+    for fallback in result.fallbacks:
+        print(f"delta not used, full file fetched instead: {fallback.path}: {fallback.reason}",
+              file=sys.stderr)
     for r in result.refs:
         if r.updated:
             print(f"{r.ref}: {(r.previous or '(new)')[:12]} -> {r.commit[:12]} "
@@ -227,8 +247,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     dropped = [f"{url} ({s['dropped']})" for url, s in result.servers.items() if s["dropped"]]
     if dropped:
         print(f"servers dropped: {'; '.join(dropped)}", file=sys.stderr)
+    refused = [f"{url} ({s['deltas_refused']})" for url, s in result.servers.items()
+               if s["deltas_refused"]]
+    if refused:
+        print(f"servers asked for no more deltas: {'; '.join(refused)}", file=sys.stderr)
+    saved = (f", {result.deltas_used} delta(s) used ({human_size(result.bytes_full)} without)"
+             if result.deltas_used else "")
     print(f"fetched {human_size(result.bytes_fetched)} from {result.remote} "
-          f"(index serial {result.index_serial})")
+          f"(index serial {result.index_serial}){saved}")
     return 0
 
 
@@ -243,12 +269,13 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"upstream": result.upstream, "serial": result.serial, "refs": result.refs,
                     "index_written": result.index_written, "packs_fetched": result.packs_fetched,
-                    "objects_fetched": result.objects_fetched, "bytes_fetched": result.bytes_fetched})
+                    "objects_fetched": result.objects_fetched, "deltas_fetched": result.deltas_fetched,
+                    "bytes_fetched": result.bytes_fetched})
         return 0
     checked = "signatures checked" if keyring else "signatures not checked (no --keys)"
     print(f"mirrored {result.upstream} into {args.site}: index serial {result.serial}, "
           f"{result.packs_fetched} pack(s), {result.objects_fetched} object(s), "
-          f"{human_size(result.bytes_fetched)} fetched; {checked}")
+          f"{result.deltas_fetched} delta file(s), {human_size(result.bytes_fetched)} fetched; {checked}")
     return 0
 
 
