@@ -68,10 +68,14 @@ class OpStats:
 
 
 def _refs(repo: str) -> dict[str, str]:
+    """The refs as the repository defines them: files below refs/heads, not the temporary
+    ``.NAME.tmp*`` files of an update (docs/FORMAT.md section 1), which _leftover_files counts."""
     out = {}
     heads = os.path.join(repo, "refs", "heads")
     for directory, _dirs, files in os.walk(heads):
         for name in files:
+            if name.startswith("."):
+                continue
             path = os.path.join(directory, name)
             with open(path, "rb") as handle:
                 out[os.path.relpath(path, heads)] = handle.read().decode("ascii", "replace").strip()
