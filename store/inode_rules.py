@@ -13,6 +13,10 @@ two agree.  The rules, from Linux's ``fs/open.c``, ``fs/xattr.c`` and ``fs/posix
   ``user`` and a non-empty rest (``xattr_resolve_name``: EOPNOTSUPP / EINVAL otherwise);
 - ``user.*`` only on regular files and directories (``xattr_permission``: EPERM on a
   symlink);
+- ``security.capability`` holds a file capability set as ``cap_convert_nscap``
+  accepts it: a little-endian u32 ``magic_etc`` then the sets, exactly 20 bytes for
+  revision 2 or 24 for revision 3, whose root id must not be 0 (the kernel stores
+  such a revision 3 set as revision 2, so it would read back otherwise);
 - ``system.posix_acl_access`` / ``system.posix_acl_default`` hold a POSIX ACL in the
   kernel's xattr format (``posix_acl_from_xattr`` and ``posix_acl_valid``): a u32 version
   2, then one or more 8-byte entries ``tag u16 | perm u16 | id u32`` (little-endian),
@@ -37,6 +41,9 @@ from .names import show
 NAMESPACES = (b"security", b"system", b"trusted", b"user")
 ACL_ACCESS = b"system.posix_acl_access"
 ACL_DEFAULT = b"system.posix_acl_default"
+CAPABILITY = b"security.capability"
+_CAP_REVISION_MASK = 0xFF000000
+_CAP_SIZES = {0x02000000: 20, 0x03000000: 24}  # VFS_CAP_REVISION_2/3 -> XATTR_CAPS_SZ_2/3
 
 ACL_VERSION = 2
 ACL_USER_OBJ = 0x01
@@ -62,6 +69,21 @@ _ACL_STEPS = {
     _AFTER_MASK: {ACL_OTHER: _DONE},
     _DONE: {},
 }
+
+
+def capability_problem(value: bytes) -> str | None:
+    """Why the kernel would refuse (or rewrite) ``value`` as ``security.capability``, or None."""
+    if len(value) < 4:
+        return f"a file capability set of {len(value)} bytes is too short for its header"
+    magic = int.from_bytes(value[:4], "little")
+    size = _CAP_SIZES.get(magic & _CAP_REVISION_MASK)
+    if size is None:
+        return f"file capability revision {magic >> 24} is not one Linux sets (2 or 3)"
+    if len(value) != size:
+        return f"a revision {magic >> 24} file capability set is {size} bytes, not {len(value)}"
+    if size == 24 and int.from_bytes(value[20:24], "little") == 0:
+        return "a revision 3 file capability set with root id 0 is stored as revision 2"
+    return None
 
 
 def acl_problem(value: bytes) -> str | None:
@@ -114,6 +136,8 @@ def xattr_problem(kind: Kind, name: bytes, value: bytes) -> str | None:
         if name == ACL_DEFAULT and kind is not Kind.DIR:
             return "only a directory can carry a default POSIX ACL"
         return acl_problem(value)
+    if name == CAPABILITY:
+        return capability_problem(value)
     return None
 
 

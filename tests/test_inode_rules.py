@@ -42,3 +42,31 @@ def test_commit_accepts_the_largest_real_owner(tmp_path, repo):
     archive = tmp_path / "owner.tar"
     archive.write_bytes(_tar_with_owner(NO_ID - 1))
     run_cli("commit", "-b", "main", "--tar", str(archive), repo=repo.path)
+
+
+@pytest.mark.parametrize("value, ok", [
+    (b"\x00\x00\x00\x02" + bytes(16), True),  # revision 2, 20 bytes
+    ((0x02000001).to_bytes(4, "little") + bytes(16), True),  # effective flag set
+    ((0x03000000).to_bytes(4, "little") + bytes(16) + (1000).to_bytes(4, "little"), True),
+    ((0x03000000).to_bytes(4, "little") + bytes(20), False),  # root id 0: stored as revision 2
+    ((0x02000000).to_bytes(4, "little") + bytes(8), False),  # wrong size
+    ((0x01000000).to_bytes(4, "little") + bytes(8), False),  # revision 1 is not set any more
+    (b"\xa7\xa2G\xe9", False),  # what the fuzzer found: a deploy that failed with EINVAL
+])
+def test_file_capabilities_as_the_kernel_takes_them(value, ok, tmp_path):
+    problem = meta_problem(Kind.FILE, Meta(0o755, 0, 0, ((b"security.capability", value),)))
+    assert (problem is None) == ok, problem
+    # The kernel agrees (root only: setting security.capability needs CAP_SETFCAP).
+    import os
+
+    from store import xattrs
+    if os.geteuid() != 0:
+        return
+    target = tmp_path / "f"
+    target.write_bytes(b"")
+    try:
+        xattrs.write(os.fsencode(target), ((b"security.capability", value),))
+        stored = dict(xattrs.read(os.fsencode(target))).get(b"security.capability")
+    except OSError:
+        stored = None
+    assert (stored == value) == ok
