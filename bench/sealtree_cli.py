@@ -24,7 +24,7 @@ This module is the only place that knows the CLI's syntax:
     sealtree pack verify PACK --keys DIR         (DIR: a keyring of *.pub)
     sealtree --repo R pack import PACK --keys DIR
     sealtree --repo R deploy REF --keys DIR --verify userspace --no-default --json [--mount TARGET]
-    sealtree --repo R mount DEPLOYMENT TARGET --verify userspace
+    sealtree --repo R mount DEPLOYMENT TARGET --keys DIR --verify userspace
     sealtree --repo R umount TARGET
     sealtree --repo R undeploy DEPLOYMENT
     sealtree --repo R publish SITE REF --key KEYFILE
@@ -276,9 +276,11 @@ def deploy(repo: Path, ref: str, keydir: Path, target: Path | None = None) -> Ar
     return argv if target is None else [*argv, "--mount", str(target)]
 
 
-def mount(repo: Path, deployment: str, target: Path) -> Argv:
-    """``sealtree --repo R mount DEPLOYMENT TARGET --verify userspace``."""
-    return [*_repo(repo), "mount", deployment, str(target), "--verify", "userspace"]
+def mount(repo: Path, deployment: str, target: Path, keydir: Path) -> Argv:
+    """``sealtree --repo R mount DEPLOYMENT TARGET --keys DIR --verify userspace`` (the keyring
+    is given, never taken from the repository: issue 14)."""
+    return [*_repo(repo), "mount", deployment, str(target), "--keys", str(keydir), "--verify",
+            "userspace"]
 
 
 def umount(repo: Path, target: Path) -> Argv:

@@ -299,7 +299,7 @@ class Suite:
             made.append(st.deployment_from_output(run(st.deploy(ours_repo, BRANCH, keydir)).stdout))
 
         trial = self._mounted_trial(
-            ours_repo, lambda target: [run(st.mount(ours_repo, made[-1], target))], setup=setup,
+            ours_repo, lambda target: [run(st.mount(ours_repo, made[-1], target, keydir))], setup=setup,
             made=made)
         result.sealtree = measure_one(trial, self.repeats, self.cache)
         return result
