@@ -60,7 +60,7 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
+def cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
     """Return ``cache/name``, building it first with ``build(tmp_root)`` if absent.
 
     ``build`` receives a path that does not exist yet, inside a temporary
@@ -111,12 +111,12 @@ def _debootstrap(dest: Path, include: tuple[str, ...] = ()) -> None:
 
 def debian_minbase(cache: Path | None = None) -> Path:
     """The cached Debian bookworm minbase tree (``<cache>/minbase``), built if absent."""
-    return _cached(cache or cache_dir(), "minbase", _debootstrap)
+    return cached(cache or cache_dir(), "minbase", _debootstrap)
 
 
 def debian_larger(cache: Path | None = None) -> Path:
     """The cached minbase + python3 + perl tree (``<cache>/minbase-python3-perl``)."""
-    return _cached(cache or cache_dir(), "minbase-" + "-".join(LARGER_INCLUDE),
+    return cached(cache or cache_dir(), "minbase-" + "-".join(LARGER_INCLUDE),
                    lambda dest: _debootstrap(dest, LARGER_INCLUDE))
 
 
@@ -126,7 +126,7 @@ def synthetic(n_files: int, seed: int = 0, cache: Path | None = None) -> Path:
     def build(dest: Path) -> None:
         synthetic_tree(dest, n_files, seed)
 
-    return _cached(cache or cache_dir(), name, build)
+    return cached(cache or cache_dir(), name, build)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,12 @@ class SideResult:
     status: str = "ok"  # "ok" | "not available yet" | "no peer"
     note: str = ""
     samples: list[Sample] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # bytes per run, for size measurements
+
+    @property
+    def median_size(self) -> float | None:
+        """Median over the runs of ``sizes`` (e.g. bytes sent over the network)."""
+        return statistics.median(self.sizes) if self.sizes else None
 
     @property
     def median_s(self) -> float | None:
@@ -84,6 +90,7 @@ class SideResult:
             "runs_rss_kib": [s.maxrss_kib for s in self.samples],
             "read_mib": self.read_mib,
             "runs_read_bytes": [s.read_bytes for s in self.samples],
+            **({"runs_bytes": self.sizes, "median_bytes": self.median_size} if self.sizes else {}),
         }
 
 

@@ -34,9 +34,34 @@ def fsverity() -> str:
     return ensure_tool("fsverity", "fsverity")
 
 
-def ostree_init(repo: Path) -> Argv:
-    """``ostree init --repo R --mode=bare``."""
-    return [ostree(), "init", f"--repo={repo}", "--mode=bare"]
+def ostree_init(repo: Path, mode: str = "bare") -> Argv:
+    """``ostree init --repo R --mode=MODE`` (bare unless told: ``archive`` for a served one)."""
+    return [ostree(), "init", f"--repo={repo}", f"--mode={mode}"]
+
+
+def ostree_commit_tar(repo: Path, branch: str, archive: Path, timestamp: int | None = None) -> Argv:
+    """``ostree commit --repo R -b B --tree=tar=FILE`` (libarchive reads it; fsync on)."""
+    argv = [ostree(), "commit", f"--repo={repo}", f"--branch={branch}", f"--tree=tar={archive}",
+            "--subject=bench", "--no-bindings"]
+    if timestamp is not None:
+        argv.append(f"--timestamp=@{timestamp}")
+    return argv
+
+
+def ostree_export(repo: Path, branch: str, out: Path) -> Argv:
+    """``ostree export --repo R -o FILE B`` (an uncompressed tar, xattrs included)."""
+    return [ostree(), "export", f"--repo={repo}", f"--output={out}", branch]
+
+
+def ostree_remote_add(repo: Path, name: str, url: str) -> Argv:
+    """``ostree remote add --no-gpg-verify NAME URL`` (unsigned: see ``describe``)."""
+    return [ostree(), "remote", "add", f"--repo={repo}", "--no-gpg-verify", name, url]
+
+
+def ostree_pull(repo: Path, remote: str, branch: str) -> Argv:
+    """``ostree pull --repo R NAME B``: objects fetched from the archive repository, in
+    parallel (ostree's default), and unpacked into the bare repository."""
+    return [ostree(), "pull", f"--repo={repo}", remote, branch]
 
 
 def ostree_commit(repo: Path, branch: str, tree: Path, timestamp: int | None = None) -> Argv:
@@ -78,6 +103,10 @@ def describe() -> dict[str, str]:
         "ostree commit fsync": "ostree default (core.fsync unset = on): objects synced before the ref",
         "ostree checkout": "as root, no -U: bare repository -> hardlink checkout",
         "fsverity digest": "defaults: sha256, 4096-byte blocks, no salt",
+        "ostree pull": ("from an archive-mode repository served by the same nginx, into a bare "
+                        "repository, --no-gpg-verify (sealtree's pull checks its signed index "
+                        "and pack: ostree does less work)"),
+        "ostree commit --tree=tar / export": "bare repository, fsync on; export to a file",
     }
 
 

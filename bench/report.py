@@ -22,6 +22,8 @@ def _fmt_value(result: Result, side_value: float | None, status: str) -> str:
         return "n/a" if status in ("ok", "no peer") else status
     if result.kind == "time":
         return f"{side_value:.3f} s"
+    if result.kind == "size":
+        return f"{side_value / (1 << 20):.2f} MiB"
     if result.work_unit == "bytes":
         return f"{side_value / (1 << 20):.0f} MiB/s"
     return f"{side_value:,.0f} {result.work_unit}/s"

@@ -20,18 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import corpora, peers
+from bench import corpora, peers, tarballs
 from bench import sealtree_cli as st
 from bench.measure import CachePolicy
 from bench.proc import CommandFailed
 from bench.report import write_all
 from bench.suite import Result, Suite
+from bench.tarballs import Tarballs, debian_data_tars, tar_of_tree
+from bench.transfer import Transfer
 from bench.workspace import Workspace
 
 log = logging.getLogger("bench")
 
 COMMANDS = ("init", "commit", "checkout", "fsck", "digest", "keygen", "pack build", "pack sign",
-            "pack verify", "pack import", "deploy", "mount", "umount", "undeploy")
+            "pack verify", "pack import", "deploy", "mount", "umount", "undeploy", "export",
+            "publish", "remote add", "pull")
+GROUPS = ("tree", "digest", "scaling", "tar", "pull")  # what --only chooses from
 
 
 @dataclass
@@ -45,6 +49,10 @@ class Plan:
     cache: Path
     scaling: list[int] = field(default_factory=list)
     scaling_repeats: int = 3
+    groups: tuple[str, ...] = GROUPS
+    #: the tar archives of the tar measurements: (label, path) made on demand
+    tars: Callable[[Path], list[tuple[str, Path]]] = lambda _work: []
+    pull_corpus: str = ""  # the corpus the pull measurements use
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -52,11 +60,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     cache = args.cache
     if args.quick:
         plan = Plan("quick", 2, {"synthetic-2k": lambda: corpora.synthetic(2000, 0, cache)}, 32 << 20,
-                    cache)
+                    cache, pull_corpus="synthetic-2k",
+                    tars=lambda work: [("synthetic-2k.tar", tar_of_tree(corpora.synthetic(2000, 0, cache),
+                                                                        work / "synthetic-2k.tar"))])
     else:
         plan = Plan("full", 5, {"minbase": lambda: corpora.debian_minbase(cache),
                                 "minbase+python3+perl": lambda: corpora.debian_larger(cache)},
-                    256 << 20, cache, [10_000, 50_000, 200_000])
+                    256 << 20, cache, [10_000, 50_000, 200_000], pull_corpus="minbase",
+                    tars=lambda _work: [(f"{tarballs.PACKAGE} {path.name}", path)
+                                        for path in debian_data_tars(cache)])
+    if args.only:
+        plan.groups = tuple(args.only)
     if args.repeats:
         plan.repeats = plan.scaling_repeats = args.repeats
     if args.scaling is not None:
@@ -86,13 +100,26 @@ def execute(plan: Plan, suite: Suite, meta: dict[str, object], results: list[Res
     """Run the plan, appending to ``results`` as it goes (so a failure keeps what was done)."""
     stats: dict[str, object] = {}
     meta["corpora"] = stats
+    meta["groups"] = list(plan.groups)
     for name, build in plan.corpora.items():
+        if "tree" not in plan.groups and not ("pull" in plan.groups and name == plan.pull_corpus):
+            continue
         tree = build()
         stats[name] = corpora.tree_stats(tree).as_dict()
-        results.extend(measure_corpus(suite, name, tree))
-    log.info("digest throughput on %d MiB", plan.digest_bytes >> 20)
-    results.append(suite.digest(plan.digest_bytes))
-    for n in plan.scaling:
+        if "tree" in plan.groups:
+            results.extend(measure_corpus(suite, name, tree))
+        if "pull" in plan.groups and name == plan.pull_corpus:
+            log.info("pull over loopback nginx on %s", name)
+            results.extend(Transfer(suite.work, suite.repeats, suite.cache, suite.keys).measure(name, tree))
+    if "tar" in plan.groups:
+        tars = Tarballs(suite.work, suite.repeats, suite.cache)
+        for label, archive in plan.tars(suite.work.root):
+            log.info("commit --tar and export --tar of %s", label)
+            results.extend(tars.measure(archive, label))
+    if "digest" in plan.groups:
+        log.info("digest throughput on %d MiB", plan.digest_bytes >> 20)
+        results.append(suite.digest(plan.digest_bytes))
+    for n in plan.scaling if "scaling" in plan.groups else []:
         name = f"synthetic-{n // 1000}k"
         tree = corpora.synthetic(n, 0, plan.cache)
         counted = corpora.tree_stats(tree)
@@ -134,6 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="drop the page cache before every timed run (default in full mode)")
     caches.add_argument("--warm", dest="cold", action="store_false",
                         help="keep the page cache between runs (default in quick mode)")
+    parser.add_argument("--only", type=lambda s: [g for g in s.split(",") if g], default=None,
+                        help=f"measure only these groups, comma-separated, of: {', '.join(GROUPS)} "
+                             "(tree: every per-tree measurement)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command")
     return parser.parse_args(argv)
@@ -142,6 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; return the exit status (non-zero when any command failed)."""
     args = parse_args(argv)
+    unknown = [g for g in args.only or [] if g not in GROUPS]
+    if unknown:
+        print(f"--only: unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     st.environment(args.cache)

@@ -13,6 +13,8 @@ This module is the only place that knows the CLI's syntax:
 
     sealtree --repo R init
     sealtree --repo R commit -b BRANCH [-s SUBJECT] [--timestamp T] [--skip-special] DIR
+    sealtree --repo R commit -b BRANCH [-s SUBJECT] [--timestamp T] --tar FILE
+    sealtree --repo R export --tar REF -o FILE
     sealtree --repo R checkout [--copy] REF DEST
     sealtree --repo R fsck [--json]
     sealtree digest FILE...
@@ -22,9 +24,12 @@ This module is the only place that knows the CLI's syntax:
     sealtree pack verify PACK --keys DIR         (DIR: a keyring of *.pub)
     sealtree --repo R pack import PACK --keys DIR
     sealtree --repo R deploy REF --keys DIR --verify userspace --no-default --json [--mount TARGET]
-    sealtree --repo R mount DEPLOYMENT TARGET --verify userspace
+    sealtree --repo R mount DEPLOYMENT TARGET --keys DIR --verify userspace
     sealtree --repo R umount TARGET
     sealtree --repo R undeploy DEPLOYMENT
+    sealtree --repo R publish SITE REF --key KEYFILE
+    sealtree --repo R remote add NAME URL --keys DIR
+    sealtree --repo R pull NAME [--json]
 
 ``deploy`` reads the kept pack ``R/packs/<commit>.pack``, so the suite imports
 the signed pack into the same repository first (untimed), as a device does.
@@ -58,7 +63,7 @@ log = logging.getLogger("bench")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-PACKAGES = ("store", "pack", "overlay", "sealtree")
+PACKAGES = ("store", "pack", "overlay", "remote", "sealtree")
 # The command that runs sealtree and the interpreter it is installed for; set by environment().
 _installed: tuple[Argv, str] | None = None
 
@@ -195,6 +200,34 @@ def commit(repo: Path, branch: str, tree: Path, timestamp: int | None = None) ->
     return [*argv, str(tree)]
 
 
+def commit_tar(repo: Path, branch: str, archive: Path, timestamp: int | None = None) -> Argv:
+    """``sealtree --repo R commit -b BRANCH -s bench [--timestamp T] --tar FILE``."""
+    argv = [*_repo(repo), "commit", "-b", branch, "-s", "bench"]
+    if timestamp is not None:
+        argv += ["--timestamp", str(timestamp)]
+    return [*argv, "--tar", str(archive)]
+
+
+def export_tar(repo: Path, ref: str, out: Path) -> Argv:
+    """``sealtree --repo R export --tar REF -o FILE`` (uncompressed)."""
+    return [*_repo(repo), "export", "--tar", ref, "-o", str(out)]
+
+
+def publish(repo: Path, site: Path, ref: str, keyfile: Path) -> Argv:
+    """``sealtree --repo R publish SITE REF --key KEYFILE``."""
+    return [*_repo(repo), "publish", str(site), ref, "--key", str(keyfile)]
+
+
+def remote_add(repo: Path, name: str, url: str, keydir: Path) -> Argv:
+    """``sealtree --repo R remote add NAME URL --keys DIR``."""
+    return [*_repo(repo), "remote", "add", name, url, "--keys", str(keydir)]
+
+
+def pull(repo: Path, remote: str) -> Argv:
+    """``sealtree --repo R pull NAME --json`` (every ref the index lists)."""
+    return [*_repo(repo), "pull", remote, "--json"]
+
+
 def checkout(repo: Path, ref: str, dest: Path) -> Argv:
     """``sealtree --repo R checkout REF DEST`` (hardlinks, the default)."""
     return [*_repo(repo), "checkout", ref, str(dest)]
@@ -243,9 +276,11 @@ def deploy(repo: Path, ref: str, keydir: Path, target: Path | None = None) -> Ar
     return argv if target is None else [*argv, "--mount", str(target)]
 
 
-def mount(repo: Path, deployment: str, target: Path) -> Argv:
-    """``sealtree --repo R mount DEPLOYMENT TARGET --verify userspace``."""
-    return [*_repo(repo), "mount", deployment, str(target), "--verify", "userspace"]
+def mount(repo: Path, deployment: str, target: Path, keydir: Path) -> Argv:
+    """``sealtree --repo R mount DEPLOYMENT TARGET --keys DIR --verify userspace`` (the keyring
+    is given, never taken from the repository: issue 14)."""
+    return [*_repo(repo), "mount", deployment, str(target), "--keys", str(keydir), "--verify",
+            "userspace"]
 
 
 def umount(repo: Path, target: Path) -> Argv:

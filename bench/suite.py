@@ -15,7 +15,10 @@
 | deploy scaling         | deploy --mount, N files               | ostree checkout      | > 1.0 (files/s)|
 
 For times the ratio is sealtree median / peer median (lower is better); for
-throughputs it is sealtree rate / peer rate (higher is better).
+throughputs it is sealtree rate / peer rate (higher is better).  The transfer
+measurements (``bench.transfer``: pull over nginx, also as bytes sent) and the
+tar measurements (``bench.tarballs``: commit --tar, export --tar) live in
+modules of their own and return the same ``Result``.
 """
 
 from __future__ import annotations
@@ -65,13 +68,15 @@ class Result:
     sealtree: SideResult
     peer: SideResult
     target: Target | None = None
-    kind: str = "time"  # "time" (lower is better) or "rate" (work per second, higher is better)
+    kind: str = "time"  # "time" or "size" (lower is better), "rate" (work per second, higher is better)
     work: float = 0.0  # bytes or entries per run, for rates
     work_unit: str = ""
     notes: list[str] = field(default_factory=list)
 
     def value(self, side: SideResult) -> float | None:
-        """The side's headline number: median seconds, or work per median second."""
+        """The side's headline number: median seconds, median bytes, or work per median second."""
+        if self.kind == "size":
+            return side.median_size
         median = side.median_s
         if median is None:
             return None
@@ -294,7 +299,7 @@ class Suite:
             made.append(st.deployment_from_output(run(st.deploy(ours_repo, BRANCH, keydir)).stdout))
 
         trial = self._mounted_trial(
-            ours_repo, lambda target: [run(st.mount(ours_repo, made[-1], target))], setup=setup,
+            ours_repo, lambda target: [run(st.mount(ours_repo, made[-1], target, keydir))], setup=setup,
             made=made)
         result.sealtree = measure_one(trial, self.repeats, self.cache)
         return result

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.corpora import DEFAULT_MIRROR, _cached, cache_dir, debian_minbase, remove_special_files
+from bench.corpora import DEFAULT_MIRROR, cache_dir, cached, debian_minbase, remove_special_files
 from bench.proc import CommandFailed, run
 
 log = logging.getLogger("bench")
@@ -114,8 +114,8 @@ def _release_n1(dest: Path) -> None:
 def release_pair(cache: Path | None = None) -> tuple[Path, Path]:
     """The cached releases N and N+1 (``update-bookworm-n``, ``update-bookworm-n1``)."""
     root = cache or cache_dir()
-    return (_cached(root, "update-bookworm-n", _release_n),
-            _cached(root, "update-bookworm-n1", _release_n1))
+    return (cached(root, "update-bookworm-n", _release_n),
+            cached(root, "update-bookworm-n1", _release_n1))
 
 
 def _trixie(dest: Path) -> None:
@@ -129,7 +129,7 @@ def _trixie(dest: Path) -> None:
 def major_pair(cache: Path | None = None) -> tuple[Path, Path]:
     """Release N (bookworm minbase) and a major jump to trixie minbase (``update-trixie``)."""
     root = cache or cache_dir()
-    return (_cached(root, "update-bookworm-n", _release_n), _cached(root, "update-trixie", _trixie))
+    return (cached(root, "update-bookworm-n", _release_n), cached(root, "update-trixie", _trixie))
 
 
 # -- measuring ------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The one atomic-write helper: temp file in the target directory, fsync, rename, fsync dir.
 
 A reader never sees a half-written file under the final name, and after
-``atomic_write`` returns the new content survives a power cut.  Every error
+``atomic_write`` returns the new content survives a power cut.  The temporary
+file (``.NAME.tmpPID``) is locked by its writer; one a killed writer left is
+removed by the next write of the same file, or by ``remove_stale_temporaries``
+(which prune runs on the repository's directories).  Every error
 names the destination the caller gave, never the temporary file.
 """
 
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -93,12 +98,76 @@ def temporary_name(name: str) -> str:
     return f".sealtree-{os.getpid()}-{secrets.token_hex(8)}.tmp"
 
 
-_TEMPORARY = re.compile(r"\..+\.tmp[0-9]+|\.sealtree-[0-9]+-[0-9a-f]{16}\.tmp", re.DOTALL)
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)|\.sealtree-(?P<pid2>[0-9]+)-[0-9a-f]{16}\.tmp",
+                        re.DOTALL)
+
+#: a temporary file nobody holds locked is stale once its writer's process is gone, or once
+#: it is this old (its PID may have been reused, or belong to another PID namespace)
+STALE_AFTER = 60.0
 
 
 def is_temporary_name(name: str) -> bool:
     """Whether ``name`` has the form of a ``temporary_name`` (one a crash may leave behind)."""
     return _TEMPORARY.fullmatch(name) is not None
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process with ``pid`` runs (in our PID namespace)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    except OverflowError:  # no such PID can exist
+        return True
+    return False
+
+
+def _remove_if_stale(path: str, pid: int) -> bool:
+    """Remove the temporary file ``path`` if its writer is gone: the writer holds it locked
+    (flock) from creation to rename, and it is stale only if the lock is free and its process
+    gone (or the file is older than STALE_AFTER; the lock closes the window between a
+    writer's create and lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # gone meanwhile, a symlink, unreadable: not ours to judge
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its writer is at work
+            return False
+        if not (process_gone(pid) or time.time() - st.st_mtime > STALE_AFTER):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: StrPath, target: str | None = None) -> int:
+    """Remove the temporary files of atomic writes into ``directory`` that a killed writer
+    left (those of ``target``'s writes only, if given: ``.TARGET.tmpPID``); return how many.
+    Safe while other writers run: a temporary file in use is locked by its writer."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is None or (target is not None and match["name"] != target):
+            continue
+        pid = int(match["pid"] or match["pid2"])
+        removed += _remove_if_stale(os.path.join(directory, name), pid)
+    return removed
 
 
 def _finish(handle: BinaryIO, path: str, mode: int, durable: bool) -> None:
@@ -131,12 +200,14 @@ def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> It
     path = check_destination(path)
     directory, name = os.path.split(path)
     directory = directory or "."
+    remove_stale_temporaries(directory, name)  # a killed writer's of the same file
     tmp = os.path.join(directory, temporary_name(name))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as err:
         raise _cannot_create(err, path, directory) from None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # in use: see remove_stale_temporaries
         with io.BufferedWriter(_TempFile(fd, path)) as handle:
             yield handle
             _finish(handle, path, mode, durable)

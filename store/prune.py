@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from .atomic import remove_stale_temporaries
 from .errors import ObjectMissing
 from .ids import RawId
+from .layout import REFS
 from .reach import reachable as walk_reachable
 from .remove import remove_tree
 from .repo import Repository
@@ -20,6 +22,7 @@ class PruneReport:
     removed: int = 0
     freed: int = 0
     kept: int = 0
+    leftovers: int = 0  # temporary files of killed writers removed
 
 
 def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = True) -> set[str]:
@@ -37,9 +40,23 @@ def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = Tru
     return keep
 
 
+def _temporary_dirs(repo: Repository) -> Iterator[str]:
+    """The directories of the repository that atomic writes write into: its root (config),
+    every directory under ``refs/``, ``packs/`` and ``deploy/``."""
+    layout = repo.layout
+    yield layout.root
+    for top, dirs, _files in os.walk(os.path.join(layout.root, REFS)):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield top
+    yield layout.packs
+    yield layout.deploy
+
+
 def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, *,
-          dry_run: bool = False) -> PruneReport:
-    """Delete every object no ref or extra root reaches.  Holds the repository exclusively.
+          dry_run: bool = False, temporary_dirs: Iterable[str] = ()) -> PruneReport:
+    """Delete every object no ref or extra root reaches, and the temporary files killed
+    atomic writes left in the repository's directories and in ``temporary_dirs`` (those of
+    other layers, such as remotes).  Holds the repository exclusively.
 
     ``extra_roots`` is called once the lock is held: a deploy that held the shared lock
     until it recorded its deployment has finished, so its commit is among them.
@@ -62,4 +79,6 @@ def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, 
                 os.unlink(obj.path)
         if not dry_run:
             clean_stale_staging(repo.layout.tmp)
+            for directory in [*_temporary_dirs(repo), *temporary_dirs]:
+                report.leftovers += remove_stale_temporaries(directory)
     return report

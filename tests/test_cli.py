@@ -162,9 +162,11 @@ def test_a_command_imports_only_its_own_module(repo):
 
 def test_demo_runs_the_main_job(tmp_path, needs_root):
     out = run_cli("demo", "--workdir", str(tmp_path / "demo")).stdout
-    for step in ("commit", "checkout", "fsck", "pack sign", "pack verify", "deploy", "mount", "umount"):
+    for step in ("commit", "checkout", "fsck", "pack sign", "pack verify", "publish", "serve",
+                 "remote add", "pull vendor", "deploy", "mount", "umount"):
         assert step in out, step
-    assert "checked 21 objects" in out and ": ok" in out
+    assert out.count("checked 21 objects") == 2 and ": ok" in out  # the vendor's and the device's
+    assert "serving " in out and "server stopped" in out
     assert "mounted " in out and "unmounted " in out
     with open("/proc/self/mountinfo") as handle:
         assert str(tmp_path) not in handle.read()

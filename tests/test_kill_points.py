@@ -40,10 +40,6 @@ def test_killed_operation_leaves_a_consistent_repository(killer, op):
     assert stats.kills == settings.KILLS_PER_OP
 
 
-@pytest.mark.xfail(strict=False, reason="product defect found by the kill runner: a SIGKILL during "
-                   "an atomic write leaves its temporary file (deploy/.state.json.tmpPID after deploy, "
-                   "umount, rollback or undeploy; packs/.freshness.json.tmpPID and, issue 14, "
-                   "packs/.incoming-*.pack after pack import) and no later operation or prune removes it")
 def test_killed_operations_leave_no_temporary_files_after_the_next_one_and_prune():
     if not RESULTS:
         pytest.skip("run with the kill tests")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
+from store.atomic import process_gone
 from store.errors import ObjectCorrupt, ObjectMissing
 from store.fsck import fsck
 from store.ids import RawId
 from store.prune import prune
+from store.remove import remove_tree
 from store.repo import Repository
 
 from ..output import Progress, human_size, print_json
@@ -29,7 +35,8 @@ def register(sub: Any) -> None:
     p = add_parser(
         sub, "prune", "delete objects that no ref or deployment reaches",
         "Delete every object not reachable from a ref (with its history) or a deployment,\n"
-        "and leftovers of interrupted transactions.  Holds the repository exclusively.")
+        "and what killed operations left: staging directories, temporary files of\n"
+        "atomic writes, copies of packs being imported.  Holds the repository exclusively.")
     p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_prune)
@@ -67,12 +74,48 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote_dirs(repo: Repository) -> Iterator[str]:
+    """The directories the remote layer writes small files into atomically."""
+    from remote.config import remotes_dir  # noqa: PLC0415 - only when prune runs
+
+    top = remotes_dir(repo)
+    if not os.path.isdir(top):
+        return
+    yield top
+    for entry in os.scandir(top):
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            yield entry.path
+
+
+_REMOTE_TRASH = re.compile(r"\.trash-.+-(?P<pid>[0-9]+)")
+
+
+def _remove_remote_trash(repo: Repository) -> int:
+    """Remove what a killed ``remote remove`` left (``remotes/.trash-NAME-PID``)."""
+    from remote.config import remotes_dir  # noqa: PLC0415 - only when prune runs
+
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(remotes_dir(repo)):
+            match = _REMOTE_TRASH.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False) and process_gone(int(match["pid"])):
+                remove_tree(entry.path)
+                removed += 1
+    return removed
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
+    from pack.importer import clean_incoming  # noqa: PLC0415 - only when prune runs
+
     repo = open_repo(args)
     report = prune(repo, lambda: [commit for _label, commit in _deployment_roots(repo)],
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, temporary_dirs=list(_remote_dirs(repo)))
+    if not args.dry_run:
+        report.leftovers += clean_incoming(repo) + _remove_remote_trash(repo)
     if args.json:
         print_json(vars(report) | {"dry_run": args.dry_run})
         return
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {report.removed} objects ({human_size(report.freed)}), kept {report.kept}")
+    leftovers = f"; removed {report.leftovers} leftover files" if report.leftovers else ""
+    print(f"{verb} {report.removed} objects ({human_size(report.freed)}), kept {report.kept}"
+          f"{leftovers}")
