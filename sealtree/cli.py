@@ -105,7 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tolerant_output()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_word(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse gives a list positional (`publish DIR ... REF...`) only the words before
+        # the first option; a command names such a list in `intermixed` to take the rest.
+        spill = getattr(args, "intermixed", None)
+        if spill is None or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, spill, [*getattr(args, spill), *extra])
     try:
         result = args.func(args)
         return int(result or 0)

@@ -153,3 +153,15 @@ def test_pull_killed_at_random_points_resumes_and_stays_consistent(tmp_path):
     assert repo.refs.read("os/main") == new
     assert not fsck(repo).problems
     assert final["refs"][0]["commit"] == new.hex()
+
+
+def test_refs_may_follow_the_options(tmp_path):
+    """`publish DIR --key K REF` as a user types it: argparse alone refuses REF there."""
+    from tests.test_remote_support import make_vendor
+    vendor = make_vendor(str(tmp_path))
+    site = tmp_path / "site2"
+    run_cli("publish", str(site), "--key", vendor.key, "os/main", repo=vendor.repo.path)
+    assert (site / "index").exists()
+    proc = run_cli("publish", str(site), "--key", vendor.key, "os/main", "--bogus", repo=vendor.repo.path,
+                   check=False)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr

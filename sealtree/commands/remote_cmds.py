@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
         "  sealtree --repo R publish /srv/www/os --key vendor.key --expires 30 os/main")
     p.add_argument("site", metavar="DIR", help="the site's directory (created if missing)")
     p.add_argument("refs", nargs="*", metavar="REF", help="refs to publish (default: all)")
+    p.set_defaults(intermixed="refs")
     p.add_argument("--key", action="append", required=True, metavar="KEYFILE",
                    help="a private key to sign packs and the index with (repeat for several)")
     p.add_argument("--expires", type=float, default=30, metavar="DAYS",
@@ -83,6 +84,7 @@ def register(sub: Any) -> None:
         "example:\n  sealtree --repo D pull vendor os/main")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("refs", nargs="*", metavar="REF")
+    p.set_defaults(intermixed="refs")
     p.add_argument("--allow-expired", action="store_true",
                    help="accept an index past its expiry time")
     p.add_argument("--allow-downgrade", action="store_true",
