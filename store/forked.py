@@ -17,6 +17,7 @@ would hang.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import pickle
@@ -27,6 +28,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import SealtreeError
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Any = None
+
+
+def _prctl_function() -> Any:
+    """libc's prctl, looked up in the parent (a child must not dlopen or import: another
+    thread of the parent may have held those locks when it forked)."""
+    global _prctl
+    if _prctl is None:
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return _prctl
+
+
+def _die_with(parent: int, prctl: Any) -> None:
+    """Let the kernel kill this child when ``parent`` dies: a worker of a process that was
+    killed must not live on holding the parent's locks (a staging directory would look in
+    use to the next writer)."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 class Forked:
@@ -40,10 +62,12 @@ class Forked:
                  failure: Callable[[str], SealtreeError]) -> None:
         self._failure = failure
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        parent, prctl = os.getpid(), _prctl_function()
         pid = os.fork()
         if pid == 0:  # the child: run, answer, and leave without unwinding the caller's stack
             status = 1
             try:
+                _die_with(parent, prctl)
                 os.close(read_fd)
                 try:
                     payload = pickle.dumps((True, fn(*args)))

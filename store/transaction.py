@@ -39,6 +39,7 @@ IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones str
 COPY_CHUNK = 1 << 20
 STAGING_PREFIX = "staging-"
 STAGING_LOCK = "lock"  # held by the transaction that owns a staging directory
+TRASH_PREFIX = ".trash-"  # a staging directory being removed: nobody uses it
 UNLOCKED_GRACE = 60.0
 
 __all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "clean_stale_staging",
@@ -46,11 +47,15 @@ __all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "clean_stale_staging",
 
 
 def clean_stale_staging(tmp_root: str) -> None:
-    """Remove staging directories whose transaction is gone (their lock is free).  One without
-    a lock file yet is a transaction starting (between creating it and locking it), unless it
-    is older than UNLOCKED_GRACE seconds."""
+    """Remove staging directories whose transaction is gone (their lock is free), and the
+    trash of finished ones.  One without a lock file yet is a transaction starting (between
+    creating it and locking it), unless it is older than UNLOCKED_GRACE seconds."""
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
+        if name.startswith(TRASH_PREFIX + STAGING_PREFIX):
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+            continue
         if not name.startswith(STAGING_PREFIX):
             continue
         lock = os.path.join(path, STAGING_LOCK)
@@ -120,8 +125,15 @@ class Transaction:
         self.close()
 
     def close(self) -> None:
+        # Renamed while still locked, so that a process killed while removing it leaves a
+        # trash directory (removed by the next writer), never an unlocked staging directory.
+        trash = os.path.join(os.path.dirname(self.staging),
+                             TRASH_PREFIX + os.path.basename(self.staging))
+        with contextlib.suppress(OSError):
+            os.rename(self.staging, trash)
         self._held.close()
         with contextlib.suppress(OSError):
+            remove_tree(trash)
             remove_tree(self.staging)
 
     # -- object paths -------------------------------------------------------

@@ -316,8 +316,10 @@ class Killer:
             prune = cli("prune")
             files = _leftover_files(case.repo)
             if prune.code != 0 or files:
+                inside = {f: "lock" in os.listdir(os.path.join(case.repo, f)) for f in files
+                          if os.path.isdir(os.path.join(case.repo, f))}
                 problems.append(f"leftover files after the next operation and prune: {files} "
-                                f"(prune exit {prune.code})")
+                                f"(prune exit {prune.code}; holding {inside})")
         return problems
 
 
