@@ -33,9 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PYDEST = "usr/lib/sealtree/python"
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 
-pytestmark = pytest.mark.root
-
-
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: chroot and mounts")
