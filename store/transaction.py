@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
+from .atomic import process_gone
 from .commits import Commit
 from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
@@ -49,7 +50,8 @@ __all__ = ["COPY_CHUNK", "IN_MEMORY_MAX", "Transaction", "clean_stale_staging",
 def clean_stale_staging(tmp_root: str) -> None:
     """Remove staging directories whose transaction is gone (their lock is free), and the
     trash of finished ones.  One without a lock file yet is a transaction starting (between
-    creating it and locking it), unless it is older than UNLOCKED_GRACE seconds."""
+    creating it and locking it), unless the process named in it is gone or it is older than
+    UNLOCKED_GRACE seconds."""
     for name in os.listdir(tmp_root):
         path = os.path.join(tmp_root, name)
         if name.startswith(TRASH_PREFIX + STAGING_PREFIX):
@@ -60,13 +62,21 @@ def clean_stale_staging(tmp_root: str) -> None:
             continue
         lock = os.path.join(path, STAGING_LOCK)
         try:
-            if not os.path.exists(lock) and time.time() - os.lstat(path).st_mtime < UNLOCKED_GRACE:
+            if (not os.path.exists(lock) and not _creator_gone(name)
+                    and time.time() - os.lstat(path).st_mtime < UNLOCKED_GRACE):
                 continue
         except FileNotFoundError:
             continue
         if try_flock(lock):
             with contextlib.suppress(OSError):
                 remove_tree(path)
+
+
+def _creator_gone(name: str) -> bool:
+    """Whether the process that created staging directory ``name`` (``staging-PID-XXXX``) has
+    gone; False when the name carries no PID (made by an older version)."""
+    pid = name[len(STAGING_PREFIX):].partition("-")[0]
+    return pid.isdigit() and process_gone(int(pid))
 
 
 @contextlib.contextmanager
@@ -105,7 +115,9 @@ class Transaction:
         self.objects_root = layout.objects
         clean_stale_staging(layout.tmp)
         with disk_full_named(self.repo_path):
-            self.staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=layout.tmp)
+            # The creator's PID in the name: between mkdtemp and the lock, a directory with
+            # no lock file is its creator's if that process still runs.
+            self.staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=layout.tmp)
         self._held = contextlib.ExitStack()  # the staging directory's lock, until close()
         try:
             self._held.enter_context(flock(os.path.join(self.staging, STAGING_LOCK), exclusive=True))

@@ -114,3 +114,19 @@ def test_a_staging_directory_being_created_is_not_cleaned_as_stale(repo):
     with repo.writing():
         pass
     assert not os.path.exists(starting)
+
+
+def test_a_staging_directory_whose_creator_is_gone_is_removed(repo):
+    """A transaction killed between mkdtemp and its lock leaves no lock file; the PID in the
+    name says its creator is gone, so the next writer removes it at once."""
+    import subprocess
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = os.path.join(repo.layout.tmp, f"staging-{child.pid}-abcd")
+    alive = os.path.join(repo.layout.tmp, f"staging-{os.getppid()}-abcd")
+    os.mkdir(dead)
+    os.mkdir(alive)
+    with repo.writing():
+        pass
+    assert not os.path.exists(dead)
+    assert os.path.isdir(alive)  # its creator runs: a transaction starting
