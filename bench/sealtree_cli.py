@@ -268,11 +268,13 @@ def pack_import(repo: Path, pack: Path, keydir: Path) -> Argv:
     return [*_repo(repo), "pack", "import", str(pack), "--keys", str(keydir)]
 
 
-def deploy(repo: Path, ref: str, keydir: Path, target: Path | None = None) -> Argv:
+def deploy(repo: Path, ref: str, keydir: Path, target: Path | None = None,
+           layout: str | None = None) -> Argv:
     """``sealtree --repo R deploy REF --keys DIR --verify userspace --no-default --json
-    [--mount TARGET]``."""
+    [--mount TARGET] [--layout LAYOUT]``."""
     argv = [*_repo(repo), "deploy", ref, "--keys", str(keydir), "--verify", "userspace",
             "--no-default", "--json"]
+    argv += [] if layout is None else ["--layout", layout]
     return argv if target is None else [*argv, "--mount", str(target)]
 
 

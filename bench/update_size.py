@@ -321,7 +321,8 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
             log.info("ostree apply-offline refused: %s", err.stderr.strip().splitlines()[-1:])
             apply_seconds = None
             break
-        apply_seconds = min(apply_seconds, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        apply_seconds = elapsed if apply_seconds is None else min(apply_seconds, elapsed)
     return {
         "version": _ostree("--version").split("Version:")[1].split()[0].strip("'\""),
         "pull_objects": len(added),
