@@ -79,7 +79,7 @@ from .boot_config import (
     parse_config_text,
 )
 from .boot_floor import boot_floor, check_floor, load_floor, write_floor
-from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout
 from .metacopy import Layout, choose_layout
 from .mount_deployment import MountResult, mount_verified
@@ -229,14 +229,15 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
                         pack_path)
         except DowngradeError as err:
             raise _refused("freshness", err, pack_path) from err
+        items = large_files(repo.objects, reader.manifest)
         # Sealing first: it gives the objects fs-verity, which the layout choice looks for.
-        sealed = _seal(config, large_files(repo.objects, reader.manifest))
+        sealed = _seal(config, items)
         try:
-            layout = choose_layout(config.layout, large_files(repo.objects, reader.manifest))
+            layout = choose_layout(config.layout, items)
         except DeployError as err:  # MetacopyUnsupported: asked for where it cannot be
             raise _refused("layout", err, config.target) from err
-        metacopy = layout is Layout.METACOPY
-        items = large_files(repo.objects, reader.manifest, None if metacopy else farm_dir)
+        if layout is not Layout.METACOPY:
+            items = in_farm(items, farm_dir)
         try:
             # The target is a directory of the initramfs: made here if the scripts did not.
             os.makedirs(config.target, exist_ok=True)

@@ -10,8 +10,9 @@ xattr overlayfs would interpret; ``large_files`` lists what the farm links.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pack.keys import Keyring
 from pack.manifest import Manifest
@@ -88,15 +89,20 @@ def check_overlay_xattrs(reader: PackReader) -> None:
                                    f"overlayfs; such a tree cannot be deployed", path=path)
 
 
-def large_files(objects: ObjectStore, manifest: Manifest, farm_dir: str | None = None) -> list[LargeFile]:
-    """The manifest's large files with their object paths (and farm paths when given)."""
-    base = os.fsencode(farm_dir) + b"/" if farm_dir is not None else None
+def large_files(objects: ObjectStore, manifest: Manifest) -> list[LargeFile]:
+    """The manifest's large files with their object paths (``in_farm`` adds farm paths)."""
     out = []
     for row in manifest.entries:
         entry = row.entry
         if entry.kind is not Kind.FILE or row.inline:
             continue
-        link = os.fsdecode(base + row.path) if base is not None else None
         out.append(LargeFile(row.path, entry.meta, entry.size, entry.digest,
-                             objects.file_path(entry.digest, entry.meta), link))
+                             objects.file_path(entry.digest, entry.meta)))
     return out
+
+
+def in_farm(items: Sequence[LargeFile], farm_dir: str) -> list[LargeFile]:
+    """``items`` with their farm paths (the hardlinks layout checks each link), without a
+    second pass over the manifest."""
+    base = os.fsencode(farm_dir) + b"/"
+    return [dataclasses.replace(item, link=os.fsdecode(base + item.path)) for item in items]

@@ -39,7 +39,7 @@ from store.objects import ObjectStore
 from store.repo import Repository
 
 from . import farm, mounted_farms, mounts
-from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout, staging_dir
 from .metacopy import Layout, choose_layout, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
@@ -155,9 +155,10 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
     with open_deployment_pack(kept_pack_path(repo, commit_id), keyring, commit_id) as (reader, _v):
         pack_time = time.perf_counter() - started
         chosen = Layout(dep.layout) if layout is None else layout
-        chosen = choose_layout(chosen, large_files(repo.objects, reader.manifest))
-        metacopy = chosen is Layout.METACOPY
-        items = large_files(repo.objects, reader.manifest, None if metacopy else farm_dir)
+        items = large_files(repo.objects, reader.manifest)
+        chosen = choose_layout(chosen, items)
+        if chosen is not Layout.METACOPY:
+            items = in_farm(items, farm_dir)
         result = mount_verified(reader, items, farm_dir, target, staging_dir(repo),
                                 policy=policy, live=live, workers=workers, api=api, verity=verity,
                                 repo_path=repo.path, layout=chosen, objects=repo.objects,

@@ -111,10 +111,10 @@ def test_overlay_xattr_on_a_farm_link_is_refused(site):
 def test_check_farm_refuses_any_xattr_on_a_directory(site):
     dep = site.deploy()
     repo = Repository.open(site.repo)
-    from overlay.deployment_pack import large_files, open_deployment_pack, trusted_keyring
+    from overlay.deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
     with open_deployment_pack(site.kept_pack(), trusted_keyring(site.keys),
                               bytes.fromhex(site.commit)) as (reader, _v):  # type: ignore[arg-type]
-        items = large_files(repo.objects, reader.manifest, site.farm(dep))
+        items = in_farm(large_files(repo.objects, reader.manifest), site.farm(dep))
     farm.check_farm(site.farm(dep), items)
     os.setxattr(os.path.join(site.farm(dep), "deep/a/b"), "trusted.overlay.opaque", b"x")
     with pytest.raises(FarmMismatch) as caught:
