@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -38,3 +40,17 @@ def fsverity_tool():
     if tool is None:
         pytest.skip("the fsverity tool (Debian package fsverity) is not installed; .ci/run installs it")
     return tool
+
+
+@pytest.fixture(scope="session")
+def minbase():
+    """A real Debian tree: the bench's cached bookworm minbase, built with debootstrap (as
+    bench/ does) when missing."""
+    path = os.path.join(os.environ.get("SEALTREE_BENCH_CACHE",
+                                       os.path.expanduser("~/.cache/sealtree-bench")), "minbase")
+    if not os.path.isdir(path):
+        if shutil.which("debootstrap") is None or os.geteuid() != 0:
+            pytest.skip("needs root and debootstrap (.ci/run installs it) to build the Debian tree")
+        subprocess.run([sys.executable, "-c", "from bench.corpora import debian_minbase; debian_minbase()"],
+                       check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return path

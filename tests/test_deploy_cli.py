@@ -26,7 +26,6 @@ from tests.helpers import assert_same_tree, materialise, mount_free_dir, run_cli
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
-CACHE = os.environ.get("SEALTREE_BENCH_CACHE", os.path.expanduser("~/.cache/sealtree-bench"))
 BIG = 20000  # above the default inline limit: a large object
 
 
@@ -422,11 +421,8 @@ def _enlarge(tree: dict) -> dict:
     return out
 
 
-def test_debian_minbase_mounts_exactly(base):
-    tree = os.path.join(CACHE, "minbase")
-    if not os.path.isdir(tree):
-        pytest.skip("no cached Debian minbase tree (python3 -m bench.run builds it)")
-    _deploy_and_compare(tree, base)
+def test_debian_minbase_mounts_exactly(base, minbase):
+    _deploy_and_compare(minbase, base)
 
 
 def test_legacy_mount_api_end_to_end(site):

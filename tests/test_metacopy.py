@@ -32,7 +32,6 @@ from store.fsverity import digest_fd
 from store.ids import RawId
 from store.repo import Repository
 from tests.helpers import assert_same_tree, materialise, snapshot, trees
-from tests.test_debian_tree import CACHE
 from tests.test_deploy_cli import Site, _enlarge, _leftovers, base_dir, published_site
 
 pytestmark = pytest.mark.usefixtures("needs_root")
@@ -316,10 +315,8 @@ def test_generated_trees_in_metacopy_layout(tmp_path_factory, tree, links):
             mounts.umount(info.mount_point, mounts.MNT_DETACH)
 
 
-def test_debian_minbase_in_metacopy_layout(base):
-    tree = os.path.join(CACHE, "minbase")
-    if not os.path.isdir(tree):
-        pytest.skip("no cached Debian minbase tree (python3 -m bench.run builds it)")
+def test_debian_minbase_in_metacopy_layout(base, minbase):
+    tree = minbase
     made = Site(base, tree)
     made.publish("1", 1_700_000_000)
     repo, result = _deploy(made, target=made.target)
