@@ -16,6 +16,8 @@ import os
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import TypeVar
 
 from store.errors import UsageError
 from store.names import show
@@ -23,6 +25,8 @@ from store.names import show
 from .layout import SYSTEM_KEYRING
 from .metacopy import Layout
 from .objcheck import Policy
+
+Choice = TypeVar("Choice", bound=Enum)
 
 CONFIG_PATH = "/etc/sealtree/boot.conf"
 CMDLINE_PATH = "/proc/cmdline"
@@ -88,20 +92,15 @@ def _bool(value: str, key: str) -> bool:
     raise BootConfigError(f"expected yes or no, got '{show(value)}'", path=key)
 
 
-def _policy(value: str, key: str) -> Policy:
-    try:
-        return Policy(value.lower())
-    except ValueError:
-        raise BootConfigError(f"expected one of {', '.join(p.value for p in Policy)}, "
-                              f"got '{show(value)}'", path=key) from None
-
-
-def _layout(value: str, key: str) -> Layout:
-    try:
-        return Layout(value.lower())
-    except ValueError:
-        raise BootConfigError(f"expected one of {', '.join(x.value for x in Layout)}, "
-                              f"got '{show(value)}'", path=key) from None
+def _choice(kind: type[Choice]) -> Callable[[str, str], Choice]:
+    """A parser for a key whose value is one of the enum ``kind``'s values."""
+    def parse(value: str, key: str) -> Choice:
+        try:
+            return kind(value.lower())
+        except ValueError:
+            raise BootConfigError(f"expected one of {', '.join(c.value for c in kind)}, "
+                                  f"got '{show(value)}'", path=key) from None
+    return parse
 
 
 def _seconds(value: str, key: str) -> float:
@@ -126,9 +125,9 @@ def _optional_text(value: str, key: str) -> str | None:
 
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "root": _optional_path, "rootfstype": _text, "rootwait": _seconds, "sysroot": _path,
-    "repo": _path, "keys": _path, "target": _path, "verify": _policy, "cmdline_verify": _bool,
+    "repo": _path, "keys": _path, "target": _path, "verify": _choice(Policy), "cmdline_verify": _bool,
     "freshness": _optional_path, "count": _bool, "deployment": _optional_text, "scratch": _path,
-    "layout": _layout,
+    "layout": _choice(Layout),
     "seal": _bool,
 }
 # What a kernel command line may set (``sealtree.<key>=``).  Not the keyring, the
