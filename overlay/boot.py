@@ -67,18 +67,8 @@ from store.names import show
 from store.repo import Repository
 
 from . import mounts
-from .boot_config import (
-    CMDLINE_PATH,
-    CONFIG_PATH,
-    BootConfig,
-    BootConfigError,
-    Say,
-    apply_cmdline,
-    config_from_args,
-    load_config_file,
-    parse_config_text,
-)
-from .boot_floor import boot_floor, check_floor, load_floor, write_floor
+from .boot_config import BootConfig, Say, config_from_args
+from .boot_floor import check_floor, load_floor, write_floor
 from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
 from .layout import deploy_layout
 from .metacopy import Layout, choose_layout
@@ -87,12 +77,6 @@ from .objcheck import LargeFile
 from .provision import seal_objects
 from .remount import make_writable
 from .state import Deployment, State, choose_deployment_for_boot, count_try, state_file
-
-__all__ = [
-    "CMDLINE_PATH", "CONFIG_PATH", "EXIT_BOOTED", "EXIT_CONFIG", "EXIT_REFUSED", "BootConfig",
-    "BootConfigError", "Refused", "apply_cmdline", "boot_floor", "check_floor", "config_from_args",
-    "load_config_file", "main", "parse_config_text", "run_boot", "verify_and_mount", "write_floor",
-]
 
 PREFIX = "sealtree-boot: "
 BOOTED_FILE = "booted"  # in the scratch directory: the id of the deployment mounted

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlay import boot
+from overlay import boot_floor
 from store.repo import Repository
 from store.walk import require
 from tests.vm import guest
@@ -177,7 +177,7 @@ def build_sysroot(work: Path) -> Sysroot:
                        "--verify", "userspace", "--json", *tries)
         deployments[release.name] = json.loads(out)["id"]
     floor = work / "freshness.json"
-    boot.write_floor(str(repo), str(floor))
+    boot_floor.write_floor(str(repo), str(floor))
     return Sysroot(root, keyring, floor, vendor_key, attacker_key, commits, deployments)
 
 
