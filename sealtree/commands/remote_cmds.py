@@ -275,7 +275,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.json:
         print_json({
             "remote": result.remote, "index_serial": result.index_serial,
-            "index_server": result.index_server, "bytes_fetched": result.bytes_fetched,
+            "index_server": result.index_server, "index_not_modified": result.index_not_modified,
+            "bytes_fetched": result.bytes_fetched,
             "bytes_full": result.bytes_full, "deltas_used": result.deltas_used,
             "delta_fallbacks": [{"path": f.path, "reason": f.reason, "server_blamed": f.blamed_server}
                                 for f in result.fallbacks],
@@ -304,8 +305,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"servers asked for no more deltas: {'; '.join(refused)}", file=sys.stderr)
     saved = (f", {result.deltas_used} delta(s) used ({human_size(result.bytes_full)} without)"
              if result.deltas_used else "")
+    kept = ", not modified" if result.index_not_modified else ""
     print(f"fetched {human_size(result.bytes_fetched)} from {result.remote} "
-          f"(index serial {result.index_serial}){saved}")
+          f"(index serial {result.index_serial}{kept}){saved}")
     return 0
 
 
