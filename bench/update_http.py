@@ -62,6 +62,7 @@ class UpdateHttp:
         self.web = self.root / "web"
         self.site = self.web / "site"
         self.archive = self.web / "ostree"
+        self.static_delta_files = 0
 
     def measure(self) -> list[Result]:
         lacking = st.missing("init", "commit", "publish", "remote add", "pull")
@@ -98,6 +99,8 @@ class UpdateHttp:
             run([peers.ostree(), "static-delta", "generate", f"--repo={self.archive}",
                  f"--from={BRANCH}^", f"--to={BRANCH}"], measure=False)
             run([peers.ostree(), "summary", "-u", f"--repo={self.archive}"], measure=False)
+            self.static_delta_files = sum(f.stat().st_size for f in (self.archive / "deltas").rglob("*")
+                                          if f.is_file())
             return self._runs(server, ours, theirs)
 
     def _release(self, vendor: Path, tree: Path, number: int, key: Path, *, deltas: bool) -> None:
@@ -118,6 +121,7 @@ class UpdateHttp:
         prefix = {SIDES[0]: "site", SIDES[1]: "site", SIDES[2]: "ostree", SIDES[3]: "ostree"}
         results = {side: SideResult() for side in SIDES}
         reported: dict[str, list[dict[str, object]]] = {SIDES[0]: [], SIDES[1]: []}
+        split: list[dict[str, int]] = []  # what the static-delta pulls fetched, by directory
 
         def trial(side: str) -> Trial:
             def setup(_i: int) -> None:
@@ -128,6 +132,8 @@ class UpdateHttp:
                 start = server.log_offset()
                 done = run(argv[side])
                 results[side].sizes.append(server.bytes_sent(start, prefix[side])[0])
+                if side == SIDES[3]:
+                    split.append(_by_directory(server, start, prefix[side]))
                 if side in reported:
                     doc = json.loads(done.stdout)
                     reported[side].append({k: doc[k] for k in ("bytes_fetched", "bytes_full",
@@ -142,16 +148,25 @@ class UpdateHttp:
             for side in order:
                 log.info("update-http run %d: %s", index + 1, side)
                 results[side].samples.append(sample(trials[side], index, self.cache))
-        return self._report(results, reported)
+        return self._report(results, reported, split)
 
-    def _report(self, results: dict[str, SideResult], reported: dict[str, list[dict[str, object]]]
-                ) -> list[Result]:
+    def _report(self, results: dict[str, SideResult], reported: dict[str, list[dict[str, object]]],
+                split: list[dict[str, int]]) -> list[Result]:
         deltas, full, objects, static = (results[s] for s in SIDES)
         note = "bytes nginx sent (headers included), from its access log"
         client = f"sealtree pull --json: {reported[SIDES[0]][-1]}" if reported[SIDES[0]] else ""
+        fetched = (f"ostree pull --require-static-deltas fetched, by directory: {split[-1]} (ostree "
+                   f"{peers.versions()['ostree']} fetches the commit's new objects loose while the "
+                   f"delta part downloads)") if split else ""
+        on_disk = SideResult(sizes=[self.static_delta_files])
         rows = [
             Result("update N -> N+1 over HTTP, deltas: bytes", CORPUS, "ostree static delta (HTTP)",
-                   deltas, static, Target("<=", 0.5), kind="size", notes=[n for n in (note, client) if n]),
+                   deltas, static, Target("<=", 0.5), kind="size",
+                   notes=[n for n in (note, client, fetched) if n]),
+            Result("update N -> N+1 over HTTP, deltas: bytes", CORPUS, "ostree static delta files",
+                   deltas, on_disk, Target("<=", 0.5), kind="size",
+                   notes=["peer: the size of the static delta's files in the archive repository "
+                          "(superblock and parts), what its pull would fetch without the loose objects"]),
             Result("update N -> N+1 over HTTP, deltas: time", CORPUS, "ostree static delta (HTTP)",
                    deltas, static, Target("<=", 1.0),
                    notes=["whole pull: index, deltas fetched and applied, import"]),
@@ -165,6 +180,19 @@ class UpdateHttp:
                    full, objects),
         ]
         return rows
+
+
+def _by_directory(server: Nginx, since: int, prefix: str) -> dict[str, int]:
+    """Bytes nginx sent since ``since`` for URIs under ``/prefix/``, by their next directory."""
+    out: dict[str, int] = {}
+    with open(server.log, "rb") as handle:
+        handle.seek(since)
+        for line in handle.read().decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].startswith(f"/{prefix}/") and parts[2].isdigit():
+                name = parts[0].split("/")[2]
+                out[name] = out.get(name, 0) + int(parts[2])
+    return out
 
 
 def measure(work: Workspace, repeats: int, cache: CachePolicy, keys: Callable[[], Path],
