@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,6 +37,7 @@ from .ids import to_hex
 from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
+from .sparse import EXPORT_HOLE_MIN, zero_runs
 from .walk import walk
 
 BLOCK = 512
@@ -54,6 +56,7 @@ _CHECKSUM_OFFSET = 148
 _CHECKSUM_SIZE = 8
 
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
+SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
 @dataclass
@@ -130,13 +133,27 @@ class TarWriter:
         if self.written % BLOCK:
             self._write(bytes(BLOCK - self.written % BLOCK))
 
-    def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"") -> None:
+    def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"",
+               sparse: list[tuple[int, int]] | None = None) -> None:
         """Write one member's header, after a PAX header when a field does not fit ustar or
-        there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``."""
+        there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``.
+        With ``sparse`` (the data ranges of a file with holes, as (offset, length)) the file is
+        a PAX sparse 1.0 member (docs/FORMAT.md, "Sparse files"): its map is written here, then
+        only the bytes of those ranges follow."""
         name = path + b"/" if kind is Kind.DIR else path
         typeflag = {Kind.FILE: REG, Kind.DIR: DIR, Kind.SYMLINK: SYMLINK}[kind]
         records: list[tuple[bytes, bytes]] = []
-        if len(name) > NAME_FIELD:
+        header_name = name
+        sparse_map = b""
+        if sparse is not None:
+            # GNU tar's layout: the real name and size in records, a made-up name (here without
+            # tar's PID) in the header, the map at the start of the data.
+            sparse_map = _sparse_map(sparse)
+            records += [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                        (b"GNU.sparse.name", name), (b"GNU.sparse.realsize", b"%d" % size)]
+            header_name = SPARSE_DIR + name.rsplit(b"/", 1)[-1]
+            size = len(sparse_map) + sum(length for _offset, length in sparse)
+        elif len(name) > NAME_FIELD:
             records.append((b"path", name))
         if len(target) > LINK_FIELD:
             records.append((b"linkpath", target))
@@ -153,7 +170,8 @@ class TarWriter:
                 raise SourceError(f"xattr {show(xname)} cannot be exported: a PAX record "
                                   f"keyword cannot hold '='", path=path)
             records.append((b"SCHILY.xattr." + xname, value))
-        if any(k in (b"path", b"linkpath") and not _is_utf8(v) for k, v in records):
+        if any(k in (b"path", b"linkpath", b"GNU.sparse.name") and not _is_utf8(v)
+               for k, v in records):
             records.insert(0, (b"hdrcharset", b"BINARY"))
         mtime = min(max(self.mtime, 0), MAX_OCTAL_11)
         if records:
@@ -162,9 +180,11 @@ class TarWriter:
             self._write(data)
             self._pad()
         # A value that a PAX record carries is 0 in the ustar field: one rule, no guessing.
-        self._write(_ustar(name, meta.mode, meta.uid if meta.uid <= MAX_OCTAL_7 else 0,
+        self._write(_ustar(header_name, meta.mode, meta.uid if meta.uid <= MAX_OCTAL_7 else 0,
                            meta.gid if meta.gid <= MAX_OCTAL_7 else 0,
                            size if size <= MAX_OCTAL_11 else 0, mtime, typeflag, target))
+        if sparse_map:
+            self._write(sparse_map)
 
     def data(self, chunk: bytes | memoryview) -> None:
         self._write(chunk)
@@ -177,6 +197,94 @@ class TarWriter:
         self._write(bytes(2 * BLOCK))
         if self.written % RECORD:
             self._write(bytes(RECORD - self.written % RECORD))
+
+
+def _sparse_map(ranges: list[tuple[int, int]]) -> bytes:
+    """A PAX sparse 1.0 map: the number of ranges, then each one's offset and length, one
+    decimal number a line, zero-padded to whole blocks."""
+    lines = [b"%d" % len(ranges)]
+    for offset, length in ranges:
+        lines += [b"%d" % offset, b"%d" % length]
+    data = b"\n".join(lines) + b"\n"
+    return data + bytes(-len(data) % BLOCK)
+
+
+def data_ranges_between(runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The (offset, length) ranges of a ``size``-byte file outside its zero ``runs`` (at least
+    one); a file that ends in a run gets an empty range at its end, as GNU tar writes it."""
+    ranges = []
+    pos = 0
+    for start, stop in runs:
+        if start > pos:
+            ranges.append((pos, start - pos))
+        pos = stop
+    ranges.append((pos, size - pos) if pos < size else (size, 0))
+    return ranges
+
+
+def _copy_sparse(writer: TarWriter, fd: int, entry: Entry, ranges: list[tuple[int, int]],
+                 hasher: VerityHasher) -> int:
+    """Write the data ``ranges`` of the object open as ``fd``, hashing them and the zeros
+    between them; return how many bytes of content that was (its size when it is whole)."""
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    for offset, length in ranges:
+        hasher.update_zeros(offset - pos)
+        pos = offset
+        while pos < offset + length:
+            n = os.preadv(fd, [view[:min(len(buf), offset + length - pos)]], pos)
+            if not n:
+                return pos
+            hasher.update(view[:n])
+            writer.data(view[:n])
+            pos += n
+    hasher.update_zeros(entry.size - pos)
+    return entry.size
+
+
+def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
+    """A file's member: its header and content, the content checked against the tree."""
+    if entry.size < EXPORT_HOLE_MIN:
+        writer.member(path, Kind.FILE, entry.meta, size=entry.size)
+        _copy_object(objects, writer, path, entry)
+        return
+    source = objects.file_path(entry.digest, entry.meta)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
+                            object_id=to_hex(entry.digest), file=source) from None
+    try:
+        if os.fstat(fd).st_size != entry.size:
+            raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
+                                path=path, object_id=to_hex(entry.digest), file=source)
+        runs = zero_runs(fd, entry.size)
+        if not runs:
+            writer.member(path, Kind.FILE, entry.meta, size=entry.size)
+            os.lseek(fd, 0, os.SEEK_SET)
+            _copy_object(objects, writer, path, entry)
+            return
+        ranges = data_ranges_between(runs, entry.size)
+        writer.member(path, Kind.FILE, entry.meta, size=entry.size, sparse=ranges)
+        hasher = VerityHasher()
+        got = _copy_sparse(writer, fd, entry, ranges, hasher)
+    finally:
+        os.close(fd)
+    _check_copied(path, entry, source, got != entry.size, hasher)
+    writer.end_member()
+
+
+def _check_copied(path: bytes, entry: Entry, source: str, wrong_size: bool,
+                  hasher: VerityHasher) -> None:
+    if wrong_size:
+        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
+                            path=path, object_id=to_hex(entry.digest), file=source)
+    got = hasher.digest()
+    if not hmac.compare_digest(got, entry.digest):
+        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is corrupt: its content has "
+                            f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
+                            path=path, object_id=to_hex(entry.digest), file=source)
 
 
 def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
@@ -197,14 +305,7 @@ def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: En
     except FileNotFoundError:
         raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
                             object_id=to_hex(entry.digest), file=source) from None
-    if left or extra:
-        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
-                            path=path, object_id=to_hex(entry.digest), file=source)
-    got = hasher.digest()
-    if not hmac.compare_digest(got, entry.digest):
-        raise ObjectCorrupt(f"object {to_hex(entry.digest)} is corrupt: its content has "
-                            f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
-                            path=path, object_id=to_hex(entry.digest), file=source)
+    _check_copied(path, entry, source, bool(left or extra), hasher)
     writer.end_member()
 
 
@@ -227,8 +328,7 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     stats.dirs += 1
     for path, entry in walk(objects, commit.root_tree):
         if entry.kind is Kind.FILE:
-            writer.member(path, Kind.FILE, entry.meta, size=entry.size)
-            _copy_object(objects, writer, path, entry)
+            _export_file(objects, writer, path, entry)
             stats.files += 1
             stats.content_bytes += entry.size
         elif entry.kind is Kind.DIR:

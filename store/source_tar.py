@@ -42,7 +42,7 @@ import binascii
 import errno
 import hashlib
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
@@ -55,7 +55,8 @@ from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
 from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import check_header, check_pax
-from .transaction import IN_MEMORY_MAX, Transaction, store_reader
+from .sparse import Piece
+from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction, store_reader
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -296,10 +297,40 @@ class _TarReader:
                 raise SourceError(f"truncated: the stream ends inside member {show(name)} "
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
             return self.tx.add_file_bytes(data, meta), info.size
+        if info.sparse is not None and archive.fileobj is not None:
+            return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name), meta)
         reader = archive.extractfile(info)
         if reader is None:  # not possible for a regular member; a bug if it happens
             raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
         return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
+
+    def sparse_pieces(self, stream: BinaryIO, info: tarfile.TarInfo, name: str
+                      ) -> Iterator[Piece]:
+        """A sparse member's content (GNU or PAX sparse: a map of data ranges, the data of each
+        stored in turn) as pieces: its holes are never made, only counted.  The stream is at
+        the member's data (stream mode reads in order).  A map out of order, overlapping or
+        past the member's size is refused."""
+        pos = 0
+        sparse = info.sparse or []
+        for offset, length in sparse:
+            if length == 0:  # an unused slot of an old GNU header, or the map's size-only end
+                continue
+            if offset < pos or length < 0 or offset + length > info.size:
+                raise SourceError(f"sparse map entry ({offset}, {length}) is out of order or "
+                                  f"past the file's size ({info.size} bytes)", path=name)
+            if offset > pos:
+                yield offset - pos
+            left = length
+            while left:
+                chunk = stream.read(min(left, COPY_CHUNK))
+                if not chunk:
+                    raise SourceError(f"truncated: the stream ends inside member {show(name)}",
+                                      path=self.options.label)
+                left -= len(chunk)
+                yield chunk
+            pos = offset + length
+        if info.size > pos:
+            yield info.size - pos
 
     def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
         link = _bytes(linkname)
