@@ -21,10 +21,13 @@ version either.  The rules (docs/FORMAT.md, section 8, has the full list):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import struct
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -32,7 +35,7 @@ import zstandard
 
 from .commits import Commit
 from .errors import ObjectCorrupt, ObjectMissing, SourceError
-from .fsverity import READ_CHUNK, VerityHasher
+from .fsverity import READ_CHUNK, VerityHasher, digest_bytes
 from .ids import to_hex
 from .model import Entry, Kind, Meta
 from .names import show
@@ -56,6 +59,8 @@ _CHECKSUM_OFFSET = 148
 _CHECKSUM_SIZE = 8
 
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
+FLUSH_AT = 1 << 20  # the archive is written to the output in pieces of about this size
+AHEAD_FILES = 64  # how many files ahead of the writing their reading is started
 SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
@@ -110,7 +115,7 @@ class _Output:
         self.sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.sha256.update(data)
         self.size += len(data)
         self.out.write(data)
@@ -124,10 +129,17 @@ class TarWriter:
         self.out = out
         self.mtime = mtime
         self.written = 0
+        self.buffer = bytearray()  # what is not yet written to ``out``: up to FLUSH_AT bytes
 
-    def _write(self, data: bytes | memoryview) -> None:
-        self.out.write(data)
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffer += data
         self.written += len(data)
+        if len(self.buffer) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.write(self.buffer)
+        self.buffer = bytearray()
 
     def _pad(self) -> None:
         if self.written % BLOCK:
@@ -186,7 +198,7 @@ class TarWriter:
         if sparse_map:
             self._write(sparse_map)
 
-    def data(self, chunk: bytes | memoryview) -> None:
+    def data(self, chunk: bytes | bytearray | memoryview) -> None:
         self._write(chunk)
 
     def end_member(self) -> None:
@@ -197,6 +209,7 @@ class TarWriter:
         self._write(bytes(2 * BLOCK))
         if self.written % RECORD:
             self._write(bytes(RECORD - self.written % RECORD))
+        self.flush()
 
 
 def _sparse_map(ranges: list[tuple[int, int]]) -> bytes:
@@ -243,70 +256,88 @@ def _copy_sparse(writer: TarWriter, fd: int, entry: Entry, ranges: list[tuple[in
     return entry.size
 
 
-def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
-    """A file's member: its header and content, the content checked against the tree."""
-    if entry.size < EXPORT_HOLE_MIN:
-        writer.member(path, Kind.FILE, entry.meta, size=entry.size)
-        _copy_object(objects, writer, path, entry)
-        return
-    source = objects.file_path(entry.digest, entry.meta)
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
-                            object_id=to_hex(entry.digest), file=source) from None
-    try:
-        if os.fstat(fd).st_size != entry.size:
-            raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
-                                path=path, object_id=to_hex(entry.digest), file=source)
-        runs = zero_runs(fd, entry.size)
-        if not runs:
-            writer.member(path, Kind.FILE, entry.meta, size=entry.size)
-            os.lseek(fd, 0, os.SEEK_SET)
-            _copy_object(objects, writer, path, entry)
-            return
-        ranges = data_ranges_between(runs, entry.size)
-        writer.member(path, Kind.FILE, entry.meta, size=entry.size, sparse=ranges)
-        hasher = VerityHasher()
-        got = _copy_sparse(writer, fd, entry, ranges, hasher)
-    finally:
-        os.close(fd)
-    _check_copied(path, entry, source, got != entry.size, hasher)
-    writer.end_member()
-
-
-def _check_copied(path: bytes, entry: Entry, source: str, wrong_size: bool,
-                  hasher: VerityHasher) -> None:
+def _check_copied(path: bytes, entry: Entry, source: str, wrong_size: bool, got: bytes) -> None:
+    """A file's content had ``entry.size`` bytes (not ``wrong_size``) and digest ``got``."""
     if wrong_size:
         raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
                             path=path, object_id=to_hex(entry.digest), file=source)
-    got = hasher.digest()
     if not hmac.compare_digest(got, entry.digest):
         raise ObjectCorrupt(f"object {to_hex(entry.digest)} is corrupt: its content has "
                             f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
                             path=path, object_id=to_hex(entry.digest), file=source)
 
 
-def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
-    """Write a file's content, checking its size and fs-verity digest against the tree."""
+def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry,
+                 fd: int | None) -> None:
+    """A file's member: its header and content (read from ``fd``, its object opened by
+    ``_ahead``; None if it is missing), the content checked against the tree's size and
+    fs-verity digest as it is written.  A file with zero runs of EXPORT_HOLE_MIN or more is a
+    sparse member."""
     source = objects.file_path(entry.digest, entry.meta)
-    hasher = VerityHasher()
-    left = entry.size
-    try:
-        with open(source, "rb", buffering=0) as handle:
-            while left:
-                chunk = handle.read(min(left, READ_CHUNK))
-                if not chunk:
-                    break
-                hasher.update(chunk)
-                writer.data(chunk)
-                left -= len(chunk)
-            extra = handle.read(1)
-    except FileNotFoundError:
+    if fd is None:
         raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
-                            object_id=to_hex(entry.digest), file=source) from None
-    _check_copied(path, entry, source, bool(left or extra), hasher)
+                            object_id=to_hex(entry.digest), file=source)
+    size = entry.size
+    if size <= READ_CHUNK:  # most files: one read, one digest
+        data = os.read(fd, size + 1)
+        writer.member(path, Kind.FILE, entry.meta, size=size)
+        _check_copied(path, entry, source, len(data) != size, digest_bytes(data))
+        writer.data(data)
+        writer.end_member()
+        return
+    hasher = VerityHasher()
+    runs = zero_runs(fd, size) if size >= EXPORT_HOLE_MIN else []
+    if runs:
+        ranges = data_ranges_between(runs, size)
+        writer.member(path, Kind.FILE, entry.meta, size=size, sparse=ranges)
+        got = _copy_sparse(writer, fd, entry, ranges, hasher)
+        wrong_size = got != size or os.fstat(fd).st_size != size
+    else:
+        writer.member(path, Kind.FILE, entry.meta, size=size)
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[:min(len(buf), size - got)]], got)
+            if not n:
+                break
+            hasher.update(view[:n])
+            writer.data(view[:n])
+            got += n
+        wrong_size = got != size or bool(os.pread(fd, 1, got))
+    _check_copied(path, entry, source, wrong_size, hasher.digest())
     writer.end_member()
+
+
+Walked = tuple[bytes, Entry, int | None]  # a path, its entry, and a file's object opened
+
+
+def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
+           ) -> Iterator[Walked]:
+    """The walk, run ahead of the writing: each file's object is opened, and the kernel asked
+    to read it (POSIX_FADV_WILLNEED), AHEAD_FILES files before it is written, so that on a
+    cold cache the disk has work queued while a file is hashed and written.  The receiver
+    closes each fd it is given; those not given yet are closed here."""
+    queue: deque[Walked] = deque()
+    try:
+        for path, entry in items:
+            fd = None
+            if entry.kind is Kind.FILE:
+                with contextlib.suppress(FileNotFoundError):  # reported when it is written
+                    fd = os.open(objects.file_path(entry.digest, entry.meta),
+                                 os.O_RDONLY | os.O_CLOEXEC)
+                if fd is not None and entry.size > 0:
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            queue.append((path, entry, fd))
+            if len(queue) > AHEAD_FILES:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+    finally:
+        for _path, _entry, fd in queue:
+            if fd is not None:
+                os.close(fd)
 
 
 def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
@@ -326,17 +357,22 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     writer = TarWriter(sink, commit.timestamp)
     writer.member(b".", Kind.DIR, commit.root_meta)
     stats.dirs += 1
-    for path, entry in walk(objects, commit.root_tree):
-        if entry.kind is Kind.FILE:
-            _export_file(objects, writer, path, entry)
-            stats.files += 1
-            stats.content_bytes += entry.size
-        elif entry.kind is Kind.DIR:
-            writer.member(path, Kind.DIR, entry.meta)
-            stats.dirs += 1
-        else:
-            writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
-            stats.symlinks += 1
+    with contextlib.closing(_ahead(objects, walk(objects, commit.root_tree))) as walked:
+        for path, entry, fd in walked:
+            if entry.kind is Kind.FILE:
+                try:
+                    _export_file(objects, writer, path, entry, fd)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                stats.files += 1
+                stats.content_bytes += entry.size
+            elif entry.kind is Kind.DIR:
+                writer.member(path, Kind.DIR, entry.meta)
+                stats.dirs += 1
+            else:
+                writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
+                stats.symlinks += 1
     writer.finish()
     if compressor is not None:
         compressor.flush(zstandard.FLUSH_FRAME)
