@@ -27,7 +27,7 @@ import hmac
 import os
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -313,7 +313,7 @@ Walked = tuple[bytes, Entry, int | None]  # a path, its entry, and a file's obje
 
 
 def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
-           ) -> Iterator[Walked]:
+           ) -> Generator[Walked, None, None]:
     """The walk, run ahead of the writing: each file's object is opened, and the kernel asked
     to read it (POSIX_FADV_WILLNEED), AHEAD_FILES files before it is written, so that on a
     cold cache the disk has work queued while a file is hashed and written.  The receiver

@@ -47,7 +47,7 @@ import tarfile as tarfile_module
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from .builder import TreeBuilder
@@ -56,9 +56,9 @@ from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
+from .sparse import Piece
 from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import MAX_SIZE, PAX_SPARSE_MAP, check_header, check_pax, header_number
-from .sparse import Piece
 from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction, store_reader
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
@@ -102,6 +102,10 @@ class TarSourceResult:
     skipped: list[tuple[bytes, str]] = field(default_factory=list)  # (path, why)
     files: int = 0
     bytes: int = 0
+
+
+class _Reads(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 class _Input:
@@ -188,14 +192,14 @@ class _StrictInfo(tarfile.TarInfo):
         check_header(bytes(buf))
         return info
 
-    def _proc_sparse(self, tarfile: tarfile.TarFile) -> _StrictInfo:  # type: ignore[override]
+    def _proc_sparse(self, tarfile: tarfile.TarFile) -> _StrictInfo:
         """An old GNU sparse member: the map's first entries are in its header (checked by
         check_header), the rest in extension blocks of 21 entries each."""
         structs, extended, realsize = self._sparse_structs  # type: ignore[attr-defined]
         del self._sparse_structs  # type: ignore[attr-defined]
         sparse = SparseMap(structs)
         while extended:
-            block = tarfile.fileobj.read(BLOCK)  # type: ignore[attr-defined]
+            block = tarfile.fileobj.read(BLOCK)
             if len(block) != BLOCK:
                 raise tarfile_module.ReadError("unexpected end of data in a sparse header")
             for i in range(21):
@@ -206,7 +210,7 @@ class _StrictInfo(tarfile.TarInfo):
                            header_number(entry[12:], "sparse size"))
             extended = block[504]
         self.sparse = sparse  # type: ignore[assignment]
-        self.offset_data = tarfile.fileobj.tell()  # type: ignore[attr-defined]
+        self.offset_data = tarfile.fileobj.tell()
         tarfile.offset = self.offset_data + self._block(self.size)  # type: ignore[attr-defined]
         self.size = realsize
         return self
@@ -215,7 +219,12 @@ class _StrictInfo(tarfile.TarInfo):
         numbers = [int(n) for n in pax_headers[PAX_SPARSE_MAP].split(",")]  # checked: check_pax
         if len(numbers) % 2:
             raise SourceError(f"PAX record {PAX_SPARSE_MAP} has an odd count of numbers")
-        next.sparse = SparseMap(zip(numbers[::2], numbers[1::2]))  # type: ignore[assignment]
+        next.sparse = SparseMap(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
+
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax_headers: dict[str, str],
+                           buf: bytes) -> None:
+        super()._proc_gnusparse_00(next, pax_headers, buf)  # type: ignore[misc]
+        next.sparse = SparseMap(next.sparse)  # type: ignore[assignment, arg-type]
 
     def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict[str, str],
                            tarfile: tarfile.TarFile) -> None:
@@ -231,7 +240,7 @@ class _StrictInfo(tarfile.TarInfo):
                 if len(buf) > len(str(MAX_SIZE)) or used + BLOCK > stored:
                     raise SourceError(f"the PAX sparse map's {what} is not a number ending "
                                       f"in a newline within the member")
-                block = tarfile.fileobj.read(BLOCK)  # type: ignore[attr-defined]
+                block = tarfile.fileobj.read(BLOCK)
                 if len(block) != BLOCK:
                     raise tarfile_module.ReadError("unexpected end of data in a sparse map")
                 buf += block
@@ -248,7 +257,7 @@ class _StrictInfo(tarfile.TarInfo):
         sparse = SparseMap()
         for _ in range(count):
             sparse.add(number("offset"), number("length"))
-        next.offset_data = tarfile.fileobj.tell()  # type: ignore[attr-defined]
+        next.offset_data = tarfile.fileobj.tell()
         next.sparse = sparse  # type: ignore[assignment]
 
 
@@ -399,14 +408,14 @@ class _TarReader:
             raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
         return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
 
-    def sparse_pieces(self, stream: BinaryIO, info: tarfile.TarInfo, name: str
+    def sparse_pieces(self, stream: _Reads, info: tarfile.TarInfo, name: str
                       ) -> Iterator[Piece]:
         """A sparse member's content (GNU or PAX sparse: a map of data ranges, the data of each
         stored in turn) as pieces: its holes are never made, only counted.  The stream is at
         the member's data (stream mode reads in order).  A map out of order, overlapping or
         past the member's size is refused."""
         pos = 0
-        sparse = info.sparse or []
+        sparse = cast(SparseMap, info.sparse)  # every _proc_* of _StrictInfo makes one
         for offset, length in sparse:
             if length == 0:  # an unused slot of an old GNU header, or the map's size-only end
                 continue
