@@ -27,6 +27,7 @@ import hmac
 import os
 import struct
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -60,7 +61,9 @@ _CHECKSUM_SIZE = 8
 
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
 FLUSH_AT = 1 << 20  # the archive is written to the output in pieces of about this size
-AHEAD_FILES = 64  # how many files ahead of the writing their reading is started
+AHEAD_FILES = 128  # how many files ahead of the writing their objects are opened and read
+AHEAD_BATCH = 16  # files opened by one prefetch task
+PREFETCH_THREADS = 4
 SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
@@ -312,32 +315,81 @@ def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: En
 Walked = tuple[bytes, Entry, int | None]  # a path, its entry, and a file's object opened
 
 
-def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
-           ) -> Generator[Walked, None, None]:
-    """The walk, run ahead of the writing: each file's object is opened, and the kernel asked
-    to read it (POSIX_FADV_WILLNEED), AHEAD_FILES files before it is written, so that on a
-    cold cache the disk has work queued while a file is hashed and written.  The receiver
-    closes each fd it is given; those not given yet are closed here."""
-    queue: deque[Walked] = deque()
+def _open_objects(paths: list[str]) -> list[int | None]:
+    """Open each object and ask the kernel to read it (POSIX_FADV_WILLNEED); None for one
+    that is missing (reported when it is written).  On a prefetch thread: if one open fails
+    otherwise, those opened are closed and the error is raised to the writer."""
+    fds: list[int | None] = []
     try:
-        for path, entry in items:
-            fd = None
-            if entry.kind is Kind.FILE:
-                with contextlib.suppress(FileNotFoundError):  # reported when it is written
-                    fd = os.open(objects.file_path(entry.digest, entry.meta),
-                                 os.O_RDONLY | os.O_CLOEXEC)
-                if fd is not None and entry.size > 0:
-                    with contextlib.suppress(OSError):
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            queue.append((path, entry, fd))
-            if len(queue) > AHEAD_FILES:
-                yield queue.popleft()
-        while queue:
-            yield queue.popleft()
-    finally:
-        for _path, _entry, fd in queue:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fds.append(None)
+                continue
+            fds.append(fd)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except BaseException:
+        for fd in fds:
             if fd is not None:
                 os.close(fd)
+        raise
+    return fds
+
+
+_Pending = tuple[bytes, Entry, "Future[list[int | None]] | None", int]  # index in its batch, or -1
+
+
+def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
+           ) -> Generator[Walked, None, None]:
+    """The walk, run ahead of the writing: the objects of the next AHEAD_FILES files are opened,
+    and the kernel asked to read them, by PREFETCH_THREADS threads (AHEAD_BATCH files a task),
+    so that on a cold cache the disk has many reads queued, directory and inode lookups
+    included, while one file is hashed and written.  The receiver closes each fd it is given;
+    those not given yet are closed here."""
+    pending: deque[_Pending] = deque()  # in walk order, each with its batch's task
+    current: list[tuple[bytes, Entry, int]] = []  # walked since the last batch was submitted
+    paths: list[str] = []  # the objects of the files among ``current``
+    files_pending = 0
+    with ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="export-prefetch") as pool:
+
+        def submit() -> None:
+            future = pool.submit(_open_objects, list(paths)) if paths else None
+            pending.extend((path, entry, future, index) for path, entry, index in current)
+            current.clear()
+            paths.clear()
+
+        def given() -> Walked:
+            path, entry, future, index = pending.popleft()
+            if index < 0 or future is None:
+                return path, entry, None
+            return path, entry, future.result()[index]
+
+        try:
+            for path, entry in items:
+                if entry.kind is Kind.FILE:
+                    current.append((path, entry, len(paths)))
+                    paths.append(objects.file_path(entry.digest, entry.meta))
+                    files_pending += 1
+                else:
+                    current.append((path, entry, -1))
+                if len(paths) == AHEAD_BATCH:
+                    submit()
+                while files_pending - len(paths) > AHEAD_FILES:
+                    walked = given()
+                    files_pending -= walked[1].kind is Kind.FILE
+                    yield walked
+            submit()
+            while pending:
+                yield given()
+        finally:
+            pool.shutdown(wait=True)
+            for _path, _entry, future, index in pending:
+                if future is not None and index >= 0 and future.exception() is None:
+                    fd = future.result()[index]
+                    if fd is not None:
+                        os.close(fd)
 
 
 def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
