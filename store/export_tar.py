@@ -25,14 +25,13 @@ import contextlib
 import hashlib
 import hmac
 import os
+import queue
 import struct
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import zstandard
+from typing import TYPE_CHECKING, BinaryIO
 
 from .commits import Commit
 from .errors import ObjectCorrupt, ObjectMissing, SourceError
@@ -43,6 +42,9 @@ from .names import show
 from .objects import ObjectStore
 from .sparse import EXPORT_HOLE_MIN, zero_runs
 from .walk import walk
+
+if TYPE_CHECKING:  # imported when --zstd asks for it: start-up time counts on every export
+    import zstandard
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # the archive is padded to whole records, as tar(1) writes them
@@ -60,6 +62,7 @@ _CHECKSUM_OFFSET = 148
 _CHECKSUM_SIZE = 8
 
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
+FLUSH_FRAME = 1  # zstandard.FLUSH_FRAME (the module is imported only for --zstd)
 FLUSH_AT = 1 << 20  # the archive is written to the output in pieces of about this size
 AHEAD_FILES = 128  # how many files ahead of the writing their objects are opened and read
 AHEAD_BATCH = 16  # files opened by one prefetch task
@@ -331,14 +334,42 @@ def _open_objects(paths: list[str]) -> list[int | None]:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
     except BaseException:
-        for fd in fds:
-            if fd is not None:
-                os.close(fd)
+        for opened in fds:
+            if opened is not None:
+                os.close(opened)
         raise
     return fds
 
 
-_Pending = tuple[bytes, Entry, "Future[list[int | None]] | None", int]  # index in its batch, or -1
+class _Opened:
+    """One prefetch task: a batch of objects opened on a prefetch thread, or its error."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.fds: list[int | None] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.fds = _open_objects(self.paths)
+        except BaseException as err:  # noqa: BLE001 - handed to the writer, raised there
+            self.error = err
+        self.done.set()
+
+    def result(self) -> list[int | None]:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.fds
+
+
+def _prefetcher(tasks: queue.SimpleQueue[_Opened | None]) -> None:
+    while (task := tasks.get()) is not None:
+        task.run()
+
+
+_Pending = tuple[bytes, Entry, _Opened | None, int]  # with its batch and index in it, or -1
 
 
 def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
@@ -352,44 +383,53 @@ def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
     current: list[tuple[bytes, Entry, int]] = []  # walked since the last batch was submitted
     paths: list[str] = []  # the objects of the files among ``current``
     files_pending = 0
-    with ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="export-prefetch") as pool:
+    tasks: queue.SimpleQueue[_Opened | None] = queue.SimpleQueue()
+    threads = [threading.Thread(target=_prefetcher, args=(tasks,), name="export-prefetch",
+                                daemon=True) for _ in range(PREFETCH_THREADS)]
 
-        def submit() -> None:
-            future = pool.submit(_open_objects, list(paths)) if paths else None
-            pending.extend((path, entry, future, index) for path, entry, index in current)
-            current.clear()
-            paths.clear()
+    def submit() -> None:
+        task = _Opened(list(paths)) if paths else None
+        if task is not None:
+            tasks.put(task)
+        pending.extend((path, entry, task, index) for path, entry, index in current)
+        current.clear()
+        paths.clear()
 
-        def given() -> Walked:
-            path, entry, future, index = pending.popleft()
-            if index < 0 or future is None:
-                return path, entry, None
-            return path, entry, future.result()[index]
+    def given() -> Walked:
+        path, entry, task, index = pending.popleft()
+        if index < 0 or task is None:
+            return path, entry, None
+        return path, entry, task.result()[index]
 
-        try:
-            for path, entry in items:
-                if entry.kind is Kind.FILE:
-                    current.append((path, entry, len(paths)))
-                    paths.append(objects.file_path(entry.digest, entry.meta))
-                    files_pending += 1
-                else:
-                    current.append((path, entry, -1))
-                if len(paths) == AHEAD_BATCH:
-                    submit()
-                while files_pending - len(paths) > AHEAD_FILES:
-                    walked = given()
-                    files_pending -= walked[1].kind is Kind.FILE
-                    yield walked
-            submit()
-            while pending:
-                yield given()
-        finally:
-            pool.shutdown(wait=True)
-            for _path, _entry, future, index in pending:
-                if future is not None and index >= 0 and future.exception() is None:
-                    fd = future.result()[index]
-                    if fd is not None:
-                        os.close(fd)
+    for thread in threads:
+        thread.start()
+    try:
+        for path, entry in items:
+            if entry.kind is Kind.FILE:
+                current.append((path, entry, len(paths)))
+                paths.append(objects.file_path(entry.digest, entry.meta))
+                files_pending += 1
+            else:
+                current.append((path, entry, -1))
+            if len(paths) == AHEAD_BATCH:
+                submit()
+            while files_pending - len(paths) > AHEAD_FILES:
+                walked = given()
+                files_pending -= walked[1].kind is Kind.FILE
+                yield walked
+        submit()
+        while pending:
+            yield given()
+    finally:
+        for _thread in threads:
+            tasks.put(None)
+        for thread in threads:
+            thread.join()
+        for _path, _entry, task, index in pending:
+            if task is not None and index >= 0 and task.error is None:
+                fd = task.fds[index]
+                if fd is not None:
+                    os.close(fd)
 
 
 def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
@@ -401,6 +441,7 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     compressor = None
     sink: _Output | zstandard.ZstdCompressionWriter = output
     if zstd_level is not None:
+        import zstandard  # noqa: PLC0415 - see the top of the module
         # Single-threaded, no content size (a stream), checksum on: a pure function of
         # the tar bytes and the level, for one libzstd version.
         params = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True, write_content_size=False,
@@ -427,7 +468,7 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
                 stats.symlinks += 1
     writer.finish()
     if compressor is not None:
-        compressor.flush(zstandard.FLUSH_FRAME)
+        compressor.flush(FLUSH_FRAME)
     out.flush()
     stats.archive_bytes = output.size
     stats.sha256 = output.sha256.hexdigest()
