@@ -402,26 +402,38 @@ class _TarReader:
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
             return self.tx.add_file_bytes(data, meta), info.size
         if info.sparse is not None and archive.fileobj is not None:
-            return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name), meta)
+            room = archive.offset - archive.fileobj.tell()  # to the next header
+            return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name, room),
+                                           meta)
         reader = archive.extractfile(info)
         if reader is None:  # not possible for a regular member; a bug if it happens
             raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
         return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
 
-    def sparse_pieces(self, stream: _Reads, info: tarfile.TarInfo, name: str
+    def sparse_pieces(self, stream: _Reads, info: tarfile.TarInfo, name: str, room: int
                       ) -> Iterator[Piece]:
         """A sparse member's content (GNU or PAX sparse: a map of data ranges, the data of each
         stored in turn) as pieces: its holes are never made, only counted.  The stream is at
-        the member's data (stream mode reads in order).  A map out of order, overlapping or
-        past the member's size is refused."""
-        pos = 0
+        the member's data (stream mode reads in order), which has ``room`` bytes before the next
+        header.  A map out of order, overlapping, past the member's size or holding more data
+        than the member does is refused before any data is read."""
         sparse = cast(SparseMap, info.sparse)  # every _proc_* of _StrictInfo makes one
+        pos = stored = 0
         for offset, length in sparse:
             if length == 0:  # an unused slot of an old GNU header, or the map's size-only end
                 continue
-            if offset < pos or length < 0 or offset + length > info.size:
+            if offset < pos or offset + length > info.size:
                 raise SourceError(f"sparse map entry ({offset}, {length}) is out of order or "
                                   f"past the file's size ({info.size} bytes)", path=name)
+            pos = offset + length
+            stored += length
+        if stored > room:
+            raise SourceError(f"the sparse map holds {stored} bytes of data, more than the "
+                              f"member's {room}", path=name)
+        pos = 0
+        for offset, length in sparse:
+            if length == 0:
+                continue
             if offset > pos:
                 yield offset - pos
             left = length

@@ -330,6 +330,7 @@ def test_pax10_map_written_here_is_read(repo):
     (b"1\n99999\n3\n", "past the file's size"),
     (b"99999999999\n", "more than"),
     (b"1\n" + b"1" * 600, "not a number ending in a newline"),
+    (b"1\n0\n5000\n", "holds 5000 bytes of data, more than the member's 512"),
 ])
 def test_bad_pax10_maps_are_refused(repo, map_text, match):
     with pytest.raises(SourceError, match=match):
