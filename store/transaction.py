@@ -16,11 +16,10 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from .atomic import process_gone
@@ -33,6 +32,7 @@ from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
 from .remove import remove_tree
+from .sparse import Piece, SparseWriter, fd_pieces, is_zero
 from .syncfs import syncfs
 from .tree import encode_tree, tree_id
 
@@ -197,9 +197,16 @@ class Transaction:
                 os.close(fd)
         return digest
 
-    @_full_disk_named
     def add_file_stream(self, src_fd: int, meta: Meta) -> tuple[RawId, int]:
-        """Store the rest of an open file, hashing while copying; return (digest, size)."""
+        """Store the rest of an open file, hashing while copying; return (digest, size).
+        Its holes (as the filesystem tells them) are neither read nor written."""
+        return self.add_file_pieces(fd_pieces(src_fd, bytearray(COPY_CHUNK)), meta)
+
+    @_full_disk_named
+    def add_file_pieces(self, pieces: Iterable[Piece], meta: Meta) -> tuple[RawId, int]:
+        """Store a file given as pieces (store.sparse: data, or an int for a run of zeros),
+        hashing while writing; return (digest, size).  The object is written sparse: runs of
+        zeros and all-zero chunks of data take no disk; its digest is that of the content."""
         hasher = VerityHasher()
         with self._reserve_lock:
             self._incoming += 1
@@ -208,11 +215,19 @@ class Transaction:
         staged: str | None = None
         renamed = False
         try:
-            buf = bytearray(COPY_CHUNK)
-            view = memoryview(buf)
-            while n := os.readv(src_fd, [buf]):
-                hasher.update(view[:n])
-                _write_all(out, view[:n])
+            writer = SparseWriter(out)
+            for piece in pieces:
+                if isinstance(piece, int):
+                    hasher.update_zeros(piece)
+                    writer.zeros(piece)
+                elif is_zero(piece):
+                    hasher.update_zeros(len(piece))
+                    writer.zeros(len(piece))
+                else:  # data
+
+                    hasher.update(piece)
+                    writer.data(piece)
+            writer.finish()
             digest = RawId(hasher.digest())
             staged = self._reserve(self._file_rel(digest, meta))
             if staged is None:
@@ -296,8 +311,8 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
                  ) -> tuple[RawId, int]:
     """Store ``size`` bytes read from ``reader`` (a stream without a file descriptor).
 
-    Small files are read whole; larger ones are spooled to an unnamed file in
-    the staging directory and streamed from there, so memory stays bounded.
+    Small files are read whole; larger ones are written as they are read, a
+    chunk at a time, so memory stays bounded (and chunks of zeros take no disk).
     A reader that ends early is a SourceError about ``where``.
     """
     if size <= IN_MEMORY_MAX:
@@ -305,14 +320,18 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
         if len(data) != size:
             raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
         return tx.add_file_bytes(data, meta), size
-    with disk_full_named(tx.repo_path), tempfile.TemporaryFile(dir=tx.staging) as spool:
-        shutil.copyfileobj(reader, spool, COPY_CHUNK)
-        spool.flush()
-        spool.seek(0)
-        digest, got = tx.add_file_stream(spool.fileno(), meta)
-    if got != size:
-        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
-    return digest, got
+    return tx.add_file_pieces(reader_pieces(reader, size, where), meta)
+
+
+def reader_pieces(reader: BinaryIO, size: int, where: str | bytes) -> Iterator[bytes]:
+    """``size`` bytes of ``reader`` in chunks; one that ends early is a SourceError."""
+    left = size
+    while left:
+        chunk = reader.read(min(left, COPY_CHUNK))
+        if not chunk:
+            raise SourceError(f"truncated: expected {size} bytes, got {size - left}", path=where)
+        left -= len(chunk)
+        yield chunk
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
