@@ -100,7 +100,8 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     result's ``mount.enforced`` says which).  The deployment's writable /etc (copied,
     or merged with the default's), the shared /var's first seed and its boot files are
     made in any case (``deploy_state``); with a ``target``, ``with_state`` mounts them
-    over the tree (``writable``; never with ``live``), as ``sealtree deploy --mount`` does.  Raises SignatureError (NoKeyring),
+    over the tree (``writable``; never with ``live``), as ``sealtree deploy --mount`` does.
+    Raises SignatureError (NoKeyring),
     DowngradeError, PackError, VerificationError (FarmMismatch, ObjectMismatch),
     DeployError (MetacopyUnsupported, StateError, EtcMergeError), MountError.
     """
