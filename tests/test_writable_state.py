@@ -54,11 +54,13 @@ def os_tree(root: str, release: int) -> None:
     write("etc/app.conf", f"vendor app {release}\n".encode())
     write("etc/both.conf", f"vendor both {release}\n".encode())
     write("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o640, (0, 42))
+    write("etc/large.conf", f"release {release}\n".encode() * (BIG // 10))  # a large object
     if release == 1:
         write("etc/gone.conf", b"dropped in release 2\n")
     else:
         write("etc/new.conf", b"added in release 2\n")
     write("var/lib/dpkg/status", f"release {release}\n".encode())
+    write("var/lib/big.db", b"D" * BIG, 0o600, (0, 42))
     os.makedirs(os.path.join(root, "var/home/user"))
     os.symlink("var/home", os.path.join(root, "home"))
     os.makedirs(os.path.join(root, "tmp"))
@@ -117,6 +119,12 @@ def test_state_is_writable_persists_and_the_tree_stays_read_only(site):
     assert "vmlinuz (/boot/vmlinuz-6.1.0-10-amd64)" in out  # 10 > 9, as numbers
     assert "initrd.img (/boot/initrd.img-6.1.0-10-amd64)" in out
     assert (Path(site.layout.etc(dep)) / "shadow").stat().st_gid == 42  # exact metadata
+    # large files are copies of their objects, never hardlinks to them
+    large = Path(site.layout.etc(dep)) / "large.conf"
+    assert large.read_bytes() == b"release 1\n" * (BIG // 10) and large.stat().st_nlink == 1
+    big = Path(site.layout.var) / "lib/big.db"
+    assert big.read_bytes() == b"D" * BIG and big.stat().st_nlink == 1
+    assert (big.stat().st_mode & 0o7777, big.stat().st_gid) == (0o600, 42)
     said = site.mount(dep)
     assert "persistent state: /etc from" in said and "/tmp tmpfs" in said
     try:
@@ -193,7 +201,7 @@ def test_redeploy_merges_etc_and_reports_the_conflict(site):
     site.release(2)
     out = site.cli("deploy", "os/main", "--keys", site.keys).stdout
     second = out.strip().splitlines()[-1].split()[-1]
-    assert f"/etc: merged from {first}: 3 local changes kept, 3 release changes applied, " \
+    assert f"/etc: merged from {first}: 3 local changes kept, 4 release changes applied, " \
            f"1 conflict" in out, out
     assert "CONFLICT /etc/both.conf: modified by the user, modified by the new release " \
            "(the user's version kept)" in out
@@ -211,6 +219,7 @@ def test_redeploy_merges_etc_and_reports_the_conflict(site):
         assert site.at("etc/app.conf").read_text() == "vendor app 2\n"  # vendor change applied
         assert site.at("etc/both.conf").read_text() == "local both\n"  # conflict: user's kept
         assert site.at("etc/new.conf").read_text() == "added in release 2\n"
+        assert site.at("etc/large.conf").read_bytes() == b"release 2\n" * (BIG // 10)
         assert not site.at("etc/gone.conf").exists()
         assert site.at("etc/machine-id").read_text() == "0123456789abcdef0123456789abcdef\n"
         assert site.at("var/lib/written").read_text() == "from release 1\n"  # shared /var
