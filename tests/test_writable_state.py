@@ -257,7 +257,9 @@ def test_boot_files_and_the_default_pointer(site):
     assert os.readlink(layout.boot_default) == first
     site.cli("set-default", second)
     assert os.readlink(layout.boot_default) == second
-    doc = {d["id"]: d for d in site.status()["deployments"]}
+    status = site.status()
+    assert status["boot_default"] == second
+    doc = {d["id"]: d for d in status["deployments"]}
     assert doc[first]["boot"] == layout.boot(first)
     site.cli("undeploy", first)
     assert not os.path.exists(layout.boot(first)) and not os.path.exists(layout.etc(first))

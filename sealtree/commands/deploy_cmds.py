@@ -337,8 +337,13 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
             **_dep_state_doc(layout, dep.id),
         })
+    try:
+        boot_default: str | None = os.readlink(layout.boot_default)
+    except OSError:
+        boot_default = None
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
-            "next_boot": next_boot, "deployments": out}
+            "next_boot": next_boot, "boot_default": boot_default, "var": layout.var,
+            "deployments": out}
 
 
 def _dep_state_doc(layout: Any, dep_id: str) -> dict[str, Any]:
