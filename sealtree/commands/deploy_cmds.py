@@ -132,7 +132,9 @@ def register(sub: Any) -> None:
 
     p = add_parser(sub, "umount", "unmount a mounted deployment",
                    "Unmount the deployment's overlay at TARGET, which releases its tmpfs layers,\n"
-                   "and forget the mount in the deployment state (when --repo is known).  Only a\n"
+                   "with the writable /etc, /var and /tmp mounted over it (refused while anything\n"
+                   "else is mounted below TARGET, unless --lazy), and forget the mount in the\n"
+                   "deployment state (when --repo is known).  Only a\n"
                    "deployment's overlay is unmounted (one whose lowest layer is a deploy\n"
                    "directory; with --repo, one of that repository's): any other mount at TARGET\n"
                    "is refused.")
