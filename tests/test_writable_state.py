@@ -509,3 +509,44 @@ def test_debian_minbase_state_and_merge(tmp_path, minbase):
                f"0 conflicts" in out, out
         assert Path(layout.etc(second), "hostname").read_text() == "device-1\n"
         assert Path(layout.var, "lib/dpkg/marker").read_text() == "x"
+
+
+def test_boot_on_a_read_only_device_mounts_the_state_read_only(tmp_path):
+    """A sysroot on a read-only block device: without boot counting the verifier boots with
+    /etc and /var read-only (and says so); with counting, nothing boots."""
+    from tests.vm import guest
+    sysroot = scenario.build_sysroot(tmp_path / "vendor")
+    image = guest.make_ext4_image(tmp_path / "disk.img", sysroot.root, 64)
+    device = subprocess.run(["losetup", "-r", "-f", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    mnt = tmp_path / "sysroot"
+    mnt.mkdir()
+    target = tmp_path / "newroot"
+    try:
+        mounts.mount(device, mnt, "ext4", mounts.MS_RDONLY)
+        config = boot_config.BootConfig(sysroot=str(mnt), keys=str(sysroot.keyring),
+                                        freshness=str(sysroot.floor), target=str(target),
+                                        scratch=str(tmp_path / "scratch"),
+                                        verify=Policy.USERSPACE, count=False)
+        said: list[str] = []
+        try:
+            assert boot.run_boot(config, said.append) == boot.EXIT_BOOTED, said
+            assert any(line.startswith(f"cannot remount {mnt} read-write") and
+                       line.endswith("/etc and /var will be read-only") for line in said), said
+            assert any("persistent state: /etc from" in line for line in said), said
+            with pytest.raises(OSError):
+                (target / "etc/x").write_text("y")
+        finally:
+            subprocess.run(["umount", "-R", str(target)], check=False)
+        said.clear()
+        counting = boot_config.BootConfig(sysroot=str(mnt), keys=str(sysroot.keyring),
+                                          freshness=str(sysroot.floor), target=str(target),
+                                          scratch=str(tmp_path / "scratch"),
+                                          verify=Policy.USERSPACE)
+        assert boot.run_boot(counting, said.append) == boot.EXIT_REFUSED, said
+        assert said[-1].startswith("FAILED:") and "boot counting" in said[-1], said
+        assert not os.path.ismount(target)
+    finally:
+        if os.path.ismount(mnt):
+            mounts.umount(mnt)
+        subprocess.run(["losetup", "-d", device], check=False)
