@@ -182,9 +182,11 @@ class Transaction:
 
     # -- writing ------------------------------------------------------------
     @_full_disk_named
-    def add_file_bytes(self, data: bytes, meta: Meta) -> RawId:
-        """Store a file's content with ``meta``; return its fs-verity digest."""
-        digest = RawId(digest_bytes(data))
+    def add_file_bytes(self, data: bytes, meta: Meta, checked_digest: RawId | None = None) -> RawId:
+        """Store a file's content with ``meta``; return its fs-verity digest.  ``checked_digest``:
+        the digest of ``data``, which the caller has just computed and checked (a pack's
+        inline file), so it is not computed again."""
+        digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
             try:
