@@ -2,7 +2,11 @@
 
 Objects are written under ``tmp/staging-*/`` without per-file fsync, by this
 process or by forked workers sharing the staging directory (``staged()`` and
-``adopt()`` carry what a worker staged back to the parent).  On
+``adopt()`` carry what a worker staged back to the parent).  The staging
+directory is flat: object ``xx/rest`` is staged as ``xxrest`` (no ``xx/``
+subdirectories to make and remove again: on a disk filesystem each is a
+metadata write, and a transaction of a few thousand objects made and removed
+all 256 of them).  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
 renamed into ``objects/`` and the filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
@@ -125,7 +129,6 @@ class Transaction:
             remove_tree(self.staging)
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
-        self._made_dirs: set[str] = set()
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
@@ -156,17 +159,18 @@ class Transaction:
         h = digest.hex()
         return f"{h[:2]}/{h[2:]}.{key}.file"
 
+    def _staging_path(self, rel: str) -> str:
+        """Where object ``rel`` (``xx/rest``) is staged: ``xxrest``, in the flat staging
+        directory (the same in every worker process, so two never stage one object twice)."""
+        return f"{self.staging}/{rel[:2]}{rel[3:]}"
+
     def _reserve(self, rel: str) -> str | None:
         """The staging path to write object ``rel`` to, or None if it is present or being
         written by another thread: claiming it is atomic, so each object is written once."""
         with self._reserve_lock:
             if rel in self._staged or os.path.exists(os.path.join(self.objects_root, rel)):
                 return None
-            staged = self._staged[rel] = os.path.join(self.staging, rel)
-            directory = rel[:2]
-            if directory not in self._made_dirs:
-                os.makedirs(os.path.join(self.staging, directory), exist_ok=True)
-                self._made_dirs.add(directory)
+            staged = self._staged[rel] = self._staging_path(rel)
         return staged
 
     def _unreserve(self, rel: str, staged: str) -> None:
@@ -178,9 +182,11 @@ class Transaction:
 
     # -- writing ------------------------------------------------------------
     @_full_disk_named
-    def add_file_bytes(self, data: bytes, meta: Meta) -> RawId:
-        """Store a file's content with ``meta``; return its fs-verity digest."""
-        digest = RawId(digest_bytes(data))
+    def add_file_bytes(self, data: bytes, meta: Meta, checked_digest: RawId | None = None) -> RawId:
+        """Store a file's content with ``meta``; return its fs-verity digest.  ``checked_digest``:
+        the digest of ``data``, which the caller has just computed and checked (a pack's
+        inline file), so it is not computed again."""
+        digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
             try:
@@ -282,10 +288,17 @@ class Transaction:
         return list(self._staged)
 
     def adopt(self, rels: Sequence[str]) -> None:
-        """Take over objects a forked worker staged in this transaction's staging directory."""
+        """Take over objects staged in this transaction's staging directory by a forked worker
+        (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
+        subdirectory it made: remote.pull's verified downloads)."""
         with self._reserve_lock:
             for rel in rels:
-                self._staged.setdefault(rel, os.path.join(self.staging, rel))
+                if rel in self._staged:
+                    continue
+                flat = self._staging_path(rel)
+                nested = os.path.join(self.staging, rel)
+                self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
+                    else flat
 
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
