@@ -71,7 +71,12 @@ def register(sub: Any) -> None:
         "or metacopy, no farm: at mount every large file is an overlay metacopy stub\n"
         "redirected to its object, whose fs-verity digest the kernel checks at every open\n"
         "(verity=require; Linux 6.6+).  It becomes the default deployment, with boot\n"
-        "counting.  With --mount TARGET, also mount it there as 'mount' does, in the\n"
+        "counting.  Its writable /etc is made too (deploy/etc/<id>): a 3-way merge of\n"
+        "the default deployment's /etc (local changes kept, the release's applied where\n"
+        "nothing was changed locally, conflicts named by path), else a copy of the\n"
+        "release's; the shared /var (deploy/var) is seeded from the first deployment,\n"
+        "and the tree's kernel and initramfs are copied to deploy/boot/<id>/.\n"
+        "With --mount TARGET, also mount it there as 'mount' does, in the\n"
         "same pass: the pack is unpacked into the tmpfs while the\n"
         "objects are hashed, nothing is verified twice, and the overlay is mounted only\n"
         "once every check has passed (on any failure nothing is left mounted).  The\n"
@@ -90,6 +95,8 @@ def register(sub: Any) -> None:
                         "holds is hidden while the deployment is mounted)")
     p.add_argument("--live", action="store_true",
                    help="with --mount: writable, with writes in memory only")
+    p.add_argument("--read-only", action="store_true",
+                   help="with --mount: the tree alone, no writable /etc, /var or /tmp over it")
     _layout_arg(p, "auto", "hardlinks: a hardlink farm (objects checked before mounting); "
                 "metacopy: no farm, stubs over the objects that the kernel checks at every open "
                 "(Linux 6.6+ with fs-verity; else checked once, in userspace); auto (default): "
@@ -103,13 +110,18 @@ def register(sub: Any) -> None:
         "metadata; the farm holds exactly the right hardlinks), then mount a\n"
         "tmpfs sized from the manifest, unpack the pack into it with exact metadata, and\n"
         "mount overlayfs at TARGET with the tmpfs above the farm (or the objects) and no upper\n"
-        "layer: TARGET is read-only.  --live adds a tmpfs upper layer (writes live in\n"
-        "memory and vanish on unmount).  Nothing is mounted unless every check passes.\n"
+        "layer.  Over it, the deployment's writable state: its own /etc (deploy/etc/<id>),\n"
+        "the /var all deployments share (deploy/var) and a /tmp tmpfs, as at boot.\n"
+        "--read-only mounts the tree alone (nothing writable); --live adds a tmpfs upper\n"
+        "layer instead of the state (writes live in memory and vanish on unmount).\n"
+        "Nothing is mounted unless every check passes.\n"
         "DEPLOYMENT is an id from 'status', a unique prefix, or default/previous/booted.",
         "example:\n  sealtree --repo R mount default /mnt/root")
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
+    p.add_argument("--read-only", action="store_true",
+                   help="the tree alone: no writable /etc, /var or /tmp mounted over it")
     _layout_arg(p, None, "mount in this layout (default: the deployment's own)")
     p.add_argument("--keys", metavar="DIR",
                    help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
@@ -174,20 +186,27 @@ def _tries_of(args: argparse.Namespace) -> int | None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     if args.live and not args.target:
         raise UsageError("--live needs --mount TARGET")
+    if args.read_only and not args.target:
+        raise UsageError("--read-only needs --mount TARGET")
+    if args.live and args.read_only:
+        raise UsageError("--live and --read-only exclude each other")
     from overlay.deploy import deploy
     repo = open_repo(args)
     result = deploy(repo, args.rev, args.keys, policy=_policy(args), make_default=not args.no_default,
                     tries=_tries_of(args), allow_downgrade=args.allow_downgrade,
-                    target=args.target, live=args.live, layout=_layout(args.layout))
+                    target=args.target, live=args.live, layout=_layout(args.layout),
+                    with_state=not args.read_only and not args.live)
     dep, check, mounted = result.deployment, result.check, result.mount
     if args.json:
         doc = {"id": dep.id, "commit": dep.commit, "ref": dep.ref, "version": dep.version,
                "path": result.path, "objects": check.files, "bytes": check.bytes,
                "kernel_verified": check.kernel, "userspace_verified": check.userspace,
-               "verity_enabled": check.enabled, "layout": dep.layout}
+               "verity_enabled": check.enabled, "layout": dep.layout,
+               **_prepared_doc(result.state)}
         if mounted is not None:
             doc.update({"target": mounted.target, "live": args.live, "api": mounted.api,
                         "verity": mounted.verity, "enforced": mounted.enforced,
+                        "state": _state_doc(mounted.state),
                         "files": mounted.populate.files, "links": mounted.populate.links,
                         "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
         doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
@@ -195,12 +214,47 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         return
     print(f"verified {check.files} objects ({check.kernel} by the kernel, {check.userspace} in "
           f"userspace; fs-verity enabled on {check.enabled}) for {dep.ref} {dep.commit[:12]}")
+    _say_prepared(result.state)
     if mounted is not None:
-        mode = "live (writes in memory)" if args.live else "read-only"
-        print(f"mounted at {show(mounted.target)}, {mode}")
+        print(f"mounted at {show(mounted.target)}, {_mode(args.live, mounted.state)}")
         _say_enforcement(mounted)
     print(f"layout {dep.layout}")
     print(f"deployed {dep.id}")
+
+
+def _prepared_doc(prepared: Any) -> dict[str, Any]:
+    """deploy --json: how the writable /etc was made, the /var seed, the boot files."""
+    if prepared is None:
+        return {}
+    etc = prepared.etc
+    boot = prepared.boot
+    return {
+        "etc": None if etc is None else {
+            "path": prepared.layout.etc(prepared.dep_id), "how": etc.how,
+            "merged_from": etc.merged_from, "kept": etc.kept, "updated": etc.updated,
+            "conflicts": etc.conflicts, "note": etc.note},
+        "var_seeded": prepared.var_seeded, "var": prepared.layout.var,
+        "boot": None if boot is None else {
+            "path": prepared.layout.boot(prepared.dep_id),
+            "files": {name: show(tree_path) for name, tree_path in boot.paths().items()}},
+    }
+
+
+def _say_prepared(prepared: Any) -> None:
+    if prepared is None:
+        return
+    if prepared.etc is None:
+        print("/etc: the tree has none (no writable /etc)")
+    else:
+        print(f"/etc: {prepared.etc.summary()}")
+        for line in prepared.etc.describe_conflicts():
+            print(f"CONFLICT {line}")
+    if prepared.var_seeded:
+        print(f"/var: seeded from this tree at {show(prepared.layout.var)} (shared by every "
+              f"deployment from now on)")
+    if prepared.boot is not None:
+        files = ", ".join(f"{name} (/{show(path)})" for name, path in prepared.boot.paths().items())
+        print(f"boot files: {files} in {show(prepared.layout.boot(prepared.dep_id))}")
 
 
 def _say_enforcement(mounted: Any) -> None:
@@ -213,23 +267,42 @@ def _say_enforcement(mounted: Any) -> None:
               "were checked once, in userspace")
 
 
+def _mode(live: bool, state: Any) -> str:
+    if live:
+        return "live (writes in memory)"
+    if state is None:
+        return "read-only"
+    return f"read-only tree, {state.describe()}"
+
+
 def cmd_mount(args: argparse.Namespace) -> None:
+    if args.live and args.read_only:
+        raise UsageError("--live and --read-only exclude each other")
     from overlay.mount_deployment import mount_deployment
     repo = open_repo(args)
     dep, result = mount_deployment(repo, args.deployment, args.target, keys_dir=args.keys,
                                    policy=_policy(args), live=args.live,
-                                   layout=_layout(args.layout) if args.layout else None)
+                                   layout=_layout(args.layout) if args.layout else None,
+                                   with_state=not args.read_only and not args.live)
     if args.json:
         print_json({"id": dep.id, "target": result.target, "live": args.live, "api": result.api,
                     "objects": result.check.files, "files": result.populate.files,
                     "links": result.populate.links, "dirs": result.populate.dirs,
                     "symlinks": result.populate.symlinks, "layout": result.layout,
                     "verity": result.verity, "enforced": result.enforced,
+                    "state": _state_doc(result.state),
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
-    mode = "live (writes in memory)" if args.live else "read-only"
-    print(f"mounted {dep.id} at {show(result.target)}, {mode}, layout {result.layout}")
+    print(f"mounted {dep.id} at {show(result.target)}, {_mode(args.live, result.state)}, "
+          f"layout {result.layout}")
     _say_enforcement(result)
+
+
+def _state_doc(state: Any) -> dict[str, Any] | None:
+    """What was mounted over the tree: {"etc": source, "var": source, "tmp": "tmpfs"}."""
+    if state is None:
+        return None
+    return {"mounted": dict(state.mounted), "created": list(state.created)}
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
@@ -262,9 +335,30 @@ def _status_doc(repo: Any) -> dict[str, Any]:
                      else layout.farm(dep.id)),
             "present": deployment_present(repo, dep),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
+            **_dep_state_doc(layout, dep.id),
         })
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
             "next_boot": next_boot, "deployments": out}
+
+
+def _dep_state_doc(layout: Any, dep_id: str) -> dict[str, Any]:
+    """status: a deployment's writable /etc (and how it was made), its boot files."""
+    from overlay.deploy_state import StateError, read_report
+    etc_path = layout.etc(dep_id)
+    etc: dict[str, Any] | None = None
+    if os.path.isdir(etc_path):
+        etc = {"path": etc_path, "how": None, "merged_from": None, "conflicts": []}
+        try:
+            report = read_report(layout, dep_id)
+        except StateError as err:
+            etc["error"] = str(err)
+            report = None
+        if report is not None:
+            etc.update({"how": report.how, "merged_from": report.merged_from,
+                        "kept": len(report.kept), "updated": len(report.updated),
+                        "conflicts": report.conflicts, "summary": report.summary()})
+    boot_path = layout.boot(dep_id)
+    return {"etc": etc, "boot": boot_path if os.path.isdir(boot_path) else None}
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -285,10 +379,24 @@ def cmd_status(args: argparse.Namespace) -> None:
             tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
         print(f"    layout: {dep['layout']}")
+        _say_dep_state(dep)
         if dep["mounted_at"]:
             print(f"    mounted at: {', '.join(show(target) for target in dep['mounted_at'])}")
         if not dep["present"]:
             print(f"    MISSING: {show(dep['path'])} does not exist")
+
+
+def _say_dep_state(dep: dict[str, Any]) -> None:
+    etc = dep["etc"]
+    if etc is None:
+        print("    /etc: no writable /etc yet (made at its first mount)")
+    else:
+        print(f"    /etc: {show(etc['path'])}, {etc.get('summary') or etc.get('error') or 'writable'}")
+        for c in etc["conflicts"]:
+            print(f"    CONFLICT {c['path']}: {c['user']} by the user, {c['vendor']} by the new "
+                  f"release (the user's version kept)")
+    if dep["boot"] is not None:
+        print(f"    boot files: {show(dep['boot'])}")
 
 
 def cmd_undeploy(args: argparse.Namespace) -> None:
