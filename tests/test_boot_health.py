@@ -92,8 +92,9 @@ def _boot_check(sysroot: scenario.Sysroot, tmp_path: Path, kmsg: list[str], *ext
                 ) -> tuple[int, str]:
     booted = tmp_path / "booted"
     booted.write_text(sysroot.deployments["C"] + "\n")
-    done = run_cli("--repo", str(sysroot.repo), "boot-check", "--kmsg", str(write_kmsg(tmp_path / "kmsg", kmsg)),
-                   "--booted", str(booted), "--required-units", str(tmp_path / "none"), *extra, check=False)
+    kmsg_file = write_kmsg(tmp_path / "kmsg", kmsg)
+    done = run_cli("--repo", str(sysroot.repo), "boot-check", "--kmsg", str(kmsg_file), "--booted",
+                   str(booted), "--required-units", str(tmp_path / "none"), *extra, check=False)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -105,7 +106,8 @@ def _tries(sysroot: scenario.Sysroot, release: str) -> object:
 def test_a_corrupted_object_is_named_and_not_marked_good(sysroot: scenario.Sysroot, tmp_path: Path) -> None:
     work = sysroot.copy(tmp_path / "sysroot")
     blob = work.object_path("C", scenario.BLOB)
-    status, out = _boot_check(work, tmp_path, [*KMSG_GOOD, kmsg_corrupted(os.stat(blob).st_ino)], "--mark-good")
+    kmsg = [*KMSG_GOOD, kmsg_corrupted(os.stat(blob).st_ino)]
+    status, out = _boot_check(work, tmp_path, kmsg, "--mark-good")
     dep = work.deployments["C"]
     rel = os.path.relpath(blob, work.repo / "objects")
     assert status == 15, out
@@ -127,6 +129,7 @@ def test_a_healthy_boot_is_marked_good(sysroot: scenario.Sysroot, tmp_path: Path
 
 
 def test_not_booted_through_sealtree_marks_nothing(sysroot: scenario.Sysroot, tmp_path: Path) -> None:
-    done = run_cli("--repo", str(sysroot.repo), "boot-check", "--mark-good", "--booted", str(tmp_path / "absent"),
-                   "--kmsg", str(write_kmsg(tmp_path / "kmsg", KMSG_GOOD)), check=False)
+    kmsg = write_kmsg(tmp_path / "kmsg", KMSG_GOOD)
+    done = run_cli("--repo", str(sysroot.repo), "boot-check", "--mark-good", "--booted",
+                   str(tmp_path / "absent"), "--kmsg", str(kmsg), check=False)
     assert done.returncode == 2 and "not booted through sealtree" in done.stdout + done.stderr

@@ -118,11 +118,13 @@ R vendor-conf "$(cat /etc/sealtree-test/vendor.conf)"
 R user-conf "$(cat /etc/sealtree-test/user.conf)"
 R user-added "$(cat /etc/sealtree-test/added-by-user 2>/dev/null)"
 R var-note "$(cat /var/lib/sealtree-test/note 2>/dev/null)"
-R mounts "$(findmnt -n -o TARGET,FSTYPE,OPTIONS / /etc /var /tmp 2>&1 | awk '{{print $1":"$2":"substr($3,1,2)}}' | tr '\\n' ' ')"
+M() {{ awk -v p="$1" '$2 == p {{ v = $3 ":" substr($4, 1, 2) }} END {{ print p ":" v }}' /proc/self/mounts; }}
+R mounts "$(M /) $(M /etc) $(M /var) $(M /tmp)"
 R home "$(readlink /home) $(ls -d /root/ 2>&1)"
-R mark-good-unit "$(systemctl show -p ActiveState -p Result --value sealtree-mark-good.service | tr '\\n' ' ')"
-R mark-good-line "$(journalctl -b -o cat -u sealtree-mark-good.service | grep 'boot-check:' | tail -n 1)"
-R status "$(sealtree --repo {DEVICE_REPO} status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
+U=sealtree-mark-good.service
+R mark-good-unit "$(systemctl show -p ActiveState --value $U) $(systemctl show -p Result --value $U)"
+R mark-good-line "$(journalctl -b -o cat -u $U | grep 'boot-check:' | tail -n 1)"
+R status "$(sealtree --repo {DEVICE_REPO} status --json | tr -d '\\n')"
 """
 
 NETWORK = """IF=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
@@ -238,15 +240,17 @@ def build_release(world: World, number: int) -> Release:
         out = sealtree("--repo", str(world.vendor_repo), "commit", "-b", REF, "--version", str(number),
                        "--skip-special", "--json", str(rootfs))
     shutil.rmtree(view, ignore_errors=True)
-    commit = json.loads(out)["commit"]
+    commit = str(json.loads(out)["commit"])
     pack = world.work / f"release-{number}.pack"
     sealtree("--repo", str(world.vendor_repo), "pack", "build", REF, "-o", str(pack))
     sealtree("pack", "sign", str(pack), "--key", str(world.vendor_key))
-    sealtree("--repo", str(world.vendor_repo), "publish", str(world.site), "--key", str(world.vendor_key), REF)
+    sealtree("--repo", str(world.vendor_repo), "publish", str(world.site), "--key", str(world.vendor_key),
+             REF)
     payload = None
     if number == 3:
         repo = Repository.open(str(world.vendor_repo))
-        entry = require(repo, REF, PAYLOAD)
+        root_tree = repo.objects.read_commit(repo.resolve(commit)).root_tree
+        entry = require(repo.objects, root_tree, PAYLOAD.encode())
         payload = os.path.relpath(repo.objects.file_path(entry.digest, entry.meta), world.vendor_repo)
     release = Release(number, pack, commit, payload)
     world.releases[number] = release
@@ -288,7 +292,8 @@ def make_disk(world: World) -> None:
     sealtree("--repo", str(repo), "remote", "add", "build", world.url, "--keys", str(world.keys))
     sealtree("--repo", str(repo), "pull", "build")
     sealtree("--repo", str(repo), "deploy", REF, "--keys", str(world.keys), "--verify", "userspace")
-    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-O", "verity", "-d", world.sysroot, world.disk, "4G")
+    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-O", "verity", "-d", world.sysroot, world.disk,
+       "4G")
 
 
 # -- booting -------------------------------------------------------------------------------------
@@ -439,8 +444,8 @@ echo "mine" > /etc/sealtree-test/added-by-user
     assert_healthy(b1, 1)
     assert b1.results["booted"] == dep1
     machine_id = b1.results["machine-id"]
-    assert b1.results["mounts"].split()[:4] == ["/:overlay:ro", "/etc:ext4:rw", "/var:ext4:rw", "/tmp:tmpfs:rw"], \
-        b1.results["mounts"]
+    mounts = b1.results["mounts"].split()
+    assert mounts == ["/:overlay:ro", "/etc:ext4:rw", "/var:ext4:rw", "/tmp:tmpfs:rw"], mounts
 
     # 2. the same release again: state kept; release 2 pulled over HTTP and deployed
     build_release(world, 2)

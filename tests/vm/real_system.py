@@ -86,8 +86,8 @@ def chroot_mounts(root: Path) -> Iterator[Path]:
         mounted.append(root / "dev")
         yield root
     finally:
-        for target in reversed(mounted):
-            subprocess.run(["umount", "-R", "-l", str(target)], check=False, capture_output=True)
+        for point in reversed(mounted):
+            subprocess.run(["umount", "-R", "-l", str(point)], check=False, capture_output=True)
 
 
 @contextlib.contextmanager
