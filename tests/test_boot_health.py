@@ -1,8 +1,8 @@
 """Boot assessment (``sealtree boot-check``): kernel verity errors and required units.
 
-The kernel lines are the real ones: ``KMSG_CORRUPTED`` is what Debian's 6.1 kernel printed
-in tests/test_real_system_vm.py's damaged boot (one byte of a sealed object changed on the
-disk), with its /dev/kmsg prefix.  The repository is the vm scenario's, deployed here
+The kernel lines are the real ones: ``kmsg_corrupted`` gives what Debian's 6.1 kernel
+printed in tests/test_real_system_vm.py's damaged boot (one byte of a sealed object changed
+on the disk; three times, as the reader retried), with a /dev/kmsg prefix.  The repository is the vm scenario's, deployed here
 (tests/vm/scenario.py), so the inode in the message is a real object's and the farm
 really hardlinks it.
 """
@@ -29,9 +29,10 @@ KMSG_GOOD = [
 
 
 def kmsg_corrupted(inode: int) -> str:
-    return (f"3,901,151839372,-;fs-verity (vda, inode {inode}): FILE CORRUPTED! index=1, level=0, "
-            "want_hash=sha256:3a0c7c1b2b6d8f4e0d5b1a5e8f6c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c, "
-            "real_hash=sha256:9e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d")
+    """Debian 6.1's line (tests/test_real_system_vm.py, boot 4), with another inode."""
+    return (f"3,901,79219673,-;fs-verity (vda, inode {inode}): FILE CORRUPTED! index=1, level=-1, "
+            "want_hash=sha256:e88e11b7d268e574621487fd72df47881f43056a38f57755827a4a76f9ca9db8, "
+            "real_hash=sha256:eb85eaf71c7a77e4bc8f478e5bc1b5d21830ed1f456147623b052e397af263e6")
 
 
 def write_kmsg(path: Path, lines: list[str]) -> Path:
@@ -40,11 +41,12 @@ def write_kmsg(path: Path, lines: list[str]) -> Path:
 
 
 def test_verity_errors_are_found_and_other_lines_are_not() -> None:
-    lines = [line.partition(";")[2] for line in [*KMSG_GOOD, kmsg_corrupted(1234)]]
+    # a program that retries a read makes the kernel say it again: one error, counted
+    lines = [line.partition(";")[2] for line in [*KMSG_GOOD, kmsg_corrupted(1234), kmsg_corrupted(1234)]]
     lines.append("fs-verity: sha256 using implementation \"sha256-avx2\"")  # informational
     lines.append("overlayfs: lower file 'usr/bin/bash' has the wrong fs-verity digest")
     found = boot_health.verity_errors(lines)
-    assert [(e.device, e.inode) for e in found] == [("vda", 1234), (None, None)]
+    assert [(e.device, e.inode, e.count) for e in found] == [("vda", 1234, 2), (None, None, 1)]
     assert found[0].message.startswith("FILE CORRUPTED! index=1")
     assert found[1].message == "overlayfs: lower file 'usr/bin/bash' has the wrong fs-verity digest"
 
@@ -106,13 +108,14 @@ def _tries(sysroot: scenario.Sysroot, release: str) -> object:
 def test_a_corrupted_object_is_named_and_not_marked_good(sysroot: scenario.Sysroot, tmp_path: Path) -> None:
     work = sysroot.copy(tmp_path / "sysroot")
     blob = work.object_path("C", scenario.BLOB)
-    kmsg = [*KMSG_GOOD, kmsg_corrupted(os.stat(blob).st_ino)]
+    kmsg = [*KMSG_GOOD, kmsg_corrupted(os.stat(blob).st_ino), kmsg_corrupted(os.stat(blob).st_ino)]
     status, out = _boot_check(work, tmp_path, kmsg, "--mark-good")
     dep = work.deployments["C"]
     rel = os.path.relpath(blob, work.repo / "objects")
     assert status == 15, out
     assert out.startswith(f"sealtree boot-check: {dep}: NOT marked good: kernel verity error: "
-                          f"/{scenario.BLOB}, object {rel}: FILE CORRUPTED! index=1"), out
+                          f"/{scenario.BLOB}, object {rel}: FILE CORRUPTED! index=1, level=-1, "), out
+    assert out.rstrip().endswith("(2 times)"), out
     assert _tries(work, "C") == scenario.TRIES
 
 

@@ -425,7 +425,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         shutil.copy(str(w.vendor_key) + ".pub", w.keys / "vendor.key.pub")
         sealtree("--repo", str(w.vendor_repo), "init")
         yield w
-    print("\n[real system boots] " + "; ".join(f"{b.name} {b.seconds:.0f} s" for b in w.boots), flush=True)
+    print_milestones(w.boots)
+
+
+def print_milestones(boots: list[Boot]) -> None:
+    """One row per boot: seconds after qemu started at which each milestone was on the console."""
+    if not boots:
+        return
+    names = list(boots[0].milestones())
+    print("\n[real system boots] seconds after qemu started (host clock)", flush=True)
+    print(f"{'boot':<14}" + "".join(f"{n:>11}" for n in names) + f"{'total':>8}")
+    for b in boots:
+        cells = "".join(f"{v:>11.1f}" if v is not None else f"{'-':>11}" for v in b.milestones().values())
+        print(f"{b.name:<14}{cells}{b.seconds:>8.0f}", flush=True)
 
 
 def test_real_debian_system_boots_updates_and_rolls_back(world: World) -> None:
