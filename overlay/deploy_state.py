@@ -239,8 +239,11 @@ class Prepared:
         """Rename what was built into place: /var (when seeded), the /etc report, /etc, the
         boot files.  ``discard`` undoes it."""
         try:
-            if self.var_seeded:
+            if self.var_seeded and not os.path.lexists(self.layout.var):
+                # (a mount may have seeded it meanwhile, from a tree of its own: that one stays)
                 _rename_into(os.path.join(self.var_work, "tree"), self.layout.var, self.published)
+            else:
+                self.var_seeded = False
             if self.etc is not None:
                 report = self.layout.etc_report(self.dep_id)
                 atomic_write(report, self.etc.encode(), 0o600)

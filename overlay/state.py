@@ -252,7 +252,7 @@ class StateFile:
             if after != before:
                 atomic_write(self.path, after)
                 # The boot loader's pointer follows the default; best effort: the state is
-                # written, and the next change (or ``status``) sets it right.
+                # written, and the next change of the state sets it right.
                 with contextlib.suppress(OSError):
                     point_default(DeployLayout(self.root), state.default)
 

@@ -132,7 +132,9 @@ def register(sub: Any) -> None:
 
     p = add_parser(sub, "umount", "unmount a mounted deployment",
                    "Unmount the deployment's overlay at TARGET, which releases its tmpfs layers,\n"
-                   "and forget the mount in the deployment state (when --repo is known).  Only a\n"
+                   "with the writable /etc, /var and /tmp mounted over it (refused while anything\n"
+                   "else is mounted below TARGET, unless --lazy), and forget the mount in the\n"
+                   "deployment state (when --repo is known).  Only a\n"
                    "deployment's overlay is unmounted (one whose lowest layer is a deploy\n"
                    "directory; with --repo, one of that repository's): any other mount at TARGET\n"
                    "is refused.")
@@ -337,8 +339,13 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
             **_dep_state_doc(layout, dep.id),
         })
+    try:
+        boot_default: str | None = os.readlink(layout.boot_default)
+    except OSError:
+        boot_default = None
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
-            "next_boot": next_boot, "deployments": out}
+            "next_boot": next_boot, "boot_default": boot_default, "var": layout.var,
+            "deployments": out}
 
 
 def _dep_state_doc(layout: Any, dep_id: str) -> dict[str, Any]:
