@@ -10,8 +10,10 @@ Measured, in one run (``--out DIR`` keeps ``update-size.json`` and ``.md``):
 * ostree (archive repository, both commits): the bytes of the objects N+1 adds
   (what ``ostree pull`` fetches with N present, bodies only) and the size of
   ``ostree static-delta generate --from N --to N+1 --inline`` on disk;
-* apply times: the pack delta and the object deltas (in this process) against
-  ``ostree static-delta apply-offline`` into a bare-user repository holding N.
+* apply times: the pack delta and the object deltas (in this process, each into
+  files that do not exist yet, as a pull writes them) against ``ostree
+  static-delta apply-offline`` into a fresh bare-user repository holding N, and
+  their ratio (best of 3 each, same run: run it twice, the machine is shared).
 
 Release N is Debian bookworm minbase as debootstrap makes it from bookworm's
 main suite (:func:`bench.corpora.debian_minbase`); release N+1 is the same tree
@@ -171,7 +173,8 @@ def measure_pack_level(repo: Path, old: Release, new: Release, work: Path, level
     old_pack = _pack(repo, old.commit, work / f"n-l{level}.pack", level)
     new_pack = _pack(repo, new.commit, work / f"n1-l{level}.pack", level)
     made = make_pack_delta(old_pack, new_pack, work / f"l{level}.pdelta")
-    seconds = _best_of(REPEATS, lambda: apply_pack_delta(old_pack, made.path, work / "l.pack"))
+    seconds = _best_of(REPEATS, lambda: apply_pack_delta(old_pack, made.path, work / "l.pack"),
+                       lambda: _remove(work / "l.pack"))
     return {"level": level, "pack_n1": new_pack.stat().st_size, "pack_delta": made.size,
             "apply_pack_seconds": round(seconds, 3)}
 
@@ -203,15 +206,26 @@ def _zstd19(path: str) -> int:
 REPEATS = 3
 
 
-def _best_of(repeats: int, action: Callable[[], object]) -> float:
+def _best_of(repeats: int, action: Callable[[], object],
+             prepare: Callable[[], object] | None = None) -> float:
     """The shortest wall time of ``repeats`` runs (the machine is shared: the minimum is
-    the least disturbed)."""
+    the least disturbed); ``prepare`` runs untimed before each."""
     best = float("inf")
     for _ in range(repeats):
+        if prepare is not None:
+            prepare()
         started = time.perf_counter()
         action()
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree left by the previous attempt (untimed)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict[str, Any]:
@@ -238,11 +252,18 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
             continue
         deltas.append((source, digest, str(out), size))
     make_objects_seconds = time.perf_counter() - started
+    rebuilt = work / "n1-rebuilt.pack"
     apply_pack_seconds = _best_of(REPEATS, lambda: apply_pack_delta(
-        old.pack, pack_delta.path, work / "n1-rebuilt.pack"))
+        old.pack, pack_delta.path, rebuilt), lambda: _remove(rebuilt))
 
-    jobs = [object_delta.ObjectDeltaJob(source, delta, digest, str(work / f"obj-{index}.rebuilt"))
+    out_dir = work / "rebuilt-objects"
+    jobs = [object_delta.ObjectDeltaJob(source, delta, digest, str(out_dir / f"{index}"))
             for index, (source, digest, delta, _size) in enumerate(deltas)]
+
+    def fresh_out_dir() -> None:
+        _remove(out_dir)
+        out_dir.mkdir()
+        os.sync()
 
     def apply_objects() -> None:
         # As a pull would: on every core, no fsync per object, one sync at the end.
@@ -252,8 +273,8 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
             raise RuntimeError(f"{len(refused)} object deltas refused: {refused[0]}")
         os.sync()
 
-    apply_objects_seconds = _best_of(REPEATS, apply_objects)
-    rebuilt_ok = (work / "n1-rebuilt.pack").read_bytes() == new.pack.read_bytes()
+    apply_objects_seconds = _best_of(REPEATS, apply_objects, fresh_out_dir)
+    rebuilt_ok = rebuilt.read_bytes() == new.pack.read_bytes()
     object_bytes = sum(d[3] for d in deltas)
     return {
         "pack_n1": new.pack.stat().st_size,
@@ -314,6 +335,7 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
         client = work / f"ostree-client-{attempt}"
         _ostree("init", f"--repo={client}", "--mode=bare-user")
         _ostree("pull-local", f"--repo={client}", str(server), "os/n")
+        os.sync()  # as before sealtree's attempts: nothing of the set-up left to write back
         started = time.perf_counter()
         try:
             _ostree("static-delta", "apply-offline", f"--repo={client}", str(delta_file))
@@ -372,10 +394,12 @@ def report(sealtree: dict[str, Any], ostree: dict[str, Any] | None) -> str:
     lines.append("")
     lines.append(f"sealtree deltas / ostree static delta = {sealtree['with_deltas'] / reference:.2f} "
                  f"(target <= 0.5)")
+    ostree_apply = ostree["static_delta_apply_seconds"] if ostree else None
     lines.append(f"apply: sealtree {sealtree['apply_seconds']} s (pack {sealtree['apply_pack_seconds']} s, "
                  f"objects {sealtree['apply_objects_seconds']} s)"
-                 + (f"; ostree static-delta apply-offline {ostree['static_delta_apply_seconds']} s"
-                    if ostree and ostree["static_delta_apply_seconds"] is not None else
+                 + (f"; ostree static-delta apply-offline {ostree_apply} s; ratio "
+                    f"{sealtree['apply_seconds'] / ostree_apply:.2f} (target <= 1)"
+                    if ostree_apply else
                     "; ostree cannot apply it offline (fallback objects)" if ostree else ""))
     fast = sealtree["pack_level_3"]
     fast_total = fast["apply_pack_seconds"] + sealtree["apply_objects_seconds"]
@@ -414,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if ostree and ostree["static_delta_apply_seconds"]:
+        ostree["apply_ratio"] = round(sealtree["apply_seconds"] / ostree["static_delta_apply_seconds"], 2)
     results = {"sealtree": sealtree, "ostree": ostree, "anchors": ANCHORS,
                "zstandard": __import__("zstandard").__version__}
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
