@@ -13,7 +13,8 @@ Measured, in one run (``--out DIR`` keeps ``update-size.json`` and ``.md``):
 * apply times: the pack delta and the object deltas (in this process, each into
   files that do not exist yet, as a pull writes them) against ``ostree
   static-delta apply-offline`` into a fresh bare-user repository holding N, and
-  their ratio (best of 3 each, same run: run it twice, the machine is shared).
+  their ratio: best of 5 each, the three applies taking turns in every round so
+  that both sides run under the same load (the machine is shared: run it twice).
 
 Release N is Debian bookworm minbase as debootstrap makes it from bookworm's
 main suite (:func:`bench.corpora.debian_minbase`); release N+1 is the same tree
@@ -203,7 +204,7 @@ def _zstd19(path: str) -> int:
         return len(zstandard.ZstdCompressor(level=19).compress(handle.read()))
 
 
-REPEATS = 3
+REPEATS = 5
 
 
 def _best_of(repeats: int, action: Callable[[], object],
@@ -220,6 +221,29 @@ def _best_of(repeats: int, action: Callable[[], object],
     return best
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One side's apply, timed in turns with the other side's (``interleaved``)."""
+
+    name: str
+    action: Callable[[], object]
+    prepare: Callable[[], object] | None = None
+
+
+def interleaved(timed: list[Timed], repeats: int = REPEATS) -> dict[str, float]:
+    """Best wall time of each action over ``repeats`` rounds, the actions taking turns within
+    each round: the machine is shared, and a ratio compares runs made under the same load."""
+    best = {t.name: float("inf") for t in timed}
+    for _ in range(repeats):
+        for entry in timed:
+            if entry.prepare is not None:
+                entry.prepare()
+            started = time.perf_counter()
+            entry.action()
+            best[entry.name] = min(best[entry.name], time.perf_counter() - started)
+    return best
+
+
 def _remove(path: Path) -> None:
     """Remove a file or a directory tree left by the previous attempt (untimed)."""
     if path.is_dir():
@@ -228,8 +252,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict[str, Any]:
-    """Bytes and apply times of sealtree's update, with and without deltas."""
+def measure_sealtree(repo: Path, old: Release, new: Release, work: Path
+                     ) -> tuple[dict[str, Any], list[Timed]]:
+    """Bytes of sealtree's update, with and without deltas, and its two applies to time
+    (the pack delta, then the object deltas)."""
     from pack.delta import apply_pack_delta, make_pack_delta  # noqa: PLC0415
     from store import object_delta  # noqa: PLC0415
 
@@ -253,8 +279,6 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
         deltas.append((source, digest, str(out), size))
     make_objects_seconds = time.perf_counter() - started
     rebuilt = work / "n1-rebuilt.pack"
-    apply_pack_seconds = _best_of(REPEATS, lambda: apply_pack_delta(
-        old.pack, pack_delta.path, rebuilt), lambda: _remove(rebuilt))
 
     out_dir = work / "rebuilt-objects"
     jobs = [object_delta.ObjectDeltaJob(source, delta, digest, str(out_dir / f"{index}"))
@@ -273,9 +297,10 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
             raise RuntimeError(f"{len(refused)} object deltas refused: {refused[0]}")
         os.sync()
 
-    apply_objects_seconds = _best_of(REPEATS, apply_objects, fresh_out_dir)
-    rebuilt_ok = rebuilt.read_bytes() == new.pack.read_bytes()
     object_bytes = sum(d[3] for d in deltas)
+    timed = [Timed("apply_pack_seconds", lambda: apply_pack_delta(old.pack, pack_delta.path, rebuilt),
+                   lambda: _remove(rebuilt)),
+             Timed("apply_objects_seconds", apply_objects, fresh_out_dir)]
     return {
         "pack_n1": new.pack.stat().st_size,
         "new_objects": len(fetched),
@@ -289,11 +314,7 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
         "objects_sent_whole_zstd19": whole,
         "with_deltas": pack_delta.size + object_bytes + whole,
         "make_seconds": round(make_pack_seconds + make_objects_seconds, 2),
-        "apply_pack_seconds": round(apply_pack_seconds, 3),
-        "apply_objects_seconds": round(apply_objects_seconds, 3),
-        "apply_seconds": round(apply_pack_seconds + apply_objects_seconds, 3),
-        "rebuilt_pack_identical": rebuilt_ok,
-    }
+    }, timed
 
 
 def _ostree(*argv: str | os.PathLike[str]) -> str:
@@ -309,8 +330,9 @@ def _objects(repo: Path) -> dict[str, int]:
     return found
 
 
-def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
-    """ostree's figures: object-level pull bytes, static delta size, its apply time."""
+def measure_ostree(n: Path, n1: Path, work: Path) -> tuple[dict[str, Any], Timed | None]:
+    """ostree's figures: object-level pull bytes, static delta size; and its apply to time
+    (None when it cannot apply offline)."""
     server = work / "ostree-archive"
     _ostree("init", f"--repo={server}", "--mode=archive")
     _ostree("commit", f"--repo={server}", "--branch=os/n", f"--tree=dir={n}",
@@ -330,21 +352,24 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
     _ostree("static-delta", "generate", f"--repo={server}", "--from=os/n", "--to=os/n1")
     shown = _ostree("static-delta", "show", f"--repo={server}", _delta_name(server))
     fallback = _fallback_bytes(shown)
-    apply_seconds: float | None = float("inf")
-    for attempt in range(REPEATS):  # each into a fresh client holding N only
-        client = work / f"ostree-client-{attempt}"
+    client = work / "ostree-client"
+
+    def fresh_client() -> None:  # each attempt into a fresh client holding N only
+        _remove(client)
         _ostree("init", f"--repo={client}", "--mode=bare-user")
         _ostree("pull-local", f"--repo={client}", str(server), "os/n")
         os.sync()  # as before sealtree's attempts: nothing of the set-up left to write back
-        started = time.perf_counter()
-        try:
-            _ostree("static-delta", "apply-offline", f"--repo={client}", str(delta_file))
-        except CommandFailed as err:  # a delta with HTTP fallback objects cannot apply offline
-            log.info("ostree apply-offline refused: %s", err.stderr.strip().splitlines()[-1:])
-            apply_seconds = None
-            break
-        elapsed = time.perf_counter() - started
-        apply_seconds = elapsed if apply_seconds is None else min(apply_seconds, elapsed)
+
+    def apply() -> None:
+        _ostree("static-delta", "apply-offline", f"--repo={client}", str(delta_file))
+
+    timed: Timed | None = Timed("static_delta_apply_seconds", apply, fresh_client)
+    fresh_client()
+    try:
+        apply()
+    except CommandFailed as err:  # a delta with HTTP fallback objects cannot apply offline
+        log.info("ostree apply-offline refused: %s", err.stderr.strip().splitlines()[-1:])
+        timed = None
     return {
         "version": _ostree("--version").split("Version:")[1].split()[0].strip("'\""),
         "pull_objects": len(added),
@@ -352,9 +377,9 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
         "static_delta_bytes": delta_file.stat().st_size,
         "static_delta_fallback_bytes": fallback,
         "static_delta_generate_seconds": round(generate_seconds, 2),
-        "static_delta_apply_seconds": None if apply_seconds is None else round(apply_seconds, 3),
+        "static_delta_apply_seconds": None,
         "note": "commits with --no-xattrs (sealtree's trees carry xattrs; minbase has none)",
-    }
+    }, timed
 
 
 def _delta_name(server: Path) -> str:
@@ -427,14 +452,24 @@ def main(argv: list[str] | None = None) -> int:
         _sealtree("--repo", repo, "init")
         old, new = _release(repo, n, "n", work), _release(repo, n1, "n1", work)
         log.info("measuring sealtree")
-        sealtree = measure_sealtree(repo, old, new, work)
-        sealtree["pack_level_3"] = measure_pack_level(repo, old, new, work, 3)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}-sealtree.json").write_text(json.dumps(sealtree, indent=2) + "\n")
+        sealtree, timed = measure_sealtree(repo, old, new, work)
         ostree = None
         if not args.no_ostree:
             log.info("measuring ostree")
-            ostree = measure_ostree(n, n1, work)
+            ostree, ostree_timed = measure_ostree(n, n1, work)
+            timed += [ostree_timed] if ostree_timed else []
+        log.info("timing the applies, in turns: %s", ", ".join(t.name for t in timed))
+        best = interleaved(timed)
+        sealtree["apply_pack_seconds"] = round(best["apply_pack_seconds"], 3)
+        sealtree["apply_objects_seconds"] = round(best["apply_objects_seconds"], 3)
+        sealtree["apply_seconds"] = round(best["apply_pack_seconds"] + best["apply_objects_seconds"], 3)
+        sealtree["rebuilt_pack_identical"] = (work / "n1-rebuilt.pack").read_bytes() == \
+            new.pack.read_bytes()
+        if ostree is not None and "static_delta_apply_seconds" in best:
+            ostree["static_delta_apply_seconds"] = round(best["static_delta_apply_seconds"], 3)
+        sealtree["pack_level_3"] = measure_pack_level(repo, old, new, work, 3)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}-sealtree.json").write_text(json.dumps(sealtree, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)

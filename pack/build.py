@@ -38,11 +38,11 @@ DEFAULT_INLINE_MAX = 4096
 DEFAULT_LEVEL = 19
 MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 COPY_CHUNK = 1 << 20
-# A frame is written at FAST_LEVEL when the pack's level would make it less than MIN_GAIN
+# A frame is written at FAST_LEVEL unless the pack's level makes it at least MIN_GAIN
 # smaller: a device applying a delta compresses every changed frame again, at 0.2 s per MiB
 # at level 19 against 0.01 s at level 9 (docs/FORMAT.md section 12, "Frame levels").
 FAST_LEVEL = 9
-MIN_GAIN = 0.10
+MIN_GAIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
 
 
 class _Frames:
-    """Frames compressed at the pack's level, or at FAST_LEVEL when that is within MIN_GAIN
-    of it (so that rebuilding them from a delta costs little where the level gains little)."""
+    """Frames compressed at the pack's level where it gains at least MIN_GAIN over FAST_LEVEL,
+    else at FAST_LEVEL (rebuilding them from a delta costs little where the level gains
+    little)."""
 
     def __init__(self, level: int) -> None:
         self.cctx = fmt.compressor(level)

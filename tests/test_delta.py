@@ -19,7 +19,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pack import build as pack_build
 from pack import delta as pdelta
+from pack import format as fmt
 from pack.build import DEFAULT_LEVEL, FAST_LEVEL, build_pack
 from pack.reader import PackReader
 from sealtree.commands import delta_cmds
@@ -358,10 +360,11 @@ def test_version_1_object_delta_still_applies():
 
 # -- frame levels ------------------------------------------------------------------------------
 
-def test_frames_where_the_level_gains_little_are_written_at_the_fast_level(tmp_path):
+def test_frames_where_the_level_gains_little_are_written_at_the_fast_level(tmp_path, monkeypatch):
     """Random bytes gain nothing at level 19 over 9; near copies of one file (as time zone
-    files are) gain 20%: a pack of both has frames at both levels, and a delta records and
-    rebuilds each."""
+    files are) gain some 20%: with the threshold at 10%, a pack of both has frames at both
+    levels, each by the rule, and a delta records and rebuilds each."""
+    monkeypatch.setattr(pack_build, "MIN_GAIN", 0.10)
     rng = random.Random(12)
     base = rng.randbytes(4000)
 
@@ -389,6 +392,9 @@ def test_frames_where_the_level_gains_little_are_written_at_the_fast_level(tmp_p
     assert levels is not None and levels[0] == FAST_LEVEL  # the manifest gains 2-3%
     assert {FAST_LEVEL, DEFAULT_LEVEL} <= set(levels)
     assert levels[-1] == DEFAULT_LEVEL  # the near copies, last in the data
+    for level, content in zip(levels, pdelta._frames_of(new.data, new.layout), strict=True):
+        best, fast = (len(fmt.compressor(lv).compress(content)) for lv in (DEFAULT_LEVEL, FAST_LEVEL))
+        assert level == (DEFAULT_LEVEL if best <= fast * 0.9 else FAST_LEVEL)
     rebuilt = pdelta.apply_pack_delta(packs[0], made.path, str(tmp_path / "r"))
     assert _read(rebuilt.path) == _read(packs[1])
 
