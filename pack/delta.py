@@ -43,8 +43,10 @@ file appears only when everything passed):
 Memory on the device: the old reference twice (ours and zstd's dictionary; at most
 ``MAX_EXPANDED``, 128 MiB; 7.3 MB for Debian minbase), the zstd window (at most
 ``2**MAX_WINDOW_LOG``, 128 MiB; the maker picks the smallest power of two covering
-reference and carried form: 16 MiB for minbase) and two frames per core (1 MiB each)
-being compressed: at most about 400 MiB; under 115 MiB peak RSS for minbase.
+reference and carried form: 16 MiB for minbase), two frames per core (1 MiB each)
+being compressed, and at most two compressors per core (one per frame level in use;
+some 20 MiB each at level 19 for a 1 MiB frame): at most about 400 MiB + 40 MiB per
+core; 76 MiB peak RSS for minbase (55 MiB above the interpreter, 2 cores).
 """
 
 from __future__ import annotations
