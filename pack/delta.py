@@ -202,8 +202,9 @@ def _frame_levels(pack: bytes, expanded: bytes, layout: Layout) -> list[int] | N
         compressed = pack[frame.offset:frame.offset + frame.compressed]
         guesses = (levels[-1], *_LEVEL_GUESSES) if levels else _LEVEL_GUESSES
         for level in guesses:
-            cctx = compressors.setdefault(level, fmt.compressor(level))
-            if len(compressed) == frame.compressed and cctx.compress(content) == compressed:
+            if level not in compressors:
+                compressors[level] = fmt.compressor(level)
+            if compressors[level].compress(content) == compressed:
                 levels.append(int(level))
                 break
         else:
