@@ -40,7 +40,8 @@ size and fs-verity digest equal the header's and the expected one.
 
 Memory: the old object, its inner content, the new inner content and the new
 object, each at most ``MAX_OBJECT`` (64 MiB): at most 4 x 64 MiB plus the
-payload; a larger object gets no delta (it is fetched whole).
+payload (bsdiff: plus the old bytes its controls add to, at most the result's
+size); a larger object gets no delta (it is fetched whole).
 """
 
 from __future__ import annotations
@@ -338,17 +339,23 @@ def _bsdiff_payload(source: bytes, result: bytes, level: int) -> tuple[bytes, in
                                     write_content_size=True).compress(body), 10
 
 
+_ADD_CHUNK = 1 << 20  # bytes per whole-number addition: bounds its temporaries
+
+
 def _add_bytes(a: bytes, b: bytes) -> bytes:
     """Bytewise ``(a[i] + b[i]) % 256`` on equal-length inputs, as whole-number arithmetic
-    (SWAR: add the low 7 bits of every byte, then fix the top bits without a carry)."""
-    n = len(a)
-    if n == 0:
-        return b""
-    high = int.from_bytes(b"\x80" * n, "little")
-    low = high - (high >> 7)  # 0x7f in every byte
-    x, y = int.from_bytes(a, "little"), int.from_bytes(b, "little")
-    total = ((x & low) + (y & low)) ^ ((x ^ y) & high)
-    return total.to_bytes(n, "little")
+    (SWAR: add the low 7 bits of every byte, then fix the top bits without a carry), a MiB
+    at a time (the temporaries stay a few MiB whatever the object's size)."""
+    out = bytearray()
+    high_full = int.from_bytes(b"\x80" * min(len(a), _ADD_CHUNK), "little")
+    for at in range(0, len(a), _ADD_CHUNK):
+        n = min(_ADD_CHUNK, len(a) - at)
+        high = high_full if n == _ADD_CHUNK else int.from_bytes(b"\x80" * n, "little")
+        low = high - (high >> 7)  # 0x7f in every byte
+        x = int.from_bytes(a[at:at + n], "little")
+        y = int.from_bytes(b[at:at + n], "little")
+        out += (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
+    return bytes(out)
 
 
 def _bspatch(source: bytes, body: bytes, result_size: int, path: Name | None) -> bytes:
@@ -388,6 +395,7 @@ def _bspatch(source: bytes, body: bytes, result_size: int, path: Name | None) ->
         raise _fail("bsdiff payload does not add up to the result", path)
     # One bytewise addition over all the diff bytes (they are consecutive in the body).
     added = _add_bytes(b"".join(olds), body[control_end:diff_stop])
+    del olds
     out = bytearray()
     at = 0
     for i, (add, extra) in enumerate(copies):
