@@ -10,8 +10,11 @@ Measured, in one run (``--out DIR`` keeps ``update-size.json`` and ``.md``):
 * ostree (archive repository, both commits): the bytes of the objects N+1 adds
   (what ``ostree pull`` fetches with N present, bodies only) and the size of
   ``ostree static-delta generate --from N --to N+1 --inline`` on disk;
-* apply times: the pack delta and the object deltas (in this process) against
-  ``ostree static-delta apply-offline`` into a bare-user repository holding N.
+* apply times: the pack delta and the object deltas (in this process, each into
+  files that do not exist yet, as a pull writes them) against ``ostree
+  static-delta apply-offline`` into a fresh bare-user repository holding N, and
+  their ratio: best of 5 each, the three applies taking turns in every round so
+  that both sides run under the same load (the machine is shared: run it twice).
 
 Release N is Debian bookworm minbase as debootstrap makes it from bookworm's
 main suite (:func:`bench.corpora.debian_minbase`); release N+1 is the same tree
@@ -171,7 +174,8 @@ def measure_pack_level(repo: Path, old: Release, new: Release, work: Path, level
     old_pack = _pack(repo, old.commit, work / f"n-l{level}.pack", level)
     new_pack = _pack(repo, new.commit, work / f"n1-l{level}.pack", level)
     made = make_pack_delta(old_pack, new_pack, work / f"l{level}.pdelta")
-    seconds = _best_of(REPEATS, lambda: apply_pack_delta(old_pack, made.path, work / "l.pack"))
+    seconds = _best_of(REPEATS, lambda: apply_pack_delta(old_pack, made.path, work / "l.pack"),
+                       lambda: _remove(work / "l.pack"))
     return {"level": level, "pack_n1": new_pack.stat().st_size, "pack_delta": made.size,
             "apply_pack_seconds": round(seconds, 3)}
 
@@ -200,22 +204,58 @@ def _zstd19(path: str) -> int:
         return len(zstandard.ZstdCompressor(level=19).compress(handle.read()))
 
 
-REPEATS = 3
+REPEATS = 5
 
 
-def _best_of(repeats: int, action: Callable[[], object]) -> float:
+def _best_of(repeats: int, action: Callable[[], object],
+             prepare: Callable[[], object] | None = None) -> float:
     """The shortest wall time of ``repeats`` runs (the machine is shared: the minimum is
-    the least disturbed)."""
+    the least disturbed); ``prepare`` runs untimed before each."""
     best = float("inf")
     for _ in range(repeats):
+        if prepare is not None:
+            prepare()
         started = time.perf_counter()
         action()
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict[str, Any]:
-    """Bytes and apply times of sealtree's update, with and without deltas."""
+@dataclass(frozen=True)
+class Timed:
+    """One side's apply, timed in turns with the other side's (``interleaved``)."""
+
+    name: str
+    action: Callable[[], object]
+    prepare: Callable[[], object] | None = None
+
+
+def interleaved(timed: list[Timed], repeats: int = REPEATS) -> dict[str, float]:
+    """Best wall time of each action over ``repeats`` rounds, the actions taking turns within
+    each round: the machine is shared, and a ratio compares runs made under the same load."""
+    best = {t.name: float("inf") for t in timed}
+    for _ in range(repeats):
+        for entry in timed:
+            if entry.prepare is not None:
+                entry.prepare()
+            started = time.perf_counter()
+            entry.action()
+            best[entry.name] = min(best[entry.name], time.perf_counter() - started)
+    return best
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree left by the previous attempt (untimed)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def measure_sealtree(repo: Path, old: Release, new: Release, work: Path
+                     ) -> tuple[dict[str, Any], list[Timed]]:
+    """Bytes of sealtree's update, with and without deltas, and its two applies to time
+    (the pack delta, then the object deltas)."""
     from pack.delta import apply_pack_delta, make_pack_delta  # noqa: PLC0415
     from store import object_delta  # noqa: PLC0415
 
@@ -238,11 +278,16 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
             continue
         deltas.append((source, digest, str(out), size))
     make_objects_seconds = time.perf_counter() - started
-    apply_pack_seconds = _best_of(REPEATS, lambda: apply_pack_delta(
-        old.pack, pack_delta.path, work / "n1-rebuilt.pack"))
+    rebuilt = work / "n1-rebuilt.pack"
 
-    jobs = [object_delta.ObjectDeltaJob(source, delta, digest, str(work / f"obj-{index}.rebuilt"))
+    out_dir = work / "rebuilt-objects"
+    jobs = [object_delta.ObjectDeltaJob(source, delta, digest, str(out_dir / f"{index}"))
             for index, (source, digest, delta, _size) in enumerate(deltas)]
+
+    def fresh_out_dir() -> None:
+        _remove(out_dir)
+        out_dir.mkdir()
+        os.sync()
 
     def apply_objects() -> None:
         # As a pull would: on every core, no fsync per object, one sync at the end.
@@ -252,9 +297,10 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
             raise RuntimeError(f"{len(refused)} object deltas refused: {refused[0]}")
         os.sync()
 
-    apply_objects_seconds = _best_of(REPEATS, apply_objects)
-    rebuilt_ok = (work / "n1-rebuilt.pack").read_bytes() == new.pack.read_bytes()
     object_bytes = sum(d[3] for d in deltas)
+    timed = [Timed("apply_pack_seconds", lambda: apply_pack_delta(old.pack, pack_delta.path, rebuilt),
+                   lambda: _remove(rebuilt)),
+             Timed("apply_objects_seconds", apply_objects, fresh_out_dir)]
     return {
         "pack_n1": new.pack.stat().st_size,
         "new_objects": len(fetched),
@@ -268,11 +314,7 @@ def measure_sealtree(repo: Path, old: Release, new: Release, work: Path) -> dict
         "objects_sent_whole_zstd19": whole,
         "with_deltas": pack_delta.size + object_bytes + whole,
         "make_seconds": round(make_pack_seconds + make_objects_seconds, 2),
-        "apply_pack_seconds": round(apply_pack_seconds, 3),
-        "apply_objects_seconds": round(apply_objects_seconds, 3),
-        "apply_seconds": round(apply_pack_seconds + apply_objects_seconds, 3),
-        "rebuilt_pack_identical": rebuilt_ok,
-    }
+    }, timed
 
 
 def _ostree(*argv: str | os.PathLike[str]) -> str:
@@ -288,8 +330,9 @@ def _objects(repo: Path) -> dict[str, int]:
     return found
 
 
-def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
-    """ostree's figures: object-level pull bytes, static delta size, its apply time."""
+def measure_ostree(n: Path, n1: Path, work: Path) -> tuple[dict[str, Any], Timed | None]:
+    """ostree's figures: object-level pull bytes, static delta size; and its apply to time
+    (None when it cannot apply offline)."""
     server = work / "ostree-archive"
     _ostree("init", f"--repo={server}", "--mode=archive")
     _ostree("commit", f"--repo={server}", "--branch=os/n", f"--tree=dir={n}",
@@ -309,20 +352,24 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
     _ostree("static-delta", "generate", f"--repo={server}", "--from=os/n", "--to=os/n1")
     shown = _ostree("static-delta", "show", f"--repo={server}", _delta_name(server))
     fallback = _fallback_bytes(shown)
-    apply_seconds: float | None = float("inf")
-    for attempt in range(REPEATS):  # each into a fresh client holding N only
-        client = work / f"ostree-client-{attempt}"
+    client = work / "ostree-client"
+
+    def fresh_client() -> None:  # each attempt into a fresh client holding N only
+        _remove(client)
         _ostree("init", f"--repo={client}", "--mode=bare-user")
         _ostree("pull-local", f"--repo={client}", str(server), "os/n")
-        started = time.perf_counter()
-        try:
-            _ostree("static-delta", "apply-offline", f"--repo={client}", str(delta_file))
-        except CommandFailed as err:  # a delta with HTTP fallback objects cannot apply offline
-            log.info("ostree apply-offline refused: %s", err.stderr.strip().splitlines()[-1:])
-            apply_seconds = None
-            break
-        elapsed = time.perf_counter() - started
-        apply_seconds = elapsed if apply_seconds is None else min(apply_seconds, elapsed)
+        os.sync()  # as before sealtree's attempts: nothing of the set-up left to write back
+
+    def apply() -> None:
+        _ostree("static-delta", "apply-offline", f"--repo={client}", str(delta_file))
+
+    timed: Timed | None = Timed("static_delta_apply_seconds", apply, fresh_client)
+    fresh_client()
+    try:
+        apply()
+    except CommandFailed as err:  # a delta with HTTP fallback objects cannot apply offline
+        log.info("ostree apply-offline refused: %s", err.stderr.strip().splitlines()[-1:])
+        timed = None
     return {
         "version": _ostree("--version").split("Version:")[1].split()[0].strip("'\""),
         "pull_objects": len(added),
@@ -330,9 +377,9 @@ def measure_ostree(n: Path, n1: Path, work: Path) -> dict[str, Any]:
         "static_delta_bytes": delta_file.stat().st_size,
         "static_delta_fallback_bytes": fallback,
         "static_delta_generate_seconds": round(generate_seconds, 2),
-        "static_delta_apply_seconds": None if apply_seconds is None else round(apply_seconds, 3),
+        "static_delta_apply_seconds": None,
         "note": "commits with --no-xattrs (sealtree's trees carry xattrs; minbase has none)",
-    }
+    }, timed
 
 
 def _delta_name(server: Path) -> str:
@@ -372,10 +419,12 @@ def report(sealtree: dict[str, Any], ostree: dict[str, Any] | None) -> str:
     lines.append("")
     lines.append(f"sealtree deltas / ostree static delta = {sealtree['with_deltas'] / reference:.2f} "
                  f"(target <= 0.5)")
+    ostree_apply = ostree["static_delta_apply_seconds"] if ostree else None
     lines.append(f"apply: sealtree {sealtree['apply_seconds']} s (pack {sealtree['apply_pack_seconds']} s, "
                  f"objects {sealtree['apply_objects_seconds']} s)"
-                 + (f"; ostree static-delta apply-offline {ostree['static_delta_apply_seconds']} s"
-                    if ostree and ostree["static_delta_apply_seconds"] is not None else
+                 + (f"; ostree static-delta apply-offline {ostree_apply} s; ratio "
+                    f"{sealtree['apply_seconds'] / ostree_apply:.2f} (target <= 1)"
+                    if ostree_apply else
                     "; ostree cannot apply it offline (fallback objects)" if ostree else ""))
     fast = sealtree["pack_level_3"]
     fast_total = fast["apply_pack_seconds"] + sealtree["apply_objects_seconds"]
@@ -403,17 +452,29 @@ def main(argv: list[str] | None = None) -> int:
         _sealtree("--repo", repo, "init")
         old, new = _release(repo, n, "n", work), _release(repo, n1, "n1", work)
         log.info("measuring sealtree")
-        sealtree = measure_sealtree(repo, old, new, work)
-        sealtree["pack_level_3"] = measure_pack_level(repo, old, new, work, 3)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}-sealtree.json").write_text(json.dumps(sealtree, indent=2) + "\n")
+        sealtree, timed = measure_sealtree(repo, old, new, work)
         ostree = None
         if not args.no_ostree:
             log.info("measuring ostree")
-            ostree = measure_ostree(n, n1, work)
+            ostree, ostree_timed = measure_ostree(n, n1, work)
+            timed += [ostree_timed] if ostree_timed else []
+        log.info("timing the applies, in turns: %s", ", ".join(t.name for t in timed))
+        best = interleaved(timed)
+        sealtree["apply_pack_seconds"] = round(best["apply_pack_seconds"], 3)
+        sealtree["apply_objects_seconds"] = round(best["apply_objects_seconds"], 3)
+        sealtree["apply_seconds"] = round(best["apply_pack_seconds"] + best["apply_objects_seconds"], 3)
+        sealtree["rebuilt_pack_identical"] = (work / "n1-rebuilt.pack").read_bytes() == \
+            new.pack.read_bytes()
+        if ostree is not None and "static_delta_apply_seconds" in best:
+            ostree["static_delta_apply_seconds"] = round(best["static_delta_apply_seconds"], 3)
+        sealtree["pack_level_3"] = measure_pack_level(repo, old, new, work, 3)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}-sealtree.json").write_text(json.dumps(sealtree, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if ostree and ostree["static_delta_apply_seconds"]:
+        ostree["apply_ratio"] = round(sealtree["apply_seconds"] / ostree["static_delta_apply_seconds"], 2)
     results = {"sealtree": sealtree, "ostree": ostree, "anchors": ANCHORS,
                "zstandard": __import__("zstandard").__version__}
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

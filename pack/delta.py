@@ -8,16 +8,21 @@ those) travels as one zstd frame compressed against the old pack's
 as a raw-content dictionary, the idea of ``zstd --patch-from``.  The device
 builds the same reference from its old pack, decodes the carried form,
 rebuilds the gzip files, and compresses every frame again with the pack
-compressor (``pack.format.compressor``) at the level recorded in the delta:
+compressor (``pack.format.compressor``) at the level the delta records for that
+frame (``pack.build`` writes frames where level 19 gains little at a fast level):
 pack building is deterministic, so that gives back the very frames of the new
 pack.  The result must have the SHA-256 and size the delta names, and is then
 verified with its signatures like any pack: a delta needs no trust of its own.
 
-Layout (version 1; integers little-endian)::
+Layout (version 2; integers little-endian)::
 
     header      _HEADER below (120 bytes)
     payload     payload_size bytes: one zstd frame, content = the carried form
-                (expanded_size bytes), dictionary = the old pack's reference
+                (expanded_size bytes: level table, gzip table, expanded pack),
+                dictionary = the old pack's reference
+
+Version 1 (still applied) has one level for every frame in the header, no level table,
+and gzip entries without ``how`` (re-encoded in Python, store.deflate_blocks).
 
 Checks, in this order (any failure: ``DeltaError`` naming the delta file; the output
 file appears only when everything passed):
@@ -28,7 +33,8 @@ file appears only when everything passed):
    wrong pack says so before doing any work); its reference fits ``MAX_EXPANDED``;
 3. the payload's zstd frame declares ``expanded_size`` bytes and a window of at most
    ``2**window_log``;
-4. while streaming: the gzip table (order, sizes); the rebuilt header, frame tables and
+4. while streaming: the level table (levels 1..22; as many as the rebuilt pack has
+   frames); the gzip table (order, sizes, how); the rebuilt header, frame tables and
    layout pass ``pack.format``'s checks against ``result_size``; each gzip file rebuilds
    to its size within one frame; each frame re-compresses to the size its table says;
    the payload holds exactly the carried form (no more, no less, nothing after it);
@@ -37,8 +43,10 @@ file appears only when everything passed):
 Memory on the device: the old reference twice (ours and zstd's dictionary; at most
 ``MAX_EXPANDED``, 128 MiB; 7.3 MB for Debian minbase), the zstd window (at most
 ``2**MAX_WINDOW_LOG``, 128 MiB; the maker picks the smallest power of two covering
-reference and carried form: 16 MiB for minbase) and two frames per core (1 MiB each)
-being compressed: at most about 400 MiB; under 115 MiB peak RSS for minbase.
+reference and carried form: 16 MiB for minbase), two frames per core (1 MiB each)
+being compressed, and at most two compressors per core (one per frame level in use;
+some 20 MiB each at level 19 for a 1 MiB frame): at most about 400 MiB + 40 MiB per
+core; 76 MiB peak RSS for minbase (55 MiB above the interpreter, 2 cores).
 """
 
 from __future__ import annotations
@@ -61,13 +69,15 @@ from store.atomic import atomic_file
 from store.deflate_blocks import Block
 from store.errors import DeltaError, FormatError, Name, PackError
 from store.names import show
-from store.object_delta import rebuild_gzip
+from store.object_delta import GzipRebuild, rebuild_gzip
 
 from . import format as fmt
 from .expanded import (
     GZ_BLOCK,
     GZ_COUNT,
     GZ_ENTRY,
+    GZ_ENTRY_V1,
+    LEVEL_COUNT,
     MAX_EXPANDED,
     MAX_GZ_BLOCKS,
     GzipEntry,
@@ -83,20 +93,21 @@ from .expanded import (
 from .manifest import Manifest, ManifestEntry
 
 MAGIC = b"SEALPDLT"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MAX_WINDOW_LOG = 27  # zstd window of the payload, 128 MiB: the other half of the memory bound
 MIN_WINDOW_LOG = 20
 MAX_PACK = fmt.HEADER_SIZE + fmt.MAX_COMMIT + fmt.MAX_REF + MAX_EXPANDED * 2  # sanity bound
 DEFAULT_DELTA_LEVEL = 19
 READ_CHUNK = 1 << 20
 _ZSTD_FRAME_HEADER_MAX = 18  # ZSTD_FRAMEHEADERSIZE_MAX
-# Levels tried, in this order, to find the one the new pack was built with (its header does
-# not record it): pack.build's default first.
-_LEVEL_GUESSES = (19, *range(1, 19), 20, 21, 22)
+# Levels tried, in this order, to find the one each frame of the new pack was built with (its
+# header does not record it): after the previous frame's, pack.build's default and fast ones.
+_LEVEL_GUESSES = (19, 9, *range(1, 9), *range(10, 19), 20, 21, 22)
 
 # magic, format version, flags (reserved, zero), zstd level the result's frames are
-# compressed at, zstd window log of the payload, reserved (2 bytes, zero),
+# compressed at (version 1; version 2: zero, the levels are in the carried form's level
+# table), zstd window log of the payload, reserved (2 bytes, zero),
 # zstd library version that made the delta (ZSTD_VERSION_NUMBER: informative, a device
 # with another one may compress differently; step 5 then fails), source pack size,
 # source pack SHA-256, result pack size, result pack SHA-256, result's expanded size,
@@ -109,6 +120,7 @@ HEADER_SIZE = _HEADER.size
 class PackDeltaHeader:
     """What a delta turns into what, and how the result's frames are compressed."""
 
+    version: int
     level: int
     window_log: int
     zstd_version: int
@@ -120,7 +132,7 @@ class PackDeltaHeader:
     payload_size: int
 
     def encode(self) -> bytes:
-        return _HEADER.pack(MAGIC, VERSION, 0, self.level, self.window_log, bytes(2),
+        return _HEADER.pack(MAGIC, self.version, 0, self.level, self.window_log, bytes(2),
                             self.zstd_version, self.source_size, self.source_sha256,
                             self.result_size, self.result_sha256, self.expanded_size,
                             self.payload_size)
@@ -156,8 +168,11 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> PackD
     check(version in SUPPORTED_VERSIONS,
           f"unsupported pack delta version: expected one of {SUPPORTED_VERSIONS}, got {version}", 8)
     check(flags == 0 and reserved == bytes(2), f"unknown flags {flags:#x} or reserved bytes set", 10)
-    check(1 <= level <= zstandard.MAX_COMPRESSION_LEVEL,
-          f"level {level} not in 1..{zstandard.MAX_COMPRESSION_LEVEL}", 12)
+    if version == 1:
+        check(1 <= level <= zstandard.MAX_COMPRESSION_LEVEL,
+              f"level {level} not in 1..{zstandard.MAX_COMPRESSION_LEVEL}", 12)
+    else:
+        check(level == 0, f"level {level} in the header: version {version} has a level table", 12)
     check(MIN_WINDOW_LOG <= window_log <= MAX_WINDOW_LOG,
           f"window log {window_log} not in {MIN_WINDOW_LOG}..{MAX_WINDOW_LOG}", 13)
     check(fmt.HEADER_SIZE <= source_size <= MAX_PACK, f"source size {source_size} out of range", 20)
@@ -167,7 +182,7 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> PackD
     check(payload_size == file_size - HEADER_SIZE,
           f"pack delta is {file_size} bytes, its header and payload add up to "
           f"{HEADER_SIZE + payload_size}", 108)
-    return PackDeltaHeader(level, window_log, zstd_version, source_size, source_sha, result_size,
+    return PackDeltaHeader(version, level, window_log, zstd_version, source_size, source_sha, result_size,
                            result_sha, expanded_size, payload_size)
 
 
@@ -178,18 +193,23 @@ def _frames_of(expanded: bytes, layout: Layout) -> Iterator[bytes]:
         at += frame.size
 
 
-def _guess_level(pack: bytes, expanded: bytes, layout: Layout) -> int | None:
-    """The level whose compressor rebuilds the pack's first frame (the others are checked when
-    the maker applies the delta)."""
-    if not layout.frames:
-        return DEFAULT_DELTA_LEVEL  # nothing to compress: any level rebuilds it
-    first = layout.frames[0]
-    compressed = pack[first.offset:first.offset + first.compressed]
-    content = next(_frames_of(expanded, layout))
-    for level in _LEVEL_GUESSES:
-        if fmt.compressor(level).compress(content) == compressed:
-            return int(level)
-    return None
+def _frame_levels(pack: bytes, expanded: bytes, layout: Layout) -> list[int] | None:
+    """For each frame, the level whose compressor rebuilds it (the previous frame's tried
+    first); None when no level rebuilds one."""
+    levels: list[int] = []
+    compressors: dict[int, zstandard.ZstdCompressor] = {}
+    for frame, content in zip(layout.frames, _frames_of(expanded, layout), strict=True):
+        compressed = pack[frame.offset:frame.offset + frame.compressed]
+        guesses = (levels[-1], *_LEVEL_GUESSES) if levels else _LEVEL_GUESSES
+        for level in guesses:
+            if level not in compressors:
+                compressors[level] = fmt.compressor(level)
+            if compressors[level].compress(content) == compressed:
+                levels.append(int(level))
+                break
+        else:
+            return None
+    return levels
 
 
 # -- making ---------------------------------------------------------------------------------
@@ -210,19 +230,23 @@ def make_pack_delta(old_pack: str | os.PathLike[str], new_pack: str | os.PathLik
         old = expand_pack(old_pack)
         new = expand_pack(new_pack)
         old_reference = reference(old)
-        new_expanded = carried(new, gzip_entries(old, new))
+    except PackError as err:
+        raise DeltaError(f"cannot make a delta: {err.detail()}", path=err.path or new_path,
+                         offset=err.offset) from err
+    with open(new_path, "rb") as handle:
+        new_bytes = handle.read()
+    levels = _frame_levels(new_bytes, new.data, new.layout)
+    if levels is None:
+        raise DeltaError("cannot make a delta: no zstd level of this library rebuilds the "
+                         "pack's frames", path=new_path)
+    try:
+        new_expanded = carried(new, gzip_entries(old, new), levels)
     except PackError as err:
         raise DeltaError(f"cannot make a delta: {err.detail()}", path=err.path or new_path,
                          offset=err.offset) from err
     if len(new_expanded) > MAX_EXPANDED:
         raise DeltaError(f"cannot make a delta: the pack expands to {len(new_expanded)} bytes, "
                          f"a delta allows {MAX_EXPANDED}", path=new_path)
-    with open(new_path, "rb") as handle:
-        new_bytes = handle.read()
-    frame_level = _guess_level(new_bytes, new.data, new.layout)
-    if frame_level is None:
-        raise DeltaError("cannot make a delta: no zstd level of this library rebuilds the "
-                         "pack's frames", path=new_path)
     window_log = _window_log(len(old_reference), len(new_expanded))
     params = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=len(new_expanded), window_log=window_log, write_content_size=1,
@@ -232,7 +256,7 @@ def make_pack_delta(old_pack: str | os.PathLike[str], new_pack: str | os.PathLik
     payload = zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params
                                        ).compress(new_expanded)
     old_size = os.path.getsize(old_pack)
-    header = PackDeltaHeader(frame_level, window_log, zstd_version_number(), old_size,
+    header = PackDeltaHeader(VERSION, 0, window_log, zstd_version_number(), old_size,
                              old.sha256, new.size, new.sha256, len(new_expanded), len(payload))
     with atomic_file(out, 0o644) as handle:
         handle.write(header.encode())
@@ -257,23 +281,27 @@ def make_pack_delta(old_pack: str | os.PathLike[str], new_pack: str | os.PathLik
 class _Recompressor:
     """Frames compressed on every core, in order, a bounded number in flight."""
 
-    def __init__(self, level: int, workers: int) -> None:
-        self.level = level
+    def __init__(self, workers: int) -> None:
         self.local = threading.local()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         self.limit = 2 * workers
         self.pending: deque[concurrent.futures.Future[bytes]] = deque()
 
-    def _compress(self, content: bytes) -> bytes:
-        cctx = getattr(self.local, "cctx", None)
+    def _compress(self, content: bytes, level: int) -> bytes:
+        compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(self.local, "cctx", None)
+        if compressors is None:
+            compressors = self.local.cctx = {}
+        cctx = compressors.get(level)
         if cctx is None:
-            cctx = self.local.cctx = fmt.compressor(self.level)
+            if len(compressors) >= 2:  # the memory bound: two compressors per worker
+                compressors.clear()
+            cctx = compressors[level] = fmt.compressor(level)
         out: bytes = cctx.compress(content)
         return out
 
-    def submit(self, content: bytes) -> Iterator[bytes]:
+    def submit(self, content: bytes, level: int) -> Iterator[bytes]:
         """Queue one frame; yield the frames that are done, oldest first, beyond the limit."""
-        self.pending.append(self.pool.submit(self._compress, content))
+        self.pending.append(self.pool.submit(self._compress, content, level))
         while len(self.pending) > self.limit:
             yield self.pending.popleft().result()
 
@@ -383,36 +411,56 @@ def apply_pack_delta(old_pack: str | os.PathLike[str], delta: str | os.PathLike[
                                           max_window_size=1 << header.window_log)
         reader = dctx.stream_reader(handle, read_size=READ_CHUNK, read_across_frames=True)
         stream = _Stream(reader, delta_path)
-        recompressor = _Recompressor(header.level, workers or os.cpu_count() or 1)
+        recompressor = _Recompressor(workers or os.cpu_count() or 1)
         try:
             return _rebuild(stream, header, recompressor, delta_path, out_path)
         finally:
             recompressor.close()
 
 
-def _read_gzip_table(stream: _Stream, delta: str) -> tuple[list[GzipEntry], int]:
-    """Step 4a: the gzip table at the head of the payload, and its size.  Entries are in
-    increasing offset order and do not overlap."""
+_LEVELS = range(1, zstandard.MAX_COMPRESSION_LEVEL + 1)
+
+
+def _read_level_table(stream: _Stream, delta: str) -> tuple[bytes, int]:
+    """Step 4a (version 2): the level of each frame, and the table's size.  The count must be
+    the rebuilt pack's frame count (checked once its frame tables are read)."""
+    (count,) = LEVEL_COUNT.unpack(stream.read(LEVEL_COUNT.size, "the level table"))
+    if count > MAX_EXPANDED // fmt.FRAME_MAX + 2:
+        raise DeltaError(f"level table of {count} frames", path=delta, offset=HEADER_SIZE)
+    levels = stream.read(count, "the level table")
+    if any(level not in _LEVELS for level in levels):
+        raise DeltaError(f"level table holds a level outside 1..{_LEVELS[-1]}", path=delta,
+                         offset=HEADER_SIZE)
+    return levels, LEVEL_COUNT.size + count
+
+
+def _read_gzip_table(stream: _Stream, delta: str, version: int) -> tuple[list[GzipEntry], int]:
+    """Step 4b: the gzip table, and its size.  Entries are in increasing offset order and do
+    not overlap; version 1's are re-encoded in Python, version 2 says how for each."""
     (count,) = GZ_COUNT.unpack(stream.read(GZ_COUNT.size, "the gzip table"))
     if count > fmt.MAX_ENTRIES:
         raise DeltaError(f"gzip table of {count} entries", path=delta, offset=HEADER_SIZE)
+    entry_format = GZ_ENTRY_V1 if version == 1 else GZ_ENTRY
     entries: list[GzipEntry] = []
     size = GZ_COUNT.size
     end = 0
     for i in range(count):
-        offset, gz_size, inner_size, gzip_header, block_count = GZ_ENTRY.unpack(
-            stream.read(GZ_ENTRY.size, f"gzip entry {i}"))
+        fields = entry_format.unpack(stream.read(entry_format.size, f"gzip entry {i}"))
+        offset, gz_size, inner_size, gzip_header, block_count = fields[:5]
+        how = fields[5] if version > 1 else GzipRebuild.REENCODE
         if offset < end or gz_size < 18 or gz_size > fmt.MAX_INLINE_MAX or \
-                inner_size > MAX_EXPANDED or block_count > MAX_GZ_BLOCKS:
+                inner_size > MAX_EXPANDED or block_count > MAX_GZ_BLOCKS or \
+                how not in GzipRebuild.__members__.values() or (how and not block_count):
             raise DeltaError(f"gzip entry {i} (offset {offset}, {gz_size} bytes, {inner_size} "
-                             f"inflated, {block_count} blocks) out of range or order", path=delta,
-                             offset=HEADER_SIZE)
+                             f"inflated, {block_count} blocks, how {how}) out of range or order",
+                             path=delta, offset=HEADER_SIZE)
         raw = stream.read(block_count * GZ_BLOCK.size, f"gzip entry {i}'s blocks")
         blocks = tuple(Block(*GZ_BLOCK.unpack_from(raw, j * GZ_BLOCK.size))
                        for j in range(block_count))
-        entries.append(GzipEntry(offset, gz_size, inner_size, gzip_header, blocks))
+        entries.append(GzipEntry(offset, gz_size, inner_size, gzip_header, blocks,
+                                 GzipRebuild(how)))
         end = offset + gz_size
-        size += GZ_ENTRY.size + len(raw)
+        size += entry_format.size + len(raw)
     return entries, size
 
 
@@ -437,7 +485,7 @@ class _DataSection:
             parts.append(self.stream.read(entry.offset - self.at, f"frame {index}"))
             inner = self.stream.read(entry.inner_size, f"gzip entry {self.next}")
             try:
-                rebuilt = rebuild_gzip(entry.gzip_header, inner, entry.blocks)
+                rebuilt = rebuild_gzip(entry.gzip_header, inner, entry.blocks, entry.how)
             except FormatError as err:
                 raise DeltaError(f"gzip entry {self.next} cannot be rebuilt: {err}",
                                  path=self.delta, offset=HEADER_SIZE) from err
@@ -460,7 +508,12 @@ class _DataSection:
 def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompressor,
              delta: str, out: str) -> DeltaResult:
     """Step 4 and 5: write the pack the payload describes, checking as it goes."""
-    entries, table_size = _read_gzip_table(stream, delta)
+    levels: bytes | None = None
+    table_size = 0
+    if header.version > 1:
+        levels, table_size = _read_level_table(stream, delta)
+    entries, gzip_table_size = _read_gzip_table(stream, delta, header.version)
+    table_size += gzip_table_size
     head = stream.read(min(fmt.HEADER_SIZE, max(0, header.expanded_size - table_size)),
                        "the pack header")
     try:
@@ -475,6 +528,11 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
     except PackError as err:
         raise DeltaError(f"rebuilt pack header is bad: {err.detail()}", path=delta,
                          offset=HEADER_SIZE) from err
+    if levels is None:
+        levels = bytes([header.level]) * len(layout.frames)
+    if len(levels) != len(layout.frames):
+        raise DeltaError(f"the level table lists {len(levels)} frames, the rebuilt pack has "
+                         f"{len(layout.frames)}", path=delta, offset=HEADER_SIZE)
     carried = table_size + expanded_size_of(layout) + sum(e.inner_size - e.size for e in entries)
     if carried != header.expanded_size:
         raise DeltaError(f"the gzip table and the rebuilt frame tables add up to {carried} "
@@ -490,7 +548,7 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
                 frame = layout.frames[index]
                 if len(chunk) != frame.compressed:
                     raise DeltaError(
-                        f"frame {index} compresses to {len(chunk)} bytes at level {header.level}, "
+                        f"frame {index} compresses to {len(chunk)} bytes at level {levels[index]}, "
                         f"the table says {frame.compressed} (made with zstd "
                         f"{header.zstd_version}, this is {zstd_version_number()})", path=delta)
             sink.write(chunk)
@@ -503,7 +561,7 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
         for index, frame in enumerate(layout.frames):
             content = (stream.read(frame.size, f"frame {index}") if index < manifest_frames
                        else data.frame(frame.size, index))
-            for chunk in recompressor.submit(content):
+            for chunk in recompressor.submit(content, levels[index]):
                 emit(chunk, done)
                 done += 1
         data.check_done()

@@ -1,10 +1,13 @@
 """A pack's expanded form (its frames decompressed), the reference a pack delta is made
-against, and the gzip table of a delta's carried form (see pack.delta and FORMAT.md 11).
+against, and the level and gzip tables of a delta's carried form (see pack.delta and
+FORMAT.md 12).
 
 Expanded form: the pack with every zstd frame replaced by its content.  Reference: the
 expanded form followed by the contents of the pack's inline gzip files, so that a changed
-gzip file can be sent as the change of its text.  Carried form: the gzip table, then the new
-pack's expanded form with the inline gzip files the table names replaced by their contents.
+gzip file can be sent as the change of its text.  Carried form (version 2): the level table
+(the zstd level of each of the new pack's frames), the gzip table, then the new pack's
+expanded form with the inline gzip files the table names replaced by their contents
+(version 1: no level table, and gzip entries without their ``how``).
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ from typing import BinaryIO
 
 from store.deflate_blocks import Block
 from store.errors import PackError
-from store.object_delta import gunzip_member, gzip_recipe
+from store.object_delta import GzipRebuild, gunzip_member, gzip_recipe
 
 from . import format as fmt
 from .manifest import ManifestEntry, check_manifest
 
 MAX_EXPANDED = 128 << 20  # a reference or carried form: the device holds the old reference
-# The payload starts with the gzip table: entry count, then per entry: offset in the inline
-# data, gzip file size, inflated size, gzip header, block count, then that many blocks:
-# content bytes and deflate block type (store.deflate_blocks)
+# The payload starts (version 2) with the level table: frame count, then one zstd level per
+# frame.  Then the gzip table: entry count, then per entry: offset in the inline data, gzip
+# file size, inflated size, gzip header, block count, (version 2:) how the blocks are made
+# (store.object_delta.GzipRebuild), then that many blocks: content bytes and deflate block
+# type (store.deflate_blocks)
+LEVEL_COUNT = struct.Struct("<I")
 GZ_COUNT = struct.Struct("<I")
-GZ_ENTRY = struct.Struct("<QII10sH")
+GZ_ENTRY_V1 = struct.Struct("<QII10sH")
+GZ_ENTRY = struct.Struct("<QII10sHB")
 GZ_BLOCK = struct.Struct("<IB")
 MAX_GZ_BLOCKS = 0xFFFF
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -153,11 +160,12 @@ class GzipEntry:
     inner_size: int
     gzip_header: bytes
     blocks: tuple[Block, ...]
+    how: GzipRebuild = GzipRebuild.REENCODE
 
     def encode(self) -> bytes:
         return GZ_ENTRY.pack(self.offset, self.size, self.inner_size, self.gzip_header,
-                              len(self.blocks)) + b"".join(GZ_BLOCK.pack(b.size, b.kind)
-                                                           for b in self.blocks)
+                             len(self.blocks), self.how) + b"".join(
+            GZ_BLOCK.pack(b.size, b.kind) for b in self.blocks)
 
 
 def gzip_entries(old: Expanded, new: Expanded) -> list[tuple[GzipEntry, bytes]]:
@@ -169,16 +177,17 @@ def gzip_entries(old: Expanded, new: Expanded) -> list[tuple[GzipEntry, bytes]]:
         if row.entry.digest in have or data[:3] != GZIP_MAGIC:
             continue
         recipe = gzip_recipe(data)
-        if recipe is not None and len(recipe[1]) <= MAX_GZ_BLOCKS:
-            inner, blocks = recipe
-            entries.append((GzipEntry(row.offset, len(data), len(inner), data[:10], blocks), inner))
+        if recipe is not None and len(recipe.blocks) <= MAX_GZ_BLOCKS:
+            entries.append((GzipEntry(row.offset, len(data), len(recipe.inner), data[:10],
+                                      recipe.blocks, recipe.how), recipe.inner))
     return entries
 
 
-def carried(new: Expanded, entries: list[tuple[GzipEntry, bytes]]) -> bytes:
-    """The payload's content: the gzip table, then the new expanded form with each entry's
-    gzip bytes replaced by its contents."""
-    table = GZ_COUNT.pack(len(entries)) + b"".join(entry.encode() for entry, _ in entries)
+def carried(new: Expanded, entries: list[tuple[GzipEntry, bytes]], levels: list[int]) -> bytes:
+    """The payload's content: the level table (one per frame of ``new``), the gzip table,
+    then the new expanded form with each entry's gzip bytes replaced by its contents."""
+    table = (LEVEL_COUNT.pack(len(levels)) + bytes(levels) + GZ_COUNT.pack(len(entries))
+             + b"".join(entry.encode() for entry, _ in entries))
     base = new.layout.data_start
     parts = [table, new.data[:base]]
     at = 0

@@ -23,7 +23,13 @@ decompressed ("inner") contents, and the new object is rebuilt as the 10-byte
 gzip header carried in the delta, raw deflate at ``DEFLATE_LEVEL`` (zlib), then
 CRC-32 and size: a delta is only made so when that reproduces the new object
 exactly, which it does for Debian's ``gzip -9n`` man pages and changelogs of a
-few KiB (compressed bytes do not delta; their contents do).
+few KiB (compressed bytes do not delta; their contents do).  GNU gzip cuts its
+deflate blocks elsewhere than zlib; the block table says where, and
+``GzipRebuild`` how the device makes them again: zlib itself, told to end a
+block at each of them (``FLAG_FLUSH``, version 2; ``FLAG_MEM9``: with zlib's
+memLevel 9, whose blocks hold up to 32767 symbols as gzip's), or zlib's parse
+re-encoded in Python (``store.deflate_blocks``, version 1's only way, some 40
+times slower).  The maker picks the first that reproduces the object.
 
 Checks, in this order (any failure: ``DeltaError`` naming the delta file):
 length >= header, magic, version, flags, method, sizes against ``MAX_OBJECT``,
@@ -34,7 +40,8 @@ size and fs-verity digest equal the header's and the expected one.
 
 Memory: the old object, its inner content, the new inner content and the new
 object, each at most ``MAX_OBJECT`` (64 MiB): at most 4 x 64 MiB plus the
-payload; a larger object gets no delta (it is fetched whole).
+payload (bsdiff: plus the old bytes its controls add to, at most the result's
+size); a larger object gets no delta (it is fetched whole).
 """
 
 from __future__ import annotations
@@ -55,10 +62,13 @@ from .errors import DeltaError, FormatError, Name
 from .fsverity import digest_bytes
 
 MAGIC = b"SEALODLT"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2  # written only when a version-2 flag is set; otherwise version 1 (older readers)
+SUPPORTED_VERSIONS = (1, 2)
 FLAG_GZIP = 1
-KNOWN_FLAGS = FLAG_GZIP
+FLAG_FLUSH = 2  # version 2: the block table is rebuilt by zlib's own block flushes
+FLAG_MEM9 = 4  # version 2, with FLAG_FLUSH: zlib's memLevel 9 instead of 8
+KNOWN_FLAGS = FLAG_GZIP | FLAG_FLUSH | FLAG_MEM9
+V1_FLAGS = FLAG_GZIP
 MAX_OBJECT = 64 << 20  # source and result, raw and inner: what the device holds in memory
 MAX_WINDOW_LOG = 27  # a zstd window of at most 128 MiB (covers dictionary + result)
 DEFAULT_LEVEL = 19
@@ -72,6 +82,18 @@ class Method(enum.IntEnum):
 
     ZSTD = 1
     BSDIFF = 2
+
+
+class GzipRebuild(enum.IntEnum):
+    """How a gzip file's deflate blocks are made again from its content and block table."""
+
+    REENCODE = 0  # zlib's LZ77 parse re-encoded in the listed blocks (store.deflate_blocks)
+    FLUSH = 1  # zlib, its block ended (Z_BLOCK) at every listed block end; memLevel 8
+    FLUSH_MEM9 = 2  # the same with memLevel 9
+
+
+_REBUILD_FLAGS = {GzipRebuild.REENCODE: 0, GzipRebuild.FLUSH: FLAG_FLUSH,
+                  GzipRebuild.FLUSH_MEM9: FLAG_FLUSH | FLAG_MEM9}
 
 
 # magic, format version, flags (FLAG_GZIP), method (Method), zstd window log of the payload,
@@ -112,9 +134,19 @@ class ObjectDeltaHeader:
     def payload_offset(self) -> int:
         return HEADER_SIZE + len(self.blocks) * _BLOCK.size
 
+    @property
+    def how(self) -> GzipRebuild:
+        if not self.flags & FLAG_FLUSH:
+            return GzipRebuild.REENCODE
+        return GzipRebuild.FLUSH_MEM9 if self.flags & FLAG_MEM9 else GzipRebuild.FLUSH
+
+    @property
+    def version(self) -> int:
+        return 1 if not self.flags & ~V1_FLAGS else VERSION
+
     def encode(self) -> bytes:
         table = b"".join(_BLOCK.pack(b.size, b.kind) for b in self.blocks)
-        return _HEADER.pack(MAGIC, VERSION, self.flags, self.method, self.window_log, 0,
+        return _HEADER.pack(MAGIC, self.version, self.flags, self.method, self.window_log, 0,
                             len(self.blocks),
                             self.source_size, self.source_digest, self.result_size,
                             self.result_digest, self.gzip_header, self.source_inner_size,
@@ -139,7 +171,7 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> Objec
     if version not in SUPPORTED_VERSIONS:
         raise _fail(f"unsupported object delta version: expected one of {SUPPORTED_VERSIONS}, "
                     f"got {version}", path, 8)
-    if flags & ~KNOWN_FLAGS or reserved:
+    if flags & ~(KNOWN_FLAGS if version >= 2 else V1_FLAGS) or reserved:
         raise _fail(f"unknown flags {flags:#x} or reserved bytes set", path, 10)
     if method not in Method.__members__.values():
         raise _fail(f"unknown method {method}", path, 12)
@@ -154,6 +186,9 @@ def parse_header(data: bytes, file_size: int, path: Name | None = None) -> Objec
         raise _fail("inner sizes or gzip header set without the gzip flag", path, 116)
     if block_count and not flags & FLAG_GZIP or block_count > MAX_BLOCKS:
         raise _fail(f"block table of {block_count} entries (gzip flag {flags & FLAG_GZIP})", path, 16)
+    if flags & (FLAG_FLUSH | FLAG_MEM9) and (not block_count or not flags & FLAG_FLUSH):
+        raise _fail(f"flags {flags:#x}: zlib flushes need a block table (and memLevel 9 the "
+                    f"flush flag)", path, 10)
     table_end = HEADER_SIZE + block_count * _BLOCK.size
     if payload_size != file_size - table_end:
         raise _fail(f"object delta is {file_size} bytes, its header, block table and payload add "
@@ -195,33 +230,80 @@ def _gzip(header: bytes, inner: bytes) -> bytes:
     return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
 
 
-def rebuild_gzip(header: bytes, inner: bytes, blocks: tuple[Block, ...]) -> bytes:
-    """As ``_gzip``, but zlib's LZ77 parse re-encoded in ``blocks`` (how GNU gzip cut them:
-    store.deflate_blocks); FormatError if the blocks do not fit the parse."""
+def _flushed(inner: bytes, blocks: tuple[Block, ...], mem_level: int) -> bytes:
+    """zlib's raw deflate of ``inner``, a block ended (Z_BLOCK: no empty stored block, no
+    byte alignment) after each listed block but the last: zlib keeps its parse, and builds
+    and chooses each block's codes as gzip does, so where gzip cut its blocks on the same
+    parse this gives gzip's stream (checked by the maker)."""
+    if sum(b.size for b in blocks) != len(inner):
+        raise FormatError(f"the block plan covers {sum(b.size for b in blocks)} bytes, the "
+                          f"content has {len(inner)}")
+    deflater = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, mem_level)
+    view = memoryview(inner)
+    parts = []
+    at = 0
+    for block in blocks[:-1]:
+        parts.append(deflater.compress(view[at:at + block.size]))
+        parts.append(deflater.flush(zlib.Z_BLOCK))
+        at += block.size
+    parts.append(deflater.compress(view[at:]))
+    parts.append(deflater.flush())
+    return b"".join(parts)
+
+
+def rebuild_gzip(header: bytes, inner: bytes, blocks: tuple[Block, ...],
+                 how: GzipRebuild = GzipRebuild.REENCODE) -> bytes:
+    """As ``_gzip``, but cut in ``blocks`` (how GNU gzip cut them), made by ``how``: zlib's
+    own flushes, or zlib's LZ77 parse re-encoded (store.deflate_blocks); FormatError if the
+    blocks do not fit the content or the parse."""
     if not blocks:
         return _gzip(header, inner)
-    deflater = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 8)
-    zlib_stream = deflater.compress(inner) + deflater.flush()
-    parse, _ = deflate_blocks.symbols(zlib_stream, len(inner))
-    body = deflate_blocks.encode(parse, blocks, inner)
+    if how is GzipRebuild.REENCODE:
+        deflater = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 8)
+        zlib_stream = deflater.compress(inner) + deflater.flush()
+        parse, _ = deflate_blocks.symbols(zlib_stream, len(inner))
+        body = deflate_blocks.encode(parse, blocks, inner)
+    else:
+        body = _flushed(inner, blocks, 9 if how is GzipRebuild.FLUSH_MEM9 else 8)
     return header + body + struct.pack("<II", zlib.crc32(inner), len(inner) & 0xFFFFFFFF)
 
 
-def gzip_recipe(new: bytes) -> tuple[bytes, tuple[Block, ...]] | None:
-    """The inner content of ``new`` and the block table (empty when zlib alone will do) with
-    which ``_gzip_blocks`` rebuilds ``new`` exactly; None when nothing does."""
+@dataclass(frozen=True)
+class GzipRecipe:
+    """What rebuilds a gzip file exactly: its content, block table (empty: zlib alone) and
+    how the blocks are made."""
+
+    inner: bytes
+    blocks: tuple[Block, ...] = ()
+    how: GzipRebuild = GzipRebuild.REENCODE
+
+
+# The cheapest first: zlib's flushes cost what compressing costs; re-encoding, 40 times more.
+_REBUILD_ORDER = (GzipRebuild.FLUSH_MEM9, GzipRebuild.FLUSH, GzipRebuild.REENCODE)
+
+
+def gzip_recipe(new: bytes, *, v1: bool = False) -> GzipRecipe | None:
+    """The recipe that rebuilds ``new`` exactly (``rebuild_gzip``), the cheapest to apply
+    first; None when nothing does.  ``v1``: only what format version 1 knows (re-encoding)."""
     inner = gunzip_member(new)
     if inner is None or len(new) < GZIP_HEADER_SIZE + 8 or new[3] != 0:
         return None
     header = new[:GZIP_HEADER_SIZE]
     if _gzip(header, inner) == new:
-        return inner, ()
+        return GzipRecipe(inner)
     try:
         blocks = tuple(deflate_blocks.plan(new[GZIP_HEADER_SIZE:-8], len(inner)))
-        rebuilt = rebuild_gzip(header, inner, blocks)
     except FormatError:
         return None
-    return (inner, blocks) if rebuilt == new and len(blocks) <= MAX_BLOCKS else None
+    if len(blocks) > MAX_BLOCKS:
+        return None
+    for how in (GzipRebuild.REENCODE,) if v1 else _REBUILD_ORDER:
+        try:
+            if rebuild_gzip(header, inner, blocks, how) == new:
+                return GzipRecipe(inner, blocks, how)
+        except FormatError:
+            continue
+    return None
 
 
 # -- payloads -----------------------------------------------------------------------------
@@ -257,17 +339,23 @@ def _bsdiff_payload(source: bytes, result: bytes, level: int) -> tuple[bytes, in
                                     write_content_size=True).compress(body), 10
 
 
+_ADD_CHUNK = 1 << 20  # bytes per whole-number addition: bounds its temporaries
+
+
 def _add_bytes(a: bytes, b: bytes) -> bytes:
     """Bytewise ``(a[i] + b[i]) % 256`` on equal-length inputs, as whole-number arithmetic
-    (SWAR: add the low 7 bits of every byte, then fix the top bits without a carry)."""
-    n = len(a)
-    if n == 0:
-        return b""
-    low = int.from_bytes(b"\x7f" * n, "little")
-    high = int.from_bytes(b"\x80" * n, "little")
-    x, y = int.from_bytes(a, "little"), int.from_bytes(b, "little")
-    total = ((x & low) + (y & low)) ^ ((x ^ y) & high)
-    return total.to_bytes(n, "little")
+    (SWAR: add the low 7 bits of every byte, then fix the top bits without a carry), a MiB
+    at a time (the temporaries stay a few MiB whatever the object's size)."""
+    out = bytearray()
+    high_full = int.from_bytes(b"\x80" * min(len(a), _ADD_CHUNK), "little")
+    for at in range(0, len(a), _ADD_CHUNK):
+        n = min(_ADD_CHUNK, len(a) - at)
+        high = high_full if n == _ADD_CHUNK else int.from_bytes(b"\x80" * n, "little")
+        low = high - (high >> 7)  # 0x7f in every byte
+        x = int.from_bytes(a[at:at + n], "little")
+        y = int.from_bytes(b[at:at + n], "little")
+        out += (((x & low) + (y & low)) ^ ((x ^ y) & high)).to_bytes(n, "little")
+    return bytes(out)
 
 
 def _bspatch(source: bytes, body: bytes, result_size: int, path: Name | None) -> bytes:
@@ -281,25 +369,40 @@ def _bspatch(source: bytes, body: bytes, result_size: int, path: Name | None) ->
                     f"{control_end + diff_len + extra_len}", path)
     diff_at, extra_at, end = control_end, control_end + diff_len, len(body)
     diff_stop = extra_at
-    out = bytearray()
+    olds: list[bytes] = []  # the old bytes each control adds to, out of range counted as zeros
+    copies: list[tuple[int, int]] = []  # (add, extra start) per control
+    total = 0
     old_at = 0
     for i in range(count):
         add, copy, seek = _CONTROL.unpack_from(body, _BSDIFF_COUNTS.size + i * _CONTROL.size)
         if (add > diff_stop - diff_at or copy > end - extra_at
-                or len(out) + add + copy > result_size):
+                or total + add + copy > result_size):
             raise _fail(f"bsdiff control {i} overruns its blocks or the result size", path)
-        # Old bytes outside the old object count as zeros (bsdiff's rule).
-        old = bytearray(add)
         lo, hi = max(old_at, 0), min(old_at + add, len(source))
-        if hi > lo:
-            old[lo - old_at:hi - old_at] = source[lo:hi]
-        out += _add_bytes(bytes(old), body[diff_at:diff_at + add])
-        out += body[extra_at:extra_at + copy]
+        if lo == old_at and hi == old_at + add:
+            olds.append(source[lo:hi])
+        else:
+            old = bytearray(add)
+            if hi > lo:
+                old[lo - old_at:hi - old_at] = source[lo:hi]
+            olds.append(bytes(old))
+        copies.append((add, extra_at))
         diff_at += add
         extra_at += copy
+        total += add + copy
         old_at += add + seek
-    if diff_at != diff_stop or extra_at != end or len(out) != result_size:
+    if diff_at != diff_stop or extra_at != end or total != result_size:
         raise _fail("bsdiff payload does not add up to the result", path)
+    # One bytewise addition over all the diff bytes (they are consecutive in the body).
+    added = _add_bytes(b"".join(olds), body[control_end:diff_stop])
+    del olds
+    out = bytearray()
+    at = 0
+    for i, (add, extra) in enumerate(copies):
+        out += added[at:at + add]
+        at += add
+        stop = copies[i + 1][1] if i + 1 < len(copies) else end
+        out += body[extra:stop]
     return bytes(out)
 
 
@@ -344,11 +447,11 @@ def make_object_delta(source: bytes, result: bytes, *, level: int = DEFAULT_LEVE
         return None
     pairs: list[tuple[int, bytes, bytes, bytes, tuple[Block, ...]]] = [
         (0, bytes(GZIP_HEADER_SIZE), source, result, ())]
-    reproducible = gzip_recipe(result)
-    source_inner = gunzip_member(source) if reproducible is not None else None
-    if reproducible is not None and source_inner is not None:
-        result_inner, blocks = reproducible
-        pairs.append((FLAG_GZIP, result[:GZIP_HEADER_SIZE], source_inner, result_inner, blocks))
+    recipe = gzip_recipe(result)
+    source_inner = gunzip_member(source) if recipe is not None else None
+    if recipe is not None and source_inner is not None:
+        pairs.append((FLAG_GZIP | _REBUILD_FLAGS[recipe.how], result[:GZIP_HEADER_SIZE],
+                      source_inner, recipe.inner, recipe.blocks))
     best: bytes | None = None
     source_digest, result_digest = digest_bytes(source), digest_bytes(result)
     for flags, gzip_header, old, new, blocks in pairs:
@@ -391,7 +494,7 @@ def apply_object_delta(source: bytes, delta: bytes, expected_digest: bytes, *,
     result = inner
     if header.flags & FLAG_GZIP:
         try:
-            result = rebuild_gzip(header.gzip_header, inner, header.blocks)
+            result = rebuild_gzip(header.gzip_header, inner, header.blocks, header.how)
         except FormatError as err:
             raise _fail(f"its block table does not fit the content: {err}", path, HEADER_SIZE) from err
     got = digest_bytes(result)

@@ -19,8 +19,10 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pack import build as pack_build
 from pack import delta as pdelta
-from pack.build import build_pack
+from pack import format as fmt
+from pack.build import DEFAULT_LEVEL, FAST_LEVEL, build_pack
 from pack.reader import PackReader
 from sealtree.commands import delta_cmds
 from store import deflate_blocks
@@ -95,7 +97,7 @@ def test_pack_delta_rebuilds_the_new_pack_byte_for_byte(tmp_path_factory, old_tr
     rebuilt = pdelta.apply_pack_delta(old, made.path, os.path.join(base, "rebuilt.pack"))
     assert _read(rebuilt.path) == _read(new)
     header = pdelta.parse_header(_read(made.path)[:pdelta.HEADER_SIZE], made.size)
-    assert 1 <= header.level <= 22  # the first level that rebuilds the frames (1 and 19 may agree)
+    assert (header.version, header.level) == (2, 0)  # the levels are in the carried form
     assert (header.source_size, header.result_size) == (os.path.getsize(old), os.path.getsize(new))
 
 
@@ -116,7 +118,10 @@ def test_pack_delta_carries_changed_inline_gzip_files_as_their_text(pair):
     carried = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
         data[pdelta.HEADER_SIZE:])
     assert len(carried) == header.expanded_size
-    assert pdelta.GZ_COUNT.unpack_from(carried)[0] == 3  # the three edited manual pages
+    (frames,) = pdelta.LEVEL_COUNT.unpack_from(carried)
+    assert frames == len(pdelta.expand_pack(new).layout.frames)
+    gzip_table = pdelta.LEVEL_COUNT.size + frames
+    assert pdelta.GZ_COUNT.unpack_from(carried, gzip_table)[0] == 3  # the three edited pages
     for row, content in pdelta.expand_pack(new).inline_files():
         if row.path.endswith(b".gz"):
             assert zlib.decompress(content, 31) in carried
@@ -283,6 +288,140 @@ def test_gnu_gzip_streams_are_rebuilt_from_zlibs_parse(content):
     inner = zlib.decompress(packed, 31)
     blocks = tuple(deflate_blocks.plan(packed[10:-8], len(inner)))
     assert odelta.rebuild_gzip(packed[:10], inner, blocks) == packed
+
+
+@pytest.mark.parametrize("content", [
+    _manual(1, 40), _manual(2, 700), _manual(3, 3000), _manual(4, 20000),
+    random.Random(5).randbytes(150_000), b"a" * 300_000,
+    _manual(6, 500) + random.Random(6).randbytes(40_000) + _manual(7, 500),
+], ids=["small", "medium", "large", "huge", "random", "runs", "mixed"])
+def test_gnu_gzip_streams_are_rebuilt_by_zlibs_own_block_flushes(content):
+    packed = _gnu_gzip(content)
+    recipe = odelta.gzip_recipe(packed)
+    assert recipe is not None and recipe.inner == zlib.decompress(packed, 31)
+    assert odelta.rebuild_gzip(packed[:10], recipe.inner, recipe.blocks, recipe.how) == packed
+    if recipe.blocks:  # zlib alone does not cut them as gzip: its flushes do, in C
+        assert recipe.how is not odelta.GzipRebuild.REENCODE
+        assert odelta.rebuild_gzip(packed[:10], recipe.inner, recipe.blocks,
+                                   odelta.GzipRebuild.REENCODE) == packed
+    v1 = odelta.gzip_recipe(packed, v1=True)
+    assert v1 is not None and v1.how is odelta.GzipRebuild.REENCODE
+
+
+def test_object_delta_with_zlib_flushes_is_version_2_and_its_flags_are_checked():
+    text = _manual(3, 3000)
+    old, new = _gnu_gzip(text), _gnu_gzip(text.replace(b".TP\n", b".TP 4\n", 3))
+    delta = odelta.make_object_delta(old, new)
+    assert delta is not None
+    header = odelta.parse_header(delta, len(delta))
+    assert header.blocks and header.flags & odelta.FLAG_FLUSH and header.version == 2
+    assert delta[8:10] == b"\x02\x00"
+    assert odelta.apply_object_delta(old, delta, digest_bytes(new)) == new
+    as_v1 = bytearray(delta)
+    struct.pack_into("<H", as_v1, 8, 1)  # version 1 knows no flushes
+    mem9_alone = bytearray(delta)
+    struct.pack_into("<H", mem9_alone, 10, odelta.FLAG_GZIP | odelta.FLAG_MEM9)
+    no_blocks = odelta.ObjectDeltaHeader(**{**{f: getattr(header, f) for f in header.__slots__},
+                                            "blocks": ()})
+    for bad in (bytes(as_v1), bytes(mem9_alone),
+                no_blocks.encode() + delta[header.payload_offset:]):
+        with pytest.raises(DeltaError, match="flags") as caught:
+            odelta.apply_object_delta(old, bad, digest_bytes(new), path="d")
+        assert caught.value.path == "d"
+
+
+def test_object_delta_without_version_2_flags_stays_version_1():
+    source, result = b"a" * 10000, b"a" * 5000 + b"b" * 5000
+    delta = odelta.make_object_delta(source, result)
+    assert delta is not None and delta[8:10] == b"\x01\x00"
+
+
+# -- format version 1 deltas (tests/data/delta-v1: made by the version-1 code) -----------------
+
+V1 = os.path.join(ROOT, "tests", "data", "delta-v1")
+
+
+def test_version_1_pack_delta_still_applies(tmp_path):
+    delta = os.path.join(V1, "old-new.pdelta")
+    header = pdelta.parse_header(_read(delta)[:pdelta.HEADER_SIZE], os.path.getsize(delta))
+    assert (header.version, header.level) == (1, 19)
+    out = str(tmp_path / "new.pack")
+    pdelta.apply_pack_delta(os.path.join(V1, "old.pack"), delta, out)
+    assert _read(out) == _read(os.path.join(V1, "new.pack"))
+
+
+def test_version_1_object_delta_still_applies():
+    old, new = _read(os.path.join(V1, "old.1.gz")), _read(os.path.join(V1, "new.1.gz"))
+    delta = _read(os.path.join(V1, "old-new.odelta"))
+    header = odelta.parse_header(delta, len(delta))
+    assert header.version == 1 and header.blocks and header.how is odelta.GzipRebuild.REENCODE
+    assert odelta.apply_object_delta(old, delta, digest_bytes(new)) == new
+
+
+# -- frame levels ------------------------------------------------------------------------------
+
+def test_frames_where_the_level_gains_little_are_written_at_the_fast_level(tmp_path, monkeypatch):
+    """Random bytes gain nothing at level 19 over 9; near copies of one file (as time zone
+    files are) gain some 20%: with the threshold at 10%, a pack of both has frames at both
+    levels, each by the rule, and a delta records and rebuilds each."""
+    monkeypatch.setattr(pack_build, "MIN_GAIN", 0.10)
+    rng = random.Random(12)
+    base = rng.randbytes(4000)
+
+    def near_copy() -> bytes:
+        copy = bytearray(base)
+        for _ in range(40):
+            copy[rng.randrange(len(copy))] = rng.randrange(256)
+        return bytes(copy)
+
+    old_tree, new_tree = tmp_path / "old", tmp_path / "new"
+    for tree in (old_tree, new_tree):
+        for i in range(100):  # the first frame: mostly random bytes
+            _write_under(tree / "a-random" / f"r{i}", rng.randbytes(4000))
+        for i in range(400):  # the second: near copies only
+            _write_under(tree / "b-near" / f"s{i}", near_copy())
+    repo = Repository.init(str(tmp_path / "repo"))
+    packs = []
+    for name, src in (("old", old_tree), ("new", new_tree)):
+        commit_id = commit_dir(repo, str(src), "os/main", version=name)
+        packs.append(str(tmp_path / f"{name}.pack"))
+        build_pack(repo, commit_id, "os/main", packs[-1])
+    made = pdelta.make_pack_delta(packs[0], packs[1], str(tmp_path / "d"))
+    new = pdelta.expand_pack(packs[1])
+    levels = pdelta._frame_levels(_read(packs[1]), new.data, new.layout)
+    assert levels is not None and levels[0] == FAST_LEVEL  # the manifest gains 2-3%
+    assert {FAST_LEVEL, DEFAULT_LEVEL} <= set(levels)
+    assert levels[-1] == DEFAULT_LEVEL  # the near copies, last in the data
+    for level, content in zip(levels, pdelta._frames_of(new.data, new.layout), strict=True):
+        best, fast = (len(fmt.compressor(lv).compress(content)) for lv in (DEFAULT_LEVEL, FAST_LEVEL))
+        assert level == (DEFAULT_LEVEL if best <= fast * 0.9 else FAST_LEVEL)
+    rebuilt = pdelta.apply_pack_delta(packs[0], made.path, str(tmp_path / "r"))
+    assert _read(rebuilt.path) == _read(packs[1])
+
+
+def _write_under(path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_a_level_table_for_another_frame_count_is_refused(pair, tmp_path):
+    old, _new, delta = pair
+    data = _read(delta)
+    header = pdelta.parse_header(data[:pdelta.HEADER_SIZE], len(data))
+    dictionary = zstandard.ZstdCompressionDict(pdelta.reference(pdelta.expand_pack(old)),
+                                               dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    carried = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(data[pdelta.HEADER_SIZE:])
+    (frames,) = pdelta.LEVEL_COUNT.unpack_from(carried)
+    for table, message in ((pdelta.LEVEL_COUNT.pack(frames + 1) + carried[4:4 + frames] + b"\x13",
+                            "level table lists"),
+                           (pdelta.LEVEL_COUNT.pack(frames) + b"\x17" * frames, "outside")):
+        changed = table + carried[4 + frames:]
+        payload = zstandard.ZstdCompressor(dict_data=dictionary).compress(changed)
+        bad = header.__class__(**{**{f: getattr(header, f) for f in header.__slots__},
+                                  "expanded_size": len(changed), "payload_size": len(payload)})
+        error = _refused(old, _write(str(tmp_path / "bad"), bad.encode() + payload),
+                         str(tmp_path / "out" / "p"))
+        assert message in str(error)
 
 
 def test_object_delta_of_a_gnu_gzip_manual_page_carries_the_change_only():
