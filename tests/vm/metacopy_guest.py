@@ -64,7 +64,7 @@ def unmount_tree() -> None:
     """Unmount the booted tree: the writable state mounted over it (its /etc, /var, /tmp;
     none in live mode), then the overlay."""
     unmount_state(TARGET)
-    unmount_tree()
+    mounts.umount(TARGET)
 
 
 def drop_caches() -> None:
