@@ -8,8 +8,9 @@ the ``verity=`` hook the tests use: for each object it issues the real
 here it fails with ENOTTY instead of copying out 32 bytes), then answers with
 the digest the object's file name carries, as the kernel would for an
 untampered object.  Everything else (pack signatures and parsing, metadata of
-every object, tmpfs unpack, farm, sync, overlay mount, state) is the product's
-code, unchanged.  Nothing here is reachable from the product: it is not a mode
+every object, tmpfs unpack, farm, sync, overlay mount, state, and its writable
+/etc, /var and /tmp mounted over the tree as ``sealtree deploy --mount`` does) is
+the product's code, unchanged.  Nothing here is reachable from the product: it is not a mode
 of sealtree, only a measurement.
 
     PYTHON bench/kernel_estimate.py --repo R --keys DIR --mount TARGET [--layout L] REF
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = deploy(Repository.open(args.repo), args.rev, args.keys, policy=Policy.KERNEL,
                     make_default=not args.no_default, target=args.target,
-                    layout=Layout(args.layout), verity=Verity(measure_fd, enable))
+                    layout=Layout(args.layout), with_state=True, verity=Verity(measure_fd, enable))
     mounted = result.mount
     print({k: round(v, 4) for k, v in result.timings.items()}, result.deployment.layout,
           f"verity={mounted.verity}" if mounted is not None else "", file=sys.stderr)
