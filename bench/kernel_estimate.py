@@ -8,11 +8,12 @@ the ``verity=`` hook the tests use: for each object it issues the real
 here it fails with ENOTTY instead of copying out 32 bytes), then answers with
 the digest the object's file name carries, as the kernel would for an
 untampered object.  Everything else (pack signatures and parsing, metadata of
-every object, tmpfs unpack, farm, sync, overlay mount, state) is the product's
-code, unchanged.  Nothing here is reachable from the product: it is not a mode
+every object, tmpfs unpack, farm, sync, overlay mount, state, and its writable
+/etc, /var and /tmp mounted over the tree as ``sealtree deploy --mount`` does) is
+the product's code, unchanged.  Nothing here is reachable from the product: it is not a mode
 of sealtree, only a measurement.
 
-    PYTHON bench/kernel_estimate.py --repo R --keys DIR --mount TARGET REF
+    PYTHON bench/kernel_estimate.py --repo R --keys DIR --mount TARGET [--layout L] REF
 
 where PYTHON is an interpreter sealtree is installed for (the suite uses its
 virtual environment's; run as a script, this file imports sealtree from there).
@@ -20,6 +21,13 @@ virtual environment's; run as a script, this file imports sealtree from there).
 prints the deployment id as its last line, like ``sealtree deploy``.  Not
 modelled: on a cold cache a real measure reads each object's verity
 descriptor from disk (one small read per object).
+
+``--layout metacopy`` estimates the kernel-enforced metacopy layout (issue 17):
+with every object "measured by the kernel", the product mounts the overlay with
+``verity=require`` over stubs whose digest xattrs the kernel would check at each
+open; here the mount is made with that option but nothing is read through it
+(on this host an open of a large file would fail: its object has no fs-verity).
+The per-object step skipped is the userspace digest, as for the hardlinks layout.
 """
 
 from __future__ import annotations
@@ -35,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", required=True)
     parser.add_argument("--mount", required=True, dest="target")
     parser.add_argument("--no-default", action="store_true")
+    parser.add_argument("--layout", choices=("auto", "hardlinks", "metacopy"), default="auto")
     parser.add_argument("rev")
     args = parser.parse_args(argv)
     from sealtree.cli import build_parser  # noqa: PLC0415
 
     build_parser("deploy")  # pay the CLI's start-up, as `sealtree deploy` does
     from overlay.deploy import deploy
+    from overlay.metacopy import Layout
     from overlay.objcheck import Policy, Verity
     from store import kverity
     from store.errors import VerityError
@@ -59,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     result = deploy(Repository.open(args.repo), args.rev, args.keys, policy=Policy.KERNEL,
                     make_default=not args.no_default, target=args.target,
-                    verity=Verity(measure_fd, enable))
-    print({k: round(v, 4) for k, v in result.timings.items()}, file=sys.stderr)
+                    layout=Layout(args.layout), with_state=True, verity=Verity(measure_fd, enable))
+    mounted = result.mount
+    print({k: round(v, 4) for k, v in result.timings.items()}, result.deployment.layout,
+          f"verity={mounted.verity}" if mounted is not None else "", file=sys.stderr)
     print(f"deployed {result.deployment.id}")
     return 0
 

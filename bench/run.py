@@ -91,8 +91,8 @@ def measure_corpus(suite: Suite, name: str, tree: Path) -> list[Result]:
     """Every per-tree measurement, on one corpus."""
     results = []
     for step in (suite.commit, suite.checkout, suite.deploy, suite.deploy_metacopy, suite.deploy_only,
-                 suite.mount_only,
-                 suite.deploy_kernel_estimate, suite.fsck, suite.pack_build, suite.pack_verify):
+                 suite.mount_only, suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate,
+                 suite.fsck, suite.pack_build, suite.pack_verify):
         log.info("%s on %s", step.__name__, name)
         results.append(step(name, tree))
     suite.forget(name)

@@ -295,11 +295,14 @@ def undeploy(repo: Path, deployment: str) -> Argv:
     return [*_repo(repo), "undeploy", deployment]
 
 
-def kernel_estimate(repo: Path, ref: str, keydir: Path, target: Path) -> Argv:
-    """``deploy --mount`` as it would run with kernel fs-verity (see ``bench.kernel_estimate``)."""
+def kernel_estimate(repo: Path, ref: str, keydir: Path, target: Path,
+                    layout: str | None = None) -> Argv:
+    """``deploy --mount [--layout LAYOUT]`` as it would run with kernel fs-verity (see
+    ``bench.kernel_estimate``)."""
     script = Path(__file__).with_name("kernel_estimate.py")  # as a script: sealtree from the install
-    return [product_python(), str(script), "--repo", str(repo), "--keys", str(keydir),
-            "--mount", str(target), "--no-default", ref]
+    argv = [product_python(), str(script), "--repo", str(repo), "--keys", str(keydir),
+            "--mount", str(target), "--no-default"]
+    return [*argv, *([] if layout is None else ["--layout", layout]), ref]
 
 
 def deployment_from_output(stdout: str) -> str:

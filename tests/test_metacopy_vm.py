@@ -5,7 +5,9 @@ host without fs-verity, so recorded in the hardlinks layout; the boot chooses th
 Two boots:
 
 1. ``scenarios``: two copies of the disk (/dev/vda, /dev/vdb), both provisioned (fs-verity
-   on every object); then ``tests/vm/metacopy_guest.py`` runs on /dev/vda: a good boot in
+   on every object); then ``tests/vm/metacopy_guest.py`` runs on /dev/vda: a live boot
+   (``sealtree.live=1`` on this boot's kernel command line: the tree writable in memory, a
+   file written gone at the next verifier run, ``verity=require`` still), a good boot in
    the metacopy layout, an object swapped at runtime, an object without fs-verity, stubs
    without a digest (see that module).  /dev/vdb is left sealed and untouched.
 2. ``sealed``: /dev/vdb after boot 1, with one byte of the default release's large file
@@ -91,7 +93,8 @@ def boots(vm_kernel_612: guest.Kernel, tmp_path_factory: pytest.TempPathFactory)
     disk_a = scenario.make_image(sysroot, work / "a.img")
     disk_b = work / "b.img"
     shutil.copyfile(disk_a, disk_b)
-    first = _boot(vm_kernel_612, initrd, [disk_a, disk_b], "", work / "scenarios.log")
+    first = _boot(vm_kernel_612, initrd, [disk_a, disk_b], "sealtree.live=1",
+                  work / "scenarios.log")
     scenario.corrupt_in_image(disk_b, scenario.in_image(sysroot, blob_c))
     standalone = scenario.build_initrd(work / "standalone-initrd", sysroot, scenario.INIT_STANDALONE,
                                        guest_kernel=vm_kernel_612)
@@ -112,6 +115,25 @@ def test_good_boot_in_metacopy_layout(boots: Boots) -> None:
     assert "layout metacopy (verity=require): the kernel checks every large file's fs-verity " \
            "digest at each open" in lines, lines
     assert any("measured by the kernel, 0 digested in userspace" in line for line in lines)
+
+
+def test_live_boot_is_writable_in_memory_and_still_enforced(boots: Boots) -> None:
+    """``sealtree.live=1``: the metacopy tree is writable in memory, mounted ``verity=require``;
+    a file written is gone when the next boot's verifier mounts the tree again."""
+    res = boots.scenarios.results
+    assert res.get("live-config") == "True", boots.scenarios.describe()
+    assert res.get("live-status") == "0", boots.scenarios.describe()
+    options = res["live-options"].split(",")
+    assert "verity=require" in options and "metacopy=on" in options, options
+    assert res.get("live-write") == "read back", boots.scenarios.describe()
+    assert res.get("live-blob") == "right", boots.scenarios.describe()
+    assert res.get("live-again-status") == "0", boots.scenarios.describe()
+    assert res.get("live-again-written") == "False", boots.scenarios.describe()
+    assert res.get("live-on-disk") == "none", boots.scenarios.describe()
+    assert res.get("live-again-blob") == "right"
+    lines = scenario.boot_lines(boots.scenarios.console)
+    assert any("live: writes in memory only, nothing persists" in line for line in lines), lines
+    assert not any("ignoring sealtree.live" in line for line in lines), lines
 
 
 def test_object_replaced_at_runtime_is_not_served(boots: Boots) -> None:

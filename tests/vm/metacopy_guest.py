@@ -3,6 +3,12 @@
 Several scenarios in one boot, in order, on the sealed disk /dev/vda (fs-verity enabled on
 every object by provisioning before this runs); each prints ``SEALTREE-RESULT key=value``:
 
+0. ``live``: the configuration as the boot reads it, with this boot's kernel command line
+   (``sealtree.live=1``) applied: the verifier mounts the default in live mode, metacopy
+   layout, ``verity=require``; a file written into the tree reads back, a large file reads
+   right; then the next boot's verifier run (the tree unmounted, the verifier run again
+   with the same configuration, as the next boot would): the file is gone, on the tree and
+   on the disk;
 1. ``good``: the boot verifier (layout metacopy, policy kernel) mounts the default at /newroot;
    the overlay's options, a large file's content, the marker;
 2. ``swap``: at runtime, with the tree mounted, the large file's object is replaced by another
@@ -30,6 +36,7 @@ import sys
 from overlay import boot, boot_config, mounts
 from overlay.metacopy import METACOPY_XATTR, REDIRECT_XATTR, Layout, metacopy_value
 from overlay.objcheck import Policy
+from overlay.writable import unmount_state
 from store import kverity, xattrs
 
 SPEC_FILE = "/etc/sealtree/metacopy-test.json"
@@ -53,6 +60,13 @@ def sha256_or_errno(path: str) -> str:
         return errno.errorcode.get(err.errno or 0, str(err.errno))
 
 
+def unmount_tree() -> None:
+    """Unmount the booted tree: the writable state mounted over it (its /etc, /var, /tmp;
+    none in live mode), then the overlay."""
+    unmount_state(TARGET)
+    mounts.umount(TARGET)
+
+
 def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as handle:
@@ -63,6 +77,37 @@ def config() -> boot_config.BootConfig:
     return boot_config.BootConfig(root="/dev/vda", keys="/etc/sealtree/keys",
                                   freshness="/etc/sealtree/freshness.json", target=TARGET,
                                   verify=Policy.KERNEL, count=False, layout=Layout.METACOPY)
+
+
+def live(spec: dict[str, str]) -> None:
+    with open("/proc/cmdline") as handle:
+        cmdline = handle.read()
+    live_config = boot_config.apply_cmdline(config(), cmdline, say)
+    result("live-config", live_config.live)
+    result("live-status", boot.run_boot(live_config, say))
+    info = mounts.is_mount_point(TARGET)
+    result("live-options", info.raw_super_options.decode(errors="replace") if info else "none")
+    written = os.path.join(TARGET, "etc", "live-written")
+    token = "written in a live boot\n"
+    try:
+        with open(written, "w") as handle:
+            handle.write(token)
+        with open(written) as handle:
+            result("live-write", "read back" if handle.read() == token else "different")
+    except OSError as err:
+        result("live-write", errno.errorcode.get(err.errno or 0, str(err.errno)))
+    blob = sha256_or_errno(os.path.join(TARGET, spec["blob"]))
+    result("live-blob", "right" if blob == spec["blob_c_sha256"] else blob)
+    unmount_tree()
+    # The next boot: the verifier again, with the same configuration.
+    result("live-again-status", boot.run_boot(live_config, say))
+    result("live-again-written", os.path.lexists(written))
+    on_disk = [os.path.join(d, n) for d, _, names in os.walk("/sysroot") for n in names
+               if n == "live-written"]
+    result("live-on-disk", on_disk or "none")
+    blob = sha256_or_errno(os.path.join(TARGET, spec["blob"]))
+    result("live-again-blob", "right" if blob == spec["blob_c_sha256"] else blob)
+    unmount_tree()
 
 
 def good(spec: dict[str, str]) -> None:
@@ -90,7 +135,7 @@ def swap(spec: dict[str, str]) -> None:
     result("swap-read", sha256_or_errno(path))
     marker = sha256_or_errno(os.path.join(TARGET, "etc/sealtree-marker"))
     result("swap-other-file", "readable" if len(marker) == 64 else marker)
-    mounts.umount(TARGET)
+    unmount_tree()
 
 
 def noverity(spec: dict[str, str]) -> None:
@@ -103,7 +148,7 @@ def noverity(spec: dict[str, str]) -> None:
     result("noverity-status", boot.run_boot(config(), say))
     with open("/run/sealtree/booted") as handle:
         result("noverity-booted", handle.read().strip())
-    mounts.umount(TARGET)
+    unmount_tree()
 
 
 def stubs(spec: dict[str, str]) -> None:
@@ -135,7 +180,7 @@ def stubs(spec: dict[str, str]) -> None:
 def main() -> int:
     with open(SPEC_FILE) as handle:
         spec = json.load(handle)
-    for scenario in (good, swap, noverity, stubs):
+    for scenario in (live, good, swap, noverity, stubs):
         try:
             scenario(spec)
         except Exception as err:  # noqa: BLE001 - a test guest: report and go on
