@@ -26,6 +26,7 @@ _GROUPS: dict[str, list[str]] = {
     "deploy_cmds": ["deploy", "mark-good", "mount", "rollback", "set-default", "status", "umount",
                     "undeploy"],
     "remote_cmds": ["mirror", "publish", "pull", "remote", "serve"],
+    "image_cmd": ["image"],
     "demo_cmd": ["demo"],
 }
 COMMANDS: dict[str, str] = {command: module for module, commands in _GROUPS.items()
