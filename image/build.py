@@ -34,7 +34,7 @@ from .errors import ImageError
 MIB = 1 << 20
 ALIGN = MIB  # partitions start and end on MiB boundaries
 ESP_SPARE = 8 * MIB  # besides room for a second kernel and initramfs (the next release's)
-ESP_MIN = 32 * MIB
+ESP_MIN = esp.MIN_SIZE
 SYSROOT_SPARE = 64 * MIB  # besides a quarter of the content: journal, Merkle trees, first writes
 FAT_EPOCH_MIN = 315_532_800 + 86_400  # 1980-01-02: FAT cannot store earlier times
 
@@ -98,6 +98,22 @@ def _signed_pack(vendor: Repository, rev: str, commit_id: RawId, work: str, pack
                      "or the key to sign one here", path=rev)
 
 
+def _esp_files(directory: str, loader: bootloader.BootLoader, boot_entries: list[entries.BootEntry]
+               ) -> dict[str, str]:
+    """ESP path -> host file of the boot loader, loader.conf and the entries (written into
+    ``directory``); the kernels are added by the caller."""
+    os.mkdir(directory)
+    files = {FALLBACK_EFI: str(loader.efi), LOADER_EFI: str(loader.efi)}
+    texts = {"/loader/loader.conf": entries.loader_conf(boot_entries[0].name)}
+    texts.update({f"/loader/entries/{e.name}.conf": e.text() for e in boot_entries})
+    for esp_path, text in texts.items():
+        path = os.path.join(directory, os.path.basename(esp_path))
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        files[esp_path] = path
+    return files
+
+
 def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pack: str | None = None,
                 key: str | None = None, size: int | None = None, append: str = "",
                 boot_loader: str = "systemd-boot") -> BuildResult:
@@ -127,28 +143,17 @@ def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pac
                ("disk", "esp-partition", "sysroot-partition", "sysroot-filesystem", "sysroot-hash-seed")}
         epoch = max(commit.timestamp, FAT_EPOCH_MIN)
 
-        # The ESP's files: boot loader, loader.conf, entries, kernel and initramfs.
         dep = device.deployment
         kernel = entries.find_kernel(device.repo.objects, commit.root_tree)
         boot_entries = entries.entries_for([dep], dep.id, {dep.commit: kernel},
                                            str(ids["sysroot-partition"]), append)
-        esp_dir = os.path.join(work, "esp")
-        os.mkdir(esp_dir)
-        files = {FALLBACK_EFI: str(loader.efi), LOADER_EFI: str(loader.efi)}
-        conf = os.path.join(esp_dir, "loader.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
-            handle.write(entries.loader_conf(boot_entries[0].name))
-        files["/loader/loader.conf"] = conf
-        for entry in boot_entries:
-            path = os.path.join(esp_dir, entry.name + ".conf")
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(entry.text())
-            files[f"/loader/entries/{entry.name}.conf"] = path
+        files = _esp_files(os.path.join(work, "esp"), loader, boot_entries)
+        other = sum(align(os.path.getsize(path), 4096) for path in files.values())
         objects = device.repo.objects
         files[f"{entries.esp_dir(dep)}/linux"] = objects.file_path(kernel.linux.digest, kernel.linux.meta)
-        files[f"{entries.esp_dir(dep)}/initrd"] = objects.file_path(kernel.initrd.digest, kernel.initrd.meta)
+        files[f"{entries.esp_dir(dep)}/initrd"] = objects.file_path(kernel.initrd.digest,
+                                                                   kernel.initrd.meta)
         kernel_bytes = kernel.linux.size + kernel.initrd.size
-        other = sum(align(os.path.getsize(p), 4096) for k, p in files.items() if not k.startswith("/sealtree/"))
         esp_bytes = esp_size(align(kernel.linux.size, 4096) + align(kernel.initrd.size, 4096), other)
 
         # The sysroot.
@@ -161,8 +166,8 @@ def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pac
         total = sys_start + sys_bytes + ALIGN
         if size is not None:
             if size < total:
-                raise ImageError(f"--size {size} is below this image's minimum of {total} bytes "
-                                 f"({total // MIB} MiB)", path=output)
+                raise ImageError(f"the disk size asked for ({size} bytes) is below this image's "
+                                 f"minimum of {total} bytes ({total // MIB} MiB)", path=output)
             total = size - size % ALIGN
             sys_bytes = total - ALIGN - sys_start
         esp_part = gpt.Partition(gpt.ESP_TYPE, ids["esp-partition"], esp_start // gpt.SECTOR,
@@ -175,7 +180,8 @@ def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pac
             os.ftruncate(fd, total)
             gpt.write_table(fd, total, ids["disk"], [esp_part, sys_part])
             esp.make_esp(disk, esp_start, esp_bytes, files,
-                         gpt.derived_bytes("esp-volume-id", seed, 4), epoch)
+                         gpt.derived_bytes("esp-volume-id", seed, 4), epoch,
+                         os.path.join(work, "esp.img"))
             sysroot.make_ext4(disk, sys_start, sys_bytes, root, ids["sysroot-filesystem"],
                               ids["sysroot-hash-seed"], epoch)
         allocated = os.stat(output).st_blocks * 512

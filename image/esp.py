@@ -1,5 +1,5 @@
-"""The EFI system partition: a FAT filesystem made with ``mkfs.vfat --invariant`` at an offset
-of the disk file and filled with mtools, never mounted.
+"""The EFI system partition: a FAT32 filesystem made with ``mkfs.vfat --invariant`` and filled
+with mtools, never mounted, then copied into the disk file.
 
 Reproducible: the volume id is given (derived from the commit), ``--invariant`` and
 ``SOURCE_DATE_EPOCH`` fix what mkfs.fat would take from the clock, mtools stamps every file
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from .run import run
 
 LABEL = "ESP"
+MIN_SIZE = 40 << 20  # FAT32 needs 65525 clusters: 512-byte ones, and the FATs and reserved sectors
 SECTOR = 512
 
 
@@ -24,41 +25,55 @@ def _env(epoch: int) -> dict[str, str]:
 
 
 def make_esp(disk: str, offset: int, size: int, files: Mapping[str, str], volume_id: bytes,
-             epoch: int) -> None:
+             epoch: int, scratch: str) -> None:
     """Write a FAT filesystem of ``size`` bytes at ``offset`` of the file ``disk`` holding
-    ``files`` (path on the ESP, ``/EFI/BOOT/BOOTX64.EFI`` -> host file); mkfs.fat picks the
-    FAT type and cluster size for the size.  Nothing outside the range is written."""
+    ``files`` (path on the ESP, ``/EFI/BOOT/BOOTX64.EFI`` -> host file): FAT32, which needs at
+    least :data:`MIN_SIZE`.  It is made in the file ``scratch`` of exactly ``size`` bytes
+    (mkfs.fat and mtools size a filesystem at an offset by the whole file, wrongly), then
+    its data extents are copied into ``disk``: nothing outside the range is written."""
     if offset % SECTOR or size % 1024:
         raise ValueError("ESP offset must be whole sectors and size whole KiB")
     env = _env(epoch)
-    run(["mkfs.vfat", "--invariant", "-i", volume_id.hex(), "-n", LABEL,
-         "--offset", str(offset // SECTOR), disk, str(size // 1024)], env=env)
-    image = f"{disk}@@{offset}"
-    directories = sorted({os.path.dirname(p) for p in files} - {"/"}, key=lambda d: d.split("/"))
-    made: set[str] = set()
-    for directory in directories:
-        parts = directory.strip("/").split("/")
-        for i in range(1, len(parts) + 1):
-            path = "/" + "/".join(parts[:i])
-            if path not in made:
-                run(["mmd", "-i", image, f"::{path}"], env=env)
-                made.add(path)
-    for path in sorted(files):
-        run(["mcopy", "-Q", "-i", image, files[path], f"::{path}"], env=env)
+    with open(scratch, "xb") as handle:
+        handle.truncate(size)
+    try:
+        run(["mkfs.vfat", "--invariant", "-F", "32", "-S", str(SECTOR), "-i", volume_id.hex(),
+             "-n", LABEL, scratch], env=env)
+        directories = sorted({os.path.dirname(p) for p in files} - {"/"}, key=lambda d: d.split("/"))
+        made: set[str] = set()
+        for directory in directories:
+            parts = directory.strip("/").split("/")
+            for i in range(1, len(parts) + 1):
+                path = "/" + "/".join(parts[:i])
+                if path not in made:
+                    run(["mmd", "-i", scratch, f"::{path}"], env=env)
+                    made.add(path)
+        for path in sorted(files):
+            run(["mcopy", "-Q", "-i", scratch, files[path], f"::{path}"], env=env)
+        copy_extents(scratch, disk, offset)
+    finally:
+        os.unlink(scratch)
 
 
-def listing(disk: str, offset: int) -> str:
-    """``mdir -/ -a`` of the ESP at ``offset`` (for reports and tests)."""
-    return run(["mdir", "-/", "-a", "-i", f"{disk}@@{offset}", "::/"], env=_env(0))
+def copy_extents(source: str, disk: str, offset: int) -> None:
+    """Copy the data extents of ``source`` (SEEK_DATA/SEEK_HOLE) to ``offset`` of ``disk``;
+    holes stay holes."""
+    with open(source, "rb") as src, open(disk, "r+b") as dst:
+        end = os.fstat(src.fileno()).st_size
+        position = 0
+        while position < end:
+            try:
+                start = os.lseek(src.fileno(), position, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            stop = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            src.seek(start)
+            dst.seek(offset + start)
+            left = stop - start
+            while left:
+                chunk = src.read(min(left, 1 << 20))
+                dst.write(chunk)
+                left -= len(chunk)
+            position = stop
 
 
-def read_file(disk: str, offset: int, path: str) -> bytes:
-    """The bytes of ``path`` on the ESP at ``offset`` of ``disk``."""
-    return run(["mtype", "-i", f"{disk}@@{offset}", f"::{path}"], env=_env(0)).encode(
-        "utf-8", "surrogateescape")
-
-
-def replace_file(disk: str, offset: int, path: str, source: str, epoch: int) -> None:
-    """Overwrite ``path`` on the ESP with the host file ``source`` (a test selects another
-    default entry of a copy of the image this way, as an administrator would)."""
-    run(["mcopy", "-o", "-Q", "-i", f"{disk}@@{offset}", source, f"::{path}"], env=_env(epoch))

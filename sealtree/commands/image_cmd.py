@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
         "the commit's, files are written in name order: the same commit, keys,\n"
         "pack and systemd-boot package give the same bytes.  DISK is sparse; its\n"
         "size is 1 MiB + ESP + sysroot + 1 MiB, the ESP twice the kernel and\n"
-        "initramfs plus 8 MiB (at least 32 MiB), the sysroot the content plus a\n"
+        "initramfs plus 8 MiB (at least 40 MiB, FAT32), the sysroot the content plus a\n"
         "quarter plus 64 MiB.  --size makes the disk that large, the sysroot\n"
         "taking the rest.  Needs root (owners in the sysroot), mke2fs, debugfs,\n"
         "dumpe2fs (e2fsprogs), mkfs.vfat (dosfstools), mtools, dpkg-deb, apt-get.\n"
