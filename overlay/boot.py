@@ -31,7 +31,11 @@ only the standard library, ``cryptography`` and ``zstandard`` besides
    read re-checks the pack's signed SHA-256; metacopy: with a stub per large
    file), and overlayfs mounted read-only at the target (metacopy: over the
    objects as a data-only layer with ``verity=require``, so the kernel checks
-   every large file's digest at every open from then on).
+   every large file's digest at every open from then on);
+8. the writable state over it (``writable``): the deployment's own /etc and
+   the shared /var (bind mounts from the sysroot's ``deploy/``) and a /tmp
+   tmpfs; in live mode (``live = yes``, ``sealtree.live=1``) none of that, but
+   a tmpfs upper layer: everything written is lost at shutdown.
 
 Every outcome is one line on the console: ``sealtree-boot: booting <dep_id> ...``
 or ``sealtree-boot: REFUSED <dep_id>: <stage> failed at <where>: <detail>``, the
@@ -77,6 +81,7 @@ from .objcheck import LargeFile
 from .provision import seal_objects
 from .remount import make_writable
 from .state import Deployment, State, choose_deployment_for_boot, count_try, state_file
+from .writable import WritableState
 
 PREFIX = "sealtree-boot: "
 BOOTED_FILE = "booted"  # in the scratch directory: the id of the deployment mounted
@@ -226,10 +231,12 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
             # The target is a directory of the initramfs: made here if the scripts did not.
             os.makedirs(config.target, exist_ok=True)
             os.makedirs(config.scratch, exist_ok=True)
+            state = None if config.live else WritableState(deploy_layout(repo), dep.id)
             result = mount_verified(reader, items, farm_dir, config.target, config.scratch,
                                     policy=config.verify, api=overlay_api(),
                                     repo_path=config.repo_path, layout=layout,
-                                    objects=repo.objects, dep_id=dep.id)
+                                    objects=repo.objects, dep_id=dep.id, live=config.live,
+                                    state=state)
         except FarmMismatch as err:
             raise _refused_in_tree("farm", err, farm_dir) from err
         except VerificationError as err:  # ObjectMismatch: a large object
@@ -265,7 +272,15 @@ def _say_booting(say: Say, booted: Booted) -> None:
         say(f"layout metacopy (verity={booted.result.verity}): {how}")
     else:
         say("layout hardlinks: objects checked once, before mounting")
-    say(f"booting {dep.id} ({dep.ref} version {dep.version or '-'}) at {booted.result.target}")
+    if booted.result.state is not None:
+        made = booted.result.state.created
+        if made:
+            say(f"created {' and '.join('/' + name for name in made)} from the deployment's tree")
+        how = booted.result.state.describe()
+    else:
+        how = "live: writes in memory only, nothing persists"
+    say(f"booting {dep.id} ({dep.ref} version {dep.version or '-'}) at {booted.result.target} "
+        f"({how})")
 
 
 def _record_booted(config: BootConfig, dep: Deployment) -> None:
@@ -283,7 +298,7 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
         if not os.path.isdir(config.repo_path):
             raise DeployError("no repository (is the sysroot mounted? "
                               "give sealtree.root= or mount it first)", path=config.repo_path)
-        if mounted and (config.count or config.seal):
+        if mounted and (config.count or config.seal or not config.live):
             _make_sysroot_writable(config, say)
         return
     deadline = time.monotonic() + config.rootwait
@@ -304,13 +319,15 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
 
 
 def _make_sysroot_writable(config: BootConfig, say: Say) -> None:
-    """Boot counting and sealing write to the sysroot: remount it read-write (mount(2), so no
-    busybox is needed; klibc's mount cannot remount a mount point given alone)."""
+    """Boot counting, sealing and the persistent /etc and /var write to the sysroot: remount it
+    read-write (mount(2), so no busybox is needed; klibc's mount cannot remount a mount point
+    given alone)."""
     try:
         remounted = make_writable(config.sysroot)
     except OSError as err:
-        raise MountError(f"cannot remount it read-write (boot counting and sealing write to "
-                         f"it): {err.strerror}", path=config.sysroot) from err
+        raise MountError(f"cannot remount it read-write (boot counting, sealing and the "
+                         f"persistent /etc and /var write to it): {err.strerror}",
+                         path=config.sysroot) from err
     if remounted:
         say(f"remounted {config.sysroot} read-write")
 

@@ -63,6 +63,9 @@ class BootConfig:
     # First-boot sealing: enable fs-verity on the large objects the verified pack names
     # before they are measured (a disk written where fs-verity could not be enabled).
     seal: bool = False
+    # Live mode: the deployment's overlay gets a tmpfs upper layer and no persistent state
+    # (no writable /etc, /var bind mounts): nothing written survives the boot.
+    live: bool = False
 
     @property
     def repo_path(self) -> str:
@@ -128,11 +131,13 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "repo": _path, "keys": _path, "target": _path, "verify": _choice(Policy), "cmdline_verify": _bool,
     "freshness": _optional_path, "count": _bool, "deployment": _optional_text, "scratch": _path,
     "layout": _choice(Layout),
-    "seal": _bool,
+    "seal": _bool, "live": _bool,
 }
 # What a kernel command line may set (``sealtree.<key>=``).  Not the keyring, the
 # freshness floor, boot counting or the paths the initramfs scripts rely on.
-CMDLINE_KEYS = ("root", "rootfstype", "rootwait", "sysroot", "repo", "deployment", "verify")
+# ``live`` may: it only keeps this boot's writes from persisting.
+CMDLINE_KEYS = ("root", "rootfstype", "rootwait", "sysroot", "repo", "deployment", "verify",
+                "live")
 
 
 def parse_config_text(text: str, where: str, base: BootConfig | None = None) -> BootConfig:
@@ -229,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key}", metavar="VALUE", help=f"sets '{key}'")
     p.add_argument("--verify", choices=[x.value for x in Policy], help="sets 'verify'")
     p.add_argument("--no-count", action="store_true", help="do not count a boot try")
+    p.add_argument("--live", action="store_true", dest="live_flag",
+                   help="live mode: writes in memory only, no persistent /etc or /var")
     return p
 
 
@@ -243,6 +250,8 @@ def config_from_args(argv: Sequence[str], say: Say) -> BootConfig:
                                   if key in known and value is not None}
     if args.no_count:
         changes["count"] = False
+    if args.live_flag:
+        changes["live"] = True
     return replace(config, **changes)  # type: ignore[arg-type]
 
 

@@ -7,6 +7,19 @@ Inside the repository's ``deploy/`` (``store.layout``)::
     <dep_id>/                  a deployment's hardlink farm (``overlay.farm``)
     .tmp-<dep_id>/             a farm being built
     .trash-<dep_id>/           a farm being removed
+    var/                       the persistent /var all deployments share (``overlay.writable``)
+    etc/<dep_id>/              a deployment's writable /etc (``overlay.deploy_state``)
+    etc/.tmp-<dep_id>/         one being built (copied or merged), renamed into place when done
+    etc/.trash-<dep_id>/       one being removed
+    etc/<dep_id>.conflicts     the paths the /etc merge could not reconcile (one per line)
+    boot/<dep_id>/vmlinuz      the deployment's kernel and initramfs (``initrd.img``), when its
+                               tree has them (``overlay.boot_files``)
+    boot/.tmp-<dep_id>/, boot/.trash-<dep_id>/   as for etc
+    boot/default               symlink to the default deployment's ``<dep_id>`` directory
+
+None of ``var``, ``etc``, ``boot`` can be a deployment id (``<commit hex>.<serial>``), nor
+start with the farms' ``.tmp-``/``.trash-`` prefixes, so cleaning leftover farms never
+touches them.
 
 Mounts are staged under the repository's ``tmp/`` (``overlay.staging``).  The
 kept pack a deployment is verified from is ``pack.importer.kept_pack_path``.
@@ -27,6 +40,13 @@ STATE_FILE = "state.json"
 STATE_LOCK = "state.lock"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+VAR_DIR = "var"
+ETC_DIR = "etc"
+BOOT_DIR = "boot"
+CONFLICTS_SUFFIX = ".conflicts"
+BOOT_DEFAULT = "default"
+KERNEL_NAME = "vmlinuz"
+INITRD_NAME = "initrd.img"
 
 #: the keyring trusted when the caller names none (the same one the boot verifier uses)
 SYSTEM_KEYRING = "/etc/sealtree/keys"
@@ -57,6 +77,55 @@ class DeployLayout:
     def trash(self, dep_id: str) -> str:
         """Where the farm of ``dep_id`` is renamed to be removed."""
         return os.path.join(self.root, TRASH_PREFIX + dep_id)
+
+    # -- writable state --------------------------------------------------------------------
+    @property
+    def var(self) -> str:
+        """The persistent /var every deployment shares."""
+        return os.path.join(self.root, VAR_DIR)
+
+    @property
+    def var_in_progress(self) -> str:
+        """Where the shared /var is seeded before it is renamed into place."""
+        return os.path.join(self.root, TMP_PREFIX + VAR_DIR)
+
+    @property
+    def etc_root(self) -> str:
+        return os.path.join(self.root, ETC_DIR)
+
+    def etc(self, dep_id: str) -> str:
+        """The writable /etc of deployment ``dep_id``."""
+        return os.path.join(self.etc_root, dep_id)
+
+    def etc_in_progress(self, dep_id: str) -> str:
+        return os.path.join(self.etc_root, TMP_PREFIX + dep_id)
+
+    def etc_trash(self, dep_id: str) -> str:
+        return os.path.join(self.etc_root, TRASH_PREFIX + dep_id)
+
+    def etc_conflicts(self, dep_id: str) -> str:
+        """The paths the /etc merge of ``dep_id`` could not reconcile (absent: none)."""
+        return os.path.join(self.etc_root, dep_id + CONFLICTS_SUFFIX)
+
+    # -- boot files --------------------------------------------------------------------------
+    @property
+    def boot_root(self) -> str:
+        return os.path.join(self.root, BOOT_DIR)
+
+    def boot(self, dep_id: str) -> str:
+        """The directory holding ``vmlinuz`` and ``initrd.img`` of deployment ``dep_id``."""
+        return os.path.join(self.boot_root, dep_id)
+
+    def boot_in_progress(self, dep_id: str) -> str:
+        return os.path.join(self.boot_root, TMP_PREFIX + dep_id)
+
+    def boot_trash(self, dep_id: str) -> str:
+        return os.path.join(self.boot_root, TRASH_PREFIX + dep_id)
+
+    @property
+    def boot_default(self) -> str:
+        """Symlink to the default deployment's boot directory (absent: it has no boot files)."""
+        return os.path.join(self.boot_root, BOOT_DEFAULT)
 
 
 def deploy_layout(repo: Repository) -> DeployLayout:

@@ -45,6 +45,7 @@ from .metacopy import Layout, choose_layout, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
 from .staging import Staging, check_target, mount_error
 from .state import Deployment, state_file
+from .writable import StateMounts, WritableState, mount_writable, unmount_state
 
 
 @dataclass
@@ -56,6 +57,7 @@ class MountResult:
     timings: dict[str, float] = field(default_factory=dict)
     layout: str = Layout.HARDLINKS.value
     verity: str | None = None  # metacopy layout: the overlay's verity= ("require" or "off")
+    state: StateMounts | None = None  # the writable /etc, /var, /tmp (None: live, or not asked)
 
     @property
     def enforced(self) -> bool:
@@ -75,8 +77,12 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str | N
                    scratch: str, *, policy: Policy = Policy.AUTO, live: bool = False,
                    workers: int | None = None, api: str = "auto", verity: Verity = KERNEL,
                    repo_path: str | None = None, layout: Layout = Layout.HARDLINKS,
-                   objects: ObjectStore | None = None, dep_id: str = "lower") -> MountResult:
+                   objects: ObjectStore | None = None, dep_id: str = "lower",
+                   state: WritableState | None = None) -> MountResult:
     """Check ``farm_dir`` and ``items`` (with their ``link``s into it), then mount at ``target``.
+
+    ``state`` (never with ``live``): also mount the deployment's writable /etc, the
+    shared /var and a /tmp tmpfs over it (``writable``); a failure there unmounts all.
 
     ``scratch`` is a directory on any filesystem where the tmpfs mounts are
     staged (``staging``).  ``target`` must not be inside ``repo_path``.  Raises
@@ -89,7 +95,7 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str | N
             raise ValueError("the metacopy layout needs the object store")
         return _mount_metacopy(reader, items, objects, target, scratch, policy=policy, live=live,
                                workers=workers, api=api, verity=verity, repo_path=repo_path,
-                               dep_id=dep_id)
+                               dep_id=dep_id, state=state)
     if farm_dir is None:
         raise ValueError("the hardlinks layout needs the farm")
     timings: dict[str, float] = {}
@@ -104,14 +110,23 @@ def mount_verified(reader: PackReader, items: list[LargeFile], farm_dir: str | N
         timings["unpack"] = time.perf_counter() - mark
         mark = time.perf_counter()
         used = stage.mount(target, farm_dir, live=live, api=api)
+        held = _hold_state(stage, target, state, live)
         stage.keep()
         timings["mount"] = time.perf_counter() - mark
-    return MountResult(os.path.abspath(target), report, unpacked, used, timings)
+    return MountResult(os.path.abspath(target), report, unpacked, used, timings, state=held)
+
+
+def _hold_state(stage: Staging, target: str, state: WritableState | None,
+                live: bool) -> StateMounts | None:
+    if state is None or live:
+        return None
+    return stage.hold(mount_writable(target, state))
 
 
 def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectStore, target: str,
                     scratch: str, *, policy: Policy, live: bool, workers: int | None, api: str,
-                    verity: Verity, repo_path: str | None, dep_id: str) -> MountResult:
+                    verity: Verity, repo_path: str | None, dep_id: str,
+                    state: WritableState | None) -> MountResult:
     """``mount_verified`` in the metacopy layout: objects checked by size and digest only
     (under policy ``kernel``: measured, so fs-verity must be on each), never enabled here."""
     timings: dict[str, float] = {}
@@ -128,23 +143,27 @@ def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectS
         timings["unpack"] = time.perf_counter() - mark
         mark = time.perf_counter()
         used = stage.mount(target, None, data=objects.root, verity=option, live=live, api=api)
+        held = _hold_state(stage, target, state, live)
         stage.keep()
         timings["mount"] = time.perf_counter() - mark
     return MountResult(os.path.abspath(target), report, unpacked, used, timings,
-                       layout=Layout.METACOPY.value, verity=option)
+                       layout=Layout.METACOPY.value, verity=option, state=held)
 
 
 def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: str | None = None,
                      policy: Policy = Policy.AUTO, live: bool = False, workers: int | None = None,
                      api: str = "auto", verity: Verity = KERNEL,
-                     layout: Layout | None = None) -> tuple[Deployment, MountResult]:
+                     layout: Layout | None = None,
+                     with_state: bool = True) -> tuple[Deployment, MountResult]:
     """Re-verify deployment ``dep_id`` (pack signature, farm, objects) and mount it at ``target``.
 
     The pack's signatures are checked against the keyring in ``keys_dir``, else the
     system keyring (``layout.SYSTEM_KEYRING``; NoKeyring when it does not exist), never
     against the keyring the state file records.  ``layout`` None: the deployment's own
     (a hardlinks deployment can also be mounted in the metacopy layout: it needs
-    nothing on disk but the objects; ``auto`` as in ``deploy``).
+    nothing on disk but the objects; ``auto`` as in ``deploy``).  Unless ``live`` or
+    not ``with_state``, the deployment's writable /etc, the shared /var and a /tmp
+    tmpfs are mounted over it (``writable``).
     """
     keyring = trusted_keyring(keys_dir)
     states = state_file(repo)
@@ -162,7 +181,9 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
         result = mount_verified(reader, items, farm_dir, target, staging_dir(repo),
                                 policy=policy, live=live, workers=workers, api=api, verity=verity,
                                 repo_path=repo.path, layout=chosen, objects=repo.objects,
-                                dep_id=dep.id)
+                                dep_id=dep.id,
+                                state=(WritableState(deploy_layout(repo), dep.id)
+                                       if with_state and not live else None))
     result.timings["pack"] = pack_time
     real = os.path.realpath(target)
     try:
@@ -170,14 +191,15 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
             current = state.get(dep.id)
             current.mounted_at = sorted(set(current.mounted_at) | {real})
     except BaseException:
-        mounts.umount(target, mounts.MNT_DETACH)
+        mounts.umount(target, mounts.MNT_DETACH)  # detaches the state mounts below it too
         raise
     return dep, result
 
 
 def unmount(repo: Repository | None, target: str, *, lazy: bool = False) -> Deployment | None:
-    """Unmount the deployment's overlay at ``target``; with ``repo``, it must be one of that
-    repository's deployments, and the state forgets the mount.
+    """Unmount the deployment's overlay at ``target`` (and first its writable state mounted
+    over it, ``writable.unmount_state``); with ``repo``, it must be one of that repository's
+    deployments, and the state forgets the mount.
 
     Only a deployment's overlay is unmounted (its lowest layer a farm,
     ``mounted_farms.deployment_mount``), never another mount that happens to be there.
@@ -200,6 +222,7 @@ def unmount(repo: Repository | None, target: str, *, lazy: bool = False) -> Depl
                          f"({show(os.path.dirname(shown.farm_parent))}), not of {show(repo.path)}",
                          path=target)
     try:
+        unmount_state(real, lazy=lazy)  # the writable /etc, /var, /tmp over it first
         mounts.umount(real, mounts.MNT_DETACH if lazy else 0)
     except OSError as err:
         raise mount_error("unmounting", err) from err

@@ -31,6 +31,7 @@ _libc.syscall.restype = ctypes.c_long
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_BIND = 0x1000
 MS_SILENT = 0x8000
 # umount2 flags
 MNT_DETACH = 0x2
@@ -97,7 +98,7 @@ class Mounted:
 
 
 def tmpfs(target: StrPath, *, size: int | None = None, inodes: int | None = None,
-          mode: int = 0o755) -> Mounted:
+          mode: int = 0o755, flags: int = 0) -> Mounted:
     """A tmpfs on ``target`` (mounted when the block is entered, detached when it is left)."""
     options = [
         # The root of the tmpfs shows through as the overlay's root directory until
@@ -113,7 +114,13 @@ def tmpfs(target: StrPath, *, size: int | None = None, inodes: int | None = None
         # Same for inodes (files, directories, symlinks).
         options.append(f"nr_inodes={max(inodes, 16)}")
     # No nosuid/nodev: the tmpfs holds a root filesystem whose setuid binaries must work.
-    return Mounted(target, lambda: mount("tmpfs", target, "tmpfs", MS_SILENT, ",".join(options)))
+    return Mounted(target, lambda: mount("tmpfs", target, "tmpfs", MS_SILENT | flags,
+                                         ",".join(options)))
+
+
+def bind(source: StrPath, target: StrPath) -> Mounted:
+    """A bind mount of the directory ``source`` on ``target`` (detached when the block is left)."""
+    return Mounted(target, lambda: mount(os.fspath(source), target, "none", MS_BIND))
 
 
 # -- overlayfs ------------------------------------------------------------------------

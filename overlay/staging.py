@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from typing import TypeVar
 
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
@@ -36,6 +37,8 @@ from .unpack_tmpfs import TmpfsSize, tmpfs_size, unpack_into_tmpfs
 STAGING_PREFIX = "mount-"
 STAGING_LOCK = "lock"
 SCRATCH_LOCK = "mounts.lock"
+
+T = TypeVar("T")
 
 
 def mount_error(what: str, err: OSError) -> MountError:
@@ -173,6 +176,11 @@ class Staging:
         except OSError as err:
             raise mount_error("mounting the overlay", err) from err
         return str(merged.result)
+
+    def hold(self, mounted: contextlib.AbstractContextManager[T]) -> T:
+        """Enter ``mounted`` (mounts over the target, e.g. ``writable.mount_writable``'s) so that
+        a failure before ``keep`` takes it down too, before the overlay."""
+        return self._stack.enter_context(mounted)
 
     def keep(self) -> None:
         """Success: keep every mount (the staging ones are still detached on exit)."""

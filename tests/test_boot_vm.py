@@ -114,7 +114,7 @@ def test_run_boot_on_the_host_mounts_or_fails_closed(tmp_path: Path) -> None:
             (target / "new-file").write_text("x")  # read-only
         assert (tmp_path / "scratch" / "booted").read_text().strip() == sysroot.deployments["C"]
     finally:
-        subprocess.run(["umount", str(target)], check=True)
+        subprocess.run(["umount", "-R", str(target)], check=True)
     # no staging directory left behind: only the boot record and the staging lock file
     assert sorted(os.listdir(tmp_path / "scratch")) == ["booted", "mounts.lock"]
     said.clear()

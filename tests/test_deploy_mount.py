@@ -80,7 +80,7 @@ def test_deploy_mount_equals_the_tree_and_is_read_only(site):
     assert _leftovers(site.base) == []
     assert not [n for n in os.listdir(os.path.join(site.repo, "tmp")) if n.startswith("mount-")]
     # The deployment is an ordinary one: `mount` re-verifies it and shows the same tree.
-    site.cli("mount", dep, site.target, "--keys", site.keys)
+    site.cli("mount", dep, site.target, "--keys", site.keys, "--read-only")
     try:
         assert_same_tree(site.src, site.target)
     finally:
@@ -98,7 +98,7 @@ def test_deploy_mount_json_and_live(site):
             handle.write("changed\n")
     finally:
         site.cli("umount", site.target)
-    site.cli("mount", doc["id"], site.target, "--keys", site.keys)
+    site.cli("mount", doc["id"], site.target, "--keys", site.keys, "--read-only")
     try:
         assert_same_tree(site.src, site.target)  # the write lived in memory only
     finally:

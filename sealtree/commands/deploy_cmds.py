@@ -103,13 +103,18 @@ def register(sub: Any) -> None:
         "metadata; the farm holds exactly the right hardlinks), then mount a\n"
         "tmpfs sized from the manifest, unpack the pack into it with exact metadata, and\n"
         "mount overlayfs at TARGET with the tmpfs above the farm (or the objects) and no upper\n"
-        "layer: TARGET is read-only.  --live adds a tmpfs upper layer (writes live in\n"
-        "memory and vanish on unmount).  Nothing is mounted unless every check passes.\n"
+        "layer.  Over it, the deployment's writable state: its own /etc (deploy/etc/<id>),\n"
+        "the /var all deployments share (deploy/var) and a /tmp tmpfs, as at boot.\n"
+        "--read-only mounts the tree alone (nothing writable); --live adds a tmpfs upper\n"
+        "layer instead of the state (writes live in memory and vanish on unmount).\n"
+        "Nothing is mounted unless every check passes.\n"
         "DEPLOYMENT is an id from 'status', a unique prefix, or default/previous/booted.",
         "example:\n  sealtree --repo R mount default /mnt/root")
     p.add_argument("deployment", metavar="DEPLOYMENT")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--live", action="store_true", help="writable, with writes in memory only")
+    p.add_argument("--read-only", action="store_true",
+                   help="the tree alone: no writable /etc, /var or /tmp mounted over it")
     _layout_arg(p, None, "mount in this layout (default: the deployment's own)")
     p.add_argument("--keys", metavar="DIR",
                    help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
@@ -213,23 +218,42 @@ def _say_enforcement(mounted: Any) -> None:
               "were checked once, in userspace")
 
 
+def _mode(live: bool, state: Any) -> str:
+    if live:
+        return "live (writes in memory)"
+    if state is None:
+        return "read-only"
+    return f"read-only tree, {state.describe()}"
+
+
 def cmd_mount(args: argparse.Namespace) -> None:
+    if args.live and args.read_only:
+        raise UsageError("--live and --read-only exclude each other")
     from overlay.mount_deployment import mount_deployment
     repo = open_repo(args)
     dep, result = mount_deployment(repo, args.deployment, args.target, keys_dir=args.keys,
                                    policy=_policy(args), live=args.live,
-                                   layout=_layout(args.layout) if args.layout else None)
+                                   layout=_layout(args.layout) if args.layout else None,
+                                   with_state=not args.read_only)
     if args.json:
         print_json({"id": dep.id, "target": result.target, "live": args.live, "api": result.api,
                     "objects": result.check.files, "files": result.populate.files,
                     "links": result.populate.links, "dirs": result.populate.dirs,
                     "symlinks": result.populate.symlinks, "layout": result.layout,
                     "verity": result.verity, "enforced": result.enforced,
+                    "state": _state_doc(result.state),
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
-    mode = "live (writes in memory)" if args.live else "read-only"
-    print(f"mounted {dep.id} at {show(result.target)}, {mode}, layout {result.layout}")
+    print(f"mounted {dep.id} at {show(result.target)}, {_mode(args.live, result.state)}, "
+          f"layout {result.layout}")
     _say_enforcement(result)
+
+
+def _state_doc(state: Any) -> dict[str, Any] | None:
+    """What was mounted over the tree: {"etc": source, "var": source, "tmp": "tmpfs"}."""
+    if state is None:
+        return None
+    return {"mounted": dict(state.mounted), "created": list(state.created)}
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
