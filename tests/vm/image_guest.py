@@ -14,8 +14,8 @@ the releases before it; README, "Building a Debian image").
 
 The deployed tree's ``/sbin/init`` prints what the test checks and powers off: the marker,
 the kernel command line, the boot loader's ``LoaderEntrySelected`` EFI variable (so the
-entry systemd-boot booted is known), whether ``/var/sealtree-probe`` exists from an earlier
-boot, and whether it could write it now.
+entry systemd-boot booted is known), what ``/var/sealtree-probe`` holds from an earlier boot,
+and then writes into it which entry this boot came from (``installed`` or ``live``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ V=/sys/firmware/efi/efivars/LoaderEntrySelected-{EFI_GUID}
 echo "SEALTREE-RESULT entry=$($B tail -c +5 $V 2>/dev/null | $B tr -d '\\000')"
 ROOT=$($B awk '$2 == "/" {{ print $3 " " $4 }}' /proc/mounts | $B tail -n 1)
 echo "SEALTREE-RESULT root=$(echo "$ROOT" | $B cut -d, -f1)"
-if [ -e /var/sealtree-probe ]; then echo "SEALTREE-RESULT probe=present";
-else echo "SEALTREE-RESULT probe=absent"; fi
-if echo written > /var/sealtree-probe 2>/dev/null; then echo "SEALTREE-RESULT wrote=yes";
+MODE=installed; case " $($B cat /proc/cmdline) " in *" sealtree.live=1 "*) MODE=live;; esac
+echo "SEALTREE-RESULT probe-before=$($B cat /var/sealtree-probe 2>/dev/null || echo none)"
+if echo "$MODE" > /var/sealtree-probe 2>/dev/null; then echo "SEALTREE-RESULT wrote=$MODE";
 else echo "SEALTREE-RESULT wrote=no"; fi
 $B sync
 echo "SEALTREE-RESULT booted-file=$($B cat /run/sealtree/booted 2>/dev/null)"
@@ -165,6 +165,20 @@ def qemu_command(image: Path, *, nvme: bool = False) -> list[str]:
     else:
         cmd += ["-drive", f"file={image},if=virtio,format=raw"]
     return cmd
+
+
+def esp_offset(doc: dict) -> int:  # type: ignore[type-arg]
+    return int(doc["partitions"]["esp"]["offset"])
+
+
+def set_default_entry(image: Path, doc: dict, entry: str, work: Path) -> None:  # type: ignore[type-arg]
+    """Make ``entry`` the default in loader.conf of ``image``'s ESP (with mtools, unmounted),
+    as an administrator picks another entry for the next boots."""
+    conf = work / "loader.conf"
+    text = guest.run(["mtype", "-i", f"{image}@@{esp_offset(doc)}", "::/loader/loader.conf"])
+    lines = [f"default {entry}.conf" if line.startswith("default ") else line for line in text.splitlines()]
+    conf.write_text("\n".join(lines) + "\n")
+    guest.run(["mcopy", "-o", "-Q", "-i", f"{image}@@{esp_offset(doc)}", conf, "::/loader/loader.conf"])
 
 
 def boot(image: Path, log: Path, timeout: int = 420) -> guest.BootResult:
