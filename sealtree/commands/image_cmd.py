@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
         "  sealtree --repo R image build os/main -o disk.raw --keys keys --key vendor.key\n"
         "  sealtree --repo R image build os/main -o disk.raw --keys keys --pack os-42.pack --size 8G\n"
         "  dd if=disk.raw of=/dev/sdX bs=4M conv=sparse,fsync status=progress\n"
-        "  bmaptool create disk.raw -o disk.bmap && bmaptool copy disk.raw /dev/sdX")
+        "  bmaptool create disk.raw > disk.bmap && bmaptool copy --bmap disk.bmap disk.raw /dev/sdX")
     p.add_argument("rev", metavar="REF")
     p.add_argument("-o", "--output", required=True, metavar="DISK", help="the image file to write")
     p.add_argument("--keys", required=True, metavar="DIR",
