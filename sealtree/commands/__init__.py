@@ -25,6 +25,7 @@ _GROUPS: dict[str, list[str]] = {
     "pack_cmds": ["pack"],
     "deploy_cmds": ["deploy", "mark-good", "mount", "rollback", "set-default", "status", "umount",
                     "undeploy"],
+    "boot_check_cmd": ["boot-check"],
     "remote_cmds": ["mirror", "publish", "pull", "remote", "serve"],
     "image_cmd": ["image"],
     "demo_cmd": ["demo"],

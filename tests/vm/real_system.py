@@ -1,0 +1,144 @@
+"""A real Debian bookworm system (systemd, udev, the Debian kernel) to boot through sealtree.
+
+:func:`real_system_tree` is the cached result of README.md's "Image builder" first step:
+``debootstrap --variant=minbase`` with :data:`INCLUDE` (systemd-sysv, udev, dbus,
+initramfs-tools, python3 and what the sealtree CLI imports on the device), and Debian's
+bookworm kernel installed with ``dpkg -i`` from the package the other boot tests already
+cache (``guest.kernel_package()``, 6.1; the README names ``linux-image-amd64``, which
+depends on that same package: ``dpkg`` runs the same postinst and initramfs hooks).  It is
+the bare distribution: nothing of sealtree is in it.  Callers never write to it: they use
+:func:`overlay_view` (an overlayfs over it with an upper directory of their own), then
+``integration/sealtree-prepare-rootfs`` and the rest of the recipe (see
+tests/test_real_system_vm.py).
+
+Cached under the vm cache (``system/bookworm-<key>``, the key made of what goes in), built
+beside its final place and renamed into it; debootstrap's downloads are kept in
+``debootstrap-debs/`` so a rebuild downloads nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from tests.vm import guest
+
+log = logging.getLogger(__name__)
+
+SUITE = "bookworm"
+VARIANT = "minbase"
+MIRROR = os.environ.get("SEALTREE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+#: What the device needs besides minbase: an init (systemd-sysv, udev, dbus for logind),
+#: the kernel's dependencies (linux-base, kmod), initramfs-tools, the Python modules the
+#: verifier and the CLI import (cffi-backend named: debootstrap does not resolve the
+#: virtual python3-cffi-backend-api-*; urllib3 for pull), zstd, and iproute2 (the test's
+#: guest configures qemu's user network with it).
+INCLUDE: tuple[str, ...] = (
+    "systemd-sysv", "udev", "dbus", "linux-base", "kmod", "initramfs-tools",
+    "python3", "python3-cffi-backend", "python3-cryptography", "python3-zstandard",
+    "python3-xattr", "python3-urllib3", "zstd", "iproute2",
+)
+FORMAT = 1  # bump when what the builder puts into the tree changes
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def debootstrap_command(dest: Path, cache: Path | None = None) -> list[str]:
+    """The debootstrap command line of the image builder (README.md, "Image builder")."""
+    cmd = ["debootstrap", f"--variant={VARIANT}", "--include=" + ",".join(INCLUDE)]
+    if cache is not None:
+        cmd.append(f"--cache-dir={cache}")
+    return [*cmd, SUITE, str(dest), MIRROR]
+
+
+def _kernel_deb() -> Path:
+    return guest.fetch_deb(guest.kernel_package())
+
+
+def _key() -> str:
+    parts = [str(FORMAT), SUITE, VARIANT, *INCLUDE, _kernel_deb().name]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def run_in(root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+           timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` chrooted into ``root`` with a clean environment; never raises for its status."""
+    full_env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive",
+                **(env or {})}
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    return subprocess.run([chroot, str(root), *cmd], env=full_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def chroot_mounts(root: Path) -> Iterator[Path]:
+    """proc, sysfs and the host's /dev mounted in ``root`` (what update-initramfs and dpkg
+    want), all unmounted on the way out (a tree is never committed with them)."""
+    mounted: list[Path] = []
+    try:
+        for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
+            guest.run(["mount", "-t", fstype, fstype, root / target])
+            mounted.append(root / target)
+        guest.run(["mount", "--rbind", "/dev", root / "dev"])
+        guest.run(["mount", "--make-rslave", root / "dev"])
+        mounted.append(root / "dev")
+        yield root
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-R", "-l", str(target)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def overlay_view(base: Path, work: Path) -> Iterator[Path]:
+    """A writable view of the cached tree ``base``: overlayfs, upper directory in ``work``."""
+    upper, workdir, merged = work / "upper", work / "work", work / "root"
+    for d in (upper, workdir, merged):
+        d.mkdir(parents=True)
+    guest.run(["mount", "-t", "overlay", "overlay", "-o",
+               f"lowerdir={base},upperdir={upper},workdir={workdir}", merged])
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False, capture_output=True)
+
+
+def _build(dest: Path) -> None:
+    guest.ensure_tools({"debootstrap": "debootstrap"})
+    downloads = guest.cache_dir() / "debootstrap-debs"
+    downloads.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    guest.run(debootstrap_command(dest, downloads), timeout=3600)
+    log.info("debootstrap took %.0f s", time.monotonic() - start)
+    deb = _kernel_deb()
+    shutil.copy(deb, dest / "tmp" / deb.name)
+    with chroot_mounts(dest):
+        done = run_in(dest, ["dpkg", "-i", f"/tmp/{deb.name}"])
+        if done.returncode != 0:
+            raise guest.VmError(f"dpkg -i {deb.name} in the tree failed:\n{done.stdout}{done.stderr}")
+        run_in(dest, ["apt-get", "clean"])
+    (dest / "tmp" / deb.name).unlink()
+    (dest / "etc" / "apt" / "apt.conf.d" / "99-no-recommends").write_text(
+        'APT::Install-Recommends "false";\n')
+
+
+def real_system_tree() -> Path:
+    """The cached bookworm tree (see the module docstring), built first when missing
+    (debootstrap, 3-6 minutes with an empty download cache).  Read-only for callers."""
+    final = guest.cache_dir() / "system" / f"bookworm-{_key()}"
+    if final.is_dir():
+        return final
+    with guest._staging(final) as tmp:
+        _build(tmp)
+        tmp.chmod(0o755)  # a root directory's mode, not mkdtemp's
+    return final
+
+
+def kernel_release() -> str:
+    """The release of the kernel installed in the tree (``6.1.0-N-amd64``)."""
+    return guest.kernel().release
