@@ -45,7 +45,7 @@ def _download() -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download.", dir=debs))
     try:
-        run(["apt-get", "download", PACKAGE], cwd=str(tmp), timeout=1800)
+        run(["apt-get", "download", PACKAGE], cwd=str(tmp), timeout=1800, inherit=True)
         files = list(tmp.glob("*.deb"))
         if len(files) != 1:
             raise ImageError(f"apt-get download gave {len(files)} files", path=PACKAGE)

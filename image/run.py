@@ -15,12 +15,15 @@ BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "TZ": "UTC"}
 
 
 def run(cmd: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
-        cwd: str | None = None, timeout: float = 3600) -> str:
-    """Run ``cmd`` with :data:`BASE_ENV` plus ``env``; its stdout.  Raises ImageError naming the
-    tool when it is missing, fails or runs past ``timeout`` seconds."""
+        cwd: str | None = None, timeout: float = 3600, inherit: bool = False) -> str:
+    """Run ``cmd`` with :data:`BASE_ENV` plus ``env``; its stdout.  ``inherit``: on top of the
+    caller's environment (apt-get needs its proxy settings) instead of in place of it (the
+    filesystem tools: nothing of the caller's, such as ``MKE2FS_CONFIG``, changes an image).
+    Raises ImageError naming the tool when it is missing, fails or runs past ``timeout``."""
     argv = [os.fspath(c) for c in cmd]
+    base = {**os.environ, **BASE_ENV} if inherit else BASE_ENV
     try:
-        proc = subprocess.run(argv, env={**BASE_ENV, **(env or {})}, cwd=cwd, capture_output=True,
+        proc = subprocess.run(argv, env={**base, **(env or {})}, cwd=cwd, capture_output=True,
                               timeout=timeout, check=False)
     except FileNotFoundError:
         raise ImageError("is not installed (see scripts/setup)", path=argv[0]) from None
