@@ -131,6 +131,7 @@ def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pac
     output = check_destination(output, "-o")
     commit_id = vendor.resolve(rev)
     commit = vendor.objects.read_commit(commit_id)
+    kernel = entries.find_kernel(vendor.objects, commit.root_tree)  # before any work: a bootable tree?
     loader = bootloader.systemd_boot()
     work = tempfile.mkdtemp(prefix=".sealtree-image-", dir=os.path.dirname(os.path.abspath(output)))
     try:
@@ -144,7 +145,6 @@ def build_image(vendor: Repository, rev: str, output: str, keys_dir: str, *, pac
         epoch = max(commit.timestamp, FAT_EPOCH_MIN)
 
         dep = device.deployment
-        kernel = entries.find_kernel(device.repo.objects, commit.root_tree)
         boot_entries = entries.entries_for([dep], dep.id, {dep.commit: kernel},
                                            str(ids["sysroot-partition"]), append)
         files = _esp_files(os.path.join(work, "esp"), loader, boot_entries)

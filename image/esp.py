@@ -37,8 +37,9 @@ def make_esp(disk: str, offset: int, size: int, files: Mapping[str, str], volume
     with open(scratch, "xb") as handle:
         handle.truncate(size)
     try:
-        run(["mkfs.vfat", "--invariant", "-F", "32", "-S", str(SECTOR), "-i", volume_id.hex(),
-             "-n", LABEL, scratch], env=env)
+        # -h: the sectors before the partition, as a FAT boot sector of a partition records them
+        run(["mkfs.vfat", "--invariant", "-F", "32", "-S", str(SECTOR), "-h", str(offset // SECTOR),
+             "-i", volume_id.hex(), "-n", LABEL, scratch], env=env)
         directories = sorted({os.path.dirname(p) for p in files} - {"/"}, key=lambda d: d.split("/"))
         made: set[str] = set()
         for directory in directories:

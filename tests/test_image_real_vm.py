@@ -48,9 +48,10 @@ REPORT = f"""#!/bin/sh
 echo "SEALTREE-RESULT reached=$(systemctl is-active multi-user.target)"
 echo "SEALTREE-RESULT mark-good=$(systemctl is-active sealtree-mark-good.service)"
 echo "SEALTREE-RESULT booted-file=$(cat /run/sealtree/booted 2>/dev/null)"
-echo "SEALTREE-RESULT cmdline=$(cat /proc/cmdline)"
+printf '%s\\n' "SEALTREE-RESULT cmdline=$(cat /proc/cmdline)"  # dash's echo would interpret the backslashes
 V=/sys/firmware/efi/efivars/LoaderEntrySelected-{image_guest.EFI_GUID}
-echo "SEALTREE-RESULT entry=$(tail -c +5 $V 2>/dev/null | tr -d '\\000')"
+echo "SEALTREE-RESULT efivarfs=$(findmnt -n -o FSTYPE /sys/firmware/efi/efivars)"
+echo "SEALTREE-RESULT entry=$(cat $V 2>&1 | tail -c +5 | tr -d '\\000')"
 echo "SEALTREE-RESULT root=$(findmnt -n -o FSTYPE,OPTIONS / | cut -d, -f1)"
 MODE=installed; case " $(cat /proc/cmdline) " in *" sealtree.live=1 "*) MODE=live;; esac
 echo "SEALTREE-RESULT probe-before=$(cat /var/lib/sealtree-probe 2>/dev/null || echo none)"

@@ -5,7 +5,8 @@ The image is the busybox test tree (tests/vm/image_guest.py) with the guest kern
 initramfs holding the verifier in its /boot, committed, and built with its pack signed by
 ``image build --key``; qemu runs ``-bios /usr/share/ovmf/OVMF.fd`` (TCG) with the image as a
 virtio disk and no ``-kernel``: everything that boots comes from the disk.  One image copy
-goes through four boots: installed, live, live again, installed again.
+goes through four boots: installed, live, live again, installed again; another copy boots
+once as an NVMe disk.
 """
 
 from __future__ import annotations
@@ -88,3 +89,16 @@ def test_image_boots_installed_and_live_entries_and_only_installed_keeps_writes(
     assert (fourth.results.get("probe-before"), fourth.results.get("wrote")) == ("installed", "installed")
     seconds = [round(r.seconds) for r in (first, second, third, fourth)]
     print(f"image {doc['size'] >> 20} MiB ({doc['allocated'] >> 20} MiB allocated); boots: {seconds} s")
+
+
+@pytest.mark.vm
+def test_image_boots_from_an_nvme_disk(built: image_guest.Built, tmp_path: Path) -> None:
+    """The same image as an NVMe disk: the partition is found by its GUID, whatever the disk's
+    name (``/dev/nvme0n1p2`` here, ``/dev/vda2`` above)."""
+    image = tmp_path / "disk.raw"
+    shutil.copyfile(built.image, image)
+    result = image_guest.boot(image, tmp_path / "nvme.log", nvme=True)
+    assert result.powered_off, result.describe(120)
+    assert result.results.get("root-device") == "/dev/nvme0n1p2", result.describe()
+    assert scenario.booted(result.console) == [built.doc["deployment"]]
+    assert result.results.get("marker") == image_guest.RELEASE.marker

@@ -32,7 +32,7 @@ OVMF = Path("/usr/share/ovmf/OVMF.fd")  # Debian's ovmf: code and variables in o
 REF = "os/main"
 RELEASE = scenario.Release("A", "1", 1_700_000_000)
 EFI_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's loader variables
-MODULES = (*guest.DISK_MODULES, *guest.OVERLAY_MODULES, "efivarfs")
+MODULES = (*guest.DISK_MODULES, "nvme", *guest.OVERLAY_MODULES, "efivarfs")
 BOOT_CONF = f"""# sealtree-boot configuration of the image's test initramfs
 repo = {scenario.REPO_IN_SYSROOT}
 keys = /etc/sealtree/keys
@@ -181,12 +181,13 @@ def set_default_entry(image: Path, doc: dict, entry: str, work: Path) -> None:  
     guest.run(["mcopy", "-o", "-Q", "-i", f"{image}@@{esp_offset(doc)}", conf, "::/loader/loader.conf"])
 
 
-def boot(image: Path, log: Path, timeout: int = 420) -> guest.BootResult:
-    """Boot ``image`` through OVMF and its own boot loader; the console as a BootResult."""
+def boot(image: Path, log: Path, timeout: int = 420, *, nvme: bool = False) -> guest.BootResult:
+    """Boot ``image`` through OVMF and its own boot loader (the image a virtio disk, or with
+    ``nvme`` an NVMe one); the console as a BootResult."""
     import subprocess
     import time
 
-    cmd = qemu_command(image)
+    cmd = qemu_command(image, nvme=nvme)
     start = time.monotonic()
     with open(os.devnull, "rb") as devnull, log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
