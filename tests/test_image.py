@@ -238,3 +238,41 @@ def test_help_is_a_manual_page() -> None:
     for words in ("root=PARTUUID=", "sealtree.live=1", "/sealtree/repo", "seal = yes", "--size",
                   "Reproducible", "bmaptool", "systemd-boot-efi", "Exit status 18"):
         assert words in text
+
+
+def test_entries_for_two_deployments_pin_only_the_one_that_is_not_the_default() -> None:
+    """A repository with an A/B pair: the default's entries leave the choice to the verifier
+    (boot counting and fallback), the other deployment's entry pins it."""
+    from image.entries import Kernel, entries_for, loader_conf
+    from overlay.state import Deployment
+    from store.model import Entry, Kind, Meta
+
+    def dep(commit: str, version: str) -> Deployment:
+        return Deployment(f"{commit}.1", commit, "os/main", version, TIMESTAMP, "p", "s", "k")
+
+    file = Entry(b"f", Kind.FILE, Meta(0o644, 0, 0))
+    old, new = dep("a" * 64, "1"), dep("b" * 64, "2")
+    kernels = {old.commit: Kernel("6.1.0-1", file, file), new.commit: Kernel("6.1.0-2", file, file)}
+    made = entries_for([old, new], new.id, kernels, "PU", "quiet")
+    assert [e.name for e in made] == [f"sealtree-{new.id}", f"sealtree-{new.id}-live", f"sealtree-{old.id}"]
+    assert [e.options for e in made] == [
+        "root=PARTUUID=PU console=ttyS0 quiet", "root=PARTUUID=PU console=ttyS0 quiet sealtree.live=1",
+        f"root=PARTUUID=PU console=ttyS0 quiet sealtree.deployment={old.id}"]
+    assert [(e.version, e.linux) for e in made] == [
+        ("6.1.0-2", f"/sealtree/{new.commit}/linux"), ("6.1.0-2", f"/sealtree/{new.commit}/linux"),
+        ("6.1.0-1", f"/sealtree/{old.commit}/linux")]
+    assert [e.sort_key for e in made] == ["sealtree-0", "sealtree-1", "sealtree-2"]
+    assert f"default sealtree-{new.id}.conf\n" in loader_conf(made[0].name)
+
+
+def test_kernel_is_the_newest_release_with_an_initramfs(vendor: Vendor) -> None:
+    """/boot also holds vmlinuz-5.10.0-old without an initramfs: it is not chosen."""
+    from image.entries import find_kernel
+    from store.ids import RawId
+    from store.repo import Repository
+
+    repo = Repository.open(str(vendor.repo))
+    commit = repo.objects.read_commit(RawId(bytes.fromhex(vendor.commit)))
+    kernel = find_kernel(repo.objects, commit.root_tree)
+    assert (kernel.release, kernel.linux.name, kernel.initrd.name) == (
+        RELEASE, f"vmlinuz-{RELEASE}".encode(), f"initrd.img-{RELEASE}".encode())
