@@ -16,8 +16,12 @@ deployments are mounted, from mountinfo), ``deploy`` (verify, farm, record),
 configuration, its freshness floor, its run, and its entry point that turns any
 failure into one console line), ``remount`` (the sysroot read-write by
 mount(2)), ``provision`` (fs-verity on every object, or at first boot),
-``etc_merge`` (the 3-way merge of /etc between deployments; not yet wired in).
+``etc_merge`` (the 3-way merge of /etc between deployments), ``deploy_state``
+(what deploy makes besides the farm: the writable /etc, the /var seed, the boot
+files), ``boot_files`` (which kernel and initramfs, and ``deploy/boot/default``),
+``writable`` (the writable /etc, shared /var and /tmp tmpfs mounted over a tree).
 Imports only store, pack, overlay, zstandard, cryptography and the standard
 library, so the boot verifier can be copied into an initramfs.  Formats:
-docs/FORMAT.md, sections 9 (deployments) and 10 (boot verifier).
+docs/FORMAT.md, sections 9 (deployments), 10 (boot verifier) and 13 (writable
+state).
 """

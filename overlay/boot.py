@@ -321,13 +321,17 @@ def mount_sysroot(config: BootConfig, say: Say) -> None:
 def _make_sysroot_writable(config: BootConfig, say: Say) -> None:
     """Boot counting, sealing and the persistent /etc and /var write to the sysroot: remount it
     read-write (mount(2), so no busybox is needed; klibc's mount cannot remount a mount point
-    given alone)."""
+    given alone).  Counting and sealing need it; the state alone does not: it is then
+    mounted as it is (read-only), and the console says so."""
     try:
         remounted = make_writable(config.sysroot)
     except OSError as err:
-        raise MountError(f"cannot remount it read-write (boot counting, sealing and the "
-                         f"persistent /etc and /var write to it): {err.strerror}",
-                         path=config.sysroot) from err
+        if config.count or config.seal:
+            raise MountError(f"cannot remount it read-write (boot counting and sealing "
+                             f"write to it): {err.strerror}", path=config.sysroot) from err
+        say(f"cannot remount {config.sysroot} read-write ({err.strerror}): /etc and /var "
+            f"will be read-only")
+        return
     if remounted:
         say(f"remounted {config.sysroot} read-write")
 

@@ -52,7 +52,7 @@ from store.ids import RawId, to_hex
 from store.remove import remove_tree
 from store.repo import Repository
 
-from . import farm, mounted_farms
+from . import deploy_state, farm, mounted_farms
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .layout import DeployLayout, deploy_layout, staging_dir
 from .metacopy import Layout, StubPlan, choose_layout, plan_stubs
@@ -60,6 +60,7 @@ from .mount_deployment import MountResult, verity_option
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_checks
 from .staging import Staging, check_target
 from .state import Deployment, State, StateFile, check_tries, state_file
+from .writable import WritableState, mount_writable
 
 
 def deployment_present(repo: Repository, dep: Deployment) -> bool:
@@ -77,12 +78,14 @@ class DeployResult:
     check: CheckReport
     timings: dict[str, float]
     mount: MountResult | None = None  # when deployed with a mount target
+    state: deploy_state.Prepared | None = None  # its writable /etc, the /var seed, boot files
 
 
 def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy = Policy.AUTO,
            make_default: bool = True, tries: int | None = None, allow_downgrade: bool = False,
            workers: int | None = None, verity: Verity = KERNEL, target: str | None = None,
-           live: bool = False, api: str = "auto", layout: Layout = Layout.AUTO) -> DeployResult:
+           live: bool = False, api: str = "auto", layout: Layout = Layout.AUTO,
+           with_state: bool = False) -> DeployResult:
     """Verify and deploy ``rev`` (see the module docstring); with ``target``, mount it there too.
 
     Mounting here is ``mount_deployment`` without its second verification: the
@@ -94,9 +97,13 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     docstring; the metacopy layout under policy ``kernel`` needs fs-verity on every
     object (enabled here where it is off), and is mounted with ``verity=require`` when
     every object's digest was measured by the kernel, else with ``verity=off`` (the
-    result's ``mount.enforced`` says which).  Raises SignatureError (NoKeyring),
+    result's ``mount.enforced`` says which).  The deployment's writable /etc (copied,
+    or merged with the default's), the shared /var's first seed and its boot files are
+    made in any case (``deploy_state``); with a ``target``, ``with_state`` mounts them
+    over the tree (``writable``; never with ``live``), as ``sealtree deploy --mount`` does.
+    Raises SignatureError (NoKeyring),
     DowngradeError, PackError, VerificationError (FarmMismatch, ObjectMismatch),
-    DeployError (MetacopyUnsupported), MountError.
+    DeployError (MetacopyUnsupported, StateError, EtcMergeError), MountError.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -113,6 +120,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     elif live:
         raise DeployError("a live deployment needs a mount target")
     published: list[str] = []
+    prepared: list[deploy_state.Prepared] = []
     try:
         with contextlib.ExitStack() as outer:
             outer.enter_context(repo.shared())  # prune waits: the objects checked stay
@@ -125,7 +133,9 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                 chosen = choose_layout(layout, items)
                 timings["pack"] = time.perf_counter() - started
                 in_use = mounted_farms.deployment_mounts(root)
-                farm.clean_leftovers(root, keep={d.id for d in state.deployments} | set(in_use))
+                keep = {d.id for d in state.deployments} | set(in_use)
+                farm.clean_leftovers(root, keep=keep)
+                deploy_state.clean_leftovers(DeployLayout(root), keep)
                 dep_id = state.allocate_id(to_hex(commit_id))
                 while os.path.lexists(DeployLayout(root).farm(dep_id)):  # unrecorded, but mounted
                     dep_id = state.allocate_id(to_hex(commit_id))
@@ -140,6 +150,12 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                         reader, items, root, dep_id, stage, timings,
                         policy=policy, workers=workers, verity=verity)
                     published.append(path)
+                # The whole pack has been read and checked: its /etc, /var, boot files now.
+                mark = time.perf_counter()
+                made = deploy_state.prepare(repo, DeployLayout(root), reader, items, dep_id, state)
+                prepared.append(made)
+                made.publish()
+                timings["state"] = time.perf_counter() - mark
                 deployment = Deployment(
                     id=dep_id, commit=to_hex(commit_id), ref=reader.ref,
                     version=reader.commit.version, created=int(time.time()),
@@ -156,10 +172,14 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                     else:
                         option = None
                         used = stage.mount(target, path, live=live, api=api)
+                    held = None
+                    if with_state and not live:
+                        held = stage.hold(mount_writable(target, WritableState(DeployLayout(root),
+                                                                              dep_id)))
                     timings["mount"] = time.perf_counter() - mark
                     deployment.mounted_at = [os.path.realpath(target)]
                     mounted = MountResult(os.path.abspath(target), report, unpacked, used,
-                                          layout=chosen.value, verity=option)
+                                          layout=chosen.value, verity=option, state=held)
                 with freshness.locked(fresh):
                     freshness.record(fresh, deployment.ref, candidate)
                 # Last: the state (written when this block ends) records the deployment.
@@ -169,11 +189,14 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     except BaseException:
         for farm_path in published:
             _forget_farm(states, root, farm_path)
+        for made in prepared:
+            _forget_state(states, made)
         raise
     timings["total"] = time.perf_counter() - started
     if mounted is not None:
         mounted.timings = timings
-    return DeployResult(deployment, path, report, timings, mounted)
+    return DeployResult(deployment, path, report, timings, mounted,
+                        prepared[0] if prepared else None)
 
 
 def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep_id: str,
@@ -256,8 +279,16 @@ def _forget_farm(states: StateFile, root: str, path: str) -> None:
             farm.remove_farm(root, dep_id)
 
 
+def _forget_state(states: StateFile, made: deploy_state.Prepared) -> None:
+    """After a failure: remove the state ``made`` published unless the state file names it."""
+    with contextlib.suppress(SealtreeError, OSError):
+        if not any(d.id == made.dep_id for d in states.read().deployments):
+            made.discard()
+
+
 def undeploy(repo: Repository, dep_id: str) -> Deployment:
-    """Forget a deployment and remove its farm (refused while it is mounted or the default).
+    """Forget a deployment and remove its farm, its writable /etc and its boot files (refused
+    while it is mounted or the default); the shared /var stays.
 
     The farm is removed iteratively (any depth); one that cannot be removed now is
     left as ``.trash-<dep_id>`` for the next deploy, which never fails on it."""
@@ -268,6 +299,7 @@ def undeploy(repo: Repository, dep_id: str) -> Deployment:
         dep.mounted_at = mounted_farms.deployment_mounts(root).get(dep.id, [])
         state.remove(dep.id)
     farm.remove_farm(root, dep.id)
+    deploy_state.remove(DeployLayout(root), dep.id)
     return dep
 
 

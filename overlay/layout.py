@@ -11,7 +11,7 @@ Inside the repository's ``deploy/`` (``store.layout``)::
     etc/<dep_id>/              a deployment's writable /etc (``overlay.deploy_state``)
     etc/.tmp-<dep_id>/         one being built (copied or merged), renamed into place when done
     etc/.trash-<dep_id>/       one being removed
-    etc/<dep_id>.conflicts     the paths the /etc merge could not reconcile (one per line)
+    etc/<dep_id>.json          how that /etc was made: copied, or merged (and its conflicts)
     boot/<dep_id>/vmlinuz      the deployment's kernel and initramfs (``initrd.img``), when its
                                tree has them (``overlay.boot_files``)
     boot/.tmp-<dep_id>/, boot/.trash-<dep_id>/   as for etc
@@ -43,7 +43,7 @@ TRASH_PREFIX = ".trash-"
 VAR_DIR = "var"
 ETC_DIR = "etc"
 BOOT_DIR = "boot"
-CONFLICTS_SUFFIX = ".conflicts"
+ETC_REPORT_SUFFIX = ".json"
 BOOT_DEFAULT = "default"
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
@@ -103,9 +103,9 @@ class DeployLayout:
     def etc_trash(self, dep_id: str) -> str:
         return os.path.join(self.etc_root, TRASH_PREFIX + dep_id)
 
-    def etc_conflicts(self, dep_id: str) -> str:
-        """The paths the /etc merge of ``dep_id`` could not reconcile (absent: none)."""
-        return os.path.join(self.etc_root, dep_id + CONFLICTS_SUFFIX)
+    def etc_report(self, dep_id: str) -> str:
+        """How the writable /etc of ``dep_id`` was made, and the merge's conflicts."""
+        return os.path.join(self.etc_root, dep_id + ETC_REPORT_SUFFIX)
 
     # -- boot files --------------------------------------------------------------------------
     @property

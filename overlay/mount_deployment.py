@@ -154,16 +154,16 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
                      policy: Policy = Policy.AUTO, live: bool = False, workers: int | None = None,
                      api: str = "auto", verity: Verity = KERNEL,
                      layout: Layout | None = None,
-                     with_state: bool = True) -> tuple[Deployment, MountResult]:
+                     with_state: bool = False) -> tuple[Deployment, MountResult]:
     """Re-verify deployment ``dep_id`` (pack signature, farm, objects) and mount it at ``target``.
 
     The pack's signatures are checked against the keyring in ``keys_dir``, else the
     system keyring (``layout.SYSTEM_KEYRING``; NoKeyring when it does not exist), never
     against the keyring the state file records.  ``layout`` None: the deployment's own
     (a hardlinks deployment can also be mounted in the metacopy layout: it needs
-    nothing on disk but the objects; ``auto`` as in ``deploy``).  Unless ``live`` or
-    not ``with_state``, the deployment's writable /etc, the shared /var and a /tmp
-    tmpfs are mounted over it (``writable``).
+    nothing on disk but the objects; ``auto`` as in ``deploy``).  ``with_state`` (what
+    ``sealtree mount`` does unless ``--live`` or ``--read-only``): the deployment's writable
+    /etc, the shared /var and a /tmp tmpfs are mounted over it too (``writable``).
     """
     keyring = trusted_keyring(keys_dir)
     states = state_file(repo)

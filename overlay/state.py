@@ -32,6 +32,7 @@ from store.lock import flock
 from store.names import show
 from store.repo import Repository
 
+from .boot_files import point_default
 from .layout import DeployLayout, deploy_layout
 
 FORMAT = "sealtree-deployments"
@@ -250,6 +251,10 @@ class StateFile:
             after = state.encode()
             if after != before:
                 atomic_write(self.path, after)
+                # The boot loader's pointer follows the default; best effort: the state is
+                # written, and the next change of the state sets it right.
+                with contextlib.suppress(OSError):
+                    point_default(DeployLayout(self.root), state.default)
 
 
 def state_file(repo: Repository) -> StateFile:

@@ -156,7 +156,7 @@ def test_deploy_mount_equals_the_tree_and_is_read_only(site):
                             os.lstat(site.obj_of(dep, "usr/bin/tool")))
     assert not os.path.lexists(os.path.join(farm, "etc"))
     assert not os.path.lexists(os.path.join(farm, "bin"))
-    site.cli("mount", dep, site.target, "--keys", site.keys)
+    site.cli("mount", dep, site.target, "--keys", site.keys, "--read-only")
     try:
         assert_same_tree(site.src, site.target)
         with pytest.raises(OSError):
@@ -189,7 +189,7 @@ def test_live_mode_writes_vanish(site):
         site.cli("umount", site.target)
     assert _leftovers(site.base) == []
     # The object under the farm was not touched, and a fresh mount shows the tree again.
-    site.cli("mount", dep, site.target, "--keys", site.keys)
+    site.cli("mount", dep, site.target, "--keys", site.keys, "--read-only")
     try:
         assert_same_tree(site.src, site.target)
     finally:
@@ -342,7 +342,7 @@ def test_deployment_state_commands(site, base):
     proc = site.cli("undeploy", first, check=False)
     assert proc.returncode == 14 and "is the default" in proc.stderr
     site.cli("set-default", second, "--tries", "1")
-    site.cli("mount", "previous", site.target, "--keys", site.keys)
+    site.cli("mount", "previous", site.target, "--keys", site.keys, "--read-only")
     try:
         assert_same_tree(site.src, site.target)
         proc = site.cli("undeploy", first, check=False)
@@ -455,7 +455,7 @@ def test_umount_without_the_repository(site):
 
 def test_metacopy_layout_from_the_command_line(site):
     out = site.cli("deploy", "os/main", "--keys", site.keys, "--verify", "userspace",
-                   "--layout", "metacopy", "--mount", site.target).stdout
+                   "--layout", "metacopy", "--mount", site.target, "--read-only").stdout
     dep = out.strip().splitlines()[-1].split()[-1]
     try:
         assert "layout metacopy" in out

@@ -55,7 +55,9 @@ def _site_of(base: str, fill) -> Site:  # type: ignore[no-untyped-def]
 
 def _farms(site: Site) -> list[str]:
     root = os.path.join(site.repo, "deploy")
-    return sorted(n for n in os.listdir(root) if n not in ("state.json", "state.lock")) \
+    # Not the writable state beside them (var/, etc/, boot/: overlay.layout)
+    return sorted(n for n in os.listdir(root)
+                  if n not in ("state.json", "state.lock", "var", "etc", "boot")) \
         if os.path.isdir(root) else []
 
 

@@ -54,15 +54,19 @@ def _nothing_left(site: Site) -> None:
     assert _leftovers(site.base) == []
     assert os.listdir(site.target) == []
     deploy_dir = os.path.join(site.repo, "deploy")
-    farms = [n for n in os.listdir(deploy_dir) if n not in ("state.json", "state.lock")] \
+    # The shared /var stays once seeded (it is the system's); no /etc or boot files of a
+    # deployment may stay.
+    farms = [n for n in os.listdir(deploy_dir) if n not in ("state.json", "state.lock", "var")] \
         if os.path.isdir(deploy_dir) else []
-    assert farms == []
+    assert [n for n in farms if n not in ("etc", "boot")] == []
+    for name in ("etc", "boot"):
+        assert not os.listdir(os.path.join(deploy_dir, name)) if name in farms else True
     assert not [n for n in os.listdir(os.path.join(site.repo, "tmp")) if n.startswith("mount-")]
     assert json.loads(site.cli("status", "--json").stdout)["deployments"] == []
 
 
 def test_deploy_mount_equals_the_tree_and_is_read_only(site):
-    out = _deploy_mount(site).stdout
+    out = _deploy_mount(site, "--read-only").stdout
     dep = out.strip().splitlines()[-1].split()[-1]
     assert dep.startswith(site.commit + ".") and f"mounted at {os.path.abspath(site.target)}" in out
     try:

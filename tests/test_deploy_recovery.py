@@ -74,14 +74,14 @@ def test_a_deploy_killed_before_recording_blocks_nothing(site):
 def test_a_deploy_mount_killed_before_recording_is_cleaned_up(site):
     other = os.path.join(site.base, "other")
     os.mkdir(other)
-    _killed_deploy(site, "--mount", site.target)
+    _killed_deploy(site, "--mount", site.target, "--read-only")  # the overlay alone
     lost = f"{site.commit}.1"
     # Left: the overlay at the target (unrecorded) and its staging tmpfs, still attached.
     assert deployment_mounts(os.path.join(site.repo, "deploy")) == {lost: [os.path.realpath(site.target)]}
     assert len(_staging_dirs(site)) == 1 and len(_leftovers(site.base)) == 2
     # The next deploy detaches the stale staging tmpfs, keeps the farm the overlay uses and
     # takes the next serial.
-    dep = site.deploy("--mount", other)
+    dep = site.deploy("--mount", other, "--read-only")
     assert dep == f"{site.commit}.2" and _farms(site) == [lost, dep]
     assert sorted(_leftovers(site.base)) == sorted(os.fsencode(os.path.realpath(p))
                                                    for p in (site.target, other))

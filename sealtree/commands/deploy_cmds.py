@@ -71,7 +71,12 @@ def register(sub: Any) -> None:
         "or metacopy, no farm: at mount every large file is an overlay metacopy stub\n"
         "redirected to its object, whose fs-verity digest the kernel checks at every open\n"
         "(verity=require; Linux 6.6+).  It becomes the default deployment, with boot\n"
-        "counting.  With --mount TARGET, also mount it there as 'mount' does, in the\n"
+        "counting.  Its writable /etc is made too (deploy/etc/<id>): a 3-way merge of\n"
+        "the default deployment's /etc (local changes kept, the release's applied where\n"
+        "nothing was changed locally, conflicts named by path), else a copy of the\n"
+        "release's; the shared /var (deploy/var) is seeded from the first deployment,\n"
+        "and the tree's kernel and initramfs are copied to deploy/boot/<id>/.\n"
+        "With --mount TARGET, also mount it there as 'mount' does, in the\n"
         "same pass: the pack is unpacked into the tmpfs while the\n"
         "objects are hashed, nothing is verified twice, and the overlay is mounted only\n"
         "once every check has passed (on any failure nothing is left mounted).  The\n"
@@ -90,6 +95,8 @@ def register(sub: Any) -> None:
                         "holds is hidden while the deployment is mounted)")
     p.add_argument("--live", action="store_true",
                    help="with --mount: writable, with writes in memory only")
+    p.add_argument("--read-only", action="store_true",
+                   help="with --mount: the tree alone, no writable /etc, /var or /tmp over it")
     _layout_arg(p, "auto", "hardlinks: a hardlink farm (objects checked before mounting); "
                 "metacopy: no farm, stubs over the objects that the kernel checks at every open "
                 "(Linux 6.6+ with fs-verity; else checked once, in userspace); auto (default): "
@@ -125,7 +132,9 @@ def register(sub: Any) -> None:
 
     p = add_parser(sub, "umount", "unmount a mounted deployment",
                    "Unmount the deployment's overlay at TARGET, which releases its tmpfs layers,\n"
-                   "and forget the mount in the deployment state (when --repo is known).  Only a\n"
+                   "with the writable /etc, /var and /tmp mounted over it (refused while anything\n"
+                   "else is mounted below TARGET, unless --lazy), and forget the mount in the\n"
+                   "deployment state (when --repo is known).  Only a\n"
                    "deployment's overlay is unmounted (one whose lowest layer is a deploy\n"
                    "directory; with --repo, one of that repository's): any other mount at TARGET\n"
                    "is refused.")
@@ -179,20 +188,27 @@ def _tries_of(args: argparse.Namespace) -> int | None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     if args.live and not args.target:
         raise UsageError("--live needs --mount TARGET")
+    if args.read_only and not args.target:
+        raise UsageError("--read-only needs --mount TARGET")
+    if args.live and args.read_only:
+        raise UsageError("--live and --read-only exclude each other")
     from overlay.deploy import deploy
     repo = open_repo(args)
     result = deploy(repo, args.rev, args.keys, policy=_policy(args), make_default=not args.no_default,
                     tries=_tries_of(args), allow_downgrade=args.allow_downgrade,
-                    target=args.target, live=args.live, layout=_layout(args.layout))
+                    target=args.target, live=args.live, layout=_layout(args.layout),
+                    with_state=not args.read_only and not args.live)
     dep, check, mounted = result.deployment, result.check, result.mount
     if args.json:
         doc = {"id": dep.id, "commit": dep.commit, "ref": dep.ref, "version": dep.version,
                "path": result.path, "objects": check.files, "bytes": check.bytes,
                "kernel_verified": check.kernel, "userspace_verified": check.userspace,
-               "verity_enabled": check.enabled, "layout": dep.layout}
+               "verity_enabled": check.enabled, "layout": dep.layout,
+               **_prepared_doc(result.state)}
         if mounted is not None:
             doc.update({"target": mounted.target, "live": args.live, "api": mounted.api,
                         "verity": mounted.verity, "enforced": mounted.enforced,
+                        "state": _state_doc(mounted.state),
                         "files": mounted.populate.files, "links": mounted.populate.links,
                         "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
         doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
@@ -200,12 +216,47 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         return
     print(f"verified {check.files} objects ({check.kernel} by the kernel, {check.userspace} in "
           f"userspace; fs-verity enabled on {check.enabled}) for {dep.ref} {dep.commit[:12]}")
+    _say_prepared(result.state)
     if mounted is not None:
-        mode = "live (writes in memory)" if args.live else "read-only"
-        print(f"mounted at {show(mounted.target)}, {mode}")
+        print(f"mounted at {show(mounted.target)}, {_mode(args.live, mounted.state)}")
         _say_enforcement(mounted)
     print(f"layout {dep.layout}")
     print(f"deployed {dep.id}")
+
+
+def _prepared_doc(prepared: Any) -> dict[str, Any]:
+    """deploy --json: how the writable /etc was made, the /var seed, the boot files."""
+    if prepared is None:
+        return {}
+    etc = prepared.etc
+    boot = prepared.boot
+    return {
+        "etc": None if etc is None else {
+            "path": prepared.layout.etc(prepared.dep_id), "how": etc.how,
+            "merged_from": etc.merged_from, "kept": etc.kept, "updated": etc.updated,
+            "conflicts": etc.conflicts, "note": etc.note},
+        "var_seeded": prepared.var_seeded, "var": prepared.layout.var,
+        "boot": None if boot is None else {
+            "path": prepared.layout.boot(prepared.dep_id),
+            "files": {name: show(tree_path) for name, tree_path in boot.paths().items()}},
+    }
+
+
+def _say_prepared(prepared: Any) -> None:
+    if prepared is None:
+        return
+    if prepared.etc is None:
+        print("/etc: the tree has none (no writable /etc)")
+    else:
+        print(f"/etc: {prepared.etc.summary()}")
+        for line in prepared.etc.describe_conflicts():
+            print(f"CONFLICT {line}")
+    if prepared.var_seeded:
+        print(f"/var: seeded from this tree at {show(prepared.layout.var)} (shared by every "
+              f"deployment from now on)")
+    if prepared.boot is not None:
+        files = ", ".join(f"{name} (/{show(path)})" for name, path in prepared.boot.paths().items())
+        print(f"boot files: {files} in {show(prepared.layout.boot(prepared.dep_id))}")
 
 
 def _say_enforcement(mounted: Any) -> None:
@@ -234,7 +285,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
     dep, result = mount_deployment(repo, args.deployment, args.target, keys_dir=args.keys,
                                    policy=_policy(args), live=args.live,
                                    layout=_layout(args.layout) if args.layout else None,
-                                   with_state=not args.read_only)
+                                   with_state=not args.read_only and not args.live)
     if args.json:
         print_json({"id": dep.id, "target": result.target, "live": args.live, "api": result.api,
                     "objects": result.check.files, "files": result.populate.files,
@@ -286,9 +337,35 @@ def _status_doc(repo: Any) -> dict[str, Any]:
                      else layout.farm(dep.id)),
             "present": deployment_present(repo, dep),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
+            **_dep_state_doc(layout, dep.id),
         })
+    try:
+        boot_default: str | None = os.readlink(layout.boot_default)
+    except OSError:
+        boot_default = None
     return {"default": state.default, "previous": state.previous, "booted": state.booted,
-            "next_boot": next_boot, "deployments": out}
+            "next_boot": next_boot, "boot_default": boot_default, "var": layout.var,
+            "deployments": out}
+
+
+def _dep_state_doc(layout: Any, dep_id: str) -> dict[str, Any]:
+    """status: a deployment's writable /etc (and how it was made), its boot files."""
+    from overlay.deploy_state import StateError, read_report
+    etc_path = layout.etc(dep_id)
+    etc: dict[str, Any] | None = None
+    if os.path.isdir(etc_path):
+        etc = {"path": etc_path, "how": None, "merged_from": None, "conflicts": []}
+        try:
+            report = read_report(layout, dep_id)
+        except StateError as err:
+            etc["error"] = str(err)
+            report = None
+        if report is not None:
+            etc.update({"how": report.how, "merged_from": report.merged_from,
+                        "kept": len(report.kept), "updated": len(report.updated),
+                        "conflicts": report.conflicts, "summary": report.summary()})
+    boot_path = layout.boot(dep_id)
+    return {"etc": etc, "boot": boot_path if os.path.isdir(boot_path) else None}
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -309,10 +386,24 @@ def cmd_status(args: argparse.Namespace) -> None:
             tries += f" (the next boot falls back to {doc['next_boot']})"
         print(f"    boot tries left: {tries}")
         print(f"    layout: {dep['layout']}")
+        _say_dep_state(dep)
         if dep["mounted_at"]:
             print(f"    mounted at: {', '.join(show(target) for target in dep['mounted_at'])}")
         if not dep["present"]:
             print(f"    MISSING: {show(dep['path'])} does not exist")
+
+
+def _say_dep_state(dep: dict[str, Any]) -> None:
+    etc = dep["etc"]
+    if etc is None:
+        print("    /etc: no writable /etc yet (made at its first mount)")
+    else:
+        print(f"    /etc: {show(etc['path'])}, {etc.get('summary') or etc.get('error') or 'writable'}")
+        for c in etc["conflicts"]:
+            print(f"    CONFLICT {c['path']}: {c['user']} by the user, {c['vendor']} by the new "
+                  f"release (the user's version kept)")
+    if dep["boot"] is not None:
+        print(f"    boot files: {show(dep['boot'])}")
 
 
 def cmd_undeploy(args: argparse.Namespace) -> None:
