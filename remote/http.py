@@ -301,6 +301,10 @@ def _chunk(response: urllib3.BaseHTTPResponse, amount: int, deadline: float, bas
         raise FetchError("too slow: gave up (the server sends below the minimum rate)",
                          mirror=base, path=path)
     try:
-        return response.read1(amount)
+        # urllib3 2 has read1 (what is buffered, at most amount); Debian 12's urllib3 1.26
+        # (the devices' python3-urllib3) only read, which returns at most amount too
+        read1 = getattr(response, "read1", None)
+        data: bytes = read1(amount) if read1 is not None else response.read(amount)
+        return data
     except HTTPError as err:
         raise FetchError(f"cannot fetch: {_reason(err)}", mirror=base, path=path) from None

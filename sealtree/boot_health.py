@@ -10,7 +10,7 @@ Two checks, made once the system is up (``sealtree boot-check``, run by
   objects and in the booted deployment's farm, which hardlinks them, so the report names
   the object and the path in the tree where it can;
 * no unit listed in the vendor's required-units file (``/etc/sealtree/required-units``,
-  one unit name a line, ``#`` comments; docs/FORMAT.md "Required units") failed: its
+  one unit name a line, ``#`` comments; docs/FORMAT.md section 14) failed: its
   ``systemctl show`` says ``LoadState=loaded`` and ``Result=success`` and not
   ``ActiveState=failed``.
 
@@ -19,6 +19,7 @@ This module reads and decides; it never prints and never marks anything.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -47,11 +48,12 @@ _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\."
 class VerityError:
     """One kernel message saying that sealed bytes were refused."""
 
-    message: str  # the kernel's text
+    message: str  # the kernel's text (the first, when it said so several times)
     device: str | None = None
     inode: int | None = None
-    object: str | None = None  # the object's path in the repository, when found
+    object: str | None = None  # the object's path under the repository's objects/, when found
     path: str | None = None  # the file's path in the booted tree, when found
+    count: int = 1  # how many times the kernel said it (each read of the file is one)
 
     def describe(self) -> str:
         where = []
@@ -61,7 +63,8 @@ class VerityError:
             where.append(f"object {self.object}")
         if self.inode is not None and not where:
             where.append(f"inode {self.inode} on {self.device}")
-        return f"{', '.join(where) or 'unknown file'}: {self.message}"
+        again = f" ({self.count} times)" if self.count > 1 else ""
+        return f"{', '.join(where) or 'unknown file'}: {self.message}{again}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ class Health:
             "deployment": self.deployment,
             "healthy": self.healthy,
             "verity_errors": [{"message": e.message, "device": e.device, "inode": e.inode,
-                               "object": e.object, "path": e.path} for e in self.verity_errors],
+                               "object": e.object, "path": e.path, "count": e.count}
+                              for e in self.verity_errors],
             "required_units": self.required_units,
             "failed_units": [{"name": u.name, "load_state": u.load_state, "active_state": u.active_state,
                               "result": u.result} for u in self.failed_units],
@@ -144,18 +148,25 @@ def read_kmsg(path: str = KMSG) -> list[str]:
 
 
 def verity_errors(lines: Iterable[str]) -> list[VerityError]:
-    """The kernel messages among ``lines`` that say sealed bytes were refused."""
-    found: list[VerityError] = []
+    """The kernel messages among ``lines`` that say sealed bytes were refused, one per file
+    (fs-verity: per device and inode; overlayfs: per message), counted, in order."""
+    found: dict[tuple[str | None, int | None, str], VerityError] = {}
     for line in lines:
         match = _FSVERITY.search(line)
         if match is not None:
-            if any(word in match["msg"] for word in _FSVERITY_BAD):
-                found.append(VerityError(match["msg"].strip(), match["dev"], int(match["ino"])))
-            continue
-        over = _OVERLAY.search(line)
-        if over is not None:
-            found.append(VerityError("overlayfs: " + over["msg"].strip()))
-    return found
+            if not any(word in match["msg"] for word in _FSVERITY_BAD):
+                continue
+            error = VerityError(match["msg"].strip(), match["dev"], int(match["ino"]))
+            key: tuple[str | None, int | None, str] = (error.device, error.inode, "")
+        else:
+            over = _OVERLAY.search(line)
+            if over is None:
+                continue
+            error = VerityError("overlayfs: " + over["msg"].strip())
+            key = (None, None, error.message)
+        known = found.get(key)
+        found[key] = error if known is None else dataclasses.replace(known, count=known.count + 1)
+    return list(found.values())
 
 
 def locate(errors: Sequence[VerityError], objects_dir: str, farm: str | None) -> list[VerityError]:
@@ -173,8 +184,7 @@ def locate(errors: Sequence[VerityError], objects_dir: str, farm: str | None) ->
             continue
         obj = objects.get(e.inode)
         path = paths.get(e.inode)
-        out.append(VerityError(e.message, e.device, e.inode, obj,
-                               "/" + path if path is not None else None))
+        out.append(dataclasses.replace(e, object=obj, path="/" + path if path is not None else None))
     return out
 
 
