@@ -75,6 +75,9 @@ WantedBy=multi-user.target
 
 
 def _prepare(root: Path, keyring: Path) -> None:
+    # no package caches in the image (every device would seal them), as the realvm test does
+    assert real_system.run_in(root, ["apt-get", "clean"]).returncode == 0
+    subprocess.run(["sh", "-c", f"rm -rf {root}/var/lib/apt/lists/*"], check=True)
     subprocess.run(["sh", str(PREPARE), str(root)], check=True, capture_output=True)
     keys = root / "etc" / "sealtree" / "keys"
     keys.mkdir(parents=True, exist_ok=True)
