@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import corpora, peers, tarballs
+from bench import corpora, peers, tarballs, update_http
 from bench import sealtree_cli as st
 from bench.measure import CachePolicy
 from bench.proc import CommandFailed
@@ -35,7 +35,7 @@ log = logging.getLogger("bench")
 COMMANDS = ("init", "commit", "checkout", "fsck", "digest", "keygen", "pack build", "pack sign",
             "pack verify", "pack import", "deploy", "mount", "umount", "undeploy", "export",
             "publish", "remote add", "pull")
-GROUPS = ("tree", "digest", "scaling", "tar", "pull")  # what --only chooses from
+GROUPS = ("tree", "digest", "scaling", "tar", "pull", "update-http")  # what --only chooses from
 
 
 @dataclass
@@ -69,6 +69,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     256 << 20, cache, [10_000, 50_000, 200_000], pull_corpus="minbase",
                     tars=lambda _work: [(f"{tarballs.PACKAGE} {path.name}", path)
                                         for path in debian_data_tars(cache)])
+    if args.quick:  # the update corpora need debootstrap and the network
+        plan.groups = tuple(g for g in plan.groups if g != "update-http")
     if args.only:
         plan.groups = tuple(args.only)
     if args.repeats:
@@ -117,6 +119,9 @@ def execute(plan: Plan, suite: Suite, meta: dict[str, object], results: list[Res
         for label, archive in plan.tars(suite.work.root):
             log.info("commit --tar and export --tar of %s", label)
             results.extend(tars.measure(archive, label))
+    if "update-http" in plan.groups:
+        log.info("bookworm point update pulled over loopback nginx by both sides")
+        results.extend(update_http.measure(suite.work, suite.repeats, suite.cache, suite.keys, plan.cache))
     if "digest" in plan.groups:
         log.info("digest throughput on %d MiB", plan.digest_bytes >> 20)
         results.append(suite.digest(plan.digest_bytes))

@@ -22,6 +22,6 @@ files), ``boot_files`` (which kernel and initramfs, and ``deploy/boot/default``)
 ``writable`` (the writable /etc, shared /var and /tmp tmpfs mounted over a tree).
 Imports only store, pack, overlay, zstandard, cryptography and the standard
 library, so the boot verifier can be copied into an initramfs.  Formats:
-docs/FORMAT.md, sections 9 (deployments), 10 (boot verifier) and 13 (writable
+docs/FORMAT.md, sections 9 (deployments), 10 (boot verifier) and 14 (writable
 state).
 """

@@ -170,11 +170,15 @@ class _TmpfsWriter(TreeWriter):
         """A metacopy stub: a sparse file of the object's size, with ``meta`` and the stub's
         overlay xattrs (after the tree's own: a tree never carries overlay xattrs)."""
         parent, name = self._place(path)
-        fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+        plain = not meta.mode & 0o7000 and not meta.mode & self._umask
+        mode = meta.mode if plain else 0o600
+        fd = os.open(name, _NEW_FILE, mode, dir_fd=parent)
         try:
             os.ftruncate(fd, stub.size)
-            self._apply(fd, meta, 0o600 & ~self._umask)
-            xattrs.write(fd, ((REDIRECT_XATTR, stub.redirect), (METACOPY_XATTR, stub.metacopy)))
+            self._apply(fd, meta, mode & ~self._umask)
+            # os.setxattr: two fixed names on every stub, without the xattr package's wrapping
+            os.setxattr(fd, REDIRECT_XATTR, stub.redirect)
+            os.setxattr(fd, METACOPY_XATTR, stub.metacopy)
         finally:
             os.close(fd)
 

@@ -245,7 +245,8 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                                       trees=trees)
                 for row, data in reader.entries():
                     if data is not None:
-                        tx.add_file_bytes(data, row.entry.meta)  # the reader checked its digest
+                        # the reader has checked that its digest is the manifest's
+                        tx.add_file_bytes(data, row.entry.meta, checked_digest=row.entry.digest)
                         result.inline_files += 1
                     elif row.is_large:
                         result.large_files += 1

@@ -41,7 +41,17 @@ from store.codec import Reader
 from store.errors import FormatError, PackError
 from store.ids import RawId, to_hex
 from store.inode_rules import meta_problem
-from store.model import Entry, Kind, Meta, MetaCache, check_name, decode_entry, encode_entry
+from store.model import (
+    MAX_TARGET,
+    PERMISSION_BITS,
+    Entry,
+    Kind,
+    Meta,
+    MetaCache,
+    check_name,
+    decode_entry,
+    encode_entry,
+)
 from store.names import show
 from store.objects import MAX_META_OBJECT
 from store.tree import MAGIC as TREE_MAGIC
@@ -53,6 +63,12 @@ MAX_PARENT = 4095  # PATH_MAX less the NUL: also bounds the depth to 2048
 _U16 = struct.Struct("<H")
 # inline flag, data offset
 _INLINE = struct.Struct("<BQ")
+# store.model's entry encoding, for the fast path of decoding (``_Decoder.fast_row``):
+# kind, name length; mode, uid, gid, xattr count; file size, digest; symlink target length
+_HEAD = struct.Struct("<BH")
+_META = struct.Struct("<IIIH")
+_FILE = struct.Struct("<Q32s")
+_KINDS = {int(kind): kind for kind in Kind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +267,7 @@ class _Decoder:
         self.check = check
         self.on_tree = on_tree
         self.metas: MetaCache = {}
+        self.checked_metas: set[bytes] = set()  # encodings of xattr-less metadata checked
         self.stack = [_OpenDir(b"", None, 0)]
         self.data_size = 0
         self.root_tree: RawId | None = None
@@ -274,8 +291,99 @@ class _Decoder:
         if self.on_tree is not None:
             self.on_tree(got, bytes(done.encoded))
 
+    def fast_row(self) -> ManifestEntry | None:
+        """The next row decoded straight from the buffer, when it is whole there and of the
+        usual kind: metadata without xattrs, every field valid.  None otherwise, having
+        consumed nothing: ``row`` then decodes it field by field (and raises about what is
+        wrong).  What this accepts, ``row`` accepts too, with the same result."""
+        reader = self.reader
+        data = reader.data
+        end = len(data)
+        p = reader.pos
+        if p + 5 > end:
+            return None
+        parent_len = data[p] | data[p + 1] << 8
+        if parent_len > MAX_PARENT:
+            return None
+        entry_at = p + 2 + parent_len
+        if entry_at + 3 > end:
+            return None
+        kind_number, name_len = _HEAD.unpack_from(data, entry_at)
+        kind = _KINDS.get(kind_number)
+        meta_at = entry_at + 3 + name_len
+        if kind is None or meta_at + 14 > end:
+            return None
+        name = data[entry_at + 3:meta_at]
+        if check_name(name) is not None:
+            return None
+        fixed = data[meta_at:meta_at + 14]
+        meta = self.metas.get(fixed)
+        if meta is None:
+            mode, uid, gid, count = _META.unpack(fixed)
+            if count or mode & ~PERMISSION_BITS:
+                return None
+            meta = self.metas[fixed] = Meta(mode, uid, gid)
+        q = meta_at + 14
+        inline = False
+        offset = 0
+        if kind is Kind.FILE:
+            if q + 49 > end:
+                return None
+            size, digest = _FILE.unpack_from(data, q)
+            inline_flag, offset = _INLINE.unpack_from(data, q + 40)
+            inline = inline_flag == 1
+            if inline_flag != (size <= self.inline_max) or (
+                    offset != (self.data_size if inline else 0)):
+                return None
+            entry = Entry(name, kind, meta, size=size, digest=digest)
+            entry_end = q + 40
+            q += 49
+        elif kind is Kind.DIR:
+            if q + 32 > end:
+                return None
+            entry = Entry(name, kind, meta, tree=RawId(data[q:q + 32]))
+            entry_end = q = q + 32
+        else:
+            if q + 2 > end:
+                return None
+            target_len = data[q] | data[q + 1] << 8
+            entry_end = q + 2 + target_len
+            if not 0 < target_len <= MAX_TARGET or entry_end > end:
+                return None
+            target = data[q + 2:entry_end]
+            if b"\0" in target:
+                return None
+            entry = Entry(name, kind, meta, target=target)
+            q = entry_end
+        parent = data[p + 2:entry_at]
+        path = parent + b"/" + name if parent else name
+        start = reader.keep = reader.base + p
+        if self.check:
+            checked = fixed in self.checked_metas
+            self.place(parent, name, path, entry, start, data[entry_at:entry_end], checked)
+            if not checked:
+                self.checked_metas.add(fixed)
+        reader.pos = q
+        counts = self.counts
+        if kind is Kind.FILE:
+            if inline:
+                self.data_size += size
+                counts["inline_files"] += 1
+                counts["inline_bytes"] += size
+                return ManifestEntry(path, entry, True, offset)
+            counts["large_files"] += 1
+            counts["large_bytes"] += size
+        elif kind is Kind.DIR:
+            counts["dirs"] += 1
+        else:
+            counts["symlinks"] += 1
+        return ManifestEntry(path, entry)
+
     def row(self) -> ManifestEntry:
         reader = self.reader
+        fast = self.fast_row()
+        if fast is not None:
+            return fast
         start = reader.keep = reader.offset
         (parent_len,) = reader.unpack(_U16, "parent path length")
         if parent_len > MAX_PARENT:
@@ -297,8 +405,9 @@ class _Decoder:
         return ManifestEntry(path, entry)
 
     def place(self, parent: bytes, name: bytes, path: bytes, entry: Entry, start: int,
-              encoded: bytes) -> None:
-        """Check the row's place in the tree and add it to its directory's tree object."""
+              encoded: bytes, meta_checked: bool = False) -> None:
+        """Check the row's place in the tree and add it to its directory's tree object
+        (and its metadata, unless ``meta_checked``: the same passed already)."""
         stack = self.stack
         while stack[-1].path != parent:
             if len(stack) == 1:
@@ -308,7 +417,8 @@ class _Decoder:
         if top.count and name <= top.last:
             raise _fail(f"{'duplicate' if name == top.last else 'unsorted'} "
                         f"name after {show(top.last)}", start, path)
-        check_meta(entry.meta, entry.kind, path, start)
+        if not meta_checked:
+            check_meta(entry.meta, entry.kind, path, start)
         top.last = name
         top.count += 1
         top.encoded += encoded

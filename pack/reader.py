@@ -288,8 +288,8 @@ class PackReader:
                 yield row, None
                 continue
             size = row.entry.size
-            shown = show(row.path)
             if at + size > len(current):
+                shown = show(row.path)
                 if at != len(current):
                     raise PackError(f"inline file {shown} straddles data frames",
                                     offset=current_at)
@@ -313,7 +313,7 @@ class PackReader:
             at += size
             got = digest_bytes(data)
             if not hmac.compare_digest(got, row.entry.digest):
-                raise PackError(f"inline file {shown}: fs-verity digest {got.hex()}, "
+                raise PackError(f"inline file {show(row.path)}: fs-verity digest {got.hex()}, "
                                 f"the manifest says {to_hex(row.entry.digest)} (data frame at "
                                 f"offset {current_at})", offset=current_at)
             yield row, data

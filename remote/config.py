@@ -12,6 +12,18 @@ Each remote has a directory ``REPO/remotes/NAME/``:
     {"format": "sealtree-accepted-index", "version": 1, "serial": S, "timestamp": T,
      "expires": E, "sha256": HEX}
 
+``index``, ``index.sig``, ``validators.json``  the last accepted index as served (its
+bytes and its signature file) and, per server, the validators that server sent with it
+(``ETag``, ``Last-Modified``), for conditional GETs of the index::
+
+    {"format": "sealtree-index-validators", "version": 1, "sha256": HEX, "signatures_sha256": HEX,
+     "servers": {URL: {"etag": TEXT or null, "last_modified": TEXT or null}, ...}}
+
+These three are a cache, unlike the rest: one that is missing, does not parse or
+does not match (the SHA-256 of ``index`` and ``index.sig``, and the index accepted)
+is ignored and the index fetched whole.  Nothing in it is trusted: an index
+reused after a 304 is checked again like a served one (remote.pull).
+
 A name is 1..64 characters of ``[A-Za-z0-9_.-]``, not starting with ``.`` or
 ``-``; URLs are ``http://`` or ``https://`` without query or fragment.  A
 file that does not parse is an error, never an empty state.
@@ -20,6 +32,7 @@ file that does not parse is an error, never an empty state.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -42,6 +55,11 @@ REMOTE_FILE = "remote.json"
 ACCEPTED_FILE = "accepted.json"
 REMOTE_FORMAT = "sealtree-remote"
 ACCEPTED_FORMAT = "sealtree-accepted-index"
+INDEX_CACHE = "index"
+INDEX_CACHE_SIGNATURES = "index.sig"
+VALIDATORS_FILE = "validators.json"
+VALIDATORS_FORMAT = "sealtree-index-validators"
+MAX_VALIDATOR = 1024  # characters of an ETag or Last-Modified kept
 VERSION = 1
 MAX_FILE = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -222,3 +240,80 @@ def save_accepted(repo: Repository, name: str, accepted: AcceptedIndex) -> None:
     atomic_write(os.path.join(remote_dir(repo, name), ACCEPTED_FILE), _dump({
         "format": ACCEPTED_FORMAT, "version": VERSION, "serial": accepted.serial,
         "timestamp": accepted.timestamp, "expires": accepted.expires, "sha256": accepted.sha256}))
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a server sent with an index, to ask it next time whether the index changed."""
+
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass(frozen=True)
+class CachedIndex:
+    """The last accepted index as served: bytes, signature file, SHA-256 (hex) and each
+    server's validators for it."""
+
+    data: bytes
+    signatures: bytes
+    sha256: str
+    servers: dict[str, Validators]
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_bytes(path: str, limit: int) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    return data if len(data) <= limit else None
+
+
+def _validator(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_VALIDATOR
+                         and value.isprintable() and value.isascii()):
+        return value
+    raise ValueError("a validator of the wrong type")
+
+
+def load_cached_index(repo: Repository, name: str, index_limit: int, signatures_limit: int
+                      ) -> CachedIndex | None:
+    """The cached index of remote ``name``, or None when there is none or it is not whole and
+    consistent (see the module docstring: a cache, never an error)."""
+    directory = remote_dir(repo, name)
+    try:
+        doc = _read_json(os.path.join(directory, VALIDATORS_FILE))
+    except FormatError:
+        return None
+    data = _read_bytes(os.path.join(directory, INDEX_CACHE), index_limit)
+    signatures = _read_bytes(os.path.join(directory, INDEX_CACHE_SIGNATURES), signatures_limit)
+    if doc is None or data is None or signatures is None:
+        return None
+    try:
+        if doc["format"] != VALIDATORS_FORMAT or doc["version"] != VERSION \
+                or doc["sha256"] != _sha256_hex(data) \
+                or doc["signatures_sha256"] != _sha256_hex(signatures):
+            return None
+        servers = {url: Validators(_validator(v["etag"]), _validator(v["last_modified"]))
+                   for url, v in doc["servers"].items() if isinstance(url, str)}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return CachedIndex(data, signatures, doc["sha256"], servers)
+
+
+def save_cached_index(repo: Repository, name: str, cached: CachedIndex) -> None:
+    """Write the cache: the index and its signature file, then the validators that name their
+    digests (so that a crash between leaves a cache that is ignored, never a wrong one)."""
+    directory = remote_dir(repo, name)
+    atomic_write(os.path.join(directory, INDEX_CACHE_SIGNATURES), cached.signatures, durable=False)
+    atomic_write(os.path.join(directory, INDEX_CACHE), cached.data, durable=False)
+    atomic_write(os.path.join(directory, VALIDATORS_FILE), _dump({
+        "format": VALIDATORS_FORMAT, "version": VERSION, "sha256": _sha256_hex(cached.data),
+        "signatures_sha256": _sha256_hex(cached.signatures),
+        "servers": {url: {"etag": v.etag, "last_modified": v.last_modified}
+                    for url, v in sorted(cached.servers.items())}}), durable=False)

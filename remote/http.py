@@ -56,6 +56,16 @@ class HttpPolicy:
         return self.grace + size / self.min_rate
 
 
+@dataclass(frozen=True)
+class Conditional:
+    """The answer to a conditional GET: the body (None: 304 Not Modified) and the server's
+    validators for it, as it sent them (``ETag``, ``Last-Modified``; None when absent)."""
+
+    data: bytes | None
+    etag: str | None
+    last_modified: str | None
+
+
 def join(base: str, path: str) -> str:
     """The URL of site path ``path`` below the site's base URL."""
     return base.rstrip("/") + "/" + path
@@ -92,9 +102,27 @@ class Client:
 
     def get_bytes(self, base: str, path: str, limit: int) -> bytes:
         """The whole file at ``path``, at most ``limit`` bytes (more is refused unread)."""
+        data = self.get_conditional(base, path, limit).data
+        if data is None:  # cannot happen: without validators only a 200 is accepted
+            raise FetchError("HTTP status 304 without a condition", mirror=base, path=path, status=304)
+        return data
+
+    def get_conditional(self, base: str, path: str, limit: int, etag: str | None = None,
+                        last_modified: str | None = None) -> Conditional:
+        """``get_bytes`` with ``If-None-Match: etag`` and ``If-Modified-Since: last_modified``
+        when given: ``data`` None when the server answers 304 Not Modified.  The validators
+        the server sent (or repeated with its 304) come back with the answer."""
+        headers = {}
+        if etag is not None:
+            headers["If-None-Match"] = etag
+        if last_modified is not None:
+            headers["If-Modified-Since"] = last_modified
         started = time.monotonic()
-        response = self._open(base, path, started + self.policy.deadline(limit))
+        response = self._open(base, path, started + self.policy.deadline(limit), headers or None)
         try:
+            validators = (response.headers.get("ETag"), response.headers.get("Last-Modified"))
+            if response.status == 304 and headers:
+                return Conditional(None, validators[0] or etag, validators[1] or last_modified)
             if response.status != 200:
                 raise FetchError(f"HTTP status {response.status}", mirror=base, path=path,
                                  status=response.status)
@@ -107,7 +135,7 @@ class Client:
             data = _read(response, limit + 1, deadline, base, path, None)
             if len(data) > limit:
                 raise WrongBytes(f"more than the {limit} bytes allowed", mirror=base, path=path)
-            return data
+            return Conditional(data, *validators)
         finally:
             _finish(response)
 

@@ -19,6 +19,12 @@ so an unchanged ref builds a pack that is already there; objects present are
 skipped; the index is only replaced when a ref changes or it would expire
 within half of the requested validity.  Publishers of one site are
 serialised by a lock file (``.publish.lock``).
+
+Offline signing (``unsigned=True``, remote.offline): steps 1 to 3 as above, no
+signatures, and step 5 writes the canonical unsigned index to ``.index.unsigned``
+(``site.STAGED_INDEX``) instead of ``index``: nothing a client reads changes.
+``remote.offline.activate`` later adds the signatures made elsewhere and makes
+that index live, in step 4 and 5's order.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from store.syncfs import syncfs
 from . import objects, site
 from .index import (
     MAX_HISTORY,
+    MAX_INDEX,
     ObjectDelta,
     RefEntry,
     Release,
@@ -78,6 +85,7 @@ class PublishResult:
     bytes_written: int = 0
     signatures_added: int = 0
     deltas_written: int = 0
+    staged: bool = False  # unsigned: the index went to site.STAGED_INDEX, not live
     refs: list[str] = field(default_factory=list)
     deltas_skipped: list[str] = field(default_factory=list)  # why a release got no delta
 
@@ -176,14 +184,19 @@ def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
             refs: Sequence[str] = (), *, expires_days: float = DEFAULT_EXPIRES_DAYS,
             now: int | None = None, inline_max: int = DEFAULT_INLINE_MAX,
             level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL,
-            deltas_from: int = 0) -> PublishResult:
+            deltas_from: int = 0, unsigned: bool = False) -> PublishResult:
     """Write or update the site in ``site_dir`` with the packs of ``refs`` (default: every ref
     of the repository), signed by ``keys``; see the module docstring for the order.  Refs
     the site lists and ``refs`` does not name are kept as they are.  Each ref's entry keeps
     its previous releases (at most MAX_HISTORY, newest first); with ``deltas_from`` K, a
-    ref whose pack changed gets deltas from each of its previous K releases."""
-    if not keys:
-        raise UsageError("publishing needs at least one signing key")
+    ref whose pack changed gets deltas from each of its previous K releases.  ``unsigned``:
+    no keys; the index is staged, not made live (see the module docstring)."""
+    if unsigned and keys:
+        raise UsageError("an unsigned publish takes no signing key (sign the staged index "
+                         "offline with `sealtree index sign`)")
+    if not keys and not unsigned:
+        raise UsageError("publishing needs at least one signing key (or --unsigned, to sign "
+                         "offline)")
     if not 1 <= object_level <= 22:
         raise UsageError(f"the objects' zstd level must be in 1..22, got {object_level}")
     if not 0 <= deltas_from <= MAX_HISTORY:
@@ -222,7 +235,10 @@ def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
             fsync_dir(packs_dir)
         for one in built:
             result.signatures_added += _sign_pack(site_dir, one.entry.sha256, keys)
-        _write_index(site_dir, old, built, keys, now, int(expires_days * DAY), result)
+        if unsigned:
+            _stage_index(site_dir, old, built, now, int(expires_days * DAY), result)
+        else:
+            _write_index(site_dir, old, built, keys, now, int(expires_days * DAY), result)
     return result
 
 
@@ -277,12 +293,48 @@ def _with_history(site_dir: str, old: SiteIndex | None, built: list[_Built], del
     return out
 
 
+def _new_refs(old: SiteIndex | None, built: list[_Built]) -> dict[str, RefEntry]:
+    refs = dict(old.refs) if old is not None else {}
+    refs.update({one.ref: one.entry for one in built})
+    return dict(sorted(refs.items()))
+
+
+def read_staged_index(site_dir: str) -> tuple[SiteIndex, bytes] | None:
+    """The unsigned index staged in the site and its bytes (None when there is none);
+    IndexFormatError if it does not parse."""
+    path = os.path.join(site_dir, site.STAGED_INDEX)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_INDEX + 1)
+    except FileNotFoundError:
+        return None
+    return decode_index(data, path), data
+
+
+def _stage_index(site_dir: str, old: SiteIndex | None, built: list[_Built], now: int, validity: int,
+                 result: PublishResult) -> None:
+    """Write the next index, unsigned, to site.STAGED_INDEX.  Nothing when the live index lists
+    these refs already and is not half expired; the staged index is kept as it is when it lists
+    them and follows the live one (so that signatures made of it stay good)."""
+    refs = _new_refs(old, built)
+    if old is not None and refs == dict(old.refs) and old.expires - now >= validity // 2:
+        return
+    serial = old.serial + 1 if old is not None else 1
+    staged = read_staged_index(site_dir)
+    if staged is not None and staged[0].serial == serial and dict(staged[0].refs) == refs \
+            and staged[0].expires - now >= validity // 2:
+        result.index, result.staged = staged[0], True
+        return
+    timestamp = max(now, old.timestamp) if old is not None else now
+    index = SiteIndex(serial, timestamp, now + validity, refs)
+    atomic_write(os.path.join(site_dir, site.STAGED_INDEX), encode_index(index), 0o644)
+    result.index, result.staged, result.index_written = index, True, True
+
+
 def _write_index(site_dir: str, old: SiteIndex | None, built: list[_Built],
                  keys: Sequence[Ed25519PrivateKey], now: int, validity: int,
                  result: PublishResult) -> None:
-    refs = dict(old.refs) if old is not None else {}
-    refs.update({one.ref: one.entry for one in built})
-    refs = dict(sorted(refs.items()))
+    refs = _new_refs(old, built)
     if old is not None and refs == dict(old.refs) and old.expires - now >= validity // 2:
         data = encode_index(old)
         result.signatures_added += _sign_index(site_dir, data, keys)  # a new key signs too

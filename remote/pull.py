@@ -66,7 +66,7 @@ from .checks import (
 from .crosscheck import get_file_cross_checked
 from .errors import FetchError, IndexRollback, RemoteError
 from .http import Client, Hasher, HttpPolicy, NoHash
-from .index import RefEntry, SiteIndex
+from .index import MAX_INDEX, RefEntry
 from .mirrors import Mirrors, Verify
 
 PARTIAL_DIR = os.path.join("tmp", "pull")  # REPO/tmp/pull/{packs,objects}/, kept between pulls
@@ -118,6 +118,7 @@ class PullResult:
     remote: str
     index_serial: int
     index_server: str
+    index_not_modified: bool = False  # the server answered 304: the kept index was used
     refs: list[RefPulled] = field(default_factory=list)
     bytes_fetched: int = 0
     bytes_full: int = 0  # what the same pull would have fetched without deltas
@@ -135,8 +136,9 @@ def partial_dir(repo: Repository) -> str:
 # -- the index ----------------------------------------------------------------------------
 
 def _accept_index(remote: config.Remote, accepted: config.AcceptedIndex | None, keyring: Keyring,
-                  mirrors: Mirrors, url: str, options: PullOptions, now: int) -> SignedIndex:
-    signed = fetch_signed_index(mirrors, url, keyring, options.min_signatures)
+                  mirrors: Mirrors, url: str, options: PullOptions, now: int,
+                  cached: config.CachedIndex | None) -> SignedIndex:
+    signed = fetch_signed_index(mirrors, url, keyring, options.min_signatures, cached)
     if not options.allow_expired:
         check_not_expired(signed, now)
     index, where = signed.index, signed.where
@@ -151,16 +153,55 @@ def _accept_index(remote: config.Remote, accepted: config.AcceptedIndex | None, 
     return signed
 
 
+def _cached_index(repo: Repository, remote: config.Remote,
+                  accepted: config.AcceptedIndex | None) -> config.CachedIndex | None:
+    """The kept copy of the index accepted last, when it is that index (else None)."""
+    if accepted is None:
+        return None
+    cached = config.load_cached_index(repo, remote.name, MAX_INDEX, MAX_SIGNATURE_FILE)
+    return cached if cached is not None and cached.sha256 == accepted.sha256 else None
+
+
+def _validators(signed: SignedIndex) -> config.Validators | None:
+    """What the server sent to validate its index with, as far as it can be sent back."""
+    def usable(value: str | None) -> str | None:
+        ok = value is not None and 0 < len(value) <= config.MAX_VALIDATOR and value.isascii() \
+            and value.isprintable()
+        return value if ok else None
+    etag, modified = usable(signed.etag), usable(signed.last_modified)
+    return config.Validators(etag, modified) if etag or modified else None
+
+
+def _keep_index(repo: Repository, remote: config.Remote, signed: SignedIndex, url: str,
+                cached: config.CachedIndex | None) -> None:
+    """Keep the accepted index and this server's validators for the next pull's conditional GET
+    (each server's validators apply to the index it served; another index forgets them)."""
+    servers = dict(cached.servers) if cached is not None and cached.sha256 == signed.sha256.hex() else {}
+    validators = _validators(signed)
+    if validators is None:
+        servers.pop(url, None)
+    else:
+        servers[url] = validators
+    if cached is not None and cached.sha256 == signed.sha256.hex() and servers == cached.servers:
+        return
+    config.save_cached_index(repo, remote.name, config.CachedIndex(
+        signed.data, signed.signatures, signed.sha256.hex(), servers))
+
+
 def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirrors: Mirrors,
-                options: PullOptions) -> tuple[SiteIndex, str]:
+                options: PullOptions) -> tuple[SignedIndex, str]:
     """The index of the first server that serves an acceptable one (see the module docstring),
-    recorded as accepted; returns it and the server.  A server whose index fails is dropped."""
+    recorded as accepted; returns it and the server.  A server whose index fails is dropped.
+    The GET is conditional when the repository keeps the accepted index with that server's
+    validators (``config.CachedIndex``); a 304 reuses it, checked again in full (signatures
+    with today's keyring, expiry, rollback)."""
     now = int(time.time()) if options.now is None else options.now
     failures: list[SealtreeError] = []
     accepted = config.load_accepted(repo, remote.name)
+    cached = _cached_index(repo, remote, accepted)
     for url in mirrors.live():
         try:
-            signed = _accept_index(remote, accepted, keyring, mirrors, url, options, now)
+            signed = _accept_index(remote, accepted, keyring, mirrors, url, options, now, cached)
         except (FetchError, SignatureError, FormatError) as err:  # this server's index fails
             mirrors.drop(url, err)
             failures.append(err)
@@ -169,7 +210,9 @@ def fetch_index(repo: Repository, remote: config.Remote, keyring: Keyring, mirro
         if accepted is None or index.serial > accepted.serial:
             config.save_accepted(repo, remote.name, config.AcceptedIndex(
                 index.serial, index.timestamp, index.expires, signed.sha256.hex()))
-        return index, url
+        if accepted is None or index.serial >= accepted.serial:  # not a downgrade allowed
+            _keep_index(repo, remote, signed, url, cached)
+        return signed, url
     if len(failures) == 1:
         raise failures[0]
     raise mirrors.failed(site.INDEX, failures)
@@ -473,13 +516,14 @@ def pull(repo: Repository, remote: config.Remote, options: PullOptions | None = 
     try:
         mirrors = Mirrors(_servers(remote, client), client)
         with flock(os.path.join(partial_dir(repo), "lock"), exclusive=True):
-            index, server = fetch_index(repo, remote, keyring, mirrors, options)
+            signed, server = fetch_index(repo, remote, keyring, mirrors, options)
+            index = signed.index
             names = list(dict.fromkeys(options.refs)) or list(index.refs)
             unknown = [ref for ref in names if ref not in index.refs]
             if unknown:
                 raise RemoteError(f"not in the index of remote {remote.name} (serial {index.serial})",
                                   path=unknown[0])
-            result = PullResult(remote.name, index.serial, server)
+            result = PullResult(remote.name, index.serial, server, index_not_modified=signed.not_modified)
             progress = PullProgress()
             for ref in names:
                 pulled = _pull_ref(repo, ref, index.refs[ref], keyring, mirrors, options, result,

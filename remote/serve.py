@@ -6,7 +6,12 @@ GET and HEAD of regular files below the site's directory, with a single
 (temporary and lock files of a publish), a symlink anywhere below the
 directory (every component is opened ``O_NOFOLLOW`` relative to its parent,
 so nothing outside the directory is ever reached), directories (no listings)
-and anything but a regular file.  At most ``max_connections`` requests are
+and anything but a regular file.  Every answer carries an ``ETag`` (the
+file's inode, modification time in nanoseconds and size: a file replaced by
+rename, as the index is, gets a new one) and a ``Last-Modified``; a GET or HEAD
+whose ``If-None-Match`` matches the ETag (or, without ``If-None-Match``, whose
+``If-Modified-Since`` is not before the modification time) is answered 304 Not
+Modified without a body, whatever its ``Range``.  At most ``max_connections`` requests are
 served at once (the accept loop waits for a free slot; the kernel's backlog
 queues the rest), and an idle connection is closed after ``timeout`` seconds.
 """
@@ -14,6 +19,7 @@ queues the rest), and an idle connection is closed after ``timeout`` seconds.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import os
 import re
@@ -61,6 +67,30 @@ def open_in(root_fd: int, url_path: str) -> int:
         os.close(last)
         raise NotServed(path)
     return last
+
+
+def entity_tag(st: os.stat_result) -> str:
+    """The strong ETag of a file: inode, modification time (ns) and size."""
+    return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def not_modified(if_none_match: str | None, if_modified_since: str | None, st: os.stat_result) -> bool:
+    """Whether a GET with these conditions is answered 304 (RFC 9110 13.1.2, 13.1.3: the weak
+    comparison of entity tags; If-Modified-Since only without If-None-Match; a date that does
+    not parse is ignored)."""
+    if if_none_match is not None:
+        wanted = entity_tag(st)
+        tags = [t.strip() for t in if_none_match.split(",")]
+        return any(t == "*" or t.removeprefix("W/") == wanted for t in tags)
+    if if_modified_since is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return int(st.st_mtime) <= since.timestamp()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -117,7 +147,16 @@ class SiteHandler(BaseHTTPRequestHandler):
             self._empty(404)
             return
         with os.fdopen(fd, "rb") as handle:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            validators = {"ETag": entity_tag(st),
+                          "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True)}
+            if not_modified(self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since"), st):
+                self.send_response(304)
+                for name, value in validators.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                return
             wanted = parse_range(self.headers.get("Range"), size)
             if wanted == "unsatisfiable":
                 self._empty(416, {"Content-Range": f"bytes */{size}"})
@@ -130,6 +169,8 @@ class SiteHandler(BaseHTTPRequestHandler):
                 first, last = 0, size - 1
                 self.send_response(200)
             count = last - first + 1
+            for name, value in validators.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(count))

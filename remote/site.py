@@ -3,6 +3,7 @@
 ::
 
     index                          the signed index (remote.index), replaced last
+    .index.unsigned                an index staged for offline signing (remote.offline), not live
     signatures/<sha256>.sig        the index's detached signatures, named by the index's SHA-256
     packs/<sha256>.pack            a signed pack, named by the SHA-256 of its bytes
     packs/<sha256>.pack.sig        its detached signatures (pack.signature's file format)
@@ -23,6 +24,7 @@ from __future__ import annotations
 from store.ids import RawId
 
 INDEX = "index"
+STAGED_INDEX = ".index.unsigned"  # publish --unsigned; a dot name: never served by remote.serve
 SIGNATURES_DIR = "signatures"
 PACKS_DIR = "packs"
 OBJECTS_DIR = "objects"

@@ -10,7 +10,7 @@ Two checks, made once the system is up (``sealtree boot-check``, run by
   objects and in the booted deployment's farm, which hardlinks them, so the report names
   the object and the path in the tree where it can;
 * no unit listed in the vendor's required-units file (``/etc/sealtree/required-units``,
-  one unit name a line, ``#`` comments; docs/FORMAT.md section 14) failed: its
+  one unit name a line, ``#`` comments; docs/FORMAT.md section 15) failed: its
   ``systemctl show`` says ``LoadState=loaded`` and ``Result=success`` and not
   ``ActiveState=failed``.
 

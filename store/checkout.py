@@ -29,6 +29,7 @@ from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
 from .remove import remove_tree
+from .sparse import SPARSE_MIN, copy_sparse, has_holes
 from .walk import steps
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -117,8 +118,11 @@ class _Checkout:
             out = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                           dir_fd=self.fd)
             try:
-                while os.sendfile(out, src, None, COPY_CHUNK):
-                    pass
+                if entry.size >= SPARSE_MIN and has_holes(src, 0, entry.size):
+                    copy_sparse(src, out)  # sendfile would write every hole out as zeros
+                else:
+                    while os.sendfile(out, src, None, COPY_CHUNK):
+                        pass
                 apply_meta(out, entry.meta)
             finally:
                 os.close(out)

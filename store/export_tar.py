@@ -21,22 +21,30 @@ version either.  The rules (docs/FORMAT.md, section 8, has the full list):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
+import queue
 import struct
+import threading
+from collections import deque
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import zstandard
+from typing import TYPE_CHECKING, BinaryIO
 
 from .commits import Commit
 from .errors import ObjectCorrupt, ObjectMissing, SourceError
-from .fsverity import READ_CHUNK, VerityHasher
+from .fsverity import READ_CHUNK, VerityHasher, digest_bytes
 from .ids import to_hex
 from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
+from .sparse import EXPORT_HOLE_MIN, zero_runs
 from .walk import walk
+
+if TYPE_CHECKING:  # imported when --zstd asks for it: start-up time counts on every export
+    import zstandard
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # the archive is padded to whole records, as tar(1) writes them
@@ -54,6 +62,12 @@ _CHECKSUM_OFFSET = 148
 _CHECKSUM_SIZE = 8
 
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
+FLUSH_FRAME = 1  # zstandard.FLUSH_FRAME (the module is imported only for --zstd)
+FLUSH_AT = 1 << 20  # the archive is written to the output in pieces of about this size
+AHEAD_FILES = 128  # how many files ahead of the writing their objects are opened and read
+AHEAD_BATCH = 16  # files opened by one prefetch task
+PREFETCH_THREADS = 4
+SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
 @dataclass
@@ -107,7 +121,7 @@ class _Output:
         self.sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.sha256.update(data)
         self.size += len(data)
         self.out.write(data)
@@ -121,22 +135,43 @@ class TarWriter:
         self.out = out
         self.mtime = mtime
         self.written = 0
+        self.buffer = bytearray()  # what is not yet written to ``out``: up to FLUSH_AT bytes
 
-    def _write(self, data: bytes | memoryview) -> None:
-        self.out.write(data)
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buffer += data
         self.written += len(data)
+        if len(self.buffer) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.write(self.buffer)
+        self.buffer = bytearray()
 
     def _pad(self) -> None:
         if self.written % BLOCK:
             self._write(bytes(BLOCK - self.written % BLOCK))
 
-    def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"") -> None:
+    def member(self, path: bytes, kind: Kind, meta: Meta, *, size: int = 0, target: bytes = b"",
+               sparse: list[tuple[int, int]] | None = None) -> None:
         """Write one member's header, after a PAX header when a field does not fit ustar or
-        there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``."""
+        there are xattrs.  A file's ``size`` bytes follow through ``data`` then ``end_member``.
+        With ``sparse`` (the data ranges of a file with holes, as (offset, length)) the file is
+        a PAX sparse 1.0 member (docs/FORMAT.md, "Sparse files"): its map is written here, then
+        only the bytes of those ranges follow."""
         name = path + b"/" if kind is Kind.DIR else path
         typeflag = {Kind.FILE: REG, Kind.DIR: DIR, Kind.SYMLINK: SYMLINK}[kind]
         records: list[tuple[bytes, bytes]] = []
-        if len(name) > NAME_FIELD:
+        header_name = name
+        sparse_map = b""
+        if sparse is not None:
+            # GNU tar's layout: the real name and size in records, a made-up name (here without
+            # tar's PID) in the header, the map at the start of the data.
+            sparse_map = _sparse_map(sparse)
+            records += [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                        (b"GNU.sparse.name", name), (b"GNU.sparse.realsize", b"%d" % size)]
+            header_name = SPARSE_DIR + name.rsplit(b"/", 1)[-1]
+            size = len(sparse_map) + sum(length for _offset, length in sparse)
+        elif len(name) > NAME_FIELD:
             records.append((b"path", name))
         if len(target) > LINK_FIELD:
             records.append((b"linkpath", target))
@@ -153,7 +188,8 @@ class TarWriter:
                 raise SourceError(f"xattr {show(xname)} cannot be exported: a PAX record "
                                   f"keyword cannot hold '='", path=path)
             records.append((b"SCHILY.xattr." + xname, value))
-        if any(k in (b"path", b"linkpath") and not _is_utf8(v) for k, v in records):
+        if any(k in (b"path", b"linkpath", b"GNU.sparse.name") and not _is_utf8(v)
+               for k, v in records):
             records.insert(0, (b"hdrcharset", b"BINARY"))
         mtime = min(max(self.mtime, 0), MAX_OCTAL_11)
         if records:
@@ -162,11 +198,13 @@ class TarWriter:
             self._write(data)
             self._pad()
         # A value that a PAX record carries is 0 in the ustar field: one rule, no guessing.
-        self._write(_ustar(name, meta.mode, meta.uid if meta.uid <= MAX_OCTAL_7 else 0,
+        self._write(_ustar(header_name, meta.mode, meta.uid if meta.uid <= MAX_OCTAL_7 else 0,
                            meta.gid if meta.gid <= MAX_OCTAL_7 else 0,
                            size if size <= MAX_OCTAL_11 else 0, mtime, typeflag, target))
+        if sparse_map:
+            self._write(sparse_map)
 
-    def data(self, chunk: bytes | memoryview) -> None:
+    def data(self, chunk: bytes | bytearray | memoryview) -> None:
         self._write(chunk)
 
     def end_member(self) -> None:
@@ -177,35 +215,221 @@ class TarWriter:
         self._write(bytes(2 * BLOCK))
         if self.written % RECORD:
             self._write(bytes(RECORD - self.written % RECORD))
+        self.flush()
 
 
-def _copy_object(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry) -> None:
-    """Write a file's content, checking its size and fs-verity digest against the tree."""
-    source = objects.file_path(entry.digest, entry.meta)
-    hasher = VerityHasher()
-    left = entry.size
-    try:
-        with open(source, "rb", buffering=0) as handle:
-            while left:
-                chunk = handle.read(min(left, READ_CHUNK))
-                if not chunk:
-                    break
-                hasher.update(chunk)
-                writer.data(chunk)
-                left -= len(chunk)
-            extra = handle.read(1)
-    except FileNotFoundError:
-        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
-                            object_id=to_hex(entry.digest), file=source) from None
-    if left or extra:
+def _sparse_map(ranges: list[tuple[int, int]]) -> bytes:
+    """A PAX sparse 1.0 map: the number of ranges, then each one's offset and length, one
+    decimal number a line, zero-padded to whole blocks."""
+    lines = [b"%d" % len(ranges)]
+    for offset, length in ranges:
+        lines += [b"%d" % offset, b"%d" % length]
+    data = b"\n".join(lines) + b"\n"
+    return data + bytes(-len(data) % BLOCK)
+
+
+def data_ranges_between(runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The (offset, length) ranges of a ``size``-byte file outside its zero ``runs`` (at least
+    one); a file that ends in a run gets an empty range at its end, as GNU tar writes it."""
+    ranges = []
+    pos = 0
+    for start, stop in runs:
+        if start > pos:
+            ranges.append((pos, start - pos))
+        pos = stop
+    ranges.append((pos, size - pos) if pos < size else (size, 0))
+    return ranges
+
+
+def _copy_sparse(writer: TarWriter, fd: int, entry: Entry, ranges: list[tuple[int, int]],
+                 hasher: VerityHasher) -> int:
+    """Write the data ``ranges`` of the object open as ``fd``, hashing them and the zeros
+    between them; return how many bytes of content that was (its size when it is whole)."""
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    for offset, length in ranges:
+        hasher.update_zeros(offset - pos)
+        pos = offset
+        while pos < offset + length:
+            n = os.preadv(fd, [view[:min(len(buf), offset + length - pos)]], pos)
+            if not n:
+                return pos
+            hasher.update(view[:n])
+            writer.data(view[:n])
+            pos += n
+    hasher.update_zeros(entry.size - pos)
+    return entry.size
+
+
+def _check_copied(path: bytes, entry: Entry, source: str, wrong_size: bool, got: bytes) -> None:
+    """A file's content had ``entry.size`` bytes (not ``wrong_size``) and digest ``got``."""
+    if wrong_size:
         raise ObjectCorrupt(f"object {to_hex(entry.digest)} is not {entry.size} bytes long",
                             path=path, object_id=to_hex(entry.digest), file=source)
-    got = hasher.digest()
     if not hmac.compare_digest(got, entry.digest):
         raise ObjectCorrupt(f"object {to_hex(entry.digest)} is corrupt: its content has "
                             f"digest {got.hex()}", expected=to_hex(entry.digest), got=got.hex(),
                             path=path, object_id=to_hex(entry.digest), file=source)
+
+
+def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: Entry,
+                 fd: int | None) -> None:
+    """A file's member: its header and content (read from ``fd``, its object opened by
+    ``_ahead``; None if it is missing), the content checked against the tree's size and
+    fs-verity digest as it is written.  A file with zero runs of EXPORT_HOLE_MIN or more is a
+    sparse member."""
+    source = objects.file_path(entry.digest, entry.meta)
+    if fd is None:
+        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
+                            object_id=to_hex(entry.digest), file=source)
+    size = entry.size
+    if size <= READ_CHUNK:  # most files: one read, one digest
+        data = os.read(fd, size + 1)
+        writer.member(path, Kind.FILE, entry.meta, size=size)
+        _check_copied(path, entry, source, len(data) != size, digest_bytes(data))
+        writer.data(data)
+        writer.end_member()
+        return
+    hasher = VerityHasher()
+    runs = zero_runs(fd, size) if size >= EXPORT_HOLE_MIN else []
+    if runs:
+        ranges = data_ranges_between(runs, size)
+        writer.member(path, Kind.FILE, entry.meta, size=size, sparse=ranges)
+        got = _copy_sparse(writer, fd, entry, ranges, hasher)
+        wrong_size = got != size or os.fstat(fd).st_size != size
+    else:
+        writer.member(path, Kind.FILE, entry.meta, size=size)
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[:min(len(buf), size - got)]], got)
+            if not n:
+                break
+            hasher.update(view[:n])
+            writer.data(view[:n])
+            got += n
+        wrong_size = got != size or bool(os.pread(fd, 1, got))
+    _check_copied(path, entry, source, wrong_size, hasher.digest())
     writer.end_member()
+
+
+Walked = tuple[bytes, Entry, int | None]  # a path, its entry, and a file's object opened
+
+
+def _open_objects(paths: list[str]) -> list[int | None]:
+    """Open each object and ask the kernel to read it (POSIX_FADV_WILLNEED); None for one
+    that is missing (reported when it is written).  On a prefetch thread: if one open fails
+    otherwise, those opened are closed and the error is raised to the writer."""
+    fds: list[int | None] = []
+    try:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fds.append(None)
+                continue
+            fds.append(fd)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except BaseException:
+        for opened in fds:
+            if opened is not None:
+                os.close(opened)
+        raise
+    return fds
+
+
+class _Opened:
+    """One prefetch task: a batch of objects opened on a prefetch thread, or its error."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.fds: list[int | None] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.fds = _open_objects(self.paths)
+        except BaseException as err:  # noqa: BLE001 - handed to the writer, raised there
+            self.error = err
+        self.done.set()
+
+    def result(self) -> list[int | None]:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.fds
+
+
+def _prefetcher(tasks: queue.SimpleQueue[_Opened | None]) -> None:
+    while (task := tasks.get()) is not None:
+        task.run()
+
+
+_Pending = tuple[bytes, Entry, _Opened | None, int]  # with its batch and index in it, or -1
+
+
+def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
+           ) -> Generator[Walked, None, None]:
+    """The walk, run ahead of the writing: the objects of the next AHEAD_FILES files are opened,
+    and the kernel asked to read them, by PREFETCH_THREADS threads (AHEAD_BATCH files a task),
+    so that on a cold cache the disk has many reads queued, directory and inode lookups
+    included, while one file is hashed and written.  The receiver closes each fd it is given;
+    those not given yet are closed here."""
+    pending: deque[_Pending] = deque()  # in walk order, each with its batch's task
+    current: list[tuple[bytes, Entry, int]] = []  # walked since the last batch was submitted
+    paths: list[str] = []  # the objects of the files among ``current``
+    files_pending = 0
+    tasks: queue.SimpleQueue[_Opened | None] = queue.SimpleQueue()
+    threads = [threading.Thread(target=_prefetcher, args=(tasks,), name="export-prefetch",
+                                daemon=True) for _ in range(PREFETCH_THREADS)]
+
+    def submit() -> None:
+        task = _Opened(list(paths)) if paths else None
+        if task is not None:
+            tasks.put(task)
+        pending.extend((path, entry, task, index) for path, entry, index in current)
+        current.clear()
+        paths.clear()
+
+    def given() -> Walked:
+        path, entry, task, index = pending.popleft()
+        if index < 0 or task is None:
+            return path, entry, None
+        return path, entry, task.result()[index]
+
+    for thread in threads:
+        thread.start()
+    try:
+        for path, entry in items:
+            if entry.kind is Kind.FILE:
+                current.append((path, entry, len(paths)))
+                paths.append(objects.file_path(entry.digest, entry.meta))
+                files_pending += 1
+            else:
+                current.append((path, entry, -1))
+            if len(paths) == AHEAD_BATCH:
+                submit()
+            while files_pending - len(paths) > AHEAD_FILES:
+                walked = given()
+                files_pending -= walked[1].kind is Kind.FILE
+                yield walked
+        submit()
+        while pending:
+            yield given()
+    finally:
+        for _thread in threads:
+            tasks.put(None)
+        for thread in threads:
+            thread.join()
+        for _path, _entry, task, index in pending:
+            if task is not None and index >= 0 and task.error is None:
+                fd = task.fds[index]
+                if fd is not None:
+                    os.close(fd)
 
 
 def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
@@ -217,6 +441,7 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     compressor = None
     sink: _Output | zstandard.ZstdCompressionWriter = output
     if zstd_level is not None:
+        import zstandard  # noqa: PLC0415 - see the top of the module
         # Single-threaded, no content size (a stream), checksum on: a pure function of
         # the tar bytes and the level, for one libzstd version.
         params = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True, write_content_size=False,
@@ -225,21 +450,25 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
     writer = TarWriter(sink, commit.timestamp)
     writer.member(b".", Kind.DIR, commit.root_meta)
     stats.dirs += 1
-    for path, entry in walk(objects, commit.root_tree):
-        if entry.kind is Kind.FILE:
-            writer.member(path, Kind.FILE, entry.meta, size=entry.size)
-            _copy_object(objects, writer, path, entry)
-            stats.files += 1
-            stats.content_bytes += entry.size
-        elif entry.kind is Kind.DIR:
-            writer.member(path, Kind.DIR, entry.meta)
-            stats.dirs += 1
-        else:
-            writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
-            stats.symlinks += 1
+    with contextlib.closing(_ahead(objects, walk(objects, commit.root_tree))) as walked:
+        for path, entry, fd in walked:
+            if entry.kind is Kind.FILE:
+                try:
+                    _export_file(objects, writer, path, entry, fd)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+                stats.files += 1
+                stats.content_bytes += entry.size
+            elif entry.kind is Kind.DIR:
+                writer.member(path, Kind.DIR, entry.meta)
+                stats.dirs += 1
+            else:
+                writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
+                stats.symlinks += 1
     writer.finish()
     if compressor is not None:
-        compressor.flush(zstandard.FLUSH_FRAME)
+        compressor.flush(FLUSH_FRAME)
     out.flush()
     stats.archive_bytes = output.size
     stats.sha256 = output.sha256.hexdigest()

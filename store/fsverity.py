@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import SealtreeError, UsageError
+from .sparse import fd_pieces, has_holes
 
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
 # salt_size, reserved u32, data_size u64, root_hash[64], salt[32], 144 reserved.
@@ -128,6 +129,23 @@ class VerityHasher:
         if whole < len(view):
             self._tail = bytearray(view[whole:])
 
+    def update_zeros(self, count: int) -> None:
+        """Continue with ``count`` zero bytes (a hole), in time and memory logarithmic in
+        ``count``: every whole zero block has the same hash, and every whole block of equal
+        hashes at one tree level the same hash one level up."""
+        bs, ds = self.params.block_size, self.params.algorithm.digest_size
+        if self._tail:
+            head = min(count, bs - len(self._tail))
+            self.update(bytes(head))
+            count -= head
+        blocks, rest = divmod(count, bs)
+        if blocks:
+            self.size += blocks * bs
+            _push_repeated(self._hash_block, bs, ds, self._pending, self._counts,
+                           self._hash_block(bytes(bs)), blocks, 0)
+        if rest:
+            self.update(bytes(rest))
+
     def update_block_hashes(self, hashes: bytes, size: int) -> None:
         """Continue with ``size`` bytes of data hashed elsewhere: the hashes of its blocks, the
         last one zero-padded if partial (then nothing may follow).  Nothing may be pending
@@ -189,6 +207,31 @@ def _push(hash_block: Callable[[bytes | memoryview], bytes], block_size: int, di
     _push(hash_block, block_size, digest_size, pending, counts, upper, level + 1)
 
 
+def _push_repeated(hash_block: Callable[[bytes | memoryview], bytes], block_size: int,
+                   digest_size: int, pending: list[bytearray], counts: list[int], one: bytes,
+                   times: int, level: int) -> None:
+    """``_push`` of the hash ``one`` repeated ``times`` times, without making them all: the
+    pending block of ``level`` is filled first; then every whole block of copies hashes to the
+    same hash, which goes one level up repeated once per block; fewer than a block's worth
+    stay pending (after those, in file order, as ``_push`` keeps them)."""
+    per_block = block_size // digest_size
+    while times:
+        while len(pending) <= level:
+            pending.append(bytearray())
+            counts.append(0)
+        if pending[level]:
+            fill = min(times, per_block - len(pending[level]) // digest_size)
+            _push(hash_block, block_size, digest_size, pending, counts, one * fill, level)
+            times -= fill
+            continue
+        whole, rest = divmod(times, per_block)
+        counts[level] += times
+        pending[level] += one * rest
+        if not whole:
+            return
+        one, times, level = hash_block(one * per_block), whole, level + 1
+
+
 def digest_bytes(data: bytes, params: VerityParams = DEFAULT_PARAMS) -> bytes:
     """The fs-verity digest of ``data``."""
     if params is DEFAULT_PARAMS and len(data) <= 4096:
@@ -215,13 +258,11 @@ def _read_buffer() -> bytearray:
 def digest_fd(fd: int, params: VerityParams = DEFAULT_PARAMS) -> tuple[bytes, int]:
     """Digest an open file from its current offset to EOF; return (digest, size)."""
     hasher = VerityHasher(params)
-    buf = _read_buffer()
-    view = memoryview(buf)
-    while True:
-        n = os.readv(fd, [buf])
-        if not n:
-            break
-        hasher.update(view[:n])
+    for piece in fd_pieces(fd, _read_buffer()):  # holes are hashed, not read
+        if isinstance(piece, int):
+            hasher.update_zeros(piece)
+        else:
+            hasher.update(piece)
     return hasher.digest(), hasher.size
 
 
@@ -282,7 +323,8 @@ def digest_file(path: str | os.PathLike[str], params: VerityParams = DEFAULT_PAR
             from .forked import worker_count  # noqa: PLC0415 - as in _digest_in_workers
             st = os.fstat(fd)
             workers = worker_count(MAX_WORKERS)
-            if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_MIN and workers > 1:
+            if (stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_MIN and workers > 1
+                    and not has_holes(fd, 0, st.st_size)):  # holes: one pass that skips them
                 return _digest_in_workers(path, st.st_size, params, workers)
         return digest_fd(fd, params)[0]
     finally:

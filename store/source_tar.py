@@ -41,10 +41,13 @@ import base64
 import binascii
 import errno
 import hashlib
+import re
 import tarfile
-from collections.abc import Callable
+import tarfile as tarfile_module
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from .builder import TreeBuilder
@@ -53,9 +56,10 @@ from .errors import Name, SourceError, SpecialFile
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
+from .sparse import Piece
 from .storable import check_storable_meta, sorted_xattrs
-from .tar_numbers import check_header, check_pax
-from .transaction import IN_MEMORY_MAX, Transaction, store_reader
+from .tar_numbers import MAX_SIZE, PAX_SPARSE_MAP, check_header, check_pax, header_number
+from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction, store_reader
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -64,6 +68,9 @@ BLOCK = 512
 # read lets us look at the block that ended the archive.
 WINDOW = 4 * tarfile.RECORDSIZE
 READ_STEP = 1 << 16
+# The largest sparse map taken (entries of (offset, length), 16 bytes each in memory).
+MAX_SPARSE_ENTRIES = 1 << 22
+_DIGITS = re.compile(rb"[0-9]+")
 
 SCHILY_XATTR = "SCHILY.xattr."
 LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
@@ -95,6 +102,10 @@ class TarSourceResult:
     skipped: list[tuple[bytes, str]] = field(default_factory=list)  # (path, why)
     files: int = 0
     bytes: int = 0
+
+
+class _Reads(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 class _Input:
@@ -146,14 +157,108 @@ class _TarBytes:
         return None if start < 0 else bytes(self.tail[start:])
 
 
+class SparseMap:
+    """A sparse member's map, (offset, length) pairs, kept compact (16 bytes a pair): a map
+    of MAX_SPARSE_ENTRIES or more is refused, so that memory stays bounded."""
+
+    def __init__(self, pairs: Iterable[tuple[int, int]] = ()) -> None:
+        self.numbers = array("Q")
+        for offset, length in pairs:
+            self.add(offset, length)
+
+    def add(self, offset: int, length: int) -> None:
+        if len(self.numbers) >= 2 * MAX_SPARSE_ENTRIES:
+            raise SourceError(f"a sparse map of more than {MAX_SPARSE_ENTRIES} entries")
+        if not 0 <= offset <= MAX_SIZE or not 0 <= length <= MAX_SIZE:
+            raise SourceError(f"sparse map entry ({offset}, {length}) is out of range")
+        self.numbers.append(offset)
+        self.numbers.append(length)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        numbers = self.numbers
+        return ((numbers[i], numbers[i + 1]) for i in range(0, len(numbers), 2))
+
+    def __len__(self) -> int:
+        return len(self.numbers) // 2
+
+
 class _StrictInfo(tarfile.TarInfo):
-    """tarfile's header, with every number checked as GNU tar checks it (tar_numbers)."""
+    """tarfile's header, with every number checked as GNU tar checks it (tar_numbers),
+    sparse maps included (tarfile reads those with ``int()``, or stops at a bad one)."""
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _StrictInfo:
         info = super().frombuf(buf, encoding, errors)  # checks the length and the checksum
         check_header(bytes(buf))
         return info
+
+    def _proc_sparse(self, tarfile: tarfile.TarFile) -> _StrictInfo:
+        """An old GNU sparse member: the map's first entries are in its header (checked by
+        check_header), the rest in extension blocks of 21 entries each."""
+        structs, extended, realsize = self._sparse_structs  # type: ignore[attr-defined]
+        del self._sparse_structs  # type: ignore[attr-defined]
+        sparse = SparseMap(structs)
+        while extended:
+            block = tarfile.fileobj.read(BLOCK)
+            if len(block) != BLOCK:
+                raise tarfile_module.ReadError("unexpected end of data in a sparse header")
+            for i in range(21):
+                entry = block[24 * i:24 * i + 24]
+                if not entry.strip(b"\0"):
+                    break  # the first unused slot ends the map
+                sparse.add(header_number(entry[:12], "sparse offset"),
+                           header_number(entry[12:], "sparse size"))
+            extended = block[504]
+        self.sparse = sparse  # type: ignore[assignment]
+        self.offset_data = tarfile.fileobj.tell()
+        tarfile.offset = self.offset_data + self._block(self.size)  # type: ignore[attr-defined]
+        self.size = realsize
+        return self
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
+        numbers = [int(n) for n in pax_headers[PAX_SPARSE_MAP].split(",")]  # checked: check_pax
+        if len(numbers) % 2:
+            raise SourceError(f"PAX record {PAX_SPARSE_MAP} has an odd count of numbers")
+        next.sparse = SparseMap(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
+
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax_headers: dict[str, str],
+                           buf: bytes) -> None:
+        super()._proc_gnusparse_00(next, pax_headers, buf)  # type: ignore[misc]
+        next.sparse = SparseMap(next.sparse)  # type: ignore[assignment, arg-type]
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict[str, str],
+                           tarfile: tarfile.TarFile) -> None:
+        """The PAX sparse 1.0 map at the start of the member's data: a count, then an offset
+        and a length per entry, a decimal number a line, padded to whole blocks."""
+        buf = b""
+        stored = next.size  # the header's size: the map and the data
+        used = 0
+
+        def number(what: str) -> int:
+            nonlocal buf, used
+            while b"\n" not in buf:
+                if len(buf) > len(str(MAX_SIZE)) or used + BLOCK > stored:
+                    raise SourceError(f"the PAX sparse map's {what} is not a number ending "
+                                      f"in a newline within the member")
+                block = tarfile.fileobj.read(BLOCK)
+                if len(block) != BLOCK:
+                    raise tarfile_module.ReadError("unexpected end of data in a sparse map")
+                buf += block
+                used += BLOCK
+            line, buf = buf.split(b"\n", 1)
+            if not _DIGITS.fullmatch(line) or len(line) > len(str(MAX_SIZE)):
+                raise SourceError(f"the PAX sparse map's {what} is not a decimal number "
+                                  f"({show(line)})")
+            return int(line)
+
+        count = number("count")
+        if count > MAX_SPARSE_ENTRIES:
+            raise SourceError(f"a sparse map of more than {MAX_SPARSE_ENTRIES} entries")
+        sparse = SparseMap()
+        for _ in range(count):
+            sparse.add(number("offset"), number("length"))
+        next.offset_data = tarfile.fileobj.tell()
+        next.sparse = sparse  # type: ignore[assignment]
 
 
 def path_problem(raw: bytes) -> str | None:
@@ -296,10 +401,52 @@ class _TarReader:
                 raise SourceError(f"truncated: the stream ends inside member {show(name)} "
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
             return self.tx.add_file_bytes(data, meta), info.size
+        if info.sparse is not None and archive.fileobj is not None:
+            room = archive.offset - archive.fileobj.tell()  # to the next header
+            return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name, room),
+                                           meta)
         reader = archive.extractfile(info)
         if reader is None:  # not possible for a regular member; a bug if it happens
             raise AssertionError(f"tarfile gave no data for regular member {show(name)}")
         return store_reader(self.tx, reader, info.size, meta, name)  # type: ignore[arg-type]
+
+    def sparse_pieces(self, stream: _Reads, info: tarfile.TarInfo, name: str, room: int
+                      ) -> Iterator[Piece]:
+        """A sparse member's content (GNU or PAX sparse: a map of data ranges, the data of each
+        stored in turn) as pieces: its holes are never made, only counted.  The stream is at
+        the member's data (stream mode reads in order), which has ``room`` bytes before the next
+        header.  A map out of order, overlapping, past the member's size or holding more data
+        than the member does is refused before any data is read."""
+        sparse = cast(SparseMap, info.sparse)  # every _proc_* of _StrictInfo makes one
+        pos = stored = 0
+        for offset, length in sparse:
+            if length == 0:  # an unused slot of an old GNU header, or the map's size-only end
+                continue
+            if offset < pos or offset + length > info.size:
+                raise SourceError(f"sparse map entry ({offset}, {length}) is out of order or "
+                                  f"past the file's size ({info.size} bytes)", path=name)
+            pos = offset + length
+            stored += length
+        if stored > room:
+            raise SourceError(f"the sparse map holds {stored} bytes of data, more than the "
+                              f"member's {room}", path=name)
+        pos = 0
+        for offset, length in sparse:
+            if length == 0:
+                continue
+            if offset > pos:
+                yield offset - pos
+            left = length
+            while left:
+                chunk = stream.read(min(left, COPY_CHUNK))
+                if not chunk:
+                    raise SourceError(f"truncated: the stream ends inside member {show(name)}",
+                                      path=self.options.label)
+                left -= len(chunk)
+                yield chunk
+            pos = offset + length
+        if info.size > pos:
+            yield info.size - pos
 
     def hardlink(self, parts: list[bytes], linkname: str, name: str) -> None:
         link = _bytes(linkname)

@@ -2,7 +2,11 @@
 
 Objects are written under ``tmp/staging-*/`` without per-file fsync, by this
 process or by forked workers sharing the staging directory (``staged()`` and
-``adopt()`` carry what a worker staged back to the parent).  On
+``adopt()`` carry what a worker staged back to the parent).  The staging
+directory is flat: object ``xx/rest`` is staged as ``xxrest`` (no ``xx/``
+subdirectories to make and remove again: on a disk filesystem each is a
+metadata write, and a transaction of a few thousand objects made and removed
+all 256 of them).  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
 renamed into ``objects/`` and the filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
@@ -16,11 +20,10 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from .atomic import process_gone
@@ -33,6 +36,7 @@ from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
 from .remove import remove_tree
+from .sparse import Piece, SparseWriter, fd_pieces, is_zero
 from .syncfs import syncfs
 from .tree import encode_tree, tree_id
 
@@ -125,7 +129,6 @@ class Transaction:
             remove_tree(self.staging)
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
-        self._made_dirs: set[str] = set()
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
@@ -156,17 +159,18 @@ class Transaction:
         h = digest.hex()
         return f"{h[:2]}/{h[2:]}.{key}.file"
 
+    def _staging_path(self, rel: str) -> str:
+        """Where object ``rel`` (``xx/rest``) is staged: ``xxrest``, in the flat staging
+        directory (the same in every worker process, so two never stage one object twice)."""
+        return f"{self.staging}/{rel[:2]}{rel[3:]}"
+
     def _reserve(self, rel: str) -> str | None:
         """The staging path to write object ``rel`` to, or None if it is present or being
         written by another thread: claiming it is atomic, so each object is written once."""
         with self._reserve_lock:
             if rel in self._staged or os.path.exists(os.path.join(self.objects_root, rel)):
                 return None
-            staged = self._staged[rel] = os.path.join(self.staging, rel)
-            directory = rel[:2]
-            if directory not in self._made_dirs:
-                os.makedirs(os.path.join(self.staging, directory), exist_ok=True)
-                self._made_dirs.add(directory)
+            staged = self._staged[rel] = self._staging_path(rel)
         return staged
 
     def _unreserve(self, rel: str, staged: str) -> None:
@@ -178,9 +182,11 @@ class Transaction:
 
     # -- writing ------------------------------------------------------------
     @_full_disk_named
-    def add_file_bytes(self, data: bytes, meta: Meta) -> RawId:
-        """Store a file's content with ``meta``; return its fs-verity digest."""
-        digest = RawId(digest_bytes(data))
+    def add_file_bytes(self, data: bytes, meta: Meta, checked_digest: RawId | None = None) -> RawId:
+        """Store a file's content with ``meta``; return its fs-verity digest.  ``checked_digest``:
+        the digest of ``data``, which the caller has just computed and checked (a pack's
+        inline file), so it is not computed again."""
+        digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
             try:
@@ -197,9 +203,16 @@ class Transaction:
                 os.close(fd)
         return digest
 
-    @_full_disk_named
     def add_file_stream(self, src_fd: int, meta: Meta) -> tuple[RawId, int]:
-        """Store the rest of an open file, hashing while copying; return (digest, size)."""
+        """Store the rest of an open file, hashing while copying; return (digest, size).
+        Its holes (as the filesystem tells them) are neither read nor written."""
+        return self.add_file_pieces(fd_pieces(src_fd, bytearray(COPY_CHUNK)), meta)
+
+    @_full_disk_named
+    def add_file_pieces(self, pieces: Iterable[Piece], meta: Meta) -> tuple[RawId, int]:
+        """Store a file given as pieces (store.sparse: data, or an int for a run of zeros),
+        hashing while writing; return (digest, size).  The object is written sparse: runs of
+        zeros and all-zero chunks of data take no disk; its digest is that of the content."""
         hasher = VerityHasher()
         with self._reserve_lock:
             self._incoming += 1
@@ -208,11 +221,19 @@ class Transaction:
         staged: str | None = None
         renamed = False
         try:
-            buf = bytearray(COPY_CHUNK)
-            view = memoryview(buf)
-            while n := os.readv(src_fd, [buf]):
-                hasher.update(view[:n])
-                _write_all(out, view[:n])
+            writer = SparseWriter(out)
+            for piece in pieces:
+                if isinstance(piece, int):
+                    hasher.update_zeros(piece)
+                    writer.zeros(piece)
+                elif is_zero(piece):
+                    hasher.update_zeros(len(piece))
+                    writer.zeros(len(piece))
+                else:  # data
+
+                    hasher.update(piece)
+                    writer.data(piece)
+            writer.finish()
             digest = RawId(hasher.digest())
             staged = self._reserve(self._file_rel(digest, meta))
             if staged is None:
@@ -267,10 +288,17 @@ class Transaction:
         return list(self._staged)
 
     def adopt(self, rels: Sequence[str]) -> None:
-        """Take over objects a forked worker staged in this transaction's staging directory."""
+        """Take over objects staged in this transaction's staging directory by a forked worker
+        (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
+        subdirectory it made: remote.pull's verified downloads)."""
         with self._reserve_lock:
             for rel in rels:
-                self._staged.setdefault(rel, os.path.join(self.staging, rel))
+                if rel in self._staged:
+                    continue
+                flat = self._staging_path(rel)
+                nested = os.path.join(self.staging, rel)
+                self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
+                    else flat
 
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
@@ -296,8 +324,8 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
                  ) -> tuple[RawId, int]:
     """Store ``size`` bytes read from ``reader`` (a stream without a file descriptor).
 
-    Small files are read whole; larger ones are spooled to an unnamed file in
-    the staging directory and streamed from there, so memory stays bounded.
+    Small files are read whole; larger ones are written as they are read, a
+    chunk at a time, so memory stays bounded (and chunks of zeros take no disk).
     A reader that ends early is a SourceError about ``where``.
     """
     if size <= IN_MEMORY_MAX:
@@ -305,14 +333,18 @@ def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where
         if len(data) != size:
             raise SourceError(f"truncated: expected {size} bytes, got {len(data)}", path=where)
         return tx.add_file_bytes(data, meta), size
-    with disk_full_named(tx.repo_path), tempfile.TemporaryFile(dir=tx.staging) as spool:
-        shutil.copyfileobj(reader, spool, COPY_CHUNK)
-        spool.flush()
-        spool.seek(0)
-        digest, got = tx.add_file_stream(spool.fileno(), meta)
-    if got != size:
-        raise SourceError(f"truncated: expected {size} bytes, got {got}", path=where)
-    return digest, got
+    return tx.add_file_pieces(reader_pieces(reader, size, where), meta)
+
+
+def reader_pieces(reader: BinaryIO, size: int, where: str | bytes) -> Iterator[bytes]:
+    """``size`` bytes of ``reader`` in chunks; one that ends early is a SourceError."""
+    left = size
+    while left:
+        chunk = reader.read(min(left, COPY_CHUNK))
+        if not chunk:
+            raise SourceError(f"truncated: expected {size} bytes, got {size - left}", path=where)
+        left -= len(chunk)
+        yield chunk
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

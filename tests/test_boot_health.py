@@ -2,9 +2,9 @@
 
 The kernel lines are the real ones: ``kmsg_corrupted`` gives what Debian's 6.1 kernel
 printed in tests/test_real_system_vm.py's damaged boot (one byte of a sealed object changed
-on the disk; three times, as the reader retried), with a /dev/kmsg prefix.  The repository is the vm scenario's, deployed here
-(tests/vm/scenario.py), so the inode in the message is a real object's and the farm
-really hardlinks it.
+on the disk; several times, as the reader retried), with a /dev/kmsg prefix.  The
+repository is the vm scenario's, deployed here (tests/vm/scenario.py), so the inode in the
+message is a real object's and the farm really hardlinks it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ _GROUPS: dict[str, list[str]] = {
                     "undeploy"],
     "boot_check_cmd": ["boot-check"],
     "remote_cmds": ["mirror", "publish", "pull", "remote", "serve"],
+    "index_cmds": ["index"],
     "image_cmd": ["image"],
     "demo_cmd": ["demo"],
 }

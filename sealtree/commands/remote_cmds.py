@@ -22,14 +22,28 @@ def register(sub: Any) -> None:
         "--expires days.  Objects come first and the index last, so a server may serve\n"
         "DIR while it is updated.  Re-publishing unchanged refs rewrites nothing (the\n"
         "index is re-signed only when half its validity has passed).  docs/FORMAT.md,\n"
-        "\"Published sites\", describes the layout.",
+        "\"Published sites\", describes the layout.\n\n"
+        "Offline signing: --unsigned writes everything but signatures and stages the\n"
+        "next index in DIR/.index.unsigned, not live; sign it elsewhere with `sealtree\n"
+        "index sign`, then --activate BUNDLE... (no repository needed) checks the\n"
+        "signatures against --keys (at least --min-signatures keys on the index and on\n"
+        "each pack) and that DIR holds every file the index names, and makes it live.",
         "example:\n"
-        "  sealtree --repo R publish /srv/www/os --key vendor.key --expires 30 os/main")
+        "  sealtree --repo R publish /srv/www/os --key vendor.key --expires 30 os/main\n"
+        "  sealtree --repo R publish /srv/www/os --unsigned os/main\n"
+        "  sealtree publish /srv/www/os --activate os.sigs --keys /etc/sealtree/keys")
     p.add_argument("site", metavar="DIR", help="the site's directory (created if missing)")
     p.add_argument("refs", nargs="*", metavar="REF", help="refs to publish (default: all)")
     p.set_defaults(intermixed="refs")
-    p.add_argument("--key", action="append", required=True, metavar="KEYFILE",
+    p.add_argument("--key", action="append", default=[], metavar="KEYFILE",
                    help="a private key to sign packs and the index with (repeat for several)")
+    p.add_argument("--unsigned", action="store_true",
+                   help="sign nothing: stage the index in DIR/.index.unsigned for offline signing")
+    p.add_argument("--activate", action="extend", nargs="+", default=[], metavar="BUNDLE",
+                   help="make the staged index live with these signature bundles (`index sign`)")
+    p.add_argument("--keys", metavar="DIR", help="with --activate: the keyring the signatures must be of")
+    p.add_argument("--min-signatures", type=positive_int, default=1, metavar="N",
+                   help="with --activate: good signatures needed on the index and each pack (default 1)")
     p.add_argument("--expires", type=float, default=30, metavar="DAYS",
                    help="days the index stays valid (default 30)")
     p.add_argument("--inline-max", type=int, default=None, metavar="BYTES",
@@ -142,27 +156,62 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from pack.keys import load_private_key
     from remote.publish import publish
 
+    if args.activate:
+        return _activate(args)
+    if args.keys is not None:
+        raise UsageError("--keys goes with --activate (publishing signs with --key)")
+    if not args.key and not args.unsigned:
+        raise UsageError("give --key KEYFILE to sign, or --unsigned to sign offline")
     repo = open_repo(args)
     keys = [load_private_key(path) for path in args.key]
     result = publish(repo, args.site, keys, args.refs, expires_days=args.expires,
                      inline_max=DEFAULT_INLINE_MAX if args.inline_max is None else args.inline_max,
                      level=DEFAULT_LEVEL if args.level is None else args.level,
-                     object_level=args.object_level, deltas_from=args.deltas_from)
+                     object_level=args.object_level, deltas_from=args.deltas_from,
+                     unsigned=args.unsigned)
     for skipped in result.deltas_skipped:
         print(f"no delta: {skipped}", file=sys.stderr)
     if args.json:
         print_json({"site": os.path.abspath(args.site), "refs": result.refs,
                     "deltas_written": result.deltas_written,
                     "index_written": result.index_written, "serial": result.index.serial,
+                    "index_staged": result.staged,
                     "expires": result.index.expires, "packs_written": result.packs_written,
                     "objects_written": result.objects_written, "bytes_written": result.bytes_written,
                     "signatures_added": result.signatures_added})
         return 0
     what = (f"index serial {result.index.serial} written" if result.index_written
             else f"index serial {result.index.serial} unchanged")
+    if result.staged:
+        staged = os.path.join(args.site, ".index.unsigned")
+        what = (f"index serial {result.index.serial} staged unsigned in {staged} (sign it with "
+                f"`sealtree index sign`, then publish --activate)")
     print(f"published {len(result.refs)} ref(s) to {args.site}: {result.packs_written} pack(s), "
           f"{result.objects_written} object(s), {result.deltas_written} delta(s), "
           f"{human_size(result.bytes_written)} written; {what}")
+    return 0
+
+
+def _activate(args: argparse.Namespace) -> int:
+    from pack.keys import Keyring
+    from remote.offline import activate
+
+    if args.key or args.unsigned or args.refs:
+        raise UsageError("--activate takes signature bundles, --keys and --min-signatures only")
+    if args.keys is None:
+        raise UsageError("--activate needs --keys DIR: the keyring the signatures must be of")
+    done = activate(args.site, args.activate, Keyring.load(args.keys), min_signatures=args.min_signatures)
+    signers = [k.hex() for k in done.index_signers]
+    if args.json:
+        print_json({"site": os.path.abspath(args.site), "serial": done.index.serial,
+                    "index_sha256": done.sha256.hex(), "made_live": done.made_live,
+                    "index_signers": signers, "packs": len(done.packs),
+                    "signatures_added": done.signatures_added})
+        return 0
+    what = "made live" if done.made_live else "already live: signatures added"
+    print(f"index serial {done.index.serial} (sha256 {done.sha256.hex()[:16]}) {what}; signed by "
+          f"{len(signers)} trusted key(s), {len(done.packs)} pack(s) signed, "
+          f"{done.signatures_added} signature(s) added")
     return 0
 
 
@@ -226,7 +275,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.json:
         print_json({
             "remote": result.remote, "index_serial": result.index_serial,
-            "index_server": result.index_server, "bytes_fetched": result.bytes_fetched,
+            "index_server": result.index_server, "index_not_modified": result.index_not_modified,
+            "bytes_fetched": result.bytes_fetched,
             "bytes_full": result.bytes_full, "deltas_used": result.deltas_used,
             "delta_fallbacks": [{"path": f.path, "reason": f.reason, "server_blamed": f.blamed_server}
                                 for f in result.fallbacks],
@@ -255,8 +305,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"servers asked for no more deltas: {'; '.join(refused)}", file=sys.stderr)
     saved = (f", {result.deltas_used} delta(s) used ({human_size(result.bytes_full)} without)"
              if result.deltas_used else "")
+    kept = ", not modified" if result.index_not_modified else ""
     print(f"fetched {human_size(result.bytes_fetched)} from {result.remote} "
-          f"(index serial {result.index_serial}){saved}")
+          f"(index serial {result.index_serial}{kept}){saved}")
     return 0
 
 
