@@ -28,6 +28,7 @@ _GROUPS: dict[str, list[str]] = {
     "boot_check_cmd": ["boot-check"],
     "remote_cmds": ["mirror", "publish", "pull", "remote", "serve"],
     "index_cmds": ["index"],
+    "image_cmd": ["image"],
     "demo_cmd": ["demo"],
 }
 COMMANDS: dict[str, str] = {command: module for module, commands in _GROUPS.items()
