@@ -42,7 +42,7 @@ exit status:
   0 success; 1 other error; 2 usage; 3 repository; 4 ref; 5 missing object;
   6 corrupt object; 7 format; 8 source tree; 9-10 fs-verity; 11 pack;
   12 signature; 13 downgrade; 14 deploy; 15 verification; 16 mount;
-  17 remote (a server or mirror); 130 interrupted.  `sealtree COMMAND --help`
+  17 remote (a server or mirror); 18 image; 130 interrupted.  `sealtree COMMAND --help`
   describes each command.
 """
 
