@@ -118,6 +118,7 @@ R vendor-conf "$(cat /etc/sealtree-test/vendor.conf)"
 R user-conf "$(cat /etc/sealtree-test/user.conf)"
 R user-added "$(cat /etc/sealtree-test/added-by-user 2>/dev/null)"
 R var-note "$(cat /var/lib/sealtree-test/note 2>/dev/null)"
+R journal-boots "$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
 M() {{ awk -v p="$1" '$2 == p {{ v = $3 ":" substr($4, 1, 2) }} END {{ print p ":" v }}' /proc/self/mounts; }}
 R mounts "$(M /) $(M /etc) $(M /var) $(M /tmp)"
 R home "$(readlink /home) $(ls -d /root/ 2>&1)"
@@ -484,6 +485,7 @@ sealtree --repo {DEVICE_REPO} deploy {REF} --keys /etc/sealtree/keys && R deploy
     assert r2["user-conf"] == "user-setting=changed-by-user" and r2["user-added"] == "mine"
     assert r2["vendor-conf"] == "vendor-setting=2"  # the vendor's change, where the user changed nothing
     assert r2["machine-id"] == machine_id and r2["var-note"] == "written in boot 1"
+    assert int(r2["journal-boots"]) >= 2, b2.describe()  # the journal persists in /var
     assert r2.get("rolled-back") == "yes", b2.describe()
 
     # 3. the rollback: release 1 boots with its own /etc as the user left it two boots ago;
