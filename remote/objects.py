@@ -89,24 +89,36 @@ class _TooBig(Exception):
 
 
 class _Sink:
-    """Where the decompressor writes: the content, digested and written to a file, refused past
-    ``size`` bytes."""
+    """Where the decompressor writes: the content, refused past ``size`` bytes, digested and
+    written to a file in pieces of at least ``FLUSH`` bytes (a download arrives in small ones)."""
+
+    FLUSH = 256 << 10
 
     def __init__(self, content: str, size: int) -> None:
         self.size = size
+        self.received = 0
         self.hasher = VerityHasher()
-        # unbuffered: a sink given up on (a download started over) has nothing pending that
-        # could land in the file its successor writes
+        self.pending = bytearray()
+        # unbuffered (pending is written by flush only): a sink given up on (a download
+        # started over) leaves nothing that could land in the file its successor writes
         self.out = open(content, "wb", buffering=0)  # noqa: SIM115 - closed by Extracting.finish
 
     def write(self, chunk: bytes) -> int:
-        if self.hasher.size + len(chunk) > self.size:
+        self.received += len(chunk)
+        if self.received > self.size:
             raise _TooBig
-        self.hasher.update(chunk)
-        view = memoryview(chunk)
+        self.pending += chunk
+        if len(self.pending) >= self.FLUSH:
+            self.flush()
+        return len(chunk)
+
+    def flush(self) -> None:
+        self.hasher.update(self.pending)
+        view = memoryview(self.pending)
         while view:
             view = view[self.out.write(view) or 0:]
-        return len(chunk)
+        view.release()
+        self.pending.clear()
 
 
 class Extracting:
@@ -141,7 +153,11 @@ class Extracting:
         """None when what was fed decompressed to the signed size with fs-verity ``digest``
         (``content`` holds it), else what is wrong (``content`` is removed)."""
         self._stream = None  # the decompression context and its window go now
-        self._sink.out.close()
+        try:
+            if self.wrong is None:
+                self._sink.flush()
+        finally:
+            self._sink.out.close()
         wrong, got_size, size = self.wrong, self._sink.hasher.size, self._sink.size
         if wrong is None and got_size != size:
             wrong = f"decompresses to {got_size} bytes, the signed size is {size}"
