@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import zstandard
 
@@ -82,3 +82,90 @@ def check_and_extract(path: str, size: int, digest: bytes, content: str) -> str 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(content)
     return wrong
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Sink:
+    """Where the decompressor writes: the content, refused past ``size`` bytes, digested and
+    written to a file in pieces of at least ``FLUSH`` bytes (a download arrives in small ones)."""
+
+    FLUSH = 256 << 10
+
+    def __init__(self, content: str, size: int) -> None:
+        self.size = size
+        self.received = 0
+        self.hasher = VerityHasher()
+        self.pending = bytearray()
+        # unbuffered (pending is written by flush only): a sink given up on (a download
+        # started over) leaves nothing that could land in the file its successor writes
+        self.out = open(content, "wb", buffering=0)  # noqa: SIM115 - closed by Extracting.finish
+
+    def write(self, chunk: bytes) -> int:
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise _TooBig
+        self.pending += chunk
+        if len(self.pending) >= self.FLUSH:
+            self.flush()
+        return len(chunk)
+
+    def flush(self) -> None:
+        self.hasher.update(self.pending)
+        view = memoryview(self.pending)
+        while view:
+            view = view[self.out.write(view) or 0:]
+        view.release()
+        self.pending.clear()
+
+
+class Extracting:
+    """A hasher (``remote.http.Hasher``) fed an object's compressed bytes as they arrive: it
+    decompresses them into ``content`` and fs-verity-digests the content in the same pass, so
+    that the download is read once.  Never decompresses more than ``size`` bytes (output in
+    ``CHUNK`` pieces, window at most ``MAX_WINDOW``); a failure is remembered, not raised, and
+    ``finish`` says what was wrong (like ``check_compressed``) and removes ``content`` then."""
+
+    def __init__(self, content: str, size: int) -> None:
+        self.content = content
+        self.wrong: str | None = None
+        self._sink = _Sink(content, size)
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._stream: zstandard.ZstdDecompressionWriter | None = dctx.stream_writer(
+            cast(IO[bytes], self._sink), write_size=CHUNK, closefd=False)
+
+    def update(self, data: bytes, /) -> None:
+        if self.wrong is not None or self._stream is None:
+            return
+        try:
+            self._stream.write(data)
+        except _TooBig:
+            self.wrong = f"decompresses to more than the signed size of {self._sink.size} bytes"
+        except zstandard.ZstdError as err:
+            self.wrong = f"not a zstd stream of the object ({err})"
+
+    def digest(self) -> bytes:
+        return self._sink.hasher.digest()
+
+    def finish(self, digest: bytes) -> str | None:
+        """None when what was fed decompressed to the signed size with fs-verity ``digest``
+        (``content`` holds it), else what is wrong (``content`` is removed)."""
+        self._stream = None  # the decompression context and its window go now
+        try:
+            if self.wrong is None:
+                self._sink.flush()
+        finally:
+            self._sink.out.close()
+        wrong, got_size, size = self.wrong, self._sink.hasher.size, self._sink.size
+        if wrong is None and got_size != size:
+            wrong = f"decompresses to {got_size} bytes, the signed size is {size}"
+        if wrong is None:
+            got = self._sink.hasher.digest()
+            if not hmac.compare_digest(got, digest):
+                wrong = f"fs-verity digest {got.hex()}, the signed pack says {digest.hex()}"
+        if wrong is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.content)
+        return wrong

@@ -65,7 +65,7 @@ from .checks import (
 )
 from .crosscheck import get_file_cross_checked
 from .errors import FetchError, IndexRollback, RemoteError
-from .http import Client, Hasher, HttpPolicy, NoHash
+from .http import Client, Hasher, HttpPolicy
 from .index import MAX_INDEX, RefEntry
 from .mirrors import Mirrors, Verify
 
@@ -309,13 +309,18 @@ def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, op
     def one(item: _Wanted) -> None:
         content = os.path.join(directory, to_hex(item.digest))
         if not _verified_earlier(content, item):
-            compressed = content + ".zst"
+            compressed = content + ".zst"  # kept until checked, for a Range request to continue
 
-            def verify(_hasher: Hasher, _size: int) -> str | None:
+            def extracting() -> Hasher:  # decompressed into content and digested as it arrives
+                return objects.Extracting(content, item.size)
+
+            def verify(hasher: Hasher, _size: int) -> str | None:
+                if isinstance(hasher, objects.Extracting):
+                    return hasher.finish(item.digest)
                 return objects.check_and_extract(compressed, item.size, item.digest, content)
 
             _get_file(mirrors, options, site.large_object(item.digest), compressed,
-                      objects.compress_bound(item.size), NoHash, verify, on_bytes, exact=False)
+                      objects.compress_bound(item.size), extracting, verify, on_bytes, exact=False)
             os.unlink(compressed)
         done[item.digest] = content
         progress.objects_done += 1

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import zstandard
 
 from pack.keys import load_private_key
 from remote import site
@@ -101,6 +102,22 @@ def test_corrupt_object_on_one_mirror_is_named_dropped_and_the_pull_succeeds(ven
     assert result.servers[good]["dropped"] is None and result.servers[good]["bytes"] > 0
     assert not fsck(repo).problems
     checkout_equals(repo, "os/main", vendor.src, tmp_path)
+
+
+def test_object_decompressing_past_its_signed_size_is_refused_and_nothing_is_kept(vendor, tmp_path):
+    victim = object_files(vendor.site)[0]
+    with open(victim, "rb") as handle:
+        size = len(zstandard.ZstdDecompressor().decompress(handle.read()))
+    with open(victim, "wb") as handle:  # the content, then more: still within the compressed cap
+        handle.write(zstandard.ZstdCompressor().compress(bytes(size + (8 << 20))))
+    with serving(vendor.site) as url:
+        repo, remote = device(str(tmp_path), "device", [url], vendor.keys)
+        with pytest.raises(AllMirrorsFailed) as caught:
+            pull(repo, remote, PullOptions(workers=1))
+    assert "more than the signed size" in str(caught.value)
+    assert repo.refs.read("os/main") is None
+    name = os.path.basename(os.path.dirname(victim)) + os.path.basename(victim).split(".")[0]
+    assert not [f for f in os.listdir(os.path.join(partial_dir(repo), "objects")) if f.startswith(name)]
 
 
 def test_tampered_pack_on_the_only_server_is_refused_naming_server_and_file(vendor, tmp_path):
