@@ -28,7 +28,6 @@ signatures by ``key`` (an Ed25519 key id), one per key.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -42,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pack.keys import KeyId, Keyring
 from pack.reader import PackReader
-from pack.signature import MAX_SIGNATURES, Signature, read_signatures, sign, write_signatures
+from pack.signature import MAX_SIGNATURES, Signature, pack_sha256, read_signatures, sign, write_signatures
 from pack.signature import signed_message as pack_message
 from pack.verify import check_trust
 from store.atomic import atomic_write, fsync_dir
@@ -53,13 +52,12 @@ from . import site
 from .errors import IndexExpired, IndexRollback
 from .index import SiteIndex, check_index_trust, decode_index, index_sha256, sign_index
 from .index import signed_message as index_message
-from .publish import LOCK, read_staged_index
+from .publish import LOCK, read_site_index_and_bytes, read_staged_index
 
 BUNDLE_FORMAT = "sealtree-index-signatures"
 BUNDLE_VERSION = 1
 BUNDLE_SUFFIX = ".sigs"
 MAX_BUNDLE = 64 << 20  # 65536 packs, a few signatures each
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -218,12 +216,6 @@ def _check_each(signatures: Iterable[Signature], message: bytes, keyring: Keyrin
                 from None
 
 
-def _sha256_file(path: str) -> bytes:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            sha.update(chunk)
-    return sha.digest()
 
 
 def _check_present(site_dir: str, index: SiteIndex) -> None:
@@ -236,7 +228,7 @@ def _check_present(site_dir: str, index: SiteIndex) -> None:
             size = os.stat(path).st_size
         except FileNotFoundError:
             raise ObjectMissing("the index names this pack and the site lacks it", path=path) from None
-        if size != entry.size or not hmac.compare_digest(_sha256_file(path), entry.sha256):
+        if size != entry.size or not hmac.compare_digest(pack_sha256(path), entry.sha256):
             raise ObjectMissing(f"the site's pack is not the one the index names ({entry.size} bytes, "
                                 f"sha256 {entry.sha256.hex()})", path=path)
         with PackReader(path, expected_sha256=entry.sha256) as reader:
@@ -256,14 +248,6 @@ def _check_present(site_dir: str, index: SiteIndex) -> None:
                                         f"site lacks it", path=file)
 
 
-def _read_live(site_dir: str) -> tuple[SiteIndex, bytes] | None:
-    path = os.path.join(site_dir, site.INDEX)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return None
-    return decode_index(data, path), data
 
 
 def activate(site_dir: str, bundle_paths: Sequence[str], keyring: Keyring, *, min_signatures: int = 1,
@@ -279,7 +263,7 @@ def activate(site_dir: str, bundle_paths: Sequence[str], keyring: Keyring, *, mi
     bundles = [(path, read_bundle(path)) for path in bundle_paths]
     with flock(os.path.join(site_dir, LOCK), exclusive=True):
         staged = read_staged_index(site_dir)
-        live = _read_live(site_dir)
+        live = read_site_index_and_bytes(site_dir)
         digest = bundles[0][1].index
         for path, bundle in bundles[1:]:
             if bundle.index != digest:

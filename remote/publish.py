@@ -111,13 +111,19 @@ def _temporaries(paths: list[str]) -> Iterator[None]:
 def read_site_index(site_dir: str) -> SiteIndex | None:
     """The index a site holds now (None when it has none yet); IndexFormatError if it does not
     parse: a publisher never replaces what it cannot read."""
+    held = read_site_index_and_bytes(site_dir)
+    return None if held is None else held[0]
+
+
+def read_site_index_and_bytes(site_dir: str) -> tuple[SiteIndex, bytes] | None:
+    """``read_site_index`` with the index file's bytes (what its signatures cover)."""
     path = os.path.join(site_dir, site.INDEX)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return None
-    return decode_index(data, path)
+    return decode_index(data, path), data
 
 
 def _build(repo: Repository, ref: str, packs_dir: str, inline_max: int, level: int) -> _Built:

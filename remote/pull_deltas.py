@@ -26,7 +26,6 @@ so (``Fallback``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 
 from pack.delta import apply_pack_delta
 from pack.reader import PackReader
+from pack.signature import pack_sha256
 from store.errors import DeltaError, PackError
 from store.ids import RawId, to_hex
 from store.model import Meta
@@ -43,8 +43,6 @@ from store.repo import Repository
 from . import site
 from .errors import IndexFormatError, RemoteError
 from .index import ObjectDelta, PackDelta, RefEntry, decode_object_deltas
-
-HASH_CHUNK = 1 << 20
 
 # (site path, destination, size, SHA-256): download and check one delta file, or RemoteError
 FetchDelta = Callable[[str, str, int, bytes], None]
@@ -69,12 +67,6 @@ class Source:
     objects: dict[RawId, Meta]
 
 
-def _sha256_file(path: str) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.digest()
 
 
 def find_source(kept_pack: str, entry: RefEntry) -> Source | None:
@@ -82,7 +74,7 @@ def find_source(kept_pack: str, entry: RefEntry) -> Source | None:
     ``kept_pack`` and the index lists a delta from it; else None (full files)."""
     if not entry.deltas or not os.path.exists(kept_pack):
         return None
-    sha256 = _sha256_file(kept_pack)
+    sha256 = pack_sha256(kept_pack)
     delta = next((d for d in entry.deltas if d.from_ == sha256), None)
     if delta is None:
         return None
