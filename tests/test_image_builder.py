@@ -18,7 +18,7 @@ from overlay.boot_config import BootConfig
 from overlay.boot_floor import check_floor, load_floor
 from pack import freshness
 from store.ids import HexId
-from tests.vm import real_system
+from tests.vm import debian_chroot, real_system
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARE = ROOT / "integration" / "sealtree-prepare-rootfs"
@@ -39,7 +39,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root: debootstrap, chroot and overlay mounts")
     base = real_system.real_system_tree()
-    with real_system.overlay_view(base, tmp_path_factory.mktemp("prepare")) as root:
+    with debian_chroot.overlay_view(base, tmp_path_factory.mktemp("prepare")) as root:
         done = subprocess.run([str(PREPARE), str(root)], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         yield root

@@ -27,11 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm import guest, image_guest, scenario
+from tests.vm import debian_chroot, guest, image_guest, real_system, scenario
 from tests.vm.fixtures import vm_kernel
-
-real_system = pytest.importorskip("tests.vm.real_system",
-                                  reason="the real Debian tree builder (branch h-realvm) is not here")
 
 __all__ = ["vm_kernel"]  # a fixture, used by name below
 
@@ -97,7 +94,7 @@ def _prepare(root: Path, keyring: Path) -> None:
     # No login prompt on the serial console: the getty's vhangup() would cut the report off
     # in the middle (its writes to /dev/ttyS0 fail from then on).
     os.symlink("/dev/null", root / "etc" / "systemd" / "system" / "serial-getty@ttyS0.service")
-    with real_system.chroot_mounts(root):
+    with debian_chroot.chroot_mounts(root):
         done = real_system.run_in(root, ["update-initramfs", "-u", "-k", "all"])
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -117,7 +114,7 @@ def real_image(vm_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> ima
     shutil.copy(str(key) + ".pub", keyring / "vendor.pub")
     vendor = work / "vendor-repo"
     scenario.sealtree("--repo", str(vendor), "init")
-    with real_system.overlay_view(base, work / "view") as root:
+    with debian_chroot.overlay_view(base, work / "view") as root:
         _prepare(root, keyring)
         scenario.sealtree("--repo", str(vendor), "commit", "-b", image_guest.REF, "--version", "1",
                           "--timestamp", str(TIMESTAMP), "--skip-special", str(root))

@@ -52,7 +52,7 @@ import pytest
 from bench.nginx import serving
 from store.repo import Repository
 from store.walk import require
-from tests.vm import guest, real_system, scenario
+from tests.vm import debian_chroot, guest, real_system, scenario
 
 pytestmark = pytest.mark.vm
 
@@ -222,7 +222,7 @@ def build_release(world: World, number: int) -> Release:
     """README.md "Image builder", steps 2-6, for release ``number``; returns its signed pack."""
     base = real_system.real_system_tree()
     view = world.work / f"rootfs-{number}"
-    with real_system.overlay_view(base, view) as rootfs:
+    with debian_chroot.overlay_view(base, view) as rootfs:
         # step 2's end: no package caches in the image (128 MB that every device would seal)
         assert real_system.run_in(rootfs, ["apt-get", "clean"]).returncode == 0
         sh("sh", "-c", f"rm -rf {rootfs}/var/lib/apt/lists/*")
@@ -237,7 +237,7 @@ def build_release(world: World, number: int) -> Release:
             sh(sys.executable, "-m", "overlay.boot_floor", "write", world.releases[number - 1].pack,
                "--keys", world.keys, "-o", floor, cwd=ROOT)
         _test_content(rootfs, number)
-        with real_system.chroot_mounts(rootfs):
+        with debian_chroot.chroot_mounts(rootfs):
             done = real_system.run_in(rootfs, ["update-initramfs", "-u", "-k", "all"])
         assert done.returncode == 0, done.stdout + done.stderr
         assert "W: sealtree hook" not in done.stderr, done.stderr

@@ -98,27 +98,43 @@ def initramfs_chroot() -> Path:
 
 
 @contextlib.contextmanager
-def writable_chroot(base: Path, work: Path) -> Iterator[Path]:
-    """Yield a writable view of chroot ``base`` (an overlay, upper layer in ``work``) with
-    /proc, /sys and /dev mounted; everything is unmounted on the way out."""
+def chroot_mounts(root: Path) -> Iterator[Path]:
+    """proc, sysfs and the host's /dev mounted in ``root`` (what update-initramfs and dpkg
+    want), all unmounted on the way out (a tree is never committed with them)."""
+    mounted: list[Path] = []
+    try:
+        for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
+            guest.run(["mount", "-t", fstype, fstype, root / target])
+            mounted.append(root / target)
+        guest.run(["mount", "--rbind", "/dev", root / "dev"])
+        guest.run(["mount", "--make-rslave", root / "dev"])
+        mounted.append(root / "dev")
+        yield root
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", "-R", "-l", str(point)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def overlay_view(base: Path, work: Path) -> Iterator[Path]:
+    """A writable view of the cached tree ``base``: overlayfs, upper directory in ``work``."""
     upper, workdir, merged = work / "upper", work / "work", work / "root"
     for d in (upper, workdir, merged):
         d.mkdir(parents=True)
-    mounted: list[Path] = []
+    guest.run(["mount", "-t", "overlay", "overlay", "-o",
+               f"lowerdir={base},upperdir={upper},workdir={workdir}", merged])
     try:
-        guest.run(["mount", "-t", "overlay", "overlay", "-o",
-                   f"lowerdir={base},upperdir={upper},workdir={workdir}", merged])
-        mounted.append(merged)
-        for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
-            guest.run(["mount", "-t", fstype, fstype, merged / target])
-            mounted.append(merged / target)
-        guest.run(["mount", "--rbind", "/dev", merged / "dev"])
-        guest.run(["mount", "--make-rslave", merged / "dev"])
-        mounted.append(merged / "dev")
         yield merged
     finally:
-        for target in reversed(mounted):
-            subprocess.run(["umount", "-R", "-l", str(target)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(merged)], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def writable_chroot(base: Path, work: Path) -> Iterator[Path]:
+    """Yield a writable view of chroot ``base`` (an overlay, upper layer in ``work``) with
+    /proc, /sys and /dev mounted; everything is unmounted on the way out."""
+    with overlay_view(base, work) as merged, chroot_mounts(merged):
+        yield merged
 
 
 # -- sealtree in the chroot, as README.md installs it ---------------------------------------------

@@ -7,7 +7,7 @@ bookworm kernel for virtual machines, ``linux-image-cloud-amd64`` (6.1, the vers
 other boot tests use; fs-verity built in, virtio and overlay as modules: 91 MB of modules
 instead of the generic flavor's 396 MB, which first-boot sealing under TCG reads whole).  It is
 the bare distribution: nothing of sealtree is in it.  Callers never write to it: they use
-:func:`overlay_view` (an overlayfs over it with an upper directory of their own), then
+:func:`tests.vm.debian_chroot.overlay_view` (an overlayfs over it with an upper directory of their own), then
 ``integration/sealtree-prepare-rootfs`` and the rest of the recipe (see
 tests/test_real_system_vm.py).
 
@@ -18,14 +18,13 @@ beside its final place and renamed into it; debootstrap's downloads are kept in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.vm import guest
@@ -70,38 +69,6 @@ def run_in(root: Path, cmd: Sequence[str], *, env: Mapping[str, str] | None = No
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     return subprocess.run([chroot, str(root), *cmd], env=full_env, capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-@contextlib.contextmanager
-def chroot_mounts(root: Path) -> Iterator[Path]:
-    """proc, sysfs and the host's /dev mounted in ``root`` (what update-initramfs and dpkg
-    want), all unmounted on the way out (a tree is never committed with them)."""
-    mounted: list[Path] = []
-    try:
-        for fstype, target in (("proc", "proc"), ("sysfs", "sys")):
-            guest.run(["mount", "-t", fstype, fstype, root / target])
-            mounted.append(root / target)
-        guest.run(["mount", "--rbind", "/dev", root / "dev"])
-        guest.run(["mount", "--make-rslave", root / "dev"])
-        mounted.append(root / "dev")
-        yield root
-    finally:
-        for point in reversed(mounted):
-            subprocess.run(["umount", "-R", "-l", str(point)], check=False, capture_output=True)
-
-
-@contextlib.contextmanager
-def overlay_view(base: Path, work: Path) -> Iterator[Path]:
-    """A writable view of the cached tree ``base``: overlayfs, upper directory in ``work``."""
-    upper, workdir, merged = work / "upper", work / "work", work / "root"
-    for d in (upper, workdir, merged):
-        d.mkdir(parents=True)
-    guest.run(["mount", "-t", "overlay", "overlay", "-o",
-               f"lowerdir={base},upperdir={upper},workdir={workdir}", merged])
-    try:
-        yield merged
-    finally:
-        subprocess.run(["umount", "-l", str(merged)], check=False, capture_output=True)
 
 
 def _build(dest: Path) -> None:
