@@ -80,10 +80,13 @@ def esp_dir(dep: Deployment) -> str:
 
 
 def entries_for(deployments: Sequence[Deployment], default: str, kernels: dict[str, Kernel],
-                root_partuuid: str, append: str = "") -> list[BootEntry]:
+                root_partuuid: str, append: str = "", *, base: str | None = None) -> list[BootEntry]:
     """The entries of ``deployments`` (``kernels``: commit -> its kernel), in the order the
-    menu shows them: the default's installed and live entries first."""
-    base = f"root=PARTUUID={root_partuuid} console=ttyS0" + (f" {append}" if append else "")
+    menu shows them: the default's installed and live entries first.  ``base``: the whole
+    common command line instead of the one made of ``root_partuuid`` and ``append`` (the ESP
+    sync keeps the installed entry's)."""
+    if base is None:
+        base = f"root=PARTUUID={root_partuuid} console=ttyS0" + (f" {append}" if append else "")
     ordered = sorted(deployments, key=lambda d: (d.id != default, d.id))
     out: list[BootEntry] = []
     for dep in ordered:
@@ -103,9 +106,15 @@ def entries_for(deployments: Sequence[Deployment], default: str, kernels: dict[s
     return out
 
 
+def entry_name_of(dep_id: str) -> str:
+    """The installed entry's name (file name without ``.conf``) of deployment ``dep_id``."""
+    return f"{ENTRY_PREFIX}{dep_id}"
+
+
 def loader_conf(default_entry: str, timeout: int = LOADER_TIMEOUT) -> str:
     return (f"# written by sealtree image build\ndefault {default_entry}.conf\ntimeout {timeout}\n"
             "console-mode keep\neditor no\n")
 
 
-__all__ = ["BootEntry", "Kernel", "NotInTree", "entries_for", "find_kernel", "loader_conf"]
+__all__ = ["BootEntry", "Kernel", "NotInTree", "entries_for", "entry_name_of", "find_kernel",
+           "loader_conf"]

@@ -170,10 +170,11 @@ def remove_stale_temporaries(directory: StrPath, target: str | None = None) -> i
     return removed
 
 
-def _finish(handle: BinaryIO, path: str, mode: int, durable: bool) -> None:
+def _finish(handle: BinaryIO, path: str, mode: int | None, durable: bool) -> None:
     try:
         handle.flush()
-        os.fchmod(handle.fileno(), mode)
+        if mode is not None:
+            os.fchmod(handle.fileno(), mode)
         if durable:
             os.fsync(handle.fileno())
     except OSError as err:
@@ -188,12 +189,14 @@ def _rename(tmp: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True,
+                chmod: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` atomically when the block exits cleanly.
 
     On an exception the temporary file is removed and ``path`` is untouched.
     ``durable=False`` skips the fsyncs, for callers that sync the whole
-    filesystem once at the end of a transaction instead.  An OSError of our
+    filesystem once at the end of a transaction instead.  ``chmod=False`` leaves the mode to
+    the filesystem (FAT has none and refuses chmod).  An OSError of our
     own (creating, writing, renaming) names ``path``; see ``check_destination``
     for what is refused up front.
     """
@@ -210,7 +213,7 @@ def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> It
         fcntl.flock(fd, fcntl.LOCK_EX)  # in use: see remove_stale_temporaries
         with io.BufferedWriter(_TempFile(fd, path)) as handle:
             yield handle
-            _finish(handle, path, mode, durable)
+            _finish(handle, path, mode if chmod else None, durable)
         _rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -220,7 +223,8 @@ def atomic_file(path: StrPath, mode: int = 0o644, *, durable: bool = True) -> It
         fsync_dir(directory)
 
 
-def atomic_write(path: StrPath, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+def atomic_write(path: StrPath, data: bytes, mode: int = 0o644, *, durable: bool = True,
+                 chmod: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (see ``atomic_file``)."""
-    with atomic_file(path, mode, durable=durable) as handle:
+    with atomic_file(path, mode, durable=durable, chmod=chmod) as handle:
         handle.write(data)

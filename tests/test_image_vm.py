@@ -6,7 +6,7 @@ initramfs holding the verifier in its /boot, committed, and built with its pack 
 ``image build --key``; qemu runs ``-bios /usr/share/ovmf/OVMF.fd`` (TCG) with the image as a
 virtio disk and no ``-kernel``: everything that boots comes from the disk.  One image copy
 goes through four boots: installed, live, live again, installed again; another copy boots
-once as an NVMe disk.
+once as an NVMe disk; a third gets release B deployed with ``--esp`` and boots B's own entry.
 """
 
 from __future__ import annotations
@@ -102,3 +102,28 @@ def test_image_boots_from_an_nvme_disk(built: image_guest.Built, tmp_path: Path)
     assert result.results.get("root-device") == "/dev/nvme0n1p2", result.describe()
     assert scenario.booted(result.console) == [built.doc["deployment"]]
     assert result.results.get("marker") == image_guest.RELEASE.marker
+
+
+@pytest.mark.vm
+def test_a_release_deployed_with_esp_boots_its_own_entry(built: image_guest.Built, tmp_path: Path) -> None:
+    """A/B at the boot loader: release B deployed into the image's sysroot with ``--esp`` (the
+    partitions mounted on this host, as the device mounts them) adds B's kernel, initramfs and
+    entry to the ESP and makes it loader.conf's default; the next boot selects B's own entry
+    and boots B, while A's entry stays in the menu, pinned to A."""
+    image = tmp_path / "disk.raw"
+    shutil.copyfile(built.image, image)
+    release = scenario.Release("B", "2", image_guest.RELEASE.timestamp + 100)
+    (tmp_path / "b").mkdir()
+    doc = image_guest.deploy_release(built, image, release, tmp_path / "b")
+    dep_a, dep_b = built.doc["deployment"], doc["id"]
+    assert doc["esp"]["default_entry"] == f"sealtree-{dep_b}"
+    assert f"/loader/entries/sealtree-{dep_a}-live.conf" in doc["esp"]["removed"]
+    result = _boot(image, tmp_path / "b.log")
+    res = result.results
+    assert res.get("entry") == f"sealtree-{dep_b}.conf", result.describe()
+    assert "os/main 2 (sealtree)" in result.console
+    assert f"os/main 1 (sealtree, {dep_a[:12]} only)" in result.console
+    assert scenario.booted(result.console) == [dep_b] and scenario.refusals(result.console) == []
+    assert res.get("marker") == release.marker and res.get("booted-file") == dep_b
+    assert f"root=PARTUUID={built.doc['partitions']['sysroot']['partuuid']} console=ttyS0 quiet" \
+        in res.get("cmdline", "")

@@ -59,6 +59,28 @@ def _count_args(p: argparse.ArgumentParser, what: str) -> None:
                    help="do not count boots: trust it as known good")
 
 
+ESP_HELP = ("then make the EFI system partition mounted at DIR match the deployments: each "
+            "one's kernel, initramfs and boot entry, the default's entry as loader.conf's "
+            "default, entries of removed deployments deleted (README, 'Building images')")
+
+
+def _esp_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--esp", metavar="DIR", help=ESP_HELP)
+
+
+def _sync_esp(repo: Any, esp: str | None, as_json: bool = False) -> dict[str, Any] | None:
+    """Sync the ESP after a state change (``--esp``); print what changed unless ``as_json``."""
+    if esp is None:
+        return None
+    from image.esp_sync import sync_esp
+    result = sync_esp(repo, esp)
+    if not as_json:
+        print(f"ESP {show(esp)}: default entry {result.default_entry}, {len(result.written)} "
+              f"file(s) written, {len(result.removed)} removed")
+    return {"path": esp, "default_entry": result.default_entry, "written": result.written,
+            "removed": result.removed}
+
+
 def register(sub: Any) -> None:
     p = add_parser(
         sub, "deploy", "verify a commit's signed pack and objects, and deploy it",
@@ -101,6 +123,7 @@ def register(sub: Any) -> None:
                 "metacopy: no farm, stubs over the objects that the kernel checks at every open "
                 "(Linux 6.6+ with fs-verity; else checked once, in userspace); auto (default): "
                 "metacopy where the kernel and filesystem can enforce it, else hardlinks")
+    _esp_arg(p)
     p.add_argument("--json", action="store_true", help="print the deployment as JSON")
     p.set_defaults(func=cmd_deploy)
 
@@ -156,6 +179,7 @@ def register(sub: Any) -> None:
                    "Forget DEPLOYMENT and delete its farm.  Refused while it is mounted\n"
                    "anywhere (any overlay over its farm or tmpfs) or is the default.")
     p.add_argument("deployment", metavar="DEPLOYMENT")
+    _esp_arg(p)
     p.set_defaults(func=cmd_undeploy)
 
     p = add_parser(sub, "set-default", "make a deployment the default",
@@ -163,10 +187,12 @@ def register(sub: Any) -> None:
                    "boot counting unless --no-count.")
     p.add_argument("deployment", metavar="DEPLOYMENT")
     _count_args(p, "it")
+    _esp_arg(p)
     p.set_defaults(func=cmd_set_default)
 
     p = add_parser(sub, "rollback", "make the previous deployment the default",
                    "Swap the default and the previous deployment.")
+    _esp_arg(p)
     p.set_defaults(func=cmd_rollback)
 
     p = add_parser(sub, "mark-good", "end boot counting: the booted deployment works",
@@ -212,6 +238,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
                         "files": mounted.populate.files, "links": mounted.populate.links,
                         "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
         doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
+        doc["esp"] = _sync_esp(repo, args.esp, as_json=True)
         print_json(doc)
         return
     print(f"verified {check.files} objects ({check.kernel} by the kernel, {check.userspace} in "
@@ -221,6 +248,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         print(f"mounted at {show(mounted.target)}, {_mode(args.live, mounted.state)}")
         _say_enforcement(mounted)
     print(f"layout {dep.layout}")
+    _sync_esp(repo, args.esp)
     print(f"deployed {dep.id}")
 
 
@@ -408,24 +436,30 @@ def _say_dep_state(dep: dict[str, Any]) -> None:
 
 def cmd_undeploy(args: argparse.Namespace) -> None:
     from overlay.deploy import undeploy
-    dep = undeploy(open_repo(args), args.deployment)
+    repo = open_repo(args)
+    dep = undeploy(repo, args.deployment)
     print(f"removed deployment {dep.id}")
+    _sync_esp(repo, args.esp)
 
 
 def cmd_set_default(args: argparse.Namespace) -> None:
     from overlay.state import state_file
-    with state_file(open_repo(args)).update() as state:
+    repo = open_repo(args)
+    with state_file(repo).update() as state:
         dep = state.find(args.deployment)
         state.set_default(dep.id, _tries_of(args))
     print(f"default deployment: {dep.id}")
+    _sync_esp(repo, args.esp)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
     from overlay.state import state_file
-    with state_file(open_repo(args)).update() as state:
+    repo = open_repo(args)
+    with state_file(repo).update() as state:
         state.rollback()
         default = state.default
     print(f"default deployment: {default}")
+    _sync_esp(repo, args.esp)
 
 
 def cmd_mark_good(args: argparse.Namespace) -> None:

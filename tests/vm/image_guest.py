@@ -20,9 +20,11 @@ and then writes into it which entry this boot came from (``installed`` or ``live
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,9 +126,9 @@ def build_initrd(work: Path, keyring: Path) -> Path:
     return initrd
 
 
-def make_tree(dest: Path, initrd: Path) -> Path:
+def make_tree(dest: Path, initrd: Path, release: scenario.Release = RELEASE) -> Path:
     """scenario's tree, with this module's /sbin/init, a /var and a /boot."""
-    scenario.make_tree(dest, RELEASE)
+    scenario.make_tree(dest, release)
     (dest / "sbin" / "init").write_text(DEPLOYED_INIT)
     (dest / "var").mkdir(mode=0o755)
     kernel = guest.kernel()
@@ -179,6 +181,68 @@ def set_default_entry(image: Path, doc: dict, entry: str, work: Path) -> None:  
     lines = [f"default {entry}.conf" if line.startswith("default ") else line for line in text.splitlines()]
     conf.write_text("\n".join(lines) + "\n")
     guest.run(["mcopy", "-o", "-Q", "-i", f"{image}@@{esp_offset(doc)}", conf, "::/loader/loader.conf"])
+
+
+@contextlib.contextmanager
+def partitions_mounted(image: Path, doc: dict, work: Path) -> Iterator[tuple[Path, Path]]:  # type: ignore[type-arg]
+    """The image's sysroot (ext4, loop) and ESP (the kernel's vfat, else fusefat on a loop
+    device) mounted on this host, as a device has them mounted: (sysroot, esp)."""
+    import subprocess
+    sysroot, esp = work / "sysroot-mnt", work / "esp-mnt"
+    sysroot.mkdir()
+    esp.mkdir()
+    part = doc["partitions"]
+    subprocess.run(["mount", "-t", "ext4", "-o", f"loop,offset={part['sysroot']['offset']},"
+                    f"sizelimit={part['sysroot']['size']}", str(image), str(sysroot)], check=True)
+    loop = None
+    try:
+        with open("/proc/filesystems", encoding="ascii") as handle:
+            vfat = any(line.split()[-1:] == ["vfat"] for line in handle)
+        if vfat:
+            subprocess.run(["mount", "-t", "vfat", "-o", f"loop,offset={part['esp']['offset']},"
+                            f"sizelimit={part['esp']['size']}", str(image), str(esp)], check=True)
+        else:
+            loop = guest.run(["losetup", "--find", "--show", "--offset", str(part["esp"]["offset"]),
+                              "--sizelimit", str(part["esp"]["size"]), str(image)]).strip()
+            subprocess.run(["fusefat", "-o", "rw+", loop, str(esp)], check=True, capture_output=True)
+        try:
+            yield sysroot, esp
+        finally:
+            subprocess.run(["umount", str(esp)], check=True)
+    finally:
+        if loop is not None:
+            subprocess.run(["losetup", "-d", loop], check=False)
+        subprocess.run(["umount", str(sysroot)], check=True)
+
+
+def deploy_release(built: Built, image: Path, release: scenario.Release,
+                   work: Path) -> dict:  # type: ignore[type-arg]
+    """Vendor: commit ``release`` (same kernel and initramfs, another marker), build and sign
+    its pack.  Device (``image``, a copy of ``built``'s, partitions mounted here): import it, deploy it with
+    ``--esp`` (new default; its kernel, initramfs and entry on the ESP).  deploy's JSON."""
+    vendor_work = built.image.parent
+    vendor, key = vendor_work / "vendor-repo", vendor_work / "vendor.key"
+    tree = make_tree(work / "tree", vendor_work / "initramfs" / "initrd.gz", release)
+    scenario.sealtree("--repo", str(vendor), "commit", "-b", REF, "--version", release.version,
+                      "--timestamp", str(release.timestamp), str(tree))
+    pack = work / "release.pack"
+    scenario.sealtree("--repo", str(vendor), "pack", "build", REF, "-o", str(pack))
+    scenario.sealtree("pack", "sign", str(pack), "--key", str(key))
+    with partitions_mounted(image, built.doc, work) as (sysroot, esp):
+        repo = str(sysroot / scenario.REPO_IN_SYSROOT.lstrip("/"))
+        # what the device's update does: the signed pack imported, the large objects it names
+        # fetched (here from the vendor's repository, each checked against its digest)
+        from image.sysroot import _copy_missing
+        from pack.importer import import_pack
+        from pack.keys import Keyring
+        from store.repo import Repository
+        device = Repository.open(repo)
+        imported = import_pack(device, str(pack), Keyring.load(str(built.keyring)))
+        _copy_missing(Repository.open(str(vendor)), device, imported.missing)
+        out = scenario.sealtree("--repo", repo, "deploy", REF, "--keys", str(built.keyring),
+                                "--verify", "userspace", "--layout", "hardlinks", "--esp", str(esp),
+                                "--json")
+    return json.loads(out)  # type: ignore[no-any-return]
 
 
 def boot(image: Path, log: Path, timeout: int = 420, *, nvme: bool = False) -> guest.BootResult:
