@@ -66,7 +66,8 @@ def test_prepare_rootfs_installs_the_cli_units_and_hook(rootfs: Path) -> None:
     assert real_system.run_in(rootfs, ["sealtree", "boot-check", "--help"]).returncode == 0
     # the target's own python3 imports everything the device runs, from /usr/lib/python3
     probe = real_system.run_in(rootfs, ["python3", "-c", (
-        "import sealtree.commands.boot_check_cmd, sealtree.commands.deploy_cmds, remote.pull, overlay.boot;"
+        "import sealtree.commands.boot_check_cmd, sealtree.commands.deploy_cmds, remote.pull, overlay.boot,"
+        " image.esp_sync;"  # deploy --esp on the device
         "print(remote.pull.__file__)")])
     assert probe.returncode == 0 and probe.stdout.startswith("/usr/lib/python3/dist-packages/"), probe
 

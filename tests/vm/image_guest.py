@@ -158,14 +158,19 @@ def build_image(work: Path, append: str = "quiet panic=-1") -> Built:
     return Built(image, json.loads(out), keyring)
 
 
-def qemu_command(image: Path, *, nvme: bool = False) -> list[str]:
+def qemu_command(image: Path, *, nvme: bool = False, script: Path | None = None) -> list[str]:
+    """With ``script``: that file a second virtio disk and qemu's user network (the host's
+    loopback is 10.0.2.2 in the guest)."""
+    nic = "none" if script is None else "user,model=virtio-net-pci"
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
-           "-nographic", "-no-reboot", "-nic", "none", "-bios", str(OVMF)]
+           "-nographic", "-no-reboot", "-nic", nic, "-bios", str(OVMF)]
     if nvme:
         cmd += ["-drive", f"file={image},if=none,id=disk,format=raw",
                 "-device", "nvme,drive=disk,serial=sealtree"]
     else:
         cmd += ["-drive", f"file={image},if=virtio,format=raw"]
+    if script is not None:
+        cmd += ["-drive", f"file={script},if=virtio,format=raw"]
     return cmd
 
 
@@ -245,13 +250,14 @@ def deploy_release(built: Built, image: Path, release: scenario.Release,
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-def boot(image: Path, log: Path, timeout: int = 420, *, nvme: bool = False) -> guest.BootResult:
+def boot(image: Path, log: Path, timeout: int = 420, *, nvme: bool = False,
+         script: Path | None = None) -> guest.BootResult:
     """Boot ``image`` through OVMF and its own boot loader (the image a virtio disk, or with
-    ``nvme`` an NVMe one); the console as a BootResult."""
+    ``nvme`` an NVMe one; ``script`` as in qemu_command); the console as a BootResult."""
     import subprocess
     import time
 
-    cmd = qemu_command(image, nvme=nvme)
+    cmd = qemu_command(image, nvme=nvme, script=script)
     start = time.monotonic()
     with open(os.devnull, "rb") as devnull, log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
