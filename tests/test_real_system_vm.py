@@ -118,7 +118,7 @@ R vendor-conf "$(cat /etc/sealtree-test/vendor.conf)"
 R user-conf "$(cat /etc/sealtree-test/user.conf)"
 R user-added "$(cat /etc/sealtree-test/added-by-user 2>/dev/null)"
 R var-note "$(cat /var/lib/sealtree-test/note 2>/dev/null)"
-R journal-boots "$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}')"
+R journal-boots "$(journalctl --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{{32}}')"
 M() {{ awk -v p="$1" '$2 == p {{ v = $3 ":" substr($4, 1, 2) }} END {{ print p ":" v }}' /proc/self/mounts; }}
 R mounts "$(M /) $(M /etc) $(M /var) $(M /tmp)"
 R home "$(readlink /home) $(ls -d /root/ 2>&1)"
