@@ -833,20 +833,25 @@ def boot(
     """
     cmd = qemu_command(kernel_image, initrd, disks=disks, append=append, virtfs=virtfs)
     with tempfile.TemporaryDirectory(prefix="sealtree-vm-") as tmp:
-        log_path = console_log or Path(tmp) / "console.log"
-        log.info("boot: %s", subprocess.list2cmdline(cmd))
-        start = time.monotonic()
-        with open(os.devnull, "rb") as devnull, log_path.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()
-                proc.wait()
-        seconds = time.monotonic() - start
-        console = log_path.read_bytes().decode(errors="replace").replace("\r\n", "\n")
+        return run_qemu(cmd, console_log or Path(tmp) / "console.log", timeout)
+
+
+def run_qemu(cmd: Sequence[str], log_path: Path, timeout: float) -> BootResult:
+    """Run the qemu command ``cmd`` with its console in ``log_path`` until it exits, or kill it
+    after ``timeout`` seconds (``timed_out``); the console as a BootResult."""
+    log.info("boot: %s", subprocess.list2cmdline(cmd))
+    start = time.monotonic()
+    with open(os.devnull, "rb") as devnull, log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+    seconds = time.monotonic() - start
+    console = log_path.read_bytes().decode(errors="replace").replace("\r\n", "\n")
     result = BootResult(console=console, returncode=None if timed_out else proc.returncode,
                         seconds=seconds, timed_out=timed_out, command=tuple(cmd))
     log.info("boot finished: status=%s timed_out=%s %.1f s", result.returncode, timed_out, seconds)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -254,20 +253,4 @@ def boot(image: Path, log: Path, timeout: int = 420, *, nvme: bool = False,
          script: Path | None = None) -> guest.BootResult:
     """Boot ``image`` through OVMF and its own boot loader (the image a virtio disk, or with
     ``nvme`` an NVMe one; ``script`` as in qemu_command); the console as a BootResult."""
-    import subprocess
-    import time
-
-    cmd = qemu_command(image, nvme=nvme, script=script)
-    start = time.monotonic()
-    with open(os.devnull, "rb") as devnull, log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            proc.kill()
-            proc.wait()
-    console = log.read_bytes().decode(errors="replace").replace("\r\n", "\n")
-    return guest.BootResult(console=console, returncode=None if timed_out else proc.returncode,
-                            seconds=time.monotonic() - start, timed_out=timed_out, command=tuple(cmd))
+    return guest.run_qemu(qemu_command(image, nvme=nvme, script=script), log, timeout)
