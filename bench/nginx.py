@@ -1,6 +1,7 @@
 """A loopback nginx for the transfer measurements: Debian's ``nginx-light`` (installed if
 missing), run as root with a private configuration, its pid, temp and log files in a
-directory of its own, serving one directory on 127.0.0.1 at a free port.
+directory of its own, serving one directory on 127.0.0.1 at a free port (no symlinks followed, no dot file
+served: a site's staged index stays private).  The tests' nginx is this one too.
 
 Its access log has one line per request, ``URI STATUS BYTES_SENT`` (``$bytes_sent``: headers
 and body as sent on the wire), so :meth:`Nginx.bytes_sent` says what a client fetched between
@@ -43,6 +44,8 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         autoindex off;
+        disable_symlinks on;
+        location ~ /\\. {{ return 404; }}
     }}
 }}
 """

@@ -7,14 +7,14 @@ import contextlib
 import os
 import random
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+from bench.nginx import serving as nginx_serving
 from pack.keys import load_private_key
 from remote.config import Remote, add_remote
 from remote.publish import PublishResult, publish
@@ -138,53 +138,9 @@ def object_files(site_dir: str) -> list[str]:
     return sorted(os.path.join(d, f) for d, _dirs, files in os.walk(root) for f in files)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def nginx(directory: str, tmp: str) -> Iterator[str]:
-    """Debian's nginx serving ``directory`` on a free loopback port, with a private config and
-    its pid and log files in ``tmp``; yields its URL."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as handle:
-        handle.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {directory};
-        autoindex off;
-        disable_symlinks on;
-        location ~ /\\. {{ return 404; }}
-    }}
-}}
-""")
-    proc = subprocess.Popen([binary, "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """Debian's nginx serving ``directory`` on a free loopback port (bench.nginx: a private
+    config, its pid and log files in ``tmp``); yields its URL."""
+    with nginx_serving(Path(directory), Path(tmp)) as server:
+        yield server.url
