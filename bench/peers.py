@@ -41,11 +41,7 @@ def ostree_init(repo: Path, mode: str = "bare") -> Argv:
 
 def ostree_commit_tar(repo: Path, branch: str, archive: Path, timestamp: int | None = None) -> Argv:
     """``ostree commit --repo R -b B --tree=tar=FILE`` (libarchive reads it; fsync on)."""
-    argv = [ostree(), "commit", f"--repo={repo}", f"--branch={branch}", f"--tree=tar={archive}",
-            "--subject=bench", "--no-bindings"]
-    if timestamp is not None:
-        argv.append(f"--timestamp=@{timestamp}")
-    return argv
+    return _ostree_commit(repo, branch, f"tar={archive}", timestamp)
 
 
 def ostree_export(repo: Path, branch: str, out: Path) -> Argv:
@@ -66,7 +62,11 @@ def ostree_pull(repo: Path, remote: str, branch: str) -> Argv:
 
 def ostree_commit(repo: Path, branch: str, tree: Path, timestamp: int | None = None) -> Argv:
     """``ostree commit --repo R -b B --tree=dir=DIR`` (fsync left at ostree's default: on)."""
-    argv = [ostree(), "commit", f"--repo={repo}", f"--branch={branch}", f"--tree=dir={tree}",
+    return _ostree_commit(repo, branch, f"dir={tree}", timestamp)
+
+
+def _ostree_commit(repo: Path, branch: str, tree: str, timestamp: int | None) -> Argv:
+    argv = [ostree(), "commit", f"--repo={repo}", f"--branch={branch}", f"--tree={tree}",
             "--subject=bench", "--no-bindings"]
     if timestamp is not None:
         argv.append(f"--timestamp=@{timestamp}")

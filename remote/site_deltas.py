@@ -70,6 +70,17 @@ def _place(site_dir: str, temp: str, final_rel: str) -> bool:
     return True
 
 
+def _write_placed(site_dir: str, data: bytes, sha256: bytes, suffix: str, final_rel: str,
+                  stats: DeltaStats) -> bool:
+    """Write ``data`` (whose SHA-256 is ``sha256``) under a build name of the deltas directory
+    and ``_place`` it at ``final_rel``; False when it was there already."""
+    temp = os.path.join(site_dir, site.DELTAS_DIR, f".build-{os.getpid()}-{sha256.hex()[:16]}{suffix}")
+    stats.temps.append(temp)
+    with atomic_file(temp, 0o644, durable=False) as handle:
+        handle.write(data)
+    return _place(site_dir, temp, final_rel)
+
+
 def _object_deltas(site_dir: str, old_pack: str, new_pack: str, stats: DeltaStats,
                    made: dict[tuple[bytes, bytes], ObjectDelta | None]) -> FileRef | None:
     """The object deltas from ``old_pack``'s large objects to ``new_pack``'s, made or reused,
@@ -89,11 +100,7 @@ def _object_deltas(site_dir: str, old_pack: str, new_pack: str, stats: DeltaStat
         return None
     data = encode_object_deltas(listed)
     sha256 = hashlib.sha256(data).digest()
-    temp = os.path.join(site_dir, site.DELTAS_DIR, f".build-{os.getpid()}-{sha256.hex()[:16]}.list")
-    stats.temps.append(temp)
-    with atomic_file(temp, 0o644, durable=False) as handle:
-        handle.write(data)
-    if _place(site_dir, temp, site.object_delta_list(sha256)):
+    if _write_placed(site_dir, data, sha256, ".list", site.object_delta_list(sha256), stats):
         stats.bytes_written += len(data)
     return FileRef(sha256, len(data))
 
@@ -109,11 +116,7 @@ def _object_delta(site_dir: str, key: tuple[bytes, bytes], source_size: int, res
     if delta is None or len(delta) >= full:
         return None
     sha256 = hashlib.sha256(delta).digest()
-    temp = os.path.join(site_dir, site.DELTAS_DIR, f".build-{os.getpid()}-{sha256.hex()[:16]}")
-    stats.temps.append(temp)
-    with atomic_file(temp, 0o644, durable=False) as handle:
-        handle.write(delta)
-    if _place(site_dir, temp, site.object_delta(sha256)):
+    if _write_placed(site_dir, delta, sha256, "", site.object_delta(sha256), stats):
         stats.written += 1
         stats.bytes_written += len(delta)
     return ObjectDelta(key[0], key[1], sha256, len(delta), full)
