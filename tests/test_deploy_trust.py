@@ -13,6 +13,7 @@ import os
 import pytest
 
 from overlay import deployment_pack, farm
+from overlay.deploy import deploy
 from overlay.mount_deployment import mount_deployment, unmount
 from overlay.state import StateFile
 from store.errors import FarmMismatch, NoKeyring, SignatureError
@@ -82,6 +83,22 @@ def test_mount_command_without_keys_never_uses_the_state_keyring(site):
     assert "no keyring given" in proc.stderr, proc.stderr
     _nothing_mounted(site)
     _refused(site, dep, "not in the keyring", code=12)  # --keys: the vendor's keyring
+
+
+def test_deploy_without_keys_trusts_the_system_keyring_only(site, monkeypatch):
+    """``deploy`` with no --keys verifies with /etc/sealtree/keys, as ``mount`` and the boot
+    verifier do; without one it is refused before anything is recorded."""
+    if os.path.isdir(deployment_pack.SYSTEM_KEYRING):
+        pytest.skip(f"this machine has a system keyring ({deployment_pack.SYSTEM_KEYRING})")
+    proc = site.cli("deploy", "os/main", check=False)
+    assert proc.returncode == 12, proc.stderr
+    assert "no keyring given" in proc.stderr and "/etc/sealtree/keys" in proc.stderr, proc.stderr
+    assert StateFile(os.path.join(site.repo, "deploy")).read().deployments == []
+    # With a system keyring (the vendor's, in place of /etc/sealtree/keys), deploy verifies
+    # with it.
+    monkeypatch.setattr(deployment_pack, "SYSTEM_KEYRING", site.keys)
+    result = deploy(Repository.open(site.repo), "os/main", None)
+    assert result.deployment.keys == os.path.abspath(site.keys)
 
 
 def test_state_keyring_is_recorded_for_information_only(site):

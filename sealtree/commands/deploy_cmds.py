@@ -85,7 +85,8 @@ def register(sub: Any) -> None:
     p = add_parser(
         sub, "deploy", "verify a commit's signed pack and objects, and deploy it",
         "Verify the kept pack of REF (packs/<commit>.pack: signatures against the keyring\n"
-        "in --keys, the whole pack, and that it is not older than the newest accepted for\n"
+        "in --keys, else the system keyring /etc/sealtree/keys, never one the repository\n"
+        "names; the whole pack; and that it is not older than the newest accepted for\n"
         "its ref) and every large object it names (digest and inode metadata), enabling\n"
         "fs-verity on objects where the filesystem can.  Then record the deployment, in\n"
         "one of two layouts (--layout): hardlinks, a farm deploy/<commit>.<serial>/ of\n"
@@ -103,10 +104,12 @@ def register(sub: Any) -> None:
         "objects are hashed, nothing is verified twice, and the overlay is mounted only\n"
         "once every check has passed (on any failure nothing is left mounted).  The\n"
         "last line printed is the deployment id.",
-        "examples:\n  sealtree --repo R deploy os/main --keys /etc/sealtree/keys\n"
-        "  sealtree --repo R deploy os/main --keys /etc/sealtree/keys --mount /mnt/root")
+        "examples:\n  sealtree --repo R deploy os/main                 # the system keyring\n"
+        "  sealtree --repo R deploy os/main --keys keys --mount /mnt/root")
     p.add_argument("rev", metavar="REF")
-    p.add_argument("--keys", required=True, metavar="DIR", help="the trusted keyring directory")
+    p.add_argument("--keys", metavar="DIR",
+                   help="the trusted keyring directory (default: the system keyring, /etc/sealtree/keys; "
+                        "never a keyring the repository names)")
     _verify_arg(p)
     _count_args(p, "the new default")
     p.add_argument("--no-default", action="store_true", help="deploy without making it the default")
