@@ -126,8 +126,8 @@ class _TmpfsWriter(TreeWriter):
     they hold no setuid/setgid/sticky bit and the umask does not clear any of
     them, so ``chmod`` is only called otherwise (and always after ``chown``,
     which clears setuid/setgid, and before xattrs: ``chown`` drops
-    ``security.capability``).  Directories and symlinks likewise (and a directory whose
-    metadata may be applied before it is filled, ``_metadata_now``, in the first step of
+    ``security.capability``).  Directories and symlinks likewise (and a directory made
+    with its final metadata before it is filled, ``_metadata_now``, in the first step of
     ``_unpack_with_stubs``, is never setgid either).
     """
 
@@ -153,14 +153,14 @@ class _TmpfsWriter(TreeWriter):
     def _apply(self, fd: int, meta: Meta, mode_now: int | None) -> None:
         _apply_meta(fd, meta, mode_now, (*self._owner, self._umask))
 
-    def mkdir(self, path: bytes, meta: Meta | None) -> None:
-        """Make the directory (its metadata applied when it is finished, unless None); with
-        ``existing``, open the one made before."""
+    def mkdir(self, path: bytes, meta: Meta | None, mode: int = _NEW_DIR_MODE) -> None:
+        """Make the directory with ``mode`` (its metadata applied when it is finished,
+        unless None); with ``existing``, open the one made before."""
         parent, name = self._place(path)
         if self._existing:
             meta = None
         else:
-            os.mkdir(name, _NEW_DIR_MODE, dir_fd=parent)
+            os.mkdir(name, mode, dir_fd=parent)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         self._stack.append((path, fd, meta))
 
@@ -241,9 +241,10 @@ def _unpack_with_stubs(reader: PackReader, root: str, plan: StubPlan) -> UnpackR
     three steps (``_write_dirs``, then two processes at once, then ``_finish_dirs``):
 
     1. every directory is made, from the manifest (the checked rows: no data needed),
-       and gets its metadata at once unless that metadata could change what is created
-       in it later (a setgid bit, whose group new inodes would take; xattrs, such as a
-       default ACL): those, and the root, wait for step 3 (0700 until then, as before);
+       with its final mode when ``_metadata_now`` allows (ours, writable by us, not
+       setgid, no xattrs such as a default ACL: nothing that would change what is
+       created in it or need permissions overridden); the others, and the root's
+       metadata, wait for step 3 (0700 until then, as before);
     2. a forked child writes every stub and symlink (``_write_stubs``) while this
        process reads the pack's data, checking it as ever (every inline file's digest,
        the whole file's SHA-256 at the end), and writes every inline file;
@@ -308,26 +309,33 @@ class _Dirs:
     waiting: list[tuple[bytes, Meta]]
 
 
-def _metadata_now(meta: Meta) -> bool:
-    """Whether a directory's metadata may be applied before its entries are created: not
-    when it would change them (setgid: their group; xattrs: a default ACL, a label)."""
-    return not meta.mode & 0o2000 and not meta.xattrs
+def _metadata_now(meta: Meta, owner: tuple[int, int, int]) -> bool:
+    """Whether a directory may be made with its final metadata, before its entries are
+    created: it is ours (``owner``: uid, gid, umask) with a mode that lets us fill it without
+    overriding permissions and that the umask keeps whole; not setgid (new inodes would take
+    its group); no xattrs (a default ACL would change their modes, a label their labels)."""
+    return ((meta.uid, meta.gid) == owner[:2] and not meta.mode & 0o7000
+            and not meta.mode & owner[2] and meta.mode & 0o300 == 0o300 and not meta.xattrs)
 
 
 def _write_dirs(root: str, rows: Iterable[ManifestEntry]) -> _Dirs:
-    """Step 1 of ``_unpack_with_stubs``: every directory of ``rows`` under the empty ``root``."""
+    """Step 1 of ``_unpack_with_stubs``: every directory of ``rows`` under the empty ``root``,
+    each made with its final metadata when ``_metadata_now`` allows (most: one ``mkdir``),
+    the others 0700 (``waiting``, for step 3)."""
     made: list[bytes] = []
     waiting: list[tuple[bytes, Meta]] = []
     tree = _TmpfsWriter(root, None)
+    owner = _TmpfsWriter.owner_and_umask()
     with tree:
         for row in rows:
             entry = row.entry
             if entry.kind is Kind.DIR:
-                now = _metadata_now(entry.meta)
-                tree.mkdir(row.path, entry.meta if now else None)
-                made.append(row.path)
-                if not now:
+                if _metadata_now(entry.meta, owner):
+                    tree.mkdir(row.path, None, mode=entry.meta.mode)
+                else:
+                    tree.mkdir(row.path, None)
                     waiting.append((row.path, entry.meta))
+                made.append(row.path)
     return _Dirs(made, waiting)
 
 

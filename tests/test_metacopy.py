@@ -317,10 +317,11 @@ def test_generated_trees_in_metacopy_layout(tmp_path_factory, tree, links):
 
 
 def test_directories_whose_metadata_changes_what_is_made_in_them(base):
-    """The unpack makes every directory first and gives most their metadata at once (then
-    fills them on two cores): not a setgid one (a new inode would take its group) nor one
-    with xattrs (a default ACL would change a new inode's mode): their stubs, inline
-    files and symlinks must still come out as committed."""
+    """The unpack makes every directory first, most with their final metadata (then fills
+    them on two cores): not a setgid one (a new inode would take its group), one with
+    xattrs (a default ACL would change a new inode's mode), nor one we could only fill by
+    overriding its permissions: their stubs, inline files and symlinks must still come
+    out as committed."""
     acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
                                           for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
     inside = {b"big": ("file", b"B" * 9000, 0o644, (0, 0), []),
@@ -329,7 +330,9 @@ def test_directories_whose_metadata_changes_what_is_made_in_them(base):
               b"sub": ("dir", {b"deep": ("file", b"D" * 9000, 0o755, (0, 0), [])}, 0o755, (0, 0), [])}
     tree = {b"sg": ("dir", dict(inside), 0o2775, (0, 50), []),
             b"acl": ("dir", dict(inside), 0o755, (0, 0), [(b"system.posix_acl_default", acl)]),
-            b"both": ("dir", dict(inside), 0o2750, (1000, 50), [(b"user.d", b"v")])}
+            b"both": ("dir", dict(inside), 0o2750, (1000, 50), [(b"user.d", b"v")]),
+            b"ro": ("dir", dict(inside), 0o555, (1000, 2), []),
+            b"mine": ("dir", dict(inside), 0o700, (0, 0), [])}
     src = os.path.join(base, "src")
     os.mkdir(src)
     materialise(os.fsencode(src), tree)
