@@ -12,10 +12,7 @@ metadata) does the work, with two differences that the merged view needs:
 In the metacopy layout (``overlay.metacopy``) each large file is written too,
 as its stub: a sparse file of the object's size with the file's metadata and
 the overlay xattrs; large files with equal content and metadata share one
-stub inode, as they share one object in the hardlinks layout.  That unpack runs on two
-cores (``_unpack_with_stubs``): the directories first, then a forked child writes the
-stubs and symlinks while this process checks the pack's data and writes the inline
-files, then the directories' metadata that had to wait.
+stub inode, as they share one object in the hardlinks layout.
 
 ``tmpfs_size`` works out how large the tmpfs must be from the manifest, so
 the mount is bounded (a hostile manifest cannot fill memory) yet never short
@@ -26,15 +23,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pack.manifest import Manifest, ManifestEntry
+from pack.manifest import Manifest
 from pack.reader import PackReader
 from pack.unpack import TreeWriter, UnpackReport, unpack_inline
 from store import xattrs
 from store.errors import DeployError
-from store.forked import Forked
 from store.ids import RawId
 from store.model import Kind, Meta
 
@@ -104,18 +99,6 @@ def tmpfs_size(manifest: Manifest, root_meta: Meta | None = None, *, stubs: bool
     return TmpfsSize(data + data // 8 + (4 << 20), inodes + inodes // 8 + 1024)
 
 
-def _apply_meta(fd: int, meta: Meta, mode_now: int | None, owner: tuple[int, int, int]) -> None:
-    """Give the new inode ``fd`` (owned by ``owner``'s uid and gid, with mode ``mode_now``,
-    None if unknown) ``meta``, skipping the calls that would change nothing."""
-    if (meta.uid, meta.gid) != owner[:2]:
-        os.fchown(fd, meta.uid, meta.gid)
-        mode_now = None  # chown may have cleared setuid/setgid
-    if meta.mode != mode_now:
-        os.fchmod(fd, meta.mode)
-    if meta.xattrs:
-        xattrs.write(fd, meta.xattrs)
-
-
 class _TmpfsWriter(TreeWriter):
     """``TreeWriter`` without the system calls that would change nothing.
 
@@ -126,41 +109,28 @@ class _TmpfsWriter(TreeWriter):
     they hold no setuid/setgid/sticky bit and the umask does not clear any of
     them, so ``chmod`` is only called otherwise (and always after ``chown``,
     which clears setuid/setgid, and before xattrs: ``chown`` drops
-    ``security.capability``).  Directories and symlinks likewise (and a directory made
-    with its final metadata before it is filled, ``_metadata_now``, in the first step of
-    ``_unpack_with_stubs``, is never setgid either).
+    ``security.capability``).  Directories and symlinks likewise.
     """
 
-    def __init__(self, root: str, root_meta: Meta | None, *, existing: bool = False) -> None:
-        """``existing``: the directories are there already (``_write_dirs`` made them):
-        ``mkdir`` opens them, and no directory's metadata is applied (``_finish_dirs``)."""
-        if existing:
-            self.root = root
-            self._stack = [(b"", os.open(root, _DIR_FLAGS), None)]
-        else:
-            super().__init__(root, root_meta)
-        self._existing = existing
-        uid, gid, self._umask = self.owner_and_umask()
-        self._owner = (uid, gid)
-
-    @staticmethod
-    def owner_and_umask() -> tuple[int, int, int]:
-        """The owner a new inode gets (this process's effective uid and gid), and the umask."""
+    def __init__(self, root: str, root_meta: Meta) -> None:
+        super().__init__(root, root_meta)
+        self._owner = (os.geteuid(), os.getegid())
         umask = os.umask(0o022)
         os.umask(umask)
-        return os.geteuid(), os.getegid(), umask
+        self._umask = umask
 
     def _apply(self, fd: int, meta: Meta, mode_now: int | None) -> None:
-        _apply_meta(fd, meta, mode_now, (*self._owner, self._umask))
+        if (meta.uid, meta.gid) != self._owner:
+            os.fchown(fd, meta.uid, meta.gid)
+            mode_now = None  # chown may have cleared setuid/setgid
+        if meta.mode != mode_now:
+            os.fchmod(fd, meta.mode)
+        if meta.xattrs:
+            xattrs.write(fd, meta.xattrs)
 
-    def mkdir(self, path: bytes, meta: Meta | None, mode: int = _NEW_DIR_MODE) -> None:
-        """Make the directory with ``mode`` (its metadata applied when it is finished,
-        unless None); with ``existing``, open the one made before."""
+    def mkdir(self, path: bytes, meta: Meta) -> None:
         parent, name = self._place(path)
-        if self._existing:
-            meta = None
-        else:
-            os.mkdir(name, mode, dir_fd=parent)
+        os.mkdir(name, _NEW_DIR_MODE, dir_fd=parent)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         self._stack.append((path, fd, meta))
 
@@ -235,158 +205,31 @@ def unpack_into_tmpfs(reader: PackReader, root: str, stubs: StubPlan | None = No
 
 def _unpack_with_stubs(reader: PackReader, root: str, plan: StubPlan) -> UnpackReport:
     """``unpack_inline`` with identical files shared, and each large file as its stub
-    (identical content and metadata: one stub inode).  Counts stubs as files.
-
-    Creating inodes is most of the work, kernel time on one core; so it runs on two, in
-    three steps (``_write_dirs``, then two processes at once, then ``_finish_dirs``):
-
-    1. every directory is made, from the manifest (the checked rows: no data needed),
-       with its final mode when ``_metadata_now`` allows (ours, writable by us, not
-       setgid, no xattrs such as a default ACL: nothing that would change what is
-       created in it or need permissions overridden); the others, and the root's
-       metadata, wait for step 3 (0700 until then, as before);
-    2. a forked child writes every stub and symlink (``_write_stubs``) while this
-       process reads the pack's data, checking it as ever (every inline file's digest,
-       the whole file's SHA-256 at the end), and writes every inline file;
-    3. once both have succeeded, the directories left in step 1 get their metadata.
-
-    Both processes only open directories that step 1 made, relative to their parents
-    with ``O_DIRECTORY | O_NOFOLLOW``, and create with ``O_EXCL | O_NOFOLLOW``: nothing
-    is followed.  A failure in either stops the other (the child is killed); the caller
-    discards the tmpfs.
-    """
+    (identical content and metadata: one stub inode).  Counts stubs as files."""
     report = UnpackReport()
-    rows = reader.manifest.entries
-    waiting = _write_dirs(root, rows)
-    report.dirs = len(waiting.made)
-    child = Forked(_write_stubs, root, rows, plan, failure=_stub_failure)
-    try:
-        tree = _TmpfsWriter(root, None, existing=True)
-        with tree:
-            first: dict[tuple[RawId, Meta], bytes] = {}
-            large: set[tuple[RawId, Meta]] = set()
-            base = os.fsencode(root) + b"/"
-            for row, data in reader.entries():
-                entry = row.entry
-                kind = entry.kind
-                if kind is Kind.DIR:
-                    tree.mkdir(row.path, entry.meta)
-                elif kind is Kind.SYMLINK:
-                    report.symlinks += 1  # the child's
-                elif data is None:  # a stub: the child's; the first of its inode is reported
-                    key = (entry.digest, entry.meta)
-                    if key in large:
-                        report.links += 1
-                    else:
-                        large.add(key)
-                        report.large.append(row)
-                else:
-                    same = first.setdefault((entry.digest, entry.meta), row.path)
-                    if same != row.path:
-                        tree.link(row.path, os.fsdecode(base + same))
-                        report.links += 1
-                    else:
-                        tree.write_file(row.path, data, entry.meta)
-                        report.files += 1
-                        report.bytes += len(data)
-        child.wait()
-    except BaseException:
-        child.cancel()
-        raise
-    _finish_dirs(root, waiting, reader.commit.root_meta)
-    return report
-
-
-def _stub_failure(message: str) -> DeployError:
-    return DeployError(f"writing the metacopy stubs failed: {message}")
-
-
-@dataclass
-class _Dirs:
-    """What ``_write_dirs`` made: every directory's path, and those whose metadata waits."""
-
-    made: list[bytes]
-    waiting: list[tuple[bytes, Meta]]
-
-
-def _metadata_now(meta: Meta, owner: tuple[int, int, int]) -> bool:
-    """Whether a directory may be made with its final metadata, before its entries are
-    created: it is ours (``owner``: uid, gid, umask) with a mode that lets us fill it without
-    overriding permissions and that the umask keeps whole; not setgid (new inodes would take
-    its group); no xattrs (a default ACL would change their modes, a label their labels)."""
-    return ((meta.uid, meta.gid) == owner[:2] and not meta.mode & 0o7000
-            and not meta.mode & owner[2] and meta.mode & 0o300 == 0o300 and not meta.xattrs)
-
-
-def _write_dirs(root: str, rows: Iterable[ManifestEntry]) -> _Dirs:
-    """Step 1 of ``_unpack_with_stubs``: every directory of ``rows`` under the empty ``root``,
-    each made with its final metadata when ``_metadata_now`` allows (most: one ``mkdir``),
-    the others 0700 (``waiting``, for step 3)."""
-    made: list[bytes] = []
-    waiting: list[tuple[bytes, Meta]] = []
-    tree = _TmpfsWriter(root, None)
-    owner = _TmpfsWriter.owner_and_umask()
+    first: dict[tuple[RawId, Meta, bool], bytes] = {}
+    base = os.fsencode(root) + b"/"
+    tree = _TmpfsWriter(root, reader.commit.root_meta)
     with tree:
-        for row in rows:
+        for row, data in reader.entries():
             entry = row.entry
             if entry.kind is Kind.DIR:
-                if _metadata_now(entry.meta, owner):
-                    tree.mkdir(row.path, None, mode=entry.meta.mode)
-                else:
-                    tree.mkdir(row.path, None)
-                    waiting.append((row.path, entry.meta))
-                made.append(row.path)
-    return _Dirs(made, waiting)
-
-
-def _write_stubs(root: str, rows: Iterable[ManifestEntry], plan: StubPlan) -> None:
-    """Step 2's child: every large file's stub (one inode per content and metadata, links
-    for the others) and every symlink, under the directories step 1 made."""
-    first: dict[tuple[RawId, Meta], bytes] = {}
-    base = os.fsencode(root) + b"/"
-    tree = _TmpfsWriter(root, None, existing=True)
-    with tree:
-        for row in rows:
-            entry = row.entry
-            kind = entry.kind
-            if kind is Kind.DIR:
                 tree.mkdir(row.path, entry.meta)
-            elif kind is Kind.SYMLINK:
+                report.dirs += 1
+                continue
+            if entry.kind is Kind.SYMLINK:
                 tree.symlink(row.path, entry.target, entry.meta)
-            elif not row.inline:
-                same = first.setdefault((entry.digest, entry.meta), row.path)
-                if same != row.path:
-                    tree.link(row.path, os.fsdecode(base + same))
-                else:
-                    tree.write_stub(row.path, plan.stubs[entry.digest], entry.meta)
-
-
-def _finish_dirs(root: str, dirs: _Dirs, root_meta: Meta) -> None:
-    """Step 3: the metadata that waited, deepest first, then the root's."""
-    owner = _TmpfsWriter.owner_and_umask()
-    for path, meta in reversed(dirs.waiting):
-        fd = _open_below(root, path)
-        try:
-            _apply_meta(fd, meta, _NEW_DIR_MODE & ~owner[2], owner)
-        finally:
-            os.close(fd)
-    fd = os.open(root, _DIR_FLAGS)
-    try:
-        _apply_meta(fd, root_meta, None, owner)
-    finally:
-        os.close(fd)
-
-
-def _open_below(root: str, path: bytes) -> int:
-    """A descriptor of the directory ``path`` below ``root``, opened one name at a time
-    relative to its parent, never following a symlink."""
-    fd = os.open(root, _DIR_FLAGS)
-    try:
-        for name in path.split(b"/"):
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+                report.symlinks += 1
+                continue
+            same = first.setdefault((entry.digest, entry.meta, data is None), row.path)
+            if same != row.path:
+                tree.link(row.path, os.fsdecode(base + same))
+                report.links += 1
+            elif data is None:
+                tree.write_stub(row.path, plan.stubs[entry.digest], entry.meta)
+                report.large.append(row)
+            else:
+                tree.write_file(row.path, data, entry.meta)
+                report.files += 1
+                report.bytes += len(data)
+    return report

@@ -317,11 +317,10 @@ def test_generated_trees_in_metacopy_layout(tmp_path_factory, tree, links):
 
 
 def test_directories_whose_metadata_changes_what_is_made_in_them(base):
-    """The unpack makes every directory first, most with their final metadata (then fills
-    them on two cores): not a setgid one (a new inode would take its group), one with
-    xattrs (a default ACL would change a new inode's mode), nor one we could only fill by
-    overriding its permissions: their stubs, inline files and symlinks must still come
-    out as committed."""
+    """A setgid directory (a new inode would take its group), directories with xattrs (a
+    default ACL would change a new inode's mode), one we could only fill by overriding its
+    permissions: their stubs, inline files and symlinks come out as committed (an unpack
+    that gave directories their metadata before filling them would get these wrong)."""
     acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
                                           for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
     inside = {b"big": ("file", b"B" * 9000, 0o644, (0, 0), []),
