@@ -106,11 +106,11 @@ STALE_AFTER = 60.0
 
 
 def private_dir(parent: StrPath, prefix: str) -> str:
-    """A new, empty directory ``parent/PREFIX<12 hex digits>`` of mode 0700 made by this call
+    """A new, empty directory ``parent/PREFIX<8 hex digits>`` of mode 0700 made by this call
     (``tempfile.mkdtemp``'s contract, without importing ``tempfile`` and with it ``shutil``
     and its compressors: deploy and boot start-up pays for every module)."""
     for _ in range(100):
-        path = os.path.join(os.fspath(parent), prefix + os.urandom(6).hex())
+        path = os.path.join(os.fspath(parent), prefix + os.urandom(4).hex())
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
