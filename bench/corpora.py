@@ -64,11 +64,13 @@ def cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
     """Return ``cache/name``, building it first with ``build(tmp_root)`` if absent.
 
     ``build`` receives a path that does not exist yet, inside a temporary
-    directory beside the final path; the result is renamed into place.
+    directory beside the final path; the result is renamed into place.  ``cache/name``
+    may be a symlink to another cache's tree (a private ``--cache`` sharing the corpora):
+    its target is returned, since ``ostree commit --tree=dir=`` will not follow a link.
     """
     final = cache / name
     if final.is_dir():
-        return final
+        return final.resolve()
     with locked(cache / f".{name}.lock"):
         if final.is_dir():
             return final

@@ -38,7 +38,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kernel_estimate.py")
+    from sealtree.cli_format import Formatter  # noqa: PLC0415 - the CLI's: no shutil import
+
+    parser = argparse.ArgumentParser(prog="kernel_estimate.py", formatter_class=Formatter)
     parser.add_argument("--repo", required=True)
     parser.add_argument("--keys", required=True)
     parser.add_argument("--mount", required=True, dest="target")

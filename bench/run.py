@@ -35,7 +35,8 @@ log = logging.getLogger("bench")
 COMMANDS = ("init", "commit", "checkout", "fsck", "digest", "keygen", "pack build", "pack sign",
             "pack verify", "pack import", "deploy", "mount", "umount", "undeploy", "export",
             "publish", "remote add", "pull")
-GROUPS = ("tree", "digest", "scaling", "tar", "pull", "update-http")  # what --only chooses from
+GROUPS = ("tree", "estimate", "digest", "scaling", "tar", "pull",
+          "update-http")  # what --only chooses from
 
 
 @dataclass
@@ -87,12 +88,16 @@ def machine() -> str:
             f"Linux {platform.release()}, Python {platform.python_version()}")
 
 
-def measure_corpus(suite: Suite, name: str, tree: Path) -> list[Result]:
-    """Every per-tree measurement, on one corpus."""
+def measure_corpus(suite: Suite, name: str, tree: Path, estimates_only: bool = False) -> list[Result]:
+    """Every per-tree measurement, on one corpus (``estimates_only``: the kernel estimates and
+    the deploy floor, the ``estimate`` group)."""
     results = []
-    for step in (suite.commit, suite.checkout, suite.deploy, suite.deploy_metacopy, suite.deploy_only,
-                 suite.mount_only, suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate,
-                 suite.fsck, suite.pack_build, suite.pack_verify):
+    steps = (suite.commit, suite.checkout, suite.deploy, suite.deploy_metacopy, suite.deploy_only,
+             suite.mount_only, suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate,
+             suite.deploy_floor, suite.fsck, suite.pack_build, suite.pack_verify)
+    if estimates_only:
+        steps = (suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate, suite.deploy_floor)
+    for step in steps:
         log.info("%s on %s", step.__name__, name)
         results.append(step(name, tree))
     suite.forget(name)
@@ -105,12 +110,13 @@ def execute(plan: Plan, suite: Suite, meta: dict[str, object], results: list[Res
     meta["corpora"] = stats
     meta["groups"] = list(plan.groups)
     for name, build in plan.corpora.items():
-        if "tree" not in plan.groups and not ("pull" in plan.groups and name == plan.pull_corpus):
+        per_tree = "tree" in plan.groups or "estimate" in plan.groups
+        if not per_tree and not ("pull" in plan.groups and name == plan.pull_corpus):
             continue
         tree = build()
         stats[name] = corpora.tree_stats(tree).as_dict()
-        if "tree" in plan.groups:
-            results.extend(measure_corpus(suite, name, tree))
+        if per_tree:
+            results.extend(measure_corpus(suite, name, tree, estimates_only="tree" not in plan.groups))
         if "pull" in plan.groups and name == plan.pull_corpus:
             log.info("pull over loopback nginx on %s", name)
             results.extend(Transfer(suite.work, suite.repeats, suite.cache, suite.keys).measure(name, tree))
@@ -169,7 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep the page cache between runs (default in quick mode)")
     parser.add_argument("--only", type=lambda s: [g for g in s.split(",") if g], default=None,
                         help=f"measure only these groups, comma-separated, of: {', '.join(GROUPS)} "
-                             "(tree: every per-tree measurement)")
+                             "(tree: every per-tree measurement; estimate: the kernel "
+                             "estimates and the deploy floor alone)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch directory")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command")
     return parser.parse_args(argv)

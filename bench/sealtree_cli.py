@@ -3,7 +3,9 @@
 sealtree is run as a separate process, as a user runs it: the ``sealtree``
 console script of this checkout pip-installed into a virtual environment of its
 own (``environment``), so its times include interpreter start-up and its peak
-memory is its own.  ``$SEALTREE_BENCH_CMD`` overrides the command.
+memory is its own.  ``$SEALTREE_BENCH_CMD`` overrides the command (e.g. another
+venv's ``bin/sealtree``, to measure other code in turns; the bench scripts run as the
+``python`` beside it, when there is one).
 
 Commands that have not landed yet are detected with ``sealtree COMMAND --help``
 (exit status 0 means present); measurements that need a missing command are
@@ -82,7 +84,13 @@ def environment(cache: Path | None = None) -> None:
     its directory prepended to ``PYTHONPATH``.
     """
     global _installed  # noqa: PLW0603 - set once per run
-    if _installed is not None or os.environ.get("SEALTREE_BENCH_CMD"):
+    if _installed is not None:
+        return
+    override = os.environ.get("SEALTREE_BENCH_CMD")
+    if override:  # a venv's console script: its interpreter runs the bench scripts too
+        command = shlex.split(override)
+        beside = Path(command[0]).with_name("python")
+        _installed = (command, str(beside) if beside.exists() else sys.executable)
         return
     if cache is not None:
         venv = _venv(cache)
@@ -137,9 +145,6 @@ def _venv(cache: Path) -> Path | None:
 
 def base() -> Argv:
     """The command that runs sealtree."""
-    override = os.environ.get("SEALTREE_BENCH_CMD")
-    if override:
-        return shlex.split(override)
     environment()
     assert _installed is not None
     return list(_installed[0])
@@ -303,6 +308,13 @@ def kernel_estimate(repo: Path, ref: str, keydir: Path, target: Path,
     argv = [product_python(), str(script), "--repo", str(repo), "--keys", str(keydir),
             "--mount", str(target), "--no-default"]
     return [*argv, *([] if layout is None else ["--layout", layout]), ref]
+
+
+def deploy_floor(pack: Path, keydir: Path) -> Argv:
+    """The floor under any Python deploy (``bench.deploy_floor``): the product's interpreter
+    started, its signature and zstd libraries imported, the pack's signature checked."""
+    script = Path(__file__).with_name("deploy_floor.py")  # as a script: nothing of sealtree
+    return [product_python(), str(script), str(pack), str(keydir)]
 
 
 def deployment_from_output(stdout: str) -> str:

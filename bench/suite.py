@@ -10,6 +10,7 @@
 | deploy --mount, kernel | estimate with kernel fs-verity        | ostree checkout      | (none)         |
 | deploy --mount, metacopy | metacopy layout, userspace digests  | ostree checkout      | (none here)    |
 | deploy --mount, metacopy, kernel | estimate, verity=require    | ostree checkout      | <= 0.5 (est.)  |
+| deploy floor           | Python start, imports, pack signature | ostree checkout      | (none: a floor)|
 | fsck                   | fsck                                  | ostree fsck          | <= 1.0         |
 | pack build             | pack build                            | (none)               | (none)         |
 | pack verify            | pack verify                           | (none)               | (none)         |
@@ -351,6 +352,28 @@ class Suite:
         result.target = Target("<=", 0.5)
         result.notes.append("metacopy layout mounted verity=require; the per-object digest step "
                             "is skipped (the kernel does it at open where it has fs-verity)")
+        return result
+
+    def deploy_floor(self, corpus: str, tree: Path) -> Result:
+        """The floor under any Python deploy (``bench.deploy_floor``): the product's
+        interpreter started, ``cryptography`` and ``zstandard`` imported, the corpus's signed
+        pack's signature checked; nothing else.  vs ``ostree checkout``, cold like the deploy
+        rows.  No target: its ratio is the least the metacopy estimate's can be."""
+        result = Result("deploy floor: Python start + imports + pack signature", corpus,
+                        "ostree checkout", SideResult(), SideResult())
+        lacking = self._deploy_lacking()
+        ours_repo, theirs_repo = self.repos(corpus, tree, ours_needed=not lacking)
+        ours = None
+        if not lacking and ours_repo is not None:
+            pack, keydir = self.pack(corpus, ours_repo), self.keys()
+            ours = Trial(body=lambda _i: [run(st.deploy_floor(pack, keydir))])
+        result.sealtree, result.peer = measure_pair(ours, self._ostree_checkout(theirs_repo),
+                                                    self.repeats, self.cache)
+        if lacking:
+            result.sealtree = not_available(lacking)
+        result.notes.append("a floor, not a deploy: the venv's interpreter, the signature and "
+                            "zstd libraries imported, the pack's signature checked "
+                            "(bench/deploy_floor.py); every deploy does this and more")
         return result
 
     def _imported(self, corpus: str, repo: Path) -> Path:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from typing import TypeVar
 
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
+from store.atomic import private_dir
 from store.errors import MountError
 from store.lock import flock, try_flock
 from store.remove import remove_tree
@@ -94,7 +94,7 @@ class Staging:
         self._stack = contextlib.ExitStack()
         with flock(os.path.join(scratch, SCRATCH_LOCK), exclusive=True):
             clean_stale(scratch)
-            self.work = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=scratch)
+            self.work = private_dir(scratch, STAGING_PREFIX)
             self._lock = contextlib.ExitStack()
             self._lock.enter_context(flock(os.path.join(self.work, STAGING_LOCK), exclusive=True))
         self._detach: list[str] = []

@@ -28,9 +28,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 
+from store.atomic import private_dir
 from store.errors import MountError
 from store.names import show
 from store.remove import remove_tree
@@ -120,7 +120,7 @@ def ensure_copy(src: str, final: str, *, what: str) -> bool:
         return False
     parent = os.path.dirname(final)
     os.makedirs(parent, mode=0o700, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=TMP_PREFIX + os.path.basename(final) + "-", dir=parent)
+    work = private_dir(parent, TMP_PREFIX + os.path.basename(final) + "-")
     build = os.path.join(work, "tree")
     try:
         copy_tree(src, build)

@@ -28,7 +28,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -129,6 +128,8 @@ def _incoming(directory: str) -> Iterator[tuple[int, str]]:
     removed on exit unless renamed away meanwhile."""
     with flock(os.path.join(directory, INCOMING_LOCK), exclusive=True):
         _remove_stale(directory)
+        import tempfile  # noqa: PLC0415 - not on the deploy path (see store.atomic.private_dir)
+
         fd, path = tempfile.mkstemp(prefix=INCOMING_PREFIX, suffix=".pack", dir=directory)
         fcntl.flock(fd, fcntl.LOCK_EX)  # before the directory lock is released: never stale
     try:

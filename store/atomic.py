@@ -16,7 +16,6 @@ import fcntl
 import io
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -95,7 +94,7 @@ def temporary_name(name: str) -> str:
     long_form = f".{name}.tmp{os.getpid()}"
     if len(os.fsencode(long_form)) <= NAME_MAX:
         return long_form
-    return f".sealtree-{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    return f".sealtree-{os.getpid()}-{os.urandom(8).hex()}.tmp"
 
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)|\.sealtree-(?P<pid2>[0-9]+)-[0-9a-f]{16}\.tmp",
@@ -104,6 +103,20 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)|\.sealtree-(?P<pid2
 #: a temporary file nobody holds locked is stale once its writer's process is gone, or once
 #: it is this old (its PID may have been reused, or belong to another PID namespace)
 STALE_AFTER = 60.0
+
+
+def private_dir(parent: StrPath, prefix: str) -> str:
+    """A new, empty directory ``parent/PREFIX<8 hex digits>`` of mode 0700 made by this call
+    (``tempfile.mkdtemp``'s contract, without importing ``tempfile`` and with it ``shutil``
+    and its compressors: deploy and boot start-up pays for every module)."""
+    for _ in range(100):
+        path = os.path.join(os.fspath(parent), prefix + os.urandom(4).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary directory name", os.fspath(parent))
 
 
 def is_temporary_name(name: str) -> bool:

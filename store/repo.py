@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_write, fsync_dir
 from .commits import Commit
@@ -18,7 +19,9 @@ from .layout import CREATED, RepoLayout
 from .lock import flock
 from .objects import ObjectStore
 from .refs import Refs
-from .transaction import Transaction
+
+if TYPE_CHECKING:
+    from .transaction import Transaction
 
 FORMAT_VERSION = 1
 CONFIG_MAGIC = "sealtree-repo"
@@ -62,6 +65,8 @@ class Repository:
     @contextlib.contextmanager
     def writing(self) -> Iterator[Transaction]:
         """A transaction under the shared writer lock; publish it before moving refs."""
+        from .transaction import Transaction  # noqa: PLC0415 - deploy and boot never write objects
+
         with flock(self.layout.lock, exclusive=False):
             with Transaction(self.layout) as tx:
                 yield tx

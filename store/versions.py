@@ -10,7 +10,6 @@ leading zeros, the shorter first, then digit by digit.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 _RUNS = re.compile(r"(\d+)|(\D+)")
 
@@ -22,7 +21,12 @@ VersionKey = tuple[Run, ...]
 def _number(run: str) -> tuple[int, str]:
     """A digit run as (significant digit count, its digits in ASCII): such pairs sort as the
     numbers do.  Any Unicode decimal digit counts, as ``\\d`` and ``int()`` count it."""
-    digits = "".join(str(unicodedata.decimal(char)) for char in run).lstrip("0")
+    if run.isascii():
+        digits = run.lstrip("0")
+    else:
+        import unicodedata  # noqa: PLC0415 - a library of its own, for non-ASCII digits only
+
+        digits = "".join(str(unicodedata.decimal(char)) for char in run).lstrip("0")
     return len(digits), digits
 
 

@@ -1,8 +1,9 @@
 """Extended attributes as raw bytes, never following symlinks.
 
-Through the ``xattr`` package where it is installed; otherwise (an initramfs
-with only the standard library) through ``os.listxattr``/``getxattr``/``setxattr``,
-whose ``str`` names are the surrogateescape'd bytes, so nothing is lost.
+Through ``os.listxattr``/``getxattr``/``setxattr`` (the standard library, as in an
+initramfs): their ``str`` names are the surrogateescape'd bytes, so nothing is lost,
+and they take bytes names as they are.  (The ``xattr`` package, used before, cost a
+cffi library's load on every start-up and did nothing these do not.)
 """
 
 from __future__ import annotations
@@ -10,33 +11,19 @@ from __future__ import annotations
 import errno
 import os
 
-try:
-    from xattr import pyxattr_compat as _x
-except ImportError:  # the boot verifier in an initramfs: stdlib only
-    _x = None
-
 Xattrs = tuple[tuple[bytes, bytes], ...]
 
 
 def _list(path: str | bytes | int, nofollow: bool) -> list[bytes]:
-    if _x is not None:
-        names: list[bytes] = _x.list(path, nofollow=nofollow)
-        return names
     return [os.fsencode(name) for name in os.listxattr(path, follow_symlinks=not nofollow)]
 
 
 def _get(path: str | bytes | int, name: bytes, nofollow: bool) -> bytes:
-    if _x is not None:
-        value: bytes = _x.get(path, name, nofollow=nofollow)
-        return value
     return os.getxattr(path, name, follow_symlinks=not nofollow)
 
 
 def _set(path: str | bytes | int, name: bytes, value: bytes, nofollow: bool) -> None:
-    if _x is not None:
-        _x.set(path, name, value, nofollow=nofollow)
-    else:
-        os.setxattr(path, name, value, follow_symlinks=not nofollow)
+    os.setxattr(path, name, value, follow_symlinks=not nofollow)
 
 
 def read(path: str | bytes | int) -> Xattrs:

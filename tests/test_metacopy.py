@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -313,6 +314,28 @@ def test_generated_trees_in_metacopy_layout(tmp_path_factory, tree, links):
     finally:
         for info in reversed(mounts.mounts_under(where)):
             mounts.umount(info.mount_point, mounts.MNT_DETACH)
+
+
+def test_directories_whose_metadata_changes_what_is_made_in_them(base):
+    """A setgid directory (a new inode would take its group), directories with xattrs (a
+    default ACL would change a new inode's mode), one we could only fill by overriding its
+    permissions: their stubs, inline files and symlinks come out as committed (an unpack
+    that gave directories their metadata before filling them would get these wrong)."""
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, 7), (0x04, 0), (0x20, 0)))
+    inside = {b"big": ("file", b"B" * 9000, 0o644, (0, 0), []),
+              b"small": ("file", b"s", 0o664, (0, 0), []),
+              b"link": ("symlink", b"big", (0, 0), []),
+              b"sub": ("dir", {b"deep": ("file", b"D" * 9000, 0o755, (0, 0), [])}, 0o755, (0, 0), [])}
+    tree = {b"sg": ("dir", dict(inside), 0o2775, (0, 50), []),
+            b"acl": ("dir", dict(inside), 0o755, (0, 0), [(b"system.posix_acl_default", acl)]),
+            b"both": ("dir", dict(inside), 0o2750, (1000, 50), [(b"user.d", b"v")]),
+            b"ro": ("dir", dict(inside), 0o555, (1000, 2), []),
+            b"mine": ("dir", dict(inside), 0o700, (0, 0), [])}
+    src = os.path.join(base, "src")
+    os.mkdir(src)
+    materialise(os.fsencode(src), tree)
+    _deploy_and_compare(base, src)
 
 
 def test_debian_minbase_in_metacopy_layout(base, minbase):

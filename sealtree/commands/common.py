@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 from typing import Any
 
 from store.commits import Commit
@@ -57,6 +56,8 @@ def iso_time(timestamp: int) -> str:
     """``timestamp`` as ``YYYY-MM-DDTHH:MM:SSZ``; as the plain number when no date can show it
     (outside years 1 to 9999: old repositories and hand-edited state files may hold such)."""
     try:
+        import datetime  # noqa: PLC0415 - only where a time is shown
+
         moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
     except (ValueError, OverflowError, OSError):
         return str(timestamp)
