@@ -300,6 +300,17 @@ class Transaction:
                 self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
                     else flat
 
+    def adopt_file(self, path: str, digest: RawId, meta: Meta) -> None:
+        """Take over the file at ``path`` as object (``digest``, ``meta``): the caller has
+        checked that its content has that fs-verity digest and given the inode that metadata
+        (remote.pull's verified downloads).  It is renamed into the staging directory, or
+        removed when the object is present or staged already."""
+        staged = self._reserve(self._file_rel(digest, meta))
+        if staged is None:
+            os.unlink(path)
+        else:
+            os.rename(path, staged)
+
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
     def publish(self) -> None:
