@@ -99,12 +99,14 @@ def give_meta(content: str, meta: Meta) -> None:
 
 
 def fetch_one(get_file: GetFile, directory: str, item: Wanted, on_bytes: Callable[[int], None], *,
-              spool_min: int = 0) -> str:
-    """The object's checked content in ``directory`` (fetched unless an earlier pull left it
-    there), with the metadata of its first inode; returns its path.  The compressed download
+              spool_min: int = 0) -> bool:
+    """The object's checked content in ``directory`` (``content_path``: fetched unless an
+    earlier pull left it there), with the metadata of its first inode; returns whether it
+    was downloaded (not left by an earlier pull).  The compressed download
     is kept in a file only when it may take ``spool_min`` bytes or more (or one was left)."""
     content = content_path(directory, item.digest)
-    if not _verified_earlier(content, item):
+    downloaded = not _verified_earlier(content, item)
+    if downloaded:
         bound = objects.compress_bound(item.size)
         compressed = content + ".zst"  # kept until checked, for a Range request to continue
         spooled = bound >= spool_min or os.path.exists(compressed)
@@ -122,18 +124,22 @@ def fetch_one(get_file: GetFile, directory: str, item: Wanted, on_bytes: Callabl
         if spooled:
             os.unlink(compressed)
     give_meta(content, item.metas[0])
-    return content
+    return downloaded
 
 
 # -- on threads (cross-checked pulls) --------------------------------------------------------
 
 def fetch_on_threads(get_file: GetFile, directory: str, wanted: Sequence[Wanted], threads: int,
-                     on_bytes: Callable[[int], None], on_object: Callable[[], None]) -> dict[RawId, str]:
-    """Every wanted object fetched on ``threads`` threads; the checked content per digest."""
+                     on_bytes: Callable[[int], None], on_object: Callable[[], None]
+                     ) -> tuple[dict[RawId, str], int]:
+    """Every wanted object fetched on ``threads`` threads: the checked content per digest, and
+    how many were downloaded (not left by an earlier pull)."""
     done: dict[RawId, str] = {}
+    downloaded: list[bool] = []
 
     def one(item: Wanted) -> None:
-        done[item.digest] = fetch_one(get_file, directory, item, on_bytes)
+        downloaded.append(fetch_one(get_file, directory, item, on_bytes))
+        done[item.digest] = content_path(directory, item.digest)
         on_object()
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -146,12 +152,13 @@ def fetch_on_threads(get_file: GetFile, directory: str, wanted: Sequence[Wanted]
             error = failed[0].exception()
             if error is not None:
                 raise error
-    return done
+    return done, sum(downloaded)
 
 
 # -- in worker processes ---------------------------------------------------------------------
 
 ServerStats = dict[str, tuple[int, int, str | None]]  # url -> (bytes, files, why dropped)
+Share = tuple[ServerStats, int]  # what a worker did: its servers', and objects it downloaded
 
 
 def _next(queue: int) -> int | None:
@@ -164,12 +171,12 @@ def _next(queue: int) -> int | None:
 
 
 def _work(queue: int, feed: int, wanted: Sequence[Wanted], directory: str, urls: Sequence[str],
-          policy: HttpPolicy, drops: SharedDrops, counts: SharedCounts, slot: int) -> ServerStats:
+          policy: HttpPolicy, drops: SharedDrops, counts: SharedCounts, slot: int) -> Share:
     """A worker process: fetch the objects the queue names until it is empty."""
     os.close(feed)  # the parent's end: the queue ends when the parent closes it
     client = Client(policy)  # connections of its own: the parent's are not shared across fork
     mirrors = Mirrors(urls, client, shared=drops)
-    done = received = 0
+    done = received = downloaded = 0
 
     def on_bytes(n: int) -> None:
         nonlocal received
@@ -182,12 +189,12 @@ def _work(queue: int, feed: int, wanted: Sequence[Wanted], directory: str, urls:
 
     try:
         while (index := _next(queue)) is not None:
-            fetch_one(get_file, directory, wanted[index], on_bytes, spool_min=SPOOL_MIN)
+            downloaded += fetch_one(get_file, directory, wanted[index], on_bytes, spool_min=SPOOL_MIN)
             done += 1
             counts.set(slot, done, received)
     finally:
         client.close()
-    return {url: (s.bytes, s.files, s.failure) for url, s in mirrors.stats.items()}
+    return {url: (s.bytes, s.files, s.failure) for url, s in mirrors.stats.items()}, downloaded
 
 
 def _feed(feed: int, count: int) -> None:
@@ -217,6 +224,7 @@ class Fetching:
         self._mirrors = mirrors
         self._contents = {w.digest: content_path(directory, w.digest) for w in wanted}
         self._on_progress = on_progress
+        self.downloaded = 0  # objects the workers downloaded (not left by an earlier pull)
         count = max(1, min(workers, len(wanted)))
         self._drops = SharedDrops(len(mirrors.urls))
         for slot, url in enumerate(mirrors.urls):
@@ -245,10 +253,11 @@ class Fetching:
     def wait(self) -> dict[RawId, str]:
         """The checked content of every wanted object, by digest; what each server served is
         added to the ``Mirrors`` (its bytes and files, and why it was dropped)."""
-        results: list[ServerStats] = collect(self._workers, self._tick, PROGRESS_SECONDS)
+        results: list[Share] = collect(self._workers, self._tick, PROGRESS_SECONDS)
         self._tick()
-        for stats in results:
+        for stats, downloaded in results:
             self._mirrors.add(stats)
+            self.downloaded += downloaded
         return self._contents
 
     def cancel(self) -> None:

@@ -268,9 +268,9 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
 
 
 def _fetch_on_threads(repo: Repository, wanted: list[Wanted], mirrors: Mirrors, options: PullOptions,
-                      progress: PullProgress, report: Progress | None) -> dict[RawId, str]:
+                      progress: PullProgress, report: Progress | None) -> tuple[dict[RawId, str], int]:
     """Download and check each wanted object into the partial directory on threads (a
-    cross-checked pull: remote.crosscheck); path per digest."""
+    cross-checked pull: remote.crosscheck); path per digest, and how many were downloaded."""
     progress.bytes_total += sum(w.size for w in wanted)
     progress.objects_total += len(wanted)
 
@@ -419,9 +419,10 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
         files = _objects_by_delta(repo, source, wanted, fetch_delta, mirrors, options, result, pulled)
     whole = [w for w in wanted if w.digest not in files]
     before = mirrors.bytes_fetched
-    fetching = None
+    fetching, downloaded = None, 0
     if options.cross_check >= 2 or not whole:
-        files.update(_fetch_on_threads(repo, whole, mirrors, options, progress, report))
+        fetched, downloaded = _fetch_on_threads(repo, whole, mirrors, options, progress, report)
+        files.update(fetched)
     else:  # fetched while the import stages the pack's trees and inline files
         fetching = _start_fetching(repo, whole, mirrors, options, progress, report)
 
@@ -438,7 +439,8 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
         if fetching is not None:
             fetching.cancel()
     pulled.object_bytes = mirrors.bytes_fetched - before
-    pulled.objects_fetched = len(whole)
+    # downloaded, not found complete from an interrupted pull
+    pulled.objects_fetched = downloaded if fetching is None else fetching.downloaded
     if imported.missing:  # cannot happen: every missing object was staged before the ref moved
         raise RemoteError(f"{len(imported.missing)} large objects still missing after the pull",
                           path=ref)
