@@ -30,7 +30,7 @@ import hmac
 import os
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -74,9 +74,12 @@ def content_path(directory: str, digest: RawId) -> str:
     return os.path.join(directory, to_hex(digest))
 
 
-def _verified_earlier(content: str, item: Wanted) -> bool:
+def _verified_earlier(content: str, item: Wanted, left: Container[str] | None) -> bool:
     """Whether an earlier, interrupted pull left this object's content checked and complete
-    (it is checked again: the partial directory is nobody's word)."""
+    (it is checked again: the partial directory is nobody's word).  ``left``: the names the
+    partial directory held when the pull started (None: look)."""
+    if left is not None and os.path.basename(content) not in left:
+        return False
     try:
         if os.stat(content).st_size != item.size:
             os.unlink(content)
@@ -99,32 +102,39 @@ def give_meta(content: str, meta: Meta) -> None:
 
 
 def fetch_one(get_file: GetFile, directory: str, item: Wanted, on_bytes: Callable[[int], None], *,
-              spool_min: int = 0) -> bool:
+              spool_min: int = 0, left: Container[str] | None = None) -> bool:
     """The object's checked content in ``directory`` (``content_path``: fetched unless an
     earlier pull left it there), with the metadata of its first inode; returns whether it
-    was downloaded (not left by an earlier pull).  The compressed download
-    is kept in a file only when it may take ``spool_min`` bytes or more (or one was left)."""
+    was downloaded (not left by an earlier pull).  The compressed download is kept in a file
+    only when it may take ``spool_min`` bytes or more (or one was left).  ``left``: the names
+    ``directory`` held when the pull started, when the caller listed it (None: each is
+    looked for)."""
     content = content_path(directory, item.digest)
-    downloaded = not _verified_earlier(content, item)
-    if downloaded:
-        bound = objects.compress_bound(item.size)
-        compressed = content + ".zst"  # kept until checked, for a Range request to continue
-        spooled = bound >= spool_min or os.path.exists(compressed)
+    if _verified_earlier(content, item, left):
+        give_meta(content, item.metas[0])
+        return False
+    bound = objects.compress_bound(item.size)
+    compressed = content + ".zst"  # kept until checked, for a Range request to continue
+    spooled = bound >= spool_min or (os.path.basename(compressed) in left if left is not None
+                                     else os.path.exists(compressed))
+    given: list[bool] = []
 
-        def extracting() -> Hasher:  # decompressed into content and digested as it arrives
-            return objects.Extracting(content, item.size)
+    def extracting() -> Hasher:  # decompressed into content and digested as it arrives
+        return objects.Extracting(content, item.size, item.metas[0])
 
-        def verify(hasher: Hasher, _size: int) -> str | None:
-            if isinstance(hasher, objects.Extracting):
-                return hasher.finish(item.digest)
-            return objects.check_and_extract(compressed, item.size, item.digest, content)
+    def verify(hasher: Hasher, _size: int) -> str | None:
+        if isinstance(hasher, objects.Extracting):
+            return hasher.finish(item.digest)  # with the metadata given, when right
+        given.append(False)
+        return objects.check_and_extract(compressed, item.size, item.digest, content)
 
-        get_file(site.large_object(item.digest), compressed if spooled else None, bound, extracting,
-                 verify, on_bytes)
-        if spooled:
-            os.unlink(compressed)
-    give_meta(content, item.metas[0])
-    return downloaded
+    get_file(site.large_object(item.digest), compressed if spooled else None, bound, extracting,
+             verify, on_bytes)
+    if spooled:
+        os.unlink(compressed)
+    if given:  # checked from the spooled file (a cross-check): the metadata is not given yet
+        give_meta(content, item.metas[0])
+    return True
 
 
 # -- on threads (cross-checked pulls) --------------------------------------------------------
@@ -170,8 +180,9 @@ def _next(queue: int) -> int | None:
     return int(index)
 
 
-def _work(queue: int, feed: int, wanted: Sequence[Wanted], directory: str, urls: Sequence[str],
-          policy: HttpPolicy, drops: SharedDrops, counts: SharedCounts, slot: int) -> Share:
+def _work(queue: int, feed: int, wanted: Sequence[Wanted], directory: str, left: frozenset[str],
+          urls: Sequence[str], policy: HttpPolicy, drops: SharedDrops, counts: SharedCounts,
+          slot: int) -> Share:
     """A worker process: fetch the objects the queue names until it is empty."""
     os.close(feed)  # the parent's end: the queue ends when the parent closes it
     client = Client(policy)  # connections of its own: the parent's are not shared across fork
@@ -189,7 +200,8 @@ def _work(queue: int, feed: int, wanted: Sequence[Wanted], directory: str, urls:
 
     try:
         while (index := _next(queue)) is not None:
-            downloaded += fetch_one(get_file, directory, wanted[index], on_bytes, spool_min=SPOOL_MIN)
+            downloaded += fetch_one(get_file, directory, wanted[index], on_bytes, spool_min=SPOOL_MIN,
+                                    left=left)
             done += 1
             counts.set(slot, done, received)
     finally:
@@ -232,12 +244,14 @@ class Fetching:
             if failure is not None:
                 self._drops.set(slot, failure)
         self._counts = SharedCounts(count)
+        left = frozenset(os.listdir(directory))  # what interrupted pulls left, looked at once
         queue, feed = os.pipe2(os.O_CLOEXEC)
         self._workers: list[Forked] = []
         try:
             for slot in range(count):
-                self._workers.append(Forked(_work, queue, feed, wanted, directory, mirrors.urls, policy,
-                                            self._drops, self._counts, slot, failure=_worker_failed))
+                self._workers.append(Forked(_work, queue, feed, wanted, directory, left, mirrors.urls,
+                                            policy, self._drops, self._counts, slot,
+                                            failure=_worker_failed))
         except BaseException:
             self.cancel()
             os.close(feed)

@@ -132,6 +132,7 @@ class Transaction:
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
+        self._prefix_dirs: dict[str, bool] = {}  # objects/xx: whether it existed when looked at
 
     def __enter__(self) -> Transaction:
         return self
@@ -168,10 +169,21 @@ class Transaction:
         """The staging path to write object ``rel`` to, or None if it is present or being
         written by another thread: claiming it is atomic, so each object is written once."""
         with self._reserve_lock:
-            if rel in self._staged or os.path.exists(os.path.join(self.objects_root, rel)):
+            if rel in self._staged or self._present(rel):
                 return None
             staged = self._staged[rel] = self._staging_path(rel)
         return staged
+
+    def _present(self, rel: str) -> bool:
+        """Whether object ``rel`` is in ``objects/``.  An ``xx/`` directory found absent is
+        not looked into again until ``publish`` (a pull into an empty repository would look
+        for thousands of objects that cannot be there); one another writer makes meanwhile
+        costs at most a needless write: ``publish`` never renames over a present object."""
+        prefix = rel[:2]
+        known = self._prefix_dirs.get(prefix)
+        if known is None:
+            known = self._prefix_dirs[prefix] = os.path.isdir(os.path.join(self.objects_root, prefix))
+        return known and os.path.exists(os.path.join(self.objects_root, rel))
 
     def _unreserve(self, rel: str, staged: str) -> None:
         """Give up an object whose writing failed: its partial file is never published."""
@@ -329,6 +341,7 @@ class Transaction:
                 os.rename(staged, final)
         syncfs(self.objects_root)
         self._staged.clear()
+        self._prefix_dirs.clear()
 
 
 def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes
