@@ -10,7 +10,10 @@ all 256 of them).  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
 renamed into ``objects/`` and the filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
-the next transaction removes; a published object is always complete.
+the next transaction removes; a published object is always complete.  A file
+the caller checked elsewhere on the repository's filesystem (a pull's
+download in ``tmp/pull/``) is adopted where it is (``adopt_file``): the same
+syncs cover it, and an unpublished transaction leaves it for the next pull.
 Object writes are idempotent: an object already present is not rewritten.
 """
 
@@ -315,13 +318,16 @@ class Transaction:
     def adopt_file(self, path: str, digest: RawId, meta: Meta) -> None:
         """Take over the file at ``path`` as object (``digest``, ``meta``): the caller has
         checked that its content has that fs-verity digest and given the inode that metadata
-        (remote.pull's verified downloads).  It is renamed into the staging directory, or
-        removed when the object is present or staged already."""
-        staged = self._reserve(self._file_rel(digest, meta))
-        if staged is None:
-            os.unlink(path)
-        else:
-            os.rename(path, staged)
+        (remote.pull's verified downloads).  It stays where it is (on the repository's
+        filesystem: ``publish`` syncs that filesystem, then renames it into ``objects/``); a
+        transaction that is not published leaves it there.  Removed when the object is
+        present or staged already."""
+        rel = self._file_rel(digest, meta)
+        with self._reserve_lock:
+            if rel in self._staged or self._present(rel):
+                os.unlink(path)
+                return
+            self._staged[rel] = path
 
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
@@ -339,6 +345,8 @@ class Transaction:
                 dirs.add(directory)
             if not os.path.exists(final):
                 os.rename(staged, final)
+            elif not staged.startswith(self.staging + "/"):  # adopted where it was: not left over
+                os.unlink(staged)
         syncfs(self.objects_root)
         self._staged.clear()
         self._prefix_dirs.clear()
