@@ -10,16 +10,21 @@ In order, for one remote:
    freshness of the index's claim (``pack.freshness``, before any download),
    the pack (size and SHA-256 from the index), its signatures (keyring), and
    that it is the pack the index names (ref, commit, version, time);
-3. the large objects the pack names that the repository lacks, in parallel,
-   each streamed to ``tmp/pull/objects/`` and checked against its fs-verity
-   digest and size before it is staged and published into the object store;
+3. the large objects the pack names that the repository lacks, by forked
+   worker processes (``remote.fetching``; on threads when cross-checking),
+   each decompressed into ``tmp/pull/objects/`` as it arrives and checked
+   against its fs-verity digest and size before it is adopted into the import's
+   transaction;
 
 with deltas (remote.pull_deltas, unless ``no_deltas``): the pack rebuilt from
 the pack kept for the ref's current commit and a pack delta, objects rebuilt
 from objects present and object deltas, each checked as a downloaded file is;
 a delta that fails falls back to the full file;
-4. ``pack.importer.import_pack``, which verifies the pack again, stores it and
-   moves the ref: a ref only ever names a commit whose objects are all present.
+4. ``pack.importer.import_pack``, running while the workers fetch: it verifies
+   the pack again and stages its trees and inline files, then (``before_publish``)
+   waits for the workers and stages their checked downloads in the same
+   transaction, publishes everything, keeps the pack and moves the ref: a ref
+   only ever names a commit whose objects are all present.
 
 Downloads go to ``REPO/tmp/pull/`` (``PARTIAL_DIR``) and survive an
 interrupted pull: the next one continues them with Range requests, and checks
