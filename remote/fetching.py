@@ -237,6 +237,8 @@ class Fetching:
         self._contents = {w.digest: content_path(directory, w.digest) for w in wanted}
         self._on_progress = on_progress
         self.downloaded = 0  # objects the workers downloaded (not left by an earlier pull)
+        self._stop_ticking = threading.Event()
+        self._ticker: threading.Thread | None = None
         count = max(1, min(workers, len(wanted)))
         self._drops = SharedDrops(len(mirrors.urls))
         for slot, url in enumerate(mirrors.urls):
@@ -259,6 +261,20 @@ class Fetching:
         finally:
             os.close(queue)
         threading.Thread(target=_feed, args=(feed, len(wanted)), daemon=True).start()
+        # the progress line moves while the parent imports the pack (it waits only after)
+        if on_progress is not None:
+            self._ticker = threading.Thread(target=self._tick_until_stopped, daemon=True)
+            self._ticker.start()
+
+    def _tick_until_stopped(self) -> None:
+        while not self._stop_ticking.wait(PROGRESS_SECONDS):
+            self._tick()
+
+    def _stop_ticker(self) -> None:
+        self._stop_ticking.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
 
     def _tick(self) -> None:
         if self._on_progress is not None:
@@ -267,7 +283,8 @@ class Fetching:
     def wait(self) -> dict[RawId, str]:
         """The checked content of every wanted object, by digest; what each server served is
         added to the ``Mirrors`` (its bytes and files, and why it was dropped)."""
-        results: list[Share] = collect(self._workers, self._tick, PROGRESS_SECONDS)
+        results: list[Share] = collect(self._workers)
+        self._stop_ticker()
         self._tick()
         for stats, downloaded in results:
             self._mirrors.add(stats)
@@ -275,6 +292,7 @@ class Fetching:
         return self._contents
 
     def cancel(self) -> None:
+        self._stop_ticker()
         for worker in self._workers:
             worker.cancel()
         with contextlib.suppress(BufferError):

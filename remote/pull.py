@@ -310,7 +310,8 @@ def _start_fetching(repo: Repository, wanted: list[Wanted], mirrors: Mirrors, op
         if report is not None:
             report(progress)
 
-    return Fetching(_objects_dir(repo), wanted, mirrors, options.policy, options.workers, on_progress)
+    return Fetching(_objects_dir(repo), wanted, mirrors, options.policy, options.workers,
+                    on_progress if report is not None else None)
 
 
 def _stage_objects(tx: Transaction, wanted: list[Wanted], files: dict[RawId, str]) -> None:
