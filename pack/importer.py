@@ -28,7 +28,7 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from store.atomic import fsync_dir
@@ -36,6 +36,7 @@ from store.ids import RawId, to_hex
 from store.lock import flock
 from store.objects import relative_path
 from store.repo import Repository
+from store.transaction import Transaction
 
 from . import freshness
 from .keys import KeyId, Keyring
@@ -215,11 +216,14 @@ def _undone_on_failure(directory: str, paths: list[str]) -> Iterator[None]:
 
 def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Keyring, *,
                 min_signatures: int = 1, allow_downgrade: bool = False,
-                sig_path: str | os.PathLike[str] | None = None) -> ImportResult:
+                sig_path: str | os.PathLike[str] | None = None,
+                before_publish: Callable[[Transaction], None] | None = None) -> ImportResult:
     """Verify and import a pack (see the module docstring); return what was done and what
-    large objects are still missing.  Raises SignatureError, DowngradeError, PackError
-    (about ``pack_path``), RefError (the ref cannot take the commit, or moved meanwhile),
-    RepositoryError."""
+    large objects are still missing.  ``before_publish`` is called with the transaction
+    once the pack's objects are staged, before anything is published: a pull stages the
+    large objects it fetched meanwhile into it (and raises to give the import up).  Raises
+    SignatureError, DowngradeError, PackError (about ``pack_path``), RefError (the ref
+    cannot take the commit, or moved meanwhile), RepositoryError."""
     pack_path = os.fspath(pack_path)
     signatures = signatures_of(pack_path, sig_path)
     directory = repo.layout.packs
@@ -252,6 +256,8 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                     elif row.is_large:
                         result.large_files += 1
                 tx.add_meta_object("commit", reader.commit_bytes, reader.commit_id)
+                if before_publish is not None:
+                    before_publish(tx)
                 tx.publish()
                 kept = result.pack_path
                 with _undone_on_failure(directory, [kept, kept + ".sig", state]):

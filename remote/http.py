@@ -139,7 +139,7 @@ class Client:
         finally:
             _finish(response)
 
-    def get_file(self, base: str, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
+    def get_file(self, base: str, path: str, dest: str | None, size: int, new_hasher: Callable[[], Hasher],
                  on_bytes: Callable[[int], None] | None = None, *, exact: bool = True
                  ) -> tuple[Hasher, int]:
         """Download ``path`` into ``dest``, continuing what ``dest`` holds.
@@ -147,10 +147,11 @@ class Client:
         ``exact``: the file has ``size`` bytes; otherwise ``size`` is the most it may have
         (a compressed object).  Returns a hasher fed every byte of ``dest`` in order, and how
         many bytes came over the network.  Never reads past ``size``.  FetchError on a failure
-        of the server; what was received is kept in ``dest`` for the next attempt.
+        of the server; what was received is kept in ``dest`` for the next attempt.  ``dest``
+        None: the bytes go to the hasher only (a small file: nothing is kept to continue).
         """
         hasher = new_hasher()
-        have = _existing(dest, size, hasher)
+        have = _existing(dest, size, hasher) if dest is not None else 0
         if exact and have == size:
             return hasher, 0
         deadline = time.monotonic() + self.policy.deadline(size - have)
@@ -158,7 +159,7 @@ class Client:
         response = self._open(base, path, deadline, headers)
         try:
             status = response.status
-            if have and status == 416:
+            if have and status == 416 and dest is not None:  # (have: there is a file)
                 total = _unsatisfied_total(response)
                 if not exact and total == have:  # what we have is the whole file
                     return hasher, 0
@@ -179,7 +180,7 @@ class Client:
                     what = "the signed size is" if exact else "at most"
                     raise WrongBytes(f"the server has {announced} bytes, {what} {size}",
                                      mirror=base, path=path)
-            with open(dest, "r+b" if have else "wb") as out:
+            with open(dest, "r+b" if have else "wb") if dest is not None else _Nowhere() as out:
                 out.seek(have)
                 out.truncate()
                 got = _read_into(response, out, size - have + (0 if exact else 1), deadline, base, path,
@@ -231,6 +232,29 @@ class Client:
                                  f"at {start}", mirror=base, path=path)
         finally:
             _finish(response)
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _Nowhere:
+    """Where the bytes of a download that keeps no file go (its hasher has them)."""
+
+    def __enter__(self) -> _Nowhere:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def seek(self, offset: int, /) -> int:
+        return 0
+
+    def truncate(self) -> int:
+        return 0
 
 
 class NoHash:
@@ -308,7 +332,7 @@ def _read(response: urllib3.BaseHTTPResponse, limit: int, deadline: float, base:
     return b"".join(parts)
 
 
-def _read_into(response: urllib3.BaseHTTPResponse, out: BinaryIO, limit: int, deadline: float, base: str,
+def _read_into(response: urllib3.BaseHTTPResponse, out: _Writer, limit: int, deadline: float, base: str,
                path: str, hasher: Hasher, on_bytes: Callable[[int], None] | None) -> int:
     write = out.write
     got = 0

@@ -6,12 +6,17 @@ rest of the pull, with the reason kept; the next one is used.  A file that
 fails verification after being continued from an earlier attempt is first
 fetched again whole from the same server, so that a bad partial file from
 another server is not blamed on this one.
+
+Worker processes fetching for one pull (``remote.fetching``) share their drops
+through ``SharedDrops``: a server one of them drops, the others stop using.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,31 +39,85 @@ class MirrorStats:
     delta_failure: str | None = None  # served a delta with wrong bytes: asked for no more deltas
 
 
+class SharedDrops:
+    """Which servers are dropped, and why, in an anonymous shared mapping made before worker
+    processes are forked: one slot per server, a flag byte set after the reason's length
+    (``_LENGTH``) and text, so that a reader that sees the flag sees the reason."""
+
+    _SLOT = 1024
+    _LENGTH = struct.Struct("=H")  # bytes of the reason that follow it, at most _SLOT - 3
+
+    def __init__(self, count: int) -> None:
+        self._map = mmap.mmap(-1, self._SLOT * max(1, count))
+        self._count = count
+
+    def set(self, slot: int, reason: str) -> None:
+        base = slot * self._SLOT
+        if self._map[base]:
+            return  # dropped already, by another worker: its reason stays
+        text = reason.encode("utf-8", "replace")[:self._SLOT - 3]
+        self._LENGTH.pack_into(self._map, base + 1, len(text))
+        self._map[base + 3:base + 3 + len(text)] = text
+        self._map[base] = 1
+
+    def get(self, slot: int) -> str | None:
+        base = slot * self._SLOT
+        if not self._map[base]:
+            return None
+        (length,) = self._LENGTH.unpack_from(self._map, base + 1)
+        return self._map[base + 3:base + 3 + length].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self._map.close()
+
+
 @dataclass
 class Mirrors:
     urls: Sequence[str]
     client: Client
     stats: dict[str, MirrorStats] = field(default_factory=dict)
+    shared: SharedDrops | None = None  # drops shared with the other workers of a pull
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         for url in self.urls:
             self.stats.setdefault(url, MirrorStats())
 
+    def _sync(self) -> None:
+        """Take the drops other workers made (the lock is held)."""
+        if self.shared is None:
+            return
+        for slot, url in enumerate(self.urls):
+            if self.stats[url].failure is None:
+                self.stats[url].failure = self.shared.get(slot)
+
     def live(self) -> list[str]:
         with self._lock:
+            self._sync()
             return [url for url in self.urls if self.stats[url].failure is None]
 
     def drop(self, url: str, err: SealtreeError) -> None:
         with self._lock:
             if self.stats[url].failure is None:
                 self.stats[url].failure = str(err)
+                if self.shared is not None:
+                    self.shared.set(list(self.urls).index(url), str(err))
 
     def count(self, url: str, nbytes: int, files: int = 0) -> None:
         with self._lock:
             stats = self.stats[url]
             stats.bytes += nbytes
             stats.files += files
+
+    def add(self, served: dict[str, tuple[int, int, str | None]]) -> None:
+        """Count what a worker process's servers did: per server (bytes, files, why dropped)."""
+        with self._lock:
+            for url, (nbytes, files, failure) in served.items():
+                stats = self.stats[url]
+                stats.bytes += nbytes
+                stats.files += files
+                if stats.failure is None:
+                    stats.failure = failure
 
     @property
     def bytes_fetched(self) -> int:
@@ -80,6 +139,8 @@ class Mirrors:
         raise self.failed(path, failures)
 
     def failed(self, path: str, failures: list[SealtreeError]) -> AllMirrorsFailed:
+        with self._lock:
+            self._sync()
         dropped = [f"{url}: dropped earlier ({s.failure})" for url, s in self.stats.items()
                    if s.failure is not None and not any(getattr(f, "mirror", None) == url for f in failures)]
         message = "no server could serve it" + (f" ({'; '.join(dropped)})" if dropped else "")
@@ -92,15 +153,17 @@ class Mirrors:
 
     def live_for_deltas(self) -> list[str]:
         with self._lock:
+            self._sync()
             return [url for url in self.urls
                     if self.stats[url].failure is None and self.stats[url].delta_failure is None]
 
-    def get_file(self, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher], verify: Verify,
-                 on_bytes: Callable[[int], None] | None = None, *, exact: bool = True,
+    def get_file(self, path: str, dest: str | None, size: int, new_hasher: Callable[[], Hasher],
+                 verify: Verify, on_bytes: Callable[[int], None] | None = None, *, exact: bool = True,
                  delta: bool = False) -> str:
         """Download ``path`` into ``dest`` from the first live server whose bytes ``verify``
-        accepts; returns that server.  ``exact``: as ``Client.get_file``.  A server that fails
-        is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the verified file on return.
+        accepts; returns that server.  ``exact``, and ``dest`` None: as ``Client.get_file``.  A
+        server that fails is dropped; AllMirrorsFailed when none is left.  ``dest`` holds the
+        verified file on return.
         ``delta``: the file is a delta (a full file can replace it): a server that fails is
         asked for no more deltas (``refuse_deltas``) but still serves full files."""
         failures: list[SealtreeError] = []
@@ -116,9 +179,10 @@ class Mirrors:
             return url
         raise self.failed(path, failures)
 
-    def _get_verified(self, url: str, path: str, dest: str, size: int, new_hasher: Callable[[], Hasher],
-                      verify: Verify, on_bytes: Callable[[int], None] | None, exact: bool) -> None:
-        resumed = os.path.exists(dest)
+    def _get_verified(self, url: str, path: str, dest: str | None, size: int,
+                      new_hasher: Callable[[], Hasher], verify: Verify,
+                      on_bytes: Callable[[int], None] | None, exact: bool) -> None:
+        resumed = dest is not None and os.path.exists(dest)
 
         def counted(n: int) -> None:
             self.count(url, n)
@@ -130,7 +194,8 @@ class Mirrors:
             wrong = verify(hasher, size)
             if wrong is None:
                 return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(dest)  # never used, never continued
+            if dest is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dest)  # never used, never continued
             if attempt or not resumed:
                 raise WrongBytes(wrong, mirror=url, path=path)

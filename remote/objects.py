@@ -20,6 +20,8 @@ from typing import IO, BinaryIO, cast
 import zstandard
 
 from store.fsverity import VerityHasher
+from store.inode_meta import apply_meta
+from store.model import Meta
 
 DEFAULT_LEVEL = 10  # about 40 MB/s on one core; level 19 saves ~5% more at a tenth of the speed
 WINDOW_LOG = 23  # 8 MiB
@@ -126,10 +128,12 @@ class Extracting:
     decompresses them into ``content`` and fs-verity-digests the content in the same pass, so
     that the download is read once.  Never decompresses more than ``size`` bytes (output in
     ``CHUNK`` pieces, window at most ``MAX_WINDOW``); a failure is remembered, not raised, and
-    ``finish`` says what was wrong (like ``check_compressed``) and removes ``content`` then."""
+    ``finish`` says what was wrong (like ``check_compressed``) and removes ``content`` then;
+    content that is right is given ``meta`` (owner, mode, xattrs) when there is one."""
 
-    def __init__(self, content: str, size: int) -> None:
+    def __init__(self, content: str, size: int, meta: Meta | None = None) -> None:
         self.content = content
+        self.meta = meta  # given to content's inode once it is checked
         self.wrong: str | None = None
         self._sink = _Sink(content, size)
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
@@ -153,18 +157,21 @@ class Extracting:
         """None when what was fed decompressed to the signed size with fs-verity ``digest``
         (``content`` holds it), else what is wrong (``content`` is removed)."""
         self._stream = None  # the decompression context and its window go now
+        out = self._sink.out
         try:
             if self.wrong is None:
                 self._sink.flush()
+            wrong, got_size, size = self.wrong, self._sink.hasher.size, self._sink.size
+            if wrong is None and got_size != size:
+                wrong = f"decompresses to {got_size} bytes, the signed size is {size}"
+            if wrong is None:
+                got = self._sink.hasher.digest()
+                if not hmac.compare_digest(got, digest):
+                    wrong = f"fs-verity digest {got.hex()}, the signed pack says {digest.hex()}"
+            if wrong is None and self.meta is not None:
+                apply_meta(out.fileno(), self.meta)  # while it is open: no second open
         finally:
-            self._sink.out.close()
-        wrong, got_size, size = self.wrong, self._sink.hasher.size, self._sink.size
-        if wrong is None and got_size != size:
-            wrong = f"decompresses to {got_size} bytes, the signed size is {size}"
-        if wrong is None:
-            got = self._sink.hasher.digest()
-            if not hmac.compare_digest(got, digest):
-                wrong = f"fs-verity digest {got.hex()}, the signed pack says {digest.hex()}"
+            out.close()
         if wrong is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.content)

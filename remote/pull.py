@@ -10,16 +10,21 @@ In order, for one remote:
    freshness of the index's claim (``pack.freshness``, before any download),
    the pack (size and SHA-256 from the index), its signatures (keyring), and
    that it is the pack the index names (ref, commit, version, time);
-3. the large objects the pack names that the repository lacks, in parallel,
-   each streamed to ``tmp/pull/objects/`` and checked against its fs-verity
-   digest and size before it is staged and published into the object store;
+3. the large objects the pack names that the repository lacks, by forked
+   worker processes (``remote.fetching``; on threads when cross-checking),
+   each decompressed into ``tmp/pull/objects/`` as it arrives and checked
+   against its fs-verity digest and size before it is adopted into the import's
+   transaction;
 
 with deltas (remote.pull_deltas, unless ``no_deltas``): the pack rebuilt from
 the pack kept for the ref's current commit and a pack delta, objects rebuilt
 from objects present and object deltas, each checked as a downloaded file is;
 a delta that fails falls back to the full file;
-4. ``pack.importer.import_pack``, which verifies the pack again, stores it and
-   moves the ref: a ref only ever names a commit whose objects are all present.
+4. ``pack.importer.import_pack``, running while the workers fetch: it verifies
+   the pack again and stages its trees and inline files, then (``before_publish``)
+   waits for the workers and stages their checked downloads in the same
+   transaction, publishes everything, keeps the pack and moves the ref: a ref
+   only ever names a commit whose objects are all present.
 
 Downloads go to ``REPO/tmp/pull/`` (``PARTIAL_DIR``) and survive an
 interrupted pull: the next one continues them with Range requests, and checks
@@ -31,12 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from pack import freshness
@@ -46,15 +49,13 @@ from pack.reader import PackReader
 from pack.signature import decode_signatures
 from pack.verify import check_trust
 from store.errors import FormatError, SealtreeError, SignatureError
-from store.fsverity import digest_file
 from store.ids import HexId, RawId, to_hex
-from store.inode_meta import apply_meta
 from store.lock import flock
 from store.model import Meta
 from store.repo import Repository
 from store.transaction import Transaction
 
-from . import config, objects, pull_deltas, site
+from . import config, pull_deltas, site
 from .checks import (
     MAX_SIGNATURE_FILE,
     SignedIndex,
@@ -65,6 +66,7 @@ from .checks import (
 )
 from .crosscheck import get_file_cross_checked
 from .errors import FetchError, IndexRollback, RemoteError
+from .fetching import Fetching, Wanted, content_path, fetch_on_threads, give_meta
 from .http import Client, Hasher, HttpPolicy
 from .index import MAX_INDEX, RefEntry
 from .mirrors import Mirrors, Verify
@@ -270,117 +272,82 @@ def _fetch_pack(repo: Repository, entry: RefEntry, keyring: Keyring, mirrors: Mi
     return dest, sig_dest
 
 
-@dataclass(frozen=True)
-class _Wanted:
-    digest: RawId
-    size: int
-    metas: tuple[Meta, ...]
-
-
-def _verified_earlier(content: str, item: _Wanted) -> bool:
-    """Whether an earlier, interrupted pull left this object's content checked and complete
-    (it is checked again: the partial directory is nobody's word)."""
-    try:
-        if os.stat(content).st_size != item.size:
-            os.unlink(content)
-            return False
-    except FileNotFoundError:
-        return False
-    if hmac.compare_digest(digest_file(content), item.digest):
-        return True
-    os.unlink(content)
-    return False
-
-
-def _fetch_objects(repo: Repository, wanted: list[_Wanted], mirrors: Mirrors, options: PullOptions,
-                   progress: PullProgress, report: Progress | None) -> dict[RawId, str]:
-    """Download and verify each wanted object into the partial directory; path per digest."""
-    directory = os.path.join(partial_dir(repo), "objects")
-    os.makedirs(directory, exist_ok=True)
+def _fetch_on_threads(repo: Repository, wanted: list[Wanted], mirrors: Mirrors, options: PullOptions,
+                      progress: PullProgress, report: Progress | None) -> tuple[dict[RawId, str], int]:
+    """Download and check each wanted object into the partial directory on threads (a
+    cross-checked pull: remote.crosscheck); path per digest, and how many were downloaded."""
     progress.bytes_total += sum(w.size for w in wanted)
     progress.objects_total += len(wanted)
-    done: dict[RawId, str] = {}
 
     def on_bytes(n: int) -> None:
         progress.bytes_done += n  # a race here only blurs a progress line
         if report is not None:
             report(progress)
 
-    def one(item: _Wanted) -> None:
-        content = os.path.join(directory, to_hex(item.digest))
-        if not _verified_earlier(content, item):
-            compressed = content + ".zst"  # kept until checked, for a Range request to continue
-
-            def extracting() -> Hasher:  # decompressed into content and digested as it arrives
-                return objects.Extracting(content, item.size)
-
-            def verify(hasher: Hasher, _size: int) -> str | None:
-                if isinstance(hasher, objects.Extracting):
-                    return hasher.finish(item.digest)
-                return objects.check_and_extract(compressed, item.size, item.digest, content)
-
-            _get_file(mirrors, options, site.large_object(item.digest), compressed,
-                      objects.compress_bound(item.size), extracting, verify, on_bytes, exact=False)
-            os.unlink(compressed)
-        done[item.digest] = content
+    def on_object() -> None:
         progress.objects_done += 1
         if report is not None:
             report(progress)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        futures = [pool.submit(one, item) for item in wanted]
-        finished, _pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in finished if f.exception() is not None]
-        if failed:
-            for future in futures:
-                future.cancel()
-            error = failed[0].exception()
-            if error is not None:
-                raise error
-    return done
+    def get_file(path: str, dest: str | None, most: int, new_hasher: Callable[[], Hasher],
+                 verify: Verify, on_bytes: Callable[[int], None]) -> None:
+        if dest is None:  # fetch_one spools every object here (a cross-check needs the file)
+            raise ValueError("a cross-checked object needs a file")
+        _get_file(mirrors, options, path, dest, most, new_hasher, verify, on_bytes, exact=False)
+
+    return fetch_on_threads(get_file, _objects_dir(repo), wanted, options.workers, on_bytes, on_object)
 
 
-def _store_objects(repo: Repository, wanted: list[_Wanted], files: dict[RawId, str]) -> None:
-    """Stage every verified download with each metadata it is needed with, then publish."""
-    with repo.writing() as tx:
-        for item in wanted:
-            verified = files[item.digest]
-            for meta in item.metas[1:]:  # another inode per extra metadata: copy
-                fd = os.open(verified, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    digest, _size = tx.add_file_stream(fd, meta)
-                finally:
-                    os.close(fd)
-                if digest != item.digest:
-                    raise RemoteError(f"changed on disk after it was verified ({to_hex(digest)})",
-                                      path=verified)
-            _adopt(tx, verified, item.digest, item.metas[0])
-        tx.publish()
+def _start_fetching(repo: Repository, wanted: list[Wanted], mirrors: Mirrors, options: PullOptions,
+                    progress: PullProgress, report: Progress | None) -> Fetching:
+    """Start fetching the wanted objects in worker processes (remote.fetching)."""
+    progress.bytes_total += sum(w.size for w in wanted)
+    progress.objects_total += len(wanted)
+    objects_before, bytes_before = progress.objects_done, progress.bytes_done
+
+    def on_progress(done: int, received: int) -> None:
+        progress.objects_done, progress.bytes_done = objects_before + done, bytes_before + received
+        if report is not None:
+            report(progress)
+
+    return Fetching(_objects_dir(repo), wanted, mirrors, options.policy, options.workers,
+                    on_progress if report is not None else None)
 
 
-def _adopt(tx: Transaction, verified: str, digest: RawId, meta: Meta) -> None:
-    """Move a verified download into the transaction as the object (digest, meta)."""
-    h = to_hex(digest)
-    rel = f"{h[:2]}/{h[2:]}.{meta.object_key()}.file"
-    os.makedirs(os.path.join(tx.staging, rel[:2]), exist_ok=True)
-    staged = os.path.join(tx.staging, rel)
-    fd = os.open(verified, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        apply_meta(fd, meta)
-    finally:
-        os.close(fd)
-    os.rename(verified, staged)
-    tx.adopt([rel])
+def _stage_objects(tx: Transaction, wanted: list[Wanted], files: dict[RawId, str]) -> None:
+    """Stage every checked download (its inode given its first metadata already) with each
+    metadata it is needed with, in the import's transaction."""
+    for item in wanted:
+        verified = files.get(item.digest)
+        if verified is None:
+            raise RemoteError("not fetched (a bug: the import would leave it missing)",
+                              path=to_hex(item.digest))
+        for meta in item.metas[1:]:  # another inode per extra metadata: copy
+            fd = os.open(verified, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                digest, _size = tx.add_file_stream(fd, meta)
+            finally:
+                os.close(fd)
+            if digest != item.digest:
+                raise RemoteError(f"changed on disk after it was verified ({to_hex(digest)})",
+                                  path=verified)
+        tx.adopt_file(verified, item.digest, item.metas[0])
 
 
-def _wanted(repo: Repository, reader: PackReader) -> list[_Wanted]:
+def _objects_dir(repo: Repository) -> str:
+    directory = os.path.join(partial_dir(repo), "objects")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _wanted(repo: Repository, reader: PackReader) -> list[Wanted]:
     by_digest: dict[RawId, list[Meta]] = {}
     sizes: dict[RawId, int] = {}
     for missing in missing_objects(repo, reader.manifest.large_entries()):
         entry = missing.entry.entry
         by_digest.setdefault(entry.digest, []).append(entry.meta)
         sizes[entry.digest] = entry.size
-    return [_Wanted(d, sizes[d], tuple(metas)) for d, metas in by_digest.items()]
+    return [Wanted(d, sizes[d], tuple(metas)) for d, metas in by_digest.items()]
 
 
 def _pack_by_delta(repo: Repository, source: pull_deltas.Source, entry: RefEntry,
@@ -402,17 +369,17 @@ def _pack_by_delta(repo: Repository, source: pull_deltas.Source, entry: RefEntry
     return True
 
 
-def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list[_Wanted],
+def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list[Wanted],
                       fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, options: PullOptions,
                       result: PullResult, pulled: RefPulled) -> dict[RawId, str]:
     """The wanted objects rebuilt from object deltas into the partial directory (checked
-    content, as downloads leave it), by digest; the others are fetched whole."""
+    content with its first metadata, as downloads leave it), by digest; the others are
+    fetched whole."""
     if not wanted:
         return {}
     before = mirrors.bytes_fetched
-    directory = os.path.join(partial_dir(repo), "objects")
-    os.makedirs(directory, exist_ok=True)
-    contents = {w.digest: os.path.join(directory, to_hex(w.digest)) for w in wanted}
+    directory = _objects_dir(repo)
+    contents = {w.digest: content_path(directory, w.digest) for w in wanted}
     listed, unlisted = pull_deltas.fetch_object_deltas(source, fetch_delta, _delta_dir(repo))
     if unlisted is not None:
         result.fallbacks.append(unlisted)
@@ -423,6 +390,9 @@ def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list
     pulled.deltas_used += len(done)
     pulled.replaced_bytes += sum(plans[digest].delta.full for digest in done)
     pulled.delta_bytes += mirrors.bytes_fetched - before
+    metas = {w.digest: w.metas[0] for w in wanted}
+    for digest in done:
+        give_meta(contents[digest], metas[digest])
     return {digest: contents[digest] for digest in done}
 
 
@@ -455,13 +425,29 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
         files = _objects_by_delta(repo, source, wanted, fetch_delta, mirrors, options, result, pulled)
     whole = [w for w in wanted if w.digest not in files]
     before = mirrors.bytes_fetched
-    files.update(_fetch_objects(repo, whole, mirrors, options, progress, report))
+    fetching, downloaded = None, 0
+    if options.cross_check >= 2 or not whole:
+        fetched, downloaded = _fetch_on_threads(repo, whole, mirrors, options, progress, report)
+        files.update(fetched)
+    else:  # fetched while the import stages the pack's trees and inline files
+        fetching = _start_fetching(repo, whole, mirrors, options, progress, report)
+
+    def stage(tx: Transaction) -> None:
+        if fetching is not None:
+            files.update(fetching.wait())
+        _stage_objects(tx, wanted, files)
+
+    try:
+        imported = import_pack(repo, pack_path, keyring, min_signatures=options.min_signatures,
+                               allow_downgrade=options.allow_downgrade, sig_path=sig_path,
+                               before_publish=stage)
+    finally:
+        if fetching is not None:
+            fetching.cancel()
     pulled.object_bytes = mirrors.bytes_fetched - before
-    pulled.objects_fetched = len(whole)
-    _store_objects(repo, wanted, files)
-    imported = import_pack(repo, pack_path, keyring, min_signatures=options.min_signatures,
-                           allow_downgrade=options.allow_downgrade, sig_path=sig_path)
-    if imported.missing:
+    # downloaded, not found complete from an interrupted pull
+    pulled.objects_fetched = downloaded if fetching is None else fetching.downloaded
+    if imported.missing:  # cannot happen: every missing object was staged before the ref moved
         raise RemoteError(f"{len(imported.missing)} large objects still missing after the pull",
                           path=ref)
     for path in (pack_path, sig_path):

@@ -52,12 +52,25 @@ class SealtreeError(Exception):
             return self.detail()
         return f"{show(self.path)}: {self.detail()}"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with its fields (a forked worker's error comes back to the parent whole):
+        the default would call ``__init__`` again with the message alone."""
+        return _restore, (type(self), self.args, self.__dict__)
+
     def located(self: E, path: Name) -> E:
         """This error, about ``path`` when it named no subject yet (an outer layer knows
         which file the inner one read).  Returns self, to be raised again."""
         if self.path is None or self.path == "":
             self.path = path
         return self
+
+
+def _restore(cls: type[E], args: tuple[object, ...], fields: dict[str, object]) -> E:
+    """A SealtreeError unpickled: made without ``__init__``, its fields set as they were."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(fields)
+    return err
 
 
 class UsageError(SealtreeError):

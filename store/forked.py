@@ -149,14 +149,23 @@ class SharedCounts:
 def collect(workers: Sequence[Forked], tick: Callable[[], None] | None = None,
             interval: float = 0.2) -> list[Any]:
     """Every worker's result, in order, calling ``tick`` every ``interval`` seconds while
-    waiting; on the first failure the others are stopped and the failure raised."""
-    results = []
+    waiting; the workers are collected as they answer, so that the first failure is raised
+    as soon as it comes (the others are stopped then), whichever worker it is."""
+    results: dict[int, Any] = {}
     try:
-        for worker in workers:
-            while tick is not None and not worker.done(interval):
+        while len(results) < len(workers):
+            pending = {w._read_fd: i for i, w in enumerate(workers)
+                       if i not in results and w.pid is not None}
+            if not pending:  # collected or cancelled elsewhere: wait() says so
+                i = next(i for i in range(len(workers)) if i not in results)
+                results[i] = workers[i].wait()
+                continue
+            ready, _, _ = select.select(list(pending), [], [], interval if tick is not None else None)
+            for fd in ready:
+                results[pending[fd]] = workers[pending[fd]].wait()
+            if tick is not None:
                 tick()
-            results.append(worker.wait())
     finally:
         for worker in workers:
             worker.cancel()  # those already collected are left alone
-    return results
+    return [results[i] for i in range(len(workers))]

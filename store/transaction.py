@@ -10,7 +10,10 @@ all 256 of them).  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
 renamed into ``objects/`` and the filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
-the next transaction removes; a published object is always complete.
+the next transaction removes; a published object is always complete.  A file
+the caller checked elsewhere on the repository's filesystem (a pull's
+download in ``tmp/pull/``) is adopted where it is (``adopt_file``): the same
+syncs cover it, and an unpublished transaction leaves it for the next pull.
 Object writes are idempotent: an object already present is not rewritten.
 """
 
@@ -132,6 +135,7 @@ class Transaction:
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
+        self._prefix_dirs: dict[str, bool] = {}  # objects/xx: whether it existed when looked at
 
     def __enter__(self) -> Transaction:
         return self
@@ -168,10 +172,21 @@ class Transaction:
         """The staging path to write object ``rel`` to, or None if it is present or being
         written by another thread: claiming it is atomic, so each object is written once."""
         with self._reserve_lock:
-            if rel in self._staged or os.path.exists(os.path.join(self.objects_root, rel)):
+            if rel in self._staged or self._present(rel):
                 return None
             staged = self._staged[rel] = self._staging_path(rel)
         return staged
+
+    def _present(self, rel: str) -> bool:
+        """Whether object ``rel`` is in ``objects/``.  An ``xx/`` directory found absent is
+        not looked into again until ``publish`` (a pull into an empty repository would look
+        for thousands of objects that cannot be there); one another writer makes meanwhile
+        costs at most a needless write: ``publish`` never renames over a present object."""
+        prefix = rel[:2]
+        known = self._prefix_dirs.get(prefix)
+        if known is None:
+            known = self._prefix_dirs[prefix] = os.path.isdir(os.path.join(self.objects_root, prefix))
+        return known and os.path.exists(os.path.join(self.objects_root, rel))
 
     def _unreserve(self, rel: str, staged: str) -> None:
         """Give up an object whose writing failed: its partial file is never published."""
@@ -300,6 +315,20 @@ class Transaction:
                 self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
                     else flat
 
+    def adopt_file(self, path: str, digest: RawId, meta: Meta) -> None:
+        """Take over the file at ``path`` as object (``digest``, ``meta``): the caller has
+        checked that its content has that fs-verity digest and given the inode that metadata
+        (remote.pull's verified downloads).  It stays where it is (on the repository's
+        filesystem: ``publish`` syncs that filesystem, then renames it into ``objects/``); a
+        transaction that is not published leaves it there.  Removed when the object is
+        present or staged already."""
+        rel = self._file_rel(digest, meta)
+        with self._reserve_lock:
+            if rel in self._staged or self._present(rel):
+                os.unlink(path)
+                return
+            self._staged[rel] = path
+
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
     def publish(self) -> None:
@@ -316,8 +345,11 @@ class Transaction:
                 dirs.add(directory)
             if not os.path.exists(final):
                 os.rename(staged, final)
+            elif not staged.startswith(self.staging + "/"):  # adopted where it was: not left over
+                os.unlink(staged)
         syncfs(self.objects_root)
         self._staged.clear()
+        self._prefix_dirs.clear()
 
 
 def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes

@@ -330,7 +330,9 @@ def test_a_pull_interrupted_after_rebuilding_continues_from_what_it_rebuilt(vend
             raise KeyboardInterrupt
 
         with monkeypatch.context() as patched:
-            patched.setattr(remote.pull, "import_pack", killed)
+            # after every object is rebuilt or fetched (the fetch runs while the import
+            # stages the pack), before any is stored
+            patched.setattr(remote.pull, "_stage_objects", killed)
             with pytest.raises(KeyboardInterrupt):
                 pull_again(repo)
         assert repo.refs.read("os/main") != vendor.repo.refs.read("os/main")
