@@ -53,6 +53,7 @@ from urllib.parse import unquote_to_bytes
 from .builder import TreeBuilder
 from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
+from .fsverity import digest_bytes
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
@@ -60,6 +61,7 @@ from .sparse import Piece
 from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import MAX_SIZE, PAX_SPARSE_MAP, check_header, check_pax, header_number
 from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction, store_reader
+from .write_behind import WriteBehind
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -307,9 +309,20 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
     return sorted_xattrs(found.items())
 
 
+def explain_write(err: BaseException, meta: Meta, name: Name) -> BaseException:
+    """The error to raise for ``err``, raised storing member ``name`` with ``meta``: an xattr
+    the filesystem refuses is the member's fault, named; anything else is ``err`` itself."""
+    if not isinstance(err, OSError) or not meta.xattrs or err.errno not in XATTR_REFUSALS:
+        return err
+    xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
+    return SourceError(f"cannot be stored with its metadata (owner {meta.uid}:{meta.gid}, "
+                       f"xattrs {xattrs}): {err.strerror}", path=name)
+
+
 class _TarReader:
-    def __init__(self, tx: Transaction, options: TarSourceOptions) -> None:
+    def __init__(self, tx: Transaction, options: TarSourceOptions, writes: WriteBehind) -> None:
         self.tx = tx
+        self.writes = writes  # small files are stored by its threads while we read on
         self.options = options
         uid, gid = options.owner or (0, 0)
         implied = Meta(0o755, uid, gid)
@@ -378,11 +391,10 @@ class _TarReader:
         try:
             digest, size = self.store(archive, info, meta, name)
         except OSError as err:
-            if not meta.xattrs or err.errno not in XATTR_REFUSALS:
+            explained = explain_write(err, meta, name)
+            if explained is err:
                 raise
-            xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
-            raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
-                              f"{meta.gid}, xattrs {xattrs}): {err.strerror}", path=name) from err
+            raise explained from err
         self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), name)
         self.files += 1
         self.bytes += size
@@ -400,7 +412,9 @@ class _TarReader:
             if len(data) != info.size:
                 raise SourceError(f"truncated: the stream ends inside member {show(name)} "
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
-            return self.tx.add_file_bytes(data, meta), info.size
+            digest = RawId(digest_bytes(data))
+            self.writes.add(data, meta, digest, name)  # written by a thread while we read on
+            return digest, info.size
         if info.sparse is not None and archive.fileobj is not None:
             room = archive.offset - archive.fileobj.tell()  # to the next header
             return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name, room),
@@ -517,19 +531,27 @@ def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptio
     """Store every member, check the end of the stream, store the trees."""
     label = options.label
     tar_bytes = _TarBytes(tar_source)
-    reader = _TarReader(tx, options)
+    with WriteBehind(tx, explain_write) as writes:
+        reader = _TarReader(tx, options, writes)
+        offset = _read_archive(reader, tar_bytes, label)
+        _check_end(tar_bytes, offset, label)
+        writes.finish()
+    return reader.builder.write(tx), reader.builder.root.meta, reader
+
+
+def _read_archive(reader: _TarReader, tar_bytes: _TarBytes, label: Name) -> int:
+    """Store every member; return the offset of the end of the archive."""
     try:
         with tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
                           errors="surrogateescape", tarinfo=_StrictInfo) as archive:
             while (info := archive.next()) is not None:
                 reader.member(archive, info)
                 del archive.members[:]  # tarfile keeps every header; we need none of them
-            offset = archive.offset
+            offset: int = archive.offset
     except tarfile.TarError as err:
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except ValueError as err:  # tarfile's int() of a number it did not check (GNU sparse maps)
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except SourceError as err:  # a header's numbers (no subject yet): the input's fault
         raise err.located(label) from None  # the same error, naming the input
-    _check_end(tar_bytes, offset, label)
-    return reader.builder.write(tx), reader.builder.root.meta, reader
+    return offset

@@ -287,18 +287,22 @@ class Transaction:
         """The objects this process has staged (relative paths), for ``adopt`` in the parent."""
         return list(self._staged)
 
-    def adopt(self, rels: Sequence[str]) -> None:
+    def adopt(self, rels: Sequence[str], *, flat: bool = False) -> None:
         """Take over objects staged in this transaction's staging directory by a forked worker
         (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
-        subdirectory it made: remote.pull's verified downloads)."""
+        subdirectory it made: remote.pull's verified downloads).  ``flat``: the caller knows
+        they are all at their flat path (a worker's ``staged()``), which is not checked."""
         with self._reserve_lock:
             for rel in rels:
                 if rel in self._staged:
                     continue
-                flat = self._staging_path(rel)
+                flat_path = self._staging_path(rel)
+                if flat:
+                    self._staged[rel] = flat_path
+                    continue
                 nested = os.path.join(self.staging, rel)
-                self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
-                    else flat
+                self._staged[rel] = nested if not os.path.exists(flat_path) \
+                    and os.path.exists(nested) else flat_path
 
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
@@ -307,17 +311,31 @@ class Transaction:
         if not self._staged:
             return
         syncfs(self.staging)
-        dirs = set()
+        made: dict[str, bool] = {}  # objects/xx -> whether this publish made it (so it was empty)
         for rel, staged in self._staged.items():
-            final = os.path.join(self.objects_root, rel)
-            directory = os.path.dirname(final)
-            if directory not in dirs:
-                os.makedirs(directory, exist_ok=True)
-                dirs.add(directory)
-            if not os.path.exists(final):
+            final = f"{self.objects_root}/{rel}"
+            prefix = rel[:2]
+            new_dir = made.get(prefix)
+            if new_dir is None:
+                new_dir = made[prefix] = _make_dir(f"{self.objects_root}/{prefix}")
+            # An object present is kept (writes are idempotent); in a directory made just now
+            # there is none but what another writer may have renamed in meanwhile, which is
+            # complete and the same bytes and metadata.
+            if new_dir or not os.path.exists(final):
                 os.rename(staged, final)
         syncfs(self.objects_root)
         self._staged.clear()
+
+
+def _make_dir(path: str) -> bool:
+    """Make directory ``path`` (its parent exists); whether it was made, not already there."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
+    return True
 
 
 def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes
