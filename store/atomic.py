@@ -16,7 +16,6 @@ import fcntl
 import io
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -95,6 +94,8 @@ def temporary_name(name: str) -> str:
     long_form = f".{name}.tmp{os.getpid()}"
     if len(os.fsencode(long_form)) <= NAME_MAX:
         return long_form
+    import secrets  # noqa: PLC0415 - rarely needed; its import (hmac, random) is not cheap
+
     return f".sealtree-{os.getpid()}-{secrets.token_hex(8)}.tmp"
 
 

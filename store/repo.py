@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_write, fsync_dir
 from .commits import Commit
@@ -18,7 +19,9 @@ from .layout import CREATED, RepoLayout
 from .lock import flock
 from .objects import ObjectStore
 from .refs import Refs
-from .transaction import Transaction
+
+if TYPE_CHECKING:  # imported by writing(): commands that only read start faster without it
+    from .transaction import Transaction
 
 FORMAT_VERSION = 1
 CONFIG_MAGIC = "sealtree-repo"
@@ -63,6 +66,8 @@ class Repository:
     def writing(self) -> Iterator[Transaction]:
         """A transaction under the shared writer lock; publish it before moving refs."""
         with flock(self.layout.lock, exclusive=False):
+            from .transaction import Transaction  # noqa: PLC0415 - see the top of the module
+
             with Transaction(self.layout) as tx:
                 yield tx
 
