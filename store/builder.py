@@ -13,7 +13,6 @@ builder's ``implied_meta`` unless the source lists them later.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from .errors import SourceError
 from .ids import RawId
@@ -23,13 +22,16 @@ from .storable import check_storable_meta, check_target
 from .transaction import Transaction
 
 
-@dataclass
 class DirNode:
     """A directory: its metadata and its children (leaf entries or directories) by name."""
 
-    meta: Meta
-    children: dict[bytes, Entry | DirNode] = field(default_factory=dict)
-    listed: bool = True  # False while the directory is only implied by a path below it
+    __slots__ = ("meta", "children", "listed")
+
+    def __init__(self, meta: Meta, children: dict[bytes, Entry | DirNode] | None = None,
+                 listed: bool = True) -> None:
+        self.meta = meta
+        self.children: dict[bytes, Entry | DirNode] = {} if children is None else children
+        self.listed = listed  # False while the directory is only implied by a path below it
 
 
 class TreeBuilder:

@@ -30,7 +30,6 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from .commits import Commit
@@ -40,6 +39,7 @@ from .ids import to_hex
 from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
+from .record import Mutable
 from .sparse import EXPORT_HOLE_MIN, zero_runs
 from .walk import walk
 
@@ -70,14 +70,18 @@ PREFETCH_THREADS = 4
 SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
-@dataclass
-class ExportStats:
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    content_bytes: int = 0  # file content exported
-    archive_bytes: int = 0  # bytes written to the output (after compression)
-    sha256: str = ""  # of the output
+class ExportStats(Mutable):
+    __slots__ = ("files", "dirs", "symlinks", "content_bytes", "archive_bytes", "sha256")
+    _fields = __slots__
+
+    def __init__(self, files: int = 0, dirs: int = 0, symlinks: int = 0, content_bytes: int = 0,
+                 archive_bytes: int = 0, sha256: str = "") -> None:
+        self.files = files
+        self.dirs = dirs
+        self.symlinks = symlinks
+        self.content_bytes = content_bytes  # file content exported
+        self.archive_bytes = archive_bytes  # bytes written to the output (after compression)
+        self.sha256 = sha256  # of the output
 
 
 def _octal(value: int, width: int) -> bytes:

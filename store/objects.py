@@ -15,26 +15,31 @@ import hmac
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from .commits import Commit, decode_commit
 from .errors import FormatError, ObjectCorrupt, ObjectMissing
 from .ids import HexId, RawId, to_hex
 from .model import Entry, Meta
+from .record import Frozen
 from .tree import decode_tree
 
 MAX_META_OBJECT = 64 << 20
 _NAME = re.compile(r"([0-9a-f]{62})\.(?:([0-9a-f]{64})\.file|tree|commit)")
 
 
-@dataclass(frozen=True)
-class StoredObject:
+class StoredObject(Frozen):
     """An object file found on disk by ``iter_objects``."""
 
+    __slots__ = ("path", "kind", "id", "meta_key")
+    _fields = __slots__
     path: str
     kind: str  # "file", "tree" or "commit"
     id: HexId
-    meta_key: str = ""
+    meta_key: str
+
+    def __init__(self, path: str, kind: str, id: HexId, meta_key: str = "") -> None:  # noqa: A002
+        for name, value in zip(self._fields, (path, kind, id, meta_key), strict=True):
+            object.__setattr__(self, name, value)
 
 
 def relative_path(kind: str, raw: RawId, meta: Meta | None = None) -> str:

@@ -46,9 +46,7 @@ import tarfile
 import tarfile as tarfile_module
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
-from urllib.parse import unquote_to_bytes
 
 from .builder import TreeBuilder
 from .decompress import Decompressed, Readable, ReadAhead, compression_of
@@ -57,6 +55,7 @@ from .fsverity import digest_bytes
 from .ids import RawId
 from .model import PERMISSION_BITS, Entry, Kind, Meta
 from .names import show
+from .record import Mutable
 from .sparse import Piece
 from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import MAX_SIZE, PAX_SPARSE_MAP, check_header, check_pax, header_number
@@ -82,28 +81,41 @@ RHT_SELINUX = "RHT.security.selinux"
 XATTR_REFUSALS = (errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 
 
-@dataclass
-class TarSourceOptions:
-    owner: tuple[int, int] | None = None  # None: the members' own numeric uid/gid
-    skip_special: bool = False
-    progress: Progress | None = None
-    progress_every: int = 500
-    label: Name = "tar stream"  # the input, as messages name it (a file name, raw)
-    # Limits for untrusted input, in bytes (None: none), checked against each member's
-    # header before its data is read: the largest regular file, and all of them together.
-    max_file_size: int | None = None
-    max_total_size: int | None = None
+class TarSourceOptions(Mutable):
+    __slots__ = ("owner", "skip_special", "progress", "progress_every", "label",
+                 "max_file_size", "max_total_size")
+    _fields = __slots__
+
+    def __init__(self, owner: tuple[int, int] | None = None, skip_special: bool = False,
+                 progress: Progress | None = None, progress_every: int = 500,
+                 label: Name = "tar stream", max_file_size: int | None = None,
+                 max_total_size: int | None = None) -> None:
+        self.owner = owner  # None: the members' own numeric uid/gid
+        self.skip_special = skip_special
+        self.progress = progress
+        self.progress_every = progress_every
+        self.label = label  # the input, as messages name it (a file name, raw)
+        # Limits for untrusted input, in bytes (None: none), checked against each member's
+        # header before its data is read: the largest regular file, and all of them together.
+        self.max_file_size = max_file_size
+        self.max_total_size = max_total_size
 
 
-@dataclass
-class TarSourceResult:
-    tree: RawId
-    root_meta: Meta
-    sha256: str  # of the input exactly as read (compressed), to compare with a published digest
-    compression: str
-    skipped: list[tuple[bytes, str]] = field(default_factory=list)  # (path, why)
-    files: int = 0
-    bytes: int = 0
+class TarSourceResult(Mutable):
+    __slots__ = ("tree", "root_meta", "sha256", "compression", "skipped", "files", "bytes")
+    _fields = __slots__
+    skipped: list[tuple[bytes, str]]  # (path, why)
+
+    def __init__(self, tree: RawId, root_meta: Meta, sha256: str, compression: str,
+                 skipped: list[tuple[bytes, str]] | None = None, files: int = 0,
+                 bytes: int = 0) -> None:  # noqa: A002 - the field's name
+        self.tree = tree
+        self.root_meta = root_meta
+        self.sha256 = sha256  # of the input exactly as read (compressed), to compare with a published digest
+        self.compression = compression
+        self.skipped = [] if skipped is None else skipped
+        self.files = files
+        self.bytes = bytes
 
 
 class _Reads(Protocol):
@@ -298,6 +310,8 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
                 raw = base64.b64decode(_bytes(value) + b"=" * (-len(value) % 4), validate=True)
             except binascii.Error as err:
                 raise SourceError(f"PAX record {show(key)} is not base64", path=name) from err
+            from urllib.parse import unquote_to_bytes  # noqa: PLC0415 - rare; not a cheap import
+
             fallback[unquote_to_bytes(key[len(LIBARCHIVE_XATTR):])] = raw
         elif key == RHT_SELINUX:
             fallback[b"security.selinux"] = _bytes(value)

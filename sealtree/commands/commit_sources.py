@@ -6,13 +6,13 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from store.errors import UsageError
 from store.ids import RawId
 from store.model import Meta
 from store.names import show
+from store.record import Frozen
 from store.transaction import Transaction
 
 from .common import parse_owner, size_bytes
@@ -22,14 +22,21 @@ Report = Callable[[int, int], None]
 SOURCES_HELP = "DIR, --tar FILE|-, --git REPO [--rev REV]"
 
 
-@dataclass(frozen=True)
-class StoredSource:
+class StoredSource(Frozen):
     """A source's tree in the repository: its root tree, the root's metadata, and what the
     commit records about where it came from (``tar.sha256``, ``git.commit``)."""
 
+    __slots__ = ("tree", "root_meta", "metadata")
+    _fields = __slots__
     tree: RawId
     root_meta: Meta
-    metadata: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, str], ...]
+
+    def __init__(self, tree: RawId, root_meta: Meta, metadata: tuple[tuple[str, str], ...] = ()
+                 ) -> None:
+        object.__setattr__(self, "tree", tree)
+        object.__setattr__(self, "root_meta", root_meta)
+        object.__setattr__(self, "metadata", metadata)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
