@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import SealtreeError
+from .inode_meta import load_xattrs
 
 _PR_SET_PDEATHSIG = 1
 _prctl: Any = None
@@ -61,6 +62,7 @@ class Forked:
     def __init__(self, fn: Callable[..., Any], *args: Any,
                  failure: Callable[[str], SealtreeError]) -> None:
         self._failure = failure
+        load_xattrs()  # what a child writing inodes may need, imported here: a child must not
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         parent, prctl = os.getpid(), _prctl_function()
         pid = os.fork()

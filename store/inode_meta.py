@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-from . import xattrs
 from .model import Meta
 
 
@@ -17,7 +16,16 @@ def apply_meta(fd: int, meta: Meta) -> None:
     os.fchown(fd, meta.uid, meta.gid)
     os.fchmod(fd, meta.mode)
     if meta.xattrs:
+        from . import xattrs  # noqa: PLC0415 - see load_xattrs
+
         xattrs.write(fd, meta.xattrs)
+
+
+def load_xattrs() -> None:
+    """Import what writing xattrs needs (the ``xattr`` package: a C extension and cffi) now:
+    commands whose trees have no xattrs do not load it, and a forked worker must not import
+    (another thread of its parent may have held the import machinery when it forked)."""
+    from . import xattrs  # noqa: F401, PLC0415 - imported for its side effect
 
 
 def apply_meta_path(path: str | bytes, meta: Meta, *, symlink: bool = False) -> None:
@@ -26,6 +34,8 @@ def apply_meta_path(path: str | bytes, meta: Meta, *, symlink: bool = False) -> 
     if not symlink:
         os.chmod(path, meta.mode)
     if meta.xattrs:
+        from . import xattrs  # noqa: PLC0415 - see load_xattrs
+
         xattrs.write(path, meta.xattrs)
 
 
@@ -35,4 +45,6 @@ def apply_symlink_meta_at(dir_fd: int, name: bytes, meta: Meta) -> None:
     directory's ``/proc/self/fd`` entry, so the path stays short however deep it is)."""
     os.chown(name, meta.uid, meta.gid, dir_fd=dir_fd, follow_symlinks=False)
     if meta.xattrs:
+        from . import xattrs  # noqa: PLC0415 - see load_xattrs
+
         xattrs.write(f"/proc/self/fd/{dir_fd}/".encode() + name, meta.xattrs)

@@ -37,8 +37,6 @@ spells it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import hashlib
 import re
@@ -306,6 +304,9 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
         if key.startswith(SCHILY_XATTR):
             found[_bytes(key[len(SCHILY_XATTR):])] = _bytes(value)
         elif key.startswith(LIBARCHIVE_XATTR):
+            import base64  # noqa: PLC0415 - rare (libarchive's records); binascii is a C module
+            import binascii  # noqa: PLC0415
+
             try:
                 raw = base64.b64decode(_bytes(value) + b"=" * (-len(value) % 4), validate=True)
             except binascii.Error as err:

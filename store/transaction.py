@@ -20,7 +20,6 @@ import contextlib
 import errno
 import functools
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -119,9 +118,9 @@ class Transaction:
         self.objects_root = layout.objects
         clean_stale_staging(layout.tmp)
         with disk_full_named(self.repo_path):
-            # The creator's PID in the name: between mkdtemp and the lock, a directory with
+            # The creator's PID in the name: between mkdir and the lock, a directory with
             # no lock file is its creator's if that process still runs.
-            self.staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=layout.tmp)
+            self.staging = _make_staging(layout.tmp)
         self._held = contextlib.ExitStack()  # the staging directory's lock, until close()
         try:
             self._held.enter_context(flock(os.path.join(self.staging, STAGING_LOCK), exclusive=True))
@@ -129,6 +128,7 @@ class Transaction:
             remove_tree(self.staging)
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
+        self._made_dirs: set[str] = set()  # objects/xx made by this transaction (see made_dirs)
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
@@ -304,6 +304,12 @@ class Transaction:
                 self._staged[rel] = nested if not os.path.exists(flat_path) \
                     and os.path.exists(nested) else flat_path
 
+    def made_dirs(self, prefixes: Iterable[str]) -> None:
+        """Record that this transaction made the (empty) directories ``objects/xx`` of
+        ``prefixes`` (a worker made them while objects were staged): ``publish`` renames into
+        them without looking for objects present first."""
+        self._made_dirs.update(prefixes)
+
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
     def publish(self) -> None:
@@ -317,7 +323,8 @@ class Transaction:
             prefix = rel[:2]
             new_dir = made.get(prefix)
             if new_dir is None:
-                new_dir = made[prefix] = _make_dir(f"{self.objects_root}/{prefix}")
+                new_dir = made[prefix] = (prefix in self._made_dirs
+                                          or _make_dir(f"{self.objects_root}/{prefix}"))
             # An object present is kept (writes are idempotent); in a directory made just now
             # there is none but what another writer may have renamed in meanwhile, which is
             # complete and the same bytes and metadata.
@@ -325,6 +332,27 @@ class Transaction:
                 os.rename(staged, final)
         syncfs(self.objects_root)
         self._staged.clear()
+
+
+def _make_staging(tmp_root: str) -> str:
+    """A new, private staging directory ``staging-PID-RANDOM`` in ``tmp_root`` (as
+    ``tempfile.mkdtemp`` makes one; its import, with ``random``'s, costs start-up time)."""
+    while True:
+        path = f"{tmp_root}/{STAGING_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # 48 random bits: another try is enough
+            continue
+        return path
+
+
+def make_object_dirs(objects_root: str) -> list[str]:
+    """Make every missing ``objects/xx`` directory; return the prefixes made.  On a disk
+    filesystem a directory costs as much as a few object files: a worker makes them while
+    a big transaction stages its objects, rather than ``publish`` at the end."""
+    present = set(os.listdir(objects_root))
+    return [prefix for prefix in (f"{i:02x}" for i in range(256))
+            if prefix not in present and _make_dir(f"{objects_root}/{prefix}")]
 
 
 def _make_dir(path: str) -> bool:

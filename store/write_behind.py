@@ -10,6 +10,9 @@ one of those calls.  Files go to it in batches through a pipe, pickled; it stage
 the transaction's staging directory and the transaction adopts them at ``finish()``, so
 what is written is published, or removed, with the rest of the transaction.
 
+A second worker makes the repository's missing ``objects/xx`` directories meanwhile
+(``publish`` would make them at the end, after everything else).
+
 The worker starts once START_FILES files or START_BYTES bytes are queued; fewer are
 written here at ``finish()`` (a fork costs more than a few files).  Memory is bounded:
 a batch is sent when it holds BATCH_FILES files or BATCH_BYTES bytes, and sending waits
@@ -27,11 +30,11 @@ import pickle
 import struct
 from collections.abc import Callable, Sequence
 
-from .errors import Name, SourceError
+from .errors import Name, SealtreeError, SourceError
 from .forked import Forked
 from .ids import RawId
 from .model import Meta
-from .transaction import Transaction
+from .transaction import Transaction, make_object_dirs
 
 START_FILES = 64
 START_BYTES = 1 << 20
@@ -83,6 +86,7 @@ class WriteBehind:
         self.batch_bytes = 0
         self.total_bytes = 0
         self.worker: Forked | None = None
+        self.dirs: Forked | None = None  # makes the objects/xx directories meanwhile
         self.pipe = -1  # the write end of the worker's pipe
 
     def __enter__(self) -> WriteBehind:
@@ -104,6 +108,8 @@ class WriteBehind:
             self._send()
 
     def _start(self) -> None:
+        # First (so that it holds no end of the writer's pipe): the objects/xx directories.
+        self.dirs = Forked(make_object_dirs, self.tx.objects_root, failure=_worker_failed)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # a smaller pipe only means more waits
             fcntl.fcntl(write_fd, _F_SETPIPE_SZ, PIPE_SIZE)
@@ -143,6 +149,14 @@ class WriteBehind:
         finally:
             worker.cancel()
         self.tx.adopt(staged, flat=True)
+        if self.dirs is not None:
+            dirs, self.dirs = self.dirs, None
+            try:
+                self.tx.made_dirs(dirs.wait())
+            except (OSError, SealtreeError):  # not needed: publish makes what is missing
+                pass
+            finally:
+                dirs.cancel()
 
     def finish(self) -> None:
         """Store every file queued; raise the first failure."""
@@ -162,3 +176,6 @@ class WriteBehind:
         if self.worker is not None:
             self.worker.cancel()
             self.worker = None
+        if self.dirs is not None:
+            self.dirs.cancel()
+            self.dirs = None
