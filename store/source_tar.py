@@ -550,8 +550,9 @@ def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptio
         reader = _TarReader(tx, options, writes)
         offset = _read_archive(reader, tar_bytes, label)
         _check_end(tar_bytes, offset, label)
+        tree = reader.builder.write(tx)  # while the worker finishes its files
         writes.finish()
-    return reader.builder.write(tx), reader.builder.root.meta, reader
+    return tree, reader.builder.root.meta, reader
 
 
 def _read_archive(reader: _TarReader, tar_bytes: _TarBytes, label: Name) -> int:

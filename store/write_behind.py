@@ -127,12 +127,13 @@ class WriteBehind:
     def _send(self) -> None:
         assert self.worker is not None
         payload = pickle.dumps(self.batch, protocol=pickle.HIGHEST_PROTOCOL)
-        record = memoryview(_LENGTH.pack(len(payload)) + payload)
         self.batch = []
         self.batch_bytes = 0
         try:
-            while record:
-                record = record[os.write(self.pipe, record):]
+            for piece in (_LENGTH.pack(len(payload)), payload):
+                record = memoryview(piece)
+                while record:
+                    record = record[os.write(self.pipe, record):]
         except BrokenPipeError:  # the worker stopped: it failed, and says why
             self._collect()
             raise
