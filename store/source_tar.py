@@ -51,7 +51,7 @@ from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
 from .fsverity import digest_bytes
 from .ids import RawId
-from .model import PERMISSION_BITS, Entry, Kind, Meta
+from .model import PERMISSION_BITS, Entry, Kind, Meta, Xattrs
 from .names import show
 from .record import Mutable
 from .sparse import Piece
@@ -337,7 +337,8 @@ def explain_write(err: BaseException, meta: Meta, name: Name) -> BaseException:
 class _TarReader:
     def __init__(self, tx: Transaction, options: TarSourceOptions, writes: WriteBehind) -> None:
         self.tx = tx
-        self.writes = writes  # small files are stored by its threads while we read on
+        self.writes = writes  # small files are stored by its worker while we read on
+        self.metas: dict[tuple[int, int, int, Xattrs], Meta] = {}
         self.options = options
         uid, gid = options.owner or (0, 0)
         implied = Meta(0o755, uid, gid)
@@ -350,7 +351,11 @@ class _TarReader:
     def meta(self, info: tarfile.TarInfo, name: str, mode: int | None = None) -> Meta:
         uid, gid = self.options.owner or (info.uid, info.gid)
         perms = info.mode & PERMISSION_BITS if mode is None else mode
-        return check_storable_meta(Meta(perms, uid, gid, member_xattrs(info, name)), name)
+        key = (perms, uid, gid, member_xattrs(info, name) if info.pax_headers else ())
+        meta = self.metas.get(key)
+        if meta is None:  # checked once, then shared by every member that has it
+            meta = self.metas[key] = check_storable_meta(Meta(*key), name)
+        return meta
 
     def member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         # ``name`` is the member's name as the archive holds it (a str with its undecodable
