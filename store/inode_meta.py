@@ -21,6 +21,14 @@ def apply_meta(fd: int, meta: Meta) -> None:
         xattrs.write(fd, meta.xattrs)
 
 
+def apply_xattrs(fd: int, meta: Meta) -> None:
+    """Give an open file the tree's xattrs (its owner and mode are right already)."""
+    if meta.xattrs:
+        from . import xattrs  # noqa: PLC0415 - see load_xattrs
+
+        xattrs.write(fd, meta.xattrs)
+
+
 def load_xattrs() -> None:
     """Import what writing xattrs needs (the ``xattr`` package: a C extension and cffi) now:
     commands whose trees have no xattrs do not load it, and a forked worker must not import

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import functools
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,7 +31,7 @@ from .commits import Commit
 from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
 from .ids import RawId
-from .inode_meta import apply_meta
+from .inode_meta import apply_meta, apply_xattrs
 from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
@@ -39,6 +40,7 @@ from .sparse import Piece, SparseWriter, fd_pieces, is_zero
 from .syncfs import syncfs
 from .tree import encode_tree, tree_id
 
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones streamed
 COPY_CHUNK = 1 << 20
 STAGING_PREFIX = "staging-"
@@ -129,6 +131,8 @@ class Transaction:
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
         self._made_dirs: set[str] = set()  # objects/xx made by this transaction (see made_dirs)
+        self._created_as: tuple[int, int] | None = None  # see create_exactly
+        self._check_created = False
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
@@ -180,6 +184,31 @@ class Transaction:
         with contextlib.suppress(OSError):
             os.unlink(staged)
 
+    def create_exactly(self) -> None:
+        """For a worker process that only stages objects: from now on (umask 0) a file whose
+        metadata names the owner this process's new files get is created with its mode, not
+        given owner and mode afterwards (two system calls fewer a file).  Not where new files
+        take a directory's group (a set-group-ID staging directory); a file with set-ID or
+        sticky bits, and the first file, are checked (``_created``)."""
+        if os.stat(self.staging).st_mode & stat.S_ISGID:
+            return
+        os.umask(0)
+        self._created_as = (os.geteuid(), os.getegid())
+        self._check_created = True
+
+    def _created(self, fd: int, meta: Meta) -> None:
+        """Give a file just created with ``meta.mode`` the rest of ``meta``, after checking,
+        when it matters, that the kernel made it as asked (else: as ``apply_meta``, and no
+        more creating exactly)."""
+        if self._check_created or meta.mode & SPECIAL_BITS:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (meta.uid, meta.gid, meta.mode):
+                self._created_as = None
+                apply_meta(fd, meta)
+                return
+            self._check_created = False
+        apply_xattrs(fd, meta)
+
     # -- writing ------------------------------------------------------------
     @_full_disk_named
     def add_file_bytes(self, data: bytes, meta: Meta, checked_digest: RawId | None = None) -> RawId:
@@ -189,13 +218,18 @@ class Transaction:
         digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
+            exact = self._created_as == (meta.uid, meta.gid)
             try:
-                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             meta.mode if exact else 0o600)
             except FileExistsError:
                 return digest  # a worker process is staging the same object
             try:
                 _write_all(fd, data)
-                apply_meta(fd, meta)
+                if exact:
+                    self._created(fd, meta)
+                else:
+                    apply_meta(fd, meta)
             except BaseException:
                 self._unreserve(self._file_rel(digest, meta), staged)
                 raise

@@ -63,6 +63,7 @@ def _serve(tx: Transaction, read_fd: int, write_fd: int, explain: Explain) -> li
     """In the worker: store every batch read from ``read_fd`` until the parent closes it;
     return the objects staged."""
     os.close(write_fd)  # the parent's end, inherited: the pipe must end when the parent closes it
+    tx.create_exactly()  # this process only stages objects: its umask is its own
     with os.fdopen(read_fd, "rb") as batches:
         while header := batches.read(_LENGTH.size):
             (length,) = _LENGTH.unpack(header)

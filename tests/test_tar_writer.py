@@ -20,9 +20,15 @@ from tests.test_commit_limits import small_tmpfs
 pytestmark = pytest.mark.usefixtures("needs_root")
 
 
+# The worker creates a file with its mode (umask 0) when the owner is its own: set-ID, sticky
+# and odd modes included, each must come out as the tree says.
+OWNER = 1000  # every tenth file's owner and group: not the worker's, so given after creating
+MODES = (0o644, 0o755, 0o4755, 0o2711, 0o1644, 0o444, 0o600, 0o000, 0o6777)
+
+
 def _files(count: int, size: int) -> list[tuple[str, bytes, int]]:
     """(name, content, mode): a few duplicates, so that one object is queued twice."""
-    files = [(f"d{i % 7}/f{i}", (b"%d\n" % i) * (size // 4 + i % 5), 0o644 | (i % 2) * 0o111)
+    files = [(f"d{i % 7}/f{i}", (b"%d\n" % i) * (size // 4 + i % 5), MODES[i % len(MODES)])
              for i in range(count)]
     files += [(f"dup/{i}", files[i][1], files[i][2]) for i in range(5)]
     return files
@@ -31,9 +37,12 @@ def _files(count: int, size: int) -> list[tuple[str, bytes, int]]:
 def _tar(files: list[tuple[str, bytes, int]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data, mode in files:
+        for i, (name, data, mode) in enumerate(files):
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, 1, 0, 0
+            owner = OWNER if i % 10 == 3 else 0
+            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, 1, owner, owner
+            if i % 13 == 5:
+                info.pax_headers = {"SCHILY.xattr.user.test": f"value {i}"}
             archive.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -42,8 +51,10 @@ def _object_files(repo: Repository) -> list[tuple[str, int, int]]:
     found = []
     for directory, _dirs, names in os.walk(repo.layout.objects):
         for name in names:
-            st = os.stat(os.path.join(directory, name))
-            found.append((name, st.st_mode, st.st_size))
+            path = os.path.join(directory, name)
+            st = os.stat(path)
+            found.append((name, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                          sorted((x, os.getxattr(path, x)) for x in os.listxattr(path))))
     return sorted(found)
 
 
@@ -54,18 +65,22 @@ def test_the_worker_stores_what_a_directory_commit_stores(tmp_path, count):
     directory."""
     files = _files(count, 3000)
     src = tmp_path / "src"
-    for name, data, mode in files:
+    for i, (name, data, mode) in enumerate(files):
         path = src / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        path.chmod(mode)
+        owner = OWNER if i % 10 == 3 else 0
+        os.chown(path, owner, owner)
+        path.chmod(mode)  # after chown, which clears set-ID bits
+        if i % 13 == 5:
+            os.setxattr(path, "user.test", f"value {i}".encode())
     for directory in [src, *[p for p in src.rglob("*") if p.is_dir()]]:
         directory.chmod(0o755)
     os.chown(src, 0, 0)
 
     from_tar = Repository.init(str(tmp_path / "tar"))
     with from_tar.writing() as tx:
-        result = read_tar(tx, io.BytesIO(_tar(files)), TarSourceOptions(owner=(0, 0)))
+        result = read_tar(tx, io.BytesIO(_tar(files)), TarSourceOptions())
         tx.publish()
     from_dir = Repository.init(str(tmp_path / "dir"))
     with from_dir.writing() as tx:
