@@ -4,8 +4,6 @@ Names (paths, symlink targets) in human output are shown with ``store.names.show
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
 import time
 from typing import Any
@@ -27,10 +25,14 @@ def json_path(path: bytes) -> dict[str, str]:
     try:
         return {"path": path.decode("utf-8")}
     except UnicodeDecodeError:
+        import base64  # noqa: PLC0415 - imported when used: start-up time counts on every command
+
         return {"path": show(path), "path_base64": base64.b64encode(path).decode()}
 
 
 def print_json(value: Any) -> None:
+    import json  # noqa: PLC0415 - imported when used: start-up time counts on every command
+
     json.dump(_valid_unicode(value), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
 

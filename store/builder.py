@@ -13,7 +13,6 @@ builder's ``implied_meta`` unless the source lists them later.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from .errors import SourceError
 from .ids import RawId
@@ -23,13 +22,22 @@ from .storable import check_storable_meta, check_target
 from .transaction import Transaction
 
 
-@dataclass
 class DirNode:
     """A directory: its metadata and its children (leaf entries or directories) by name."""
 
-    meta: Meta
-    children: dict[bytes, Entry | DirNode] = field(default_factory=dict)
-    listed: bool = True  # False while the directory is only implied by a path below it
+    __slots__ = ("meta", "children", "listed")
+
+    def __init__(self, meta: Meta, children: dict[bytes, Entry | DirNode] | None = None,
+                 listed: bool = True) -> None:
+        self.meta = meta
+        self.children: dict[bytes, Entry | DirNode] = {} if children is None else children
+        self.listed = listed  # False while the directory is only implied by a path below it
+
+
+def _check_name(name: bytes, where: str) -> None:
+    problem = check_name(name)
+    if problem:
+        raise SourceError(f"bad name {show(name)}: {problem}", path=where)
 
 
 class TreeBuilder:
@@ -38,6 +46,14 @@ class TreeBuilder:
     def __init__(self, root_meta: Meta, implied_meta: Meta) -> None:
         self.root = DirNode(root_meta, listed=False)
         self.implied_meta = implied_meta
+        self._checked: set[tuple[Meta, Kind]] = set()  # metadata found storable, by kind
+
+    def _check_meta(self, meta: Meta, where: str, kind: Kind) -> None:
+        """``check_storable_meta``, once per distinct metadata and kind (most entries of a
+        tree share a few)."""
+        if (meta, kind) not in self._checked:
+            check_storable_meta(meta, where, kind)
+            self._checked.add((meta, kind))
 
     def set_root_meta(self, meta: Meta, where: str) -> None:
         if self.root.listed:
@@ -46,11 +62,17 @@ class TreeBuilder:
         self.root.listed = True
 
     def _parent(self, parts: Sequence[bytes], where: str) -> DirNode:
-        """The directory holding ``parts[-1]``, creating implied directories on the way."""
+        """The directory holding ``parts[-1]``, creating implied directories on the way.  Every
+        name is checked (``model.check_name``): the last one here, those of directories as
+        they are made (a name already in the tree was checked when it entered)."""
+        if not parts:
+            raise SourceError("empty path", path=where)
+        _check_name(parts[-1], where)
         node = self.root
         for depth, name in enumerate(parts[:-1]):
             child = node.children.get(name)
             if child is None:
+                _check_name(name, where)
                 child = node.children[name] = DirNode(self.implied_meta, listed=False)
             elif not isinstance(child, DirNode):
                 above = show(b"/".join(parts[:depth + 1]))
@@ -59,21 +81,12 @@ class TreeBuilder:
             node = child
         return node
 
-    def _check_names(self, parts: Sequence[bytes], where: str) -> None:
-        if not parts:
-            raise SourceError("empty path", path=where)
-        for name in parts:
-            problem = check_name(name)
-            if problem:
-                raise SourceError(f"bad name {show(name)}: {problem}", path=where)
-
     def add_leaf(self, parts: Sequence[bytes], entry: Entry, where: str) -> None:
         """Add a file or symlink; ``entry.name`` is replaced by ``parts[-1]``."""
-        self._check_names(parts, where)
-        check_storable_meta(entry.meta, where, entry.kind)
+        parent = self._parent(parts, where)
+        self._check_meta(entry.meta, where, entry.kind)
         if entry.kind is Kind.SYMLINK:
             check_target(entry.target, where)
-        parent = self._parent(parts, where)
         existing = parent.children.get(parts[-1])
         if isinstance(existing, DirNode) and not existing.listed:
             raise SourceError(f"is a directory of paths given before it, not a "
@@ -86,9 +99,8 @@ class TreeBuilder:
 
     def add_dir(self, parts: Sequence[bytes], meta: Meta, where: str) -> None:
         """Add a directory, or give its metadata to one implied so far."""
-        self._check_names(parts, where)
-        check_storable_meta(meta, where, Kind.DIR)
         parent = self._parent(parts, where)
+        self._check_meta(meta, where, Kind.DIR)
         existing = parent.children.get(parts[-1])
         if existing is None:
             parent.children[parts[-1]] = DirNode(meta)
@@ -101,7 +113,6 @@ class TreeBuilder:
 
     def add_parents(self, parts: Sequence[bytes], where: str) -> None:
         """Imply the directories above a path that is left out (a skipped device, say)."""
-        self._check_names(parts, where)
         self._parent(parts, where)
 
     def get(self, parts: Sequence[bytes]) -> Entry | DirNode | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
 
 from .codec import U16, Reader, pack_bytes32, read_text32
 from .ids import RawId
 from .model import Meta, decode_meta
+from .record import Frozen
 
 MAGIC = b"STCM"
 VERSION = 1
@@ -31,16 +31,25 @@ _HEADER = struct.Struct("<4sH32s")
 _PARENT_TIME = struct.Struct("<B32sq")
 
 
-@dataclass(frozen=True)
-class Commit:
+class Commit(Frozen):
+    __slots__ = ("root_tree", "root_meta", "timestamp", "parent", "subject", "body", "version",
+                 "metadata")
+    _fields = __slots__
     root_tree: RawId
     root_meta: Meta
     timestamp: int
-    parent: RawId | None = None
-    subject: str = ""
-    body: str = ""
-    version: str = ""
-    metadata: tuple[tuple[str, str], ...] = field(default=())
+    parent: RawId | None
+    subject: str
+    body: str
+    version: str
+    metadata: tuple[tuple[str, str], ...]
+
+    def __init__(self, root_tree: RawId, root_meta: Meta, timestamp: int,
+                 parent: RawId | None = None, subject: str = "", body: str = "",
+                 version: str = "", metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        for name, value in zip(self._fields, (root_tree, root_meta, timestamp, parent, subject,
+                                              body, version, metadata), strict=True):
+            object.__setattr__(self, name, value)
 
     def encode(self) -> bytes:
         parts = [_HEADER.pack(MAGIC, VERSION, self.root_tree), self.root_meta.encode(),

@@ -28,10 +28,7 @@ import queue
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
-
-import zstandard
 
 from .errors import Name, SourceError
 
@@ -106,6 +103,8 @@ class _Zstd:
     makes 128 KiB; python-zstandard's decoder has no bound on the output of one call)."""
 
     def __init__(self) -> None:
+        import zstandard  # noqa: PLC0415 - imported by Decompressed, before any thread starts
+
         self.decoder = zstandard.ZstdDecompressor().decompressobj()
         self.waiting = b""  # input not given to the decoder yet
         self.framing = ZstdFraming()
@@ -182,12 +181,15 @@ def _is_zstd_frame(head: bytes) -> bool:
     return len(head) >= 4 and ZSTD_SKIPPABLE[0] <= number <= ZSTD_SKIPPABLE[1]
 
 
-@dataclass(frozen=True)
 class _Format:
-    decoder: Callable[[], _Decoder]
-    starts_member: Callable[[bytes], bool]  # whether bytes begin a member, stream or frame
-    magic_size: int  # how many bytes starts_member needs
-    zero_padding: bool  # whether zero bytes may follow a member
+    __slots__ = ("decoder", "starts_member", "magic_size", "zero_padding")
+
+    def __init__(self, decoder: Callable[[], _Decoder], starts_member: Callable[[bytes], bool],
+                 magic_size: int, zero_padding: bool) -> None:
+        self.decoder = decoder
+        self.starts_member = starts_member  # whether bytes begin a member, stream or frame
+        self.magic_size = magic_size  # how many bytes starts_member needs
+        self.zero_padding = zero_padding  # whether zero bytes may follow a member
 
 
 _FORMATS = {
@@ -195,7 +197,6 @@ _FORMATS = {
     "xz": _Format(_Xz, lambda head: head.startswith(XZ_MAGIC), len(XZ_MAGIC), True),
     "zstd": _Format(_Zstd, _is_zstd_frame, len(ZSTD_MAGIC), False),
 }
-_ERRORS = (zlib.error, lzma.LZMAError, zstandard.ZstdError)
 
 
 class ChunkReader:
@@ -239,6 +240,11 @@ class Decompressed(ChunkReader):
         self.compression = compression
         self.label = label
         self.format = _FORMATS[compression]
+        self.errors: tuple[type[Exception], ...] = (zlib.error, lzma.LZMAError)
+        if compression == "zstd":
+            import zstandard  # noqa: PLC0415 - for zstd input only: start-up time counts
+
+            self.errors += (zstandard.ZstdError,)
         self.decoder: _Decoder | None = None
         self.pending = b""  # input read but not yet given to a decoder
         self.members = 0
@@ -296,7 +302,7 @@ class Decompressed(ChunkReader):
                                          f"{'frame' if self.compression == 'zstd' else 'stream'}"
                                          f" (truncated)")
                     out = decoder.step(data)
-            except _ERRORS as err:
+            except self.errors as err:
                 raise self._fail(str(err)) from err
             if decoder.done():
                 self.pending = decoder.unused() + self.pending

@@ -29,17 +29,18 @@ import queue
 import struct
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator
 from typing import TYPE_CHECKING, BinaryIO
 
 from .commits import Commit
 from .errors import ObjectCorrupt, ObjectMissing, SourceError
 from .fsverity import READ_CHUNK, VerityHasher, digest_bytes
-from .ids import to_hex
+from .ids import RawId, to_hex
 from .model import Entry, Kind, Meta
 from .names import show
 from .objects import ObjectStore
+from .readahead import read_ahead
+from .record import Mutable
 from .sparse import EXPORT_HOLE_MIN, zero_runs
 from .walk import walk
 
@@ -64,20 +65,25 @@ _CHECKSUM_SIZE = 8
 REG, DIR, SYMLINK, PAX = b"0", b"5", b"2", b"x"
 FLUSH_FRAME = 1  # zstandard.FLUSH_FRAME (the module is imported only for --zstd)
 FLUSH_AT = 1 << 20  # the archive is written to the output in pieces of about this size
+OUTPUT_QUEUE = 4  # pieces made and not yet written, at most
 AHEAD_FILES = 128  # how many files ahead of the writing their objects are opened and read
 AHEAD_BATCH = 16  # files opened by one prefetch task
 PREFETCH_THREADS = 4
 SPARSE_DIR = b"GNUSparseFile.0/"  # the header name of a sparse member: this, then its base name
 
 
-@dataclass
-class ExportStats:
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    content_bytes: int = 0  # file content exported
-    archive_bytes: int = 0  # bytes written to the output (after compression)
-    sha256: str = ""  # of the output
+class ExportStats(Mutable):
+    __slots__ = ("files", "dirs", "symlinks", "content_bytes", "archive_bytes", "sha256")
+    _fields = __slots__
+
+    def __init__(self, files: int = 0, dirs: int = 0, symlinks: int = 0, content_bytes: int = 0,
+                 archive_bytes: int = 0, sha256: str = "") -> None:
+        self.files = files
+        self.dirs = dirs
+        self.symlinks = symlinks
+        self.content_bytes = content_bytes  # file content exported
+        self.archive_bytes = archive_bytes  # bytes written to the output (after compression)
+        self.sha256 = sha256  # of the output
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -114,18 +120,54 @@ def _is_utf8(data: bytes) -> bool:
 
 
 class _Output:
-    """Counts and hashes what reaches the output."""
+    """Counts and hashes what reaches the output.  Each piece is hashed and written on a thread
+    of its own (hashing and writing let Python's other threads run), in order, while the
+    next piece is made; at most OUTPUT_QUEUE pieces wait.  A piece handed over is not
+    changed afterwards (TarWriter gives away its buffer; a view is copied).  ``close()``
+    waits for the last piece and raises the first error of a write."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.pieces: queue.Queue[bytes | bytearray | None] = queue.Queue(OUTPUT_QUEUE)
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.sha256.update(data)
+        if self.error is not None:
+            raise self.error
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="export-output", daemon=True)
+            self.thread.start()
+        self.pieces.put(bytes(data) if isinstance(data, memoryview) else data)
         self.size += len(data)
-        self.out.write(data)
         return len(data)
+
+    def _run(self) -> None:
+        while (data := self.pieces.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sha256.update(data)
+                    self.out.write(data)
+                except BaseException as err:  # noqa: BLE001 - raised by write() or close()
+                    self.error = err
+
+    def close(self, *, failed: bool = False) -> None:
+        """Wait until every piece is written; raise the first error (not when the caller
+        ``failed`` already: its error is the one to report)."""
+        if self.thread is not None:
+            if failed:
+                self.error = self.error or _Stopped()  # what is still queued is not written
+            self.pieces.put(None)
+            self.thread.join()
+            self.thread = None
+        if self.error is not None and not failed:
+            raise self.error
+
+
+class _Stopped(Exception):
+    """The export failed: the output thread writes no more."""
 
 
 class TarWriter:
@@ -144,8 +186,8 @@ class TarWriter:
             self.flush()
 
     def flush(self) -> None:
-        self.out.write(self.buffer)
-        self.buffer = bytearray()
+        buffer, self.buffer = self.buffer, bytearray()  # given away: never changed after
+        self.out.write(buffer)
 
     def _pad(self) -> None:
         if self.written % BLOCK:
@@ -364,7 +406,36 @@ class _Opened:
         return self.fds
 
 
-def _prefetcher(tasks: queue.SimpleQueue[_Opened | None]) -> None:
+class _TreesAhead:
+    """One prefetch task: trees the walk reaches later, asked of the kernel
+    (``store.readahead``), so that on a cold cache the walk does not wait for each."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def run(self) -> None:
+        for path in self.paths:
+            read_ahead(path)
+
+
+class _Prefetching(ObjectStore):
+    """The object store as the export's walk reads it: when a tree is read, the trees of its
+    directories are handed to the prefetch threads."""
+
+    def __init__(self, objects: ObjectStore, tasks: queue.SimpleQueue[_Opened | _TreesAhead | None]
+                 ) -> None:
+        super().__init__(objects.root)
+        self.tasks = tasks
+
+    def read_tree(self, raw: RawId) -> list[Entry]:
+        entries = super().read_tree(raw)
+        paths = [self.path("tree", entry.tree) for entry in entries if entry.kind is Kind.DIR]
+        if paths:
+            self.tasks.put(_TreesAhead(paths))
+        return entries
+
+
+def _prefetcher(tasks: queue.SimpleQueue[_Opened | _TreesAhead | None]) -> None:
     while (task := tasks.get()) is not None:
         task.run()
 
@@ -372,18 +443,19 @@ def _prefetcher(tasks: queue.SimpleQueue[_Opened | None]) -> None:
 _Pending = tuple[bytes, Entry, _Opened | None, int]  # with its batch and index in it, or -1
 
 
-def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
-           ) -> Generator[Walked, None, None]:
+def _ahead(objects: ObjectStore, tree: RawId) -> Generator[Walked, None, None]:
     """The walk, run ahead of the writing: the objects of the next AHEAD_FILES files are opened,
     and the kernel asked to read them, by PREFETCH_THREADS threads (AHEAD_BATCH files a task),
     so that on a cold cache the disk has many reads queued, directory and inode lookups
-    included, while one file is hashed and written.  The receiver closes each fd it is given;
-    those not given yet are closed here."""
+    included, while one file is hashed and written; and each tree read, the trees below it
+    (``_Prefetching``).  The receiver closes each fd it is given; those not given yet are
+    closed here."""
     pending: deque[_Pending] = deque()  # in walk order, each with its batch's task
     current: list[tuple[bytes, Entry, int]] = []  # walked since the last batch was submitted
     paths: list[str] = []  # the objects of the files among ``current``
     files_pending = 0
-    tasks: queue.SimpleQueue[_Opened | None] = queue.SimpleQueue()
+    tasks: queue.SimpleQueue[_Opened | _TreesAhead | None] = queue.SimpleQueue()
+    items = walk(_Prefetching(objects, tasks), tree)
     threads = [threading.Thread(target=_prefetcher, args=(tasks,), name="export-prefetch",
                                 daemon=True) for _ in range(PREFETCH_THREADS)]
 
@@ -432,25 +504,12 @@ def _ahead(objects: ObjectStore, items: Iterator[tuple[bytes, Entry]]
                     os.close(fd)
 
 
-def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
-               ) -> ExportStats:
-    """Write ``commit``'s tree to ``out`` as a deterministic tar (zstd-compressed at
-    ``zstd_level`` when given); return counts and the SHA-256 of the bytes written."""
-    stats = ExportStats()
-    output = _Output(out)
-    compressor = None
-    sink: _Output | zstandard.ZstdCompressionWriter = output
-    if zstd_level is not None:
-        import zstandard  # noqa: PLC0415 - see the top of the module
-        # Single-threaded, no content size (a stream), checksum on: a pure function of
-        # the tar bytes and the level, for one libzstd version.
-        params = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True, write_content_size=False,
-                                          write_dict_id=False, threads=0)
-        compressor = sink = params.stream_writer(output, closefd=False)  # type: ignore[arg-type]
-    writer = TarWriter(sink, commit.timestamp)
+def _write_tree(objects: ObjectStore, commit: Commit, writer: TarWriter, stats: ExportStats
+                ) -> None:
+    """Every member of ``commit``'s tree, then the end of the archive."""
     writer.member(b".", Kind.DIR, commit.root_meta)
     stats.dirs += 1
-    with contextlib.closing(_ahead(objects, walk(objects, commit.root_tree))) as walked:
+    with contextlib.closing(_ahead(objects, commit.root_tree)) as walked:
         for path, entry, fd in walked:
             if entry.kind is Kind.FILE:
                 try:
@@ -467,8 +526,32 @@ def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_leve
                 writer.member(path, Kind.SYMLINK, entry.meta, target=entry.target)
                 stats.symlinks += 1
     writer.finish()
-    if compressor is not None:
-        compressor.flush(FLUSH_FRAME)
+
+
+def export_tar(objects: ObjectStore, commit: Commit, out: BinaryIO, *, zstd_level: int | None = None
+               ) -> ExportStats:
+    """Write ``commit``'s tree to ``out`` as a deterministic tar (zstd-compressed at
+    ``zstd_level`` when given); return counts and the SHA-256 of the bytes written."""
+    stats = ExportStats()
+    output = _Output(out)
+    compressor = None
+    sink: _Output | zstandard.ZstdCompressionWriter = output
+    if zstd_level is not None:
+        import zstandard  # noqa: PLC0415 - see the top of the module
+        # Single-threaded, no content size (a stream), checksum on: a pure function of
+        # the tar bytes and the level, for one libzstd version.
+        params = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True, write_content_size=False,
+                                          write_dict_id=False, threads=0)
+        compressor = sink = params.stream_writer(output, closefd=False)  # type: ignore[arg-type]
+    writer = TarWriter(sink, commit.timestamp)
+    try:
+        _write_tree(objects, commit, writer, stats)
+        if compressor is not None:
+            compressor.flush(FLUSH_FRAME)
+    except BaseException:
+        output.close(failed=True)
+        raise
+    output.close()
     out.flush()
     stats.archive_bytes = output.size
     stats.sha256 = output.sha256.hexdigest()

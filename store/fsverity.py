@@ -16,9 +16,9 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .errors import SealtreeError, UsageError
+from .record import Frozen
 from .sparse import fd_pieces, has_holes
 
 # Descriptor (little-endian): version, hash_algorithm, log2(block size),
@@ -41,12 +41,18 @@ def _hash_blocks(hash_block: Callable[[bytes | memoryview], bytes], view: memory
     return b"".join([hash_block(view[o:o + block_size]) for o in range(0, len(view), block_size)])
 
 
-@dataclass(frozen=True)
-class Algorithm:
+class Algorithm(Frozen):
+    __slots__ = ("name", "number", "digest_size", "hash_block_size")
+    _fields = __slots__
     name: str
     number: int  # FS_VERITY_HASH_ALG_*
     digest_size: int
     hash_block_size: int  # what a salt is padded to
+
+    def __init__(self, name: str, number: int, digest_size: int, hash_block_size: int) -> None:
+        for field, value in zip(self._fields, (name, number, digest_size, hash_block_size),
+                                strict=True):
+            object.__setattr__(self, field, value)
 
 
 SHA256 = Algorithm("sha256", 1, 32, 64)
@@ -55,16 +61,24 @@ ALGORITHMS = {a.name: a for a in (SHA256, SHA512)}
 BY_NUMBER = {a.number: a for a in (SHA256, SHA512)}
 
 
-@dataclass(frozen=True)
-class VerityParams:
+class VerityParams(Frozen):
     """The parameters of a digest; the default is sealtree's (sha256, 4 KiB, no salt).
     Parameters the kernel would refuse are a UsageError."""
 
-    algorithm: Algorithm = SHA256
-    block_size: int = 4096
-    salt: bytes = b""
+    __slots__ = ("algorithm", "block_size", "salt")
+    _fields = __slots__
+    algorithm: Algorithm
+    block_size: int
+    salt: bytes
 
-    def __post_init__(self) -> None:
+    def __init__(self, algorithm: Algorithm = SHA256, block_size: int = 4096, salt: bytes = b""
+                 ) -> None:
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "block_size", block_size)
+        object.__setattr__(self, "salt", salt)
+        self._check()
+
+    def _check(self) -> None:
         bs = self.block_size
         if bs & (bs - 1) or bs < 2 * self.algorithm.digest_size or bs > 65536:
             raise UsageError(f"fs-verity block size must be a power of two in "

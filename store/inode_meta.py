@@ -20,6 +20,12 @@ def apply_meta(fd: int, meta: Meta) -> None:
         xattrs.write(fd, meta.xattrs)
 
 
+def apply_xattrs(fd: int, meta: Meta) -> None:
+    """Give an open file the tree's xattrs (its owner and mode are right already)."""
+    if meta.xattrs:
+        xattrs.write(fd, meta.xattrs)
+
+
 def apply_meta_path(path: str | bytes, meta: Meta, *, symlink: bool = False) -> None:
     """Set a path's owner, mode (not for symlinks) and xattrs, never following a symlink."""
     os.chown(path, meta.uid, meta.gid, follow_symlinks=False)

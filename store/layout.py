@@ -16,7 +16,8 @@ Other layers add their files under the directories named here and nowhere else.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from .record import Frozen
 
 CONFIG = "config"
 LOCK = "lock"
@@ -32,11 +33,15 @@ DEPLOY = "deploy"
 CREATED = (OBJECTS, REFS_HEADS, TMP)
 
 
-@dataclass(frozen=True)
-class RepoLayout:
+class RepoLayout(Frozen):
     """The absolute paths of one repository's parts."""
 
+    __slots__ = ("root",)
+    _fields = __slots__
     root: str
+
+    def __init__(self, root: str) -> None:
+        object.__setattr__(self, "root", root)
 
     @property
     def config(self) -> str:

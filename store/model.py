@@ -18,11 +18,11 @@ import enum
 import hashlib
 import stat
 import struct
-from dataclasses import dataclass
 
 from .codec import Reader
 from .ids import RawId
 from .names import show
+from .record import Frozen
 
 Xattrs = tuple[tuple[bytes, bytes], ...]
 
@@ -44,14 +44,25 @@ class Kind(enum.IntEnum):
         return {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}[self]
 
 
-@dataclass(frozen=True, slots=True)
-class Meta:
+class Meta(Frozen):
     """Inode metadata that a tree records: permission bits, owner, xattrs (sorted)."""
 
+    __slots__ = ("mode", "uid", "gid", "xattrs")
+    _fields = __slots__
     mode: int
     uid: int
     gid: int
-    xattrs: Xattrs = ()
+    xattrs: Xattrs
+
+    def __init__(self, mode: int, uid: int, gid: int, xattrs: Xattrs = ()) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "mode", mode)
+        setattr_(self, "uid", uid)
+        setattr_(self, "gid", gid)
+        setattr_(self, "xattrs", xattrs)
+
+    def __hash__(self) -> int:  # a dict key of every object write: kept cheap
+        return hash((self.mode, self.uid, self.gid, self.xattrs))
 
     def encode(self) -> bytes:
         out = [_META.pack(self.mode, self.uid, self.gid, len(self.xattrs))]
@@ -64,18 +75,33 @@ class Meta:
         return hashlib.sha256(self.encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+_NO_ID = RawId(b"")
+
+
+class Entry(Frozen):
     """One name in a directory.  ``digest``/``size`` for files, ``tree`` for
     directories, ``target`` for symlinks; the others are empty."""
 
+    __slots__ = ("name", "kind", "meta", "size", "digest", "tree", "target")
+    _fields = __slots__
     name: bytes
     kind: Kind
     meta: Meta
-    size: int = 0
-    digest: RawId = RawId(b"")
-    tree: RawId = RawId(b"")
-    target: bytes = b""
+    size: int
+    digest: RawId
+    tree: RawId
+    target: bytes
+
+    def __init__(self, name: bytes, kind: Kind, meta: Meta, size: int = 0,
+                 digest: RawId = _NO_ID, tree: RawId = _NO_ID, target: bytes = b"") -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "kind", kind)
+        setattr_(self, "meta", meta)
+        setattr_(self, "size", size)
+        setattr_(self, "digest", digest)
+        setattr_(self, "tree", tree)
+        setattr_(self, "target", target)
 
 
 # mode, uid, gid, xattr_count

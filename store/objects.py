@@ -15,26 +15,31 @@ import hmac
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from .commits import Commit, decode_commit
 from .errors import FormatError, ObjectCorrupt, ObjectMissing
 from .ids import HexId, RawId, to_hex
 from .model import Entry, Meta
+from .record import Frozen
 from .tree import decode_tree
 
 MAX_META_OBJECT = 64 << 20
 _NAME = re.compile(r"([0-9a-f]{62})\.(?:([0-9a-f]{64})\.file|tree|commit)")
 
 
-@dataclass(frozen=True)
-class StoredObject:
+class StoredObject(Frozen):
     """An object file found on disk by ``iter_objects``."""
 
+    __slots__ = ("path", "kind", "id", "meta_key")
+    _fields = __slots__
     path: str
     kind: str  # "file", "tree" or "commit"
     id: HexId
-    meta_key: str = ""
+    meta_key: str
+
+    def __init__(self, path: str, kind: str, id: HexId, meta_key: str = "") -> None:  # noqa: A002
+        for name, value in zip(self._fields, (path, kind, id, meta_key), strict=True):
+            object.__setattr__(self, name, value)
 
 
 def relative_path(kind: str, raw: RawId, meta: Meta | None = None) -> str:
@@ -43,6 +48,19 @@ def relative_path(kind: str, raw: RawId, meta: Meta | None = None) -> str:
         assert meta is not None
         return f"{h[:2]}/{h[2:]}.{meta.object_key()}.file"
     return f"{h[:2]}/{h[2:]}.{kind}"
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    """The file's bytes from its offset, at most ``limit``: one read of the size fstat gives
+    (a read asked for ``limit`` bytes would allocate that much first), more if it grew."""
+    want = min(os.fstat(fd).st_size + 1, limit)
+    chunks = [os.read(fd, want)]
+    got = len(chunks[0])
+    while got < limit and len(chunks[-1]) == want:
+        want = min(1 << 20, limit - got)
+        chunks.append(os.read(fd, want))
+        got += len(chunks[-1])
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class ObjectStore:
@@ -67,11 +85,14 @@ class ObjectStore:
         """The bytes of a tree or commit object, after checking they hash to ``raw``."""
         path = self.path(kind, raw)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_META_OBJECT + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectMissing(f"{kind} {to_hex(raw)} is missing", object_id=to_hex(raw),
                                 path=path) from None
+        try:
+            data = _read_upto(fd, MAX_META_OBJECT + 1)
+        finally:
+            os.close(fd)
         got = hashlib.sha256(data).digest()
         if not hmac.compare_digest(got, raw):
             raise ObjectCorrupt(f"{kind} {to_hex(raw)} is corrupt: its bytes hash to {got.hex()}",

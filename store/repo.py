@@ -20,7 +20,7 @@ from .lock import flock
 from .objects import ObjectStore
 from .refs import Refs
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported by writing(): commands that only read start faster without it
     from .transaction import Transaction
 
 FORMAT_VERSION = 1

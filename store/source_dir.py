@@ -236,7 +236,7 @@ class _FileStore:
         self.workers = []
         results: dict[int, Stored] = {}
         for share, (stored, staged) in zip(self.shares, done, strict=True):
-            self.tx.adopt(staged)
+            self.tx.adopt(staged, flat=True)
             results.update(zip(share, stored, strict=True))
         return [results[job] for job in range(self.count)]
 

@@ -37,8 +37,6 @@ spells it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import hashlib
 import re
@@ -46,20 +44,21 @@ import tarfile
 import tarfile as tarfile_module
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, cast
-from urllib.parse import unquote_to_bytes
 
 from .builder import TreeBuilder
 from .decompress import Decompressed, Readable, ReadAhead, compression_of
 from .errors import Name, SourceError, SpecialFile
+from .fsverity import digest_bytes
 from .ids import RawId
-from .model import PERMISSION_BITS, Entry, Kind, Meta
+from .model import PERMISSION_BITS, Entry, Kind, Meta, Xattrs
 from .names import show
+from .record import Mutable
 from .sparse import Piece
 from .storable import check_storable_meta, sorted_xattrs
 from .tar_numbers import MAX_SIZE, PAX_SPARSE_MAP, check_header, check_pax, header_number
 from .transaction import COPY_CHUNK, IN_MEMORY_MAX, Transaction, store_reader
+from .write_behind import WriteBehind
 
 Progress = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -80,28 +79,41 @@ RHT_SELINUX = "RHT.security.selinux"
 XATTR_REFUSALS = (errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL, errno.E2BIG, errno.ERANGE)
 
 
-@dataclass
-class TarSourceOptions:
-    owner: tuple[int, int] | None = None  # None: the members' own numeric uid/gid
-    skip_special: bool = False
-    progress: Progress | None = None
-    progress_every: int = 500
-    label: Name = "tar stream"  # the input, as messages name it (a file name, raw)
-    # Limits for untrusted input, in bytes (None: none), checked against each member's
-    # header before its data is read: the largest regular file, and all of them together.
-    max_file_size: int | None = None
-    max_total_size: int | None = None
+class TarSourceOptions(Mutable):
+    __slots__ = ("owner", "skip_special", "progress", "progress_every", "label",
+                 "max_file_size", "max_total_size")
+    _fields = __slots__
+
+    def __init__(self, owner: tuple[int, int] | None = None, skip_special: bool = False,
+                 progress: Progress | None = None, progress_every: int = 500,
+                 label: Name = "tar stream", max_file_size: int | None = None,
+                 max_total_size: int | None = None) -> None:
+        self.owner = owner  # None: the members' own numeric uid/gid
+        self.skip_special = skip_special
+        self.progress = progress
+        self.progress_every = progress_every
+        self.label = label  # the input, as messages name it (a file name, raw)
+        # Limits for untrusted input, in bytes (None: none), checked against each member's
+        # header before its data is read: the largest regular file, and all of them together.
+        self.max_file_size = max_file_size
+        self.max_total_size = max_total_size
 
 
-@dataclass
-class TarSourceResult:
-    tree: RawId
-    root_meta: Meta
-    sha256: str  # of the input exactly as read (compressed), to compare with a published digest
-    compression: str
-    skipped: list[tuple[bytes, str]] = field(default_factory=list)  # (path, why)
-    files: int = 0
-    bytes: int = 0
+class TarSourceResult(Mutable):
+    __slots__ = ("tree", "root_meta", "sha256", "compression", "skipped", "files", "bytes")
+    _fields = __slots__
+    skipped: list[tuple[bytes, str]]  # (path, why)
+
+    def __init__(self, tree: RawId, root_meta: Meta, sha256: str, compression: str,
+                 skipped: list[tuple[bytes, str]] | None = None, files: int = 0,
+                 bytes: int = 0) -> None:  # noqa: A002 - the field's name
+        self.tree = tree
+        self.root_meta = root_meta
+        self.sha256 = sha256  # of the input exactly as read (compressed), to compare with a published digest
+        self.compression = compression
+        self.skipped = [] if skipped is None else skipped
+        self.files = files
+        self.bytes = bytes
 
 
 class _Reads(Protocol):
@@ -292,10 +304,15 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
         if key.startswith(SCHILY_XATTR):
             found[_bytes(key[len(SCHILY_XATTR):])] = _bytes(value)
         elif key.startswith(LIBARCHIVE_XATTR):
+            import base64  # noqa: PLC0415 - rare (libarchive's records); binascii is a C module
+            import binascii  # noqa: PLC0415
+
             try:
                 raw = base64.b64decode(_bytes(value) + b"=" * (-len(value) % 4), validate=True)
             except binascii.Error as err:
                 raise SourceError(f"PAX record {show(key)} is not base64", path=name) from err
+            from urllib.parse import unquote_to_bytes  # noqa: PLC0415 - rare; not a cheap import
+
             fallback[unquote_to_bytes(key[len(LIBARCHIVE_XATTR):])] = raw
         elif key == RHT_SELINUX:
             fallback[b"security.selinux"] = _bytes(value)
@@ -307,9 +324,21 @@ def member_xattrs(info: tarfile.TarInfo, name: Name) -> tuple[tuple[bytes, bytes
     return sorted_xattrs(found.items())
 
 
+def explain_write(err: BaseException, meta: Meta, name: Name) -> BaseException:
+    """The error to raise for ``err``, raised storing member ``name`` with ``meta``: an xattr
+    the filesystem refuses is the member's fault, named; anything else is ``err`` itself."""
+    if not isinstance(err, OSError) or not meta.xattrs or err.errno not in XATTR_REFUSALS:
+        return err
+    xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
+    return SourceError(f"cannot be stored with its metadata (owner {meta.uid}:{meta.gid}, "
+                       f"xattrs {xattrs}): {err.strerror}", path=name)
+
+
 class _TarReader:
-    def __init__(self, tx: Transaction, options: TarSourceOptions) -> None:
+    def __init__(self, tx: Transaction, options: TarSourceOptions, writes: WriteBehind) -> None:
         self.tx = tx
+        self.writes = writes  # small files are stored by its worker while we read on
+        self.metas: dict[tuple[int, int, int, Xattrs], Meta] = {}
         self.options = options
         uid, gid = options.owner or (0, 0)
         implied = Meta(0o755, uid, gid)
@@ -322,7 +351,11 @@ class _TarReader:
     def meta(self, info: tarfile.TarInfo, name: str, mode: int | None = None) -> Meta:
         uid, gid = self.options.owner or (info.uid, info.gid)
         perms = info.mode & PERMISSION_BITS if mode is None else mode
-        return check_storable_meta(Meta(perms, uid, gid, member_xattrs(info, name)), name)
+        key = (perms, uid, gid, member_xattrs(info, name) if info.pax_headers else ())
+        meta = self.metas.get(key)
+        if meta is None:  # checked once, then shared by every member that has it
+            meta = self.metas[key] = check_storable_meta(Meta(*key), name)
+        return meta
 
     def member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         # ``name`` is the member's name as the archive holds it (a str with its undecodable
@@ -378,11 +411,10 @@ class _TarReader:
         try:
             digest, size = self.store(archive, info, meta, name)
         except OSError as err:
-            if not meta.xattrs or err.errno not in XATTR_REFUSALS:
+            explained = explain_write(err, meta, name)
+            if explained is err:
                 raise
-            xattrs = ", ".join(show(xattr) for xattr, _ in meta.xattrs)
-            raise SourceError(f"cannot be stored with its metadata (owner {meta.uid}:"
-                              f"{meta.gid}, xattrs {xattrs}): {err.strerror}", path=name) from err
+            raise explained from err
         self.builder.add_leaf(parts, Entry(b"", Kind.FILE, meta, size=size, digest=digest), name)
         self.files += 1
         self.bytes += size
@@ -400,7 +432,9 @@ class _TarReader:
             if len(data) != info.size:
                 raise SourceError(f"truncated: the stream ends inside member {show(name)} "
                                   f"({len(data)} of its {info.size} bytes)", path=self.options.label)
-            return self.tx.add_file_bytes(data, meta), info.size
+            digest = RawId(digest_bytes(data))
+            self.writes.add(data, meta, digest, name)  # written by a thread while we read on
+            return digest, info.size
         if info.sparse is not None and archive.fileobj is not None:
             room = archive.offset - archive.fileobj.tell()  # to the next header
             return self.tx.add_file_pieces(self.sparse_pieces(archive.fileobj, info, name, room),
@@ -517,19 +551,28 @@ def _read_members(tx: Transaction, tar_source: Readable, options: TarSourceOptio
     """Store every member, check the end of the stream, store the trees."""
     label = options.label
     tar_bytes = _TarBytes(tar_source)
-    reader = _TarReader(tx, options)
+    with WriteBehind(tx, explain_write) as writes:
+        reader = _TarReader(tx, options, writes)
+        offset = _read_archive(reader, tar_bytes, label)
+        _check_end(tar_bytes, offset, label)
+        tree = reader.builder.write(tx)  # while the worker finishes its files
+        writes.finish()
+    return tree, reader.builder.root.meta, reader
+
+
+def _read_archive(reader: _TarReader, tar_bytes: _TarBytes, label: Name) -> int:
+    """Store every member; return the offset of the end of the archive."""
     try:
         with tarfile.open(fileobj=tar_bytes, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
                           errors="surrogateescape", tarinfo=_StrictInfo) as archive:
             while (info := archive.next()) is not None:
                 reader.member(archive, info)
                 del archive.members[:]  # tarfile keeps every header; we need none of them
-            offset = archive.offset
+            offset: int = archive.offset
     except tarfile.TarError as err:
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except ValueError as err:  # tarfile's int() of a number it did not check (GNU sparse maps)
         raise SourceError(f"not a valid tar stream: {err}", path=label) from err
     except SourceError as err:  # a header's numbers (no subject yet): the input's fault
         raise err.located(label) from None  # the same error, naming the input
-    _check_end(tar_bytes, offset, label)
-    return reader.builder.write(tx), reader.builder.root.meta, reader
+    return offset

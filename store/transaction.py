@@ -23,7 +23,7 @@ import contextlib
 import errno
 import functools
 import os
-import tempfile
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +34,7 @@ from .commits import Commit
 from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
 from .ids import RawId
-from .inode_meta import apply_meta
+from .inode_meta import apply_meta, apply_xattrs
 from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
@@ -43,6 +43,7 @@ from .sparse import Piece, SparseWriter, fd_pieces, is_zero
 from .syncfs import syncfs
 from .tree import encode_tree, tree_id
 
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 IN_MEMORY_MAX = 4 << 20  # files up to this size are read whole, larger ones streamed
 COPY_CHUNK = 1 << 20
 STAGING_PREFIX = "staging-"
@@ -122,9 +123,9 @@ class Transaction:
         self.objects_root = layout.objects
         clean_stale_staging(layout.tmp)
         with disk_full_named(self.repo_path):
-            # The creator's PID in the name: between mkdtemp and the lock, a directory with
+            # The creator's PID in the name: between mkdir and the lock, a directory with
             # no lock file is its creator's if that process still runs.
-            self.staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=layout.tmp)
+            self.staging = _make_staging(layout.tmp)
         self._held = contextlib.ExitStack()  # the staging directory's lock, until close()
         try:
             self._held.enter_context(flock(os.path.join(self.staging, STAGING_LOCK), exclusive=True))
@@ -132,6 +133,9 @@ class Transaction:
             remove_tree(self.staging)
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
+        self._made_dirs: set[str] = set()  # objects/xx made by this transaction (see made_dirs)
+        self._created_as: tuple[int, int] | None = None  # see create_exactly
+        self._check_created = False
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
@@ -195,6 +199,31 @@ class Transaction:
         with contextlib.suppress(OSError):
             os.unlink(staged)
 
+    def create_exactly(self) -> None:
+        """For a worker process that only stages objects: from now on (umask 0) a file whose
+        metadata names the owner this process's new files get is created with its mode, not
+        given owner and mode afterwards (two system calls fewer a file).  Not where new files
+        take a directory's group (a set-group-ID staging directory); a file with set-ID or
+        sticky bits, and the first file, are checked (``_created``)."""
+        if os.stat(self.staging).st_mode & stat.S_ISGID:
+            return
+        os.umask(0)
+        self._created_as = (os.geteuid(), os.getegid())
+        self._check_created = True
+
+    def _created(self, fd: int, meta: Meta) -> None:
+        """Give a file just created with ``meta.mode`` the rest of ``meta``, after checking,
+        when it matters, that the kernel made it as asked (else: as ``apply_meta``, and no
+        more creating exactly)."""
+        if self._check_created or meta.mode & SPECIAL_BITS:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (meta.uid, meta.gid, meta.mode):
+                self._created_as = None
+                apply_meta(fd, meta)
+                return
+            self._check_created = False
+        apply_xattrs(fd, meta)
+
     # -- writing ------------------------------------------------------------
     @_full_disk_named
     def add_file_bytes(self, data: bytes, meta: Meta, checked_digest: RawId | None = None) -> RawId:
@@ -204,13 +233,18 @@ class Transaction:
         digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
+            exact = self._created_as == (meta.uid, meta.gid)
             try:
-                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             meta.mode if exact else 0o600)
             except FileExistsError:
                 return digest  # a worker process is staging the same object
             try:
                 _write_all(fd, data)
-                apply_meta(fd, meta)
+                if exact:
+                    self._created(fd, meta)
+                else:
+                    apply_meta(fd, meta)
             except BaseException:
                 self._unreserve(self._file_rel(digest, meta), staged)
                 raise
@@ -302,18 +336,28 @@ class Transaction:
         """The objects this process has staged (relative paths), for ``adopt`` in the parent."""
         return list(self._staged)
 
-    def adopt(self, rels: Sequence[str]) -> None:
+    def adopt(self, rels: Sequence[str], *, flat: bool = False) -> None:
         """Take over objects staged in this transaction's staging directory by a forked worker
         (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
-        subdirectory it made: remote.pull's verified downloads)."""
+        subdirectory it made: remote.pull's verified downloads).  ``flat``: the caller knows
+        they are all at their flat path (a worker's ``staged()``), which is not checked."""
         with self._reserve_lock:
             for rel in rels:
                 if rel in self._staged:
                     continue
-                flat = self._staging_path(rel)
+                flat_path = self._staging_path(rel)
+                if flat:
+                    self._staged[rel] = flat_path
+                    continue
                 nested = os.path.join(self.staging, rel)
-                self._staged[rel] = nested if not os.path.exists(flat) and os.path.exists(nested) \
-                    else flat
+                self._staged[rel] = nested if not os.path.exists(flat_path) \
+                    and os.path.exists(nested) else flat_path
+
+    def made_dirs(self, prefixes: Iterable[str]) -> None:
+        """Record that this transaction made the (empty) directories ``objects/xx`` of
+        ``prefixes`` (a worker made them while objects were staged): ``publish`` renames into
+        them without looking for objects present first."""
+        self._made_dirs.update(prefixes)
 
     def adopt_file(self, path: str, digest: RawId, meta: Meta) -> None:
         """Take over the file at ``path`` as object (``digest``, ``meta``): the caller has
@@ -336,20 +380,56 @@ class Transaction:
         if not self._staged:
             return
         syncfs(self.staging)
-        dirs = set()
+        made: dict[str, bool] = {}  # objects/xx -> whether this publish made it (so it was empty)
         for rel, staged in self._staged.items():
-            final = os.path.join(self.objects_root, rel)
-            directory = os.path.dirname(final)
-            if directory not in dirs:
-                os.makedirs(directory, exist_ok=True)
-                dirs.add(directory)
-            if not os.path.exists(final):
+            final = f"{self.objects_root}/{rel}"
+            prefix = rel[:2]
+            new_dir = made.get(prefix)
+            if new_dir is None:
+                new_dir = made[prefix] = (prefix in self._made_dirs
+                                          or _make_dir(f"{self.objects_root}/{prefix}"))
+            # An object present is kept (writes are idempotent); in a directory made just now
+            # there is none but what another writer may have renamed in meanwhile, which is
+            # complete and the same bytes and metadata.
+            if new_dir or not os.path.exists(final):
                 os.rename(staged, final)
             elif not staged.startswith(self.staging + "/"):  # adopted where it was: not left over
                 os.unlink(staged)
         syncfs(self.objects_root)
         self._staged.clear()
         self._prefix_dirs.clear()
+
+
+def _make_staging(tmp_root: str) -> str:
+    """A new, private staging directory ``staging-PID-RANDOM`` in ``tmp_root`` (as
+    ``tempfile.mkdtemp`` makes one; its import, with ``random``'s, costs start-up time)."""
+    while True:
+        path = f"{tmp_root}/{STAGING_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # 48 random bits: another try is enough
+            continue
+        return path
+
+
+def make_object_dirs(objects_root: str) -> list[str]:
+    """Make every missing ``objects/xx`` directory; return the prefixes made.  On a disk
+    filesystem a directory costs as much as a few object files: a worker makes them while
+    a big transaction stages its objects, rather than ``publish`` at the end."""
+    present = set(os.listdir(objects_root))
+    return [prefix for prefix in (f"{i:02x}" for i in range(256))
+            if prefix not in present and _make_dir(f"{objects_root}/{prefix}")]
+
+
+def _make_dir(path: str) -> bool:
+    """Make directory ``path`` (its parent exists); whether it was made, not already there."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
+    return True
 
 
 def store_reader(tx: Transaction, reader: BinaryIO, size: int, meta: Meta, where: str | bytes

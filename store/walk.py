@@ -8,22 +8,28 @@ Python's recursion limit, depth first, each directory's entries in name order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from .errors import NotInTree
 from .ids import RawId
 from .model import Entry, Kind
 from .objects import ObjectStore
+from .record import Frozen
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(Frozen):
     """One step of a walk: an entry reached (``leave`` False) or, after every entry below a
     directory, that directory left (``leave`` True; for metadata set after the children)."""
 
+    __slots__ = ("path", "entry", "leave")
+    _fields = __slots__
     path: bytes
     entry: Entry
-    leave: bool = False
+    leave: bool
+
+    def __init__(self, path: bytes, entry: Entry, leave: bool = False) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "leave", leave)
 
 
 def steps(objects: ObjectStore, tree: RawId, prefix: bytes = b"") -> Iterator[Step]:

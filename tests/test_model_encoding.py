@@ -7,8 +7,6 @@ distinct encoding (the ``MetaCache``).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,7 +48,7 @@ def test_decoded_entries_reencode_to_the_bytes_read(items):
 
 @given(st.dictionaries(names, st.one_of(files, dirs, links), max_size=10))
 def test_tree_joined_from_encodings_is_the_encoded_tree(by_name):
-    items = [replace(e, name=name) for name, e in sorted(by_name.items())]
+    items = [e.replace(name=name) for name, e in sorted(by_name.items())]
     encoded = encode_tree(items)
     assert join_tree([encode_entry(e) for e in items]) == encoded
     assert decode_tree(encoded) == items

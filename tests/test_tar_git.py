@@ -388,6 +388,25 @@ def test_export_refuses_a_corrupt_object_and_leaves_no_file(tmp_path, repo):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".out.tar")] == []
 
 
+@pytest.mark.usefixtures("needs_root")
+def test_export_to_a_full_filesystem_names_the_output_and_leaves_no_file(tmp_path, repo):
+    """The archive is hashed and written on a thread of its own: its write error still reaches
+    the user, naming the output file, and the temporary file is removed."""
+    from tests.test_commit_limits import small_tmpfs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i}").write_bytes(os.urandom(100 << 10))  # 4 MiB, incompressible
+    commit_dir_lib(repo, str(src), "main")
+    with small_tmpfs(str(tmp_path / "fs"), "1m") as fs:
+        out = os.path.join(fs, "out.tar")
+        proc = cli("export", "main", "-o", out, repo=repo.path, status=1)
+        assert out.encode() in proc.stderr and b"No space left on device" in proc.stderr
+        assert b"Traceback" not in proc.stderr
+        assert os.listdir(fs) == []
+
+
 # -- git ------------------------------------------------------------------------------------
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",

@@ -12,7 +12,7 @@ from store.ids import to_hex
 from store.refs import check_ref_name
 
 from ..output import Progress, human_size, print_json
-from .commit_sources import add_arguments, store_source
+from .commit_sources import add_arguments, read_ahead_source, store_source
 from .common import add_parser, open_repo
 
 
@@ -63,6 +63,7 @@ def _check_texts(args: argparse.Namespace) -> None:
 
 
 def cmd_commit(args: argparse.Namespace) -> None:
+    read_ahead_source(args)
     check_ref_name(args.branch)
     _check_texts(args)
     metadata = list(_metadata(args.metadata))

@@ -55,6 +55,8 @@ def open_repo(args: argparse.Namespace) -> Repository:
 def iso_time(timestamp: int) -> str:
     """``timestamp`` as ``YYYY-MM-DDTHH:MM:SSZ``; as the plain number when no date can show it
     (outside years 1 to 9999: old repositories and hand-edited state files may hold such)."""
+    import datetime  # noqa: PLC0415 - only commands that show dates need it
+
     try:
         import datetime  # noqa: PLC0415 - only where a time is shown
 

@@ -1,0 +1,81 @@
+"""Small value classes without ``dataclasses``: equality, hashing, repr and pickling from a
+list of fields.
+
+The classes every command loads (``Meta``, ``Entry``, ``Commit``, the repository layout,
+the tar source's options) are records rather than dataclasses: importing ``dataclasses``
+(it imports ``inspect``, ``ast``, ``dis``, ``tokenize``) and the code it compiles for
+each class cost about 15 ms of start-up on every command, as much as exporting a
+thousand small files.  A subclass lists its fields in ``_fields`` and writes its own
+``__init__``; a ``Frozen`` record refuses assignment after it (its ``__init__`` sets
+fields with ``object.__setattr__``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """Equality (same class, same fields), repr and pickling by ``_fields``."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _key: ClassVar[Any]  # a function of an instance: the tuple of its fields
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = cls._fields
+        key: Callable[[Any], tuple[Any, ...]]
+        if len(fields) == 1:
+            one = operator.attrgetter(fields[0])
+            key = lambda obj: (one(obj),)  # noqa: E731
+        elif fields:
+            key = operator.attrgetter(*fields)
+        else:
+            key = lambda obj: ()  # noqa: E731
+        cls._key = staticmethod(key)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool(self._key(self) == self._key(other))
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._key(self),
+                                                                        strict=True))
+        return f"{type(self).__qualname__}({values})"
+
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with ``changes`` to some fields (as ``dataclasses.replace``)."""
+        values = dict(zip(self._fields, self._key(self), strict=True))
+        values.update(changes)
+        return type(self)(**values)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, tuple(self._key(self)))  # every __init__ takes the fields in order
+
+
+class Frozen(Record):
+    """A record whose fields cannot be assigned once made; hashable."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self._key(self))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of a {type(self).__name__}")
+
+
+class Mutable(Record):
+    """A record whose fields may change: not hashable (as a dataclass with eq)."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
