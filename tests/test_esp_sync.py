@@ -93,6 +93,15 @@ def esp(tmp_path: Path):  # type: ignore[no-untyped-def]
                               capture_output=True, text=True).stdout == seen
 
 
+def _release_1_on_the_image_esp(site: Site, esp: Path) -> tuple[str, str]:
+    """Release 1 committed and deployed, on an ESP as `image build` writes it: its commit and
+    deployment id."""
+    c1 = site.release(1)
+    dep1 = site.cli("deploy", "os/main", "--keys", site.keys).stdout.split()[-1]
+    _install_image_esp(esp, _dep(site.status()["deployments"][0]), site.kernels[c1])
+    return c1, dep1
+
+
 def _install_image_esp(esp: Path, dep: Deployment, kernel: tuple[bytes, bytes]) -> None:
     """What ``image build`` puts on the ESP for ``dep`` (its own functions), with --append."""
     (esp / "loader" / "entries").mkdir(parents=True)
@@ -142,9 +151,7 @@ def _bootable(site: Site, esp: Path) -> str:
 
 def test_deploy_set_default_rollback_undeploy_keep_the_esp_in_step(tmp_path: Path, esp: Path) -> None:
     site = Site(tmp_path)
-    c1 = site.release(1)
-    dep1 = site.cli("deploy", "os/main", "--keys", site.keys).stdout.split()[-1]
-    _install_image_esp(esp, _dep(site.status()["deployments"][0]), site.kernels[c1])
+    c1, dep1 = _release_1_on_the_image_esp(site, esp)
 
     c2 = site.release(2)
     out = site.cli("deploy", "os/main", "--keys", site.keys, "--esp", str(esp)).stdout
@@ -221,9 +228,7 @@ def _copy_back(source: Path, dest: Path) -> None:
 
 def test_a_sync_killed_at_any_step_leaves_a_bootable_default(tmp_path: Path, esp: Path) -> None:
     site = Site(tmp_path)
-    c1 = site.release(1)
-    dep1 = site.cli("deploy", "os/main", "--keys", site.keys).stdout.split()[-1]
-    _install_image_esp(esp, _dep(site.status()["deployments"][0]), site.kernels[c1])
+    c1, dep1 = _release_1_on_the_image_esp(site, esp)
     c2 = site.release(2)
     dep2 = site.cli("deploy", "os/main", "--keys", site.keys).stdout.split()[-1]
     site.cli("undeploy", dep1)  # the sync must add dep2, switch, and remove dep1's all at once

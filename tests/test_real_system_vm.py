@@ -358,13 +358,7 @@ def boot(world: World, name: str, script: str) -> Boot:
                 log.write(f"{stamp:7.2f} {text}\n")
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=BOOT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            proc.kill()
-            proc.wait()
+        timed_out = guest.wait_or_kill(proc, BOOT_TIMEOUT)
         thread.join(10)
     result = Boot(name, lines, None if timed_out else proc.returncode, time.monotonic() - start, timed_out)
     world.boots.append(result)

@@ -415,13 +415,20 @@ def test_mount_makes_the_etc_of_a_deployment_that_has_none(site):
 
 # -- the boot verifier -------------------------------------------------------------------------------
 
+def _boot_config(sysroot: scenario.Sysroot, root: Path | str, tmp_path: Path, *,
+                 count: bool = False) -> boot_config.BootConfig:
+    """The verifier's configuration for ``sysroot`` mounted at ``root``: the tree mounted at
+    tmp_path/newroot, userspace digests, boots counted only with ``count``."""
+    return boot_config.BootConfig(sysroot=str(root), keys=str(sysroot.keyring),
+                                  freshness=str(sysroot.floor), target=str(tmp_path / "newroot"),
+                                  scratch=str(tmp_path / "scratch"), verify=Policy.USERSPACE,
+                                  count=count)
+
+
 def test_boot_verifier_mounts_the_state_or_nothing_in_live_mode(tmp_path):
     sysroot = scenario.build_sysroot(tmp_path / "vendor")
     target = tmp_path / "newroot"
-    config = boot_config.BootConfig(sysroot=str(sysroot.root), keys=str(sysroot.keyring),
-                                    freshness=str(sysroot.floor), target=str(target),
-                                    scratch=str(tmp_path / "scratch"), verify=Policy.USERSPACE,
-                                    count=False)
+    config = _boot_config(sysroot, sysroot.root, tmp_path)
     layout = DeployLayout(str(sysroot.root) + scenario.REPO_IN_SYSROOT + "/deploy")
     dep = sysroot.deployments["C"]
     said: list[str] = []
@@ -466,10 +473,7 @@ def test_boot_verifier_remounts_a_read_only_sysroot_for_the_state(tmp_path):
     target = tmp_path / "newroot"
     try:
         mounts.mount("none", sysroot.root, "none", mounts.MS_BIND | 0x20 | mounts.MS_RDONLY)
-        config = boot_config.BootConfig(sysroot=str(sysroot.root), keys=str(sysroot.keyring),
-                                        freshness=str(sysroot.floor), target=str(target),
-                                        scratch=str(tmp_path / "scratch"),
-                                        verify=Policy.USERSPACE, count=False)
+        config = _boot_config(sysroot, sysroot.root, tmp_path)
         said: list[str] = []
         try:
             assert boot.run_boot(config, said.append) == boot.EXIT_BOOTED, said
@@ -524,10 +528,7 @@ def test_boot_on_a_read_only_device_mounts_the_state_read_only(tmp_path):
     target = tmp_path / "newroot"
     try:
         mounts.mount(device, mnt, "ext4", mounts.MS_RDONLY)
-        config = boot_config.BootConfig(sysroot=str(mnt), keys=str(sysroot.keyring),
-                                        freshness=str(sysroot.floor), target=str(target),
-                                        scratch=str(tmp_path / "scratch"),
-                                        verify=Policy.USERSPACE, count=False)
+        config = _boot_config(sysroot, mnt, tmp_path)
         said: list[str] = []
         try:
             assert boot.run_boot(config, said.append) == boot.EXIT_BOOTED, said
@@ -539,10 +540,7 @@ def test_boot_on_a_read_only_device_mounts_the_state_read_only(tmp_path):
         finally:
             subprocess.run(["umount", "-R", str(target)], check=False)
         said.clear()
-        counting = boot_config.BootConfig(sysroot=str(mnt), keys=str(sysroot.keyring),
-                                          freshness=str(sysroot.floor), target=str(target),
-                                          scratch=str(tmp_path / "scratch"),
-                                          verify=Policy.USERSPACE)
+        counting = _boot_config(sysroot, mnt, tmp_path, count=True)
         assert boot.run_boot(counting, said.append) == boot.EXIT_REFUSED, said
         assert said[-1].startswith("FAILED:") and "boot counting" in said[-1], said
         assert not os.path.ismount(target)

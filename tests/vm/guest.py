@@ -836,6 +836,17 @@ def boot(
         return run_qemu(cmd, console_log or Path(tmp) / "console.log", timeout)
 
 
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for qemu to exit; after ``timeout`` seconds kill it. Whether it was killed."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True
+    return False
+
+
 def run_qemu(cmd: Sequence[str], log_path: Path, timeout: float) -> BootResult:
     """Run the qemu command ``cmd`` with its console in ``log_path`` until it exits, or kill it
     after ``timeout`` seconds (``timed_out``); the console as a BootResult."""
@@ -843,13 +854,7 @@ def run_qemu(cmd: Sequence[str], log_path: Path, timeout: float) -> BootResult:
     start = time.monotonic()
     with open(os.devnull, "rb") as devnull, log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=subprocess.STDOUT)
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            proc.kill()
-            proc.wait()
+        timed_out = wait_or_kill(proc, timeout)
     seconds = time.monotonic() - start
     console = log_path.read_bytes().decode(errors="replace").replace("\r\n", "\n")
     result = BootResult(console=console, returncode=None if timed_out else proc.returncode,
