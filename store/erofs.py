@@ -257,6 +257,7 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
     if root.kind != DIR:
         raise ImageError("the root of an image is a directory", path=b"/")
     first = _Inode(root, b"/", 1)
+    first.nlink = 2
     order = [first]
     by_id = {id(root): first}
     stack: list[_Inode] = [first]
@@ -267,16 +268,15 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
         parent.names = names
         subdirs: list[_Inode] = []
         for name in names:
+            _check_name(parent.path, name)
             child = entries[name]
             known = by_id.get(id(child))
             if known is not None:
                 if child.kind == DIR:
-                    _check_name(parent.path, name)
                     raise ImageError("a directory is reachable by two names",
                                      path=_join(parent.path, name))
                 known.nlink += 1
                 continue
-            _check_name(parent.path, name)
             inode = _Inode(child, _join(parent.path, name), len(order) + 1)
             by_id[id(child)] = inode
             order.append(inode)
