@@ -89,6 +89,7 @@ NAME_MAX = 255
 SYMLINK_MAX = 4095
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
+SIZE_MAX = (1 << 63) - 1  # the kernel's loff_t
 FEATURE_INCOMPAT_CHUNKED_FILE = 0x4
 NULL_ADDR = b"\xff\xff\xff\xff"  # EROFS_NULL_ADDR as a 4-byte block map entry: a hole
 MAX_CHUNK_BITS = BLOCK_BITS + 31  # EROFS_CHUNK_FORMAT_BLKBITS_MASK: 5 bits above the block
@@ -331,6 +332,8 @@ def _plan(inode: _Inode) -> None:
             raise ImageError("a sparse file has data", path=path)
         if node.size < 0:
             raise ImageError("the size is negative", path=path, value=node.size, limit=0)
+        if node.size > SIZE_MAX:
+            raise ImageError("the size is too large", path=path, value=node.size, limit=SIZE_MAX)
         inode.size = node.size
     inode.extended = (node.uid > U16 or node.gid > U16 or inode.size > U32 or inode.nlink > U16)
     head = (64 if inode.extended else 32) + len(inode.xattr)
@@ -344,6 +347,9 @@ def _plan(inode: _Inode) -> None:
         inode.chunk_bits = bits
         inode.chunks = -(-inode.size >> bits)
         inode.record = head + 4 * inode.chunks
+        if inode.record > BLOCK:  # beyond some 8 PiB: the chunk map would leave the block
+            raise ImageError("the sparse file's chunk map does not fit the inode's block",
+                             path=path, value=inode.record, limit=BLOCK)
         return
     tail = data_len & (BLOCK - 1)
     if tail and head + tail <= BLOCK:

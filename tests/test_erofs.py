@@ -199,7 +199,8 @@ def _sample_tree() -> Node:
             (b"system.posix_acl_default", DEFAULT_ACL), (b"system.posix_acl_access", ACCESS_ACL))),
         b"etc": Node(DIR, 0o755, entries={
             b"sh-again": shared,
-            b"acl": Node(FILE, 0o640, 0, 0, data=b"acl\n", xattrs=((b"system.posix_acl_access", ACCESS_ACL),)),
+            b"acl": Node(FILE, 0o640, 0, 0, data=b"acl\n",
+                         xattrs=((b"system.posix_acl_access", ACCESS_ACL),)),
             b"user": Node(FILE, 0o600, 4294967294, 65536, data=b"",
                           xattrs=((b"user.mime_type", b"text/plain"), (b"user.empty", b""),
                                   (b"trusted.sealtree", b"\0\xff" * 100),
@@ -366,6 +367,8 @@ _twice = Node(DIR, 0o755)
     (_in_root(b"l", Node(SYMLINK, 0o777, data=b"a\0b")), b"/d/l", "NUL"),
     (_in_root(b"f", Node(FILE, 0o644, data=b"x", size=1)), b"/d/f", "sparse file has data"),
     (_in_root(b"f", Node(FILE, 0o644, size=-1)), b"/d/f", "negative"),
+    (_in_root(b"f", Node(FILE, 0o644, size=1 << 63)), b"/d/f", "too large"),
+    (_in_root(b"f", Node(FILE, 0o644, size=(1 << 62) + 1)), b"/d/f", "chunk map"),
     (_in_root(b"f", Node(FILE, 0o644, entries={b"x": _FILE})), b"/d/f", "only a directory"),
     (_in_root(b"s", Node(DIR, 0o755, data=b"x")), b"/d/s", "directory has data"),
     (Node(DIR, 0o755, entries={b"again": _loop}), b"/again/again", "two names"),
@@ -421,7 +424,8 @@ def _trees(draw: st.DrawFn) -> Node:
                         size=draw(st.sampled_from([1, 4096, 70000, 5 * GiB])))
         else:
             size = draw(_sizes)
-            node = Node(FILE, draw(_mode), draw(_owner), draw(_owner), xattrs, data=bytes([size % 251]) * size)
+            node = Node(FILE, draw(_mode), draw(_owner), draw(_owner), xattrs,
+                        data=bytes([size % 251]) * size)
         files.append(node)
         return node
 
