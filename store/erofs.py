@@ -366,6 +366,11 @@ def _plan(inode: _Inode) -> None:
                              path=inode.path, value=inode.record, limit=BLOCK)
         return
     tail = data_len & (BLOCK - 1)
+    if kind == DIR and tail:
+        # A zero byte after a directory's inline tail: the kernel's lookup may compare the
+        # block's last name up to a NUL or the block's end, not the directory's size, so
+        # what follows the tail (the next inode) must not read as more of that name.
+        tail += 1
     if tail and head + tail <= BLOCK:
         inode.layout = FLAT_INLINE
         inode.blocks = data_len >> BLOCK_BITS

@@ -326,6 +326,34 @@ def test_a_stub_read_from_the_image_is_holes(where):
         assert handle.read() == bytes(3 * 4096 + 5)
 
 
+def _inode_at(image: bytes, nid: int) -> tuple[int, int, int]:
+    """(i_format, i_xattr_icount, i_size) of the compact inode ``nid``."""
+    fmt, icount, _mode, _nlink, size = struct.unpack_from("<HHHHI", image, nid * 32)
+    assert fmt & 1 == 0
+    return fmt, icount, size
+
+
+@pytest.mark.parametrize("length", range(1, 70))
+def test_a_directory_tail_is_followed_by_a_zero_byte(length):
+    """The kernel's lookup may read a block's last name up to a NUL or the block's end
+    (not the directory's size): after an inline directory tail comes a zero byte, never the
+    next inode (which starts with a non-zero i_format for an inline file)."""
+    name = b"y" * length
+    image = image_bytes(Node(DIR, 0o755, entries={
+        b"d": Node(DIR, 0o755, entries={name: Node(FILE, 0o644, data=b"inline")})}))
+    root_nid = struct.unpack_from("<H", image, 1024 + 14)[0]
+    fmt, icount, size = _inode_at(image, root_nid)
+    assert fmt >> 1 == erofs.FLAT_INLINE and icount == 0
+    root_dir = image[root_nid * 32 + 32:root_nid * 32 + 32 + size]
+    d_nid = next(nid for nid, off, _t in struct.iter_unpack("<QHBx", root_dir[:36])
+                 if root_dir[off:off + 1] == b"d")
+    fmt, icount, size = _inode_at(image, d_nid)
+    assert fmt >> 1 == erofs.FLAT_INLINE and icount == 0 and size == 36 + 3 + length
+    end = d_nid * 32 + 32 + size
+    assert image[end - length:end] == name
+    assert end % 4096 == 0 or image[end] == 0
+
+
 # -- determinism ---------------------------------------------------------------------------
 
 def _reordered(node: Node, memo: dict[int, Node]) -> Node:
