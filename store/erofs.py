@@ -87,6 +87,7 @@ MAGIC = 0xE0F5E1E2
 META_BLKADDR = 0  # nids count from the image's start; the first inode follows the superblock
 META_START = SUPER_OFFSET + 128  # never nid 0: the kernel's inode number is the nid, and 0 is no inode
 NAME_MAX = 255
+GAP_WINDOW = 16  # how many rests of blocks the placement keeps for later, smaller records
 SYMLINK_MAX = 4095
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -382,17 +383,34 @@ def _plan(inode: _Inode) -> None:
 
 
 def _place(order: list[_Inode]) -> int:
-    """Give each inode its nid (32-byte slots from the metadata area's start): in order,
-    a record never crossing a block boundary unless it is larger than a block.  Returns
-    the metadata area's size in blocks."""
+    """Give each inode its nid (its record's offset / 32), in inode order: a record (at
+    most a block: ``_plan`` sees to it) never crosses a block boundary.  One that does not
+    fit the rest of the current block goes to the first of the last ``GAP_WINDOW`` gaps
+    so left behind (oldest first) that holds it, else to the next block.  Returns the
+    metadata area's size in blocks."""
     pos = META_START
+    gaps: list[list[int]] = []  # [start, end] of the rests of blocks left behind
     for inode in order:
-        record = inode.record
+        size = (inode.record + 31) & ~31
         off = pos & (BLOCK - 1)
-        if off + record > BLOCK and off:
+        if off + size <= BLOCK or not off:
+            inode.nid = pos >> 5
+            pos += size
+            continue
+        for i, gap in enumerate(gaps):
+            if gap[1] - gap[0] >= size:
+                inode.nid = gap[0] >> 5
+                gap[0] += size
+                if gap[0] == gap[1]:
+                    del gaps[i]
+                break
+        else:
+            gaps.append([pos, pos + BLOCK - off])
+            if len(gaps) > GAP_WINDOW:
+                del gaps[0]
             pos += BLOCK - off
-        inode.nid = pos >> 5
-        pos += (record + 31) & ~31
+            inode.nid = pos >> 5
+            pos += size
     return -(-pos >> BLOCK_BITS)
 
 

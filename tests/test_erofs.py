@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.erofs_write import load as load_stub_tree
 from overlay import mounts
 from overlay.metacopy import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value
 from store import erofs
@@ -383,6 +384,20 @@ def test_the_recipe_is_pinned():
     assert hashlib.sha256(image_bytes(_sample_tree())).hexdigest() == GOLDEN_SAMPLE_SHA256
 
 
+def _packed_tree() -> Node:
+    """Files whose records leave rests of blocks that later, smaller ones fill."""
+    sizes = [(i * 1237) % 3900 + 1 for i in range(120)]
+    return Node(DIR, 0o755, entries={
+        b"%03d" % i: Node(FILE, 0o644, data=bytes([i]) * size) for i, size in enumerate(sizes)})
+
+
+def test_the_placement_is_pinned(where):
+    image = image_bytes(_packed_tree())
+    assert hashlib.sha256(image).hexdigest() == GOLDEN_PACKED_SHA256
+    assert_image_shows(_packed_tree(), where)
+
+
+GOLDEN_PACKED_SHA256 = "eb72b53a2fa25f42254e776405dfa62fd662b0f23adfbe1bc0d70680347f0146"
 GOLDEN_SAMPLE_SHA256 = "ed0eb4f2621fbc54b75ffd3b9a0d6616dee2a70c5d711a40ebe3a3fb5d8fd413"
 
 
@@ -499,6 +514,15 @@ def test_random_trees_mount_as_built(tmp_path_factory, tree):
     os.mkdir(where)
     assert_image_shows(tree, where)
     assert image_bytes(_reordered(tree, {})) == image_bytes(tree)
+
+
+# -- a real tree -------------------------------------------------------------------------
+
+def test_debian_minbase_as_the_metacopy_layout_holds_it(minbase, where):
+    """minbase's image (small files inline, large ones stubs with two overlay xattrs):
+    every path as asked for, and every inline file's bytes those of the tree."""
+    tree = load_stub_tree(os.fsencode(minbase))
+    assert_image_shows(tree, where)
 
 
 # -- a stub through overlayfs --------------------------------------------------------------
