@@ -8,8 +8,10 @@ written the same way every time (docs/FORMAT.md, section 19):
   inode, its inline xattrs, its inline data tail or its chunk map), each inode at a
   32-byte slot (its ``nid``, counted from byte 0), the first one (the root) right
   after the superblock; then the data blocks;
-- inodes in one fixed order, depth first with each directory's entries sorted by
-  name bytes; a ``Node`` reached by several names is one inode (a hardlink);
+- inodes in one fixed order (directories visited depth first, each one's entries
+  numbered in name-byte order), placed in that order, a record that does not fit the
+  rest of a block filling an earlier block's rest; a ``Node`` reached by several names
+  is one inode (a hardlink);
 - the 32-byte compact inode unless the 64-byte extended one is needed (an owner
   above 65535, a size of 4 GiB or more, more than 65535 links);
 - every timestamp 0 (superblock epoch, every inode), uuid and volume name zero,
@@ -317,7 +319,7 @@ def _plan(inode: _Inode) -> None:
                          value=node.mode, limit=0o7777)
     if not (0 <= node.uid <= U32 and 0 <= node.gid <= U32):
         raise ImageError("an owner is out of range", path=inode.path,
-                         value=max(node.uid, node.gid), limit=U32)
+                         value=node.uid if not 0 <= node.uid <= U32 else node.gid, limit=U32)
     if node.xattrs:
         inode.xattr = _xattr_body(inode, node.xattrs)
     data_len: int
