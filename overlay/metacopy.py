@@ -29,7 +29,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pack.stubs import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value
+# Re-exported: the names overlay/ and its tests use (pack.stubs spells them).
+from pack.stubs import METACOPY_XATTR as METACOPY_XATTR
+from pack.stubs import REDIRECT_XATTR as REDIRECT_XATTR
+from pack.stubs import metacopy_value as metacopy_value
 from store import kverity
 from store.errors import DeployError, VerityError, VerityUnsupported
 from store.ids import RawId
