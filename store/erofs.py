@@ -89,6 +89,7 @@ NAME_MAX = 255
 SYMLINK_MAX = 4095
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
+SIZE_MAX = (1 << 63) - 1  # the kernel's loff_t
 FEATURE_INCOMPAT_CHUNKED_FILE = 0x4
 NULL_ADDR = b"\xff\xff\xff\xff"  # EROFS_NULL_ADDR as a 4-byte block map entry: a hole
 MAX_CHUNK_BITS = BLOCK_BITS + 31  # EROFS_CHUNK_FORMAT_BLKBITS_MASK: 5 bits above the block
@@ -257,6 +258,7 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
     if root.kind != DIR:
         raise ImageError("the root of an image is a directory", path=b"/")
     first = _Inode(root, b"/", 1)
+    first.nlink = 2
     order = [first]
     by_id = {id(root): first}
     stack: list[_Inode] = [first]
@@ -267,16 +269,15 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
         parent.names = names
         subdirs: list[_Inode] = []
         for name in names:
+            _check_name(parent.path, name)
             child = entries[name]
             known = by_id.get(id(child))
             if known is not None:
                 if child.kind == DIR:
-                    _check_name(parent.path, name)
                     raise ImageError("a directory is reachable by two names",
                                      path=_join(parent.path, name))
                 known.nlink += 1
                 continue
-            _check_name(parent.path, name)
             inode = _Inode(child, _join(parent.path, name), len(order) + 1)
             by_id[id(child)] = inode
             order.append(inode)
@@ -331,6 +332,8 @@ def _plan(inode: _Inode) -> None:
             raise ImageError("a sparse file has data", path=path)
         if node.size < 0:
             raise ImageError("the size is negative", path=path, value=node.size, limit=0)
+        if node.size > SIZE_MAX:
+            raise ImageError("the size is too large", path=path, value=node.size, limit=SIZE_MAX)
         inode.size = node.size
     inode.extended = (node.uid > U16 or node.gid > U16 or inode.size > U32 or inode.nlink > U16)
     head = (64 if inode.extended else 32) + len(inode.xattr)
@@ -344,6 +347,9 @@ def _plan(inode: _Inode) -> None:
         inode.chunk_bits = bits
         inode.chunks = -(-inode.size >> bits)
         inode.record = head + 4 * inode.chunks
+        if inode.record > BLOCK:  # beyond some 8 PiB: the chunk map would leave the block
+            raise ImageError("the sparse file's chunk map does not fit the inode's block",
+                             path=path, value=inode.record, limit=BLOCK)
         return
     tail = data_len & (BLOCK - 1)
     if tail and head + tail <= BLOCK:
