@@ -11,6 +11,7 @@ from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, MAX_LEVEL, build_pack
 from pack.format import MAX_INLINE_MAX
 
 if TYPE_CHECKING:
+    from pack.format import ImageRef
     from pack.importer import ImportResult
     from pack.reader import PackReader
 from store.atomic import atomic_write, check_destination
@@ -175,12 +176,14 @@ def cmd_build(args: argparse.Namespace) -> None:
                     "manifest_size": result.manifest_size, "inline_files": result.inline_files,
                     "inline_bytes": result.inline_bytes, "large_files": result.large_files,
                     "large_bytes": result.large_bytes, "inline_max": args.inline_max,
-                    "level": args.level, "seconds": round(seconds, 3)})
+                    "level": args.level, "seconds": round(seconds, 3),
+                    "image": _image_json(result.image)})
         return
     print(f"wrote {show(result.path)}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
     print(f"commit {to_hex(result.commit_id)} for ref {result.ref}: {result.entries} paths, "
           f"{result.inline_files} inline files ({human_size(result.inline_bytes)}), "
           f"{result.large_files} large files ({human_size(result.large_bytes)})")
+    print(f"image {_image_line(result.image)}")
 
 
 def cmd_sign(args: argparse.Namespace) -> None:
@@ -246,6 +249,8 @@ def _describe(reader: PackReader, sig_path: str) -> dict[str, Any]:
     return {
         "pack": reader.path,
         "size": reader.size,
+        "format": header.version,
+        "image": _image_json(reader.image),
         "header": {"inline_max": header.inline_max, "entries": header.entry_count,
                    "manifest_size": header.manifest_size, "manifest_frames": header.manifest_frames,
                    "data_size": header.data_size, "data_frames": header.data_frames},
@@ -268,7 +273,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print_json(info)
         return
     commit, header, counts, sizes = info["commit"], info["header"], info["counts"], info["sizes"]
-    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format 1)")
+    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format {info['format']})")
     print(f"ref       {info['ref']}")
     print(f"commit    {commit['id']}")
     print(f"date      {iso_time(commit['timestamp'])}")
@@ -283,8 +288,22 @@ def cmd_inspect(args: argparse.Namespace) -> None:
           f"(inline_max {header['inline_max']} bytes)")
     print(f"large     {human_size(sizes['large_bytes'])}")
     print(f"manifest  {human_size(header['manifest_size'])} in {header['manifest_frames']} frames")
+    print(f"image     {_image_line(reader.image)}")
     sigs = info["signatures"]
     print(f"signed by {len(sigs)} key(s)" + "".join(f"\n  {s['key_id']}" for s in sigs))
+
+
+def _image_json(image: ImageRef | None) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    return {"recipe": image.recipe, "size": image.size, "digest": "sha256:" + image.digest.hex()}
+
+
+def _image_line(image: ImageRef | None) -> str:
+    if image is None:
+        return "none (format 1: deployed without one)"
+    return (f"EROFS recipe {image.recipe}, {human_size(image.size)}, "
+            f"fs-verity sha256:{image.digest.hex()}")
 
 
 def _import_json(result: ImportResult) -> dict[str, Any]:
@@ -293,7 +312,7 @@ def _import_json(result: ImportResult) -> dict[str, Any]:
         "previous": to_hex(result.previous) if result.previous else None,
         "pack": result.pack_path, "signers": [k.hex() for k in result.signers],
         "trees": result.trees, "inline_files": result.inline_files,
-        "large_files": result.large_files,
+        "large_files": result.large_files, "image": result.image,
         "missing": [{"digest": "sha256:" + to_hex(m.entry.entry.digest), "size": m.entry.entry.size,
                      "object": os.path.join("objects", m.object_path),
                      **json_path(b"/" + m.entry.path), "paths": len(m.paths)}
