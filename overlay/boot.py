@@ -26,12 +26,15 @@ only the standard library, ``cryptography`` and ``zstandard`` besides
    kernel-measured fs-verity digest (policy ``kernel``, fail closed;
    ``userspace``/``auto`` only where the config says so); metacopy: one object
    per content, its size and kernel-measured digest (so fs-verity must be on
-   it; no content is read), nothing else on the disk;
+   it; no content is read), and the pack's EROFS image object when the pack
+   names one (format version 2): its kernel-measured digest against the signed
+   one (``image_layer``: stage ``image``; built from the pack if missing);
 7. a tmpfs sized from the manifest, the pack unpacked into it (whose last
    read re-checks the pack's signed SHA-256; metacopy: with a stub per large
-   file), and overlayfs mounted read-only at the target (metacopy: over the
-   objects as a data-only layer with ``verity=require``, so the kernel checks
-   every large file's digest at every open from then on);
+   file; or, metacopy with an image, that image mounted read-only instead:
+   nothing unpacked), and overlayfs mounted read-only at the target (metacopy:
+   over the objects as a data-only layer with ``verity=require``, so the
+   kernel checks every large file's digest at every open from then on);
 8. the writable state over it (``writable``): the deployment's own /etc and
    the shared /var (bind mounts from the sysroot's ``deploy/``) and a /tmp
    tmpfs; in live mode (``live = yes``, ``sealtree.live=1``) none of that, but
@@ -74,6 +77,7 @@ from . import mounts
 from .boot_config import BootConfig, Say, config_from_args
 from .boot_floor import check_floor, load_floor, write_floor
 from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
+from .image_layer import ImageMismatch
 from .layout import deploy_layout
 from .metacopy import Layout, choose_layout
 from .mount_deployment import MountResult, mount_verified
@@ -180,13 +184,17 @@ class Booted:
     sealed: int = 0  # large objects given fs-verity by this boot (``seal = yes``)
 
 
-def _seal(config: BootConfig, items: Sequence[LargeFile]) -> int:
-    """``seal = yes``: fs-verity on the large objects the verified pack names, before they are
-    measured; how many were sealed now.  Raises Refused (stage ``seal``)."""
+def _seal(config: BootConfig, items: Sequence[LargeFile], image: str | None = None) -> int:
+    """``seal = yes``: fs-verity on the large objects the verified pack names (and on its image
+    object, when there is one), before they are measured; how many were sealed now.  Raises
+    Refused (stage ``seal``)."""
     if not config.seal:
         return 0
+    paths = {item.obj for item in items}
+    if image is not None and os.path.lexists(image):  # a missing one is built and sealed later
+        paths.add(image)
     try:
-        return seal_objects(sorted({item.obj for item in items}))
+        return seal_objects(sorted(paths))
     except SealtreeError as err:  # VerityUnsupported, VerityError: naming the object
         raise _refused("seal", err, config.repo_path) from err
     except OSError as err:
@@ -220,7 +228,9 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
             raise _refused("freshness", err, pack_path) from err
         items = large_files(repo.objects, reader.manifest)
         # Sealing first: it gives the objects fs-verity, which the layout choice looks for.
-        sealed = _seal(config, items)
+        image = (repo.objects.image_path(RawId(reader.image.digest))
+                 if reader.image is not None else None)
+        sealed = _seal(config, items, image)
         try:
             layout = choose_layout(config.layout, items)
         except DeployError as err:  # MetacopyUnsupported: asked for where it cannot be
@@ -239,6 +249,8 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
                                     state=state)
         except FarmMismatch as err:
             raise _refused_in_tree("farm", err, farm_dir) from err
+        except ImageMismatch as err:  # the image object is not the one the pack signs
+            raise _refused("image", err, repo.objects.root) from err
         except VerificationError as err:  # ObjectMismatch: a large object
             raise _refused_in_tree("large object", err, farm_dir) from err
         except (PackError, SignatureError) as err:  # the pack changed while it was unpacked
@@ -249,6 +261,14 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
             raise Refused("mount", show(err.filename or config.target),
                           err.strerror or str(err)) from err
     return Booted(dep, result, tuple(k.hex()[:16] for k in verification.signers), sealed)
+
+
+def _lower_said(result: MountResult) -> str:
+    image = result.image
+    if image is None:
+        return f"{result.populate.files} files unpacked into tmpfs"
+    return (f"image {image.digest.hex()[:16]} ({image.size} bytes, {image.measured}-measured"
+            f"{', built now' if image.built else ''}) mounted as the lower layer")
 
 
 def _say_refused(say: Say, dep: Deployment, err: Refused) -> None:
@@ -264,7 +284,7 @@ def _say_booting(say: Say, booted: Booted) -> None:
         say(f"sealed {booted.sealed} large objects of {dep.id} with fs-verity (seal = yes)")
     say(f"verified {dep.id}: pack signed by {', '.join(booted.signers)}; {check.files} large "
         f"objects ({check.bytes} bytes: {check.kernel} measured by the kernel, {check.userspace} "
-        f"digested in userspace); {booted.result.populate.files} files unpacked into tmpfs")
+        f"digested in userspace); " + _lower_said(booted.result))
     if booted.result.layout == Layout.METACOPY.value:
         how = ("the kernel checks every large file's fs-verity digest at each open"
                if booted.result.enforced else

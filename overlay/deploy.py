@@ -20,8 +20,12 @@ In order, and nothing is published before the checks pass:
 In the metacopy layout (``overlay.metacopy``; ``layout`` ``auto`` picks it where
 the kernel and the objects' filesystem can enforce it) there is no farm: step 2
 checks one object per distinct content (its size and digest: the stubs carry
-the metadata), and a mount unpacks every large file as a stub redirected into
-``objects/``.  The state records which layout the deployment has.
+the metadata).  The overlay's lower layer is the pack's EROFS image (format
+version 2: the image object, built once if missing, its fs-verity digest checked
+against the signed one, ``image_layer``), mounted read-only, with no pass over
+the pack's data; for a pack without one (format version 1) a mount unpacks every
+large file as a stub redirected into ``objects/``.  The state records which
+layout the deployment has.
 
 Steps 1 (the pack's data section), 2 and the farm run at once, in separate
 processes.  With a mount target the pack's data is unpacked into a staging
@@ -49,11 +53,13 @@ from pack.reader import PackReader
 from pack.unpack import UnpackReport
 from store.errors import DeployError, SealtreeError
 from store.ids import RawId, to_hex
+from store.objects import ObjectStore
 from store.remove import remove_tree
 from store.repo import Repository
 
 from . import deploy_state, farm, mounted_farms
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from .image_layer import ImageLayer, open_image
 from .layout import DeployLayout, deploy_layout, staging_dir
 from .metacopy import Layout, StubPlan, choose_layout, plan_stubs
 from .mount_deployment import MountResult, verity_option
@@ -72,6 +78,15 @@ def deployment_present(repo: Repository, dep: Deployment) -> bool:
 
 
 @dataclass
+class MetacopyLower:
+    """The metacopy layout's lower layer as deploy made it: the checked image (None: a pack
+    without one, unpacked into a tmpfs) and what erofs was mounted from (None: no mount)."""
+
+    image: ImageLayer | None = None
+    source: str | None = None
+
+
+@dataclass
 class DeployResult:
     deployment: Deployment  # its ``id`` is the dep_id; ``layout`` the layout chosen
     path: str  # the farm (hardlinks layout), the objects directory (metacopy layout)
@@ -79,6 +94,7 @@ class DeployResult:
     timings: dict[str, float]
     mount: MountResult | None = None  # when deployed with a mount target
     state: deploy_state.Prepared | None = None  # its writable /etc, the /var seed, boot files
+    image: ImageLayer | None = None  # metacopy layout: the pack's image, checked (and mounted)
 
 
 def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy = Policy.AUTO,
@@ -115,6 +131,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     states = state_file(repo)
     root = deploy_layout(repo).root
     mounted = None
+    lower = MetacopyLower()
     if target is not None:
         check_target(target, repo.path)  # before any work
     elif live:
@@ -141,8 +158,8 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                     dep_id = state.allocate_id(to_hex(commit_id))
                 if chosen is Layout.METACOPY:
                     plan = plan_stubs(repo.objects, items)
-                    report, unpacked = _verify_for_metacopy(
-                        reader, items, plan, dep_id, stage, timings,
+                    report, unpacked, lower = _verify_for_metacopy(
+                        reader, items, plan, repo.objects, dep_id, stage, timings,
                         policy=policy, workers=workers, verity=verity)
                     path = repo.objects.root
                 else:
@@ -179,7 +196,8 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                     timings["mount"] = time.perf_counter() - mark
                     deployment.mounted_at = [os.path.realpath(target)]
                     mounted = MountResult(os.path.abspath(target), report, unpacked, used,
-                                          layout=chosen.value, verity=option, state=held)
+                                          layout=chosen.value, verity=option, state=held,
+                                          image=lower.image, image_source=lower.source)
                 with freshness.locked(fresh):
                     freshness.record(fresh, deployment.ref, candidate)
                 # Last: the state (written when this block ends) records the deployment.
@@ -196,7 +214,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
     if mounted is not None:
         mounted.timings = timings
     return DeployResult(deployment, path, report, timings, mounted,
-                        prepared[0] if prepared else None)
+                        prepared[0] if prepared else None, lower.image)
 
 
 def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep_id: str,
@@ -245,13 +263,17 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
     return report, unpacked, path
 
 
-def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubPlan, dep_id: str,
-                         stage: Staging | None, timings: dict[str, float], *, policy: Policy,
-                         workers: int | None, verity: Verity
-                         ) -> tuple[CheckReport, UnpackReport | None]:
+def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubPlan,
+                         objects: ObjectStore, dep_id: str, stage: Staging | None,
+                         timings: dict[str, float], *, policy: Policy, workers: int | None,
+                         verity: Verity
+                         ) -> tuple[CheckReport, UnpackReport | None, MetacopyLower]:
     """The metacopy layout's ``_verify_and_build``: check one object per content (size and
-    digest; fs-verity enabled where it can be) while the pack's data is read (and unpacked
-    with the stubs into the staging tmpfs, named after the deployment); no farm."""
+    digest; fs-verity enabled where it can be) while the lower layer is made: the pack's
+    EROFS image checked (``image_layer``, built once if missing) and mounted in the staging
+    directory, named after the deployment; or, for a pack without an image (format version
+    1), the pack's data read (and unpacked with the stubs into the staging tmpfs); no farm."""
+    lower = MetacopyLower()
     mark = time.perf_counter()
     with start_checks(plan.objects, policy, enable=True, workers=workers, verity=verity,
                       inode_meta=False) as pending:
@@ -260,15 +282,29 @@ def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubP
             pending.wait()  # raises: a bad object is found before anything is unpacked
         unpacked = None
         mark = time.perf_counter()
-        if stage is not None:
+        if reader.image is not None:
+            # The image is the tree (signed by its digest): no pass over the pack's data.
+            lower.image = open_image(objects, reader, policy, verity=verity,
+                                     enable=True)
+            try:
+                timings["image"] = time.perf_counter() - mark
+                mark = time.perf_counter()
+                if stage is not None:
+                    lower.source = stage.image(lower.image.fd, dep_id)
+                    unpacked = UnpackReport()
+                    timings["image_mount"] = time.perf_counter() - mark
+            finally:
+                lower.image.close()
+        elif stage is not None:
             unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
+            timings["unpack"] = time.perf_counter() - mark
         else:
             reader.check_data()
-        timings["unpack" if stage is not None else "pack_data"] = time.perf_counter() - mark
+            timings["pack_data"] = time.perf_counter() - mark
         mark = time.perf_counter()
         report = pending.wait()
         timings["digests"] = time.perf_counter() - mark
-    return report, unpacked
+    return report, unpacked, lower
 
 
 def _forget_farm(states: StateFile, root: str, path: str) -> None:

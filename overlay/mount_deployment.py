@@ -9,7 +9,10 @@ layer: writes live in memory and vanish on unmount).  In the metacopy layout
 (``overlay.metacopy``) there is no farm: one object per content is checked
 (size and digest), the large files are unpacked as stubs, and the overlay is
 ``lowerdir=<tmpfs>::<objects>`` with ``verity=require`` where every digest was
-measured by the kernel (``verity_option``).
+measured by the kernel (``verity_option``).  When the pack names its EROFS image
+(format version 2), nothing is unpacked: the image object, checked against the
+signed digest (``image_layer``), is mounted read-only instead of the tmpfs
+(``lowerdir=<image>::<objects>``).
 
 Once the overlay is up, the tmpfs mounts are detached from the tree
 (MNT_DETACH): overlayfs holds its layers itself, so the target is the only
@@ -40,6 +43,7 @@ from store.repo import Repository
 
 from . import farm, mounted_farms, mounts
 from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
+from .image_layer import ImageLayer, open_image
 from .layout import deploy_layout, staging_dir
 from .metacopy import Layout, choose_layout, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
@@ -58,6 +62,23 @@ class MountResult:
     layout: str = Layout.HARDLINKS.value
     verity: str | None = None  # metacopy layout: the overlay's verity= ("require" or "off")
     state: StateMounts | None = None  # the writable /etc, /var, /tmp (None: live, or not asked)
+    image: ImageLayer | None = None  # metacopy layout: the EROFS image mounted as the lower layer
+    image_source: str | None = None  # what erofs was mounted from (the file, or a loop device)
+
+    @property
+    def lower(self) -> str:
+        """What the overlay's lower layer is: ``image`` (the pack's EROFS image), ``tmpfs``
+        (the pack unpacked into memory), ``tmpfs+farm`` (hardlinks layout)."""
+        if self.image is not None:
+            return "image"
+        return "tmpfs" if self.layout == Layout.METACOPY.value else "tmpfs+farm"
+
+    def lower_doc(self) -> dict[str, object]:
+        """For ``--json``: ``lower`` and, from an image, ``image`` (its path, digest, ...)."""
+        doc: dict[str, object] = {"lower": self.lower}
+        if self.image is not None:
+            doc["image"] = {**self.image.describe(), "source": self.image_source}
+        return doc
 
     @property
     def enforced(self) -> bool:
@@ -128,7 +149,9 @@ def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectS
                     verity: Verity, repo_path: str | None, dep_id: str,
                     state: WritableState | None) -> MountResult:
     """``mount_verified`` in the metacopy layout: objects checked by size and digest only
-    (under policy ``kernel``: measured, so fs-verity must be on each), never enabled here."""
+    (under policy ``kernel``: measured, so fs-verity must be on each), never enabled here;
+    the lower layer is the pack's EROFS image (checked by ``open_image``) when the pack
+    names one, else the pack unpacked with stubs into a tmpfs."""
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     plan = plan_stubs(objects, items)
@@ -137,17 +160,32 @@ def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectS
     timings["objects"] = time.perf_counter() - mark
     check_target(target, repo_path)
     option = verity_option(report)
-    with Staging(scratch) as stage:
+    image = None
+    if reader.image is not None:
         mark = time.perf_counter()
-        unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
-        timings["unpack"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        used = stage.mount(target, None, data=objects.root, verity=option, live=live, api=api)
-        held = _hold_state(stage, target, state, live)
-        stage.keep()
-        timings["mount"] = time.perf_counter() - mark
+        image = open_image(objects, reader, policy, verity=verity)
+        timings["image"] = time.perf_counter() - mark
+    try:
+        with Staging(scratch) as stage:
+            mark = time.perf_counter()
+            source = None
+            if image is not None:
+                source = stage.image(image.fd, dep_id)
+                unpacked = UnpackReport()
+            else:
+                unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
+                timings["unpack"] = time.perf_counter() - mark
+                mark = time.perf_counter()
+            used = stage.mount(target, None, data=objects.root, verity=option, live=live, api=api)
+            held = _hold_state(stage, target, state, live)
+            stage.keep()
+            timings["mount"] = time.perf_counter() - mark
+    finally:
+        if image is not None:
+            image.close()
     return MountResult(os.path.abspath(target), report, unpacked, used, timings,
-                       layout=Layout.METACOPY.value, verity=option, state=held)
+                       layout=Layout.METACOPY.value, verity=option, state=held, image=image,
+                       image_source=source)
 
 
 def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: str | None = None,

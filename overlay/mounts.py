@@ -141,6 +141,7 @@ LO_FLAGS_AUTOCLEAR = 0x4
 # 32 bytes of names and key, u64 x2: 232 bytes), u64 __reserved[8]; lo_flags at offset 8+52.
 _LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q8Q")
 _LOOP_TRIES = 8  # another process may take the free device between GET_FREE and CONFIGURE
+_IMAGE_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def _loop_config(fd: int) -> bytes:
@@ -148,11 +149,12 @@ def _loop_config(fd: int) -> bytes:
                              b"", b"", b"", 0, 0, *([0] * 8))
 
 
-def attach_loop(image: StrPath) -> tuple[str, int]:
-    """A free loop device configured read-only and autoclear over ``image``: its path and an
-    open descriptor of it.  The device detaches itself once that descriptor is closed and no
-    mount uses it (LO_FLAGS_AUTOCLEAR), so a failure part way leaves nothing attached."""
-    image_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+def attach_loop(image: StrPath | int) -> tuple[str, int]:
+    """A free loop device configured read-only and autoclear over ``image`` (a path, or an
+    open descriptor): its path and an open descriptor of it.  The device detaches itself
+    once that descriptor is closed and no mount uses it (LO_FLAGS_AUTOCLEAR), so a failure
+    part way leaves nothing attached."""
+    image_fd = image if isinstance(image, int) else os.open(image, _IMAGE_OPEN)
     try:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -172,7 +174,8 @@ def attach_loop(image: StrPath) -> tuple[str, int]:
         finally:
             os.close(control)
     finally:
-        os.close(image_fd)
+        if not isinstance(image, int):
+            os.close(image_fd)
 
 
 #: Errors with which mount(2) refuses a regular file where erofs wants a block device (a
@@ -186,14 +189,27 @@ _NOT_A_BLOCK_DEVICE = (errno.ENOTBLK,)
 EROFS_FLAGS = MS_RDONLY | MS_NODEV | MS_SILENT
 
 
-def mount_erofs(image: StrPath, target: StrPath, *, loop: bool = False) -> str:
-    """Mount the EROFS image file ``image`` at ``target`` read-only; return the source used
-    (the image itself, or the loop device).  ``loop`` False: the file itself, and a loop
-    device where the kernel refuses a regular file; True: a loop device in any case."""
+def fd_source(fd: int) -> str:
+    """The source mount(2) is given for an open file: its /proc/self/fd link."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _image_source(image: StrPath | int) -> str:
+    """What mount(2) is given: the path, or for a descriptor its /proc/self/fd link (which
+    the kernel opens as that very file: the one checked is the one mounted)."""
+    return fd_source(image) if isinstance(image, int) else os.fspath(image)
+
+
+def mount_erofs(image: StrPath | int, target: StrPath, *, loop: bool = False) -> str:
+    """Mount the EROFS image file ``image`` (a path, or an open descriptor) at ``target``
+    read-only; return the source used (the file, or the loop device).  ``loop`` False: the
+    file itself, and a loop device where the kernel refuses a regular file; True: a loop
+    device in any case."""
     if not loop:
+        source = _image_source(image)
         try:
-            mount(os.fspath(image), target, "erofs", EROFS_FLAGS)
-            return os.fspath(image)
+            mount(source, target, "erofs", EROFS_FLAGS)
+            return source
         except OSError as err:
             if err.errno not in _NOT_A_BLOCK_DEVICE:
                 raise
@@ -205,8 +221,9 @@ def mount_erofs(image: StrPath, target: StrPath, *, loop: bool = False) -> str:
     return device
 
 
-def erofs(image: StrPath, target: StrPath, *, loop: bool = False) -> Mounted:
-    """The EROFS image ``image`` mounted read-only on ``target`` (``mount_erofs``; its
+def erofs(image: StrPath | int, target: StrPath, *, loop: bool = False) -> Mounted:
+    """The EROFS image ``image`` (a path, or an open descriptor, which the caller keeps
+    open until the block is entered) mounted read-only on ``target`` (``mount_erofs``; its
     ``result`` is the source used), detached when the block is left (a loop device then
     detaches itself: autoclear)."""
     return Mounted(target, lambda: mount_erofs(image, target, loop=loop))

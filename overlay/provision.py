@@ -1,4 +1,5 @@
-"""Provisioning: enable fs-verity on every file object of a repository, as a device does on pull.
+"""Provisioning: enable fs-verity on every file object (and every pack's EROFS image object) of
+a repository, as a device does on pull.
 
 A file object's name is its fs-verity digest, so once verity is on, the
 kernel's measurement of the object can be compared with its name: an object
@@ -59,7 +60,7 @@ def provision(repo: Repository, *, on_object: Callable[[str, bytes], None] | Non
     """
     report = ProvisionReport()
     for obj in repo.objects.iter_objects():
-        if obj.kind != "file":
+        if obj.kind not in ("file", "image"):  # named by their fs-verity digest
             continue
         report.objects += 1
         try:

@@ -4,7 +4,8 @@ A mount is staged in a private directory ``<scratch>/mount-XXXXXXXX/`` (the
 repository's ``tmp/``, or the boot verifier's ``/run/sealtree``): the tmpfs
 that receives the unpacked pack is mounted at ``lower/`` in it (metacopy
 layout: at ``<dep_id>/``, the name that tells which deployment the overlay
-shows, ``mounted_farms``; ``--live``: a second one at ``upper/``), the overlay
+shows, ``mounted_farms``, where a pack with an image has that image mounted
+instead, ``image``; ``--live``: a second one at ``upper/``), the overlay
 is mounted at the target, then the staging mounts are detached (overlayfs
 holds its layers itself) and the directory removed. While that runs, the
 process holds an flock on the directory's ``lock`` file. A process killed part
@@ -154,12 +155,28 @@ class Staging:
             return unpack_into_tmpfs(reader, self.lower)
         return unpack_into_tmpfs(reader, self.lower, stubs)
 
+    def image(self, image: int, name: str, *, loop: bool = False) -> str:
+        """Mount the EROFS image open as ``image`` (checked: ``image_layer.open_image``) as
+        the lower layer, at ``name`` (metacopy layout: the deployment id); return the source
+        mounted: ``file`` (the image file itself), or the loop device's path."""
+        path = os.path.join(self.work, name)
+        os.mkdir(path, 0o700)
+        held = mounts.erofs(image, path, loop=loop)
+        try:
+            self._stack.enter_context(held)
+        except OSError as err:
+            os.rmdir(path)
+            raise mount_error("mounting the image", err) from err
+        self._detach.append(path)
+        self.lower = path
+        return "file" if held.result == mounts.fd_source(image) else str(held.result)
+
     def mount(self, target: str, farm_dir: str | None, *, data: str | None = None,
               verity: str = "require", live: bool = False, api: str = "auto") -> str:
         """Mount the overlay of the unpacked tmpfs at ``target``: over ``farm_dir`` (hardlinks
         layout), or with ``data`` as the data-only layer (metacopy layout, ``verity=``);
         return the API used."""
-        assert self.lower is not None, "unpack() first"
+        assert self.lower is not None, "unpack() or image() first"
         check_target(target)  # again: it may have changed since the checks before the work
         lowers = [self.lower] + ([farm_dir] if farm_dir is not None else [])
         datas = [data] if data is not None else []

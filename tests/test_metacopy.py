@@ -23,17 +23,21 @@ from overlay import boot_config, metacopy, mounted_farms, mounts, state
 from overlay import mount_deployment as md
 from overlay.deploy import deploy, deployment_present, undeploy
 from overlay.deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from overlay.image_layer import ImageMismatch
 from overlay.metacopy import Layout
 from overlay.objcheck import Policy
 from overlay.unpack_tmpfs import unpack_into_tmpfs
+from pack.image import image_digest
 from pack.importer import kept_pack_path
 from store import xattrs
 from store.errors import DeployError, ObjectMismatch
 from store.fsverity import digest_fd
 from store.ids import RawId
+from store.names import show
 from store.repo import Repository
 from tests.helpers import assert_same_tree, materialise, snapshot, trees
 from tests.test_deploy_cli import Site, _enlarge, _leftovers, base_dir, published_site
+from tests.test_pack_image import _resign, _version_1
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -128,8 +132,25 @@ def test_auto_is_hardlinks_here_and_metacopy_needs_overlay_verity(site, monkeypa
 
 # -- the mounted view ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("api", ["new", "legacy"])
-def test_metacopy_view_equals_the_tree_and_is_read_only(site, api):
+def _as_version_1(site: Site) -> None:
+    """The kept pack replaced by the same pack in format version 1 (no image), imported."""
+    with open(site.kept_pack(), "rb") as handle:
+        pack = _resign(site.base, _version_1(handle.read()), "v1.pack")
+    for obj in Repository.open(site.repo).objects.iter_objects():
+        if obj.kind == "image":
+            os.unlink(obj.path)
+    site.cli("pack", "import", pack, "--keys", site.keys)
+
+
+def _image_object(repo: Repository) -> str:
+    [path] = [o.path for o in repo.objects.iter_objects() if o.kind == "image"]
+    return path
+
+
+@pytest.mark.parametrize("api,pack", [("new", "image"), ("legacy", "image"), ("new", "v1")])
+def test_metacopy_view_equals_the_tree_and_is_read_only(site, api, pack):
+    if pack == "v1":
+        _as_version_1(site)
     repo, result = _deploy(site, target=site.target, api=api)
     dep = result.deployment
     assert dep.layout == "metacopy" and result.path == repo.objects.root
@@ -140,6 +161,17 @@ def test_metacopy_view_equals_the_tree_and_is_read_only(site, api):
     # No fs-verity here: the objects were digested in userspace, the kernel does not enforce.
     assert mounted.verity == "off" and not mounted.enforced
     assert result.check.userspace == result.check.files and result.check.kernel == 0
+    with open_deployment_pack(site.kept_pack(), trusted_keyring(site.keys),
+                              RawId(bytes.fromhex(site.commit))) as (reader, _v):
+        signed = reader.image
+    if pack == "v1":  # the tmpfs path: the pack unpacked with stubs, no image
+        assert signed is None and mounted.lower == "tmpfs" and mounted.image is None
+        assert mounted.populate.files > 0
+    else:  # the lower layer is the pack's image, checked against the signed digest
+        assert signed is not None and mounted.lower == "image" and mounted.image is not None
+        assert mounted.image.digest == signed.digest and mounted.image.path == _image_object(repo)
+        assert mounted.image.measured == "userspace" and not mounted.image.built
+        assert mounted.populate.files == 0  # nothing unpacked
     try:
         assert_same_tree(site.src, site.target)
         info = _overlay_info(site.target)
@@ -169,6 +201,7 @@ def test_metacopy_view_equals_the_tree_and_is_read_only(site, api):
                                       policy=USERSPACE, api=api)
     try:
         assert again.layout == "metacopy" and again.check.userspace == again.check.files
+        assert again.lower == ("tmpfs" if pack == "v1" else "image")
         assert_same_tree(site.src, site.target)
     finally:
         md.unmount(repo, site.target)
@@ -218,6 +251,89 @@ def test_a_changed_object_is_refused_before_mounting(site):
     with pytest.raises(ObjectMismatch, match="content changed: the userspace fs-verity digest"):
         md.mount_deployment(repo, result.deployment.id, site.target, keys_dir=site.keys,
                             policy=USERSPACE)
+    assert _leftovers(site.base) == []
+
+
+# -- the image object -----------------------------------------------------------------------------
+
+def test_a_missing_image_is_built_once(site):
+    repo = Repository.open(site.repo)
+    image = _image_object(repo)
+    with open(image, "rb") as handle:
+        original = handle.read()
+    os.unlink(image)
+    out = json.loads(site.cli("deploy", "os/main", "--keys", site.keys, "--layout", "metacopy",
+                              "--verify", "userspace", "--mount", site.target, "--read-only",
+                              "--json").stdout)
+    try:
+        assert out["lower"] == "image" and out["image"]["built"] is True
+        assert out["image"]["path"] == image and out["image"]["source"] == "file"
+        with open(image, "rb") as handle:
+            assert handle.read() == original  # the same bytes: the recipe is deterministic
+        assert stat.S_IMODE(os.lstat(image).st_mode) == 0o444
+        assert_same_tree(site.src, site.target)
+    finally:
+        site.cli("umount", site.target)
+    before = os.lstat(image)
+    out = json.loads(site.cli("mount", out["id"], site.target, "--keys", site.keys,
+                              "--verify", "userspace", "--read-only", "--json").stdout)
+    try:
+        assert out["lower"] == "image" and out["image"]["built"] is False
+        after = os.lstat(image)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        status = json.loads(site.cli("status", "--json").stdout)
+        [shown] = status["deployments"]
+        assert shown["image"] == {"digest": out["image"]["digest"], "size": len(original),
+                                  "path": image, "present": True}
+        assert shown["mounted_at"] == [os.path.realpath(site.target)]
+    finally:
+        site.cli("umount", site.target)
+
+
+def test_a_changed_image_is_refused_naming_it_and_nothing_is_mounted(site):
+    repo, result = _deploy(site, make_default=False)
+    image = _image_object(repo)
+    os.chmod(image, 0o644)
+    with open(image, "r+b") as handle:
+        handle.seek(4096)  # past the superblock: an inode or a directory block
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 1]))
+    os.chmod(image, 0o444)
+    with pytest.raises(ImageMismatch, match="image object changed: userspace fs-verity") as err:
+        md.mount_deployment(repo, result.deployment.id, site.target, keys_dir=site.keys,
+                            policy=USERSPACE)
+    assert err.value.path == image and show(image) in str(err.value)
+    assert _leftovers(site.base) == [] and os.listdir(site.target) == []
+    failed = site.cli("mount", result.deployment.id, site.target, "--keys", site.keys,
+                      "--verify", "userspace", check=False)
+    assert failed.returncode != 0 and "image object changed" in failed.stderr
+    assert "Traceback" not in failed.stderr and image in failed.stderr
+    # Changed to another size: refused before any digest.
+    os.chmod(image, 0o644)
+    with open(image, "ab") as handle:
+        handle.write(b"\0" * 4096)
+    with pytest.raises(ImageMismatch, match="bytes, the pack signs"):
+        deploy(repo, "os/main", site.keys, layout=Layout.METACOPY, policy=USERSPACE,
+               target=site.target)
+    assert _leftovers(site.base) == [] and os.listdir(site.target) == []
+    assert len(state.state_file(repo).read().deployments) == 1  # the new one not recorded
+
+
+def test_the_image_layer_is_read_only_and_gone_with_the_overlay(site):
+    repo, result = _deploy(site, target=site.target, live=True)
+    try:
+        # The erofs mount is detached from the tree (overlayfs holds it): only the overlay
+        # and nothing of the staging directory is left under the repository or the target.
+        assert [m.fstype for m in mounts.mounts_under(site.base)] == ["overlay"]
+        # --live: writes go to the upper tmpfs, never to the image.
+        with open(os.path.join(site.target, "etc", "new file"), "w") as handle:
+            handle.write("x")
+        image = _image_object(repo)
+        with open(image, "rb") as handle:
+            assert image_digest(handle.read()) == result.mount.image.digest
+    finally:
+        md.unmount(repo, site.target)
     assert _leftovers(site.base) == []
 
 

@@ -101,3 +101,21 @@ def test_loop_config_is_the_kernels_struct():
     assert len(raw) == 304
     assert int.from_bytes(raw[0:4], "little") == 7
     assert int.from_bytes(raw[60:64], "little") == mounts.LO_FLAGS_READ_ONLY | mounts.LO_FLAGS_AUTOCLEAR
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["file", "loop"])
+def test_erofs_from_an_open_descriptor_mounts_that_file(tmp_path, loop):
+    # The file checked is the file mounted: replacing the path after opening changes nothing.
+    image = _image(str(tmp_path / "img.erofs"))
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        os.rename(image, tmp_path / "moved")
+        (tmp_path / "img.erofs").write_bytes(b"\0" * 8192)
+        target = tmp_path / "mnt"
+        target.mkdir()
+        with mounts.erofs(fd, target, loop=loop):
+            assert (target / "hello").read_bytes() == b"hello\n"
+    finally:
+        os.close(fd)
+    assert mounts.is_mount_point(target) is None
+    assert _loop_devices_over(str(tmp_path / "moved")) == []

@@ -237,9 +237,12 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         if mounted is not None:
             doc.update({"target": mounted.target, "live": args.live, "api": mounted.api,
                         "verity": mounted.verity, "enforced": mounted.enforced,
+                        **mounted.lower_doc(),
                         "state": _state_doc(mounted.state),
                         "files": mounted.populate.files, "links": mounted.populate.links,
                         "dirs": mounted.populate.dirs, "symlinks": mounted.populate.symlinks})
+        if result.image is not None:  # checked, also without a mount
+            doc.setdefault("image", result.image.describe())
         doc["seconds"] = {k: round(v, 4) for k, v in result.timings.items()}
         doc["esp"] = _sync_esp(repo, args.esp, as_json=True)
         print_json(doc)
@@ -293,6 +296,10 @@ def _say_prepared(prepared: Any) -> None:
 def _say_enforcement(mounted: Any) -> None:
     if mounted.layout != "metacopy":
         return
+    if mounted.image is not None:
+        print(f"lower layer: the pack's EROFS image {show(mounted.image.path)} (fs-verity digest "
+              f"{mounted.image.digest.hex()}, {mounted.image.measured}-checked"
+              f"{', built now' if mounted.image.built else ''})")
     if mounted.enforced:
         print("the kernel checks every large file's fs-verity digest at each open (verity=require)")
     else:
@@ -323,6 +330,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
                     "links": result.populate.links, "dirs": result.populate.dirs,
                     "symlinks": result.populate.symlinks, "layout": result.layout,
                     "verity": result.verity, "enforced": result.enforced,
+                    **result.lower_doc(),
                     "state": _state_doc(result.state),
                     "seconds": {k: round(v, 4) for k, v in result.timings.items()}})
         return
@@ -346,6 +354,25 @@ def cmd_umount(args: argparse.Namespace) -> None:
     print(f"unmounted {dep.id + ' from ' if dep else ''}{show(os.path.abspath(args.target))}")
 
 
+def _image_doc(repo: Any, dep: Any) -> dict[str, Any] | None:
+    """status: the EROFS image a metacopy deployment's lower layer is (from its kept pack's
+    header, unverified here), or None (hardlinks layout, a version-1 pack, no pack)."""
+    if dep.layout != "metacopy":
+        return None
+    from pack.reader import read_image_ref
+    from store.errors import PackError
+    from store.ids import RawId
+    try:
+        ref = read_image_ref(os.path.join(repo.path, dep.pack))
+    except (OSError, PackError):
+        return None
+    if ref is None:
+        return None
+    path = repo.objects.image_path(RawId(ref.digest))
+    return {"digest": ref.digest.hex(), "size": ref.size, "path": path,
+            "present": os.path.exists(path)}
+
+
 def _status_doc(repo: Any) -> dict[str, Any]:
     from overlay.deploy import deployment_present
     from overlay.layout import deploy_layout
@@ -366,6 +393,7 @@ def _status_doc(repo: Any) -> dict[str, Any]:
             "layout": dep.layout,
             "path": (repo.objects.root if dep.layout == "metacopy"
                      else layout.farm(dep.id)),
+            "image": _image_doc(repo, dep),
             "present": deployment_present(repo, dep),
             "pack": dep.pack, "pack_sha256": dep.pack_sha256, "keys": dep.keys,
             **_dep_state_doc(layout, dep.id),
