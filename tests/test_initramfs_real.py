@@ -104,7 +104,7 @@ def test_update_initramfs_runs_the_hook(built: Built, vendor: scenario.Sysroot) 
         assert (unpacked / PYDEST / package / "__init__.py").exists(), package
     assert not (unpacked / PYDEST / "xattr").exists()
     kernel_modules = {p.name.split(".ko")[0] for p in unpacked.glob("usr/lib/modules/*/kernel/**/*.ko*")}
-    assert {"overlay", "ext4"} <= kernel_modules
+    assert {"overlay", "ext4", "erofs", "loop"} <= kernel_modules
     assert os.access(unpacked / "scripts/local-bottom/sealtree", os.X_OK)
     assert os.access(unpacked / "usr/bin/sealtree-boot", os.X_OK)
     print(f"update-initramfs -c: {built.initramfs.seconds:.1f} s, "

@@ -29,7 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from pack.reader import read_image_ref
 from store.fsverity import digest_file
+from store.ids import RawId
+from store.repo import Repository
 from tests.vm import guest, scenario
 from tests.vm.fixtures import vm_kernel_612
 
@@ -72,12 +75,27 @@ def _boot(kernel: guest.Kernel, initrd: Path, disks: list[Path], append: str,
     return result
 
 
+def _image_digest(sysroot: scenario.Sysroot, release: str) -> bytes:
+    """The image digest release's kept pack signs (format version 2)."""
+    ref = read_image_ref(sysroot.repo / "packs" / f"{sysroot.commits[release]}.pack")
+    assert ref is not None
+    return ref.digest
+
+
+def _image_object(sysroot: scenario.Sysroot, release: str) -> Path:
+    path = Path(Repository.open(str(sysroot.repo)).objects.image_path(
+        RawId(_image_digest(sysroot, release))))
+    assert path.is_file()  # pack import built it
+    return path
+
+
 @pytest.fixture(scope="module")
 def boots(vm_kernel_612: guest.Kernel, tmp_path_factory: pytest.TempPathFactory) -> Boots:
     work = tmp_path_factory.mktemp("metacopy-vm")
     sysroot = scenario.build_sysroot(work / "vendor")
     blob_c = sysroot.object_path("C", scenario.BLOB)
     blob_b = sysroot.object_path("B", scenario.BLOB)
+    image_c = _image_object(sysroot, "C")
 
     def in_guest(path: Path) -> str:
         return "/sysroot" + scenario.in_image(sysroot, path)
@@ -85,7 +103,8 @@ def boots(vm_kernel_612: guest.Kernel, tmp_path_factory: pytest.TempPathFactory)
     spec = {"blob": scenario.BLOB, "objects": in_guest(sysroot.repo / "objects"),
             "blob_c_object": in_guest(blob_c), "blob_b_object": in_guest(blob_b),
             "blob_c_digest": digest_file(blob_c).hex(), "blob_b_digest": digest_file(blob_b).hex(),
-            "blob_c_sha256": hashlib.sha256(blob_c.read_bytes()).hexdigest()}
+            "blob_c_sha256": hashlib.sha256(blob_c.read_bytes()).hexdigest(),
+            "image_c": in_guest(image_c), "image_c_digest": _image_digest(sysroot, "C").hex()}
     (work / "spec.json").write_text(json.dumps(spec))
     extra = {GUEST_SPEC: work / "spec.json", "/usr/lib/sealtree/metacopy_guest.py": GUEST_SCRIPT}
     initrd = scenario.build_initrd(work / "scenarios-initrd", sysroot, INIT_SCENARIOS,
@@ -147,7 +166,7 @@ def test_object_replaced_at_runtime_is_not_served(boots: Boots) -> None:
 def test_object_without_fs_verity_is_refused(boots: Boots) -> None:
     res = boots.scenarios.results
     assert res.get("noverity-measure") == "None", boots.scenarios.describe()
-    refused = scenario.refusals(boots.scenarios.console)
+    refused = scenario.refusals(boots.scenarios.console)[:1]  # the image scenario's follows
     c, b = boots.sysroot.deployments["C"], boots.sysroot.deployments["B"]
     assert [(r[0], r[1], r[2]) for r in refused] == [(c, "large object", "/" + scenario.BLOB)]
     assert "the kernel cannot measure its fs-verity digest" in refused[0][3]
@@ -163,6 +182,32 @@ def test_stub_without_digest_is_refused_by_verity_require(boots: Boots) -> None:
     assert res.get("stub-on-nodigest") == "read" and res.get("stub-on-noverity") == "EIO"
     assert "has no digest specified" in boots.scenarios.console
     assert not [k for k in res if k.endswith("-crashed")], res
+
+
+def test_the_tree_is_mounted_from_the_signed_image(boots: Boots) -> None:
+    """The lower layer is the pack's EROFS image, measured by the kernel; a missing one is
+    built again at boot; one whose bytes changed (its fs-verity digest differs) is refused."""
+    res = boots.scenarios.results
+    lines = scenario.boot_lines(boots.scenarios.console)
+    digest = _image_digest(boots.sysroot, "C").hex()
+    assert any(f"image {digest[:16]} (" in line and "kernel-measured) mounted as the lower "
+               "layer" in line for line in lines), lines
+    c, b = boots.sysroot.deployments["C"], boots.sysroot.deployments["B"]
+    assert res.get("image-missing-status") == "0", boots.scenarios.describe()
+    assert res.get("image-missing-booted") == c and res.get("image-rebuilt") == "right"
+    assert res.get("image-missing-blob") == boots_blob_sha(boots)
+    assert any(f"image {digest[:16]} (" in line and "built now" in line for line in lines), lines
+    assert res.get("image-changed-has-verity") == "True", boots.scenarios.describe()
+    assert res.get("image-changed-status") == "0" and res.get("image-changed-booted") == b
+    refused = scenario.refusals(boots.scenarios.console)
+    assert [(r[0], r[1]) for r in refused[1:]] == [(c, "image")], refused
+    assert refused[1][2].endswith(".image") and "image object changed: kernel fs-verity " \
+        "digest is" in refused[1][3] and f"the pack signs {digest}" in refused[1][3], refused
+
+
+def boots_blob_sha(boots: Boots) -> str:
+    blob_c = boots.sysroot.object_path("C", scenario.BLOB)
+    return hashlib.sha256(blob_c.read_bytes()).hexdigest()
 
 
 def test_bytes_changed_on_the_sealed_disk_fail_the_read(boots: Boots) -> None:

@@ -75,8 +75,9 @@ STDLIB_PRUNE: tuple[str, ...] = (
 
 #: Modules to mount an ext4 virtio disk (dependencies are added automatically).
 DISK_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
-#: Module for overlay mounts.
-OVERLAY_MODULES: tuple[str, ...] = ("overlay",)
+#: Modules for overlay mounts, and the metacopy layout's EROFS image under them (erofs; loop
+#: where the kernel mounts no image file, before 6.12).
+OVERLAY_MODULES: tuple[str, ...] = ("overlay", "erofs", "loop")
 #: Modules for a ``virtfs`` host share mounted over 9p.
 NINEP_MODULES: tuple[str, ...] = ("virtio_pci", "9pnet_virtio", "9p")
 #: Soft dependencies the kernel would satisfy through request_module().

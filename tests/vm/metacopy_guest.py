@@ -19,7 +19,12 @@ every object by provisioning before this runs); each prints ``SEALTREE-RESULT ke
    the verifier refuses that deployment (the kernel cannot measure it) and boots the previous;
 4. ``stub``: stubs made by hand, mounted with ``verity=require``: a stub with the right digest
    reads; one whose digest xattr is empty (removed), or whose object has no fs-verity, fails
-   (EIO) at open.
+   (EIO) at open;
+5. ``image``: the default's large object restored; its EROFS image object deleted: the
+   verifier builds it again (fs-verity enabled, measured right) and boots the default from
+   it; then the image replaced by a verity-enabled copy with one byte changed: the
+   kernel-measured digest differs from the signed one, the verifier refuses the default
+   (stage ``image``) and boots the previous.
 
 The host passes paths and digests in ``/etc/sealtree/metacopy-test.json``.
 """
@@ -177,10 +182,37 @@ def stubs(spec: dict[str, str]) -> None:
         mounts.umount(view)
 
 
+def image(spec: dict[str, str]) -> None:
+    os.rename("/sysroot/kept-blob-c", spec["blob_c_object"])  # the right object again
+    path = spec["image_c"]
+    os.unlink(path)
+    result("image-missing-status", boot.run_boot(config(), say))
+    with open("/run/sealtree/booted") as handle:
+        result("image-missing-booted", handle.read().strip())
+    measured = kverity.measure(path)
+    result("image-rebuilt", "right" if measured == bytes.fromhex(spec["image_c_digest"])
+           else measured)
+    result("image-missing-blob", sha256_or_errno(os.path.join(TARGET, spec["blob"])))
+    unmount_tree()
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    data[len(data) // 2] ^= 0x01
+    evil = path + ".evil"
+    with open(evil, "wb") as handle:
+        handle.write(data)
+    kverity.enable(evil)
+    os.rename(evil, path)
+    result("image-changed-has-verity", kverity.measure(path) is not None)
+    result("image-changed-status", boot.run_boot(config(), say))
+    with open("/run/sealtree/booted") as handle:
+        result("image-changed-booted", handle.read().strip())
+    unmount_tree()
+
+
 def main() -> int:
     with open(SPEC_FILE) as handle:
         spec = json.load(handle)
-    for scenario in (live, good, swap, noverity, stubs):
+    for scenario in (live, good, swap, noverity, stubs, image):
         try:
             scenario(spec)
         except Exception as err:  # noqa: BLE001 - a test guest: report and go on
