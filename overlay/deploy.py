@@ -61,7 +61,7 @@ from . import deploy_state, farm, mounted_farms
 from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
 from .image_layer import ImageLayer, open_image
 from .layout import DeployLayout, deploy_layout, staging_dir
-from .metacopy import Layout, StubPlan, choose_layout, plan_stubs
+from .metacopy import Layout, choose_layout, distinct_objects, plan_stubs
 from .mount_deployment import MountResult, verity_option
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_checks
 from .staging import Staging, check_target
@@ -157,9 +157,8 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                 while os.path.lexists(DeployLayout(root).farm(dep_id)):  # unrecorded, but mounted
                     dep_id = state.allocate_id(to_hex(commit_id))
                 if chosen is Layout.METACOPY:
-                    plan = plan_stubs(repo.objects, items)
                     report, unpacked, lower = _verify_for_metacopy(
-                        reader, items, plan, repo.objects, dep_id, stage, timings,
+                        reader, items, repo.objects, dep_id, stage, timings,
                         policy=policy, workers=workers, verity=verity)
                     path = repo.objects.root
                 else:
@@ -167,7 +166,8 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                         reader, items, root, dep_id, stage, timings,
                         policy=policy, workers=workers, verity=verity)
                     published.append(path)
-                # The whole pack has been read and checked: its /etc, /var, boot files now.
+                # Every check has passed: its /etc, /var, boot files now (from the pack's rows
+                # and inline files, each checked against the signed manifest as it is read).
                 mark = time.perf_counter()
                 made = deploy_state.prepare(repo, DeployLayout(root), reader, items, dep_id, state)
                 prepared.append(made)
@@ -263,7 +263,7 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
     return report, unpacked, path
 
 
-def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubPlan,
+def _verify_for_metacopy(reader: PackReader, items: list[LargeFile],
                          objects: ObjectStore, dep_id: str, stage: Staging | None,
                          timings: dict[str, float], *, policy: Policy, workers: int | None,
                          verity: Verity
@@ -274,15 +274,17 @@ def _verify_for_metacopy(reader: PackReader, items: list[LargeFile], plan: StubP
     directory, named after the deployment; or, for a pack without an image (format version
     1), the pack's data read (and unpacked with the stubs into the staging tmpfs); no farm."""
     lower = MetacopyLower()
+    plan = None if reader.image is not None else plan_stubs(objects, items)
     mark = time.perf_counter()
-    with start_checks(plan.objects, policy, enable=True, workers=workers, verity=verity,
+    checked = distinct_objects(items) if plan is None else plan.objects
+    with start_checks(checked, policy, enable=True, workers=workers, verity=verity,
                       inode_meta=False) as pending:
         timings["objects"] = time.perf_counter() - mark
         if pending.failed():
             pending.wait()  # raises: a bad object is found before anything is unpacked
         unpacked = None
         mark = time.perf_counter()
-        if reader.image is not None:
+        if plan is None:
             # The image is the tree (signed by its digest): no pass over the pack's data.
             lower.image = open_image(objects, reader, policy, verity=verity,
                                      enable=True)

@@ -91,6 +91,19 @@ class StubPlan:
                    for s in (self.stubs[i.digest] for i in items))
 
 
+def distinct_objects(items: Sequence[LargeFile]) -> list[LargeFile]:
+    """The first of ``items`` (in their order) of each distinct content: the objects the
+    stubs are redirected to (what must exist and be verified), without the stubs' xattrs
+    (a pack with an image has them in the image)."""
+    seen: set[RawId] = set()
+    chosen: list[LargeFile] = []
+    for item in items:
+        if item.digest not in seen:
+            seen.add(item.digest)
+            chosen.append(item)
+    return chosen
+
+
 def plan_stubs(objects: ObjectStore, items: Sequence[LargeFile]) -> StubPlan:
     """One object per distinct content among ``items`` (the first in their order), and each
     content's stub xattrs.  Objects with equal content and other metadata are not used."""

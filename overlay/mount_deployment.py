@@ -45,7 +45,7 @@ from . import farm, mounted_farms, mounts
 from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
 from .image_layer import ImageLayer, open_image
 from .layout import deploy_layout, staging_dir
-from .metacopy import Layout, choose_layout, plan_stubs
+from .metacopy import Layout, choose_layout, distinct_objects, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
 from .staging import Staging, check_target, mount_error
 from .state import Deployment, state_file
@@ -154,8 +154,9 @@ def _mount_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectS
     names one, else the pack unpacked with stubs into a tmpfs."""
     timings: dict[str, float] = {}
     mark = time.perf_counter()
-    plan = plan_stubs(objects, items)
-    report = check_objects(plan.objects, policy, enable=False, workers=workers, verity=verity,
+    plan = None if reader.image is not None else plan_stubs(objects, items)
+    checked = distinct_objects(items) if plan is None else plan.objects
+    report = check_objects(checked, policy, enable=False, workers=workers, verity=verity,
                            inode_meta=False)
     timings["objects"] = time.perf_counter() - mark
     check_target(target, repo_path)
