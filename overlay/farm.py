@@ -25,7 +25,6 @@ from collections.abc import Collection, Iterable, Sequence
 
 from store import xattrs
 from store.errors import DeployError, FarmMismatch, ObjectMissing
-from store.forked import Forked
 from store.names import show
 from store.remove import remove_tree
 from store.syncfs import syncfs
@@ -121,6 +120,8 @@ class FarmBuilder:
     def __init__(self, deploy_root: str, dep_id: str, items: Sequence[LargeFile]) -> None:
         self.work = DeployLayout(deploy_root).farm_in_progress(dep_id)
         self.items = items
+        from store.forked import Forked  # noqa: PLC0415 - only a farm build forks
+
         self._child = Forked(start_farm, deploy_root, dep_id, items, failure=self._failed)
 
     def _failed(self, message: str) -> DeployError:

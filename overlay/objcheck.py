@@ -34,15 +34,18 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from store import kverity, xattrs
 from store.errors import FarmMismatch, ObjectMismatch, VerificationError, VerityError, VerityUnsupported
-from store.forked import Forked, worker_count
 from store.fsverity import digest_fd
 from store.ids import RawId, to_hex
 from store.model import Meta
 from store.names import show
 from store.readahead import read_ahead
+
+if TYPE_CHECKING:
+    from store.forked import Forked
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
 MAX_WORKERS = 8
@@ -249,11 +252,16 @@ class PendingCheck:
         # fs-verity reads, it reads in the kernel): a few system calls per object are done
         # sooner by one process than by several forked ones.
         total = 0 if job.policy is Policy.KERNEL else sum(item.size for item in self.items)
-        n = workers if workers is not None else worker_count(MAX_WORKERS)
+        n = workers if workers is not None else (os.cpu_count() or 1)
+        n = min(n, MAX_WORKERS)
         n = max(1, min(n, len(self.items)))
         if n == 1 or total < PARALLEL_MIN_BYTES:
             self._done.append(_check_share(self.items, range(len(self.items)), job))
             return
+        # Imported only when forking: the pickling and pipes of worker processes are not
+        # needed by a check made here (the metacopy layout under policy kernel, small trees).
+        from store.forked import Forked  # noqa: PLC0415
+
         for share in _share_out(self.items, n):
             self.children.append(Forked(_check_share, self.items, share, job, failure=_worker_failed))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
@@ -33,7 +33,9 @@ from store.remove import remove_tree
 from . import mounts
 from .metacopy import StubPlan
 from .objcheck import LargeFile
-from .unpack_tmpfs import TmpfsSize, tmpfs_size, unpack_into_tmpfs
+
+if TYPE_CHECKING:
+    from .unpack_tmpfs import TmpfsSize
 
 STAGING_PREFIX = "mount-"
 STAGING_LOCK = "lock"
@@ -145,6 +147,9 @@ class Staging:
         This reads the pack's data section: it raises PackError unless the whole
         pack checks out (every inline file, and the file's SHA-256 when bound).
         """
+        # Imported here: a metacopy deployment from an image unpacks nothing.
+        from .unpack_tmpfs import tmpfs_size, unpack_into_tmpfs  # noqa: PLC0415
+
         if stubs is None:
             size = tmpfs_size(reader.manifest, reader.commit.root_meta)
         else:

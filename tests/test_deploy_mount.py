@@ -14,7 +14,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from overlay import farm, mounts, staging
+from overlay import farm, mounts, unpack_tmpfs
 from overlay import mount_deployment as md
 from overlay.deploy import deploy, undeploy
 from overlay.objcheck import LargeFile
@@ -170,7 +170,7 @@ def test_failure_part_way_leaves_nothing(site, monkeypatch, where):
         raise OSError(22, "Invalid argument", target)
 
     if where == "unpack":
-        monkeypatch.setattr(staging, "unpack_into_tmpfs", broken_unpack)
+        monkeypatch.setattr(unpack_tmpfs, "unpack_into_tmpfs", broken_unpack)
         expected: type[Exception] = PackError
     elif where == "farm":
         monkeypatch.setattr(farm, "start_farm", broken_farm)
