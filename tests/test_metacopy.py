@@ -23,9 +23,10 @@ from overlay import boot_config, metacopy, mounted_farms, mounts, state
 from overlay import mount_deployment as md
 from overlay.deploy import deploy, deployment_present, undeploy
 from overlay.deployment_pack import large_files, open_deployment_pack, trusted_keyring
-from overlay.image_layer import ImageMismatch
+from overlay.image_layer import ImageMismatch, open_image
 from overlay.metacopy import Layout
 from overlay.objcheck import Policy
+from overlay.staging import Staging
 from overlay.unpack_tmpfs import unpack_into_tmpfs
 from pack.image import image_digest
 from pack.importer import kept_pack_path
@@ -334,6 +335,35 @@ def test_the_image_layer_is_read_only_and_gone_with_the_overlay(site):
             assert image_digest(handle.read()) == result.mount.image.digest
     finally:
         md.unmount(repo, site.target)
+    assert _leftovers(site.base) == []
+
+
+def test_the_image_through_a_loop_device_shows_the_same_tree(site):
+    """The path kernels before 6.12 take (no file-backed erofs): the checked image attached
+    read-only to a loop device, under the overlay over the objects; the device goes with it."""
+    repo, result = _deploy(site, make_default=False)
+    dep = result.deployment
+    commit = RawId(bytes.fromhex(site.commit))
+    with open_deployment_pack(site.kept_pack(), trusted_keyring(site.keys), commit) as (reader, _v):
+        image = open_image(repo.objects, reader, USERSPACE)
+    try:
+        with Staging(repo.layout.tmp) as stage:
+            source = stage.image(image.fd, dep.id, loop=True)
+            assert source.startswith("/dev/loop")
+            stage.mount(site.target, None, data=repo.objects.root, verity="off")
+            stage.keep()
+    finally:
+        image.close()
+    try:
+        assert_same_tree(site.src, site.target)
+        assert mounted_farms.deployment_mounts(os.path.join(site.repo, "deploy")) == \
+            {dep.id: [os.path.abspath(site.target)]}
+        backing = f"/sys/block/{os.path.basename(source)}/loop/backing_file"
+        with open(backing) as handle:
+            assert handle.read().strip() == image.path
+    finally:
+        md.unmount(repo, site.target)
+    assert not os.path.exists(backing)  # autoclear: detached with the last mount
     assert _leftovers(site.base) == []
 
 
