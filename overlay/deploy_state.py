@@ -301,7 +301,9 @@ def prepare(repo: Repository, layout: DeployLayout, reader: PackReader, items: l
             dep_id: str, state: State) -> Prepared:
     """Build the writable /etc, the seed of /var (when there is none) and the boot files of the
     new deployment ``dep_id`` from ``reader`` (its pack, whose data section has been read through
-    once already) and ``items`` (its large files, checked).  Call with the state locked.
+    once already, or, for a metacopy deployment from the pack's image, not: each inline file
+    read here is checked against the signed manifest all the same) and ``items`` (its large
+    files, checked).  Call with the state locked.
 
     Raises StateError, EtcMergeError; on any failure nothing is left built.
     """
