@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from overlay import mounts, staging
+from overlay import mounts, unpack_tmpfs
 from overlay.deploy import deploy, undeploy
 from overlay.layout import deploy_layout
 from overlay.mount_deployment import unmount
@@ -95,7 +95,7 @@ def test_identical_empty_files_fit_the_tmpfs(base):
 def test_a_deployment_that_cannot_mount_is_not_recorded(base, monkeypatch):
     site = published_site(base)
     repo = Repository.open(site.repo)
-    monkeypatch.setattr(staging, "tmpfs_size", lambda manifest, root_meta=None: TmpfsSize(4096, 16))
+    monkeypatch.setattr(unpack_tmpfs, "tmpfs_size", lambda manifest, root_meta=None: TmpfsSize(4096, 16))
     with pytest.raises(DeployError, match="the tmpfs sized from the manifest is full"):
         deploy(repo, "os/main", site.keys, target=site.target)
     _nothing_recorded(site)
