@@ -33,6 +33,7 @@ PREFIX = "provision: "
 @dataclass
 class ProvisionReport:
     objects: int = 0
+    images: int = 0  # of ``objects``: packs' EROFS image objects
     enabled: int = 0  # sealed now
     already: int = 0  # sealed before
     digests: list[tuple[str, str]] = field(default_factory=list)  # (object path, sha256:<hex>)
@@ -63,6 +64,7 @@ def provision(repo: Repository, *, on_object: Callable[[str, bytes], None] | Non
         if obj.kind not in ("file", "image"):  # named by their fs-verity digest
             continue
         report.objects += 1
+        report.images += obj.kind == "image"
         try:
             if kverity.enable(obj.path):
                 report.enabled += 1
@@ -87,7 +89,7 @@ def provision(repo: Repository, *, on_object: Callable[[str, bytes], None] | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m overlay.provision",
-                                description="Enable fs-verity on every file object of REPO.")
+                                description="Enable fs-verity on every file and image object of REPO.")
     p.add_argument("repo", metavar="REPO")
     p.add_argument("--digests", action="store_true", help="print every kernel-measured digest")
     args = p.parse_args(argv)
@@ -108,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"CORRUPT {show_name(path)}: the kernel-measured digest is not the object's name")
     for path, why in report.failed:
         say(f"FAILED {show_name(path)}: {why}")
-    say(f"{report.objects} file objects: fs-verity enabled on {report.enabled}, "
+    say(f"{report.objects - report.images} file objects, {report.images} image objects: "
+        f"fs-verity enabled on {report.enabled}, "
         f"{report.already} already sealed, {len(report.mismatched)} corrupt, "
         f"{len(report.failed)} failed")
     return 1 if report.mismatched or report.failed else 0
