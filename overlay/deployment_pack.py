@@ -104,4 +104,5 @@ def in_farm(items: Sequence[LargeFile], farm_dir: str) -> list[LargeFile]:
     """``items`` with their farm paths (the hardlinks layout checks each link), without a
     second pass over the manifest."""
     base = os.fsencode(farm_dir) + b"/"
-    return [item.replace(link=os.fsdecode(base + item.path)) for item in items]
+    return [LargeFile(item.path, item.meta, item.size, item.digest, item.obj,
+                      os.fsdecode(base + item.path)) for item in items]
