@@ -16,24 +16,28 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 
 from store.errors import SignatureError, UsageError
 from store.names import show
+from store.record import Frozen
 
 from .keys import KeyId, Keyring
 from .reader import PackReader
 from .signature import Signature, pack_sha256, signatures_of, signed_message
 
 
-@dataclass(frozen=True)
-class Verification:
+class Verification(Frozen):
     """A pack digest and the keys whose signatures over it counted (sorted key ids)."""
 
+    __slots__ = ("sha256", "signers")
+    _fields = __slots__
     sha256: bytes
     signers: tuple[KeyId, ...]
+
+    def __init__(self, sha256: bytes, signers: tuple[KeyId, ...]) -> None:
+        self._set_fields(sha256, signers)
 
 
 def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring,
