@@ -210,6 +210,8 @@ def test_a_pack_signing_another_image_is_refused_and_nothing_is_left(site, base)
         at = reader.header.image_offset
     data[at + 10] ^= 1  # the first byte of the signed fs-verity digest
     pack = _resign(base, bytes(data), "other image.pack")
+    verify = run_cli("pack", "verify", pack, "--keys", site.keys, check=False)
+    assert verify.returncode == PackError.exit_code and "the image built from it" in verify.stderr
     device = Repository.init(os.path.join(base, "device"))
     with pytest.raises(PackError, match="the image built from it") as info:
         import_pack(device, pack, load_keyring(site.keys))
