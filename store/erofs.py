@@ -8,8 +8,10 @@ written the same way every time (docs/FORMAT.md, section 19):
   inode, its inline xattrs, its inline data tail or its chunk map), each inode at a
   32-byte slot (its ``nid``, counted from byte 0), the first one (the root) right
   after the superblock; then the data blocks;
-- inodes in one fixed order, depth first with each directory's entries sorted by
-  name bytes; a ``Node`` reached by several names is one inode (a hardlink);
+- inodes in one fixed order (directories visited depth first, each one's entries
+  numbered in name-byte order), placed in that order, a record that does not fit the
+  rest of a block filling an earlier block's rest; a ``Node`` reached by several names
+  is one inode (a hardlink);
 - the 32-byte compact inode unless the 64-byte extended one is needed (an owner
   above 65535, a size of 4 GiB or more, more than 65535 links);
 - every timestamp 0 (superblock epoch, every inode), uuid and volume name zero,
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 from .errors import FormatError
+from .names import show
 
 Kind = Literal["dir", "file", "symlink"]
 DIR: Kind = "dir"
@@ -86,6 +89,7 @@ MAGIC = 0xE0F5E1E2
 META_BLKADDR = 0  # nids count from the image's start; the first inode follows the superblock
 META_START = SUPER_OFFSET + 128  # never nid 0: the kernel's inode number is the nid, and 0 is no inode
 NAME_MAX = 255
+GAP_WINDOW = 16  # how many rests of blocks the placement keeps for later, smaller records
 SYMLINK_MAX = 4095
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -160,11 +164,13 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return (parent if parent != b"/" else b"") + b"/" + name
 
 
+_NOT_NAMES = frozenset((b"", b".", b".."))
+
+
 def _check_name(parent: bytes, name: bytes) -> None:
-    if not isinstance(name, bytes):
-        raise ImageError("a name in the tree is not bytes", path=parent)
-    if name in (b"", b".", b".."):
-        raise ImageError(f"the name {name!r} cannot be a directory entry", path=parent)
+    """Raise the ImageError for a name that cannot be a directory entry."""
+    if name in _NOT_NAMES:
+        raise ImageError(f"the name '{show(name)}' cannot be a directory entry", path=parent)
     if b"/" in name or b"\0" in name:
         raise ImageError("a name holds '/' or NUL", path=_join(parent, name))
     if len(name) > NAME_MAX:
@@ -183,27 +189,27 @@ def _xattr_key(name: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _xattr_body(path: bytes, xattrs: tuple[tuple[bytes, bytes], ...]) -> bytes:
+def _xattr_body(inode: _Inode, xattrs: tuple[tuple[bytes, bytes], ...]) -> bytes:
     """The inline xattr body: ibody header, then one entry per xattr sorted by full name,
     each 4-byte aligned."""
     parts = [_IBODY_HEADER]
     seen: set[bytes] = set()
     for name, value in sorted(xattrs):
         if name in seen:
-            raise ImageError(f"the xattr {name!r} is given twice", path=path)
+            raise ImageError(f"the xattr {show(name)} is given twice", path=inode.path)
         seen.add(name)
         key = _xattr_key(name)
         if key is None:
-            raise ImageError(f"the xattr {name!r} has no EROFS name prefix", path=path)
+            raise ImageError(f"the xattr {show(name)} has no EROFS name prefix", path=inode.path)
         index, suffix = key
         if index not in _XATTR_EXACT.values():
             if not suffix:
-                raise ImageError(f"the xattr name {name!r} is a bare prefix", path=path)
+                raise ImageError(f"the xattr name {show(name)} is a bare prefix", path=inode.path)
             if len(suffix) > NAME_MAX:
-                raise ImageError(f"the xattr name {name!r} is too long", path=path,
+                raise ImageError(f"the xattr name {show(name)} is too long", path=inode.path,
                                  value=len(suffix), limit=NAME_MAX)
         if len(value) > U16:
-            raise ImageError(f"the xattr {name!r} value is too large", path=path,
+            raise ImageError(f"the xattr {show(name)} value is too large", path=inode.path,
                              value=len(value), limit=U16)
         entry = _XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
         parts.append(entry + bytes(-len(entry) & 3))
@@ -229,16 +235,16 @@ def _dir_blocks(names: list[bytes]) -> tuple[list[int], int]:
 class _Inode:
     """One inode being laid out: what write_image computes for a Node before writing it."""
 
-    __slots__ = ("node", "path", "ino", "nlink", "parent", "names", "counts", "size",
+    __slots__ = ("node", "name", "parent", "ino", "nlink", "names", "counts", "size",
                  "xattr", "extended", "layout", "record", "nid", "blocks", "start",
                  "chunk_bits", "chunks")
 
-    def __init__(self, node: Node, path: bytes, ino: int) -> None:
+    def __init__(self, node: Node, name: bytes, parent: _Inode | None, ino: int) -> None:
         self.node = node
-        self.path = path
+        self.name = name  # its first name, in ``parent``: the root's is b""
+        self.parent: _Inode = self if parent is None else parent
         self.ino = ino
         self.nlink = 1
-        self.parent: _Inode = self
         self.names: list[bytes] = []
         self.counts: list[int] = []
         self.size = 0
@@ -252,12 +258,24 @@ class _Inode:
         self.chunk_bits = 0
         self.chunks = 0
 
+    @property
+    def path(self) -> bytes:
+        """The inode's path in the tree (by its first name), for messages."""
+        names = []
+        inode = self
+        while inode.parent is not inode:
+            names.append(inode.name)
+            inode = inode.parent
+        return b"/" + b"/".join(reversed(names))
+
 
 def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
-    """Every inode once, depth first by sorted name; nlinks counted; names checked."""
+    """Every inode once, in inode order: the root, then directories visited depth first in
+    name order, each visited directory's new entries numbered in name order.  Links counted,
+    names checked."""
     if root.kind != DIR:
         raise ImageError("the root of an image is a directory", path=b"/")
-    first = _Inode(root, b"/", 1)
+    first = _Inode(root, b"", None, 1)
     first.nlink = 2
     order = [first]
     by_id = {id(root): first}
@@ -269,7 +287,8 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
         parent.names = names
         subdirs: list[_Inode] = []
         for name in names:
-            _check_name(parent.path, name)
+            if name in _NOT_NAMES or len(name) > NAME_MAX or b"/" in name or b"\0" in name:
+                _check_name(parent.path, name)
             child = entries[name]
             known = by_id.get(id(child))
             if known is not None:
@@ -278,11 +297,10 @@ def _collect(root: Node) -> tuple[list[_Inode], dict[int, _Inode]]:
                                      path=_join(parent.path, name))
                 known.nlink += 1
                 continue
-            inode = _Inode(child, _join(parent.path, name), len(order) + 1)
+            inode = _Inode(child, name, parent, len(order) + 1)
             by_id[id(child)] = inode
             order.append(inode)
             if child.kind == DIR:
-                inode.parent = parent
                 inode.nlink = 2
                 parent.nlink += 1
                 subdirs.append(inode)
@@ -294,51 +312,50 @@ def _plan(inode: _Inode) -> None:
     """Size, layout and metadata record of one inode."""
     node = inode.node
     kind = node.kind
-    path = inode.path
     if kind not in _KIND_FORMAT:
-        raise ImageError(f"unknown node kind {kind!r}", path=path)
+        raise ImageError(f"unknown node kind {kind!r}", path=inode.path)
     if not 0 <= node.mode <= 0o7777:
-        raise ImageError("the mode has bits beyond the permission bits", path=path,
+        raise ImageError("the mode has bits beyond the permission bits", path=inode.path,
                          value=node.mode, limit=0o7777)
     if not (0 <= node.uid <= U32 and 0 <= node.gid <= U32):
-        raise ImageError("an owner is out of range", path=path,
-                         value=max(node.uid, node.gid), limit=U32)
+        raise ImageError("an owner is out of range", path=inode.path,
+                         value=node.uid if not 0 <= node.uid <= U32 else node.gid, limit=U32)
     if node.xattrs:
-        inode.xattr = _xattr_body(path, node.xattrs)
+        inode.xattr = _xattr_body(inode, node.xattrs)
     data_len: int
     if kind == DIR:
         if node.data or node.size is not None:
-            raise ImageError("a directory has data", path=path)
+            raise ImageError("a directory has data", path=inode.path)
         names = inode.names
         names.extend((b".", b".."))
         names.sort()
         inode.counts, data_len = _dir_blocks(names)
     else:
         if node.entries:
-            raise ImageError("only a directory has entries", path=path)
+            raise ImageError("only a directory has entries", path=inode.path)
         data_len = len(node.data)
         if kind == SYMLINK:
             if node.size is not None:
-                raise ImageError("a symlink has no separate size", path=path)
+                raise ImageError("a symlink has no separate size", path=inode.path)
             if not 0 < data_len <= SYMLINK_MAX:
-                raise ImageError("the symlink target is empty or too long", path=path,
+                raise ImageError("the symlink target is empty or too long", path=inode.path,
                                  value=data_len, limit=SYMLINK_MAX)
             if b"\0" in node.data:
-                raise ImageError("the symlink target holds NUL", path=path)
+                raise ImageError("the symlink target holds NUL", path=inode.path)
     inode.size = data_len
     sparse = node.size is not None and node.size > 0
     if node.size is not None:
         if data_len:
-            raise ImageError("a sparse file has data", path=path)
+            raise ImageError("a sparse file has data", path=inode.path)
         if node.size < 0:
-            raise ImageError("the size is negative", path=path, value=node.size, limit=0)
+            raise ImageError("the size is negative", path=inode.path, value=node.size, limit=0)
         if node.size > SIZE_MAX:
-            raise ImageError("the size is too large", path=path, value=node.size, limit=SIZE_MAX)
+            raise ImageError("the size is too large", path=inode.path, value=node.size, limit=SIZE_MAX)
         inode.size = node.size
     inode.extended = (node.uid > U16 or node.gid > U16 or inode.size > U32 or inode.nlink > U16)
     head = (64 if inode.extended else 32) + len(inode.xattr)
     if head > BLOCK:
-        raise ImageError("the xattrs do not fit the inode's block", path=path,
+        raise ImageError("the xattrs do not fit the inode's block", path=inode.path,
                          value=head, limit=BLOCK)
     if sparse:
         bits = max(BLOCK_BITS, (inode.size - 1).bit_length())
@@ -349,9 +366,14 @@ def _plan(inode: _Inode) -> None:
         inode.record = head + 4 * inode.chunks
         if inode.record > BLOCK:  # beyond some 8 PiB: the chunk map would leave the block
             raise ImageError("the sparse file's chunk map does not fit the inode's block",
-                             path=path, value=inode.record, limit=BLOCK)
+                             path=inode.path, value=inode.record, limit=BLOCK)
         return
     tail = data_len & (BLOCK - 1)
+    if kind == DIR and tail:
+        # A zero byte after a directory's inline tail: the kernel's lookup may compare the
+        # block's last name up to a NUL or the block's end, not the directory's size, so
+        # what follows the tail (the next inode) must not read as more of that name.
+        tail += 1
     if tail and head + tail <= BLOCK:
         inode.layout = FLAT_INLINE
         inode.blocks = data_len >> BLOCK_BITS
@@ -363,17 +385,34 @@ def _plan(inode: _Inode) -> None:
 
 
 def _place(order: list[_Inode]) -> int:
-    """Give each inode its nid (32-byte slots from the metadata area's start): in order,
-    a record never crossing a block boundary unless it is larger than a block.  Returns
-    the metadata area's size in blocks."""
+    """Give each inode its nid (its record's offset / 32), in inode order: a record (at
+    most a block: ``_plan`` sees to it) never crosses a block boundary.  One that does not
+    fit the rest of the current block goes to the first of the last ``GAP_WINDOW`` gaps
+    so left behind (oldest first) that holds it, else to the next block.  Returns the
+    metadata area's size in blocks."""
     pos = META_START
+    gaps: list[list[int]] = []  # [start, end] of the rests of blocks left behind
     for inode in order:
-        record = inode.record
+        size = (inode.record + 31) & ~31
         off = pos & (BLOCK - 1)
-        if off + record > BLOCK and off:
+        if off + size <= BLOCK or not off:
+            inode.nid = pos >> 5
+            pos += size
+            continue
+        for i, gap in enumerate(gaps):
+            if gap[1] - gap[0] >= size:
+                inode.nid = gap[0] >> 5
+                gap[0] += size
+                if gap[0] == gap[1]:
+                    del gaps[i]
+                break
+        else:
+            gaps.append([pos, pos + BLOCK - off])
+            if len(gaps) > GAP_WINDOW:
+                del gaps[0]
             pos += BLOCK - off
-        inode.nid = pos >> 5
-        pos += (record + 31) & ~31
+            inode.nid = pos >> 5
+            pos += size
     return -(-pos >> BLOCK_BITS)
 
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.erofs_write import load as load_stub_tree
 from overlay import mounts
 from overlay.metacopy import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value
 from store import erofs
@@ -326,6 +327,34 @@ def test_a_stub_read_from_the_image_is_holes(where):
         assert handle.read() == bytes(3 * 4096 + 5)
 
 
+def _inode_at(image: bytes, nid: int) -> tuple[int, int, int]:
+    """(i_format, i_xattr_icount, i_size) of the compact inode ``nid``."""
+    fmt, icount, _mode, _nlink, size = struct.unpack_from("<HHHHI", image, nid * 32)
+    assert fmt & 1 == 0
+    return fmt, icount, size
+
+
+@pytest.mark.parametrize("length", range(1, 70))
+def test_a_directory_tail_is_followed_by_a_zero_byte(length):
+    """The kernel's lookup may read a block's last name up to a NUL or the block's end
+    (not the directory's size): after an inline directory tail comes a zero byte, never the
+    next inode (which starts with a non-zero i_format for an inline file)."""
+    name = b"y" * length
+    image = image_bytes(Node(DIR, 0o755, entries={
+        b"d": Node(DIR, 0o755, entries={name: Node(FILE, 0o644, data=b"inline")})}))
+    root_nid = struct.unpack_from("<H", image, 1024 + 14)[0]
+    fmt, icount, size = _inode_at(image, root_nid)
+    assert fmt >> 1 == erofs.FLAT_INLINE and icount == 0
+    root_dir = image[root_nid * 32 + 32:root_nid * 32 + 32 + size]
+    d_nid = next(nid for nid, off, _t in struct.iter_unpack("<QHBx", root_dir[:36])
+                 if root_dir[off:off + 1] == b"d")
+    fmt, icount, size = _inode_at(image, d_nid)
+    assert fmt >> 1 == erofs.FLAT_INLINE and icount == 0 and size == 36 + 3 + length
+    end = d_nid * 32 + 32 + size
+    assert image[end - length:end] == name
+    assert end % 4096 == 0 or image[end] == 0
+
+
 # -- determinism ---------------------------------------------------------------------------
 
 def _reordered(node: Node, memo: dict[int, Node]) -> Node:
@@ -355,6 +384,20 @@ def test_the_recipe_is_pinned():
     assert hashlib.sha256(image_bytes(_sample_tree())).hexdigest() == GOLDEN_SAMPLE_SHA256
 
 
+def _packed_tree() -> Node:
+    """Files whose records leave rests of blocks that later, smaller ones fill."""
+    sizes = [(i * 1237) % 3900 + 1 for i in range(120)]
+    return Node(DIR, 0o755, entries={
+        b"%03d" % i: Node(FILE, 0o644, data=bytes([i]) * size) for i, size in enumerate(sizes)})
+
+
+def test_the_placement_is_pinned(where):
+    image = image_bytes(_packed_tree())
+    assert hashlib.sha256(image).hexdigest() == GOLDEN_PACKED_SHA256
+    assert_image_shows(_packed_tree(), where)
+
+
+GOLDEN_PACKED_SHA256 = "eb72b53a2fa25f42254e776405dfa62fd662b0f23adfbe1bc0d70680347f0146"
 GOLDEN_SAMPLE_SHA256 = "ed0eb4f2621fbc54b75ffd3b9a0d6616dee2a70c5d711a40ebe3a3fb5d8fd413"
 
 
@@ -471,6 +514,15 @@ def test_random_trees_mount_as_built(tmp_path_factory, tree):
     os.mkdir(where)
     assert_image_shows(tree, where)
     assert image_bytes(_reordered(tree, {})) == image_bytes(tree)
+
+
+# -- a real tree -------------------------------------------------------------------------
+
+def test_debian_minbase_as_the_metacopy_layout_holds_it(minbase, where):
+    """minbase's image (small files inline, large ones stubs with two overlay xattrs):
+    every path as asked for, and every inline file's bytes those of the tree."""
+    tree = load_stub_tree(os.fsencode(minbase))
+    assert_image_shows(tree, where)
 
 
 # -- a stub through overlayfs --------------------------------------------------------------
