@@ -29,6 +29,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Re-exported: the names overlay/ and its tests use (pack.stubs spells them).
+from pack.stubs import METACOPY_XATTR as METACOPY_XATTR
+from pack.stubs import REDIRECT_XATTR as REDIRECT_XATTR
+from pack.stubs import metacopy_value as metacopy_value
 from store import kverity
 from store.errors import DeployError, VerityError, VerityUnsupported
 from store.ids import RawId
@@ -36,10 +40,6 @@ from store.objects import ObjectStore
 
 from .objcheck import LargeFile
 
-METACOPY_XATTR = b"trusted.overlay.metacopy"
-REDIRECT_XATTR = b"trusted.overlay.redirect"
-OVERLAY_METACOPY_VERSION = 0
-FS_VERITY_HASH_ALG_SHA256 = 1
 #: Linux release from which overlayfs has data-only layers (6.5) and ``verity=`` (6.6).
 OVERLAY_VERITY_RELEASE = (6, 6)
 
@@ -54,14 +54,6 @@ class Layout(enum.Enum):
 
 class MetacopyUnsupported(DeployError):
     """The metacopy layout was asked for where the kernel or filesystem cannot enforce it."""
-
-
-def metacopy_value(digest: bytes) -> bytes:
-    """``trusted.overlay.metacopy`` for an fs-verity SHA-256 ``digest``: version, length,
-    flags, algorithm, digest (the kernel's ``struct ovl_metacopy``)."""
-    if len(digest) != 32:
-        raise ValueError(f"an fs-verity SHA-256 digest has 32 bytes, got {len(digest)}")
-    return bytes([OVERLAY_METACOPY_VERSION, 4 + len(digest), 0, FS_VERITY_HASH_ALG_SHA256]) + digest
 
 
 def redirect_value(objects_root: str, obj: str) -> bytes:

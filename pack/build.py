@@ -4,7 +4,8 @@ The same commit, ref, ``inline_max`` and ``level`` always give the same bytes
 (with the same zstd library): rows come in ``store.walk`` order, frames are
 cut by fixed rules, the compressor has one fixed configuration, each frame's
 level follows from its content (``_Frames``), and nothing of the build machine
-or time is recorded.  Inline files are read back from
+or time is recorded.  The pack names the EROFS image its tree makes (pack.image, recipe
+1), built here from the same rows and bytes.  Inline files are read back from
 their objects and their fs-verity digests checked before they are packed, so
 a pack never carries a corrupt object under a vendor signature.
 """
@@ -31,6 +32,7 @@ from store.repo import Repository
 from store.walk import walk
 
 from . import format as fmt
+from .image import ImageTree, image_ref
 from .manifest import ManifestEntry, check_meta, encode_row, plan_manifest
 
 # Why 4096 and 19: see docs/FORMAT.md, section 7 ("Choosing the inline threshold").
@@ -60,6 +62,7 @@ class BuildResult:
     inline_bytes: int
     large_files: int
     large_bytes: int
+    image: fmt.ImageRef  # the identity of the tree's EROFS image (pack.image), signed with it
 
 
 def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
@@ -130,8 +133,9 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
                inline_max: int = DEFAULT_INLINE_MAX, level: int = DEFAULT_LEVEL) -> BuildResult:
     """Write the pack of ``commit_id`` for ``ref`` to ``out`` (atomically); files up to
     ``inline_max`` bytes go inline.  Raises UsageError on bad options, ObjectMissing or
-    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit or
-    holds xattrs Linux will not set (``store.inode_rules``: a reader would refuse it)."""
+    ObjectCorrupt for a bad inline object, PackError if the tree exceeds a pack limit,
+    holds xattrs Linux will not set (``store.inode_rules``: a reader would refuse it) or
+    cannot be an EROFS image (pack.image)."""
     if not 0 <= inline_max <= fmt.MAX_INLINE_MAX:
         raise UsageError(f"the inline threshold must be in 0..{fmt.MAX_INLINE_MAX} bytes, "
                          f"got {inline_max}")
@@ -155,11 +159,17 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
                        for i in range(0, len(manifest), fmt.FRAME_MAX)]
     out = os.fspath(out)
     inline = [row for row in rows if row.inline]
+    tree = ImageTree(commit.root_meta)
     with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(out))) as spool:
         frames = _DataFrames(cctx, spool)
-        for row in inline:
-            frames.add(_read_inline(repo, row))
+        for row in rows:
+            data = _read_inline(repo, row) if row.inline else None
+            if data is not None:
+                frames.add(data)
+            tree.add(row, data)
         frames.flush()
+        image = image_ref(tree.image())
+        del tree
         data_size = sum(row.entry.size for row in inline)
         header = fmt.Header(inline_max, commit.id(), len(commit_bytes), len(ref_bytes), len(rows),
                             len(manifest), len(manifest_frames), data_size, len(frames.table))
@@ -175,6 +185,7 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
             emit(header.encode())
             emit(commit_bytes)
             emit(ref_bytes)
+            emit(image.encode())
             emit(fmt.encode_frame_table([(len(f), min(fmt.FRAME_MAX, len(manifest) - i * fmt.FRAME_MAX))
                                          for i, f in enumerate(manifest_frames)]))
             emit(fmt.encode_frame_table(frames.table))
@@ -185,4 +196,4 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
                 emit(chunk)
     large = [row for row in rows if row.is_large]
     return BuildResult(out, commit_id, ref, size, sha.digest(), len(rows), len(manifest),
-                       len(inline), data_size, len(large), sum(r.entry.size for r in large))
+                       len(inline), data_size, len(large), sum(r.entry.size for r in large), image)

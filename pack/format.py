@@ -1,10 +1,12 @@
 """The pack file layout: header, frame tables, zstd frames; parse/serialize pairs and limits.
 
-A pack (version 1) is, in this order and with nothing after it::
+A pack (version 2) is, in this order and with nothing after it::
 
     header                 _HEADER below (82 bytes)
     commit                 the commit object's canonical bytes (store.commits)
     ref                    the ref the commit is for, ASCII (store.refs rules)
+    image identity         _IMAGE below (42 bytes): the recipe, size and fs-verity digest of
+                           the EROFS image the tree makes (pack.image); version 1 has none
     manifest frame table   manifest_frames x _FRAME
     data frame table       data_frames x _FRAME
     manifest frames        zstd frames; concatenated they are the manifest (pack.manifest)
@@ -34,8 +36,11 @@ from store.errors import PackError
 from store.ids import RawId
 
 MAGIC = b"SEALPACK"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+IMAGE_VERSION = 2  # the first version with the image identity
+IMAGE_RECIPES = (1,)  # pack.image.RECIPE: the recipes a reader knows
+MAX_IMAGE = 1 << 42  # an image's size: the inline data (MAX_DATA) and the metadata, rounded up
 
 FRAME_MAX = 1 << 20  # decompressed bytes in one frame: the reader's memory per frame
 MAX_INLINE_MAX = FRAME_MAX  # an inline file must fit one frame
@@ -57,9 +62,36 @@ MAX_FRAME_COMPRESSED = FRAME_MAX + (FRAME_MAX >> 7) + 4096
 _HEADER = struct.Struct("<8sHHI32sIHIQIQI")
 # compressed size, decompressed size
 _FRAME = struct.Struct("<II")
+# the image identity (version 2): recipe, image size in bytes, its fs-verity SHA-256 digest
+_IMAGE = struct.Struct("<HQ32s")
 
 HEADER_SIZE = _HEADER.size
 FRAME_ENTRY_SIZE = _FRAME.size
+IMAGE_SIZE = _IMAGE.size
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """The EROFS image a pack's tree makes by ``recipe`` (pack.image): its size and fs-verity
+    digest.  Signed with the rest of the pack; the image itself is built on the device."""
+
+    recipe: int
+    size: int
+    digest: bytes
+
+    def encode(self) -> bytes:
+        return _IMAGE.pack(self.recipe, self.size, self.digest)
+
+
+def parse_image(data: bytes, offset: int) -> ImageRef:
+    """The image identity at ``offset`` of the pack: a known recipe and a size in range."""
+    _check(len(data) == IMAGE_SIZE, f"truncated image identity: need {IMAGE_SIZE} bytes, "
+                                    f"got {len(data)}", offset)
+    recipe, size, digest = _IMAGE.unpack(data)
+    _check(recipe in IMAGE_RECIPES,
+           f"unknown image recipe: expected one of {IMAGE_RECIPES}, got {recipe}", offset)
+    _check(0 < size <= MAX_IMAGE, f"image size {size} not in 1..{MAX_IMAGE}", offset + 2)
+    return ImageRef(recipe, size, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +107,25 @@ class Header:
     manifest_frames: int
     data_size: int
     data_frames: int
+    version: int = VERSION
 
     def encode(self) -> bytes:
-        return _HEADER.pack(MAGIC, VERSION, 0, self.inline_max, self.commit_id, self.commit_len,
+        return _HEADER.pack(MAGIC, self.version, 0, self.inline_max, self.commit_id, self.commit_len,
                             self.ref_len, self.entry_count, self.manifest_size, self.manifest_frames,
                             self.data_size, self.data_frames)
 
     @property
-    def tables_offset(self) -> int:
+    def has_image(self) -> bool:
+        return self.version >= IMAGE_VERSION
+
+    @property
+    def image_offset(self) -> int:
+        """Where the image identity is (when ``has_image``): after the ref."""
         return HEADER_SIZE + self.commit_len + self.ref_len
+
+    @property
+    def tables_offset(self) -> int:
+        return self.image_offset + (IMAGE_SIZE if self.has_image else 0)
 
     @property
     def tables_size(self) -> int:
@@ -129,7 +171,7 @@ def parse_header(data: bytes, file_size: int) -> Header:
     _check(data_size <= MAX_DATA, f"inline data size {data_size} exceeds {MAX_DATA}", 70)
     _check(data_frames <= data_size, f"{data_frames} data frames for {data_size} bytes", 78)
     header = Header(inline_max, RawId(commit_id), commit_len, ref_len, entry_count, manifest_size,
-                    manifest_frames, data_size, data_frames)
+                    manifest_frames, data_size, data_frames, version)
     # Before anything is allocated from these counts, they must fit in the file.
     needed = header.tables_offset + header.tables_size
     _check(needed <= file_size, f"truncated: the header declares at least {needed} bytes, "

@@ -6,9 +6,10 @@ bytes nobody else can change), its signatures are checked against the
 keyring, it is parsed and checked, its ref's freshness is checked (rollback
 protection) and that the ref can take the commit, then the commit, every
 tree and every inline file are staged through a
-``store.transaction.Transaction`` while the data streams.  Only when the
-whole pack has been read and matched its signed digest are the objects
-published, then the pack and its signatures kept as
+``store.transaction.Transaction`` while the data streams, and, built from the same
+pass, the pack's EROFS image (pack.image), whose fs-verity digest must be the one the
+pack signs.  Only when the whole pack has been read and matched its signed digest are
+the objects published, then the pack and its signatures kept as
 ``packs/<commit>.pack`` and ``packs/<commit>.pack.sig`` (deploy and the boot
 verifier check them again), the freshness state advanced, and the ref moved
 by compare-and-swap, last.  If one of these last steps fails, the ones before
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from store.atomic import fsync_dir
+from store.errors import PackError
 from store.ids import RawId, to_hex
 from store.lock import flock
 from store.objects import relative_path
@@ -39,9 +41,10 @@ from store.repo import Repository
 from store.transaction import Transaction
 
 from . import freshness
+from .image import ImageTree, check_image
 from .keys import KeyId, Keyring
 from .manifest import ManifestEntry
-from .reader import PackReader, named
+from .reader import PackReader, named, read_image_ref
 from .signature import signatures_of, write_signatures
 from .verify import check_trust
 
@@ -71,6 +74,7 @@ class ImportResult:
     inline_files: int = 0
     large_files: int = 0
     missing: list[MissingObject] = field(default_factory=list)
+    image: str | None = None  # the image object (pack.image); None for a version-1 pack
 
 
 def freshness_path(repo: Repository) -> str:
@@ -81,6 +85,23 @@ def freshness_path(repo: Repository) -> str:
 def kept_pack_path(repo: Repository, commit_id: RawId) -> str:
     """Where an imported pack is kept; its signatures are beside it with ``.sig`` appended."""
     return os.path.join(repo.layout.packs, f"{to_hex(commit_id)}.pack")
+
+
+def kept_images(repo: Repository, commits: Iterable[RawId]) -> list[str]:
+    """The image objects of the kept packs of ``commits`` (what prune keeps besides what
+    the commits reach); a kept pack whose header does not parse names none."""
+    out = []
+    for commit_id in commits:
+        path = kept_pack_path(repo, commit_id)
+        if not os.path.exists(path):
+            continue
+        try:
+            image = read_image_ref(path)
+        except PackError:
+            continue
+        if image is not None:
+            out.append(repo.objects.image_path(RawId(image.digest)))
+    return out
 
 
 # -- the copy in progress ------------------------------------------------------------------
@@ -248,7 +269,10 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                 result = ImportResult(reader.commit_id, reader.ref, previous,
                                       kept_pack_path(repo, reader.commit_id), verification.signers,
                                       trees=trees)
+                tree = ImageTree(reader.commit.root_meta) if reader.image is not None else None
                 for row, data in reader.entries():
+                    if tree is not None:
+                        tree.add(row, data)
                     if data is not None:
                         # the reader has checked that its digest is the manifest's
                         tx.add_file_bytes(data, row.entry.meta, checked_digest=row.entry.digest)
@@ -256,6 +280,13 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                     elif row.is_large:
                         result.large_files += 1
                 tx.add_meta_object("commit", reader.commit_bytes, reader.commit_id)
+                if tree is not None:  # the pack signs its image: built here, never downloaded
+                    image = tree.image()
+                    del tree
+                    digest = check_image(reader, image)
+                    tx.add_image(image, digest)
+                    del image
+                    result.image = repo.objects.image_path(digest)
                 if before_publish is not None:
                     before_publish(tx)
                 tx.publish()

@@ -124,6 +124,8 @@ def layout_sha256(path: str | os.PathLike[str]) -> bytes:
 
         header = fmt.parse_header(read(min(fmt.HEADER_SIZE, size), "header"), size)
         read(header.commit_len + header.ref_len, "commit and ref")
+        if header.has_image:
+            fmt.parse_image(read(fmt.IMAGE_SIZE, "image identity"), header.image_offset)
         _manifest, _data, end = _frame_tables(header, read(header.tables_size, "frame tables"))
         fmt.check_layout(end, size)
         while at < size:
@@ -133,10 +135,25 @@ def layout_sha256(path: str | os.PathLike[str]) -> bytes:
         return sha.digest()
 
 
+def read_image_ref(path: str | os.PathLike[str]) -> fmt.ImageRef | None:
+    """The image identity the pack at ``path`` names (None: format version 1), from its
+    header alone: nothing else is checked, nor its signatures (prune keeps images by it).
+    PackError naming ``path`` when the header or the identity does not parse."""
+    path = os.fspath(path)
+    with named(path), _open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        header = fmt.parse_header(handle.read(fmt.HEADER_SIZE), size)
+        if not header.has_image:
+            return None
+        return fmt.parse_image(os.pread(handle.fileno(), fmt.IMAGE_SIZE, header.image_offset),
+                               header.image_offset)
+
+
 class PackReader:
     """An open pack whose header, commit and manifest have been checked.
 
-    Use as a context manager.  ``commit``, ``commit_id``, ``ref`` and
+    Use as a context manager.  ``commit``, ``commit_id``, ``ref``, ``image`` (the signed
+    identity of the tree's EROFS image, pack.image; None in a version-1 pack) and
     ``manifest`` are trustworthy as far as the pack's own consistency goes;
     whether the pack is *trusted* is ``pack.verify``'s business.  ``on_tree``
     gets every directory's tree object (id, encoding) while the manifest is
@@ -187,6 +204,10 @@ class PackReader:
         self.commit_bytes = self._read(header.commit_len, "commit")
         self.commit_id, self.commit = self._commit(self.commit_bytes)
         self.ref = self._ref(self._read(header.ref_len, "ref"))
+        self.image: fmt.ImageRef | None = None
+        if header.has_image:
+            self.image = fmt.parse_image(self._read(fmt.IMAGE_SIZE, "image identity"),
+                                         header.image_offset)
         tables = self._read(header.tables_size, "frame tables")
         self._manifest_frames, self._data_frames, end = _frame_tables(header, tables)
         fmt.check_layout(end, self.size)

@@ -61,6 +61,20 @@ def _check_file(path: str, hex_id: str, meta_key: str) -> str | None:
     return None
 
 
+def _check_image(path: str, hex_id: str) -> str | None:
+    """An image object (pack.image): a regular file whose fs-verity digest is its name."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        digest = digest_file(path).hex()
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    if digest != hex_id:
+        return f"image changed: fs-verity digest is {digest}"
+    return None
+
+
 def _check_meta_object(path: str, hex_id: str, kind: str) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -93,6 +107,12 @@ def _check_object(obj: StoredObject) -> tuple[str | None, int]:
         except OSError as err:
             return f"unreadable: {err.strerror}", 0
         return _check_file(obj.path, obj.id, obj.meta_key), size
+    if obj.kind == "image":
+        try:
+            size = os.lstat(obj.path).st_size
+        except OSError as err:
+            return f"unreadable: {err.strerror}", 0
+        return _check_image(obj.path, obj.id), size
     return _check_meta_object(obj.path, obj.id, obj.kind), 0
 
 

@@ -101,3 +101,13 @@ def is_supported(path: str) -> bool:
     except VerityUnsupported:
         return False
     return True
+
+
+def enable_where_supported(path: str) -> bool:
+    """``enable`` where the kernel and the filesystem holding ``path`` can (True: fs-verity is
+    on), else nothing (False).  Other failures raise VerityError."""
+    try:
+        enable(path)
+    except VerityUnsupported:
+        return False
+    return True

@@ -6,6 +6,8 @@ Layout under ``objects/``, split by the first two hex digits of the id:
       content but differ in mode, owner or xattrs; the inode carries that metadata.
   ``xx/<62 hex>.tree``    a tree object (store.tree), id = SHA-256 of the bytes
   ``xx/<62 hex>.commit``  a commit object (store.commits), id = SHA-256 of the bytes
+  ``xx/<62 hex>.image``   an EROFS image of a pack's tree (pack.image), id = its fs-verity
+      digest; mode 0444, fs-verity on where the filesystem can
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .record import Frozen
 from .tree import decode_tree
 
 MAX_META_OBJECT = 64 << 20
-_NAME = re.compile(r"([0-9a-f]{62})\.(?:([0-9a-f]{64})\.file|tree|commit)")
+_NAME = re.compile(r"([0-9a-f]{62})\.(?:([0-9a-f]{64})\.file|tree|commit|image)")
 
 
 class StoredObject(Frozen):
@@ -33,7 +35,7 @@ class StoredObject(Frozen):
     __slots__ = ("path", "kind", "id", "meta_key")
     _fields = __slots__
     path: str
-    kind: str  # "file", "tree" or "commit"
+    kind: str  # "file", "tree", "commit" or "image"
     id: HexId
     meta_key: str
 
@@ -74,6 +76,10 @@ class ObjectStore:
             key = self._meta_keys[meta] = meta.object_key()
         h = digest.hex()
         return f"{self.root}/{h[:2]}/{h[2:]}.{key}.file"
+
+    def image_path(self, digest: RawId) -> str:
+        """Where the EROFS image whose fs-verity digest is ``digest`` is kept (pack.image)."""
+        return self.path("image", digest)
 
     def path(self, kind: str, raw: RawId) -> str:
         return os.path.join(self.root, relative_path(kind, raw))

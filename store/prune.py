@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .atomic import remove_stale_temporaries
@@ -31,13 +31,26 @@ def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = Tru
     A missing commit ends a history (one imported from a pack is truncated); any other object
     that cannot be read raises its error: what it reaches is unknown, so nothing may be
     deleted."""
+    return _reachable(repo, commits, history)[0]
+
+
+def _reachable(repo: Repository, commits: Iterable[RawId], history: bool
+               ) -> tuple[set[str], list[RawId]]:
+    """``reachable``, and the commits reached (present ones), in the order reached."""
     keep: set[str] = set()
+    kept_commits: list[RawId] = []
     for reached in walk_reachable(repo.objects, (("", c) for c in commits), history=history):
         if reached.error is None:
             keep.add(reached.file)
+            if reached.kind == "commit":
+                kept_commits.append(reached.object_id)
         elif not (reached.kind == "commit" and isinstance(reached.error, ObjectMissing)):
             raise reached.error
-    return keep
+    return keep, kept_commits
+
+
+def _no_images(_commits: Sequence[RawId]) -> Iterable[str]:
+    return ()
 
 
 def _temporary_dirs(repo: Repository) -> Iterator[str]:
@@ -53,17 +66,24 @@ def _temporary_dirs(repo: Repository) -> Iterator[str]:
 
 
 def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, *,
-          dry_run: bool = False, temporary_dirs: Iterable[str] = ()) -> PruneReport:
+          dry_run: bool = False, temporary_dirs: Iterable[str] = (),
+          images: Callable[[Sequence[RawId]], Iterable[str]] = _no_images) -> PruneReport:
     """Delete every object no ref or extra root reaches, and the temporary files killed
     atomic writes left in the repository's directories and in ``temporary_dirs`` (those of
     other layers, such as remotes).  Holds the repository exclusively.
+
+    Image objects (``.image``) are reached through packs, which ``store`` does not read:
+    ``images`` gets the commits kept and names the image objects to keep (pack.importer's
+    ``kept_images``: those of the kept packs of these commits); every other one goes.
 
     ``extra_roots`` is called once the lock is held: a deploy that held the shared lock
     until it recorded its deployment has finished, so its commit is among them.
     """
     report = PruneReport()
     with repo.exclusive():
-        keep = reachable(repo, list(repo.refs.list().values()) + list(extra_roots()))
+        keep, commits = _reachable(repo, list(repo.refs.list().values()) + list(extra_roots()),
+                                   True)
+        keep.update(images(commits))
         for obj in repo.objects.iter_objects():
             if obj.path in keep:
                 report.kept += 1

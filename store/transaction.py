@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
+from . import kverity
 from .atomic import process_gone
 from .commits import Commit
 from .errors import RepositoryError, SourceError
@@ -323,6 +324,27 @@ class Transaction:
             finally:
                 os.close(fd)
         return raw
+
+    @_full_disk_named
+    def add_image(self, data: bytes, digest: RawId) -> None:
+        """Stage an EROFS image object (``xx/<62 hex>.image``, mode 0444) whose fs-verity digest
+        the caller has computed and checked (pack.image), with fs-verity enabled on it where
+        the filesystem can, as it is published."""
+        h = digest.hex()
+        rel = f"{h[:2]}/{h[2:]}.image"
+        staged = self._reserve(rel)
+        if staged is None:
+            return
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            kverity.enable_where_supported(staged)  # no writer left: the kernel allows it
+        except BaseException:
+            self._unreserve(rel, staged)
+            raise
 
     def add_tree(self, entries: Sequence[Entry]) -> RawId:
         data = encode_tree(entries)

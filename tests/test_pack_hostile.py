@@ -95,6 +95,11 @@ def _header(**fields: int) -> bytes:
     return craft(rows, root=root, data=HI, header=fields)
 
 
+def _image(identity: bytes) -> bytes:
+    rows, root = good_parts()
+    return craft(rows, root=root, data=HI, image=identity)
+
+
 def _kind_9() -> bytes:
     rows, root = good_parts()
     bad = bytearray(rows[3])
@@ -235,7 +240,13 @@ def _large_with_offset() -> bytes:
 HOSTILE = {
     "truncated header": (lambda: good_pack()[:40], "truncated header"),
     "bad magic": (lambda: b"NOTAPACK" + good_pack()[8:], "bad magic"),
-    "future version": (lambda: _header(version=2), "unsupported pack version"),
+    "future version": (lambda: _header(version=3), "unsupported pack version"),
+    "version 2 without its image identity": (lambda: _header(version=2), "image recipe"),
+    "unknown image recipe": (lambda: _image(struct.pack("<HQ32s", 2, 4096, bytes(32))),
+                             "unknown image recipe"),
+    "image of no bytes": (lambda: _image(struct.pack("<HQ32s", 1, 0, bytes(32))), "image size 0"),
+    "image over its cap": (lambda: _image(struct.pack("<HQ32s", 1, fmt.MAX_IMAGE + 1, bytes(32))),
+                           "image size"),
     "unknown flags": (lambda: _header(flags=1), "unknown flags"),
     "inline_max over cap": (lambda: _header(inline_max=fmt.MAX_INLINE_MAX + 1), "inline_max"),
     "huge entry count": (lambda: _header(entry_count=fmt.MAX_ENTRIES + 1), "entry count"),

@@ -86,7 +86,7 @@ def write_wide_pack(path: str, dirs: int, files: int, *, xattr_size: int = 0,
     commit_bytes = commit.encode()
     ref = b"os/main"
     header = fmt.Header(4096, commit.id(), len(commit_bytes), len(ref), dirs * (files + 1), size,
-                        len(frames), 0, 0)
+                        len(frames), 0, 0, version=1)  # no image identity: none is built
     with open(path, "wb") as out:
         out.write(header.encode() + commit_bytes + ref)
         out.write(fmt.encode_frame_table([(len(f), n) for f, n in frames]))

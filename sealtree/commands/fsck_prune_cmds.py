@@ -34,9 +34,10 @@ def register(sub: Any) -> None:
 
     p = add_parser(
         sub, "prune", "delete objects that no ref or deployment reaches",
-        "Delete every object not reachable from a ref (with its history) or a deployment,\n"
-        "and what killed operations left: staging directories, temporary files of\n"
-        "atomic writes, copies of packs being imported.  Holds the repository exclusively.")
+        "Delete every object not reachable from a ref (with its history) or a deployment\n"
+        "(and the EROFS images of their kept packs), and what killed operations left:\n"
+        "staging directories, temporary files of atomic writes, copies of packs being\n"
+        "imported.  Holds the repository exclusively.")
     p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_prune)
@@ -105,11 +106,12 @@ def _remove_remote_trash(repo: Repository) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from pack.importer import clean_incoming  # noqa: PLC0415 - only when prune runs
+    from pack.importer import clean_incoming, kept_images  # noqa: PLC0415 - only when prune runs
 
     repo = open_repo(args)
     report = prune(repo, lambda: [commit for _label, commit in _deployment_roots(repo)],
-                   dry_run=args.dry_run, temporary_dirs=list(_remote_dirs(repo)))
+                   dry_run=args.dry_run, temporary_dirs=list(_remote_dirs(repo)),
+                   images=lambda commits: kept_images(repo, commits))
     if not args.dry_run:
         report.leftovers += clean_incoming(repo) + _remove_remote_trash(repo)
     if args.json:

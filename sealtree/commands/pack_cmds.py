@@ -11,6 +11,7 @@ from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, MAX_LEVEL, build_pack
 from pack.format import MAX_INLINE_MAX
 
 if TYPE_CHECKING:
+    from pack.format import ImageRef
     from pack.importer import ImportResult
     from pack.reader import PackReader
 from store.atomic import atomic_write, check_destination
@@ -104,7 +105,8 @@ def register(sub: Any) -> None:
         "Exit 0 only when PACK is signed by at least --min-signatures keys of the\n"
         "keyring DIR that are not revoked (DIR/revoked), and the whole pack is\n"
         "consistent: header, commit id, every path, every tree id, every inline file's\n"
-        "digest.  Exit 12 for a signature problem, 11 for a bad pack.",
+        "digest, and the EROFS image it names (built here, as pack import does).\n"
+        "Exit 12 for a signature problem, 11 for a bad pack.",
         "example:\n  sealtree pack verify os.pack --keys /etc/sealtree/keys --min-signatures 2")
     _trust_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -175,12 +177,14 @@ def cmd_build(args: argparse.Namespace) -> None:
                     "manifest_size": result.manifest_size, "inline_files": result.inline_files,
                     "inline_bytes": result.inline_bytes, "large_files": result.large_files,
                     "large_bytes": result.large_bytes, "inline_max": args.inline_max,
-                    "level": args.level, "seconds": round(seconds, 3)})
+                    "level": args.level, "seconds": round(seconds, 3),
+                    "image": _image_json(result.image)})
         return
     print(f"wrote {show(result.path)}: {human_size(result.size)}, sha256 {result.sha256.hex()}")
     print(f"commit {to_hex(result.commit_id)} for ref {result.ref}: {result.entries} paths, "
           f"{result.inline_files} inline files ({human_size(result.inline_bytes)}), "
           f"{result.large_files} large files ({human_size(result.large_bytes)})")
+    print(f"image {_image_line(result.image)}")
 
 
 def cmd_sign(args: argparse.Namespace) -> None:
@@ -224,11 +228,11 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     from pack.keys import Keyring
     from pack.reader import named
-    from pack.verify import open_verified
+    from pack.verify import check_whole, open_verified
     keyring = Keyring.load(args.keys)
     with named(args.pack), open_verified(args.pack, keyring, min_signatures=args.min_signatures,
                                          sig_path=_sig_path(args)) as (reader, verification):
-        reader.check_data()
+        check_whole(reader)
         commit_id, ref = reader.commit_id, reader.ref
     if args.json:
         print_json({"pack": args.pack, "ok": True, "sha256": verification.sha256.hex(),
@@ -246,6 +250,8 @@ def _describe(reader: PackReader, sig_path: str) -> dict[str, Any]:
     return {
         "pack": reader.path,
         "size": reader.size,
+        "format": header.version,
+        "image": _image_json(reader.image),
         "header": {"inline_max": header.inline_max, "entries": header.entry_count,
                    "manifest_size": header.manifest_size, "manifest_frames": header.manifest_frames,
                    "data_size": header.data_size, "data_frames": header.data_frames},
@@ -268,7 +274,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print_json(info)
         return
     commit, header, counts, sizes = info["commit"], info["header"], info["counts"], info["sizes"]
-    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format 1)")
+    print(f"pack      {show(args.pack)} ({human_size(info['size'])}, format {info['format']})")
     print(f"ref       {info['ref']}")
     print(f"commit    {commit['id']}")
     print(f"date      {iso_time(commit['timestamp'])}")
@@ -283,8 +289,22 @@ def cmd_inspect(args: argparse.Namespace) -> None:
           f"(inline_max {header['inline_max']} bytes)")
     print(f"large     {human_size(sizes['large_bytes'])}")
     print(f"manifest  {human_size(header['manifest_size'])} in {header['manifest_frames']} frames")
+    print(f"image     {_image_line(reader.image)}")
     sigs = info["signatures"]
     print(f"signed by {len(sigs)} key(s)" + "".join(f"\n  {s['key_id']}" for s in sigs))
+
+
+def _image_json(image: ImageRef | None) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    return {"recipe": image.recipe, "size": image.size, "digest": "sha256:" + image.digest.hex()}
+
+
+def _image_line(image: ImageRef | None) -> str:
+    if image is None:
+        return "none (format 1: deployed without one)"
+    return (f"EROFS recipe {image.recipe}, {human_size(image.size)}, "
+            f"fs-verity sha256:{image.digest.hex()}")
 
 
 def _import_json(result: ImportResult) -> dict[str, Any]:
@@ -293,7 +313,7 @@ def _import_json(result: ImportResult) -> dict[str, Any]:
         "previous": to_hex(result.previous) if result.previous else None,
         "pack": result.pack_path, "signers": [k.hex() for k in result.signers],
         "trees": result.trees, "inline_files": result.inline_files,
-        "large_files": result.large_files,
+        "large_files": result.large_files, "image": result.image,
         "missing": [{"digest": "sha256:" + to_hex(m.entry.entry.digest), "size": m.entry.entry.size,
                      "object": os.path.join("objects", m.object_path),
                      **json_path(b"/" + m.entry.path), "paths": len(m.paths)}

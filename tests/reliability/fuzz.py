@@ -134,9 +134,10 @@ def m_header_field(rng: random.Random, data: bytes, _pack: pc.Pack) -> bytes:
 
 
 def m_frame_table(rng: random.Random, data: bytes, pack: pc.Pack) -> bytes:
-    (_m, _v, _f, _i, _c, clen, rlen, _e, _ms, mf, _ds, df) = pc.HEADER.unpack_from(data)
+    (_m, version, _f, _i, _c, clen, rlen, _e, _ms, mf, _ds, df) = pc.HEADER.unpack_from(data)
     count = mf + df
-    at = pc.HEADER.size + clen + rlen + 8 * rng.randrange(max(count, 1)) + 4 * rng.randrange(2)
+    image = pc.IMAGE.size if version == 2 else 0
+    at = pc.HEADER.size + clen + rlen + image + 8 * rng.randrange(max(count, 1)) + 4 * rng.randrange(2)
     old, = struct.unpack_from("<I", data, at)
     new = rng.choice([rng.choice(INTERESTING), old + 1, old - 1, 0]) % (1 << 32)
     return data[:at] + struct.pack("<I", new) + data[at + 4:]

@@ -19,6 +19,7 @@ from .packcodec import (
     FRAME,
     FRAME_MAX,
     HEADER,
+    IMAGE,
     KIND_DIR,
     KIND_FILE,
     KIND_SYMLINK,
@@ -157,15 +158,21 @@ def verdict(data: bytes) -> Verdict:
     (magic, version, flags, inline_max, cid, commit_len, ref_len, entry_count, manifest_size,
      mframes, data_size, dframes) = HEADER.unpack_from(data)
     p = []
-    if magic != MAGIC or version != 1 or flags != 0:
+    if magic != MAGIC or version not in (1, 2) or flags != 0:
         p.append("magic/version/flags")
+    image_at = HEADER.size + commit_len + ref_len
+    image_size = IMAGE.size if version == 2 else 0
     if inline_max > FRAME_MAX or not 0 < commit_len <= 16 << 20 or not 0 < ref_len <= 255:
         p.append("header limits")
     if entry_count > 1 << 24 or manifest_size > 256 << 20 or data_size > 1 << 40 or dframes > data_size:
         p.append("header limits")
     if mframes != -(-manifest_size // FRAME_MAX):
         p.append("manifest frame count")
-    tables_at = HEADER.size + commit_len + ref_len
+    tables_at = image_at + image_size
+    if not p and image_size and image_at + image_size <= len(data):
+        recipe, size, _digest = IMAGE.unpack_from(data, image_at)
+        if recipe != 1 or not 0 < size <= 1 << 42:
+            return Verdict(["image identity"])
     if p or tables_at + 8 * (mframes + dframes) > len(data):
         return Verdict(p or ["tables beyond the end"])
     table = [FRAME.unpack_from(data, tables_at + 8 * i) for i in range(mframes + dframes)]
@@ -183,7 +190,7 @@ def verdict(data: bytes) -> Verdict:
     if p:
         return Verdict(p)
     commit = data[HEADER.size:HEADER.size + commit_len]
-    ref = data[HEADER.size + commit_len:tables_at]
+    ref = data[HEADER.size + commit_len:image_at]
     if hashlib.sha256(commit).digest() != cid:
         return Verdict(["commit id"])
     cp, root_tree, root_claim = _commit_problems(commit)

@@ -21,6 +21,7 @@ import zstandard
 MAGIC = b"SEALPACK"
 HEADER = struct.Struct("<8sHHI32sIHIQIQI")
 FRAME = struct.Struct("<II")
+IMAGE = struct.Struct("<HQ32s")  # version 2: recipe, size, fs-verity digest, after the ref
 FRAME_MAX = 1 << 20
 KIND_FILE, KIND_DIR, KIND_SYMLINK = 1, 2, 3
 SIG_DOMAIN = b"sealtree-pack-v1\0"
@@ -149,6 +150,7 @@ class Pack:
     rows: list[Row]
     inline_data: dict[int, bytes]  # row index -> bytes, for inline files
     header_overrides: dict[str, int] = field(default_factory=dict)
+    image: bytes | None = None  # version 2: the image identity, raw
 
     @property
     def commit_id(self) -> bytes:
@@ -173,6 +175,10 @@ def parse(data: bytes) -> Pack:
     pos += commit_len
     ref = data[pos:pos + ref_len]
     pos += ref_len
+    image = None
+    if version >= 2:
+        image = data[pos:pos + IMAGE.size]
+        pos += IMAGE.size
     if manifest_frames > 1 << 20 or data_frames > 1 << 20:
         raise Malformed("frame counts")
     tables = [FRAME.unpack_from(data, pos + 8 * i) for i in range(manifest_frames + data_frames)]
@@ -210,12 +216,16 @@ def parse(data: bytes) -> Pack:
         raise Malformed("entry count")
     inline_data = {i: inline_bytes[r.offset:r.offset + r.entry.size]
                    for i, r in enumerate(rows) if r.entry.kind == KIND_FILE and r.inline}
-    return Pack(version, flags, inline_max, commit, ref, rows, inline_data)
+    return Pack(version, flags, inline_max, commit, ref, rows, inline_data, image=image)
 
 
 def fix_derived(pack: Pack) -> None:
     """Recompute what follows from the rows: offsets, tree ids (deepest first), the commit's
-    root tree (so the commit id changes), in place.  Rows keep their order."""
+    root tree (so the commit id changes), in place.  Rows keep their order.  The image
+    identity (version 2) cannot be recomputed here (that takes an EROFS writer): the pack
+    becomes version 1, which has none."""
+    if pack.version == 2 and pack.image is not None:
+        pack.version, pack.image = 1, None
     offset = 0
     for i, row in enumerate(pack.rows):
         if row.entry.kind == KIND_FILE and row.inline:
@@ -263,7 +273,8 @@ def encode(pack: Pack, *, level: int = 3, manifest_frame_hook=None, data_frame_h
     fields.update(pack.header_overrides)
     header = HEADER.pack(*fields.values())
     tables = b"".join(FRAME.pack(len(f), n) for f, n in mframes + dframes)
-    return header + pack.commit + pack.ref + tables + b"".join(f for f, _ in mframes + dframes)
+    return (header + pack.commit + pack.ref + (pack.image or b"") + tables
+            + b"".join(f for f, _ in mframes + dframes))
 
 
 HEADER_FIELDS = ("magic", "version", "flags", "inline_max", "commit_id", "commit_len", "ref_len",
