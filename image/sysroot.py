@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from overlay.deploy import deploy
 from overlay.layout import SYSTEM_KEYRING
@@ -95,8 +95,8 @@ def make_device_repo(root: str, vendor: Repository, commit_id: RawId, pack_path:
     with state_file(repo).update() as state:
         # Information that would differ between builds: when (the commit's time instead) and
         # the keyring path it was checked with on the build host (the device's own instead).
-        fixed = replace(state.get(deployed.deployment.id), created=commit.timestamp,
-                        keys=SYSTEM_KEYRING)
+        fixed = state.get(deployed.deployment.id).replace(created=commit.timestamp,
+                                                          keys=SYSTEM_KEYRING)
         state.deployments = [fixed if d.id == fixed.id else d for d in state.deployments]
     return DeviceRepo(root, repo, fixed, copied)
 

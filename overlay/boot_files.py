@@ -21,10 +21,10 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pack.manifest import ManifestEntry
 from store.model import Kind
+from store.record import Frozen
 
 from .layout import INITRD_NAME, KERNEL_NAME, DeployLayout
 
@@ -34,12 +34,16 @@ KERNEL_LINK = b"vmlinuz"
 INITRD_LINK = b"initrd.img"
 
 
-@dataclass(frozen=True)
-class BootFiles:
+class BootFiles(Frozen):
     """Tree paths (``boot/vmlinuz-6.1.0-13-amd64``) of the deployment's kernel and initramfs."""
 
+    __slots__ = ("kernel", "initrd")
+    _fields = __slots__
     kernel: bytes
     initrd: bytes | None
+
+    def __init__(self, kernel: bytes, initrd: bytes | None) -> None:
+        self._set_fields(kernel, initrd)
 
     def paths(self) -> dict[str, bytes]:
         """File name in ``deploy/boot/<dep_id>/`` -> path in the tree."""

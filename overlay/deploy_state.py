@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from pack.importer import kept_pack_path
 from pack.manifest import ManifestEntry
@@ -44,6 +43,7 @@ from store.errors import DeployError, SealtreeError
 from store.ids import RawId
 from store.model import Kind
 from store.names import show
+from store.record import Mutable
 from store.remove import remove_tree
 from store.repo import Repository
 
@@ -68,18 +68,24 @@ class StateError(DeployError):
 
 # -- the /etc report ------------------------------------------------------------------------------
 
-@dataclass
-class EtcReport:
+class EtcReport(Mutable):
     """How a deployment's writable /etc was made: ``copied`` from its release, or ``merged``
     with the writable /etc of ``merged_from``; the paths the merge carried over or applied,
     and its conflicts (the user's version kept)."""
 
-    how: str  # "copied", "merged"
-    merged_from: str | None = None
-    kept: list[str] = field(default_factory=list)  # "/etc/x": the user's changes carried over
-    updated: list[str] = field(default_factory=list)  # "/etc/x": the release's changes applied
-    conflicts: list[dict[str, str]] = field(default_factory=list)  # path, user, vendor
-    note: str | None = None  # e.g. why no base could be read
+    __slots__ = ("how", "merged_from", "kept", "updated", "conflicts", "note")
+    _fields = __slots__
+
+    def __init__(self, how: str, merged_from: str | None = None, kept: list[str] | None = None,
+                 updated: list[str] | None = None,
+                 conflicts: list[dict[str, str]] | None = None, note: str | None = None) -> None:
+        self.how = how  # "copied", "merged"
+        self.merged_from = merged_from
+        # "/etc/x": the user's changes carried over; the release's changes applied
+        self.kept: list[str] = [] if kept is None else kept
+        self.updated: list[str] = [] if updated is None else updated
+        self.conflicts: list[dict[str, str]] = [] if conflicts is None else conflicts  # path, user, vendor
+        self.note = note  # e.g. why no base could be read
 
     def encode(self) -> bytes:
         doc = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "how": self.how,
@@ -148,14 +154,18 @@ def _read_object(item: LargeFile) -> bytes:
         return handle.read()
 
 
-@dataclass
-class _Extraction:
+class _Extraction(Mutable):
     """What one pass over a pack writes: whole subtrees (``etc``, ``var``) and single files."""
 
-    subtrees: dict[bytes, str]  # top-level directory -> the new directory to write it to
-    singles: dict[bytes, str]  # tree path -> file to write
-    large: dict[bytes, LargeFile]  # the large files of the tree, by path
-    found: set[bytes] = field(default_factory=set)  # subtrees that were directories
+    __slots__ = ("subtrees", "singles", "large", "found")
+    _fields = __slots__
+
+    def __init__(self, subtrees: dict[bytes, str], singles: dict[bytes, str],
+                 large: dict[bytes, LargeFile], found: set[bytes] | None = None) -> None:
+        self.subtrees = subtrees  # top-level directory -> the new directory to write it to
+        self.singles = singles  # tree path -> file to write
+        self.large = large  # the large files of the tree, by path
+        self.found: set[bytes] = set() if found is None else found  # subtrees that were directories
 
 
 def _extract(reader: PackReader, job: _Extraction) -> None:
@@ -212,16 +222,22 @@ def _large_by_path(items: list[LargeFile]) -> dict[bytes, LargeFile]:
 
 # -- preparing, publishing, removing --------------------------------------------------------------
 
-@dataclass
-class Prepared:
+class Prepared(Mutable):
     """The writable state of a new deployment, built under temporary names (see the module)."""
 
-    layout: DeployLayout
-    dep_id: str
-    etc: EtcReport | None = None  # None: the tree has no /etc directory
-    boot: boot_files.BootFiles | None = None
-    var_seeded: bool = False  # the shared /var was made from this tree (first deployment)
-    published: list[str] = field(default_factory=list)  # what publish() renamed into place
+    __slots__ = ("layout", "dep_id", "etc", "boot", "var_seeded", "published")
+    _fields = __slots__
+
+    def __init__(self, layout: DeployLayout, dep_id: str, etc: EtcReport | None = None,
+                 boot: boot_files.BootFiles | None = None, var_seeded: bool = False,
+                 published: list[str] | None = None) -> None:
+        self.layout = layout
+        self.dep_id = dep_id
+        self.etc = etc  # None: the tree has no /etc directory
+        self.boot = boot
+        self.var_seeded = var_seeded  # the shared /var was made from this tree (first deployment)
+        # what publish() renamed into place
+        self.published: list[str] = [] if published is None else published
 
     @property
     def etc_work(self) -> str:

@@ -10,7 +10,6 @@ xattr overlayfs would interpret; ``large_files`` lists what the farm links.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 
@@ -105,4 +104,5 @@ def in_farm(items: Sequence[LargeFile], farm_dir: str) -> list[LargeFile]:
     """``items`` with their farm paths (the hardlinks layout checks each link), without a
     second pass over the manifest."""
     base = os.fsencode(farm_dir) + b"/"
-    return [dataclasses.replace(item, link=os.fsdecode(base + item.path)) for item in items]
+    return [LargeFile(item.path, item.meta, item.size, item.digest, item.obj,
+                      os.fsdecode(base + item.path)) for item in items]

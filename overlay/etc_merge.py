@@ -29,13 +29,13 @@ import hashlib
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 
 from store import xattrs
 from store.errors import DeployError
 from store.model import Meta
 from store.names import show
+from store.record import Frozen
 
 __all__ = ["Conflict", "EtcMergeError", "MergePlan", "Node", "Side", "merge_etc", "plan_merge",
            "read_tree", "write_merged"]
@@ -47,13 +47,17 @@ class EtcMergeError(DeployError):
     """An /etc could not be read or the merged one could not be written (``path`` says which file)."""
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(Frozen):
     """What one path of an /etc is, as far as the merge compares it."""
 
+    __slots__ = ("type_bits", "meta", "content")
+    _fields = __slots__
     type_bits: int  # stat.S_IFMT of the inode
     meta: Meta
     content: bytes  # a file's SHA-256, a symlink's target, a device's rdev; b"" for a directory
+
+    def __init__(self, type_bits: int, meta: Meta, content: bytes) -> None:
+        self._set_fields(type_bits, meta, content)
 
     @property
     def is_dir(self) -> bool:
@@ -70,27 +74,36 @@ class Side(Enum):
     VENDOR = "vendor"
 
 
-@dataclass(frozen=True)
-class Conflict:
+class Conflict(Frozen):
     """A path both the user and the new release changed, differently: the user's version is kept;
     or a path of the new release whose directory the user removed or replaced: it is dropped."""
 
+    __slots__ = ("path", "user", "vendor")
+    _fields = __slots__
     path: bytes
     user: str  # "added", "modified", "removed", or "removed or replaced its directory"
     vendor: str  # "added", "modified", "removed"
+
+    def __init__(self, path: bytes, user: str, vendor: str) -> None:
+        self._set_fields(path, user, vendor)
 
     def describe(self) -> str:
         return f"{show(self.path)}: {self.user} by the user, {self.vendor} by the new release"
 
 
-@dataclass(frozen=True)
-class MergePlan:
+class MergePlan(Frozen):
     """The merged /etc: each path and the side its node comes from; and what it costs."""
 
+    __slots__ = ("result", "kept", "updated", "conflicts")
+    _fields = __slots__
     result: dict[bytes, tuple[Side, Node]]
     kept: tuple[bytes, ...]  # the user's changes carried over (including removals)
     updated: tuple[bytes, ...]  # the new release's changes applied (including removals)
     conflicts: tuple[Conflict, ...]
+
+    def __init__(self, result: dict[bytes, tuple[Side, Node]], kept: tuple[bytes, ...],
+                 updated: tuple[bytes, ...], conflicts: tuple[Conflict, ...]) -> None:
+        self._set_fields(result, kept, updated, conflicts)
 
 
 # -- reading ---------------------------------------------------------------------------------------

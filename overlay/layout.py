@@ -32,8 +32,8 @@ disk could point it elsewhere.  It is what the caller names, else
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from store.record import Frozen
 from store.repo import Repository
 
 STATE_FILE = "state.json"
@@ -52,11 +52,15 @@ INITRD_NAME = "initrd.img"
 SYSTEM_KEYRING = "/etc/sealtree/keys"
 
 
-@dataclass(frozen=True)
-class DeployLayout:
+class DeployLayout(Frozen):
     """The absolute paths of one repository's deployments; ``root`` is ``<repo>/deploy``."""
 
+    __slots__ = ("root",)
+    _fields = __slots__
     root: str
+
+    def __init__(self, root: str) -> None:
+        object.__setattr__(self, "root", root)
 
     @property
     def state(self) -> str:

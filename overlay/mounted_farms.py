@@ -13,19 +13,23 @@ for a mount point moved or renamed since.  Undeploying, unmounting and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from store import layout as store_layout
+from store.record import Frozen
 
 from . import mounts
 from .state import ID_RE
 
 
-@dataclass(frozen=True)
-class DeploymentMount:
+class DeploymentMount(Frozen):
+    __slots__ = ("mount_point", "farm_parent", "dep_id")
+    _fields = __slots__
     mount_point: str
     farm_parent: str  # ``<repo>/deploy``, as the layers given when mounting name it
     dep_id: str
+
+    def __init__(self, mount_point: str, farm_parent: str, dep_id: str) -> None:
+        self._set_fields(mount_point, farm_parent, dep_id)
 
 
 def deployment_mount(info: mounts.MountInfo) -> DeploymentMount | None:

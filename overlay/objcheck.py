@@ -33,7 +33,6 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from store import kverity, xattrs
@@ -43,6 +42,7 @@ from store.ids import RawId, to_hex
 from store.model import Meta
 from store.names import show
 from store.readahead import read_ahead
+from store.record import Frozen, Mutable
 
 if TYPE_CHECKING:
     from store.forked import Forked
@@ -59,25 +59,40 @@ class Policy(enum.Enum):
     AUTO = "auto"  # the kernel's where the filesystem has fs-verity, else userspace
 
 
-@dataclass(frozen=True, slots=True)
-class LargeFile:
+class LargeFile(Frozen):
     """A large file of the tree and where its object (and its link in the farm) should be."""
 
+    __slots__ = ("path", "meta", "size", "digest", "obj", "link")
+    _fields = __slots__
     path: bytes  # in the tree, ``a/b``
     meta: Meta
     size: int
     digest: RawId
     obj: str  # the object file in the repository
-    link: str | None = None  # its hardlink in the farm, when checking one
+    link: str | None  # its hardlink in the farm, when checking one
+
+    def __init__(self, path: bytes, meta: Meta, size: int, digest: RawId, obj: str,
+                 link: str | None = None) -> None:
+        setattr_ = object.__setattr__  # one per large file of a deployment: not _set_fields
+        setattr_(self, "path", path)
+        setattr_(self, "meta", meta)
+        setattr_(self, "size", size)
+        setattr_(self, "digest", digest)
+        setattr_(self, "obj", obj)
+        setattr_(self, "link", link)
 
 
-@dataclass
-class CheckReport:
-    files: int = 0
-    bytes: int = 0
-    kernel: int = 0  # digests measured by the kernel
-    userspace: int = 0  # digests computed here
-    enabled: int = 0  # objects fs-verity was enabled on
+class CheckReport(Mutable):
+    __slots__ = ("files", "bytes", "kernel", "userspace", "enabled")
+    _fields = __slots__
+
+    def __init__(self, files: int = 0, bytes: int = 0, kernel: int = 0, userspace: int = 0,
+                 enabled: int = 0) -> None:
+        self.files = files
+        self.bytes = bytes
+        self.kernel = kernel  # digests measured by the kernel
+        self.userspace = userspace  # digests computed here
+        self.enabled = enabled  # objects fs-verity was enabled on
 
 
 class _Problem(Exception):
@@ -88,12 +103,17 @@ class _Problem(Exception):
         self.farm = farm
 
 
-@dataclass(frozen=True)
-class Verity:
+class Verity(Frozen):
     """The kernel operations, replaceable in tests (a filesystem with fs-verity)."""
 
-    measure_fd: Callable[[int, str], bytes | None] = kverity.measure_fd
-    enable: Callable[[str], bool] = kverity.enable
+    __slots__ = ("measure_fd", "enable")
+    _fields = __slots__
+    measure_fd: Callable[[int, str], bytes | None]
+    enable: Callable[[str], bool]
+
+    def __init__(self, measure_fd: Callable[[int, str], bytes | None] = kverity.measure_fd,
+                 enable: Callable[[str], bool] = kverity.enable) -> None:
+        self._set_fields(measure_fd, enable)
 
 
 KERNEL = Verity()
@@ -217,23 +237,32 @@ def start_checks(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, en
     return pending
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(Frozen):
     """How each object is checked (what a worker needs besides the items)."""
 
+    __slots__ = ("policy", "enable", "verity", "inode_meta")
+    _fields = __slots__
     policy: Policy
     enable: bool
     verity: Verity
-    inode_meta: bool = True
+    inode_meta: bool
+
+    def __init__(self, policy: Policy, enable: bool, verity: Verity, inode_meta: bool = True
+                 ) -> None:
+        self._set_fields(policy, enable, verity, inode_meta)
 
 
-@dataclass
-class _ShareResult:
+class _ShareResult(Mutable):
     """What checking a share of the items found."""
 
-    report: CheckReport
-    problems: dict[int, tuple[str, bool]]  # index -> what is wrong with that object, in the farm?
-    identities: dict[int, tuple[int, int]]  # index -> (st_dev, st_ino) as checked
+    __slots__ = ("report", "problems", "identities")
+    _fields = __slots__
+
+    def __init__(self, report: CheckReport, problems: dict[int, tuple[str, bool]],
+                 identities: dict[int, tuple[int, int]]) -> None:
+        self.report = report
+        self.problems = problems  # index -> what is wrong with that object, in the farm?
+        self.identities = identities  # index -> (st_dev, st_ino) as checked
 
 
 class PendingCheck:

@@ -23,13 +23,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import cast
 
 from store.atomic import atomic_write
 from store.errors import DeployError, FormatError
 from store.lock import flock
 from store.names import show
+from store.record import Frozen, Mutable
 from store.repo import Repository
 
 from .boot_files import point_default
@@ -61,36 +61,47 @@ class DeploymentInUse(DeployError):
     """A deployment cannot be removed: it is mounted, or it is the default."""
 
 
-@dataclass
-class Deployment:
+class Deployment(Mutable):
     """One deployment: ``deploy/<id>/`` built from ``pack`` (relative to the repository).
 
     ``id`` is what the code calls ``dep_id`` everywhere else."""
 
-    id: str
-    commit: str  # hex commit id
-    ref: str
-    version: str
-    created: int  # seconds since the epoch
-    pack: str  # the pack it was verified from, relative to the repository
-    pack_sha256: str  # hex SHA-256 of that pack when it was deployed
-    # The keyring directory it was verified with (absolute): information only, never used
-    # to verify (the state file is as writable as the packs; see overlay.layout).
-    keys: str
-    tries_left: int | None = None  # None: not counting boots (known good)
-    mounted_at: list[str] = field(default_factory=list)
-    # "hardlinks" (a farm under deploy/<id>/) or "metacopy" (no farm: stubs redirected
-    # into objects/ at each mount); what ``auto`` resolved to at deploy time.
-    layout: str = "hardlinks"
+    __slots__ = ("id", "commit", "ref", "version", "created", "pack", "pack_sha256", "keys",
+                 "tries_left", "mounted_at", "layout")
+    _fields = __slots__
+
+    def __init__(self, id: str, commit: str, ref: str, version: str, created: int, pack: str,
+                 pack_sha256: str, keys: str, tries_left: int | None = None,
+                 mounted_at: list[str] | None = None, layout: str = "hardlinks") -> None:
+        self.id = id
+        self.commit = commit  # hex commit id
+        self.ref = ref
+        self.version = version
+        self.created = created  # seconds since the epoch
+        self.pack = pack  # the pack it was verified from, relative to the repository
+        self.pack_sha256 = pack_sha256  # hex SHA-256 of that pack when it was deployed
+        # The keyring directory it was verified with (absolute): information only, never used
+        # to verify (the state file is as writable as the packs; see overlay.layout).
+        self.keys = keys
+        self.tries_left = tries_left  # None: not counting boots (known good)
+        self.mounted_at: list[str] = [] if mounted_at is None else mounted_at
+        # "hardlinks" (a farm under deploy/<id>/) or "metacopy" (no farm: stubs redirected
+        # into objects/ at each mount); what ``auto`` resolved to at deploy time.
+        self.layout = layout
 
 
-@dataclass
-class State:
-    deployments: list[Deployment] = field(default_factory=list)
-    default: str | None = None
-    previous: str | None = None
-    booted: str | None = None  # the deployment chosen at the last counted boot
-    next_serial: int = 1
+class State(Mutable):
+    __slots__ = ("deployments", "default", "previous", "booted", "next_serial")
+    _fields = __slots__
+
+    def __init__(self, deployments: list[Deployment] | None = None, default: str | None = None,
+                 previous: str | None = None, booted: str | None = None,
+                 next_serial: int = 1) -> None:
+        self.deployments: list[Deployment] = [] if deployments is None else deployments
+        self.default = default
+        self.previous = previous
+        self.booted = booted  # the deployment chosen at the last counted boot
+        self.next_serial = next_serial
 
     # -- lookups ------------------------------------------------------------------------
     def get(self, dep_id: str) -> Deployment:
@@ -170,16 +181,20 @@ class State:
     def encode(self) -> bytes:
         doc = {"format": FORMAT, "version": VERSION, "next_serial": self.next_serial,
                "default": self.default, "previous": self.previous, "booted": self.booted,
-               "deployments": [asdict(d) for d in self.deployments]}
+               "deployments": [d.as_dict() for d in self.deployments]}
         return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode()
 
 
 # -- boot counting ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class BootChoice:
+class BootChoice(Frozen):
+    __slots__ = ("deployment", "reason")
+    _fields = __slots__
     deployment: Deployment
     reason: str  # "default", "fallback" (default out of tries), "exhausted" (nothing else to boot)
+
+    def __init__(self, deployment: Deployment, reason: str) -> None:
+        self._set_fields(deployment, reason)
 
 
 def choose_deployment_for_boot(state: State) -> BootChoice:

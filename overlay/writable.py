@@ -28,11 +28,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass, field
 
 from store.atomic import private_dir
 from store.errors import MountError
 from store.names import show
+from store.record import Frozen, Mutable
 from store.remove import remove_tree
 
 from . import mounts
@@ -44,23 +44,32 @@ STATE_DIRS = ("etc", "var", "tmp")
 TMP_MODE = 0o1777
 
 
-@dataclass(frozen=True)
-class WritableState:
+class WritableState(Frozen):
     """Whose state to mount: a deployment of the repository whose deploy directory is ``layout``."""
 
+    __slots__ = ("layout", "dep_id")
+    _fields = __slots__
     layout: DeployLayout
     dep_id: str
 
+    def __init__(self, layout: DeployLayout, dep_id: str) -> None:
+        self._set_fields(layout, dep_id)
 
-@dataclass
-class StateMounts:
+
+class StateMounts(Mutable):
     """What ``mount_writable`` mounted (target-relative names -> source), and what it created.
 
     A context manager: leaving it unmounts them (``keep`` first to keep them)."""
 
-    mounted: dict[str, str] = field(default_factory=dict)
-    created: list[str] = field(default_factory=list)  # "etc" and/or "var" made at this mount
-    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    __slots__ = ("mounted", "created", "stack")
+    _fields = __slots__
+
+    def __init__(self, mounted: dict[str, str] | None = None, created: list[str] | None = None,
+                 stack: contextlib.ExitStack | None = None) -> None:
+        self.mounted: dict[str, str] = {} if mounted is None else mounted
+        # "etc" and/or "var" made at this mount
+        self.created: list[str] = [] if created is None else created
+        self.stack = contextlib.ExitStack() if stack is None else stack
 
     def __enter__(self) -> StateMounts:
         return self

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from store.atomic import atomic_write
 from store.commits import Commit
@@ -31,6 +30,7 @@ from store.errors import DowngradeError, FormatError
 from store.ids import HexId, RawId, parse_hex, to_hex
 from store.lock import flock
 from store.names import show
+from store.record import Frozen
 from store.refs import check_ref_name
 from store.versions import VersionKey, version_key
 
@@ -38,13 +38,17 @@ STATE_FORMAT = 1
 MAX_STATE = 16 << 20
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(Frozen):
     """What is remembered of the newest pack accepted for a ref."""
 
+    __slots__ = ("commit", "version", "timestamp")
+    _fields = __slots__
     commit: HexId
     version: str
     timestamp: int
+
+    def __init__(self, commit: HexId, version: str, timestamp: int) -> None:
+        self._set_fields(commit, version, timestamp)
 
     @classmethod
     def of(cls, commit_id: RawId, commit: Commit) -> Accepted:

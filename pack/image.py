@@ -139,7 +139,8 @@ def check_image(reader: PackReader, image: bytes) -> RawId:
 def store_image(objects: ObjectStore, reader: PackReader) -> str:
     """The image object of the pack ``reader``: built, checked against the signed identity
     and written (atomically, mode 0444, then fs-verity enabled where the filesystem can, as
-    on large objects) unless it is present.  Returns its path.  PackError naming the pack
+    on large objects) unless it is present: one present is returned as it is (the caller
+    checks its digest by its verification policy).  Returns its path.  PackError naming the pack
     when it names no image (version 1) or the image built is not the one it signs."""
     want = reader.image
     if want is None:

@@ -24,7 +24,6 @@ import binascii
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from typing import NewType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from store.atomic import atomic_write
 from store.errors import SignatureError, UsageError
 from store.names import show
+from store.record import Frozen
 
 KeyId = NewType("KeyId", bytes)  # raw 32 bytes; shown as hex
 
@@ -159,13 +159,18 @@ def parse_revoked(text: str, where: str) -> frozenset[KeyId]:
     return frozenset(revoked)
 
 
-@dataclass(frozen=True)
-class Keyring:
+class Keyring(Frozen):
     """Trusted public keys by key id, and the ids refused whatever the keys say."""
 
+    __slots__ = ("keys", "revoked", "path")
+    _fields = __slots__
     keys: dict[KeyId, Ed25519PublicKey]
-    revoked: frozenset[KeyId] = frozenset()
-    path: str = ""
+    revoked: frozenset[KeyId]
+    path: str
+
+    def __init__(self, keys: dict[KeyId, Ed25519PublicKey], revoked: frozenset[KeyId] = frozenset(),
+                 path: str = "") -> None:
+        self._set_fields(keys, revoked, path)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Keyring:

@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from store.codec import Reader
@@ -54,6 +53,7 @@ from store.model import (
 )
 from store.names import show
 from store.objects import MAX_META_OBJECT
+from store.record import Frozen, Mutable
 from store.tree import MAGIC as TREE_MAGIC
 from store.tree import MAX_ENTRIES as MAX_TREE_ENTRIES
 from store.tree import VERSION as TREE_VERSION
@@ -71,14 +71,22 @@ _FILE = struct.Struct("<Q32s")
 _KINDS = {int(kind): kind for kind in Kind}
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestEntry:
+class ManifestEntry(Frozen):
     """One path of the tree.  ``inline``: the file's bytes are in the pack at ``offset``."""
 
+    __slots__ = ("path", "entry", "inline", "offset")
+    _fields = __slots__
     path: bytes
     entry: Entry
-    inline: bool = False
-    offset: int = 0
+    inline: bool
+    offset: int
+
+    def __init__(self, path: bytes, entry: Entry, inline: bool = False, offset: int = 0) -> None:
+        setattr_ = object.__setattr__  # one per manifest row: not _set_fields
+        setattr_(self, "path", path)
+        setattr_(self, "entry", entry)
+        setattr_(self, "inline", inline)
+        setattr_(self, "offset", offset)
 
     @property
     def parent(self) -> bytes:
@@ -90,8 +98,7 @@ class ManifestEntry:
         return self.entry.kind is Kind.FILE and not self.inline
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Frozen):
     """A checked manifest: what it adds up to, and its rows.
 
     ``entries`` iterates the rows in order; unless the manifest is small (see
@@ -99,16 +106,25 @@ class Manifest:
     bytes are checked against what was checked first: no row is held in memory.
     """
 
+    __slots__ = ("rows", "entry_count", "root_tree", "data_size", "dirs", "symlinks",
+                 "inline_files", "inline_bytes", "large_files", "large_bytes")
+    _fields = __slots__
     rows: Iterable[ManifestEntry]  # iterable again and again
     entry_count: int
     root_tree: RawId
     data_size: int
-    dirs: int = 0
-    symlinks: int = 0
-    inline_files: int = 0
-    inline_bytes: int = 0
-    large_files: int = 0
-    large_bytes: int = 0
+    dirs: int
+    symlinks: int
+    inline_files: int
+    inline_bytes: int
+    large_files: int
+    large_bytes: int
+
+    def __init__(self, rows: Iterable[ManifestEntry], entry_count: int, root_tree: RawId,
+                 data_size: int, dirs: int = 0, symlinks: int = 0, inline_files: int = 0,
+                 inline_bytes: int = 0, large_files: int = 0, large_bytes: int = 0) -> None:
+        self._set_fields(rows, entry_count, root_tree, data_size, dirs, symlinks, inline_files,
+                         inline_bytes, large_files, large_bytes)
 
     @property
     def entries(self) -> Rows:
@@ -123,12 +139,16 @@ class Manifest:
         return (e for e in self.entries if e.is_large)
 
 
-@dataclass(frozen=True)
-class Rows:
+class Rows(Frozen):
     """The manifest's rows: iterable (again and again, in order) and sized."""
 
+    __slots__ = ("source", "count")
+    _fields = __slots__
     source: Iterable[ManifestEntry]
     count: int
+
+    def __init__(self, source: Iterable[ManifestEntry], count: int) -> None:
+        self._set_fields(source, count)
 
     def __iter__(self) -> Iterator[ManifestEntry]:
         return iter(self.source)
@@ -223,15 +243,18 @@ _TREE_HEAD = struct.Struct("<4sHI")
 _TREE_HEADER = _TREE_HEAD.size
 
 
-@dataclass
-class _OpenDir:
-    path: bytes
-    entry: Entry | None  # None for the root directory
-    offset: int  # of its row, for errors
-    last: bytes = b""  # the name of its last child so far
-    count: int = 0
-    encoded: bytearray = field(default_factory=lambda: bytearray(_TREE_HEADER))
-    # the tree object being rebuilt: a placeholder header, then its entries' encodings
+class _OpenDir(Mutable):
+    __slots__ = ("path", "entry", "offset", "last", "count", "encoded")
+    _fields = __slots__
+
+    def __init__(self, path: bytes, entry: Entry | None, offset: int) -> None:
+        self.path = path
+        self.entry = entry  # None for the root directory
+        self.offset = offset  # of its row, for errors
+        self.last = b""  # the name of its last child so far
+        self.count = 0
+        # the tree object being rebuilt: a placeholder header, then its entries' encodings
+        self.encoded = bytearray(_TREE_HEADER)
 
 
 def _fail(message: str, offset: int, path: bytes | None = None) -> PackError:

@@ -18,13 +18,13 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from store.atomic import atomic_write
 from store.errors import SignatureError
+from store.record import Frozen
 
 from .keys import KeyId, key_id
 from .reader import check_pack_file, layout_sha256
@@ -43,10 +43,14 @@ _HEADER = struct.Struct("<8sHH")
 _ENTRY = struct.Struct("<32s64s")
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(Frozen):
+    __slots__ = ("key_id", "value")
+    _fields = __slots__
     key_id: KeyId
     value: bytes  # 64 bytes
+
+    def __init__(self, key_id: KeyId, value: bytes) -> None:
+        self._set_fields(key_id, value)
 
 
 def signature_path(pack_path: str | os.PathLike[str]) -> str:

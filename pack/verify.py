@@ -16,24 +16,29 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 
 from store.errors import SignatureError, UsageError
 from store.names import show
+from store.record import Frozen
 
+from .image import build_image, check_image
 from .keys import KeyId, Keyring
 from .reader import PackReader
 from .signature import Signature, pack_sha256, signatures_of, signed_message
 
 
-@dataclass(frozen=True)
-class Verification:
+class Verification(Frozen):
     """A pack digest and the keys whose signatures over it counted (sorted key ids)."""
 
+    __slots__ = ("sha256", "signers")
+    _fields = __slots__
     sha256: bytes
     signers: tuple[KeyId, ...]
+
+    def __init__(self, sha256: bytes, signers: tuple[KeyId, ...]) -> None:
+        self._set_fields(sha256, signers)
 
 
 def check_trust(digest: bytes, signatures: Sequence[Signature], keyring: Keyring,
@@ -99,13 +104,23 @@ def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_si
         yield reader, verification
 
 
+def check_whole(reader: PackReader) -> None:
+    """Read the whole pack (``reader.check_data``) and, when it names its image (format 2),
+    build the image on the way and check it is the one signed (PackError otherwise)."""
+    if reader.image is None:
+        reader.check_data()
+    else:
+        check_image(reader, build_image(reader))
+
+
 def verify_pack(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_signatures: int = 1,
                 sig_path: str | os.PathLike[str] | None = None) -> Verification:
-    """Signatures, then the whole pack: header, commit, manifest, every inline file's digest.
+    """Signatures, then the whole pack: header, commit, manifest, every inline file's digest,
+    the image it names.
 
     Returns only when all of it holds; raises SignatureError or PackError.
     """
     with open_verified(pack_path, keyring, min_signatures=min_signatures,
                        sig_path=sig_path) as (reader, verification):
-        reader.check_data()
+        check_whole(reader)
     return verification

@@ -116,7 +116,7 @@ _SUPER = struct.Struct(
     "I"     # feature_compat: 0
     "B"     # blkszbits: 12
     "B"     # sb_extslots: 0 (128-byte superblock)
-    "H"     # root_nid (rootnid_2b: the root is nid 0)
+    "H"     # root_nid (rootnid_2b): 36, the first slot after the superblock
     "Q"     # inos: the number of inodes
     "Q"     # epoch (build_time before 6.15): 0, compact inodes' time base
     "I"     # fixed_nsec: 0

@@ -210,6 +210,8 @@ def test_a_pack_signing_another_image_is_refused_and_nothing_is_left(site, base)
         at = reader.header.image_offset
     data[at + 10] ^= 1  # the first byte of the signed fs-verity digest
     pack = _resign(base, bytes(data), "other image.pack")
+    verify = run_cli("pack", "verify", pack, "--keys", site.keys, check=False)
+    assert verify.returncode == PackError.exit_code and "the image built from it" in verify.stderr
     device = Repository.init(os.path.join(base, "device"))
     with pytest.raises(PackError, match="the image built from it") as info:
         import_pack(device, pack, load_keyring(site.keys))
@@ -305,3 +307,28 @@ def test_prune_keeps_the_images_of_kept_packs_only(site, base):
     repo.refs.update("os/main", None, RawId(bytes.fromhex(site.commit)))
     prune(repo, images=lambda commits: kept_images(repo, commits))
     assert _objects(repo, ".image") == [] and _objects(repo, ".commit") == []
+
+
+def test_pack_deltas_rebuild_version_2_packs_byte_for_byte(site, base):
+    """From a version-2 pack and from the same commit's version-1 pack (what a device that
+    pulled before may keep) to the next version-2 pack: the rebuilt pack is the pack."""
+    from pack.delta import apply_pack_delta, make_pack_delta  # noqa: PLC0415
+
+    old = os.path.join(base, "old.pack")
+    shutil.copy(site.kept_pack(), old)
+    with open(old, "rb") as handle:
+        old_v1 = _resign(base, _version_1(handle.read()), "old-v1.pack")
+    with open(os.path.join(site.src, "etc/hostname"), "w") as handle:
+        handle.write("another device name\n")
+    new = site.publish("2.0", 1_700_000_100)
+    with open(new, "rb") as handle:
+        want = handle.read()
+    for source in (old, old_v1):
+        delta = os.path.join(base, "d.pdelta")
+        make_pack_delta(source, new, delta)
+        out = os.path.join(base, "rebuilt.pack")
+        apply_pack_delta(source, delta, out)
+        with open(out, "rb") as handle:
+            assert handle.read() == want
+        with PackReader(out) as reader:
+            assert reader.image is not None and reader.image == read_image_ref(new)

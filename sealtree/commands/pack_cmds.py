@@ -105,7 +105,8 @@ def register(sub: Any) -> None:
         "Exit 0 only when PACK is signed by at least --min-signatures keys of the\n"
         "keyring DIR that are not revoked (DIR/revoked), and the whole pack is\n"
         "consistent: header, commit id, every path, every tree id, every inline file's\n"
-        "digest.  Exit 12 for a signature problem, 11 for a bad pack.",
+        "digest, and the EROFS image it names (built here, as pack import does).\n"
+        "Exit 12 for a signature problem, 11 for a bad pack.",
         "example:\n  sealtree pack verify os.pack --keys /etc/sealtree/keys --min-signatures 2")
     _trust_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -227,11 +228,11 @@ def cmd_add_signature(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     from pack.keys import Keyring
     from pack.reader import named
-    from pack.verify import open_verified
+    from pack.verify import check_whole, open_verified
     keyring = Keyring.load(args.keys)
     with named(args.pack), open_verified(args.pack, keyring, min_signatures=args.min_signatures,
                                          sig_path=_sig_path(args)) as (reader, verification):
-        reader.check_data()
+        check_whole(reader)
         commit_id, ref = reader.commit_id, reader.ref
     if args.json:
         print_json({"pack": args.pack, "ok": True, "sha256": verification.sha256.hex(),
