@@ -24,7 +24,6 @@ import errno
 import hmac
 import os
 import stat
-from dataclasses import dataclass
 
 from pack.image import store_image
 from pack.reader import PackReader
@@ -32,6 +31,7 @@ from store.errors import VerificationError, VerityError, VerityUnsupported
 from store.fsverity import digest_fd
 from store.ids import RawId
 from store.objects import ObjectStore
+from store.record import Mutable
 
 from .objcheck import KERNEL, Policy, Verity
 
@@ -40,16 +40,20 @@ class ImageMismatch(VerificationError):
     """The image object is not the one the pack signs (or cannot be checked by the policy)."""
 
 
-@dataclass
-class ImageLayer:
+class ImageLayer(Mutable):
     """A checked image object, open (``fd``) until ``close``."""
 
-    path: str
-    digest: bytes  # the signed fs-verity digest it was found to have
-    size: int
-    measured: str  # "kernel" or "userspace": who computed the digest
-    built: bool  # built from the pack now (it was missing)
-    fd: int = -1
+    __slots__ = ("path", "digest", "size", "measured", "built", "fd")
+    _fields = __slots__
+
+    def __init__(self, path: str, digest: bytes, size: int, measured: str, built: bool,
+                 fd: int = -1) -> None:
+        self.path = path
+        self.digest = digest  # the signed fs-verity digest it was found to have
+        self.size = size
+        self.measured = measured  # "kernel" or "userspace": who computed the digest
+        self.built = built  # built from the pack now (it was missing)
+        self.fd = fd
 
     def close(self) -> None:
         if self.fd >= 0:
