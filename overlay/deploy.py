@@ -45,7 +45,6 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pack import freshness
 from pack.importer import freshness_path, kept_pack_path
@@ -54,6 +53,7 @@ from pack.unpack import UnpackReport
 from store.errors import DeployError, SealtreeError
 from store.ids import RawId, to_hex
 from store.objects import ObjectStore
+from store.record import Mutable
 from store.remove import remove_tree
 from store.repo import Repository
 
@@ -77,24 +77,41 @@ def deployment_present(repo: Repository, dep: Deployment) -> bool:
     return os.path.isdir(deploy_layout(repo).farm(dep.id))
 
 
-@dataclass
-class MetacopyLower:
+class MetacopyLower(Mutable):
     """The metacopy layout's lower layer as deploy made it: the checked image (None: a pack
     without one, unpacked into a tmpfs) and what erofs was mounted from (None: no mount)."""
 
-    image: ImageLayer | None = None
-    source: str | None = None
+    __slots__ = ("image", "source")
+    _fields = __slots__
+    image: ImageLayer | None
+    source: str | None
+
+    def __init__(self, image: ImageLayer | None = None, source: str | None = None) -> None:
+        self.image = image
+        self.source = source
 
 
-@dataclass
-class DeployResult:
+class DeployResult(Mutable):
+    __slots__ = ("deployment", "path", "check", "timings", "mount", "state", "image")
+    _fields = __slots__
     deployment: Deployment  # its ``id`` is the dep_id; ``layout`` the layout chosen
     path: str  # the farm (hardlinks layout), the objects directory (metacopy layout)
     check: CheckReport
     timings: dict[str, float]
-    mount: MountResult | None = None  # when deployed with a mount target
-    state: deploy_state.Prepared | None = None  # its writable /etc, the /var seed, boot files
-    image: ImageLayer | None = None  # metacopy layout: the pack's image, checked (and mounted)
+    mount: MountResult | None  # when deployed with a mount target
+    state: deploy_state.Prepared | None  # its writable /etc, the /var seed, boot files
+    image: ImageLayer | None  # metacopy layout: the pack's image, checked (and mounted)
+
+    def __init__(self, deployment: Deployment, path: str, check: CheckReport, timings: dict[str, float],
+                 mount: MountResult | None = None, state: deploy_state.Prepared | None = None,
+                 image: ImageLayer | None = None) -> None:
+        self.deployment = deployment
+        self.path = path
+        self.check = check
+        self.timings = timings
+        self.mount = mount
+        self.state = state
+        self.image = image
 
 
 def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy = Policy.AUTO,

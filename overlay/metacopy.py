@@ -27,7 +27,6 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 # Re-exported: the names overlay/ and its tests use (pack.stubs spells them).
 from pack.stubs import METACOPY_XATTR as METACOPY_XATTR
@@ -37,6 +36,7 @@ from store import kverity
 from store.errors import DeployError, VerityError, VerityUnsupported
 from store.ids import RawId
 from store.objects import ObjectStore
+from store.record import Frozen
 
 from .objcheck import LargeFile
 
@@ -69,21 +69,29 @@ def redirect_value(objects_root: str, obj: str) -> bytes:
     return rel
 
 
-@dataclass(frozen=True)
-class Stub:
+class Stub(Frozen):
     """What a large file's stub carries besides its own metadata."""
 
+    __slots__ = ("size", "redirect", "metacopy")
+    _fields = __slots__
     size: int
     redirect: bytes  # trusted.overlay.redirect
     metacopy: bytes  # trusted.overlay.metacopy
 
+    def __init__(self, size: int, redirect: bytes, metacopy: bytes) -> None:
+        self._set_fields(size, redirect, metacopy)
 
-@dataclass(frozen=True)
-class StubPlan:
+
+class StubPlan(Frozen):
     """Every stub by digest, and the objects they are redirected to (one per digest)."""
 
+    __slots__ = ("stubs", "objects")
+    _fields = __slots__
     stubs: dict[RawId, Stub]
     objects: list[LargeFile]  # one per distinct digest: what must exist and be verified
+
+    def __init__(self, stubs: dict[RawId, Stub], objects: list[LargeFile]) -> None:
+        self._set_fields(stubs, objects)
 
     def xattr_bytes(self, items: Sequence[LargeFile]) -> int:
         """The overlay xattrs' bytes over every large file (for ``tmpfs_size``)."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from pack.importer import kept_pack_path
 from pack.reader import PackReader
@@ -39,6 +38,7 @@ from store.errors import MountError
 from store.ids import RawId
 from store.names import show
 from store.objects import ObjectStore
+from store.record import Mutable
 from store.repo import Repository
 
 from . import farm, mounted_farms, mounts
@@ -52,18 +52,35 @@ from .state import Deployment, state_file
 from .writable import StateMounts, WritableState, mount_writable, unmount_state
 
 
-@dataclass
-class MountResult:
+class MountResult(Mutable):
+    __slots__ = ("target", "check", "populate", "api", "timings", "layout", "verity", "state", "image",
+                 "image_source")
+    _fields = __slots__
     target: str
     check: CheckReport
     populate: UnpackReport
     api: str  # which mount API mounted the overlay
-    timings: dict[str, float] = field(default_factory=dict)
-    layout: str = Layout.HARDLINKS.value
-    verity: str | None = None  # metacopy layout: the overlay's verity= ("require" or "off")
-    state: StateMounts | None = None  # the writable /etc, /var, /tmp (None: live, or not asked)
-    image: ImageLayer | None = None  # metacopy layout: the EROFS image mounted as the lower layer
-    image_source: str | None = None  # what erofs was mounted from (the file, or a loop device)
+    timings: dict[str, float]
+    layout: str
+    verity: str | None  # metacopy layout: the overlay's verity= ("require" or "off")
+    state: StateMounts | None  # the writable /etc, /var, /tmp (None: live, or not asked)
+    image: ImageLayer | None  # metacopy layout: the EROFS image mounted as the lower layer
+    image_source: str | None  # what erofs was mounted from (the file, or a loop device)
+
+    def __init__(self, target: str, check: CheckReport, populate: UnpackReport, api: str,
+                 timings: dict[str, float] | None = None, layout: str = Layout.HARDLINKS.value,
+                 verity: str | None = None, state: StateMounts | None = None,
+                 image: ImageLayer | None = None, image_source: str | None = None) -> None:
+        self.target = target
+        self.check = check
+        self.populate = populate
+        self.api = api
+        self.timings = {} if timings is None else timings
+        self.layout = layout
+        self.verity = verity
+        self.state = state
+        self.image = image
+        self.image_source = image_source
 
     @property
     def lower(self) -> str:

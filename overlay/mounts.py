@@ -25,7 +25,8 @@ import os
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+
+from store.record import Frozen
 
 StrPath = str | os.PathLike[str]
 
@@ -284,19 +285,24 @@ def _metacopy_options(verity: str, writable: bool) -> tuple[tuple[str, str], ...
     )
 
 
-@dataclass(frozen=True)
-class OverlaySpec:
+class OverlaySpec(Frozen):
     """An overlay: lower layers top first; an upper and work dir make it writable.
 
     ``data``: data-only lower layers below the lower ones (metacopy layout), reachable
     only through the stubs' absolute redirects; then ``verity`` is the ``verity=`` value.
     """
 
+    __slots__ = ("lowers", "upper", "work", "data", "verity")
+    _fields = __slots__
     lowers: Sequence[str]
-    upper: str | None = None
-    work: str | None = None
-    data: Sequence[str] = ()
-    verity: str = "require"
+    upper: str | None
+    work: str | None
+    data: Sequence[str]
+    verity: str
+
+    def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
+                 data: Sequence[str] = (), verity: str = "require") -> None:
+        self._set_fields(lowers, upper, work, data, verity)
 
     def options(self) -> tuple[tuple[str, str], ...]:
         """The mount options besides the layers."""
@@ -398,15 +404,21 @@ def _unescape(field: bytes) -> bytes:
     return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field)
 
 
-@dataclass(frozen=True)
-class MountInfo:
+class MountInfo(Frozen):
+    __slots__ = ("mount_id", "mount_point", "fstype", "source", "options", "super_options",
+                 "raw_super_options")
+    _fields = __slots__
     mount_id: int
     mount_point: bytes
     fstype: str
     source: bytes
     options: str  # per-mount options (ro, nosuid, ...)
     super_options: bytes  # decoded from the octal escapes
-    raw_super_options: bytes = b""  # as mountinfo shows them: a comma inside a value is \054
+    raw_super_options: bytes  # as mountinfo shows them: a comma inside a value is \054
+
+    def __init__(self, mount_id: int, mount_point: bytes, fstype: str, source: bytes, options: str,
+                 super_options: bytes, raw_super_options: bytes = b"") -> None:
+        self._set_fields(mount_id, mount_point, fstype, source, options, super_options, raw_super_options)
 
 
 def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:

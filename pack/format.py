@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import zstandard
 
 from store.errors import PackError
 from store.ids import RawId
+from store.record import Frozen
 
 MAGIC = b"SEALPACK"
 VERSION = 2
@@ -70,14 +70,18 @@ FRAME_ENTRY_SIZE = _FRAME.size
 IMAGE_SIZE = _IMAGE.size
 
 
-@dataclass(frozen=True, slots=True)
-class ImageRef:
+class ImageRef(Frozen):
     """The EROFS image a pack's tree makes by ``recipe`` (pack.image): its size and fs-verity
     digest.  Signed with the rest of the pack; the image itself is built on the device."""
 
+    __slots__ = ("recipe", "size", "digest")
+    _fields = __slots__
     recipe: int
     size: int
     digest: bytes
+
+    def __init__(self, recipe: int, size: int, digest: bytes) -> None:
+        self._set_fields(recipe, size, digest)
 
     def encode(self) -> bytes:
         return _IMAGE.pack(self.recipe, self.size, self.digest)
@@ -94,10 +98,12 @@ def parse_image(data: bytes, offset: int) -> ImageRef:
     return ImageRef(recipe, size, digest)
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(Frozen):
     """The fixed header: what the rest of the pack must add up to."""
 
+    __slots__ = ("inline_max", "commit_id", "commit_len", "ref_len", "entry_count", "manifest_size",
+                 "manifest_frames", "data_size", "data_frames", "version")
+    _fields = __slots__
     inline_max: int
     commit_id: RawId
     commit_len: int
@@ -107,7 +113,13 @@ class Header:
     manifest_frames: int
     data_size: int
     data_frames: int
-    version: int = VERSION
+    version: int
+
+    def __init__(self, inline_max: int, commit_id: RawId, commit_len: int, ref_len: int, entry_count: int,
+                 manifest_size: int, manifest_frames: int, data_size: int, data_frames: int,
+                 version: int = VERSION) -> None:
+        self._set_fields(inline_max, commit_id, commit_len, ref_len, entry_count, manifest_size,
+                         manifest_frames, data_size, data_frames, version)
 
     def encode(self) -> bytes:
         return _HEADER.pack(MAGIC, self.version, 0, self.inline_max, self.commit_id, self.commit_len,
@@ -132,13 +144,17 @@ class Header:
         return (self.manifest_frames + self.data_frames) * FRAME_ENTRY_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Frozen):
     """One zstd frame: where it starts in the file and its two sizes."""
 
+    __slots__ = ("offset", "compressed", "size")
+    _fields = __slots__
     offset: int
     compressed: int
     size: int
+
+    def __init__(self, offset: int, compressed: int, size: int) -> None:
+        self._set_fields(offset, compressed, size)
 
 
 def _check(condition: bool, message: str, offset: int) -> None:

@@ -30,13 +30,13 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from store.atomic import fsync_dir
 from store.errors import PackError
 from store.ids import RawId, to_hex
 from store.lock import flock
 from store.objects import relative_path
+from store.record import Frozen, Mutable
 from store.repo import Repository
 from store.transaction import Transaction
 
@@ -54,27 +54,47 @@ INCOMING_LOCK = "incoming.lock"  # creating a copy and removing stale ones exclu
 COPY_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class MissingObject:
+class MissingObject(Frozen):
     """A large file object the repository lacks: its id, metadata key and the paths that use it."""
 
+    __slots__ = ("entry", "object_path", "paths")
+    _fields = __slots__
     entry: ManifestEntry  # the first path that uses it
     object_path: str  # relative to objects/, as store.objects lays it out
     paths: tuple[bytes, ...]
 
+    def __init__(self, entry: ManifestEntry, object_path: str, paths: tuple[bytes, ...]) -> None:
+        self._set_fields(entry, object_path, paths)
 
-@dataclass
-class ImportResult:
+
+class ImportResult(Mutable):
+    __slots__ = ("commit_id", "ref", "previous", "pack_path", "signers", "trees", "inline_files",
+                 "large_files", "missing", "image")
+    _fields = __slots__
     commit_id: RawId
     ref: str
     previous: RawId | None  # what the ref pointed at before
     pack_path: str
     signers: tuple[KeyId, ...]
-    trees: int = 0
-    inline_files: int = 0
-    large_files: int = 0
-    missing: list[MissingObject] = field(default_factory=list)
-    image: str | None = None  # the image object (pack.image); None for a version-1 pack
+    trees: int
+    inline_files: int
+    large_files: int
+    missing: list[MissingObject]
+    image: str | None  # the image object (pack.image); None for a version-1 pack
+
+    def __init__(self, commit_id: RawId, ref: str, previous: RawId | None, pack_path: str,
+                 signers: tuple[KeyId, ...], trees: int = 0, inline_files: int = 0, large_files: int = 0,
+                 missing: list[MissingObject] | None = None, image: str | None = None) -> None:
+        self.commit_id = commit_id
+        self.ref = ref
+        self.previous = previous
+        self.pack_path = pack_path
+        self.signers = signers
+        self.trees = trees
+        self.inline_files = inline_files
+        self.large_files = large_files
+        self.missing = [] if missing is None else missing
+        self.image = image
 
 
 def freshness_path(repo: Repository) -> str:

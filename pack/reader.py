@@ -27,7 +27,6 @@ import hmac
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from store.commits import Commit, decode_commit
@@ -36,6 +35,7 @@ from store.fsverity import digest_bytes
 from store.ids import RawId, to_hex
 from store.model import Kind
 from store.names import show
+from store.record import Frozen
 from store.refs import check_ref_name
 
 from . import format as fmt
@@ -354,11 +354,15 @@ class PackReader:
             pass
 
 
-@dataclass(frozen=True)
-class _Reread:
+class _Reread(Frozen):
     """A large manifest's rows: decoded again from the pack file on each iteration."""
 
+    __slots__ = ("decode",)
+    _fields = __slots__
     decode: Callable[[], Iterator[ManifestEntry]]
+
+    def __init__(self, decode: Callable[[], Iterator[ManifestEntry]]) -> None:
+        self._set_fields(decode)
 
     def __iter__(self) -> Iterator[ManifestEntry]:
         return self.decode()

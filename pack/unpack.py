@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from store import xattrs
 from store.errors import PackError, UsageError
 from store.inode_meta import apply_meta
 from store.model import Kind, Meta, check_name
+from store.record import Mutable
 
 from .manifest import ManifestEntry
 from .reader import PackReader
@@ -138,14 +138,24 @@ class TreeWriter:
         os.link(source, name, dst_dir_fd=parent, follow_symlinks=False)
 
 
-@dataclass
-class UnpackReport:
-    dirs: int = 0
-    files: int = 0
-    links: int = 0  # inline files made hardlinks of an identical earlier one (share_identical)
-    symlinks: int = 0
-    bytes: int = 0
-    large: list[ManifestEntry] = field(default_factory=list)
+class UnpackReport(Mutable):
+    __slots__ = ("dirs", "files", "links", "symlinks", "bytes", "large")
+    _fields = __slots__
+    dirs: int
+    files: int
+    links: int  # inline files made hardlinks of an identical earlier one (share_identical)
+    symlinks: int
+    bytes: int
+    large: list[ManifestEntry]
+
+    def __init__(self, dirs: int = 0, files: int = 0, links: int = 0, symlinks: int = 0, bytes: int = 0,
+                 large: list[ManifestEntry] | None = None) -> None:
+        self.dirs = dirs
+        self.files = files
+        self.links = links
+        self.symlinks = symlinks
+        self.bytes = bytes
+        self.large = [] if large is None else large
 
 
 def unpack_inline(reader: PackReader, target: str | os.PathLike[str], *,

@@ -30,7 +30,6 @@ target over 4095 bytes, xattrs too large for the inode's block, ...) is refused 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 from .errors import FormatError
@@ -42,7 +41,6 @@ FILE: Kind = "file"
 SYMLINK: Kind = "symlink"
 
 
-@dataclass(eq=False, slots=True)
 class Node:
     """One inode of the image.  A Node reachable by several names is one inode (a hardlink);
     a directory may be reachable by one name only.
@@ -56,14 +54,22 @@ class Node:
     ``entries``: directories only: name (bytes, no ``/``) -> Node.
     """
 
-    kind: Kind
-    mode: int
-    uid: int = 0
-    gid: int = 0
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()
-    data: bytes = b""
-    size: int | None = None
-    entries: dict[bytes, Node] = field(default_factory=dict)
+    __slots__ = ("kind", "mode", "uid", "gid", "xattrs", "data", "size", "entries")
+
+    def __init__(self, kind: Kind, mode: int, uid: int = 0, gid: int = 0,
+                 xattrs: tuple[tuple[bytes, bytes], ...] = (), data: bytes = b"",
+                 size: int | None = None, entries: dict[bytes, Node] | None = None) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.xattrs = xattrs
+        self.data = data
+        self.size = size
+        self.entries: dict[bytes, Node] = {} if entries is None else entries
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind!r}, {self.mode:#o}, uid={self.uid}, gid={self.gid})"
 
 
 class ImageError(FormatError):
