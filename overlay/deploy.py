@@ -87,8 +87,7 @@ class MetacopyLower(Mutable):
     source: str | None
 
     def __init__(self, image: ImageLayer | None = None, source: str | None = None) -> None:
-        self.image = image
-        self.source = source
+        self._set_fields(image, source)
 
 
 class DeployResult(Mutable):
@@ -105,13 +104,7 @@ class DeployResult(Mutable):
     def __init__(self, deployment: Deployment, path: str, check: CheckReport, timings: dict[str, float],
                  mount: MountResult | None = None, state: deploy_state.Prepared | None = None,
                  image: ImageLayer | None = None) -> None:
-        self.deployment = deployment
-        self.path = path
-        self.check = check
-        self.timings = timings
-        self.mount = mount
-        self.state = state
-        self.image = image
+        self._set_fields(deployment, path, check, timings, mount, state, image)
 
 
 def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy = Policy.AUTO,

@@ -71,16 +71,8 @@ class MountResult(Mutable):
                  timings: dict[str, float] | None = None, layout: str = Layout.HARDLINKS.value,
                  verity: str | None = None, state: StateMounts | None = None,
                  image: ImageLayer | None = None, image_source: str | None = None) -> None:
-        self.target = target
-        self.check = check
-        self.populate = populate
-        self.api = api
-        self.timings = {} if timings is None else timings
-        self.layout = layout
-        self.verity = verity
-        self.state = state
-        self.image = image
-        self.image_source = image_source
+        self._set_fields(target, check, populate, api, {} if timings is None else timings, layout, verity,
+                         state, image, image_source)
 
     @property
     def lower(self) -> str:

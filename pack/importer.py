@@ -85,16 +85,8 @@ class ImportResult(Mutable):
     def __init__(self, commit_id: RawId, ref: str, previous: RawId | None, pack_path: str,
                  signers: tuple[KeyId, ...], trees: int = 0, inline_files: int = 0, large_files: int = 0,
                  missing: list[MissingObject] | None = None, image: str | None = None) -> None:
-        self.commit_id = commit_id
-        self.ref = ref
-        self.previous = previous
-        self.pack_path = pack_path
-        self.signers = signers
-        self.trees = trees
-        self.inline_files = inline_files
-        self.large_files = large_files
-        self.missing = [] if missing is None else missing
-        self.image = image
+        self._set_fields(commit_id, ref, previous, pack_path, signers, trees, inline_files, large_files,
+                         [] if missing is None else missing, image)
 
 
 def freshness_path(repo: Repository) -> str:

@@ -150,12 +150,7 @@ class UnpackReport(Mutable):
 
     def __init__(self, dirs: int = 0, files: int = 0, links: int = 0, symlinks: int = 0, bytes: int = 0,
                  large: list[ManifestEntry] | None = None) -> None:
-        self.dirs = dirs
-        self.files = files
-        self.links = links
-        self.symlinks = symlinks
-        self.bytes = bytes
-        self.large = [] if large is None else large
+        self._set_fields(dirs, files, links, symlinks, bytes, [] if large is None else large)
 
 
 def unpack_inline(reader: PackReader, target: str | os.PathLike[str], *,

@@ -60,6 +60,12 @@ class Record:
         """A copy with ``changes`` to some fields (as ``dataclasses.replace``)."""
         return type(self)(**(self.as_dict() | changes))
 
+    def _set_fields(self, *values: object) -> None:
+        """Set every field, in ``_fields`` order: what an ``__init__`` does (a hot path's
+        ``__init__`` sets each itself instead, a little faster)."""
+        for name, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, name, value)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, tuple(self._key(self)))  # every __init__ takes the fields in order
 
@@ -77,12 +83,6 @@ class Frozen(Record):
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete field {name!r} of a {type(self).__name__}")
-
-    def _set_fields(self, *values: object) -> None:
-        """Set every field, in ``_fields`` order: what an ``__init__`` does (a hot path's
-        ``__init__`` sets each with ``object.__setattr__`` instead, a little faster)."""
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
 
 
 class Mutable(Record):

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from tests.cli_runner import ROOT, run_cli, run_cli_bytes
 from tests.mount_guard import mount_free_dir
-from tests.trees import ODD_NAMES, Node, assert_same_tree, materialise, names, snapshot, trees
+from tests.trees import (
+                         ODD_NAMES,
+                         Node,
+                         add_content_twins,
+                         assert_same_tree,
+                         extra_links,
+                         materialise,
+                         names,
+                         snapshot,
+                         trees,
+)
 
-__all__ = ["ODD_NAMES", "ROOT", "Node", "assert_same_tree", "materialise", "mount_free_dir", "names",
-           "run_cli", "run_cli_bytes", "snapshot", "trees"]
+__all__ = ["ODD_NAMES", "ROOT", "Node", "add_content_twins", "assert_same_tree", "extra_links",
+           "materialise", "mount_free_dir", "names", "run_cli", "run_cli_bytes", "snapshot", "trees"]

@@ -17,7 +17,6 @@ import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from overlay import boot_config, metacopy, mounted_farms, mounts, state
 from overlay import mount_deployment as md
@@ -36,7 +35,7 @@ from store.fsverity import digest_fd
 from store.ids import RawId
 from store.names import show
 from store.repo import Repository
-from tests.helpers import assert_same_tree, materialise, snapshot, trees
+from tests.helpers import add_content_twins, assert_same_tree, extra_links, materialise, snapshot, trees
 from tests.test_deploy_cli import Site, _enlarge, _leftovers, base_dir, published_site
 from tests.test_pack_image import _resign, _version_1
 
@@ -442,18 +441,13 @@ def _deploy_and_compare(where: str, src: str) -> None:
 
 @settings(max_examples=8, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                  HealthCheck.too_slow], deadline=None)
-@given(tree=trees, links=st.lists(st.tuples(st.integers(0, 50), st.binary(min_size=1, max_size=8)
-                                            .filter(lambda n: b"/" not in n and b"\0" not in n)),
-                                  max_size=3))
+@given(tree=trees, links=extra_links)
 def test_generated_trees_in_metacopy_layout(tmp_path_factory, tree, links):
     where = str(tmp_path_factory.mktemp("mc") / "m e,t:a")
     os.mkdir(where)
     src = os.path.join(where, "src")
     os.mkdir(src)
-    big = _enlarge(tree)
-    # The same large content under other metadata, so that two stubs share one object.
-    big[b"twin-a"] = ("file", b"T" * 70000, 0o644, (0, 0), [])
-    big[b"twin-b"] = ("file", b"T" * 70000, 0o4711, (1000, 2), [(b"user.a", b"x")])
+    big = add_content_twins(_enlarge(tree))  # two stubs of other metadata, one object
     materialise(os.fsencode(src), big, links)
     try:
         _deploy_and_compare(where, src)

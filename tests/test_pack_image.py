@@ -21,7 +21,6 @@ from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from overlay import metacopy, mounts
 from overlay.deployment_pack import large_files
@@ -39,7 +38,7 @@ from store.ids import RawId
 from store.prune import prune
 from store.repo import Repository
 from tests.cli_runner import run_cli
-from tests.helpers import materialise, trees
+from tests.helpers import add_content_twins, extra_links, materialise, trees
 from tests.test_deploy_cli import Site, _enlarge, base_dir, published_site
 from tests.test_pack_support import load_keyring
 
@@ -145,19 +144,13 @@ def test_the_image_is_the_metacopy_tmpfs(site, base):
 
 @settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                   HealthCheck.too_slow], deadline=None)
-@given(tree=trees, links=st.lists(st.tuples(st.integers(0, 50), st.binary(min_size=1, max_size=8)
-                                            .filter(lambda n: b"/" not in n and b"\0" not in n)),
-                                  max_size=3))
+@given(tree=trees, links=extra_links)
 def test_generated_trees_image_is_the_tmpfs(tmp_path_factory, tree, links):
     where = str(tmp_path_factory.mktemp("img") / "i m,g:e")
     os.mkdir(where)
     src = os.path.join(where, "src")
     os.mkdir(src)
-    big = _enlarge(tree)
-    # The same large content under other metadata: two stubs redirected to one object.
-    big[b"twin-a"] = ("file", b"T" * 70000, 0o644, (0, 0), [])
-    big[b"twin-b"] = ("file", b"T" * 70000, 0o4711, (1000, 2), [(b"user.a", b"x")])
-    big[b"twin-c"] = ("file", b"T" * 70000, 0o644, (0, 0), [])  # a's twin: one inode
+    big = add_content_twins(_enlarge(tree))  # two stubs of other metadata, one object
     materialise(os.fsencode(src), big, links)
     made = Site(where, src)
     pack = made.publish("1", 1_700_000_000)

@@ -105,6 +105,21 @@ trees = st.recursive(st.dictionaries(names, st.one_of(files, symlinks), max_size
                      max_leaves=12)
 
 
+#: Hardlinks to add to a generated tree (``materialise``'s ``hardlinks``): up to three new names
+#: for files picked by index.
+extra_links = st.lists(st.tuples(st.integers(0, 50), st.binary(min_size=1, max_size=8)
+                                 .filter(lambda n: b"/" not in n and b"\0" not in n)), max_size=3)
+
+
+def add_content_twins(tree: dict) -> dict:
+    """``tree`` with three large files of one content: ``twin-a`` and ``twin-c`` with equal
+    metadata (one inode), ``twin-b`` with other metadata (another inode, the same object)."""
+    tree[b"twin-a"] = ("file", b"T" * 70000, 0o644, (0, 0), [])
+    tree[b"twin-b"] = ("file", b"T" * 70000, 0o4711, (1000, 2), [(b"user.a", b"x")])
+    tree[b"twin-c"] = ("file", b"T" * 70000, 0o644, (0, 0), [])
+    return tree
+
+
 def materialise(root: bytes, tree: dict, hardlinks: list[tuple[int, bytes]] = ()) -> None:
     """Write a generated tree under ``root`` (which exists); then add hardlinks at the root."""
     made: list[bytes] = []
