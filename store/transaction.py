@@ -39,6 +39,7 @@ from .inode_meta import apply_meta, apply_xattrs
 from .layout import RepoLayout
 from .lock import flock, try_flock
 from .model import Entry, Meta
+from .objects import relative_path
 from .remove import remove_tree
 from .sparse import Piece, SparseWriter, fd_pieces, is_zero
 from .syncfs import syncfs
@@ -313,16 +314,7 @@ class Transaction:
 
     @_full_disk_named
     def add_meta_object(self, kind: str, data: bytes, raw: RawId) -> RawId:
-        staged = self._reserve(f"{raw.hex()[:2]}/{raw.hex()[2:]}.{kind}")
-        if staged is not None:
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            try:
-                _write_all(fd, data)
-            except BaseException:
-                self._unreserve(f"{raw.hex()[:2]}/{raw.hex()[2:]}.{kind}", staged)
-                raise
-            finally:
-                os.close(fd)
+        self._stage_bytes(relative_path(kind, raw), data)
         return raw
 
     @_full_disk_named
@@ -330,21 +322,31 @@ class Transaction:
         """Stage an EROFS image object (``xx/<62 hex>.image``, mode 0444) whose fs-verity digest
         the caller has computed and checked (pack.image), with fs-verity enabled on it where
         the filesystem can, as it is published."""
-        h = digest.hex()
-        rel = f"{h[:2]}/{h[2:]}.image"
-        staged = self._reserve(rel)
+        rel = relative_path("image", digest)
+        staged = self._stage_bytes(rel, data)
         if staged is None:
             return
         try:
-            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
             kverity.enable_where_supported(staged)  # no writer left: the kernel allows it
         except BaseException:
             self._unreserve(rel, staged)
             raise
+
+    def _stage_bytes(self, rel: str, data: bytes) -> str | None:
+        """Stage object ``rel`` (mode 0444) holding ``data``; its staged path, None when it
+        is present or staged already."""
+        staged = self._reserve(rel)
+        if staged is None:
+            return None
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            self._unreserve(rel, staged)
+            raise
+        finally:
+            os.close(fd)
+        return staged
 
     def add_tree(self, entries: Sequence[Entry]) -> RawId:
         data = encode_tree(entries)
