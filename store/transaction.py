@@ -411,8 +411,10 @@ class Transaction:
     def adopt(self, rels: Sequence[str], *, flat: bool = False) -> None:
         """Take over objects staged in this transaction's staging directory by a forked worker
         (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
-        subdirectory it made: remote.pull's verified downloads).  ``flat``: the caller knows
-        they are all at their flat path (a worker's ``staged()``), which is not checked."""
+        subdirectory it made: remote.pull's verified downloads; everything it puts there must
+        be complete and adopted, since ``publish`` may rename the whole ``xx/``).  ``flat``:
+        the caller knows they are all at their staging path (a worker's ``staged()``), which
+        is not checked."""
         with self._reserve_lock:
             for rel in rels:
                 if rel in self._staged:
