@@ -464,12 +464,11 @@ class Transaction:
             final = f"{self.objects_root}/{rel}"
             new_dir = made.get(prefix)
             if new_dir is None:
-                new_dir = made[prefix] = (prefix not in moved
-                                          and (prefix in self._made_dirs
-                                               or _make_dir(f"{self.objects_root}/{prefix}")))
-            # An object present is kept (writes are idempotent); in a directory made just now
-            # there is none but what another writer may have renamed in meanwhile, which is
-            # complete and the same bytes and metadata.
+                new_dir = made[prefix] = (prefix in moved or prefix in self._made_dirs
+                                          or _make_dir(f"{self.objects_root}/{prefix}"))
+            # An object present is kept (writes are idempotent); in a directory made (or
+            # renamed from staging) just now there is none but ours and what another writer
+            # may have renamed in meanwhile, which is complete and the same bytes and metadata.
             if new_dir or not os.path.exists(final):
                 os.rename(staged, final)
             elif not staged.startswith(self.staging + "/"):  # adopted where it was: not left over

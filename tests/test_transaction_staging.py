@@ -199,14 +199,30 @@ def test_every_mode_comes_out_as_the_tree_says_whatever_the_umask(tmp_path):
 def test_a_failed_write_leaves_nothing_in_the_prefix_directory_published(tmp_path):
     with small_tmpfs(str(tmp_path / "fs"), "1m") as fs:
         repo = Repository.init(os.path.join(fs, "repo"))
-        small, big = b"small", os.urandom(2 << 20)
+        big = os.urandom(2 << 20)
+        prefix = _rel(big)[:2]
+        (small,) = _same_prefix(1, prefix)
         with pytest.raises(RepositoryError), repo.writing() as tx:
             tx.add_file_bytes(small, META)
-            prefix = _rel(small)[:2]
-            big_prefixed = next(data for data in (big + bytes([i]) for i in range(4096))
-                                if _rel(data)[:2] == prefix)
             try:
-                tx.add_file_bytes(big_prefixed, META)
+                tx.add_file_bytes(big, META)
             finally:
                 assert os.listdir(os.path.join(tx.staging, prefix)) == [_rel(small)[3:]]
         assert os.listdir(repo.layout.objects) == []
+
+
+def test_a_download_adopted_where_it_is_joins_a_prefix_published_whole(repo, tmp_path):
+    staged, downloaded = _same_prefix(2)
+    elsewhere = os.path.join(repo.layout.tmp, "download")  # on the repository's filesystem
+    with open(elsewhere, "wb") as handle:
+        handle.write(downloaded)
+    os.chmod(elsewhere, META.mode)
+    with repo.writing() as tx:
+        tx.add_file_bytes(staged, META)
+        tx.adopt_file(elsewhere, RawId(digest_bytes(downloaded)), META)
+        tx.publish()
+    assert not os.path.exists(elsewhere)
+    for data in (staged, downloaded):
+        with open(os.path.join(repo.layout.objects, _rel(data)), "rb") as handle:
+            assert handle.read() == data
+    assert fsck(repo).problems == []
