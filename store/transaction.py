@@ -2,19 +2,30 @@
 
 Objects are written under ``tmp/staging-*/`` without per-file fsync, by this
 process or by forked workers sharing the staging directory (``staged()`` and
-``adopt()`` carry what a worker staged back to the parent).  The staging
-directory is flat: object ``xx/rest`` is staged as ``xxrest`` (no ``xx/``
-subdirectories to make and remove again: on a disk filesystem each is a
-metadata write, and a transaction of a few thousand objects made and removed
-all 256 of them).  On
+``adopt()`` carry what a worker staged back to the parent).  Where an object
+is staged depends on whether its ``objects/xx`` directory existed when the
+transaction began (one listing of ``objects/``, inherited by the workers, so
+every process stages an object at the same path): if it did, flat, object
+``xx/rest`` as ``xxrest`` (no ``xx/`` subdirectory to make and remove again:
+on a disk filesystem each is a metadata write); if not (a pull into an empty
+repository), as ``xx/rest`` in a ``staging/xx/`` made once, which ``publish``
+renames whole to ``objects/xx``: one rename for the prefix instead of one per
+object, and the directory is made once either way.  On
 ``commit()`` the filesystem is synced once (syncfs), the staged objects are
-renamed into ``objects/`` and the filesystem is synced again; only then may a
+renamed into ``objects/`` (whole ``xx/`` directories, or one by one) and the
+filesystem is synced again; only then may a
 caller move a ref.  A crash before that leaves only a staging directory, which
-the next transaction removes; a published object is always complete.  A file
+the next transaction removes; a published object is always complete (a staged
+object whose writing failed is removed, so a ``staging/xx/`` holds only
+complete objects when it is renamed).  A file
 the caller checked elsewhere on the repository's filesystem (a pull's
 download in ``tmp/pull/``) is adopted where it is (``adopt_file``): the same
 syncs cover it, and an unpublished transaction leaves it for the next pull.
-Object writes are idempotent: an object already present is not rewritten.
+Object writes are idempotent: an object already present is not rewritten (nor
+renamed over: a ``staging/xx/`` whose ``objects/xx`` another writer has made and
+filled meanwhile is published object by object).  A small file whose owner is
+the one new files get, and whose mode the umask leaves alone, is created with
+its mode (no chown and chmod afterwards; the first one is checked with fstat).
 """
 
 from __future__ import annotations
@@ -109,11 +120,18 @@ R = TypeVar("R")
 
 def _full_disk_named(method: Callable[Concatenate[Transaction, P], R]
                      ) -> Callable[Concatenate[Transaction, P], R]:
-    """A Transaction method whose full disk is reported about the repository."""
+    """A Transaction method whose full disk is reported about the repository (as
+    ``disk_full_named``, without making a context manager on every call: a pack's
+    import calls these thousands of times)."""
     @functools.wraps(method)
     def wrapper(self: Transaction, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with disk_full_named(self.repo_path):
+        try:
             return method(self, *args, **kwargs)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                with disk_full_named(self.repo_path):
+                    raise
+            raise
     return wrapper
 
 
@@ -136,12 +154,22 @@ class Transaction:
             raise
         self._staged: dict[str, str] = {}  # relative object path -> staged path
         self._made_dirs: set[str] = set()  # objects/xx made by this transaction (see made_dirs)
-        self._created_as: tuple[int, int] | None = None  # see create_exactly
-        self._check_created = False
+        # objects/xx absent when the transaction began: staged in staging/xx/ (_staging_path)
+        self._absent = _absent_prefixes(self.objects_root)
+        self._nested_made: set[str] = set()  # the staging/xx this process made or found
+        # Files are created with their mode when their owner is the one they get (_created).
+        umask = _umask()
+        self._umask = 0o7777 if umask is None else umask
+        self._dir_mode = 0o777 & ~self._umask  # what os.mkdir gives objects/xx in this process
+        if umask is None:
+            self._dir_mode = 0o777  # and the umask takes its bits off (create_exactly: known)
+        self._created_as: tuple[int, int] | None = None
+        if umask is not None and _creates_as_asked(self.staging):
+            self._created_as = (os.geteuid(), os.getegid())
+        self._check_created = True  # the first file created with its mode is checked
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
-        self._prefix_dirs: dict[str, bool] = {}  # objects/xx: whether it existed when looked at
 
     def __enter__(self) -> Transaction:
         return self
@@ -170,9 +198,20 @@ class Transaction:
         return f"{h[:2]}/{h[2:]}.{key}.file"
 
     def _staging_path(self, rel: str) -> str:
-        """Where object ``rel`` (``xx/rest``) is staged: ``xxrest``, in the flat staging
-        directory (the same in every worker process, so two never stage one object twice)."""
+        """Where object ``rel`` (``xx/rest``) is staged: ``xx/rest`` when ``objects/xx`` was
+        absent as the transaction began (``publish`` renames the whole ``xx/`` into
+        ``objects/``: one rename, not one per object), else ``xxrest``, flat (no ``xx/`` to
+        make and remove again).  The same in every worker process (they are forked after
+        ``_absent`` is known), so two never stage one object twice."""
+        if rel[:2] in self._absent:
+            return f"{self.staging}/{rel}"
         return f"{self.staging}/{rel[:2]}{rel[3:]}"
+
+    def _make_nested(self, prefix: str) -> None:
+        """Make ``staging/xx`` (a worker process may have made it already)."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(f"{self.staging}/{prefix}", self._dir_mode)
+        self._nested_made.add(prefix)
 
     def _reserve(self, rel: str) -> str | None:
         """The staging path to write object ``rel`` to, or None if it is present or being
@@ -181,18 +220,22 @@ class Transaction:
             if rel in self._staged or self._present(rel):
                 return None
             staged = self._staged[rel] = self._staging_path(rel)
+            prefix = rel[:2]
+            if prefix in self._absent and prefix not in self._nested_made:
+                try:
+                    self._make_nested(prefix)
+                except BaseException:
+                    del self._staged[rel]
+                    raise
         return staged
 
     def _present(self, rel: str) -> bool:
-        """Whether object ``rel`` is in ``objects/``.  An ``xx/`` directory found absent is
-        not looked into again until ``publish`` (a pull into an empty repository would look
-        for thousands of objects that cannot be there); one another writer makes meanwhile
-        costs at most a needless write: ``publish`` never renames over a present object."""
-        prefix = rel[:2]
-        known = self._prefix_dirs.get(prefix)
-        if known is None:
-            known = self._prefix_dirs[prefix] = os.path.isdir(os.path.join(self.objects_root, prefix))
-        return known and os.path.exists(os.path.join(self.objects_root, rel))
+        """Whether object ``rel`` is in ``objects/``.  An ``xx/`` directory absent when the
+        transaction began is not looked into until ``publish`` (a pull into an empty
+        repository would look for thousands of objects that cannot be there); one another
+        writer makes meanwhile costs at most a needless write: ``publish`` never renames
+        over a present object."""
+        return rel[:2] not in self._absent and os.path.exists(f"{self.objects_root}/{rel}")
 
     def _unreserve(self, rel: str, staged: str) -> None:
         """Give up an object whose writing failed: its partial file is never published."""
@@ -202,14 +245,19 @@ class Transaction:
             os.unlink(staged)
 
     def create_exactly(self) -> None:
-        """For a worker process that only stages objects: from now on (umask 0) a file whose
-        metadata names the owner this process's new files get is created with its mode, not
+        """For a worker process that only stages objects: from now on (umask 0) every file
+        whose metadata names the owner this process's new files get is created with its
+        mode, whatever the mode (any process does so for modes its umask leaves alone), not
         given owner and mode afterwards (two system calls fewer a file).  Not where new files
-        take a directory's group (a set-group-ID staging directory); a file with set-ID or
-        sticky bits, and the first file, are checked (``_created``)."""
-        if os.stat(self.staging).st_mode & stat.S_ISGID:
+        take a directory's group or ACL (``_creates_as_asked``); a file with set-ID or sticky
+        bits, and the first file, are checked (``_created``)."""
+        if not _creates_as_asked(self.staging):
+            self._created_as = None
             return
+        if self._umask == 0o7777:  # not known before: os.umask says it
+            self._dir_mode = 0o777 & ~os.umask(0)
         os.umask(0)
+        self._umask = 0
         self._created_as = (os.geteuid(), os.getegid())
         self._check_created = True
 
@@ -235,7 +283,7 @@ class Transaction:
         digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
-            exact = self._created_as == (meta.uid, meta.gid)
+            exact = self._created_as == (meta.uid, meta.gid) and not meta.mode & self._umask
             try:
                 fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                              meta.mode if exact else 0o600)
@@ -363,8 +411,10 @@ class Transaction:
     def adopt(self, rels: Sequence[str], *, flat: bool = False) -> None:
         """Take over objects staged in this transaction's staging directory by a forked worker
         (at their flat staging path) or by a caller (at ``staging/<rel>``, in an ``xx/``
-        subdirectory it made: remote.pull's verified downloads).  ``flat``: the caller knows
-        they are all at their flat path (a worker's ``staged()``), which is not checked."""
+        subdirectory it made: remote.pull's verified downloads; everything it puts there must
+        be complete and adopted, since ``publish`` may rename the whole ``xx/``).  ``flat``:
+        the caller knows they are all at their staging path (a worker's ``staged()``), which
+        is not checked."""
         with self._reserve_lock:
             for rel in rels:
                 if rel in self._staged:
@@ -404,24 +454,49 @@ class Transaction:
         if not self._staged:
             return
         syncfs(self.staging)
+        moved = self._publish_nested()
         made: dict[str, bool] = {}  # objects/xx -> whether this publish made it (so it was empty)
+        inside = self.staging + "/"
         for rel, staged in self._staged.items():
-            final = f"{self.objects_root}/{rel}"
             prefix = rel[:2]
+            if prefix in moved and staged.startswith(inside):
+                continue  # published with its staging/xx directory
+            final = f"{self.objects_root}/{rel}"
             new_dir = made.get(prefix)
             if new_dir is None:
-                new_dir = made[prefix] = (prefix in self._made_dirs
+                new_dir = made[prefix] = (prefix in moved or prefix in self._made_dirs
                                           or _make_dir(f"{self.objects_root}/{prefix}"))
-            # An object present is kept (writes are idempotent); in a directory made just now
-            # there is none but what another writer may have renamed in meanwhile, which is
-            # complete and the same bytes and metadata.
+            # An object present is kept (writes are idempotent); in a directory made (or
+            # renamed from staging) just now there is none but ours and what another writer
+            # may have renamed in meanwhile, which is complete and the same bytes and metadata.
             if new_dir or not os.path.exists(final):
                 os.rename(staged, final)
             elif not staged.startswith(self.staging + "/"):  # adopted where it was: not left over
                 os.unlink(staged)
         syncfs(self.objects_root)
+        self._absent = self._absent.difference(rel[:2] for rel in self._staged)
         self._staged.clear()
-        self._prefix_dirs.clear()
+
+    def _publish_nested(self) -> set[str]:
+        """Rename each ``staging/xx`` holding staged objects to ``objects/xx`` where that is
+        still absent, or an empty directory (a worker's, ``make_object_dirs``; the rename
+        replaces it atomically); return the prefixes so published.  Everything in such a
+        directory is complete: an object whose writing failed was removed (``_unreserve``).
+        One another writer has made and filled meanwhile stays: its objects are renamed one
+        by one, as flat ones are."""
+        prefixes = {rel[:2] for rel, staged in self._staged.items()
+                    if rel[:2] in self._absent and staged == f"{self.staging}/{rel}"}
+        moved = set()
+        for prefix in sorted(prefixes):
+            try:
+                os.rename(f"{self.staging}/{prefix}", f"{self.objects_root}/{prefix}")
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                continue
+            moved.add(prefix)
+        self._nested_made -= moved
+        return moved
 
 
 def _make_staging(tmp_root: str) -> str:
@@ -434,6 +509,44 @@ def _make_staging(tmp_root: str) -> str:
         except FileExistsError:  # 48 random bits: another try is enough
             continue
         return path
+
+
+def _absent_prefixes(objects_root: str) -> frozenset[str]:
+    """The ``xx`` whose ``objects/xx`` directory is absent (one listing, not 256 stats)."""
+    try:
+        present = set(os.listdir(objects_root))
+    except FileNotFoundError:
+        present = set()
+    return frozenset(prefix for prefix in _PREFIXES if prefix not in present)
+
+
+_PREFIXES = tuple(f"{i:02x}" for i in range(256))
+
+
+def _umask() -> int | None:
+    """This process's umask, read from ``/proc/self/status`` (``os.umask`` would have to set
+    it to read it, and another thread could create a file meanwhile); None if unknown."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _creates_as_asked(directory: str) -> bool:
+    """Whether a file created in ``directory`` gets the mode asked for (less the umask) and
+    the creator's group: not so in a set-group-ID directory or one with a default ACL (a
+    ``grpid`` mount, NFS, user namespaces: the first file created is checked, ``_created``)."""
+    if os.stat(directory).st_mode & stat.S_ISGID:
+        return False
+    try:
+        os.getxattr(directory, "system.posix_acl_default")
+    except OSError as err:
+        return err.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return False
 
 
 def make_object_dirs(objects_root: str) -> list[str]:

@@ -1,8 +1,8 @@
-"""A transaction's staging directory is flat (FORMAT section 6): objects are staged as
-``xxrest`` beside the lock, never in ``xx/`` subdirectories; publishing puts them at
-``objects/xx/rest``; an object a caller staged at ``staging/xx/rest`` (remote.pull's
-verified downloads) is adopted and published too; a digest handed in as checked is the
-object's name."""
+"""Where ``objects/xx`` exists as a transaction begins, its objects are staged flat (FORMAT
+section 6): as ``xxrest`` beside the lock, never in ``xx/`` subdirectories; publishing puts
+them at ``objects/xx/rest`` (where it does not, section 20: tests/test_transaction_staging.py);
+an object a caller staged at ``staging/xx/rest`` (remote.pull's verified downloads) is
+adopted and published too; a digest handed in as checked is the object's name."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import os
 from store.fsverity import digest_bytes
 from store.ids import RawId
 from store.model import Meta
+from store.transaction import make_object_dirs
 
 META = Meta(0o644, os.getuid(), os.getgid())
 
 
 def test_objects_are_staged_flat_and_published_under_their_prefix(repo):
+    make_object_dirs(repo.layout.objects)  # a repository with objects in every prefix
     with repo.writing() as tx:
         digests = [tx.add_file_bytes(b"content %d" % i, META) for i in range(40)]
         tree = tx.add_meta_object("tree", b"not parsed here", RawId(bytes(32)))
