@@ -35,7 +35,7 @@ from store.model import Kind, Meta
 from store.names import show
 from store.objects import ObjectStore
 
-from .format import ImageRef
+from .format import ImageObject, ImageRef
 from .manifest import ManifestEntry
 from .reader import PackReader, named
 from .stubs import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value, object_redirect
@@ -58,6 +58,8 @@ class ImageTree:
         self._dirs: dict[bytes, erofs.Node] = {b"": self.root}
         self._files: dict[tuple[RawId, Meta, bool], erofs.Node] = {}
         self._redirects: dict[RawId, tuple[bytes, bytes]] = {}
+        # the objects the stubs redirect to, in manifest order: what a version-3 pack lists
+        self.objects: list[ImageObject] = []
 
     def add(self, row: ManifestEntry, data: bytes | None) -> None:
         entry = row.entry
@@ -82,6 +84,7 @@ class ImageTree:
         if stub is None:
             stub = self._redirects[digest] = (object_redirect(digest, meta),
                                               metacopy_value(digest))
+            self.objects.append(ImageObject(digest, bytes.fromhex(meta.object_key()), size))
         xattrs = (*meta.xattrs, (REDIRECT_XATTR, stub[0]), (METACOPY_XATTR, stub[1]))
         return erofs.Node(erofs.FILE, meta.mode, meta.uid, meta.gid, xattrs, size=size)
 
