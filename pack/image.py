@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from store import erofs, kverity
 from store.atomic import atomic_file
@@ -118,11 +118,34 @@ def image_digest(image: bytes) -> bytes:
 
 def build_image(reader: PackReader) -> bytes:
     """The recipe-1 image of the pack ``reader`` (one pass over its data; a pack found bad
-    on the way raises PackError).  Not checked against ``reader.image``: ``check_image``."""
+    on the way, its image object list included, raises PackError).  Not checked against
+    ``reader.image``: ``check_image``."""
     tree = ImageTree(reader.commit.root_meta)
     for row, data in reader.entries():
         tree.add(row, data)
+    check_image_objects(reader, tree.objects)
     return tree.image()
+
+
+def _shown(objects: Sequence[ImageObject], i: int) -> str:
+    if i >= len(objects):
+        return "nothing"
+    return f"{objects[i].relative_path()} of {objects[i].size} bytes"
+
+
+def check_image_objects(reader: PackReader, objects: Sequence[ImageObject]) -> None:
+    """PackError naming the pack unless ``objects``, what its manifest gives (``ImageTree.objects``
+    after a pass over every row), is the image object list it signs (format version 3; an
+    older pack has none to check)."""
+    signed = reader.image_objects
+    if signed is None or tuple(objects) == signed:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(signed, objects, strict=False)) if a != b),
+             min(len(signed), len(objects)))
+    raise PackError(f"its image object list ({len(signed)} objects) is not what its manifest "
+                    f"gives ({len(objects)}): first difference at index {i}: the pack lists "
+                    f"{_shown(signed, i)}, the manifest gives {_shown(objects, i)}",
+                    path=reader.name)
 
 
 def check_image(reader: PackReader, image: bytes) -> RawId:
