@@ -11,6 +11,11 @@ Recipe 1 (docs/FORMAT.md, section 7, "The image identity") lays out exactly what
   file of that digest in manifest order, and its fs-verity digest;
 - files with the same (digest, metadata, inline or large) are one inode.
 
+A tree with an xattr overlayfs would interpret (``pack.stubs.OVERLAY_XATTR_PREFIXES``)
+has no recipe-1 image: ``ImageTree`` refuses it (PackError), so ``pack build`` and the
+import of a pack that names an image refuse it, and a deploy that mounts an image never
+scans the manifest for them.
+
 ``store.erofs`` writes the tree (the same tree always gives the same bytes), so the
 vendor's ``pack build`` and every device get the same image: the pack signs its
 identity (``pack.format.ImageRef``: recipe, size, fs-verity digest) and the device
@@ -38,7 +43,13 @@ from store.objects import ObjectStore
 from .format import ImageObject, ImageRef
 from .manifest import ManifestEntry
 from .reader import PackReader, named
-from .stubs import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value, object_redirect
+from .stubs import (
+    METACOPY_XATTR,
+    OVERLAY_XATTR_PREFIXES,
+    REDIRECT_XATTR,
+    metacopy_value,
+    object_redirect,
+)
 
 RECIPE = 1
 IMAGE_MODE = 0o444  # as tree and commit objects
@@ -48,12 +59,20 @@ def _node(kind: erofs.Kind, meta: Meta, data: bytes = b"") -> erofs.Node:
     return erofs.Node(kind, meta.mode, meta.uid, meta.gid, meta.xattrs, data)
 
 
+def _check_xattrs(meta: Meta, path: bytes) -> None:
+    for name, _value in meta.xattrs:
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
+            raise PackError(f"xattr {show(name)} at {show(path)} would be interpreted by "
+                            f"overlayfs: such a tree cannot be deployed and has no image")
+
+
 class ImageTree:
     """The recipe-1 tree of a pack, fed its manifest rows in order (with each inline file's
     bytes, None for the others) as ``PackReader.entries`` yields them: a pass that also
     imports or checks the pack builds the image's tree on the way."""
 
     def __init__(self, root_meta: Meta) -> None:
+        _check_xattrs(root_meta, b"/")
         self.root = _node(erofs.DIR, root_meta)
         self._dirs: dict[bytes, erofs.Node] = {b"": self.root}
         self._files: dict[tuple[RawId, Meta, bool], erofs.Node] = {}
@@ -62,7 +81,11 @@ class ImageTree:
         self.objects: list[ImageObject] = []
 
     def add(self, row: ManifestEntry, data: bytes | None) -> None:
+        """Add the next manifest row (with its bytes when it is an inline file).  PackError
+        (naming the path) for an xattr overlayfs would interpret."""
         entry = row.entry
+        if entry.meta.xattrs:
+            _check_xattrs(entry.meta, row.path)
         parent, _, name = row.path.rpartition(b"/")
         if entry.kind is Kind.DIR:
             node = self._dirs[row.path] = _node(erofs.DIR, entry.meta)
