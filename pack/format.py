@@ -29,6 +29,7 @@ the offset at fault.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -58,6 +59,10 @@ MAX_ENTRIES = 1 << 24  # paths in one tree
 # docs/FORMAT.md "Memory").  64 MiB is some 600,000 paths of a usual tree.
 MAX_MANIFEST = 64 << 20
 MAX_DATA = 1 << 40  # decompressed inline data; streamed, so only a sanity bound
+# The smallest manifest row of a large file (pack.manifest): parent length u16, kind u8, name
+# length u16, a one-byte name, mode, uid, gid, xattr count (IIIH), size and digest (Q32s),
+# inline flag and offset (BQ).  Each image object needs one: a bound on their count.
+MIN_LARGE_ROW = 2 + 3 + 1 + 14 + 40 + 9
 # A large file's size: the kernel's loff_t, the largest an image's stub can declare
 # (store.erofs.SIZE_MAX).
 MAX_FILE_SIZE = (1 << 63) - 1
@@ -148,15 +153,16 @@ def encode_image_objects(objects: Sequence[ImageObject]) -> bytes:
 
 def parse_image_count(data: bytes, header: Header, file_size: int) -> Header:
     """The header with the count of image objects read from ``data`` (the section's first 4
-    bytes): at most the header's entry count (and MAX_ENTRIES), and with the frame tables
-    after it still inside the file."""
+    bytes): at most the large files the manifest can hold (one row each: the entry count,
+    and ``manifest_size // MIN_LARGE_ROW``), and with the frame tables after it still inside
+    the file."""
     at = header.image_objects_offset
     _check(len(data) == IMAGE_COUNT_SIZE, f"truncated image object count: need "
                                           f"{IMAGE_COUNT_SIZE} bytes, got {len(data)}", at)
     (count,) = _COUNT.unpack(data)
-    _check(count <= min(header.entry_count, MAX_ENTRIES),
-           f"{count} image objects, more than the {min(header.entry_count, MAX_ENTRIES)} "
-           f"paths the pack may have", at)
+    most = min(header.entry_count, header.manifest_size // MIN_LARGE_ROW, MAX_ENTRIES)
+    _check(count <= most, f"{count} image objects, more than the {most} large files the "
+                          f"manifest may hold", at)
     header = header.replace(image_count=count)
     needed = header.tables_offset + header.tables_size
     _check(needed <= file_size, f"truncated: {count} image objects and the frame tables need "
@@ -170,21 +176,28 @@ def parse_image_objects(data: bytes, header: Header) -> tuple[ImageObject, ...]:
     at = header.image_objects_offset + IMAGE_COUNT_SIZE
     want = header.image_count * IMAGE_OBJECT_SIZE
     _check(len(data) == want, f"truncated image objects: need {want} bytes, got {len(data)}", at)
-    inline_max = header.inline_max
+    rows = list(_IMAGE_OBJECT.iter_unpack(data))
+    if rows:
+        sizes = [row[2] for row in rows]
+        if min(sizes) <= header.inline_max or max(sizes) > MAX_FILE_SIZE or \
+                len({row[0] for row in rows}) != len(rows):
+            _refuse_image_objects(rows, header.inline_max, at)
+    # (digest, meta key, size) in field order; RawId is the bytes themselves at run time
+    return tuple(itertools.starmap(ImageObject, rows))
+
+
+def _refuse_image_objects(rows: Sequence[tuple[bytes, bytes, int]], inline_max: int, at: int
+                          ) -> None:
+    """PackError for the first image object out of bounds or repeating a digest."""
     seen: set[bytes] = set()
-    out = []
-    make = ImageObject
-    for i, (digest, meta_key, size) in enumerate(_IMAGE_OBJECT.iter_unpack(data)):
-        if not inline_max < size <= MAX_FILE_SIZE or digest in seen:
-            where = at + i * IMAGE_OBJECT_SIZE
-            _check(size > inline_max, f"image object {i} is {size} bytes, not a large file "
-                                      f"(inline_max {inline_max})", where + 64)
-            _check(size <= MAX_FILE_SIZE, f"image object {i} is {size} bytes, more than "
-                                          f"{MAX_FILE_SIZE}", where + 64)
-            _check(False, f"image object {i} repeats digest {digest.hex()}", where)
+    for i, (digest, _meta_key, size) in enumerate(rows):
+        where = at + i * IMAGE_OBJECT_SIZE
+        _check(size > inline_max, f"image object {i} is {size} bytes, not a large file "
+                                  f"(inline_max {inline_max})", where + 64)
+        _check(size <= MAX_FILE_SIZE, f"image object {i} is {size} bytes, more than "
+                                      f"{MAX_FILE_SIZE}", where + 64)
+        _check(digest not in seen, f"image object {i} repeats digest {digest.hex()}", where)
         seen.add(digest)
-        out.append(make(RawId(digest), meta_key, size))
-    return tuple(out)
 
 
 class Header(Frozen):

@@ -99,7 +99,7 @@ def test_built_pack_lists_each_large_digest_once_in_manifest_order(tmp_path):
 
 
 REFUSED = {
-    "count above the entry count": (_section(GOOD_RAW, count=5), "5 image objects, more than the 4"),
+    "count above the entry count": (_section(GOOD_RAW, count=4), "4 image objects, more than the 3 "),
     "size not above inline_max": (_section((GOOD.digest, GOOD.meta_key, 4096)), "not a large file"),
     "size above the bound": (_section((GOOD.digest, GOOD.meta_key, 1 << 63)), "more than"),
     "digest twice": (_section(GOOD_RAW, GOOD_RAW), "repeats digest"),
@@ -120,14 +120,18 @@ def test_truncated_image_objects_are_refused(tmp_path):
     at = header.image_objects_offset
     with pytest.raises(PackError, match="truncated image object count"):
         fmt.parse_image_count(data[at:at + 3], header, len(data))
-    with pytest.raises(PackError, match="truncated: 4 image objects"):
-        fmt.parse_image_count(struct.pack("<I", 4), header, at + 4 + 3 * 72)
+    with pytest.raises(PackError, match="truncated: 3 image objects"):
+        fmt.parse_image_count(struct.pack("<I", 3), header, at + 4 + 2 * 72)
     counted = header.replace(image_count=1)
     with pytest.raises(PackError, match="truncated image objects: need 72 bytes, got 71"):
         fmt.parse_image_objects(data[at + 4:at + 4 + 71], counted)
-    with pytest.raises(PackError, match=f"count above {fmt.MAX_ENTRIES}|more than"):
+    with pytest.raises(PackError, match=f"more than the {fmt.MAX_ENTRIES} large files"):
         fmt.parse_image_count(struct.pack("<I", fmt.MAX_ENTRIES + 1),
-                              header.replace(entry_count=fmt.MAX_ENTRIES), 1 << 40)
+                              header.replace(entry_count=fmt.MAX_ENTRIES, manifest_size=1 << 40),
+                              1 << 40)
+    few = header.replace(entry_count=1000, manifest_size=fmt.MIN_LARGE_ROW * 10 + 68)
+    with pytest.raises(PackError, match="11 image objects, more than the 10 large files"):
+        fmt.parse_image_count(struct.pack("<I", 11), few, 1 << 40)
     for cut in (at + 2, at + 4 + 40, header.image_offset + 10):  # the file itself cut short
         with pytest.raises(PackError, match="truncated|add up"):
             with PackReader(write(tmp_path, data[:cut]), check_manifest=False):

@@ -15,7 +15,8 @@ reached).  Checked for every case:
 - no traceback, exit statuses only from the documented set, every refusal one clean
   ``sealtree: error:`` line;
 - a command that accepts the pack (exit 0) accepts only what ``oracle.verdict`` finds
-  valid (the pack re-encodes to its manifest's claims); deploy only what is also
+  valid (the pack re-encodes to its manifest's claims; for deploy, but for what only
+  import and verify check: ``oracle.IMPORT_ONLY``); deploy only what is also
   deployable (every large file an object the device has; no overlay xattrs);
 - after a successful deploy the mounted view equals the manifest, path by path, and
   nothing was written outside the target (canary names looked for in every directory
@@ -527,7 +528,7 @@ class Fuzzer:
             path = os.path.dirname(path)
 
     def deployable(self, v: Verdict) -> bool:
-        if not v.valid or v.claims is None:
+        if not v.deploy_valid or v.claims is None:
             return False
         for claim in [*v.claims.values(), *([v.root] if v.root else [])]:
             if any(n.startswith((b"trusted.overlay.", b"user.overlay.")) for n, _ in claim.xattrs):
@@ -577,7 +578,8 @@ class Fuzzer:
                 failures.append(f"undocumented exit in {name}: {r.describe()}")
             elif r.code != 0 and not r.clean_error():
                 failures.append(f"unclean error in {name}: {r.describe()}")
-            if name in ("verify", "import", "deploy") and r.code == 0 and not v.valid:
+            if name in ("verify", "import", "deploy") and r.code == 0 and not (
+                    v.deploy_valid if name == "deploy" else v.valid):
                 failures.append(f"wrongly accepted by {name} ({'; '.join(v.problems[:3])}): {r.describe()}")
         if results["deploy"].code == 0:
             if not deployable:

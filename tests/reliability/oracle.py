@@ -53,17 +53,29 @@ class Claim:
     inline: bool = False
 
 
+# What only the passes that read a whole pack check (pack import, pack verify): a deploy
+# trusts the image object list of the pack that import checked (section 7, "The image
+# objects"), so a kept pack swapped for one whose list alone is wrong may deploy.
+LIST_MISMATCH = "image objects are not what the manifest gives"
+IMPORT_ONLY = (LIST_MISMATCH,)
+
+
 @dataclass
 class Verdict:
     problems: list[str]
     commit_id: bytes = b""
     ref: bytes = b""
     root: Claim | None = None
-    claims: dict[bytes, Claim] | None = None  # path -> claim, for a valid pack
+    claims: dict[bytes, Claim] | None = None  # path -> claim, for a pack valid for deploy
 
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def deploy_valid(self) -> bool:
+        """Valid but perhaps for what only import and verify check (``IMPORT_ONLY``)."""
+        return all(p in IMPORT_ONLY for p in self.problems)
 
 
 def valid_ref(ref: bytes) -> bool:
@@ -221,7 +233,7 @@ def verdict(data: bytes) -> Verdict:
     except (Malformed, struct.error, IndexError):
         return Verdict(["manifest rows do not decode"])
     if not problems and objects is not None and objects != image_objects(claims):
-        problems.append("image objects are not what the manifest gives")
+        return Verdict([LIST_MISMATCH], cid, ref, root_claim, claims)
     return Verdict(problems, cid, ref, root_claim, claims if not problems else None)
 
 
