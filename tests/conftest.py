@@ -1,4 +1,5 @@
-"""Shared fixtures: Hypothesis profiles, a fresh repository, skips for what the host lacks.
+"""Shared fixtures: Hypothesis profiles, a fresh repository, skips for what the host lacks, and the
+deployment tests' directory and published site.
 
 The checkout's own packages are imported (``pythonpath`` in pyproject.toml), not the installed ones."""
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from store.repo import Repository
+from tests.mount_guard import mount_free_dir
 
 # "ci" is deterministic (derandomize) so a red CI run reproduces; "dev" explores.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25,
@@ -54,3 +56,27 @@ def minbase():
         subprocess.run([sys.executable, "-c", "from bench.corpora import debian_minbase; debian_minbase()"],
                        check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return path
+
+
+@pytest.fixture
+def base_name():
+    """The name of ``base`` below ``tmp_path``: spaces, a comma and a colon, which mount options
+    must escape.  A module overrides this fixture for another name."""
+    return "site a,b:c"
+
+
+@pytest.fixture
+def base(tmp_path, base_name):
+    """``tmp_path/<base_name>`` as a string; afterwards whatever is left mounted below
+    ``tmp_path`` is unmounted and the test fails (tests.mount_guard)."""
+    yield from mount_free_dir(tmp_path, base_name)
+
+
+@pytest.fixture
+def site(base):
+    """tests.test_deploy_cli.Site in ``base``: the sample tree committed as os/main 1.0, packed,
+    signed with the vendor key and imported; a vendor keyring and a rogue one."""
+    # Imported when used: tests.test_deploy_cli pulls in the whole deploy path.
+    from tests.test_deploy_cli import published_site
+
+    return published_site(base)

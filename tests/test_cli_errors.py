@@ -35,7 +35,7 @@ BIG = 100_000  # above the default inline threshold: a large object, outside the
 
 
 @pytest.fixture
-def site(tmp_path):
+def site(tmp_path):  # not conftest's: a small tree, no mounts, handed out as a dict of paths
     """A repository with ``main`` committed (/etc/motd, /usr/bin/big), its pack built and signed,
     a vendor key and a keyring trusting it."""
     src = tmp_path / "src"

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +23,7 @@ from overlay.deploy import deploy
 from overlay.mount_deployment import mount_deployment, unmount
 from overlay.state import StateFile, count_try
 from store.repo import Repository
-from tests.helpers import assert_same_tree, materialise, mount_free_dir, run_cli, trees
+from tests.helpers import assert_same_tree, materialise, run_cli, trees
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -31,16 +32,6 @@ BIG = 20000  # above the default inline limit: a large object
 
 def _leftovers(path: str) -> list[bytes]:
     return [m.mount_point for m in mounts.mounts_under(path)]
-
-
-def base_dir(tmp_path):  # type: ignore[no-untyped-def]
-    """A directory whose name needs escaping; afterwards, no mount may be left below it."""
-    yield from mount_free_dir(tmp_path, "site a,b:c")
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
 
 
 def sample_tree(root: str) -> None:
@@ -132,19 +123,14 @@ class Site:
         raise AssertionError(f"no object for {rel}")
 
 
-def published_site(base: str) -> Site:
-    """The sample tree committed, packed, signed and imported."""
+def published_site(base: str, fill: Callable[[str], None] = sample_tree) -> Site:
+    """A tree made by ``fill`` (the sample tree) committed, packed, signed and imported."""
     src = os.path.join(base, "src tree")
     os.mkdir(src)
-    sample_tree(src)
+    fill(src)
     made = Site(base, src)
     made.publish("1.0", 1_700_000_000)
     return made
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 def test_deploy_mount_equals_the_tree_and_is_read_only(site):

@@ -32,25 +32,11 @@ from store.model import Entry, Kind, Meta
 from store.remove import remove_tree
 from store.repo import Repository
 from tests.helpers import assert_same_tree
-from tests.test_deploy_cli import BIG, Site, _leftovers, base_dir, published_site
+from tests.test_deploy_cli import BIG, Site, _leftovers, published_site
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
 DEPTH = 1200  # deeper than Python's recursion limit
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-def _site_of(base: str, fill) -> Site:  # type: ignore[no-untyped-def]
-    src = os.path.join(base, "src tree")
-    os.mkdir(src)
-    fill(src)
-    site = Site(base, src)
-    site.publish("1.0", 1_700_000_000)
-    return site
 
 
 def _farms(site: Site) -> list[str]:
@@ -81,7 +67,7 @@ def _many_identical_files(src: str) -> None:
 
 def test_identical_empty_files_fit_the_tmpfs(base):
     """2,000 identical empty files are one inode with 2,000 links: tmpfs charges each link."""
-    site = _site_of(base, _many_identical_files)
+    site = published_site(base, _many_identical_files)
     repo = Repository.open(site.repo)
     result = deploy(repo, "os/main", site.keys, target=site.target)
     try:
@@ -92,8 +78,7 @@ def test_identical_empty_files_fit_the_tmpfs(base):
     assert _leftovers(site.base) == []
 
 
-def test_a_deployment_that_cannot_mount_is_not_recorded(base, monkeypatch):
-    site = published_site(base)
+def test_a_deployment_that_cannot_mount_is_not_recorded(site, monkeypatch):
     repo = Repository.open(site.repo)
     monkeypatch.setattr(unpack_tmpfs, "tmpfs_size", lambda manifest, root_meta=None: TmpfsSize(4096, 16))
     with pytest.raises(DeployError, match="the tmpfs sized from the manifest is full"):
@@ -104,10 +89,9 @@ def test_a_deployment_that_cannot_mount_is_not_recorded(base, monkeypatch):
 # -- record last -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mount", [False, True])
-def test_a_late_failure_records_nothing(base, monkeypatch, mount):
+def test_a_late_failure_records_nothing(site, monkeypatch, mount):
     """The freshness record fails (a full disk, say) after every check and the mount: the
     deployment must not be left recorded as the default, nor its farm or mount behind."""
-    site = published_site(base)
     repo = Repository.open(site.repo)
 
     def full_disk(*_args: object) -> None:
@@ -140,7 +124,7 @@ def _deep_large_file(src: str) -> None:
 def deep_site(base):  # type: ignore[no-untyped-def]
     """A site whose tree holds a large file DEPTH directories deep; removed iteratively
     afterwards (pytest's own clean-up of old temporary directories recurses)."""
-    site = _site_of(base, _deep_large_file)
+    site = published_site(base, _deep_large_file)
     yield site
     remove_tree(site.src)
     remove_tree(os.path.join(site.repo, "deploy"))
@@ -160,8 +144,7 @@ def test_undeploy_removes_a_farm_of_any_depth(deep_site):
     assert _farms(site) == [second.id]
 
 
-def test_a_leftover_that_cannot_be_removed_never_blocks_a_deploy(base):
-    site = published_site(base)
+def test_a_leftover_that_cannot_be_removed_never_blocks_a_deploy(site):
     repo = Repository.open(site.repo)
     trash = deploy_layout(repo).trash("f" * 64 + ".9")
     os.makedirs(os.path.join(trash, "inner"))
@@ -186,8 +169,7 @@ def _state_with_serial(site: Site, serial_text: str) -> str:
 
 @pytest.mark.parametrize("serial", [str(10**20), str(MAX_SERIAL + 2), "9" * 5000, "0", "-3"],
                          ids=["1e20", "max+2", "5000 digits", "0", "-3"])
-def test_a_state_with_an_impossible_next_serial_is_refused(base, serial):
-    site = published_site(base)
+def test_a_state_with_an_impossible_next_serial_is_refused(site, serial):
     path = _state_with_serial(site, serial)
     with open(path, "rb") as handle:
         before = handle.read()
@@ -201,8 +183,7 @@ def test_a_state_with_an_impossible_next_serial_is_refused(base, serial):
         assert handle.read() == before
 
 
-def test_the_last_serial_is_used_and_then_refused(base):
-    site = published_site(base)
+def test_the_last_serial_is_used_and_then_refused(site):
     path = _state_with_serial(site, str(MAX_SERIAL))
     dep = site.deploy()
     assert dep == f"{site.commit}.{MAX_SERIAL}"

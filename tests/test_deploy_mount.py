@@ -22,26 +22,9 @@ from store.errors import MountError, ObjectMissing, PackError, VerificationError
 from store.model import Meta
 from store.repo import Repository
 from tests.helpers import assert_same_tree, materialise, run_cli, trees
-from tests.test_deploy_cli import (
-    Site,
-    _enlarge,
-    _keep_meta_write,
-    _leftovers,
-    base_dir,
-    published_site,
-)
+from tests.test_deploy_cli import Site, _enlarge, _keep_meta_write, _leftovers
 
 pytestmark = pytest.mark.usefixtures("needs_root")
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 def _deploy_mount(site: Site, *extra: str, check: bool = True):  # type: ignore[no-untyped-def]

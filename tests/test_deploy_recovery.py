@@ -20,17 +20,10 @@ from overlay import mounts
 from overlay.mounted_farms import deployment_mounts
 from store.repo import Repository
 from tests.helpers import ROOT
-from tests.test_deploy_cli import Site, _leftovers, base_dir, published_site
+from tests.test_deploy_cli import Site, _leftovers
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
-
-@pytest.fixture
-def site(tmp_path):
-    """The sample tree published in a directory whose name needs escaping; no mount may be
-    left below it afterwards."""
-    for base in base_dir(tmp_path):
-        yield published_site(base)
 
 # `sealtree ARGS`, killed (SIGKILL) the moment it would write the deployment state.
 KILLED_AT_STATE_WRITE = """

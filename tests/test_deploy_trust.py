@@ -19,19 +19,9 @@ from overlay.state import StateFile
 from store.errors import FarmMismatch, NoKeyring, SignatureError
 from store.repo import Repository
 from tests.helpers import run_cli
-from tests.test_deploy_cli import Site, _leftovers, _refused, base_dir, published_site
+from tests.test_deploy_cli import Site, _leftovers, _refused
 
 pytestmark = pytest.mark.usefixtures("needs_root")
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 def _attacker_takes_over(site: Site, dep: str) -> None:

@@ -36,22 +36,12 @@ from store.ids import RawId
 from store.names import show
 from store.repo import Repository
 from tests.helpers import add_content_twins, assert_same_tree, extra_links, materialise, snapshot, trees
-from tests.test_deploy_cli import Site, _enlarge, _leftovers, base_dir, published_site
+from tests.test_deploy_cli import Site, _enlarge, _leftovers
 from tests.test_pack_image import _resign, _version_1
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
 USERSPACE = Policy.USERSPACE
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 def _deploy(site: Site, **kwargs):  # type: ignore[no-untyped-def]

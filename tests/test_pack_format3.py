@@ -36,7 +36,6 @@ from store.objects import ObjectStore, relative_path
 from store.repo import Repository
 from tests.cli_runner import run_cli
 from tests.reliability import packcodec as pc
-from tests.test_deploy_cli import base_dir, published_site
 from tests.test_pack_hostile import BIG, HI, good_parts, write
 from tests.test_pack_image import _objects, _resign
 from tests.test_pack_support import FILE_META, build_sample, craft, downgrade, load_keyring
@@ -254,16 +253,6 @@ def test_lazy_reader_imports_no_zstd(tmp_path):
 
 
 # -- signed packs: import, verify, older versions, overlay xattrs ---------------------------------
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
-
 
 @pytest.mark.usefixtures("needs_root")
 def test_a_signed_pack_with_a_wrong_list_is_refused_and_nothing_is_left(site, base):

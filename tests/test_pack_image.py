@@ -39,20 +39,10 @@ from store.prune import prune
 from store.repo import Repository
 from tests.cli_runner import run_cli
 from tests.helpers import add_content_twins, extra_links, materialise, trees
-from tests.test_deploy_cli import Site, _enlarge, base_dir, published_site
+from tests.test_deploy_cli import Site, _enlarge
 from tests.test_pack_support import downgrade, load_keyring
 
 pytestmark = pytest.mark.usefixtures("needs_root")
-
-
-@pytest.fixture
-def base(tmp_path):
-    yield from base_dir(tmp_path)
-
-
-@pytest.fixture
-def site(base):
-    return published_site(base)
 
 
 # -- the image against the tmpfs, field by field -------------------------------------------------

@@ -23,7 +23,7 @@ from pack.manifest import ManifestEntry
 from store.ids import RawId
 from store.model import Entry, Kind, Meta
 from tests.helpers import ROOT
-from tests.test_deploy_cli import Site, _leftovers, base_dir
+from tests.test_deploy_cli import Site, _leftovers
 from tests.vm import scenario
 
 pytestmark = pytest.mark.usefixtures("needs_root")
@@ -98,11 +98,10 @@ class StateSite(Site):
 
 
 @pytest.fixture
-def site(tmp_path):
-    for base in base_dir(tmp_path):
-        made = StateSite(base)
-        made.release(1)
-        yield made
+def site(base):  # not conftest's: two releases of its own OS tree, the first imported
+    made = StateSite(base)
+    made.release(1)
+    return made
 
 
 def _mount_point(path: Path) -> mounts.MountInfo:
@@ -485,34 +484,33 @@ def test_boot_verifier_remounts_a_read_only_sysroot_for_the_state(tmp_path):
         mounts.umount(sysroot.root)
 
 
-def test_debian_minbase_state_and_merge(tmp_path, minbase):
+def test_debian_minbase_state_and_merge(base, minbase):
     """A real Debian tree: its /etc copied with exact metadata, its /var seeded, both writable
     under the mount; deployed again, the merge applies nothing and keeps the local change."""
-    for base in base_dir(tmp_path):
-        site = Site(base, minbase)
-        site.publish("1", 1_700_000_000)
-        layout = DeployLayout(os.path.join(site.repo, "deploy"))
-        first = site.deploy()
-        for rel in ("etc", "var"):
-            root = Path(layout.etc(first) if rel == "etc" else layout.var)
-            for path in (Path(minbase) / rel).rglob("*"):
-                copy = root / path.relative_to(Path(minbase) / rel)
-                a, b = path.lstat(), copy.lstat()
-                assert (a.st_mode, a.st_uid, a.st_gid) == (b.st_mode, b.st_uid, b.st_gid), copy
-        site.cli("mount", first, site.target, "--keys", site.keys)
-        target = Path(site.target)
-        try:
-            assert (target / "etc/passwd").read_bytes() == (Path(minbase) / "etc/passwd").read_bytes()
-            (target / "etc/hostname").write_text("device-1\n")
-            (target / "var/lib/dpkg/marker").write_text("x")
-        finally:
-            site.cli("umount", site.target)
-        out = site.cli("deploy", "os/main", "--keys", site.keys).stdout
-        second = out.strip().splitlines()[-1].split()[-1]
-        assert f"/etc: merged from {first}: 1 local changes kept, 0 release changes applied, " \
-               f"0 conflicts" in out, out
-        assert Path(layout.etc(second), "hostname").read_text() == "device-1\n"
-        assert Path(layout.var, "lib/dpkg/marker").read_text() == "x"
+    site = Site(base, minbase)
+    site.publish("1", 1_700_000_000)
+    layout = DeployLayout(os.path.join(site.repo, "deploy"))
+    first = site.deploy()
+    for rel in ("etc", "var"):
+        root = Path(layout.etc(first) if rel == "etc" else layout.var)
+        for path in (Path(minbase) / rel).rglob("*"):
+            copy = root / path.relative_to(Path(minbase) / rel)
+            a, b = path.lstat(), copy.lstat()
+            assert (a.st_mode, a.st_uid, a.st_gid) == (b.st_mode, b.st_uid, b.st_gid), copy
+    site.cli("mount", first, site.target, "--keys", site.keys)
+    target = Path(site.target)
+    try:
+        assert (target / "etc/passwd").read_bytes() == (Path(minbase) / "etc/passwd").read_bytes()
+        (target / "etc/hostname").write_text("device-1\n")
+        (target / "var/lib/dpkg/marker").write_text("x")
+    finally:
+        site.cli("umount", site.target)
+    out = site.cli("deploy", "os/main", "--keys", site.keys).stdout
+    second = out.strip().splitlines()[-1].split()[-1]
+    assert f"/etc: merged from {first}: 1 local changes kept, 0 release changes applied, " \
+           f"0 conflicts" in out, out
+    assert Path(layout.etc(second), "hostname").read_text() == "device-1\n"
+    assert Path(layout.var, "lib/dpkg/marker").read_text() == "x"
 
 
 def test_boot_on_a_read_only_device_mounts_the_state_read_only(tmp_path):
