@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pack.keys import Keyring
 from pack.manifest import Manifest
 from pack.reader import PackReader
+from pack.stubs import OVERLAY_XATTR_PREFIXES
 from pack.verify import Verification, open_verified
 from store.errors import DeployError, NoKeyring, PackError, PackNotKept, SignatureError, VerificationError
 from store.ids import RawId, to_hex
@@ -25,10 +26,6 @@ from store.objects import ObjectStore
 
 from .layout import SYSTEM_KEYRING
 from .objcheck import LargeFile
-
-# overlayfs interprets these xattrs on its layers; a tree carrying them would not
-# show as committed (and could hide or redirect files), so it is refused.
-OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 
 
 class OverlayXattr(DeployError):

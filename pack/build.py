@@ -169,6 +169,7 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
             tree.add(row, data)
         frames.flush()
         image = image_ref(tree.image())
+        objects = tree.objects
         del tree
         data_size = sum(row.entry.size for row in inline)
         header = fmt.Header(inline_max, commit.id(), len(commit_bytes), len(ref_bytes), len(rows),
@@ -186,6 +187,7 @@ def build_pack(repo: Repository, commit_id: RawId, ref: str, out: str | os.PathL
             emit(commit_bytes)
             emit(ref_bytes)
             emit(image.encode())
+            emit(fmt.encode_image_objects(objects))
             emit(fmt.encode_frame_table([(len(f), min(fmt.FRAME_MAX, len(manifest) - i * fmt.FRAME_MAX))
                                          for i, f in enumerate(manifest_frames)]))
             emit(fmt.encode_frame_table(frames.table))

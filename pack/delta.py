@@ -83,6 +83,7 @@ from .expanded import (
     GzipEntry,
     Layout,
     carried,
+    count_end,
     declared_prefix_size,
     expand_pack,
     expanded_size_of,
@@ -517,6 +518,11 @@ def _rebuild(stream: _Stream, header: PackDeltaHeader, recompressor: _Recompress
     head = stream.read(min(fmt.HEADER_SIZE, max(0, header.expanded_size - table_size)),
                        "the pack header")
     try:
+        head_size = count_end(head, header.result_size)
+        if table_size + head_size > header.expanded_size:
+            raise PackError(f"the rebuilt header declares {head_size} bytes before its image "
+                            f"objects, the expanded form has {header.expanded_size - table_size}")
+        head += stream.read(head_size - len(head), "the pack header")
         prefix_size = declared_prefix_size(head, header.result_size)
         if table_size + prefix_size > header.expanded_size:
             raise PackError(f"the rebuilt header declares {prefix_size} bytes before its frames, "

@@ -55,10 +55,31 @@ class Layout:
         return self.prefix_size + self.header.manifest_size
 
 
+def count_end(head: bytes, file_size: int) -> int:
+    """How much of a pack's start ``declared_prefix_size`` needs (``head`` holds at least the
+    header): the header, and in version 3 up to the image object count."""
+    header = fmt.parse_header(head[:fmt.HEADER_SIZE], file_size)
+    if header.has_image_objects:
+        return header.image_objects_offset + fmt.IMAGE_COUNT_SIZE
+    return fmt.HEADER_SIZE
+
+
+def _header(head: bytes, file_size: int) -> fmt.Header:
+    """The header, with its image object count in version 3 (``head`` reaches ``count_end``)."""
+    header = fmt.parse_header(head[:fmt.HEADER_SIZE], file_size)
+    if header.has_image_objects:
+        at = header.image_objects_offset
+        header = fmt.parse_image_count(head[at:at + fmt.IMAGE_COUNT_SIZE], header, file_size)
+    return header
+
+
 def parse_layout(prefix_head: bytes, file_size: int) -> Layout:
     """Parse a pack's header and frame tables (``prefix_head`` holds at least the header and,
     once known, the tables), checked as ``pack.reader`` checks them."""
-    header = fmt.parse_header(prefix_head[:fmt.HEADER_SIZE], file_size)
+    header = _header(prefix_head, file_size)
+    if header.has_image_objects:
+        at = header.image_objects_offset + fmt.IMAGE_COUNT_SIZE
+        fmt.parse_image_objects(prefix_head[at:header.tables_offset], header)
     at = header.tables_offset
     tables = prefix_head[at:at + header.tables_size]
     split = header.manifest_frames * fmt.FRAME_ENTRY_SIZE
@@ -72,7 +93,8 @@ def parse_layout(prefix_head: bytes, file_size: int) -> Layout:
 
 
 def declared_prefix_size(head: bytes, file_size: int) -> int:
-    header = fmt.parse_header(head, file_size)
+    """The size of the pack's bytes before its frames; ``head`` reaches ``count_end``."""
+    header = _header(head, file_size)
     return header.tables_offset + header.tables_size
 
 
@@ -116,6 +138,7 @@ def expand_pack(path: str | os.PathLike[str]) -> Expanded:
         size = os.fstat(handle.fileno()).st_size
         sha = hashlib.sha256()
         head = _read_exactly(handle, min(fmt.HEADER_SIZE, size), "pack header")
+        head += _read_exactly(handle, count_end(head, size) - len(head), "pack header")
         rest = _read_exactly(handle, declared_prefix_size(head, size) - len(head), "pack header")
         prefix = head + rest
         layout = parse_layout(prefix, size)

@@ -11,6 +11,11 @@ Recipe 1 (docs/FORMAT.md, section 7, "The image identity") lays out exactly what
   file of that digest in manifest order, and its fs-verity digest;
 - files with the same (digest, metadata, inline or large) are one inode.
 
+A tree with an xattr overlayfs would interpret (``pack.stubs.OVERLAY_XATTR_PREFIXES``)
+has no recipe-1 image: ``ImageTree`` refuses it (PackError), so ``pack build`` and the
+import of a pack that names an image refuse it, and a deploy that mounts an image never
+scans the manifest for them.
+
 ``store.erofs`` writes the tree (the same tree always gives the same bytes), so the
 vendor's ``pack build`` and every device get the same image: the pack signs its
 identity (``pack.format.ImageRef``: recipe, size, fs-verity digest) and the device
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from store import erofs, kverity
 from store.atomic import atomic_file
@@ -35,10 +40,16 @@ from store.model import Kind, Meta
 from store.names import show
 from store.objects import ObjectStore
 
-from .format import ImageRef
+from .format import ImageObject, ImageRef
 from .manifest import ManifestEntry
 from .reader import PackReader, named
-from .stubs import METACOPY_XATTR, REDIRECT_XATTR, metacopy_value, object_redirect
+from .stubs import (
+    METACOPY_XATTR,
+    OVERLAY_XATTR_PREFIXES,
+    REDIRECT_XATTR,
+    metacopy_value,
+    object_redirect,
+)
 
 RECIPE = 1
 IMAGE_MODE = 0o444  # as tree and commit objects
@@ -48,19 +59,33 @@ def _node(kind: erofs.Kind, meta: Meta, data: bytes = b"") -> erofs.Node:
     return erofs.Node(kind, meta.mode, meta.uid, meta.gid, meta.xattrs, data)
 
 
+def _check_xattrs(meta: Meta, path: bytes) -> None:
+    for name, _value in meta.xattrs:
+        if name.startswith(OVERLAY_XATTR_PREFIXES):
+            raise PackError(f"xattr {show(name)} at {show(path)} would be interpreted by "
+                            f"overlayfs: such a tree cannot be deployed and has no image")
+
+
 class ImageTree:
     """The recipe-1 tree of a pack, fed its manifest rows in order (with each inline file's
     bytes, None for the others) as ``PackReader.entries`` yields them: a pass that also
     imports or checks the pack builds the image's tree on the way."""
 
     def __init__(self, root_meta: Meta) -> None:
+        _check_xattrs(root_meta, b"/")
         self.root = _node(erofs.DIR, root_meta)
         self._dirs: dict[bytes, erofs.Node] = {b"": self.root}
         self._files: dict[tuple[RawId, Meta, bool], erofs.Node] = {}
         self._redirects: dict[RawId, tuple[bytes, bytes]] = {}
+        # the objects the stubs redirect to, in manifest order: what a version-3 pack lists
+        self.objects: list[ImageObject] = []
 
     def add(self, row: ManifestEntry, data: bytes | None) -> None:
+        """Add the next manifest row (with its bytes when it is an inline file).  PackError
+        (naming the path) for an xattr overlayfs would interpret."""
         entry = row.entry
+        if entry.meta.xattrs:
+            _check_xattrs(entry.meta, row.path)
         parent, _, name = row.path.rpartition(b"/")
         if entry.kind is Kind.DIR:
             node = self._dirs[row.path] = _node(erofs.DIR, entry.meta)
@@ -82,6 +107,7 @@ class ImageTree:
         if stub is None:
             stub = self._redirects[digest] = (object_redirect(digest, meta),
                                               metacopy_value(digest))
+            self.objects.append(ImageObject(digest, bytes.fromhex(meta.object_key()), size))
         xattrs = (*meta.xattrs, (REDIRECT_XATTR, stub[0]), (METACOPY_XATTR, stub[1]))
         return erofs.Node(erofs.FILE, meta.mode, meta.uid, meta.gid, xattrs, size=size)
 
@@ -115,11 +141,34 @@ def image_digest(image: bytes) -> bytes:
 
 def build_image(reader: PackReader) -> bytes:
     """The recipe-1 image of the pack ``reader`` (one pass over its data; a pack found bad
-    on the way raises PackError).  Not checked against ``reader.image``: ``check_image``."""
+    on the way, its image object list included, raises PackError).  Not checked against
+    ``reader.image``: ``check_image``."""
     tree = ImageTree(reader.commit.root_meta)
     for row, data in reader.entries():
         tree.add(row, data)
+    check_image_objects(reader, tree.objects)
     return tree.image()
+
+
+def _shown(objects: Sequence[ImageObject], i: int) -> str:
+    if i >= len(objects):
+        return "nothing"
+    return f"{objects[i].relative_path()} of {objects[i].size} bytes"
+
+
+def check_image_objects(reader: PackReader, objects: Sequence[ImageObject]) -> None:
+    """PackError naming the pack unless ``objects``, what its manifest gives (``ImageTree.objects``
+    after a pass over every row), is the image object list it signs (format version 3; an
+    older pack has none to check)."""
+    signed = reader.image_objects
+    if signed is None or tuple(objects) == signed:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(signed, objects, strict=False)) if a != b),
+             min(len(signed), len(objects)))
+    raise PackError(f"its image object list ({len(signed)} objects) is not what its manifest "
+                    f"gives ({len(objects)}): first difference at index {i}: the pack lists "
+                    f"{_shown(signed, i)}, the manifest gives {_shown(objects, i)}",
+                    path=reader.name)
 
 
 def check_image(reader: PackReader, image: bytes) -> RawId:

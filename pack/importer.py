@@ -41,7 +41,7 @@ from store.repo import Repository
 from store.transaction import Transaction
 
 from . import freshness
-from .image import ImageTree, check_image
+from .image import ImageTree, check_image, check_image_objects
 from .keys import KeyId, Keyring
 from .manifest import ManifestEntry
 from .reader import PackReader, named, read_image_ref
@@ -293,6 +293,7 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                         result.large_files += 1
                 tx.add_meta_object("commit", reader.commit_bytes, reader.commit_id)
                 if tree is not None:  # the pack signs its image: built here, never downloaded
+                    check_image_objects(reader, tree.objects)
                     image = tree.image()
                     del tree
                     digest = check_image(reader, image)

@@ -2,9 +2,11 @@
 
 ``PackReader`` reads the file front to back exactly once per pass, hashing
 every byte.  Opening checks the header, the commit (its id and encoding), the
-ref, the frame tables, that the sections add up to the file's length, and the
-whole manifest (names, order, parents, tree ids, root tree against the
-commit).  ``entries()`` then streams the inline data one zstd frame at a time,
+ref, the image identity and the image objects (format versions 2 and 3), the
+frame tables, that the sections add up to the file's length, and (unless
+``check_manifest=False``: then on the first use of ``manifest``) the whole
+manifest (names, order, parents, tree ids, root tree against the commit).
+``entries()`` then streams the inline data one zstd frame at a time,
 checking each inline file's fs-verity digest against its manifest entry, and
 at the end that the file was not changed underneath (its SHA-256 equals
 ``expected_sha256`` when given: the digest its signatures were checked
@@ -126,6 +128,11 @@ def layout_sha256(path: str | os.PathLike[str]) -> bytes:
         read(header.commit_len + header.ref_len, "commit and ref")
         if header.has_image:
             fmt.parse_image(read(fmt.IMAGE_SIZE, "image identity"), header.image_offset)
+        if header.has_image_objects:
+            header = fmt.parse_image_count(read(fmt.IMAGE_COUNT_SIZE, "image object count"),
+                                           header, size)
+            fmt.parse_image_objects(read(header.image_count * fmt.IMAGE_OBJECT_SIZE,
+                                         "image objects"), header)
         _manifest, _data, end = _frame_tables(header, read(header.tables_size, "frame tables"))
         fmt.check_layout(end, size)
         while at < size:
@@ -150,20 +157,26 @@ def read_image_ref(path: str | os.PathLike[str]) -> fmt.ImageRef | None:
 
 
 class PackReader:
-    """An open pack whose header, commit and manifest have been checked.
+    """An open pack whose header, commit and (unless ``check_manifest=False``) manifest have
+    been checked.
 
     Use as a context manager.  ``commit``, ``commit_id``, ``ref``, ``image`` (the signed
-    identity of the tree's EROFS image, pack.image; None in a version-1 pack) and
-    ``manifest`` are trustworthy as far as the pack's own consistency goes;
-    whether the pack is *trusted* is ``pack.verify``'s business.  ``on_tree``
-    gets every directory's tree object (id, encoding) while the manifest is
-    checked, children first.  Errors name the pack as ``name`` (default: ``path``;
-    an importer reading its own copy names the file the user gave).
+    identity of the tree's EROFS image, pack.image; None in a version-1 pack),
+    ``image_objects`` (the objects that image's stubs redirect to, pack.format.ImageObject;
+    None before version 3) and ``manifest`` are trustworthy as far as the pack's own
+    consistency goes; whether the pack is *trusted* is ``pack.verify``'s business (and that
+    ``image_objects`` is what the manifest gives is checked by the passes that read the
+    data: ``pack.importer``, ``pack.verify.check_whole``).  With ``check_manifest=False``
+    the manifest is neither read nor decoded at open: the first use of ``manifest`` reads
+    (by offset) and checks it exactly as opening would have.  ``on_tree`` gets every
+    directory's tree object (id, encoding) while the manifest is checked, children first.
+    Errors name the pack as ``name`` (default: ``path``; an importer reading its own copy
+    names the file the user gave).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, expected_sha256: bytes | None = None,
-                 on_tree: TreeSink | None = None, name: str | os.PathLike[str] | None = None
-                 ) -> None:
+                 on_tree: TreeSink | None = None, name: str | os.PathLike[str] | None = None,
+                 check_manifest: bool = True) -> None:
         self.path = os.fspath(path)
         self.name = os.fspath(name) if name is not None else self.path
         self.expected_sha256 = expected_sha256
@@ -172,7 +185,7 @@ class PackReader:
         self.size = os.fstat(self._handle.fileno()).st_size
         try:
             with named(self.name):
-                self._open(on_tree)
+                self._open(on_tree, check_manifest)
         except BaseException:
             self._handle.close()
             raise
@@ -196,7 +209,7 @@ class PackReader:
         self._pos += n
         return data
 
-    def _open(self, on_tree: TreeSink | None) -> None:
+    def _open(self, on_tree: TreeSink | None, check_manifest: bool) -> None:
         self._pos = 0
         self._sha = hashlib.sha256()
         header = fmt.parse_header(self._read(min(fmt.HEADER_SIZE, self.size), "header"), self.size)
@@ -205,15 +218,36 @@ class PackReader:
         self.commit_id, self.commit = self._commit(self.commit_bytes)
         self.ref = self._ref(self._read(header.ref_len, "ref"))
         self.image: fmt.ImageRef | None = None
+        self.image_objects: tuple[fmt.ImageObject, ...] | None = None
         if header.has_image:
             self.image = fmt.parse_image(self._read(fmt.IMAGE_SIZE, "image identity"),
                                          header.image_offset)
+        if header.has_image_objects:
+            header = self.header = fmt.parse_image_count(
+                self._read(fmt.IMAGE_COUNT_SIZE, "image object count"), header, self.size)
+            self.image_objects = fmt.parse_image_objects(
+                self._read(header.image_count * fmt.IMAGE_OBJECT_SIZE, "image objects"), header)
         tables = self._read(header.tables_size, "frame tables")
         self._manifest_frames, self._data_frames, end = _frame_tables(header, tables)
         fmt.check_layout(end, self.size)
-        self.manifest = self._manifest(on_tree)
-        self._data_at = self._pos
-        self._sha_at_data = self._sha.copy()
+        # The manifest frames are read by offset when the manifest is checked (now, or on
+        # the first use of ``manifest``), continuing this hash: the data pass starts after.
+        self._sha_at_manifest = self._sha.copy()
+        self._data_at = self._pos + sum(frame.compressed for frame in self._manifest_frames)
+        self._on_tree = on_tree
+        self._checked: Manifest | None = None
+        if check_manifest:
+            self._checked = self._check_manifest()
+
+    @property
+    def manifest(self) -> Manifest:
+        """The checked manifest (checked on first use when opened with ``check_manifest=False``:
+        PackError naming the pack then if it is bad)."""
+        checked = self._checked
+        if checked is None:
+            with named(self.name):
+                checked = self._checked = self._check_manifest()
+        return checked
 
     def _commit(self, data: bytes) -> tuple[RawId, Commit]:
         got = hashlib.sha256(data).digest()
@@ -236,15 +270,23 @@ class PackReader:
         except (UnicodeDecodeError, RefError) as err:
             raise PackError(f"invalid ref {show(raw)} at offset {at}", offset=at) from err
 
-    def _manifest(self, on_tree: TreeSink | None) -> Manifest:
-        """Check the manifest, streamed: one frame decompressed at a time, no row kept
-        (unless it is small); remember each compressed frame's SHA-256 for later passes."""
+    def _check_manifest(self) -> Manifest:
+        """Check the manifest, streamed: one frame read by offset (the data pass's position
+        is untouched) and decompressed at a time, no row kept (unless it is small); hash the
+        frames after what opening hashed, and remember each one's SHA-256 for later passes."""
         digests: list[bytes] = []
+        sha = self._sha_at_manifest.copy()
+        fd = self._handle.fileno()
 
         def checked_frames() -> Iterator[bytes]:
             dctx = fmt.decompressor()
             for i, frame in enumerate(self._manifest_frames):
-                raw = self._read(frame.compressed, f"manifest frame {i}")
+                raw = os.pread(fd, frame.compressed, frame.offset)
+                if len(raw) != frame.compressed:
+                    raise PackError(f"truncated manifest frame {i}: need {frame.compressed} "
+                                    f"bytes at offset {frame.offset}, got {len(raw)}",
+                                    offset=frame.offset)
+                sha.update(raw)
                 digests.append(hashlib.sha256(raw).digest())
                 yield fmt.decompress_frame(dctx, raw, frame, f"manifest frame {i}")
 
@@ -252,8 +294,10 @@ class PackReader:
         small = header.entry_count <= ROW_CACHE_ROWS and header.manifest_size <= ROW_CACHE_BYTES
         kept: list[ManifestEntry] | None = [] if small else None
         root_tree, data_size, counts = check_manifest(
-            checked_frames(), header.entry_count, header.inline_max, on_tree=on_tree, keep=kept)
+            checked_frames(), header.entry_count, header.inline_max, on_tree=self._on_tree,
+            keep=kept)
         self._frame_digests = digests
+        self._sha_at_data = sha
         if root_tree != self.commit.root_tree:
             raise PackError(f"the manifest's root tree is {to_hex(root_tree)}, the "
                             f"commit's is {to_hex(self.commit.root_tree)}", offset=fmt.HEADER_SIZE)
@@ -295,6 +339,7 @@ class PackReader:
             yield from self._entries()
 
     def _entries(self) -> Iterator[tuple[ManifestEntry, bytes | None]]:
+        manifest = self.manifest  # checked first: that hashes its frames
         self._handle.seek(self._data_at)
         self._pos = self._data_at
         self._sha = self._sha_at_data.copy()
@@ -304,7 +349,7 @@ class PackReader:
         current_at = self._data_at  # file offset of the frame being consumed
         at = 0
         used = 0
-        for row in self.manifest.entries:
+        for row in manifest.entries:
             if not row.inline:
                 yield row, None
                 continue

@@ -21,6 +21,9 @@ from store.ids import RawId
 from store.model import Meta
 from store.objects import relative_path
 
+# overlayfs interprets these xattrs on its layers; a tree carrying them would not show as
+# committed (and could hide or redirect files): recipe 1 (pack.image) and deploy refuse it.
+OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 METACOPY_XATTR = b"trusted.overlay.metacopy"
 REDIRECT_XATTR = b"trusted.overlay.redirect"
 OVERLAY_METACOPY_VERSION = 0

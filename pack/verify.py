@@ -106,7 +106,8 @@ def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_si
 
 def check_whole(reader: PackReader) -> None:
     """Read the whole pack (``reader.check_data``) and, when it names its image (format 2),
-    build the image on the way and check it is the one signed (PackError otherwise)."""
+    build the image on the way and check it is the one signed, and (format 3) that its image
+    object list is what its manifest gives (PackError otherwise)."""
     if reader.image is None:
         reader.check_data()
     else:

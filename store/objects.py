@@ -44,11 +44,18 @@ class StoredObject(Frozen):
             object.__setattr__(self, name, value)
 
 
+def keyed_relative_path(digest: RawId, meta_key: str) -> str:
+    """The one spelling of a file object's path under ``objects/``, from its fs-verity
+    ``digest`` and its meta key in hex (``Meta.object_key``)."""
+    h = digest.hex()
+    return f"{h[:2]}/{h[2:]}.{meta_key}.file"
+
+
 def relative_path(kind: str, raw: RawId, meta: Meta | None = None) -> str:
-    h = to_hex(raw)
     if kind == "file":
         assert meta is not None
-        return f"{h[:2]}/{h[2:]}.{meta.object_key()}.file"
+        return keyed_relative_path(raw, meta.object_key())
+    h = to_hex(raw)
     return f"{h[:2]}/{h[2:]}.{kind}"
 
 
@@ -74,8 +81,12 @@ class ObjectStore:
         key = self._meta_keys.get(meta)
         if key is None:
             key = self._meta_keys[meta] = meta.object_key()
-        h = digest.hex()
-        return f"{self.root}/{h[:2]}/{h[2:]}.{key}.file"
+        return f"{self.root}/{keyed_relative_path(digest, key)}"
+
+    def keyed_file_path(self, digest: RawId, meta_key: bytes) -> str:
+        """Where the file object of ``digest`` whose metadata has the key ``meta_key`` (the raw
+        SHA-256 of ``Meta.encode``, as a version-3 pack lists it: pack.format.ImageObject) is."""
+        return f"{self.root}/{keyed_relative_path(digest, meta_key.hex())}"
 
     def image_path(self, digest: RawId) -> str:
         """Where the EROFS image whose fs-verity digest is ``digest`` is kept (pack.image)."""

@@ -240,7 +240,7 @@ def _large_with_offset() -> bytes:
 HOSTILE = {
     "truncated header": (lambda: good_pack()[:40], "truncated header"),
     "bad magic": (lambda: b"NOTAPACK" + good_pack()[8:], "bad magic"),
-    "future version": (lambda: _header(version=3), "unsupported pack version"),
+    "future version": (lambda: _header(version=4), "unsupported pack version"),
     "version 2 without its image identity": (lambda: _header(version=2), "image recipe"),
     "unknown image recipe": (lambda: _image(struct.pack("<HQ32s", 2, 4096, bytes(32))),
                              "unknown image recipe"),

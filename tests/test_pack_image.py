@@ -40,7 +40,7 @@ from store.repo import Repository
 from tests.cli_runner import run_cli
 from tests.helpers import add_content_twins, extra_links, materialise, trees
 from tests.test_deploy_cli import Site, _enlarge
-from tests.test_pack_support import load_keyring
+from tests.test_pack_support import downgrade, load_keyring
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 
@@ -163,7 +163,7 @@ def test_pack_build_is_deterministic_and_names_its_image(site, base):
     with open(one, "rb") as a, open(two, "rb") as b:
         assert a.read() == b.read()
     with PackReader(one) as reader:
-        assert reader.header.version == fmt.VERSION == 2
+        assert reader.header.version == fmt.VERSION == 3
         ref = reader.image
         assert ref is not None and ref.recipe == RECIPE
         image = build_image(reader)
@@ -208,12 +208,7 @@ def test_a_pack_signing_another_image_is_refused_and_nothing_is_left(site, base)
 
 def _version_1(data: bytes) -> bytes:
     """The same pack in format version 1: no image identity."""
-    header = fmt.parse_header(data[:fmt.HEADER_SIZE], len(data))
-    v1 = fmt.Header(header.inline_max, header.commit_id, header.commit_len, header.ref_len,
-                    header.entry_count, header.manifest_size, header.manifest_frames,
-                    header.data_size, header.data_frames, version=1)
-    at = header.image_offset
-    return v1.encode() + data[fmt.HEADER_SIZE:at] + data[at + fmt.IMAGE_SIZE:]
+    return downgrade(data, 1)
 
 
 def test_a_version_1_pack_still_imports_and_deploys(site, base):

@@ -162,10 +162,12 @@ def craft(rows: list[bytes], *, root: list[Entry] | None = None, data: bytes = b
           inline_max: int = 4096, ref: bytes = b"main", commit: Commit | None = None,
           manifest_frames: list[tuple[bytes, int]] | None = None,
           data_frames: list[tuple[bytes, int]] | None = None, header: dict | None = None,
-          commit_bytes: bytes | None = None, image: bytes | None = None) -> bytes:
+          commit_bytes: bytes | None = None, image: bytes | None = None,
+          image_objects: bytes | None = None) -> bytes:
     """Pack bytes for raw ``rows``; ``root`` (the top-level entries) gives the commit's root
     tree.  Any header field can be overridden through ``header``.  Format version 1, or with
-    ``image`` (the raw image identity, put after the ref) version 2."""
+    ``image`` (the raw image identity, put after the ref) version 2, or with ``image_objects``
+    too (the raw section, count first, after the identity) version 3."""
     manifest = b"".join(rows)
     if commit is None:
         commit = Commit(tree_id(root or []), ROOT_META, 1_700_000_000, version="1")
@@ -177,14 +179,27 @@ def craft(rows: list[bytes], *, root: list[Entry] | None = None, data: bytes = b
                   manifest_size=len(manifest), manifest_frames=len(mframes), data_size=len(data),
                   data_frames=len(dframes))
     fields.update(header or {})
-    version = fields.pop("version", 1 if image is None else 2)
+    version = fields.pop("version", 1 if image is None else 2 if image_objects is None else 3)
     head = struct.pack("<8sHHI32sIHIQIQI", fields.pop("magic", fmt.MAGIC), version,
                        fields.pop("flags", 0), fields["inline_max"], fields["commit_id"],
                        fields["commit_len"], fields["ref_len"], fields["entry_count"],
                        fields["manifest_size"], fields["manifest_frames"], fields["data_size"],
                        fields["data_frames"])
     tables = b"".join(struct.pack("<II", len(f), n) for f, n in mframes + dframes)
-    return head + cbytes + ref + (image or b"") + tables + b"".join(f for f, _ in mframes + dframes)
+    return (head + cbytes + ref + (image or b"") + (image_objects or b"") + tables
+            + b"".join(f for f, _ in mframes + dframes))
+
+
+def downgrade(data: bytes, version: int) -> bytes:
+    """The pack ``data`` (version 2 or 3) in format ``version``: 1 has no image identity,
+    2 no image objects; the rest is the same bytes (to be signed again)."""
+    header = fmt.parse_header(data[:fmt.HEADER_SIZE], len(data))
+    if header.has_image_objects:
+        at = header.image_objects_offset
+        header = fmt.parse_image_count(data[at:at + fmt.IMAGE_COUNT_SIZE], header, len(data))
+    old = header.replace(version=version, image_count=0)
+    keep = header.image_offset + (fmt.IMAGE_SIZE if version >= fmt.IMAGE_VERSION else 0)
+    return old.encode() + data[fmt.HEADER_SIZE:keep] + data[header.tables_offset:]
 
 
 def zstd_frame(data: bytes, *, content_size: bool = True) -> bytes:

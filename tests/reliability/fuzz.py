@@ -15,7 +15,8 @@ reached).  Checked for every case:
 - no traceback, exit statuses only from the documented set, every refusal one clean
   ``sealtree: error:`` line;
 - a command that accepts the pack (exit 0) accepts only what ``oracle.verdict`` finds
-  valid (the pack re-encodes to its manifest's claims); deploy only what is also
+  valid (the pack re-encodes to its manifest's claims; for deploy, but for what only
+  import and verify check: ``oracle.IMPORT_ONLY``); deploy only what is also
   deployable (every large file an object the device has; no overlay xattrs);
 - after a successful deploy the mounted view equals the manifest, path by path, and
   nothing was written outside the target (canary names looked for in every directory
@@ -136,11 +137,46 @@ def m_header_field(rng: random.Random, data: bytes, _pack: pc.Pack) -> bytes:
 def m_frame_table(rng: random.Random, data: bytes, pack: pc.Pack) -> bytes:
     (_m, version, _f, _i, _c, clen, rlen, _e, _ms, mf, _ds, df) = pc.HEADER.unpack_from(data)
     count = mf + df
-    image = pc.IMAGE.size if version == 2 else 0
+    image = pc.IMAGE.size if version >= 2 else 0
+    if version >= 3:
+        count_at = pc.HEADER.size + clen + rlen + image
+        image += pc.IMAGE_COUNT.size + pc.IMAGE_OBJECT.size * pc.IMAGE_COUNT.unpack_from(data, count_at)[0]
     at = pc.HEADER.size + clen + rlen + image + 8 * rng.randrange(max(count, 1)) + 4 * rng.randrange(2)
     old, = struct.unpack_from("<I", data, at)
     new = rng.choice([rng.choice(INTERESTING), old + 1, old - 1, 0]) % (1 << 32)
     return data[:at] + struct.pack("<I", new) + data[at + 4:]
+
+
+def m_image_objects(rng: random.Random, data: bytes, pack: pc.Pack) -> bytes:
+    """The image objects section (version 3) with one object changed, moved, dropped or
+    repeated, or its count off by one; spliced in raw (the rest of the pack unchanged)."""
+    section = pack.image_objects
+    if section is None:
+        return data
+    at = pc.HEADER.size + len(pack.commit) + len(pack.ref) + pc.IMAGE.size
+    size = pc.IMAGE_OBJECT.size
+    count, = pc.IMAGE_COUNT.unpack_from(section)
+    objects = [bytearray(section[4 + size * i:4 + size * (i + 1)]) for i in range(count)]
+    what = rng.randrange(6)
+    if objects and what == 0:  # another size
+        one = rng.choice(objects)
+        old, = struct.unpack_from("<Q", one, 64)
+        struct.pack_into("<Q", one, 64, rng.choice([old + 1, old - 1, pack.inline_max, 1 << 63]))
+    elif objects and what == 1:  # another meta key, or another digest
+        one = rng.choice(objects)
+        one[rng.randrange(64)] ^= 1 << rng.randrange(8)
+    elif len(objects) > 1 and what == 2:  # two swapped
+        i, j = rng.sample(range(len(objects)), 2)
+        objects[i], objects[j] = objects[j], objects[i]
+    elif objects and what == 3:  # one dropped
+        del objects[rng.randrange(len(objects))]
+    elif objects and what == 4:  # one repeated
+        objects.insert(rng.randrange(len(objects) + 1), rng.choice(objects))
+    else:  # the count off by one, the objects unchanged
+        new = pc.IMAGE_COUNT.pack(count + rng.choice([1, -1 if count else 1]))
+        return data[:at] + new + section[4:] + data[at + len(section):]
+    new = pc.IMAGE_COUNT.pack(len(objects)) + b"".join(objects)
+    return data[:at] + new + data[at + len(section):]
 
 
 def m_bitflips(rng: random.Random, data: bytes, _pack: pc.Pack) -> bytes:
@@ -446,7 +482,7 @@ MUTATORS: dict[str, Mutator] = {
     "name": m_name, "parent": m_parent,
     "duplicate-row": m_duplicate_row, "reorder": m_reorder, "delete-row": m_delete_row,
     "kind": m_kind, "meta": m_meta, "xattr": m_xattr, "symlink": m_symlink, "file": m_file,
-    "tree-id": m_tree_id, "commit": m_commit,
+    "tree-id": m_tree_id, "commit": m_commit, "image-objects": m_image_objects,
 }
 
 
@@ -492,7 +528,7 @@ class Fuzzer:
             path = os.path.dirname(path)
 
     def deployable(self, v: Verdict) -> bool:
-        if not v.valid or v.claims is None:
+        if not v.deploy_valid or v.claims is None:
             return False
         for claim in [*v.claims.values(), *([v.root] if v.root else [])]:
             if any(n.startswith((b"trusted.overlay.", b"user.overlay.")) for n, _ in claim.xattrs):
@@ -542,7 +578,8 @@ class Fuzzer:
                 failures.append(f"undocumented exit in {name}: {r.describe()}")
             elif r.code != 0 and not r.clean_error():
                 failures.append(f"unclean error in {name}: {r.describe()}")
-            if name in ("verify", "import", "deploy") and r.code == 0 and not v.valid:
+            if name in ("verify", "import", "deploy") and r.code == 0 and not (
+                    v.deploy_valid if name == "deploy" else v.valid):
                 failures.append(f"wrongly accepted by {name} ({'; '.join(v.problems[:3])}): {r.describe()}")
         if results["deploy"].code == 0:
             if not deployable:

@@ -20,6 +20,8 @@ from .packcodec import (
     FRAME_MAX,
     HEADER,
     IMAGE,
+    IMAGE_COUNT,
+    IMAGE_OBJECT,
     KIND_DIR,
     KIND_FILE,
     KIND_SYMLINK,
@@ -51,17 +53,29 @@ class Claim:
     inline: bool = False
 
 
+# What only the passes that read a whole pack check (pack import, pack verify): a deploy
+# trusts the image object list of the pack that import checked (section 7, "The image
+# objects"), so a kept pack swapped for one whose list alone is wrong may deploy.
+LIST_MISMATCH = "image objects are not what the manifest gives"
+IMPORT_ONLY = (LIST_MISMATCH,)
+
+
 @dataclass
 class Verdict:
     problems: list[str]
     commit_id: bytes = b""
     ref: bytes = b""
     root: Claim | None = None
-    claims: dict[bytes, Claim] | None = None  # path -> claim, for a valid pack
+    claims: dict[bytes, Claim] | None = None  # path -> claim, for a pack valid for deploy
 
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def deploy_valid(self) -> bool:
+        """Valid but perhaps for what only import and verify check (``IMPORT_ONLY``)."""
+        return all(p in IMPORT_ONLY for p in self.problems)
 
 
 def valid_ref(ref: bytes) -> bool:
@@ -158,10 +172,11 @@ def verdict(data: bytes) -> Verdict:
     (magic, version, flags, inline_max, cid, commit_len, ref_len, entry_count, manifest_size,
      mframes, data_size, dframes) = HEADER.unpack_from(data)
     p = []
-    if magic != MAGIC or version not in (1, 2) or flags != 0:
+    if magic != MAGIC or version not in (1, 2, 3) or flags != 0:
         p.append("magic/version/flags")
     image_at = HEADER.size + commit_len + ref_len
-    image_size = IMAGE.size if version == 2 else 0
+    image_size = IMAGE.size if version in (2, 3) else 0
+    objects: list[tuple[bytes, bytes, int]] | None = None  # version 3: the image objects
     if inline_max > FRAME_MAX or not 0 < commit_len <= 16 << 20 or not 0 < ref_len <= 255:
         p.append("header limits")
     if entry_count > 1 << 24 or manifest_size > 256 << 20 or data_size > 1 << 40 or dframes > data_size:
@@ -173,6 +188,19 @@ def verdict(data: bytes) -> Verdict:
         recipe, size, _digest = IMAGE.unpack_from(data, image_at)
         if recipe != 1 or not 0 < size <= 1 << 42:
             return Verdict(["image identity"])
+    if not p and version == 3:
+        if tables_at + IMAGE_COUNT.size > len(data):
+            return Verdict(["image objects beyond the end"])
+        count, = IMAGE_COUNT.unpack_from(data, tables_at)
+        end = tables_at + IMAGE_COUNT.size + count * IMAGE_OBJECT.size
+        if count > min(entry_count, 1 << 24) or end > len(data):
+            return Verdict(["image object count"])
+        objects = [IMAGE_OBJECT.unpack_from(data, tables_at + IMAGE_COUNT.size + IMAGE_OBJECT.size * i)
+                   for i in range(count)]
+        if any(not inline_max < size < 1 << 63 for _d, _k, size in objects) \
+                or len({d for d, _k, _s in objects}) != count:
+            return Verdict(["image object sizes or repeated digests"])
+        tables_at = end
     if p or tables_at + 8 * (mframes + dframes) > len(data):
         return Verdict(p or ["tables beyond the end"])
     table = [FRAME.unpack_from(data, tables_at + 8 * i) for i in range(mframes + dframes)]
@@ -204,7 +232,28 @@ def verdict(data: bytes) -> Verdict:
         problems, claims = _rows(manifest, entry_count, inline_max, root_tree, chunks[mframes:], dt)
     except (Malformed, struct.error, IndexError):
         return Verdict(["manifest rows do not decode"])
+    if not problems and objects is not None and objects != image_objects(claims):
+        return Verdict([LIST_MISMATCH], cid, ref, root_claim, claims)
     return Verdict(problems, cid, ref, root_claim, claims if not problems else None)
+
+
+def meta_key(claim: Claim) -> bytes:
+    """SHA-256 of the metadata's encoding (store.model.Meta.encode): a file object's key."""
+    out = struct.pack("<IIIH", claim.mode, claim.uid, claim.gid, len(claim.xattrs))
+    out += b"".join(struct.pack("<HI", len(n), len(v)) + n + v for n, v in claim.xattrs)
+    return hashlib.sha256(out).digest()
+
+
+def image_objects(claims: dict[bytes, Claim]) -> list[tuple[bytes, bytes, int]]:
+    """The image objects a version-3 pack must list (section 7, "The image objects"): per
+    distinct digest of the large files, in manifest order, the first one's digest, meta key
+    and size."""
+    out, seen = [], set()
+    for claim in claims.values():  # in manifest order
+        if claim.kind == KIND_FILE and not claim.inline and claim.digest not in seen:
+            seen.add(claim.digest)
+            out.append((claim.digest, meta_key(claim), claim.size))
+    return out
 
 
 def _rows(manifest: bytes, entry_count: int, inline_max: int, root_tree: bytes,

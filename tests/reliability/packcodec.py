@@ -22,6 +22,8 @@ MAGIC = b"SEALPACK"
 HEADER = struct.Struct("<8sHHI32sIHIQIQI")
 FRAME = struct.Struct("<II")
 IMAGE = struct.Struct("<HQ32s")  # version 2: recipe, size, fs-verity digest, after the ref
+IMAGE_COUNT = struct.Struct("<I")  # version 3: the image objects' count, after the identity,
+IMAGE_OBJECT = struct.Struct("<32s32sQ")  # then per object: digest, meta key, size
 FRAME_MAX = 1 << 20
 KIND_FILE, KIND_DIR, KIND_SYMLINK = 1, 2, 3
 SIG_DOMAIN = b"sealtree-pack-v1\0"
@@ -151,6 +153,7 @@ class Pack:
     inline_data: dict[int, bytes]  # row index -> bytes, for inline files
     header_overrides: dict[str, int] = field(default_factory=dict)
     image: bytes | None = None  # version 2: the image identity, raw
+    image_objects: bytes | None = None  # version 3: the image objects section, raw
 
     @property
     def commit_id(self) -> bytes:
@@ -175,10 +178,19 @@ def parse(data: bytes) -> Pack:
     pos += commit_len
     ref = data[pos:pos + ref_len]
     pos += ref_len
-    image = None
+    image = image_objects = None
     if version >= 2:
         image = data[pos:pos + IMAGE.size]
         pos += IMAGE.size
+    if version >= 3:
+        try:
+            count, = IMAGE_COUNT.unpack_from(data, pos)
+        except struct.error:
+            raise Malformed("image object count") from None
+        if count > 1 << 24:
+            raise Malformed("image object count")
+        image_objects = data[pos:pos + IMAGE_COUNT.size + count * IMAGE_OBJECT.size]
+        pos += len(image_objects)
     if manifest_frames > 1 << 20 or data_frames > 1 << 20:
         raise Malformed("frame counts")
     tables = [FRAME.unpack_from(data, pos + 8 * i) for i in range(manifest_frames + data_frames)]
@@ -216,16 +228,17 @@ def parse(data: bytes) -> Pack:
         raise Malformed("entry count")
     inline_data = {i: inline_bytes[r.offset:r.offset + r.entry.size]
                    for i, r in enumerate(rows) if r.entry.kind == KIND_FILE and r.inline}
-    return Pack(version, flags, inline_max, commit, ref, rows, inline_data, image=image)
+    return Pack(version, flags, inline_max, commit, ref, rows, inline_data, image=image,
+                image_objects=image_objects)
 
 
 def fix_derived(pack: Pack) -> None:
     """Recompute what follows from the rows: offsets, tree ids (deepest first), the commit's
     root tree (so the commit id changes), in place.  Rows keep their order.  The image
-    identity (version 2) cannot be recomputed here (that takes an EROFS writer): the pack
-    becomes version 1, which has none."""
-    if pack.version == 2 and pack.image is not None:
-        pack.version, pack.image = 1, None
+    identity (versions 2 and 3) cannot be recomputed here (that takes an EROFS writer): the
+    pack becomes version 1, which has none (nor image objects)."""
+    if pack.version in (2, 3) and pack.image is not None:
+        pack.version, pack.image, pack.image_objects = 1, None, None
     offset = 0
     for i, row in enumerate(pack.rows):
         if row.entry.kind == KIND_FILE and row.inline:
@@ -273,7 +286,8 @@ def encode(pack: Pack, *, level: int = 3, manifest_frame_hook=None, data_frame_h
     fields.update(pack.header_overrides)
     header = HEADER.pack(*fields.values())
     tables = b"".join(FRAME.pack(len(f), n) for f, n in mframes + dframes)
-    return (header + pack.commit + pack.ref + (pack.image or b"") + tables
+    return (header + pack.commit + pack.ref + (pack.image or b"") + (pack.image_objects or b"")
+            + tables
             + b"".join(f for f, _ in mframes + dframes))
 
 
