@@ -57,7 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pack import freshness
-from pack.importer import kept_pack_path
+from pack.kept import kept_pack_path
 from pack.keys import Keyring
 from store.errors import (
     DeployError,
@@ -76,7 +76,13 @@ from store.repo import Repository
 from . import mounts
 from .boot_config import BootConfig, Say, config_from_args
 from .boot_floor import check_floor, load_floor, write_floor
-from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
+from .deployment_pack import (
+    check_overlay_xattrs,
+    in_farm,
+    large_files,
+    open_deployment_pack,
+    trusted_keyring,
+)
 from .image_layer import ImageMismatch
 from .layout import deploy_layout
 from .metacopy import Layout, choose_layout
@@ -226,7 +232,11 @@ def verify_and_mount(config: BootConfig, repo: Repository, keyring: Keyring,
                         pack_path)
         except DowngradeError as err:
             raise _refused("freshness", err, pack_path) from err
-        items = large_files(repo.objects, reader.manifest)
+        try:
+            check_overlay_xattrs(reader)
+            items = large_files(repo.objects, reader.manifest)
+        except (PackError, DeployError) as err:  # malformed manifest, overlay xattrs
+            raise _refused("pack", err, pack_path) from err
         # Sealing first: it gives the objects fs-verity, which the layout choice looks for.
         image = (repo.objects.image_path(RawId(reader.image.digest))
                  if reader.image is not None else None)

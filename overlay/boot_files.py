@@ -20,6 +20,7 @@ import contextlib
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterable
 
 from pack.manifest import ManifestEntry
@@ -70,11 +71,36 @@ def choose(rows: Iterable[ManifestEntry]) -> BootFiles | None:
     links: dict[bytes, bytes] = {}
     for row in rows:
         path = row.path
-        if row.entry.kind is Kind.FILE and path.startswith((KERNEL_PREFIX, INITRD_PREFIX)) \
-                and b"/" not in path[len(b"boot/"):]:
+        if row.entry.kind is Kind.FILE and _is_candidate(path):
             files.add(path)
         elif row.entry.kind is Kind.SYMLINK and path in (KERNEL_LINK, INITRD_LINK):
             links[path] = _resolve_link(row.entry.target)
+    return _choose(files, links)
+
+
+def choose_in_tree(root: str) -> BootFiles | None:
+    """``choose`` for a tree mounted at ``root`` (a deployment's EROFS image): its ``/boot``
+    files and its root's ``vmlinuz`` and ``initrd.img`` symlinks."""
+    top = os.fsencode(root)
+    files: set[bytes] = set()
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in os.listdir(os.path.join(top, b"boot")):
+            path = b"boot/" + name
+            if _is_candidate(path) and stat.S_ISREG(os.lstat(os.path.join(top, path)).st_mode):
+                files.add(path)
+    links: dict[bytes, bytes] = {}
+    for link in (KERNEL_LINK, INITRD_LINK):
+        with contextlib.suppress(OSError):  # missing, or not a symlink
+            links[link] = _resolve_link(os.readlink(os.path.join(top, link)))
+    return _choose(files, links)
+
+
+def _is_candidate(path: bytes) -> bool:
+    """A kernel or initramfs file directly in ``boot/``."""
+    return path.startswith((KERNEL_PREFIX, INITRD_PREFIX)) and b"/" not in path[len(b"boot/"):]
+
+
+def _choose(files: set[bytes], links: dict[bytes, bytes]) -> BootFiles | None:
     kernel = links.get(KERNEL_LINK)
     if kernel not in files:
         kernels = [p for p in files if p.startswith(KERNEL_PREFIX)]

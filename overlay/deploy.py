@@ -20,12 +20,17 @@ In order, and nothing is published before the checks pass:
 In the metacopy layout (``overlay.metacopy``; ``layout`` ``auto`` picks it where
 the kernel and the objects' filesystem can enforce it) there is no farm: step 2
 checks one object per distinct content (its size and digest: the stubs carry
-the metadata).  The overlay's lower layer is the pack's EROFS image (format
-version 2: the image object, built once if missing, its fs-verity digest checked
-against the signed one, ``image_layer``), mounted read-only, with no pass over
-the pack's data; for a pack without one (format version 1) a mount unpacks every
-large file as a stub redirected into ``objects/``.  The state records which
-layout the deployment has.
+the metadata): those of the pack's signed image object list when it has one
+(format version 3; its manifest is then not decoded by a deploy with a mount
+target: its /etc, /var and boot files are copied out of the mounted image,
+``image_tree``).  The overlay's lower layer is the pack's EROFS image (format
+version 2 and later: the image object, built once if missing, its fs-verity digest
+checked against the signed one, ``image_layer``), mounted read-only, with no pass
+over the pack's data; for a pack without one (format version 1) a mount unpacks
+every large file as a stub redirected into ``objects/``.  Under policy ``kernel``
+the objects are checked on a thread while the image is mounted and the state is
+built (each check is a few system calls waiting on the disk); nothing is published
+before they pass.  The state records which layout the deployment has.
 
 Steps 1 (the pack's data section), 2 and the farm run at once, in separate
 processes.  With a mount target the pack's data is unpacked into a staging
@@ -47,10 +52,10 @@ import time
 from collections.abc import Sequence
 
 from pack import freshness
-from pack.importer import freshness_path, kept_pack_path
+from pack.kept import freshness_path, kept_pack_path
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
-from store.errors import DeployError, SealtreeError
+from store.errors import DeployError, SealtreeError, VerificationError
 from store.ids import RawId, to_hex
 from store.objects import ObjectStore
 from store.record import Mutable
@@ -58,12 +63,13 @@ from store.remove import remove_tree
 from store.repo import Repository
 
 from . import deploy_state, farm, mounted_farms
-from .deployment_pack import large_files, open_deployment_pack, trusted_keyring
+from .deployment_pack import deployment_objects, open_deployment_pack, trusted_keyring
 from .image_layer import ImageLayer, open_image
+from .image_tree import MountedImage
 from .layout import DeployLayout, deploy_layout, staging_dir
-from .metacopy import Layout, choose_layout, distinct_objects, plan_stubs
+from .metacopy import Layout, distinct_objects, plan_stubs
 from .mount_deployment import MountResult, verity_option
-from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, start_checks
+from .objcheck import KERNEL, CheckReport, LargeFile, PendingCheck, Policy, Verity, start_checks
 from .staging import Staging, check_target
 from .state import Deployment, State, StateFile, check_tries, state_file
 from .writable import WritableState, mount_writable
@@ -156,8 +162,7 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                     states.update() as state:
                 candidate = freshness.Accepted.of(reader.commit_id, reader.commit)
                 freshness.check(fresh, reader.ref, candidate, allow_downgrade=allow_downgrade)
-                items = large_files(repo.objects, reader.manifest)
-                chosen = choose_layout(layout, items)
+                chosen, items, listed = deployment_objects(reader, repo.objects, layout)
                 timings["pack"] = time.perf_counter() - started
                 in_use = mounted_farms.deployment_mounts(root)
                 keep = {d.id for d in state.deployments} | set(in_use)
@@ -166,9 +171,10 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                 dep_id = state.allocate_id(to_hex(commit_id))
                 while os.path.lexists(DeployLayout(root).farm(dep_id)):  # unrecorded, but mounted
                     dep_id = state.allocate_id(to_hex(commit_id))
+                pending = None
                 if chosen is Layout.METACOPY:
-                    report, unpacked, lower = _verify_for_metacopy(
-                        reader, items, repo.objects, dep_id, stage, timings,
+                    pending, unpacked, lower = _start_metacopy(
+                        reader, items, repo.objects, dep_id, stage, timings, outer,
                         policy=policy, workers=workers, verity=verity)
                     path = repo.objects.root
                 else:
@@ -176,13 +182,22 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                         reader, items, root, dep_id, stage, timings,
                         policy=policy, workers=workers, verity=verity)
                     published.append(path)
-                # Every check has passed: its /etc, /var, boot files now (from the pack's rows
-                # and inline files, each checked against the signed manifest as it is read).
+                # Its /etc, /var, boot files, under temporary names (from the pack's rows and
+                # inline files, each checked against the signed manifest as it is read; or, for
+                # a pack that lists its image's objects, from its mounted image: that pack's
+                # manifest is never decoded), published once every check has passed.
                 mark = time.perf_counter()
-                made = deploy_state.prepare(repo, DeployLayout(root), reader, items, dep_id, state)
+                image = (MountedImage(stage.lower, repo.objects.root)
+                         if listed and stage is not None and stage.lower is not None else None)
+                made = deploy_state.prepare(repo, DeployLayout(root), reader,
+                                            None if listed else items, dep_id, state, image=image)
                 prepared.append(made)
-                made.publish()
                 timings["state"] = time.perf_counter() - mark
+                if pending is not None:
+                    mark = time.perf_counter()
+                    report = pending.wait()
+                    timings["digests"] = time.perf_counter() - mark
+                made.publish()
                 deployment = Deployment(
                     id=dep_id, commit=to_hex(commit_id), ref=reader.ref,
                     version=reader.commit.version, created=int(time.time()),
@@ -273,50 +288,51 @@ def _verify_and_build(reader: PackReader, items: list[LargeFile], root: str, dep
     return report, unpacked, path
 
 
-def _verify_for_metacopy(reader: PackReader, items: list[LargeFile],
-                         objects: ObjectStore, dep_id: str, stage: Staging | None,
-                         timings: dict[str, float], *, policy: Policy, workers: int | None,
-                         verity: Verity
-                         ) -> tuple[CheckReport, UnpackReport | None, MetacopyLower]:
-    """The metacopy layout's ``_verify_and_build``: check one object per content (size and
-    digest; fs-verity enabled where it can be) while the lower layer is made: the pack's
-    EROFS image checked (``image_layer``, built once if missing) and mounted in the staging
-    directory, named after the deployment; or, for a pack without an image (format version
-    1), the pack's data read (and unpacked with the stubs into the staging tmpfs); no farm."""
+def _start_metacopy(reader: PackReader, items: list[LargeFile], objects: ObjectStore,
+                    dep_id: str, stage: Staging | None, timings: dict[str, float],
+                    checks: contextlib.ExitStack, *, policy: Policy, workers: int | None,
+                    verity: Verity) -> tuple[PendingCheck, UnpackReport | None, MetacopyLower]:
+    """The metacopy layout's ``_verify_and_build``: start checking one object per content
+    (size and digest; fs-verity enabled where it can be) while the lower layer is made: the
+    pack's EROFS image checked (``image_layer``, built once if missing) and mounted in the
+    staging directory, named after the deployment; or, for a pack without an image (format
+    version 1), the pack's data read (and unpacked with the stubs into the staging tmpfs); no
+    farm.  The checks (held by ``checks``) may still be under way: the caller waits for them
+    (``PendingCheck.wait``) before anything it built is published."""
     lower = MetacopyLower()
     plan = None if reader.image is not None else plan_stubs(objects, items)
     mark = time.perf_counter()
     checked = distinct_objects(items) if plan is None else plan.objects
-    with start_checks(checked, policy, enable=True, workers=workers, verity=verity,
-                      inode_meta=False) as pending:
-        timings["objects"] = time.perf_counter() - mark
-        if pending.failed():
-            pending.wait()  # raises: a bad object is found before anything is unpacked
-        unpacked = None
-        mark = time.perf_counter()
-        if plan is None:
-            # The image is the tree (signed by its digest): no pass over the pack's data.
-            lower.image = open_image(objects, reader, policy, verity=verity,
-                                     enable=True)
-            try:
-                timings["image"] = time.perf_counter() - mark
-                mark = time.perf_counter()
-                if stage is not None:
-                    lower.source = stage.image(lower.image.fd, dep_id)
-                    unpacked = UnpackReport()
-                    timings["image_mount"] = time.perf_counter() - mark
-            finally:
-                lower.image.close()
-        elif stage is not None:
-            unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
-            timings["unpack"] = time.perf_counter() - mark
-        else:
-            reader.check_data()
-            timings["pack_data"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        report = pending.wait()
-        timings["digests"] = time.perf_counter() - mark
-    return report, unpacked, lower
+    pending = checks.enter_context(start_checks(checked, policy, enable=True, workers=workers,
+                                                verity=verity, inode_meta=False))
+    timings["objects"] = time.perf_counter() - mark
+    if pending.failed():
+        pending.wait()  # raises: a bad object is found before anything is unpacked
+    unpacked = None
+    mark = time.perf_counter()
+    if plan is None:
+        # The image is the tree (signed by its digest): no pass over the pack's data.
+        try:
+            lower.image = open_image(objects, reader, policy, verity=verity, enable=True)
+        except VerificationError:
+            pending.wait()  # a bad object says more than the image does: it goes first
+            raise
+        try:
+            timings["image"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            if stage is not None:
+                lower.source = stage.image(lower.image.fd, dep_id)
+                unpacked = UnpackReport()
+                timings["image_mount"] = time.perf_counter() - mark
+        finally:
+            lower.image.close()
+    elif stage is not None:
+        unpacked = stage.unpack(reader, stubs=plan, large=items, name=dep_id)
+        timings["unpack"] = time.perf_counter() - mark
+    else:
+        reader.check_data()
+        timings["pack_data"] = time.perf_counter() - mark
+    return pending, unpacked, lower
 
 
 def _forget_farm(states: StateFile, root: str, path: str) -> None:

@@ -33,8 +33,9 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from pack.importer import kept_pack_path
+from pack.kept import kept_pack_path
 from pack.manifest import ManifestEntry
 from pack.reader import PackReader
 from pack.unpack import TreeWriter
@@ -49,10 +50,13 @@ from store.repo import Repository
 
 from . import boot_files
 from .deployment_pack import large_files
-from .etc_merge import Conflict, merge_etc
+from .image_tree import MountedImage
 from .layout import ETC_REPORT_SUFFIX, TMP_PREFIX, TRASH_PREFIX, DeployLayout
 from .objcheck import LargeFile
 from .state import ID_RE, State
+
+if TYPE_CHECKING:
+    from .etc_merge import Conflict
 
 ETC = b"etc"
 VAR = b"var"
@@ -203,6 +207,17 @@ def _extract(reader: PackReader, job: _Extraction) -> None:
                 _write_row(writer, row, rest, data, job.large)
 
 
+def _extract_from_image(image: MountedImage, job: _Extraction) -> None:
+    """``_extract`` from the deployment's mounted image instead of its pack."""
+    for path, dst in job.singles.items():
+        if image.is_file(path):
+            image.copy_file(path, dst)
+    for top, dst in job.subtrees.items():
+        if image.is_dir(top):
+            image.copy_tree(top, dst)
+            job.found.add(top)
+
+
 def _write_row(writer: TreeWriter, row: ManifestEntry, rel: bytes, data: bytes | None,
                large: dict[bytes, LargeFile]) -> None:
     entry = row.entry
@@ -313,36 +328,44 @@ def _fresh_dir(path: str) -> None:
     os.mkdir(path, 0o700)
 
 
-def prepare(repo: Repository, layout: DeployLayout, reader: PackReader, items: list[LargeFile],
-            dep_id: str, state: State) -> Prepared:
+def prepare(repo: Repository, layout: DeployLayout, reader: PackReader,
+            items: list[LargeFile] | None, dep_id: str, state: State, *,
+            image: MountedImage | None = None) -> Prepared:
     """Build the writable /etc, the seed of /var (when there is none) and the boot files of the
     new deployment ``dep_id`` from ``reader`` (its pack, whose data section has been read through
     once already, or, for a metacopy deployment from the pack's image, not: each inline file
     read here is checked against the signed manifest all the same) and ``items`` (its large
-    files, checked).  Call with the state locked.
+    files, checked; None: the manifest's, whose objects the deploy checked through the pack's
+    image object list).  With ``image`` (the pack's EROFS image, mounted), they are copied out
+    of the image instead, and the pack's manifest is not read.  Call with the state locked.
 
     Raises StateError, EtcMergeError; on any failure nothing is left built.
     """
     prepared = Prepared(layout, dep_id)
     try:
-        _prepare(repo, prepared, reader, items, state)
+        _prepare(repo, prepared, reader, items, state, image)
     except BaseException:
         prepared.discard()
         raise
     return prepared
 
 
-def _prepare(repo: Repository, prepared: Prepared, reader: PackReader, items: list[LargeFile],
-             state: State) -> None:
+def _prepare(repo: Repository, prepared: Prepared, reader: PackReader,
+             items: list[LargeFile] | None, state: State, image: MountedImage | None) -> None:
     layout = prepared.layout
     _fresh_dir(prepared.etc_work)
     new_etc = os.path.join(prepared.etc_work, "new")
-    job = _Extraction({ETC: new_etc}, {}, _large_by_path(items))
+    job = _Extraction({ETC: new_etc}, {}, {})
     seed_var = not os.path.lexists(layout.var)
     if seed_var:
         _fresh_dir(prepared.var_work)
         job.subtrees[VAR] = os.path.join(prepared.var_work, "tree")
-    chosen = boot_files.choose(reader.manifest.entries)
+    if image is not None:
+        chosen = boot_files.choose_in_tree(os.fsdecode(image.root))
+    else:
+        chosen = boot_files.choose(reader.manifest.entries)
+        job.large = _large_by_path(items if items is not None
+                                   else large_files(repo.objects, reader.manifest))
     if chosen is not None:
         _fresh_dir(prepared.boot_work)
         files = os.path.join(prepared.boot_work, "files")
@@ -351,7 +374,10 @@ def _prepare(repo: Repository, prepared: Prepared, reader: PackReader, items: li
                        for name, tree_path in chosen.paths().items()}
         prepared.boot = chosen
     try:
-        _extract(reader, job)
+        if image is not None:
+            _extract_from_image(image, job)
+        else:
+            _extract(reader, job)
     except OSError as err:
         raise StateError(f"cannot write the deployment's state: {err.strerror}",
                          path=err.filename) from err
@@ -368,6 +394,8 @@ def _prepare(repo: Repository, prepared: Prepared, reader: PackReader, items: li
     note = _extract_base(repo, state, source, base)
     if note is not None:  # no base: the user's /etc is kept whole, nothing of the release applied
         base = new_etc
+    from .etc_merge import merge_etc  # noqa: PLC0415 - only when there is a default's /etc
+
     plan = merge_etc(base, layout.etc(source), new_etc, out)
     prepared.etc = EtcReport(
         "merged", source, [_etc_path(p) for p in plan.kept], [_etc_path(p) for p in plan.updated],

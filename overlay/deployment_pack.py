@@ -2,9 +2,14 @@
 
 ``trusted_keyring`` loads the keyring the caller names (never one recorded in
 the repository: whoever can write the disk could point that at their own
-key); ``open_deployment_pack`` checks the kept pack's signatures against it,
-that it is the pack of the deployment's commit, and that its tree carries no
-xattr overlayfs would interpret; ``large_files`` lists what the farm links.
+key); ``open_deployment_pack`` checks the kept pack's signatures against it and
+that it is the pack of the deployment's commit, without decoding its manifest;
+``deployment_objects`` resolves the layout and lists the large objects to check:
+in the metacopy layout of a pack that lists its image's objects (format 3), that
+signed list, so that the manifest is never decoded (the image is the tree, and
+recipe 1 refuses a tree with an xattr overlayfs would interpret); otherwise the
+manifest's large files (``large_files``: what the farm links), once the tree is
+found to carry no such xattr.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 
+from pack.format import ImageObject
 from pack.keys import Keyring
 from pack.manifest import Manifest
 from pack.reader import PackReader
@@ -25,6 +31,7 @@ from store.names import show
 from store.objects import ObjectStore
 
 from .layout import SYSTEM_KEYRING
+from .metacopy import Layout, choose_layout
 from .objcheck import LargeFile
 
 
@@ -54,6 +61,7 @@ def trusted_keyring(keys_dir: str | None) -> Keyring:
 def open_deployment_pack(pack_path: str, keyring: Keyring, commit_id: RawId
                          ) -> Iterator[tuple[PackReader, Verification]]:
     """Open a pack after checking its signatures; it must be the pack of ``commit_id``.
+    Its manifest is checked when first used (``deployment_objects``).
 
     What the reader yields is only final once ``reader.entries()`` is exhausted.
     Every PackError and SignatureError names ``pack_path`` unless it names a
@@ -62,12 +70,11 @@ def open_deployment_pack(pack_path: str, keyring: Keyring, commit_id: RawId
     if not os.path.exists(pack_path):
         raise PackNotKept(f"no pack kept for commit {to_hex(commit_id)}", path=pack_path)
     try:
-        with open_verified(pack_path, keyring) as (reader, verification):
+        with open_verified(pack_path, keyring, check_manifest=False) as (reader, verification):
             if reader.commit_id != commit_id:
                 raise VerificationError(f"the pack is of commit "
                                         f"{to_hex(reader.commit_id)}, expected {to_hex(commit_id)}",
                                         path=pack_path)
-            check_overlay_xattrs(reader)
             yield reader, verification
     except (SignatureError, PackError) as err:  # DowngradeError too: it is a SignatureError
         err.located(pack_path)
@@ -83,6 +90,32 @@ def check_overlay_xattrs(reader: PackReader) -> None:
             if name.startswith(OVERLAY_XATTR_PREFIXES):
                 raise OverlayXattr(f"xattr {show(name)} would be interpreted by "
                                    f"overlayfs; such a tree cannot be deployed", path=path)
+
+
+def deployment_objects(reader: PackReader, objects: ObjectStore, requested: Layout
+                       ) -> tuple[Layout, list[LargeFile], bool]:
+    """The layout ``requested`` resolves to (``choose_layout``), the large files to check,
+    and whether they come from the pack's image object list (True: the manifest was not
+    decoded, and each item is one object of the image's stubs, with no tree path).
+
+    Otherwise they are the manifest's large files, once ``check_overlay_xattrs`` passed.
+    Raises PackError (the manifest), OverlayXattr, MetacopyUnsupported."""
+    listed = reader.image_objects
+    if listed is not None and requested is not Layout.HARDLINKS:
+        items = listed_objects(objects, listed)
+        chosen = choose_layout(requested, items)
+        if chosen is Layout.METACOPY:
+            return chosen, items, True
+    check_overlay_xattrs(reader)
+    items = large_files(objects, reader.manifest)
+    return choose_layout(requested, items), items, False
+
+
+def listed_objects(objects: ObjectStore, listed: Sequence[ImageObject]) -> list[LargeFile]:
+    """The objects of a pack's image object list, to check as the metacopy layout does (size
+    and content; their stubs in the image carry the metadata): no tree path, no metadata."""
+    return [LargeFile(b"", None, item.size, item.digest,
+                      objects.keyed_file_path(item.digest, item.meta_key)) for item in listed]
 
 
 def large_files(objects: ObjectStore, manifest: Manifest) -> list[LargeFile]:

@@ -25,7 +25,6 @@ import hmac
 import os
 import stat
 
-from pack.image import store_image
 from pack.reader import PackReader
 from store.errors import VerificationError, VerityError, VerityUnsupported
 from store.fsverity import digest_fd
@@ -80,6 +79,9 @@ def open_image(objects: ObjectStore, reader: PackReader, policy: Policy, *,
     path = objects.image_path(RawId(want.digest))
     built = False
     if not os.path.lexists(path):
+        # Imported here: building an image (the EROFS writer) is only for an image missing.
+        from pack.image import store_image  # noqa: PLC0415
+
         path = store_image(objects, reader)
         built = True
     try:
@@ -95,6 +97,10 @@ def open_image(objects: ObjectStore, reader: PackReader, policy: Policy, *,
         if st.st_size != want.size:
             raise ImageMismatch(f"image object is {st.st_size} bytes, the pack signs "
                                 f"{want.size}", path=path)
+        # It is about to be mounted and read (the tree's directories, metadata and small
+        # files, and a deploy copies /etc out of it): the kernel starts reading it now, in
+        # the background, one sequential read instead of many small ones later.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         got = _kernel_digest(layer, policy, verity, enable)
         if got is None:
             got, _size = digest_fd(fd)

@@ -22,7 +22,7 @@ start with the farms' ``.tmp-``/``.trash-`` prefixes, so cleaning leftover farms
 touches them.
 
 Mounts are staged under the repository's ``tmp/`` (``overlay.staging``).  The
-kept pack a deployment is verified from is ``pack.importer.kept_pack_path``.
+kept pack a deployment is verified from is ``pack.kept.kept_pack_path``.
 
 The trusted keyring is never read from the repository: whoever can write the
 disk could point it elsewhere.  It is what the caller names, else

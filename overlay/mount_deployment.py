@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 
-from pack.importer import kept_pack_path
+from pack.kept import kept_pack_path
 from pack.reader import PackReader
 from pack.unpack import UnpackReport
 from store.errors import MountError
@@ -42,10 +42,10 @@ from store.record import Mutable
 from store.repo import Repository
 
 from . import farm, mounted_farms, mounts
-from .deployment_pack import in_farm, large_files, open_deployment_pack, trusted_keyring
+from .deployment_pack import deployment_objects, in_farm, open_deployment_pack, trusted_keyring
 from .image_layer import ImageLayer, open_image
 from .layout import deploy_layout, staging_dir
-from .metacopy import Layout, choose_layout, distinct_objects, plan_stubs
+from .metacopy import Layout, distinct_objects, plan_stubs
 from .objcheck import KERNEL, CheckReport, LargeFile, Policy, Verity, check_objects
 from .staging import Staging, check_target, mount_error
 from .state import Deployment, state_file
@@ -221,9 +221,8 @@ def mount_deployment(repo: Repository, dep_id: str, target: str, *, keys_dir: st
     started = time.perf_counter()
     with open_deployment_pack(kept_pack_path(repo, commit_id), keyring, commit_id) as (reader, _v):
         pack_time = time.perf_counter() - started
-        chosen = Layout(dep.layout) if layout is None else layout
-        items = large_files(repo.objects, reader.manifest)
-        chosen = choose_layout(chosen, items)
+        requested = Layout(dep.layout) if layout is None else layout
+        chosen, items, _listed = deployment_objects(reader, repo.objects, requested)
         if chosen is not Layout.METACOPY:
             items = in_farm(items, farm_dir)
         result = mount_verified(reader, items, farm_dir, target, staging_dir(repo),

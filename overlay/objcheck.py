@@ -41,12 +41,13 @@ from store.fsverity import digest_fd
 from store.ids import RawId, to_hex
 from store.model import Meta
 from store.names import show
-from store.readahead import read_ahead
 from store.record import Frozen, Mutable
 
 if TYPE_CHECKING:
     from store.forked import Forked
 
+# an object: read-only, no symlink followed, no FIFO waited on
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 PARALLEL_MIN_BYTES = 16 << 20  # below this, forking costs more than it saves
 MAX_WORKERS = 8
 
@@ -64,14 +65,14 @@ class LargeFile(Frozen):
 
     __slots__ = ("path", "meta", "size", "digest", "obj", "link")
     _fields = __slots__
-    path: bytes  # in the tree, ``a/b``
-    meta: Meta
+    path: bytes  # in the tree, ``a/b``; b"" for an object of the pack's image object list
+    meta: Meta | None  # None: an image list's object, whose inode metadata is not checked
     size: int
     digest: RawId
     obj: str  # the object file in the repository
     link: str | None  # its hardlink in the farm, when checking one
 
-    def __init__(self, path: bytes, meta: Meta, size: int, digest: RawId, obj: str,
+    def __init__(self, path: bytes, meta: Meta | None, size: int, digest: RawId, obj: str,
                  link: str | None = None) -> None:
         setattr_ = object.__setattr__  # one per large file of a deployment: not _set_fields
         setattr_(self, "path", path)
@@ -130,7 +131,7 @@ def _open_object(item: LargeFile, inode_meta: bool = True) -> tuple[int, os.stat
         if not stat.S_ISREG(link_st.st_mode):
             raise _Problem("is not a regular file in the farm", farm=True)
     try:
-        fd = os.open(item.obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(item.obj, _OPEN_FLAGS)
     except FileNotFoundError:
         raise _Problem("object is missing") from None
     except OSError as err:
@@ -157,6 +158,8 @@ def _open_object(item: LargeFile, inode_meta: bool = True) -> tuple[int, os.stat
 def _check_inode_against_manifest(fd: int, st: os.stat_result, item: LargeFile) -> None:
     """The object's size, mode, owner and xattrs (exactly, none more) are the manifest's."""
     want = item.meta
+    if want is None:  # an image list's object: its stubs carry the metadata (metacopy layout)
+        raise _Problem("has no metadata in the manifest to check its inode against")
     if st.st_size != item.size:
         raise _Problem(f"size is {st.st_size}, the manifest says {item.size}")
     mode = stat.S_IMODE(st.st_mode)
@@ -240,16 +243,19 @@ def start_checks(items: Sequence[LargeFile], policy: Policy = Policy.AUTO, *, en
 class _Job(Frozen):
     """How each object is checked (what a worker needs besides the items)."""
 
-    __slots__ = ("policy", "enable", "verity", "inode_meta")
+    __slots__ = ("policy", "enable", "verity", "inode_meta", "measure_only")
     _fields = __slots__
     policy: Policy
     enable: bool
     verity: Verity
     inode_meta: bool
+    measure_only: bool  # policy kernel, no inode metadata: ``_measure_share`` first
 
-    def __init__(self, policy: Policy, enable: bool, verity: Verity, inode_meta: bool = True
-                 ) -> None:
-        self._set_fields(policy, enable, verity, inode_meta)
+    def __init__(self, policy: Policy, enable: bool, verity: Verity, inode_meta: bool = True,
+                 measure_only: bool | None = None) -> None:
+        if measure_only is None:
+            measure_only = policy is Policy.KERNEL and not inode_meta
+        self._set_fields(policy, enable, verity, inode_meta, measure_only)
 
 
 class _ShareResult(Mutable):
@@ -275,11 +281,21 @@ class PendingCheck:
         # (st_dev, st_ino) of each object as checked, once ``wait()`` has returned: what a
         # hardlink to it must be.
         self.identities: list[tuple[int, int] | None] = [None] * len(items)
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
 
     def start(self, job: _Job, workers: int | None) -> None:
         # Under policy kernel no content is read here (the kernel measures; what enabling
         # fs-verity reads, it reads in the kernel): a few system calls per object are done
         # sooner by one process than by several forked ones.
+        if job.measure_only:
+            # Their time is the disk's, on a cold cache (each object's inode looked up), and
+            # the interpreter lock is released in each call: one thread does them while the
+            # caller goes on (mounts the image, copies the state), until ``wait()``.
+            self._thread = threading.Thread(target=self._check_here, args=(job,), daemon=True,
+                                            name="object checks")
+            self._thread.start()
+            return
         total = 0 if job.policy is Policy.KERNEL else sum(item.size for item in self.items)
         n = workers if workers is not None else (os.cpu_count() or 1)
         n = min(n, MAX_WORKERS)
@@ -297,7 +313,22 @@ class PendingCheck:
     def __enter__(self) -> PendingCheck:
         return self
 
+    def _check_here(self, job: _Job) -> None:
+        try:
+            self._done.append(_check_share(self.items, range(len(self.items)), job))
+        except BaseException as err:  # noqa: BLE001 - raised again by wait(), in the caller
+            self._thread_error = err
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._thread_error is not None:
+            raise self._thread_error
+
     def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:  # a few system calls per object: finished, not stopped
+            self._thread.join()
         while self.children:
             self.children.pop().cancel()
 
@@ -307,6 +338,7 @@ class PendingCheck:
 
     def wait(self) -> CheckReport:
         """Collect every check; raise VerificationError for the first bad object."""
+        self._join()
         while self.children:
             self._done.append(self.children.pop(0).wait())
         report = CheckReport(files=len(self.items), bytes=sum(item.size for item in self.items))
@@ -344,6 +376,8 @@ def _share_out(items: Sequence[LargeFile], n: int) -> list[list[int]]:
 
 def _prefetch(paths: list[str]) -> None:
     """Ask the kernel to read these files ahead, in the order they will be checked."""
+    from store.readahead import read_ahead  # noqa: PLC0415 - only where digests are computed
+
     for path in paths:
         read_ahead(path)
 
@@ -355,6 +389,8 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
     a helper thread reads the rest ahead (where the kernel measures, nothing
     needs the content).
     """
+    if job.measure_only:
+        return _measure_share(items, share, job)
     ordered = sorted(share, key=lambda i: items[i].size)
     result = _ShareResult(CheckReport(), {}, {})
     unsupported: set[int] = set()  # st_dev of filesystems without fs-verity
@@ -379,6 +415,49 @@ def _check_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) ->
             result.problems[index] = (str(problem), problem.farm)
         except OSError as err:
             result.problems[index] = (f"object unreadable: {err.strerror}", False)
+    return result
+
+
+def _measure_share(items: Sequence[LargeFile], share: Sequence[int], job: _Job) -> _ShareResult:
+    """``_check_share`` where only the kernel measures and nothing else of the inode is checked
+    but its type and size (the metacopy layout under policy ``kernel``, the path of a deploy on a
+    system with fs-verity): per object one open, fstat, measure and close, and nothing more.
+    An object that is anything but right (missing, another size or digest, fs-verity off) is
+    checked again by ``_check_share``'s way, which enables fs-verity or says what is wrong."""
+    result = _ShareResult(CheckReport(), {}, {})
+    measure = job.verity.measure_fd
+    identities = result.identities
+    again: list[int] = []
+    for index in share:
+        item = items[index]
+        if item.link is not None:  # a farm's link to check too: not this way
+            again.append(index)
+            continue
+        try:
+            fd = os.open(item.obj, _OPEN_FLAGS)
+        except OSError:
+            again.append(index)
+            continue
+        try:
+            st = os.fstat(fd)
+            measured = (measure(fd, item.obj)
+                        if stat.S_ISREG(st.st_mode) and st.st_size == item.size else None)
+        except (OSError, VerityError):
+            measured = None
+        finally:
+            os.close(fd)
+        if measured is None or not hmac.compare_digest(measured, item.digest):
+            again.append(index)
+            continue
+        identities[index] = (st.st_dev, st.st_ino)
+    result.report.kernel = len(share) - len(again)
+    if again:
+        slow = _Job(job.policy, job.enable, job.verity, job.inode_meta, measure_only=False)
+        done = _check_share(items, again, slow)
+        result.report.kernel += done.report.kernel
+        result.report.enabled += done.report.enabled
+        result.problems.update(done.problems)
+        identities.update(done.identities)
     return result
 
 

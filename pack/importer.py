@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from store.atomic import fsync_dir
 from store.errors import PackError
-from store.ids import RawId, to_hex
+from store.ids import RawId
 from store.lock import flock
 from store.objects import relative_path
 from store.record import Frozen, Mutable
@@ -42,13 +42,15 @@ from store.transaction import Transaction
 
 from . import freshness
 from .image import ImageTree, check_image, check_image_objects
+from .kept import FRESHNESS_FILE as FRESHNESS_FILE
+from .kept import freshness_path as freshness_path
+from .kept import kept_pack_path as kept_pack_path
 from .keys import KeyId, Keyring
 from .manifest import ManifestEntry
 from .reader import PackReader, named, read_image_ref
 from .signature import signatures_of, write_signatures
 from .verify import check_trust
 
-FRESHNESS_FILE = "freshness.json"
 INCOMING_PREFIX = ".incoming-"
 INCOMING_LOCK = "incoming.lock"  # creating a copy and removing stale ones exclude each other
 COPY_CHUNK = 1 << 20
@@ -87,16 +89,6 @@ class ImportResult(Mutable):
                  missing: list[MissingObject] | None = None, image: str | None = None) -> None:
         self._set_fields(commit_id, ref, previous, pack_path, signers, trees, inline_files, large_files,
                          [] if missing is None else missing, image)
-
-
-def freshness_path(repo: Repository) -> str:
-    """The repository's rollback-protection state (see pack.freshness)."""
-    return os.path.join(repo.layout.packs, FRESHNESS_FILE)
-
-
-def kept_pack_path(repo: Repository, commit_id: RawId) -> str:
-    """Where an imported pack is kept; its signatures are beside it with ``.sig`` appended."""
-    return os.path.join(repo.layout.packs, f"{to_hex(commit_id)}.pack")
 
 
 def kept_images(repo: Repository, commits: Iterable[RawId]) -> list[str]:

@@ -23,7 +23,6 @@ from store.errors import SignatureError, UsageError
 from store.names import show
 from store.record import Frozen
 
-from .image import build_image, check_image
 from .keys import KeyId, Keyring
 from .reader import PackReader
 from .signature import Signature, pack_sha256, signatures_of, signed_message
@@ -90,9 +89,10 @@ def verify_signatures(pack_path: str | os.PathLike[str], keyring: Keyring, *,
 
 @contextlib.contextmanager
 def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_signatures: int = 1,
-                  sig_path: str | os.PathLike[str] | None = None
+                  sig_path: str | os.PathLike[str] | None = None, check_manifest: bool = True
                   ) -> Iterator[tuple[PackReader, Verification]]:
-    """Check the signatures, then open the pack bound to the verified digest.
+    """Check the signatures, then open the pack bound to the verified digest (its manifest
+    checked on opening, or with ``check_manifest`` False when first used: ``PackReader``).
 
     What the reader yields is only final once ``reader.entries()`` is
     exhausted: that is where a file changed since the signature check is
@@ -100,7 +100,8 @@ def open_verified(pack_path: str | os.PathLike[str], keyring: Keyring, *, min_si
     """
     verification = verify_signatures(pack_path, keyring, min_signatures=min_signatures,
                                      sig_path=sig_path)
-    with PackReader(pack_path, expected_sha256=verification.sha256) as reader:
+    with PackReader(pack_path, expected_sha256=verification.sha256,
+                    check_manifest=check_manifest) as reader:
         yield reader, verification
 
 
@@ -111,6 +112,9 @@ def check_whole(reader: PackReader) -> None:
     if reader.image is None:
         reader.check_data()
     else:
+        # Imported here: a deploy opens packs through this module and never builds an image.
+        from .image import build_image, check_image  # noqa: PLC0415
+
         check_image(reader, build_image(reader))
 
 

@@ -377,3 +377,25 @@ def test_kernel_measurement_where_the_filesystem_has_it(base):
     fake.enabled[items[2].obj] = b"\0" * 32  # the kernel measures something else
     with pytest.raises(VerificationError, match="usr/lib/deep/c: content changed: the kernel-measured"):
         check_objects(items, Policy.AUTO, verity=verity)
+
+
+def test_metacopy_kernel_checks_measure_only_and_say_the_same_on_failure(base):
+    """Policy kernel without inode metadata (the metacopy layout on a system with fs-verity):
+    one open, fstat and measure per object; an object that is not right is checked again the
+    general way, which enables fs-verity where asked and names what is wrong."""
+    items = _objects(base, SPECS)
+    fake = FakeVerity()
+    verity = Verity(fake.measure, fake.enable)
+    report = check_objects(items, Policy.KERNEL, enable=True, verity=verity, inode_meta=False)
+    assert (report.kernel, report.enabled, report.userspace) == (4, 4, 0)
+    os.chmod(items[1].obj, 0o755)  # not checked here: the stub carries the mode
+    report = check_objects(items, Policy.KERNEL, verity=verity, inode_meta=False)
+    assert (report.kernel, report.enabled) == (4, 0)
+    fake.enabled[items[2].obj] = b"\0" * 32
+    os.truncate(items[3].obj, 5)
+    with pytest.raises(VerificationError,
+                       match=r"usr/lib/deep/c: content changed: the kernel-measured .*\(and 1 more"):
+        check_objects(items, Policy.KERNEL, verity=verity, inode_meta=False)
+    os.unlink(items[0].obj)
+    with pytest.raises(VerificationError, match=r"usr/bin/a: object is missing .*\(and 2 more"):
+        check_objects(items, Policy.KERNEL, verity=verity, inode_meta=False)
