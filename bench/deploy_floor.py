@@ -4,12 +4,12 @@
 
 Run with the interpreter sealtree is installed for (the suite uses its virtual
 environment's, as the deploy rows do), this starts that interpreter, imports
-the two libraries every deploy needs before it may trust a byte of the pack
-(``cryptography``'s Ed25519 and ``zstandard``, which decodes the pack's frames),
-reads the keyring's ``*.pub`` files, and checks ``PACK.sig`` against the SHA-256
-of the pack file (docs/FORMAT.md section 7, "Signatures, keys, trust").  Exit
-status 0 and ``verified KEYID`` when one signature by a trusted key verifies;
-1 otherwise.
+the library every deploy needs before it may trust a byte of the pack
+(``cryptography``'s Ed25519; not ``zstandard``, which decodes the pack's frames:
+a metacopy deploy of a format-3 pack decodes none), reads the keyring's ``*.pub``
+files, and checks ``PACK.sig`` against the SHA-256 of the pack file (docs/FORMAT.md
+section 7, "Signatures, keys, trust").  Exit status 0 and ``verified KEYID`` when
+one signature by a trusted key verifies; 1 otherwise.
 
 Nothing else: no manifest decode, no object check, no tmpfs, no mount, no
 state, and none of sealtree's own modules (this imports nothing from it).  A
@@ -26,7 +26,6 @@ import hashlib
 import os
 import sys
 
-import zstandard  # noqa: F401 - imported as every deploy imports it: the pack's frames
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 

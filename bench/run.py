@@ -94,9 +94,11 @@ def measure_corpus(suite: Suite, name: str, tree: Path, estimates_only: bool = F
     results = []
     steps = (suite.commit, suite.checkout, suite.deploy, suite.deploy_metacopy, suite.deploy_only,
              suite.mount_only, suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate,
+             suite.deploy_metacopy_estimate_skipped,
              suite.deploy_floor, suite.fsck, suite.pack_build, suite.pack_verify)
     if estimates_only:
-        steps = (suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate, suite.deploy_floor)
+        steps = (suite.deploy_kernel_estimate, suite.deploy_metacopy_estimate,
+                 suite.deploy_metacopy_estimate_skipped, suite.deploy_floor)
     for step in steps:
         log.info("%s on %s", step.__name__, name)
         results.append(step(name, tree))

@@ -301,13 +301,14 @@ def undeploy(repo: Path, deployment: str) -> Argv:
 
 
 def kernel_estimate(repo: Path, ref: str, keydir: Path, target: Path,
-                    layout: str | None = None) -> Argv:
+                    layout: str | None = None, skip_objects: bool = False) -> Argv:
     """``deploy --mount [--layout LAYOUT]`` as it would run with kernel fs-verity (see
-    ``bench.kernel_estimate``)."""
+    ``bench.kernel_estimate``); ``skip_objects``: with the per-object step skipped."""
     script = Path(__file__).with_name("kernel_estimate.py")  # as a script: sealtree from the install
     argv = [product_python(), str(script), "--repo", str(repo), "--keys", str(keydir),
             "--mount", str(target), "--no-default"]
-    return [*argv, *([] if layout is None else ["--layout", layout]), ref]
+    argv += [] if layout is None else ["--layout", layout]
+    return [*argv, *(["--objects", "skipped"] if skip_objects else []), ref]
 
 
 def deploy_floor(pack: Path, keydir: Path) -> Argv:
