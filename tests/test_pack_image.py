@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -168,9 +169,12 @@ def test_pack_build_is_deterministic_and_names_its_image(site, base):
         assert ref is not None and ref.recipe == RECIPE
         image = build_image(reader)
         assert (ref.size, ref.digest) == (len(image), image_digest(image))
+        listed = reader.image_objects
     assert read_image_ref(one) == ref
     info = run_cli("pack", "inspect", one, "--json").stdout
     assert f'"digest": "sha256:{ref.digest.hex()}"' in info
+    assert listed is not None and json.loads(info)["image_objects"] == len(listed) > 0
+    assert f"; {len(listed)} objects listed" in run_cli("pack", "inspect", one).stdout
 
 
 def _resign(base: str, data: bytes, name: str) -> str:

@@ -252,6 +252,8 @@ def _describe(reader: PackReader, sig_path: str) -> dict[str, Any]:
         "size": reader.size,
         "format": header.version,
         "image": _image_json(reader.image),
+        # format 3: how many objects the image's stubs redirect to (the signed list)
+        "image_objects": None if reader.image_objects is None else len(reader.image_objects),
         "header": {"inline_max": header.inline_max, "entries": header.entry_count,
                    "manifest_size": header.manifest_size, "manifest_frames": header.manifest_frames,
                    "data_size": header.data_size, "data_frames": header.data_frames},
@@ -289,7 +291,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
           f"(inline_max {header['inline_max']} bytes)")
     print(f"large     {human_size(sizes['large_bytes'])}")
     print(f"manifest  {human_size(header['manifest_size'])} in {header['manifest_frames']} frames")
-    print(f"image     {_image_line(reader.image)}")
+    listed = "" if info["image_objects"] is None else f"; {info['image_objects']} objects listed"
+    print(f"image     {_image_line(reader.image)}{listed}")
     sigs = info["signatures"]
     print(f"signed by {len(sigs)} key(s)" + "".join(f"\n  {s['key_id']}" for s in sigs))
 
