@@ -189,8 +189,14 @@ def deploy(repo: Repository, rev: str, keys_dir: str | None, *, policy: Policy =
                 mark = time.perf_counter()
                 image = (MountedImage(stage.lower, repo.objects.root)
                          if listed and stage is not None and stage.lower is not None else None)
-                made = deploy_state.prepare(repo, DeployLayout(root), reader,
-                                            None if listed else items, dep_id, state, image=image)
+                try:
+                    made = deploy_state.prepare(repo, DeployLayout(root), reader,
+                                                None if listed else items, dep_id, state,
+                                                image=image)
+                except VerificationError:  # an object read for it: the check names it better
+                    if pending is not None:
+                        pending.wait()
+                    raise
                 prepared.append(made)
                 timings["state"] = time.perf_counter() - mark
                 if pending is not None:

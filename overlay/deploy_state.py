@@ -52,7 +52,7 @@ from . import boot_files
 from .deployment_pack import large_files
 from .image_tree import MountedImage
 from .layout import ETC_REPORT_SUFFIX, TMP_PREFIX, TRASH_PREFIX, DeployLayout
-from .objcheck import LargeFile
+from .objcheck import LargeFile, open_object_file
 from .state import ID_RE, State
 
 if TYPE_CHECKING:
@@ -147,14 +147,14 @@ def read_report(layout: DeployLayout, dep_id: str) -> EtcReport | None:
 # -- reading subtrees out of a pack ---------------------------------------------------------------
 
 def _copy_object(src: str, dst: str, mode: int = 0o644) -> None:
-    with open(src, "rb") as source, open(dst, "xb") as out:
+    with open_object_file(src) as source, open(dst, "xb") as out:
         while chunk := source.read(_CHUNK):
             out.write(chunk)
     os.chmod(dst, mode)
 
 
 def _read_object(item: LargeFile) -> bytes:
-    with open(item.obj, "rb") as handle:
+    with open_object_file(item.obj) as handle:
         return handle.read()
 
 

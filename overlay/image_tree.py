@@ -24,6 +24,8 @@ from store.errors import VerificationError
 from store.model import Meta
 from store.names import show
 
+from .objcheck import open_object_file
+
 _STUB_XATTRS = (METACOPY_XATTR, REDIRECT_XATTR)
 # What recipe 1 writes as a redirect: an object of the repository, by absolute path in it.
 _REDIRECT = re.compile(rb"/[0-9a-f]{2}/[0-9a-f]{62}\.[0-9a-f]{64}\.file")
@@ -54,7 +56,11 @@ class MountedImage:
         return meta, self.objects_root + redirect
 
     def _content(self, where: bytes, obj: bytes | None) -> bytes:
-        with open(obj if obj is not None else where, "rb") as handle:
+        """A file's bytes: its own (inline in the image), or its object's for a stub."""
+        if obj is None:
+            with open(where, "rb") as handle:
+                return handle.read()
+        with open_object_file(obj) as handle:
             return handle.read()
 
     def is_dir(self, path: bytes) -> bool:

@@ -33,7 +33,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from store import kverity, xattrs
 from store.errors import FarmMismatch, ObjectMismatch, VerificationError, VerityError, VerityUnsupported
@@ -153,6 +153,22 @@ def _open_object(item: LargeFile, inode_meta: bool = True) -> tuple[int, os.stat
         os.close(fd)
         raise
     return fd, st
+
+
+def open_object_file(path: str | bytes) -> BinaryIO:
+    """An object file opened for its bytes the way the checks open it (no symlink followed,
+    no FIFO waited on): ObjectMismatch naming it unless it is a regular file.  For what reads
+    an object while its check may still be under way (the deployment's /etc copy), which is
+    published only once the check has passed."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        raise ObjectMismatch(f"object cannot be opened: {err.strerror}",
+                             path=os.fsdecode(path)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ObjectMismatch("object is not a regular file", path=os.fsdecode(path))
+    return os.fdopen(fd, "rb")
 
 
 def _check_inode_against_manifest(fd: int, st: os.stat_result, item: LargeFile) -> None:

@@ -14,10 +14,14 @@ import os
 
 import pytest
 
+from overlay.deploy import deploy
 from overlay.etc_merge import read_tree
 from overlay.image_tree import MountedImage
+from overlay.metacopy import Layout
+from overlay.objcheck import Policy, Verity
 from pack.reader import PackReader
 from store.errors import VerificationError
+from store.repo import Repository
 from tests.test_writable_state import StateSite
 
 pytestmark = pytest.mark.usefixtures("needs_root")
@@ -79,3 +83,33 @@ def test_a_stub_naming_no_object_is_refused(tmp_path):
     os.setxattr(stub, "trusted.overlay.metacopy", b"\0\x24\0\x01" + bytes(32))
     with pytest.raises(VerificationError, match="the image's stub names no object"):
         MountedImage(str(tree), str(tmp_path / "objects")).copy_file(b"file", str(tmp_path / "out"))
+
+
+def _named_digest(fd: int, path: str) -> bytes | None:
+    """The kernel's measurement as it would be of an untampered object: the digest its name
+    carries (this kernel has no fs-verity; bench/kernel_estimate.py does the same)."""
+    name = os.path.basename(path)
+    return bytes.fromhex(os.path.basename(os.path.dirname(path)) + name.split(".", 1)[0])
+
+
+def _never(path: str) -> bool:
+    raise AssertionError(f"{path}: nothing is enabled here")
+
+
+@pytest.mark.parametrize("policy", [Policy.KERNEL, Policy.USERSPACE])
+def test_an_object_swapped_for_a_fifo_is_refused_not_waited_on(sites, policy):
+    """The state is copied while the objects are still being checked (on a thread under
+    policy kernel): an object of /etc that is a FIFO is refused (opened without waiting, by
+    the check or the copy), and nothing is left."""
+    imaged, _ = sites
+    repo = Repository.open(imaged.repo)
+    with PackReader(imaged.kept_pack()) as reader:
+        row = next(r for r in reader.manifest.entries if r.path == b"etc/large.conf")
+    obj = repo.objects.file_path(row.entry.digest, row.entry.meta)
+    os.unlink(obj)
+    os.mkfifo(obj)
+    with pytest.raises(VerificationError, match="not a regular file"):
+        deploy(repo, "os/main", imaged.keys, policy=policy, layout=Layout.METACOPY,
+               target=imaged.target, with_state=True, verity=Verity(_named_digest, _never))
+    assert os.listdir(imaged.target) == [] and imaged.status()["deployments"] == []
+    assert not os.path.exists(imaged.layout.etc_root) or os.listdir(imaged.layout.etc_root) == []
