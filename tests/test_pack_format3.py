@@ -37,7 +37,7 @@ from store.repo import Repository
 from tests.cli_runner import run_cli
 from tests.reliability import packcodec as pc
 from tests.test_pack_hostile import BIG, HI, good_parts, write
-from tests.test_pack_image import _objects, _resign
+from tests.test_pack_image import _objects, _resign, deploys_in_both_layouts
 from tests.test_pack_support import FILE_META, build_sample, craft, downgrade, load_keyring
 
 IDENTITY = struct.pack("<HQ32s", 1, 4096, bytes(32))  # parses; the image is not built here
@@ -279,15 +279,7 @@ def test_a_version_2_pack_still_imports_and_deploys(site, base):
     with PackReader(site.kept_pack()) as reader:
         assert reader.header.version == 2 and reader.image is not None
         assert reader.image_objects is None
-    for layout in ("hardlinks", "metacopy"):
-        site.cli("deploy", "os/main", "--keys", site.keys, "--mount", site.target,
-                 "--verify", "userspace", "--layout", layout)
-        try:
-            with open(os.path.join(site.target, "usr/bin/tool"), "rb") as a, \
-                    open(os.path.join(site.src, "usr/bin/tool"), "rb") as b:
-                assert a.read() == b.read()
-        finally:
-            site.cli("umount", site.target)
+    deploys_in_both_layouts(site)
 
 
 @pytest.mark.usefixtures("needs_root")

@@ -177,6 +177,19 @@ def test_pack_build_is_deterministic_and_names_its_image(site, base):
     assert f"; {len(listed)} objects listed" in run_cli("pack", "inspect", one).stdout
 
 
+def deploys_in_both_layouts(site: Site) -> None:
+    """The site's imported pack deploys and mounts in both layouts, showing the tree's files."""
+    for layout in ("hardlinks", "metacopy"):
+        site.cli("deploy", "os/main", "--keys", site.keys, "--mount", site.target,
+                 "--verify", "userspace", "--layout", layout)
+        try:
+            with open(os.path.join(site.target, "usr/bin/tool"), "rb") as a, \
+                    open(os.path.join(site.src, "usr/bin/tool"), "rb") as b:
+                assert a.read() == b.read()
+        finally:
+            site.cli("umount", site.target)
+
+
 def _resign(base: str, data: bytes, name: str) -> str:
     path = os.path.join(base, name)
     with open(path, "wb") as handle:
@@ -231,15 +244,7 @@ def test_a_version_1_pack_still_imports_and_deploys(site, base):
         assert reader.header.version == 1 and reader.image is None
         with pytest.raises(PackError, match="names no image"):
             store_image(repo.objects, reader)
-    for layout in ("hardlinks", "metacopy"):
-        site.cli("deploy", "os/main", "--keys", site.keys, "--mount", site.target,
-                 "--verify", "userspace", "--layout", layout)
-        try:
-            with open(os.path.join(site.target, "usr/bin/tool"), "rb") as a, \
-                    open(os.path.join(site.src, "usr/bin/tool"), "rb") as b:
-                assert a.read() == b.read()
-        finally:
-            site.cli("umount", site.target)
+    deploys_in_both_layouts(site)
 
 
 def test_import_keeps_the_image_as_an_object(site):
