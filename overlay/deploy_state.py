@@ -19,9 +19,11 @@ a crash leaves a ``.tmp-`` directory (removed by the next deploy,
 ``clean_leftovers``), never a half-written /etc.  ``discard`` undoes a
 ``publish`` when a later step fails; ``remove`` goes with ``undeploy``.
 
-The new vendor /etc, /var and boot files come from the new pack after its whole
-data section has been read and checked (each inline file against its digest in the
-verified manifest; large files from objects this deploy has just checked).  The
+The new vendor /etc, /var and boot files come from the new pack (each inline file
+checked against its digest in the verified manifest) or, for a metacopy deployment
+of a format-3 pack with its image mounted, from that image (``image_tree``); large
+files from their objects, which the deploy may still be checking meanwhile: it
+publishes nothing before those checks have passed.  The
 base comes from the default's kept pack without checking its signatures again:
 it only decides, per path, which side wins in the writable /etc, which whoever
 can write the disk can change directly anyway.
@@ -335,9 +337,10 @@ def prepare(repo: Repository, layout: DeployLayout, reader: PackReader,
     new deployment ``dep_id`` from ``reader`` (its pack, whose data section has been read through
     once already, or, for a metacopy deployment from the pack's image, not: each inline file
     read here is checked against the signed manifest all the same) and ``items`` (its large
-    files, checked; None: the manifest's, whose objects the deploy checked through the pack's
-    image object list).  With ``image`` (the pack's EROFS image, mounted), they are copied out
-    of the image instead, and the pack's manifest is not read.  Call with the state locked.
+    files, whose checks the caller waits for before ``publish``; None: the manifest's, whose
+    objects the deploy checks through the pack's image object list).  With ``image`` (the
+    pack's EROFS image, mounted), they are copied out of the image instead, and the pack's
+    manifest is not read.  Call with the state locked.
 
     Raises StateError, EtcMergeError; on any failure nothing is left built.
     """

@@ -6,9 +6,10 @@ own metadata plus the two overlay xattrs (``pack.stubs``) that name its object a
 digest, and no data.  A deploy whose pack lists its image's objects (format 3)
 copies the tree's /etc, the first /var and the boot files out of the mounted image
 (``deploy_state``) instead of decoding the pack's manifest: the image was checked
-against the signed digest before it was mounted (``image_layer``), and the object
-a stub names was checked by the same deploy (size and digest) before anything is
-read from it here.  The stub xattrs are never copied.
+against the signed digest before it was mounted (``image_layer``); the object a stub
+names is opened as the checks open it (``objcheck.open_object_file``) and may still be
+under check, so what is copied is published only once the deploy's checks have
+passed.  The stub xattrs are never copied.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class MountedImage:
         if redirect is None:
             return meta, None
         if not _REDIRECT.fullmatch(redirect):
-            raise VerificationError(f"the image's stub names no object: redirect {show(redirect)}",
-                             path=where)
+            raise VerificationError(f"the image's stub names no object: redirect "
+                                    f"{show(redirect)}", path=where)
         return meta, self.objects_root + redirect
 
     def _content(self, where: bytes, obj: bytes | None) -> bytes:
