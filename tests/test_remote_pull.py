@@ -12,7 +12,7 @@ from pack.keys import load_private_key
 from remote import site
 from remote.config import Remote, load_accepted
 from remote.errors import AllMirrorsFailed, IndexExpired, IndexRollback, WrongBytes
-from remote.http import HttpPolicy
+from remote.http import USER_AGENT, Client, HttpPolicy, NoHash
 from remote.publish import publish
 from remote.pull import PullOptions, partial_dir, pull
 from store.errors import SignatureError
@@ -22,6 +22,7 @@ from tests.test_pack_support import keyring_dir, make_keys
 from tests.test_remote_support import (
     copy_site,
     device,
+    hostile,
     make_vendor,
     nginx,
     object_files,
@@ -373,3 +374,42 @@ def test_cross_check_over_nginx_and_serve(vendor, tmp_path):
         result = pull(repo, remote, PullOptions(cross_check=2))
     assert all(s["dropped"] is None and s["bytes"] > 0 for s in result.servers.values())
     assert not fsck(repo).problems
+
+
+def test_a_server_that_redirects_every_file_elsewhere_is_followed(vendor, tmp_path):
+    """A front (a CDN's edge, say) answers every GET with a redirect to the server that has the
+    file: the pull follows it, and a Range request still says who asks."""
+    seen: list[tuple[str, str | None, str | None]] = []
+    with serving(vendor.site) as origin:
+        def redirect(handler):
+            seen.append((handler.path, handler.headers.get("User-Agent"), handler.headers.get("Range")))
+            handler.send_response(302)
+            handler.send_header("Location", origin.rstrip("/") + handler.path)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        with hostile(redirect) as front:
+            repo, remote = device(str(tmp_path), "device", [front], vendor.keys)
+            result = pull(repo, remote)
+            objects = object_files(vendor.site)
+            partial = os.path.join(partial_dir(repo), "objects")
+            largest = max(objects, key=os.path.getsize)
+            client = Client(HttpPolicy())
+            try:
+                with open(largest, "rb") as src:
+                    half = src.read(os.path.getsize(largest) // 2)
+                dest = os.path.join(partial, "resumed")
+                with open(dest, "wb") as out:
+                    out.write(half)
+                rel = os.path.relpath(largest, vendor.site)
+                client.get_file(front, rel, dest, os.path.getsize(largest), NoHash)
+            finally:
+                client.close()
+    assert result.refs[0].updated and result.objects_fetched == len(objects)
+    assert result.servers[front]["dropped"] is None
+    assert repo.refs.read("os/main") == vendor.repo.refs.read("os/main")
+    assert not fsck(repo).problems
+    with open(dest, "rb") as got, open(largest, "rb") as want:
+        assert got.read() == want.read()
+    assert all(agent == USER_AGENT for _path, agent, _range in seen)
+    assert seen[-1] == ("/" + rel, USER_AGENT, f"bytes={len(half)}-")
