@@ -242,11 +242,16 @@ def _undone_on_failure(directory: str, paths: list[str]) -> Iterator[None]:
 def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Keyring, *,
                 min_signatures: int = 1, allow_downgrade: bool = False,
                 sig_path: str | os.PathLike[str] | None = None,
+                on_open: Callable[[PackReader], None] | None = None,
                 before_publish: Callable[[Transaction], None] | None = None) -> ImportResult:
     """Verify and import a pack (see the module docstring); return what was done and what
-    large objects are still missing.  ``before_publish`` is called with the transaction
-    once the pack's objects are staged, before anything is published: a pull stages the
-    large objects it fetched meanwhile into it (and raises to give the import up).  Raises
+    large objects are still missing.  ``on_open`` is called with the reader as soon as the
+    pack is open (its signatures, header, commit and manifest checked), before anything else
+    is: a pull checks that it is the pack its index names and starts fetching the large
+    objects its manifest lists (the manifest is decoded once).  ``before_publish`` is called
+    with the transaction once the pack's objects are staged, before anything is published: a
+    pull stages the large objects it fetched meanwhile into it.  Either raises to give the
+    import up.  Raises
     SignatureError, DowngradeError, PackError (about ``pack_path``), RefError (the ref
     cannot take the commit, or moved meanwhile), RepositoryError."""
     pack_path = os.fspath(pack_path)
@@ -266,6 +271,8 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
                 trees += 1
 
             with PackReader(tmp, expected_sha256=digest, on_tree=add_tree, name=pack_path) as reader:
+                if on_open is not None:
+                    on_open(reader)
                 candidate = freshness.Accepted.of(reader.commit_id, reader.commit)
                 freshness.check(state, reader.ref, candidate, allow_downgrade=allow_downgrade)
                 repo.refs.check_free(reader.ref)

@@ -8,9 +8,10 @@ In order, for one remote:
    (rollback: ``config.accepted.json``); a server whose index fails is dropped;
 2. per ref: nothing when the ref already names the index's commit; else the
    freshness of the index's claim (``pack.freshness``, before any download),
-   the pack (size and SHA-256 from the index), its signatures (keyring), and
-   that it is the pack the index names (ref, commit, version, time);
-3. the large objects the pack names that the repository lacks, by forked
+   the pack (size and SHA-256 from the index) and its signatures (keyring);
+   once the import (4) has opened it, that it is the pack the index names
+   (ref, commit, version, time, SHA-256);
+3. then the large objects its manifest names that the repository lacks, by forked
    worker processes (``remote.fetching``; on threads when cross-checking),
    each decompressed into ``tmp/pull/objects/`` as it arrives and checked
    against its fs-verity digest and size before it is adopted into the import's
@@ -21,7 +22,8 @@ the pack kept for the ref's current commit and a pack delta, objects rebuilt
 from objects present and object deltas, each checked as a downloaded file is;
 a delta that fails falls back to the full file;
 4. ``pack.importer.import_pack``, running while the workers fetch: it verifies
-   the pack again and stages its trees and inline files, then (``before_publish``)
+   the pack again (``on_open``: 2 and 3 start from its reader, so the manifest is
+   decoded once) and stages its trees and inline files, then (``before_publish``)
    waits for the workers and stages their checked downloads in the same
    transaction, publishes everything, keeps the pack and moves the ref: a ref
    only ever names a commit whose objects are all present.
@@ -65,7 +67,7 @@ from .checks import (
     sha256_check,
 )
 from .crosscheck import get_file_cross_checked
-from .errors import FetchError, IndexRollback, RemoteError
+from .errors import FetchError, IndexRollback, Mismatch, RemoteError
 from .fetching import Fetching, Wanted, content_path, fetch_on_threads, give_meta
 from .http import Client, Hasher, HttpPolicy
 from .index import MAX_INDEX, RefEntry
@@ -396,6 +398,59 @@ def _objects_by_delta(repo: Repository, source: pull_deltas.Source, wanted: list
     return {digest: contents[digest] for digest in done}
 
 
+class _LargeObjects:
+    """The large objects of one ref's pull, the pack's import running meanwhile: ``start``
+    (given the import's reader, so the manifest is decoded once) checks that the pack is the
+    one the index names and starts fetching what the repository lacks, rebuilt from deltas
+    where it can, in worker processes (on threads, before the import goes on, when cross-
+    checking); ``stage`` waits for them and stages them in the import's transaction."""
+
+    def __init__(self, repo: Repository, ref: str, entry: RefEntry, source: pull_deltas.Source | None,
+                 fetch_delta: pull_deltas.FetchDelta, mirrors: Mirrors, options: PullOptions,
+                 result: PullResult, pulled: RefPulled, progress: PullProgress,
+                 report: Progress | None) -> None:
+        self.repo, self.ref, self.entry, self.source = repo, ref, entry, source
+        self.fetch_delta, self.mirrors, self.options = fetch_delta, mirrors, options
+        self.result, self.pulled, self.progress, self.report = result, pulled, progress, report
+        self.wanted: list[Wanted] = []
+        self.files: dict[RawId, str] = {}
+        self.fetching: Fetching | None = None
+        self.on_threads = 0  # objects downloaded on threads
+        self.bytes_before = mirrors.bytes_fetched  # before the whole objects (after deltas)
+
+    def start(self, reader: PackReader) -> None:
+        entry, repo, options = self.entry, self.repo, self.options
+        check_pack_matches(reader, self.ref, entry, site.pack(entry.sha256))
+        if reader.expected_sha256 != entry.sha256:  # the file changed since it was checked
+            raise Mismatch(f"the pack's SHA-256 is not {entry.sha256.hex()}, the index's",
+                           path=site.pack(entry.sha256))
+        self.wanted = _wanted(repo, reader)
+        if self.source is not None:
+            self.files = _objects_by_delta(repo, self.source, self.wanted, self.fetch_delta, self.mirrors,
+                                           options, self.result, self.pulled)
+        whole = [w for w in self.wanted if w.digest not in self.files]
+        self.bytes_before = self.mirrors.bytes_fetched
+        if options.cross_check >= 2 or not whole:
+            fetched, self.on_threads = _fetch_on_threads(repo, whole, self.mirrors, options,
+                                                         self.progress, self.report)
+            self.files.update(fetched)
+        else:  # fetched while the import stages the pack's trees and inline files
+            self.fetching = _start_fetching(repo, whole, self.mirrors, options, self.progress,
+                                            self.report)
+
+    def stage(self, tx: Transaction) -> None:
+        if self.fetching is not None:
+            self.files.update(self.fetching.wait())
+        _stage_objects(tx, self.wanted, self.files)
+
+    def downloaded(self) -> int:
+        return self.on_threads if self.fetching is None else self.fetching.downloaded
+
+    def cancel(self) -> None:
+        if self.fetching is not None:
+            self.fetching.cancel()
+
+
 def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mirrors: Mirrors,
               options: PullOptions, result: PullResult, progress: PullProgress,
               report: Progress | None) -> RefPulled:
@@ -417,36 +472,16 @@ def _pull_ref(repo: Repository, ref: str, entry: RefEntry, keyring: Keyring, mir
                                       rebuilt=rebuilt)
     pulled.pack_bytes = mirrors.bytes_fetched - before
     result.packs_fetched += 1 if pulled.pack_bytes and not rebuilt else 0
-    with PackReader(pack_path, expected_sha256=entry.sha256) as reader:
-        check_pack_matches(reader, ref, entry, site.pack(entry.sha256))
-        wanted = _wanted(repo, reader)
-    files: dict[RawId, str] = {}
-    if source is not None:
-        files = _objects_by_delta(repo, source, wanted, fetch_delta, mirrors, options, result, pulled)
-    whole = [w for w in wanted if w.digest not in files]
-    before = mirrors.bytes_fetched
-    fetching, downloaded = None, 0
-    if options.cross_check >= 2 or not whole:
-        fetched, downloaded = _fetch_on_threads(repo, whole, mirrors, options, progress, report)
-        files.update(fetched)
-    else:  # fetched while the import stages the pack's trees and inline files
-        fetching = _start_fetching(repo, whole, mirrors, options, progress, report)
-
-    def stage(tx: Transaction) -> None:
-        if fetching is not None:
-            files.update(fetching.wait())
-        _stage_objects(tx, wanted, files)
-
+    large = _LargeObjects(repo, ref, entry, source, fetch_delta, mirrors, options, result, pulled,
+                          progress, report)
     try:
         imported = import_pack(repo, pack_path, keyring, min_signatures=options.min_signatures,
                                allow_downgrade=options.allow_downgrade, sig_path=sig_path,
-                               before_publish=stage)
+                               on_open=large.start, before_publish=large.stage)
     finally:
-        if fetching is not None:
-            fetching.cancel()
-    pulled.object_bytes = mirrors.bytes_fetched - before
-    # downloaded, not found complete from an interrupted pull
-    pulled.objects_fetched = downloaded if fetching is None else fetching.downloaded
+        large.cancel()
+    pulled.object_bytes = mirrors.bytes_fetched - large.bytes_before
+    pulled.objects_fetched = large.downloaded()  # downloaded, not found complete from an earlier pull
     if imported.missing:  # cannot happen: every missing object was staged before the ref moved
         raise RemoteError(f"{len(imported.missing)} large objects still missing after the pull",
                           path=ref)
