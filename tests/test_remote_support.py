@@ -36,12 +36,12 @@ class Vendor:
 def vendor_tree(src: str, *, variant: bytes = b"") -> None:
     """The pack tests' sample tree plus several large objects, one of them stored with two
     different metadata (two inodes, one published object)."""
-    sample_tree(src)
+    sample_tree(src, big=40000)
     os.makedirs(os.path.join(src, "usr", "lib"), exist_ok=True)
     for i in range(6):  # incompressible, as most large files of a system are not
         with open(os.path.join(src, "usr", "lib", f"lib{i}.so"), "wb") as handle:
-            handle.write(random.Random(i).randbytes(30000 + 4096 * i) + variant)
-    same = bytes(range(256)) * 100 + variant
+            handle.write(random.Random(i).randbytes(40000 + 4096 * i) + variant)
+    same = bytes(range(256)) * 160 + variant
     for name, mode in (("same-a", 0o644), ("same-b", 0o600)):
         path = os.path.join(src, "usr", "lib", name)
         with open(path, "wb") as handle:

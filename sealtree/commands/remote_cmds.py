@@ -47,7 +47,8 @@ def register(sub: Any) -> None:
     p.add_argument("--expires", type=float, default=30, metavar="DAYS",
                    help="days the index stays valid (default 30)")
     p.add_argument("--inline-max", type=int, default=None, metavar="BYTES",
-                   help="largest file carried inline in the packs (default: pack build's)")
+                   help="largest file carried inline in the packs (default 32768: fewer "
+                        "requests per pull, a larger pack per release)")
     p.add_argument("--level", type=int, default=None, metavar="L", help="zstd level of the packs")
     p.add_argument("--object-level", type=int, default=10, metavar="L",
                    help="zstd level of the large objects (default 10)")
@@ -152,9 +153,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL
+    from pack.build import DEFAULT_LEVEL
     from pack.keys import load_private_key
-    from remote.publish import publish
+    from remote.publish import PUBLISH_INLINE_MAX, publish
 
     if args.activate:
         return _activate(args)
@@ -165,7 +166,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     keys = [load_private_key(path) for path in args.key]
     result = publish(repo, args.site, keys, args.refs, expires_days=args.expires,
-                     inline_max=DEFAULT_INLINE_MAX if args.inline_max is None else args.inline_max,
+                     inline_max=PUBLISH_INLINE_MAX if args.inline_max is None else args.inline_max,
                      level=DEFAULT_LEVEL if args.level is None else args.level,
                      object_level=args.object_level, deltas_from=args.deltas_from,
                      unsigned=args.unsigned)
