@@ -25,6 +25,7 @@ import os
 import re
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 from .codec import Reader
@@ -45,6 +46,7 @@ NO_META_KEY = bytes(32)
 SUFFIX = ".bundle"
 NAME = re.compile(r"[0-9a-f]{64}\.bundle")
 FLUSH_AT = 1 << 20  # a writer's buffer is written out when it reaches this
+RECENT_NS = 2_000_000_000  # a directory changed this recently may change again unseen in its mtime
 _KEY_LEN = 65  # kind, id and meta key: the first bytes of a record, its sort key
 
 Key = tuple[int, bytes, bytes]  # (kind code, id, meta key)
@@ -194,6 +196,13 @@ def check_bundle(path: str) -> Iterator[tuple[BundledObject | None, str | None]]
         os.close(fd)
 
 
+def _mtime(directory: str) -> int | None:
+    try:
+        return os.stat(directory).st_mtime_ns
+    except OSError:
+        return None
+
+
 def bundle_names(directory: str) -> list[str]:
     """The names in the bundles directory, sorted (none when it does not exist)."""
     try:
@@ -215,6 +224,7 @@ class BundleIndex:
         self.directory = directory
         self._lock = threading.Lock()
         self._names: list[str] | None = None
+        self._mtime: int | None = None  # of the directory, before it was listed
         self._records: dict[Key, Location] = {}
         self.bad: dict[str, ObjectCorrupt] = {}
         self._fds: dict[str, int] = {}
@@ -232,7 +242,9 @@ class BundleIndex:
             except OSError:
                 pass
 
-    def _load(self, names: list[str]) -> None:
+    def _load(self, names: list[str], mtime: int | None) -> None:
+        """Index the bundles ``names``, listed after the directory had ``mtime``."""
+        self._mtime = mtime
         records: dict[Key, Location] = {}
         bad: dict[str, ObjectCorrupt] = {}
         for name in names:
@@ -268,19 +280,29 @@ class BundleIndex:
         if self._names is None:
             with self._lock:
                 if self._names is None:
-                    self._load(bundle_names(self.directory))
+                    self._load(*self._listed())
+
+    def _listed(self) -> tuple[list[str], int | None]:
+        mtime = _mtime(self.directory)
+        return bundle_names(self.directory), mtime
 
     def reload(self) -> None:
         """Read the directory again (after a writer published a bundle, or prune removed one)."""
         with self._lock:
-            self._load(bundle_names(self.directory))
+            self._load(*self._listed())
 
     def _reload_if_changed(self) -> bool:
+        """Load again when the directory changed since it was listed: its mtime differs, or is
+        so recent that a change within the same clock tick could hide behind it."""
+        mtime = _mtime(self.directory)
+        if mtime == self._mtime and mtime is not None and time.time_ns() - mtime > RECENT_NS:
+            return False
         names = bundle_names(self.directory)
         with self._lock:
             if names == self._names:
+                self._mtime = mtime
                 return False
-            self._load(names)
+            self._load(names, mtime)
         return True
 
     def find(self, key: Key) -> Location | None:
