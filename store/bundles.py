@@ -19,6 +19,7 @@ metadata bytes hash to the record's meta key and decode.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -360,7 +361,7 @@ class BundleWriter:
         self._offset = 0  # where the next record starts
         self._sha = hashlib.sha256()
         self._table: list[tuple[int, bytes, bytes, int, int, int]] = []
-        self.keys: set[Key] = set()
+        self.broken = False  # a write failed: the file does not hold what the table says
 
     def __len__(self) -> int:
         return len(self._table)
@@ -368,21 +369,33 @@ class BundleWriter:
     def add(self, kind: int, raw: bytes, meta_key: bytes, meta: bytes, content: bytes) -> None:
         """Append one record (the caller has not added ``(kind, raw, meta_key)`` before)."""
         self._table.append((kind, raw, meta_key, self._offset, len(meta), len(content)))
-        self.keys.add((kind, raw, meta_key))
-        self._buffer += meta
-        self._buffer += content
         self._offset += len(meta) + len(content)
+        self._buffer += meta
+        if len(content) >= FLUSH_AT:  # a large tree: written from where it is, not copied
+            self._flush()
+            self._write(content)
+            return
+        self._buffer += content
         if len(self._buffer) >= FLUSH_AT:
             self._flush()
 
     def _flush(self) -> None:
         if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            self._sha.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
+            try:
+                self._write(self._buffer)
+            finally:
+                self._buffer.clear()
+
+    def _write(self, data: bytes | bytearray) -> None:
+        if self.broken:
+            raise OSError(errno.EIO, "an earlier write of the bundle failed", self.path)
+        self.broken = True  # until the whole of ``data`` is written
+        self._sha.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        view.release()
+        self.broken = False
 
     def finish(self) -> str:
         """Write the table and footer and close the file; return its SHA-256 (hex), its name."""
