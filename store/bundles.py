@@ -296,8 +296,8 @@ class BundleIndex:
         """Load again when the directory changed since it was listed: its mtime differs, or is
         so recent that a change within the same clock tick could hide behind it."""
         mtime = _mtime(self.directory)
-        if mtime == self._mtime and mtime is not None and time.time_ns() - mtime > RECENT_NS:
-            return False
+        if mtime == self._mtime and (mtime is None or time.time_ns() - mtime > RECENT_NS):
+            return False  # still no directory, or one unchanged for a while
         names = bundle_names(self.directory)
         with self._lock:
             if names == self._names:
