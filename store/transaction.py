@@ -180,7 +180,7 @@ class Transaction:
         self._incoming = 0
         # Objects in a bundle (the bundles as the transaction began, and its own): present.
         self._bundled = _bundled_rels(BundleIndex(layout.bundles))
-        self._bundle_pid = os.getpid() if bundle else 0  # forked workers stage loose objects
+        self._bundle_pid = _this_process[0] if bundle else 0  # forked workers stage loose objects
         self._writer: BundleWriter | None = None
         self._encoded: dict[Meta, tuple[bytes, bytes]] = {}  # meta -> (encoding, raw key)
 
@@ -258,7 +258,7 @@ class Transaction:
                                         and os.path.exists(f"{self.objects_root}/{rel}"))
 
     def _bundling(self) -> bool:
-        return self._bundle_pid == os.getpid()
+        return self._bundle_pid == _this_process[0]
 
     def _add_to_bundle(self, rel: str, kind: int, raw: bytes, meta_key: bytes, meta: bytes,
                        content: bytes) -> None:
@@ -551,6 +551,12 @@ class Transaction:
             moved.add(prefix)
         self._nested_made -= moved
         return moved
+
+
+# This process's PID, without a system call per object: a forked worker stages loose objects
+# (the bundle's writer is the parent's).
+_this_process = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _this_process.__setitem__(0, os.getpid()))
 
 
 def _bundled_rels(index: BundleIndex) -> set[str]:

@@ -443,3 +443,42 @@ def test_a_bundle_whose_table_is_bad_is_named_by_readers_fsck_and_kept_by_prune(
     device.refs.update("os/main", None, imported.commit_id)
     report = prune(Repository.open(device.path))
     assert report.bundles_kept == 1 and report.bundles_removed == 0 and os.path.exists(path)
+
+
+def test_a_bundle_transaction_writes_trees_and_small_files_once_and_its_workers_loose(repo):
+    """Within one bundle transaction an object is bundled once; a forked worker (which has
+    no share in the parent's bundle) stages loose objects that the parent adopts."""
+    from store.model import Entry, Kind
+
+    meta = METAS[0]
+    with repo.writing(bundle=True) as tx:
+        digest = tx.add_file_bytes(b"small", meta)
+        assert tx.add_file_bytes(b"small", meta) == digest
+        tree = tx.add_tree([Entry(b"f", Kind.FILE, meta, size=5, digest=digest)])
+        tx.add_tree([Entry(b"f", Kind.FILE, meta, size=5, digest=digest)])
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                tx.add_file_bytes(b"from a worker", meta)
+                os.write(write, "\n".join(tx.staged()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read, "rb") as handle:
+            rels = handle.read().decode().split("\n")
+        tx.adopt(rels, flat=True)
+        tx.publish()
+    [path] = repo.objects.bundle_paths()
+    records = read_records(path)
+    assert sorted(r.kind for r in records) == ["file", "tree"]
+    assert repo.objects.has("tree", tree) and not repo.objects.has_loose("tree", tree)
+    assert repo.objects.bundled_file(digest, meta) == b"small"
+    worker = RawId(digest_bytes(b"from a worker"))
+    assert os.path.exists(repo.objects.file_path(worker, meta))
+    assert repo.objects.bundled_file(worker, meta) is None
+    with repo.writing() as tx:  # a loose writer finds the bundled objects present
+        tx.add_file_bytes(b"small", meta)
+        tx.add_tree([Entry(b"f", Kind.FILE, meta, size=5, digest=digest)])
+        assert tx.staged() == []
