@@ -66,20 +66,25 @@ class BuildResult:
 
 
 def _read_inline(repo: Repository, row: ManifestEntry) -> bytes:
-    """The content of an inline file's object, checked against its size and digest."""
+    """The content of an inline file's object (loose, else bundled), checked against its
+    size and digest."""
     entry = row.entry
     path = repo.objects.file_path(entry.digest, entry.meta)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ObjectMissing(f"object {to_hex(entry.digest)} of {show(row.path)} is missing",
-                            object_id=to_hex(entry.digest), path=path) from None
-    try:
-        data = os.read(fd, entry.size + 1)
-        while len(data) <= entry.size and (more := os.read(fd, entry.size + 1 - len(data))):
-            data += more
-    finally:
-        os.close(fd)
+        bundled = repo.objects.bundled_file(entry.digest, entry.meta)
+        if bundled is None:
+            raise ObjectMissing(f"object {to_hex(entry.digest)} of {show(row.path)} is missing",
+                                object_id=to_hex(entry.digest), path=path) from None
+        data = bundled
+    else:
+        try:
+            data = os.read(fd, entry.size + 1)
+            while len(data) <= entry.size and (more := os.read(fd, entry.size + 1 - len(data))):
+                data += more
+        finally:
+            os.close(fd)
     got = digest_bytes(data)
     if len(data) != entry.size or not hmac.compare_digest(got, entry.digest):
         raise ObjectCorrupt(f"object {to_hex(entry.digest)} of {show(row.path)} is corrupt "

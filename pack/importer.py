@@ -262,7 +262,7 @@ def import_pack(repo: Repository, pack_path: str | os.PathLike[str], keyring: Ke
     with _incoming(directory) as (fd, tmp), named(pack_path):
         digest = _copy_in(pack_path, fd, tmp)
         verification = check_trust(digest, signatures, keyring, min_signatures)
-        with freshness.locked(state), repo.writing() as tx:
+        with freshness.locked(state), repo.writing(bundle=True) as tx:
             trees = 0
 
             def add_tree(tree_id: RawId, encoded: bytes) -> None:

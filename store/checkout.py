@@ -3,8 +3,10 @@
 The tree is built in a temporary sibling of the destination and renamed into
 place at the end, so a crash never leaves a half checkout under the final name.
 Hardlinks share the object's inode, so each file gets exactly the object's
-mode, owner and xattrs; identical files (same content and metadata) share an
-inode, which keeps every hardlink group of the source.  ``copy=True`` makes
+mode, owner and xattrs (a file object kept in a bundle has no inode of its own: it is
+written as a new file with its metadata, and identical files link to that one);
+identical files (same content and metadata) share an inode, which keeps every hardlink
+group of the source.  ``copy=True`` makes
 independent files, still one inode per distinct object within the checkout.
 
 The tree is walked with ``store.walk.steps`` and written relative to one open
@@ -86,6 +88,9 @@ class _Checkout:
                 self.first_copy[source] = self.work + b"/" + path
         except FileNotFoundError:
             if not os.path.exists(source):
+                if self._from_bundle(path, entry, source):
+                    self.stats.files += 1
+                    return
                 raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=b"/" + path,
                                     object_id=to_hex(entry.digest), file=source) from None
             raise
@@ -96,6 +101,26 @@ class _Checkout:
                                   file=source) from err
             raise
         self.stats.files += 1
+
+    def _from_bundle(self, path: bytes, entry: Entry, source: str) -> bool:
+        """Write a bundled file object as a new file with its metadata (there is no object
+        inode to link), once: identical files link to the first; False if none is bundled."""
+        if self._link_first_copy(source, entry.name):
+            return True
+        data = self.objects.bundled_file(entry.digest, entry.meta)
+        if data is None:
+            return False
+        out = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                      dir_fd=self.fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+            apply_meta(out, entry.meta)
+        finally:
+            os.close(out)
+        self.first_copy[source] = self.work + b"/" + path
+        return True
 
     def _link_first_copy(self, source: str, name: bytes) -> bool:
         """Link ``name`` to the copy made of ``source`` before; False when there is none or its

@@ -323,8 +323,15 @@ def _export_file(objects: ObjectStore, writer: TarWriter, path: bytes, entry: En
     sparse member."""
     source = objects.file_path(entry.digest, entry.meta)
     if fd is None:
-        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
-                            object_id=to_hex(entry.digest), file=source)
+        bundled = objects.bundled_file(entry.digest, entry.meta)  # checked as it is read
+        if bundled is None:
+            raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", path=path,
+                                object_id=to_hex(entry.digest), file=source)
+        writer.member(path, Kind.FILE, entry.meta, size=entry.size)
+        _check_copied(path, entry, source, len(bundled) != entry.size, entry.digest)
+        writer.data(bundled)
+        writer.end_member()
+        return
     size = entry.size
     if size <= READ_CHUNK:  # most files: one read, one digest
         data = os.read(fd, size + 1)
@@ -424,7 +431,8 @@ class _Prefetching(ObjectStore):
 
     def __init__(self, objects: ObjectStore, tasks: queue.SimpleQueue[_Opened | _TreesAhead | None]
                  ) -> None:
-        super().__init__(objects.root)
+        super().__init__(objects.root, objects.bundles)
+        self.bundle_index = objects.bundle_index  # one index, loaded once
         self.tasks = tasks
 
     def read_tree(self, raw: RawId) -> list[Entry]:

@@ -1,6 +1,9 @@
 """Checking a repository: every object's bytes and metadata, and every ref's reachability.
 
-Each problem names the object and, where a ref reaches it, the tree path.
+Each problem names the object and, where a ref reaches it, the tree path.  Bundles
+(store.bundles) are checked whole (their SHA-256 is their name, their table is sound) and
+record by record (content and metadata against id and meta key); a problem in one names the
+bundle, and the object.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import xattrs
+from .bundles import FILE, NAME, TREE, bundle_names, check_bundle
 from .commits import decode_commit
 from .errors import FormatError, ObjectMissing, RefError, SealtreeError
 from .forked import Forked, SharedCounts, collect, worker_count
@@ -172,6 +176,7 @@ def fsck(repo: Repository, progress: Progress | None = None,
          extra_roots: Iterable[tuple[str, RawId]] = ()) -> FsckReport:
     """Recompute every object's digest and check what every ref (and extra root) reaches."""
     report = FsckReport()
+    bad_bundled = _check_bundles(repo, report)
     stored = list(repo.objects.iter_objects())
     bad: dict[str, str] = {}
     for obj, (problem, size) in zip(stored, _check_all(stored, progress), strict=True):
@@ -184,13 +189,42 @@ def fsck(repo: Repository, progress: Progress | None = None,
             bad[obj.path] = problem
     roots = _ref_roots(repo, report) + list(extra_roots)
     report.refs = len(roots)
-    named = _check_reachable(repo, roots, bad, report)
+    named = _check_reachable(repo, roots, bad, bad_bundled, report)
     for path, message in sorted(bad.items()):
         if path not in named:
             name = os.path.basename(path)
             report.problems.append(Problem("corrupt", os.path.basename(os.path.dirname(path))
                                            + name.split(".")[0], path, message))
+    for key, (bundle, message) in sorted(bad_bundled.items()):
+        if key not in named:
+            report.problems.append(Problem("corrupt", key[1].hex(), bundle, message))
     return report
+
+
+BundleKey = tuple[int, bytes, bytes]  # kind code, id, meta key
+
+
+def _check_bundles(repo: Repository, report: FsckReport) -> dict[BundleKey, tuple[str, str]]:
+    """Check every bundle; a problem with a whole bundle (or a file in ``bundles/`` that is
+    not one) is recorded here, and each bad record returned: key -> (bundle, problem)."""
+    bad: dict[BundleKey, tuple[str, str]] = {}
+    directory = repo.layout.bundles
+    for name in bundle_names(directory):
+        path = os.path.join(directory, name)
+        if not NAME.fullmatch(name):
+            report.problems.append(Problem("stray", "", path, "not a bundle file"))
+            continue
+        for record, problem in check_bundle(path):
+            if record is None:
+                report.problems.append(Problem("corrupt", "", path, problem or ""))
+                continue
+            report.objects += 1
+            report.bytes += record.size
+            if problem is not None:
+                code = TREE if record.kind == "tree" else FILE
+                bad.setdefault((code, bytes(record.id), record.meta_key),
+                               (path, f"{problem} (record at offset {record.offset})"))
+    return bad
 
 
 def _ref_roots(repo: Repository, report: FsckReport) -> list[tuple[str, RawId]]:
@@ -210,27 +244,43 @@ def _ref_roots(repo: Repository, report: FsckReport) -> list[tuple[str, RawId]]:
 
 
 def _check_reachable(repo: Repository, roots: Sequence[tuple[str, RawId]], bad: dict[str, str],
-                     report: FsckReport) -> set[str]:
+                     bad_bundled: dict[BundleKey, tuple[str, str]], report: FsckReport
+                     ) -> set[str | BundleKey]:
     """Record a problem for every object the roots reach that is missing or corrupt; return
-    the object files so named (their problem is not reported again without its tree path)."""
-    named: set[str] = set()
+    the object files and bundle records so named (their problem is not reported again
+    without its tree path)."""
+    named: set[str | BundleKey] = set()
     for reached in reachable(repo.objects, roots, history=False):
         where = reached.label + (f":{show(reached.where)}" if reached.where else "")
         problem = bad.get(reached.file)
         if reached.kind != "file":
+            tree_key = (TREE, bytes(reached.object_id), bytes(32))
+            if reached.kind == "tree" and tree_key in bad_bundled:
+                named.add(tree_key)
             if problem is not None:
                 message = f"{reached.kind} object {problem}"
             elif isinstance(reached.error, ObjectMissing):
                 message = f"{reached.kind} object is missing"
             elif reached.error is not None:
                 message = reached.error.detail()
+                if reached.bundle and reached.error.path == reached.bundle:
+                    message = f"in bundle {show(reached.bundle)}: {message}"
             else:
                 continue
             kind = "missing" if isinstance(reached.error, ObjectMissing) else "corrupt"
         elif problem is not None:
             kind, message = "corrupt", problem
         elif not os.path.exists(reached.file):
-            kind, message = "missing", "file object is missing"
+            meta_key = bytes.fromhex(os.path.basename(reached.file).split(".")[1])
+            key = (FILE, bytes(reached.object_id), meta_key)
+            if not reached.bundle:
+                kind, message = "missing", "file object is missing"
+            elif key in bad_bundled:
+                bundle, bundle_problem = bad_bundled[key]
+                kind, message = "corrupt", f"in bundle {show(bundle)}: {bundle_problem}"
+                named.add(key)
+            else:
+                continue
         else:
             continue
         report.problems.append(Problem(kind, to_hex(reached.object_id), where, message))

@@ -5,6 +5,8 @@ Layout::
     config          "sealtree-repo <format version>\\n"
     lock            shared by writers and deploy, exclusive for prune
     objects/        content-addressed objects (store.objects)
+    bundles/        bundles of small objects a pack's import wrote (store.bundles); made by
+                    the first transaction that publishes one
     refs/heads/     refs (store.refs); refs/lock serialises ref updates
     tmp/            staging directories of operations in progress (removed when stale)
     packs/          signed packs kept for deployment (pack.importer), and their freshness
@@ -26,6 +28,7 @@ REFS = "refs"
 REFS_HEADS = os.path.join(REFS, "heads")
 REFS_LOCK = os.path.join(REFS, "lock")
 TMP = "tmp"
+BUNDLES = "bundles"
 PACKS = "packs"
 DEPLOY = "deploy"
 
@@ -54,6 +57,10 @@ class RepoLayout(Frozen):
     @property
     def objects(self) -> str:
         return os.path.join(self.root, OBJECTS)
+
+    @property
+    def bundles(self) -> str:
+        return os.path.join(self.root, BUNDLES)
 
     @property
     def refs_heads(self) -> str:

@@ -8,6 +8,10 @@ Layout under ``objects/``, split by the first two hex digits of the id:
   ``xx/<62 hex>.commit``  a commit object (store.commits), id = SHA-256 of the bytes
   ``xx/<62 hex>.image``   an EROFS image of a pack's tree (pack.image), id = its fs-verity
       digest; mode 0444, fs-verity on where the filesystem can
+
+Trees and file objects may instead be records of a bundle (``store.bundles``, in the
+repository's ``bundles/``): a pack's import writes them so.  Readers try the loose object
+first, then the bundles (``read_raw``, ``has``, ``has_file``, ``bundled_file``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ import os
 import re
 from collections.abc import Iterator
 
+from .bundles import (
+    FILE,
+    KIND_CODES,
+    NO_META_KEY,
+    SUFFIX,
+    BundledObject,
+    BundleIndex,
+    bundle_names,
+    read_records,
+)
 from .commits import Commit, decode_commit
 from .errors import FormatError, ObjectCorrupt, ObjectMissing
 from .ids import HexId, RawId, to_hex
@@ -73,15 +87,23 @@ def _read_upto(fd: int, limit: int) -> bytes:
 
 
 class ObjectStore:
-    def __init__(self, root: str) -> None:
+    """The objects under ``root`` (``objects/``) and, when ``bundles`` names the bundles
+    directory, the records of its bundles (None: loose objects only)."""
+
+    def __init__(self, root: str, bundles: str | None = None) -> None:
         self.root = root
+        self.bundles = bundles
+        self.bundle_index = BundleIndex(bundles) if bundles is not None else None
         self._meta_keys: dict[Meta, str] = {}
 
-    def file_path(self, digest: RawId, meta: Meta) -> str:
+    def _meta_key(self, meta: Meta) -> str:
         key = self._meta_keys.get(meta)
         if key is None:
             key = self._meta_keys[meta] = meta.object_key()
-        return f"{self.root}/{keyed_relative_path(digest, key)}"
+        return key
+
+    def file_path(self, digest: RawId, meta: Meta) -> str:
+        return f"{self.root}/{keyed_relative_path(digest, self._meta_key(meta))}"
 
     def keyed_file_path(self, digest: RawId, meta_key: bytes) -> str:
         """Where the file object of ``digest`` whose metadata has the key ``meta_key`` (the raw
@@ -96,14 +118,59 @@ class ObjectStore:
         return os.path.join(self.root, relative_path(kind, raw))
 
     def has(self, kind: str, raw: RawId) -> bool:
+        """Whether the object is present, loose or (a tree) bundled."""
+        return os.path.exists(self.path(kind, raw)) or self.bundle_of(kind, raw) is not None
+
+    def has_loose(self, kind: str, raw: RawId) -> bool:
         return os.path.exists(self.path(kind, raw))
 
+    def bundle_of(self, kind: str, raw: RawId, meta: Meta | None = None) -> str | None:
+        """The bundle holding a record of the tree or file object, or None (no file system
+        call once the bundles' index is loaded, unless it misses)."""
+        code = KIND_CODES.get(kind)
+        if self.bundle_index is None or code is None:
+            return None
+        key = NO_META_KEY if meta is None else bytes.fromhex(self._meta_key(meta))
+        found = self.bundle_index.find((code, raw, key))
+        return None if found is None else found[0]
+
+    def has_file(self, digest: RawId, meta: Meta) -> bool:
+        """Whether the file object is present, loose or bundled."""
+        return (os.path.exists(self.file_path(digest, meta))
+                or self.bundle_of("file", digest, meta) is not None)
+
+    def bundled_file(self, digest: RawId, meta: Meta) -> bytes | None:
+        """The content of the bundled file object, checked (fs-verity digest, metadata
+        bytes); None when no bundle holds it.  Callers try the loose object first."""
+        if self.bundle_index is None:
+            return None
+        return self.bundle_index.read((FILE, digest, bytes.fromhex(self._meta_key(meta))))
+
+    def iter_bundled(self) -> Iterator[BundledObject]:
+        """Every record of every bundle, in bundle order; ObjectCorrupt for a bad bundle."""
+        for path in self.bundle_paths():
+            yield from read_records(path)
+
+    def bundle_paths(self) -> list[str]:
+        """The bundle files (``*.bundle`` in the bundles directory, as listed now), sorted."""
+        if self.bundles is None:
+            return []
+        return [f"{self.bundles}/{name}" for name in bundle_names(self.bundles) if name.endswith(SUFFIX)]
+
     def read_raw(self, kind: str, raw: RawId) -> bytes:
-        """The bytes of a tree or commit object, after checking they hash to ``raw``."""
+        """The bytes of a tree or commit object, after checking they hash to ``raw``: the
+        loose object, else (a tree) its record in a bundle."""
         path = self.path(kind, raw)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            index = self.bundle_index
+            if index is not None and kind == "tree":
+                data = index.read((KIND_CODES[kind], raw, NO_META_KEY))
+                if data is not None:
+                    return data
+                if index.bad:  # the object may be in a bundle that cannot be read
+                    raise next(iter(index.bad.values())) from None
             raise ObjectMissing(f"{kind} {to_hex(raw)} is missing", object_id=to_hex(raw),
                                 path=path) from None
         try:
@@ -121,7 +188,9 @@ class ObjectStore:
         try:
             return decode_tree(data, f"tree {to_hex(raw)}")
         except FormatError as err:
-            raise ObjectCorrupt(str(err), object_id=to_hex(raw), path=self.path("tree", raw)) from err
+            where = self.bundle_of("tree", raw) if not self.has_loose("tree", raw) else None
+            raise ObjectCorrupt(str(err), object_id=to_hex(raw),
+                                path=where or self.path("tree", raw)) from err
 
     def read_commit(self, raw: RawId) -> Commit:
         data = self.read_raw("commit", raw)

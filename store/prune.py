@@ -1,4 +1,9 @@
-"""Removing what no ref (or extra root, such as a deployment) reaches."""
+"""Removing what no ref (or extra root, such as a deployment) reaches.
+
+A bundle (store.bundles) is deleted whole when none of its records is reachable; one with
+any reachable record is kept whole ("bundles kept"), its unreachable records with it.  A
+bundle whose table cannot be read is kept (fsck reports it): what it holds is unknown.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class PruneReport:
     freed: int = 0
     kept: int = 0
     leftovers: int = 0  # temporary files of killed writers removed
+    bundles_removed: int = 0
+    bundles_kept: int = 0
 
 
 def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = True) -> set[str]:
@@ -36,12 +43,15 @@ def reachable(repo: Repository, commits: Iterable[RawId], *, history: bool = Tru
 
 def _reachable(repo: Repository, commits: Iterable[RawId], history: bool
                ) -> tuple[set[str], list[RawId]]:
-    """``reachable``, and the commits reached (present ones), in the order reached."""
+    """``reachable``, and the commits reached (present ones), in the order reached; the set
+    holds the bundles holding a reachable record too."""
     keep: set[str] = set()
     kept_commits: list[RawId] = []
     for reached in walk_reachable(repo.objects, (("", c) for c in commits), history=history):
         if reached.error is None:
             keep.add(reached.file)
+            if reached.bundle:
+                keep.add(reached.bundle)
             if reached.kind == "commit":
                 kept_commits.append(reached.object_id)
         elif not (reached.kind == "commit" and isinstance(reached.error, ObjectMissing)):
@@ -81,6 +91,9 @@ def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, 
     """
     report = PruneReport()
     with repo.exclusive():
+        index = repo.objects.bundle_index
+        if index is not None:
+            index.reload()  # as the lock found it: no writer publishes meanwhile
         keep, commits = _reachable(repo, list(repo.refs.list().values()) + list(extra_roots()),
                                    True)
         keep.update(images(commits))
@@ -97,6 +110,20 @@ def prune(repo: Repository, extra_roots: Callable[[], Iterable[RawId]] = tuple, 
                 remove_tree(obj.path)
             else:
                 os.unlink(obj.path)
+        for path in repo.objects.bundle_paths():
+            if path in keep or index is None or path in index.bad:
+                report.bundles_kept += 1
+                continue
+            try:
+                size = os.lstat(path).st_size
+            except FileNotFoundError:
+                continue
+            report.bundles_removed += 1
+            report.freed += size
+            if not dry_run:
+                os.unlink(path)
+        if index is not None and not dry_run:
+            index.reload()
         if not dry_run:
             clean_stale_staging(repo.layout.tmp)
             for directory in [*_temporary_dirs(repo), *temporary_dirs]:

@@ -4,7 +4,8 @@ Each commit, tree and file object is reported once per call, with where it was
 first reached (the root's label and the path in its tree); a commit or tree that
 cannot be read (missing, corrupt) is reported with its error and not descended
 into, so that the caller decides: fsck records a problem, prune refuses to delete.
-Iterative, so trees of any depth are traversed.
+Iterative, so trees of any depth are traversed.  A tree or file object kept in a bundle
+(store.bundles) is reached as any other, with the bundle holding it (``bundle``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class Reached:
     """One object reached: ``kind`` "commit", "tree" or "file", its id and object ``file``;
     ``label`` names the root it was reached from and ``where`` its path in that root's tree
     (``b"/"`` for the root tree, ``b""`` for a commit).  ``error``: why a commit or tree
-    could not be read (its children are then unknown); files are not opened."""
+    could not be read (its children are then unknown); files are not opened.  ``bundle``:
+    the bundle holding a record of the object ("" when none does; the object may be loose
+    as well)."""
 
     kind: str
     object_id: RawId
@@ -31,6 +34,7 @@ class Reached:
     label: str
     where: bytes = b""
     error: SealtreeError | None = None
+    bundle: str = ""
 
 
 def reachable(objects: ObjectStore, roots: Iterable[tuple[str, RawId]], *, history: bool
@@ -65,12 +69,13 @@ def _trees(objects: ObjectStore, label: str, root: RawId, seen_trees: set[bytes]
             continue
         seen_trees.add(tree)
         file = objects.path("tree", tree)
+        bundle = objects.bundle_of("tree", tree) or ""
         try:
             entries = objects.read_tree(tree)
         except SealtreeError as err:  # ObjectMissing or ObjectCorrupt
-            yield Reached("tree", tree, file, label, where, err)
+            yield Reached("tree", tree, file, label, where, err, bundle)
             continue
-        yield Reached("tree", tree, file, label, where)
+        yield Reached("tree", tree, file, label, where, None, bundle)
         for entry in entries:
             path = where + entry.name
             if entry.kind is Kind.DIR:
@@ -79,4 +84,5 @@ def _trees(objects: ObjectStore, label: str, root: RawId, seen_trees: set[bytes]
                 object_file = objects.file_path(entry.digest, entry.meta)
                 if object_file not in seen_files:
                     seen_files.add(object_file)
-                    yield Reached("file", entry.digest, object_file, label, path)
+                    yield Reached("file", entry.digest, object_file, label, path, None,
+                                  objects.bundle_of("file", entry.digest, entry.meta) or "")

@@ -32,7 +32,7 @@ class Repository:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.layout = RepoLayout(self.path)
-        self.objects = ObjectStore(self.layout.objects)
+        self.objects = ObjectStore(self.layout.objects, self.layout.bundles)
         self.refs = Refs(self.layout)
 
     @classmethod
@@ -63,12 +63,13 @@ class Repository:
 
     # -- locking and writing ----------------------------------------------------
     @contextlib.contextmanager
-    def writing(self) -> Iterator[Transaction]:
-        """A transaction under the shared writer lock; publish it before moving refs."""
+    def writing(self, *, bundle: bool = False) -> Iterator[Transaction]:
+        """A transaction under the shared writer lock; publish it before moving refs.
+        ``bundle``: its trees and small files go into one bundle (store.bundles)."""
         from .transaction import Transaction  # noqa: PLC0415 - deploy and boot never write objects
 
         with flock(self.layout.lock, exclusive=False):
-            with Transaction(self.layout) as tx:
+            with Transaction(self.layout, bundle=bundle) as tx:
                 yield tx
 
     @contextlib.contextmanager

@@ -23,7 +23,13 @@ download in ``tmp/pull/``) is adopted where it is (``adopt_file``): the same
 syncs cover it, and an unpublished transaction leaves it for the next pull.
 Object writes are idempotent: an object already present is not rewritten (nor
 renamed over: a ``staging/xx/`` whose ``objects/xx`` another writer has made and
-filled meanwhile is published object by object).  A small file whose owner is
+filled meanwhile is published object by object).  A transaction made with
+``bundle=True`` (a pack's import) writes its trees and small files into one bundle
+instead (store.bundles), streamed to ``staging/bundle`` as they come; ``publish``
+appends its table, and after the first sync renames it into ``bundles/`` under its
+SHA-256, before the loose objects: a crash leaves no partial bundle visible.  Objects
+present loose or bundled are not written again, whichever way a transaction writes.
+A small file whose owner is
 the one new files get, and whose mode the umask leaves alone, is created with
 its mode (no chown and chmod afterwards; the first one is checked with fstat).
 """
@@ -42,6 +48,7 @@ from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from . import kverity
 from .atomic import process_gone
+from .bundles import FILE, NO_META_KEY, TREE, BundleIndex, BundleWriter
 from .commits import Commit
 from .errors import RepositoryError, SourceError
 from .fsverity import VerityHasher, digest_bytes
@@ -138,9 +145,10 @@ def _full_disk_named(method: Callable[Concatenate[Transaction, P], R]
 class Transaction:
     """Stages objects for one commit; use as a context manager, then ``publish()``."""
 
-    def __init__(self, layout: RepoLayout) -> None:
+    def __init__(self, layout: RepoLayout, *, bundle: bool = False) -> None:
         self.repo_path = layout.root
         self.objects_root = layout.objects
+        self.bundles_root = layout.bundles
         clean_stale_staging(layout.tmp)
         with disk_full_named(self.repo_path):
             # The creator's PID in the name: between mkdir and the lock, a directory with
@@ -170,6 +178,11 @@ class Transaction:
         self._meta_keys: dict[Meta, str] = {}
         self._reserve_lock = threading.Lock()  # add_* may run on several threads
         self._incoming = 0
+        # Objects in a bundle (the bundles as the transaction began, and its own): present.
+        self._bundled = _bundled_rels(BundleIndex(layout.bundles))
+        self._bundle_pid = _this_process[0] if bundle else 0  # forked workers stage loose objects
+        self._writer: BundleWriter | None = None
+        self._encoded: dict[Meta, tuple[bytes, bytes]] = {}  # meta -> (encoding, raw key)
 
     def __enter__(self) -> Transaction:
         return self
@@ -178,6 +191,9 @@ class Transaction:
         self.close()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         # Renamed while still locked, so that a process killed while removing it leaves a
         # trash directory (removed by the next writer), never an unlocked staging directory.
         trash = os.path.join(os.path.dirname(self.staging),
@@ -190,12 +206,15 @@ class Transaction:
             remove_tree(self.staging)
 
     # -- object paths -------------------------------------------------------
-    def _file_rel(self, digest: bytes, meta: Meta) -> str:
+    def _file_key(self, meta: Meta) -> str:
         key = self._meta_keys.get(meta)
         if key is None:
             key = self._meta_keys[meta] = meta.object_key()
+        return key
+
+    def _file_rel(self, digest: bytes, meta: Meta) -> str:
         h = digest.hex()
-        return f"{h[:2]}/{h[2:]}.{key}.file"
+        return f"{h[:2]}/{h[2:]}.{self._file_key(meta)}.file"
 
     def _staging_path(self, rel: str) -> str:
         """Where object ``rel`` (``xx/rest``) is staged: ``xx/rest`` when ``objects/xx`` was
@@ -235,7 +254,22 @@ class Transaction:
         repository would look for thousands of objects that cannot be there); one another
         writer makes meanwhile costs at most a needless write: ``publish`` never renames
         over a present object."""
-        return rel[:2] not in self._absent and os.path.exists(f"{self.objects_root}/{rel}")
+        return rel in self._bundled or (rel[:2] not in self._absent
+                                        and os.path.exists(f"{self.objects_root}/{rel}"))
+
+    def _bundling(self) -> bool:
+        return self._bundle_pid == _this_process[0]
+
+    def _add_to_bundle(self, rel: str, kind: int, raw: bytes, meta_key: bytes, meta: bytes,
+                       content: bytes) -> None:
+        """Append object ``rel`` to this transaction's bundle unless it is present or staged."""
+        with self._reserve_lock:
+            if rel in self._staged or self._present(rel):
+                return
+            if self._writer is None:
+                self._writer = BundleWriter(f"{self.staging}/bundle")
+            self._writer.add(kind, raw, meta_key, meta, content)
+            self._bundled.add(rel)
 
     def _unreserve(self, rel: str, staged: str) -> None:
         """Give up an object whose writing failed: its partial file is never published."""
@@ -281,6 +315,13 @@ class Transaction:
         the digest of ``data``, which the caller has just computed and checked (a pack's
         inline file), so it is not computed again."""
         digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
+        if self._bundle_pid and self._bundling():
+            encoded = self._encoded.get(meta)
+            if encoded is None:
+                raw = meta.encode()
+                encoded = self._encoded[meta] = (raw, bytes.fromhex(self._file_key(meta)))
+            self._add_to_bundle(self._file_rel(digest, meta), FILE, digest, encoded[1], encoded[0], data)
+            return digest
         staged = self._reserve(self._file_rel(digest, meta))
         if staged is not None:
             exact = self._created_as == (meta.uid, meta.gid) and not meta.mode & self._umask
@@ -362,7 +403,12 @@ class Transaction:
 
     @_full_disk_named
     def add_meta_object(self, kind: str, data: bytes, raw: RawId) -> RawId:
-        self._stage_bytes(relative_path(kind, raw), data)
+        """Stage a tree or commit object whose id the caller has computed (a tree goes into
+        the bundle of a bundle transaction)."""
+        if kind == "tree" and self._bundle_pid and self._bundling():
+            self._add_to_bundle(relative_path(kind, raw), TREE, raw, NO_META_KEY, b"", data)
+        else:
+            self._stage_bytes(relative_path(kind, raw), data)
         return raw
 
     @_full_disk_named
@@ -450,10 +496,18 @@ class Transaction:
     # -- publishing -----------------------------------------------------------
     @_full_disk_named
     def publish(self) -> None:
-        """Make every staged object durable and visible under ``objects/``."""
-        if not self._staged:
+        """Make every staged object durable and visible under ``objects/`` (the bundle, if
+        any, under ``bundles/``)."""
+        if not self._staged and self._writer is None:
             return
+        bundle = None
+        if self._writer is not None:
+            bundle = (self._writer.path, self._writer.finish())
+            self._writer = None
         syncfs(self.staging)
+        if bundle is not None:  # complete and synced: visible only now, before what names its objects
+            _make_dir(self.bundles_root)
+            os.rename(bundle[0], f"{self.bundles_root}/{bundle[1]}.bundle")
         moved = self._publish_nested()
         made: dict[str, bool] = {}  # objects/xx -> whether this publish made it (so it was empty)
         inside = self.staging + "/"
@@ -497,6 +551,23 @@ class Transaction:
             moved.add(prefix)
         self._nested_made -= moved
         return moved
+
+
+# This process's PID, without a system call per object: a forked worker stages loose objects
+# (the bundle's writer is the parent's).
+_this_process = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _this_process.__setitem__(0, os.getpid()))
+
+
+def _bundled_rels(index: BundleIndex) -> set[str]:
+    """The objects of the bundles (``objects/``-relative paths, as ``_reserve`` looks them
+    up); a bundle whose table is bad holds none."""
+    out = set()
+    for kind, raw, meta_key in index.records():
+        h = raw.hex()
+        out.add(f"{h[:2]}/{h[2:]}.tree" if kind == TREE else f"{h[:2]}/{h[2:]}.{meta_key.hex()}.file")
+    index.close()
+    return out
 
 
 def _make_staging(tmp_root: str) -> str:

@@ -26,6 +26,7 @@ def register(sub: Any) -> None:
         sub, "fsck", "check every object and what every ref reaches",
         "Recompute the fs-verity digest of every file object and the SHA-256 of every\n"
         "tree and commit, check each file object's inode metadata (mode, owner, xattrs),\n"
+        "check every bundle of objects whole and object by object,\n"
         "and check that every ref and deployment reaches only objects that are present.\n"
         "Each problem is reported with the object id and the path that uses it.\n"
         "Exit status 6 if anything is corrupt, 5 if only objects are missing.")
@@ -37,7 +38,8 @@ def register(sub: Any) -> None:
         "Delete every object not reachable from a ref (with its history) or a deployment\n"
         "(and the EROFS images of their kept packs), and what killed operations left:\n"
         "staging directories, temporary files of atomic writes, copies of packs being\n"
-        "imported.  Holds the repository exclusively.")
+        "imported.  A bundle of objects (written by a pack's import) is deleted when none\n"
+        "of its objects is reachable, else kept whole.  Holds the repository exclusively.")
     p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_prune)
@@ -119,5 +121,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         return
     verb = "would delete" if args.dry_run else "deleted"
     leftovers = f"; removed {report.leftovers} leftover files" if report.leftovers else ""
+    bundles = ""
+    if report.bundles_removed or report.bundles_kept:
+        bundles = (f"; bundles: {verb} {report.bundles_removed}, kept {report.bundles_kept} "
+                   "(a bundle with any reachable object is kept whole)")
     print(f"{verb} {report.removed} objects ({human_size(report.freed)}), kept {report.kept}"
-          f"{leftovers}")
+          f"{bundles}{leftovers}")

@@ -155,8 +155,13 @@ def cmd_cat(args: argparse.Namespace) -> None:
     try:
         handle = open(source, "rb")
     except FileNotFoundError:
-        raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", object_id=to_hex(entry.digest),
-                            path=args.path, file=source) from None
+        bundled = repo.objects.bundled_file(entry.digest, entry.meta)  # checked as it is read
+        if bundled is None:
+            raise ObjectMissing(f"object {to_hex(entry.digest)} is missing", object_id=to_hex(entry.digest),
+                                path=args.path, file=source) from None
+        sys.stdout.buffer.write(bundled)
+        sys.stdout.buffer.flush()
+        return
     with handle:
         while chunk := handle.read(1 << 20):
             sys.stdout.buffer.write(chunk)
