@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from pack.build import build_pack
+from pack.build import RELEASE_INLINE_MAX, build_pack
 from pack.importer import kept_pack_path
 from pack.keys import load_private_key
 from pack.signature import sign_pack
@@ -88,7 +88,7 @@ def _signed_pack(vendor: Repository, rev: str, commit_id: RawId, work: str, pack
         if not is_ref:
             raise UsageError("is not a ref: a pack built here needs the ref it is for", path=rev)
         out = os.path.join(work, "release.pack")
-        build_pack(vendor, commit_id, rev, out)
+        build_pack(vendor, commit_id, rev, out, inline_max=RELEASE_INLINE_MAX)  # the pack publish makes
         sign_pack(out, load_private_key(key))  # Ed25519 signatures are deterministic
         return out
     kept = kept_pack_path(vendor, commit_id)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pack.build import DEFAULT_LEVEL, build_pack
+from pack.build import DEFAULT_LEVEL, RELEASE_INLINE_MAX, build_pack
 from pack.keys import key_id
 from pack.reader import PackReader
 from pack.signature import read_signatures, sign, write_signatures
@@ -186,16 +186,9 @@ def _sign_index(site_dir: str, data: bytes, keys: Sequence[Ed25519PrivateKey]) -
     return len(added)
 
 
-# A published release carries its files of at most 32 KiB inside its pack: over HTTP each
-# large object costs a request (and, on a device, an inode: the pack's files go into one
-# bundle, store.bundles).  Debian minbase: 733 objects to fetch instead of 1,958, a pack of
-# 7.9 MB instead of 2.6 MB (docs/FORMAT.md, "Choosing the inline threshold").
-PUBLISH_INLINE_MAX = 32768
-
-
 def publish(repo: Repository, site_dir: str, keys: Sequence[Ed25519PrivateKey],
             refs: Sequence[str] = (), *, expires_days: float = DEFAULT_EXPIRES_DAYS,
-            now: int | None = None, inline_max: int = PUBLISH_INLINE_MAX,
+            now: int | None = None, inline_max: int = RELEASE_INLINE_MAX,
             level: int = DEFAULT_LEVEL, object_level: int = objects.DEFAULT_LEVEL,
             deltas_from: int = 0, unsigned: bool = False) -> PublishResult:
     """Write or update the site in ``site_dir`` with the packs of ``refs`` (default: every ref

@@ -6,12 +6,13 @@ import os
 
 import pytest
 
+from pack.build import RELEASE_INLINE_MAX
 from pack.keys import load_private_key
 from remote.errors import AllMirrorsFailed, FetchError, WrongBytes
 from remote.fetching import Fetching, Wanted
 from remote.http import Client, HttpPolicy
 from remote.mirrors import Mirrors, SharedDrops
-from remote.publish import PUBLISH_INLINE_MAX, publish
+from remote.publish import publish
 from store.errors import SealtreeError
 from store.forked import Forked
 from store.fsverity import digest_file
@@ -65,10 +66,10 @@ def test_workers_fetch_every_object_once_and_small_ones_leave_no_compressed_file
     os.makedirs(src)
     for i in range(40):  # more objects than workers, all above the inline size
         with open(os.path.join(src, f"f{i}"), "wb") as handle:
-            handle.write(os.urandom(PUBLISH_INLINE_MAX + 1 + i))
+            handle.write(os.urandom(RELEASE_INLINE_MAX + 1 + i))
     commit = commit_dir(vendor.repo, src, "os/main", version="2", timestamp=1_700_000_100)
     publish(vendor.repo, vendor.site, [load_private_key(vendor.key)])
-    wanted = [Wanted(RawId(digest_file(os.path.join(src, f"f{i}"))), PUBLISH_INLINE_MAX + 1 + i,
+    wanted = [Wanted(RawId(digest_file(os.path.join(src, f"f{i}"))), RELEASE_INLINE_MAX + 1 + i,
                      (Meta(0o100640, 0, 0),)) for i in range(40)]
     directory = str(tmp_path / "partial")
     os.makedirs(directory)

@@ -7,7 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, MAX_LEVEL, build_pack
+from pack.build import DEFAULT_INLINE_MAX, DEFAULT_LEVEL, MAX_LEVEL, RELEASE_INLINE_MAX, build_pack
 from pack.format import MAX_INLINE_MAX
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ def register(sub: Any) -> None:
                    help="the ref the pack is for (default: REV, which must then be a ref)")
     p.add_argument("--inline-max", type=int, default=DEFAULT_INLINE_MAX, metavar="BYTES",
                    help=f"largest file carried inline, 0..{MAX_INLINE_MAX} "
-                        f"(default {DEFAULT_INLINE_MAX})")
+                        f"(default {DEFAULT_INLINE_MAX}; the packs publish and image build "
+                        f"make use {RELEASE_INLINE_MAX}: give that for a pack that ships)")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, metavar="L",
                    help=f"zstd level 1..{MAX_LEVEL} (default {DEFAULT_LEVEL})")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")

@@ -153,9 +153,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from pack.build import DEFAULT_LEVEL
+    from pack.build import DEFAULT_LEVEL, RELEASE_INLINE_MAX
     from pack.keys import load_private_key
-    from remote.publish import PUBLISH_INLINE_MAX, publish
+    from remote.publish import publish
 
     if args.activate:
         return _activate(args)
@@ -166,7 +166,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     keys = [load_private_key(path) for path in args.key]
     result = publish(repo, args.site, keys, args.refs, expires_days=args.expires,
-                     inline_max=PUBLISH_INLINE_MAX if args.inline_max is None else args.inline_max,
+                     inline_max=RELEASE_INLINE_MAX if args.inline_max is None else args.inline_max,
                      level=DEFAULT_LEVEL if args.level is None else args.level,
                      object_level=args.object_level, deltas_from=args.deltas_from,
                      unsigned=args.unsigned)
