@@ -37,13 +37,14 @@ from .manifest import ManifestEntry, check_meta, encode_row, plan_manifest
 
 # Why 4096 and 19: see docs/FORMAT.md, section 7 ("Choosing the inline threshold").
 DEFAULT_INLINE_MAX = 4096
-# The threshold of a pack that ships (``publish``, ``image build``): files of at most 32 KiB
+# The threshold of a pack that ships (``publish``, ``image build``): files of at most 16 KiB
 # travel inside it.  Over HTTP each large object costs a request (and on a device an inode:
-# an imported pack's files go into one bundle, store.bundles); Debian minbase: 733 objects to
-# fetch instead of 1,958, a pack of 7.9 MB instead of 2.6 MB.  One value for both, so a device
+# an imported pack's files go into one bundle, store.bundles); Debian minbase: 1,255 objects
+# to fetch instead of 1,958, a pack of 5.2 MB instead of 2.6 MB.  32 KiB fetched fewer still
+# but made an update's pack delta twice as large.  One value for both, so that a device
 # installed from an image holds the very pack the site publishes (deltas apply to it).
 # docs/FORMAT.md, "Choosing the inline threshold".
-RELEASE_INLINE_MAX = 32768
+RELEASE_INLINE_MAX = 16384
 DEFAULT_LEVEL = 19
 MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 COPY_CHUNK = 1 << 20

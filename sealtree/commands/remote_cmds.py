@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--expires", type=float, default=30, metavar="DAYS",
                    help="days the index stays valid (default 30)")
     p.add_argument("--inline-max", type=int, default=None, metavar="BYTES",
-                   help="largest file carried inline in the packs (default 32768: fewer "
+                   help="largest file carried inline in the packs (default 16384: fewer "
                         "requests per pull, a larger pack per release)")
     p.add_argument("--level", type=int, default=None, metavar="L", help="zstd level of the packs")
     p.add_argument("--object-level", type=int, default=10, metavar="L",
