@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from . import xattrs
-from .bundles import FILE, NAME, TREE, bundle_names, check_bundle
+from .bundles import FILE, NAME, NO_META_KEY, TREE, bundle_names, check_bundle
 from .commits import decode_commit
 from .errors import FormatError, ObjectMissing, RefError, SealtreeError
 from .forked import Forked, SharedCounts, collect, worker_count
@@ -254,7 +254,7 @@ def _check_reachable(repo: Repository, roots: Sequence[tuple[str, RawId]], bad: 
         where = reached.label + (f":{show(reached.where)}" if reached.where else "")
         problem = bad.get(reached.file)
         if reached.kind != "file":
-            tree_key = (TREE, bytes(reached.object_id), bytes(32))
+            tree_key = (TREE, bytes(reached.object_id), NO_META_KEY)
             if reached.kind == "tree" and tree_key in bad_bundled:
                 named.add(tree_key)
             if problem is not None:

@@ -180,7 +180,7 @@ class Transaction:
         self._incoming = 0
         # Objects in a bundle (the bundles as the transaction began, and its own): present.
         self._bundled = _bundled_rels(BundleIndex(layout.bundles))
-        self._bundle_pid = _this_process[0] if bundle else 0  # forked workers stage loose objects
+        self._bundle_pid = os.getpid() if bundle else 0  # forked workers stage loose objects
         self._writer: BundleWriter | None = None
         self._encoded: dict[Meta, tuple[bytes, bytes]] = {}  # meta -> (encoding, raw key)
 
@@ -258,7 +258,9 @@ class Transaction:
                                         and os.path.exists(f"{self.objects_root}/{rel}"))
 
     def _bundling(self) -> bool:
-        return self._bundle_pid == _this_process[0]
+        """Whether this call goes into the bundle: a bundle transaction, in the process that
+        made it (a forked worker stages loose objects)."""
+        return self._bundle_pid != 0 and self._bundle_pid == os.getpid()
 
     def _add_to_bundle(self, rel: str, kind: int, raw: bytes, meta_key: bytes, meta: bytes,
                        content: bytes) -> None:
@@ -315,7 +317,7 @@ class Transaction:
         the digest of ``data``, which the caller has just computed and checked (a pack's
         inline file), so it is not computed again."""
         digest = RawId(digest_bytes(data)) if checked_digest is None else checked_digest
-        if self._bundle_pid and self._bundling():
+        if self._bundling():
             encoded = self._encoded.get(meta)
             if encoded is None:
                 raw = meta.encode()
@@ -405,7 +407,7 @@ class Transaction:
     def add_meta_object(self, kind: str, data: bytes, raw: RawId) -> RawId:
         """Stage a tree or commit object whose id the caller has computed (a tree goes into
         the bundle of a bundle transaction)."""
-        if kind == "tree" and self._bundle_pid and self._bundling():
+        if kind == "tree" and self._bundling():
             self._add_to_bundle(relative_path(kind, raw), TREE, raw, NO_META_KEY, b"", data)
         else:
             self._stage_bytes(relative_path(kind, raw), data)
@@ -551,12 +553,6 @@ class Transaction:
             moved.add(prefix)
         self._nested_made -= moved
         return moved
-
-
-# This process's PID, without a system call per object: a forked worker stages loose objects
-# (the bundle's writer is the parent's).
-_this_process = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _this_process.__setitem__(0, os.getpid()))
 
 
 def _bundled_rels(index: BundleIndex) -> set[str]:

@@ -165,3 +165,11 @@ def test_refs_may_follow_the_options(tmp_path):
     proc = run_cli("publish", str(site), "--key", vendor.key, "os/main", "--bogus", repo=vendor.repo.path,
                    check=False)
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+def test_publish_help_states_the_inline_threshold_publish_uses():
+    """The default the help text names is the one publish applies (pack.build's constant)."""
+    from pack.build import RELEASE_INLINE_MAX  # noqa: PLC0415 - the CLI loads it only to publish
+
+    text = " ".join(run_cli("publish", "--help").stdout.split())
+    assert f"(default {RELEASE_INLINE_MAX}:" in text
